@@ -1,1 +1,353 @@
-fn main() {}
+//! The `gridgate` command. Parses the command line and calls into the library.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use gridgate::acquire::{JsonLinesSink, ReadingSink, TextSink};
+use gridgate::{config, daemon, tools};
+use gridgate_drivers::dlt645::{Address, DataId};
+use gridgate_drivers::link::Link;
+use gridgate_drivers::modbus::{DataType, Order, Table};
+
+/// Demand-response edge gateway: reads DL/T 645 meters and Modbus devices.
+#[derive(Debug, Parser)]
+#[command(name = "gridgate", version, propagate_version = true)]
+struct Cli {
+    /// Log filter (error, warn, info, debug, trace, or per module: gridgate=debug).
+    #[arg(long, global = true, env = "GRIDGATE_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start simulated meters and devices and the gateway on them, and print readings.
+    ///
+    /// Needs no config: three DL/T 645 meters on a simulated 2400-baud RS-485 line (a
+    /// pseudo-terminal) and two Modbus TCP devices on loopback.
+    Demo {
+        /// Stop after this long (e.g. 30s); default: until Ctrl-C.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Print readings as JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the gateway daemon with a config file.
+    Run {
+        /// Config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Reading output format on stdout.
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+    },
+    /// Check a config file: exit 0 with a summary, or list every problem with its line.
+    CheckConfig {
+        /// Config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Read values once, for commissioning.
+    #[command(subcommand)]
+    Read(ReadCommand),
+    /// Find the meters or Modbus units that answer on a line, and print a config snippet.
+    #[command(subcommand)]
+    Scan(ScanCommand),
+    /// Run simulated lines of meters and devices (for bench work) until Ctrl-C.
+    Sim {
+        /// Simulator file (TOML, [[line]] tables); default: the demo's set.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Also print a gateway config that polls the simulated devices.
+        #[arg(long)]
+        print_config: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    /// One JSON object per reading per line.
+    Json,
+    /// Aligned text for people.
+    Text,
+}
+
+#[derive(Debug, Subcommand)]
+enum ReadCommand {
+    /// Read DL/T 645-2007 data identifiers from one meter.
+    ///
+    /// Example: gridgate read dlt645 --link 'serial:///dev/ttyS1?baud=2400&parity=even'
+    /// --addr 000000000001 --di 00010000 --di 02030000
+    Dlt645(Dlt645ReadArgs),
+    /// Read Modbus registers or bits from one unit.
+    ///
+    /// Example: gridgate read modbus --link tcp://10.0.0.6:502 --unit 1 --table holding
+    /// --address 0 --type f32
+    Modbus(ModbusReadArgs),
+}
+
+#[derive(Debug, Args)]
+struct Dlt645ReadArgs {
+    /// Line: serial:///dev/ttyX?baud=2400&parity=even or tcp://HOST:PORT (converter).
+    #[arg(long)]
+    link: Link,
+    /// Meter address, 12 digits as on its nameplate.
+    #[arg(long)]
+    addr: Address,
+    /// Data identifier DI3DI2DI1DI0, e.g. 00010000 (forward active energy); repeatable.
+    #[arg(long, required = true)]
+    di: Vec<DataId>,
+    /// Reply timeout.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// FE wake-up bytes before each request.
+    #[arg(long, default_value_t = 4)]
+    wakeup: usize,
+    /// One JSON object per value.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ModbusReadArgs {
+    /// Line: tcp://HOST:PORT, rtu-serial:///dev/ttyX?baud=9600 or rtu-tcp://HOST:PORT.
+    #[arg(long)]
+    link: Link,
+    /// Unit (slave) id.
+    #[arg(long, default_value_t = 1)]
+    unit: u8,
+    /// Table: coil, discrete, input, holding.
+    #[arg(long, default_value = "holding")]
+    table: Table,
+    /// First address (0-based).
+    #[arg(long)]
+    address: u16,
+    /// Type: bool, u16, i16, u32, i32, u64, i64, f32, f64.
+    #[arg(long = "type", default_value = "u16")]
+    data_type: DataType,
+    /// How many consecutive values of that type.
+    #[arg(long, default_value_t = 1)]
+    count: u16,
+    /// Byte order within a register: big or little.
+    #[arg(long, default_value = "big")]
+    byte_order: Order,
+    /// Register order within a value: big or little.
+    #[arg(long, default_value = "big")]
+    word_order: Order,
+    /// Multiply the raw value by this.
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Then add this.
+    #[arg(long, default_value_t = 0.0)]
+    offset: f64,
+    /// Unit label to print with each value (kW, V...).
+    #[arg(long = "unit-label", default_value = "")]
+    unit_label: String,
+    /// Reply timeout.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// One JSON object per value.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum ScanCommand {
+    /// Find DL/T 645 meters: wildcard read-address, then a search where several answer.
+    Dlt645 {
+        /// Line: serial:///dev/ttyX?baud=2400&parity=even or tcp://HOST:PORT.
+        #[arg(long)]
+        link: Link,
+        /// How long to wait for each probe.
+        #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Find Modbus unit ids that answer.
+    Modbus {
+        /// Line: tcp://HOST:PORT, rtu-serial:///dev/ttyX?baud=9600 or rtu-tcp://HOST:PORT.
+        #[arg(long)]
+        link: Link,
+        /// First unit id to try.
+        #[arg(long, default_value_t = 1)]
+        from: u8,
+        /// Last unit id to try.
+        #[arg(long, default_value_t = 247)]
+        to: u8,
+        /// Table of the register each probe reads.
+        #[arg(long, default_value = "holding")]
+        table: Table,
+        /// Address each probe reads.
+        #[arg(long, default_value_t = 0)]
+        address: u16,
+        /// How long to wait for each probe.
+        #[arg(long, default_value = "300ms", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}
+
+fn sink(format: Format) -> Box<dyn ReadingSink> {
+    match format {
+        Format::Json => Box::new(JsonLinesSink::new(std::io::stdout())),
+        Format::Text => Box::new(TextSink::new(std::io::stdout())),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("gridgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("gridgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> Result<ExitCode> {
+    let mut stdout = std::io::stdout();
+    match command {
+        Command::Demo { duration, json } => {
+            let s = if json {
+                sink(Format::Json)
+            } else {
+                sink(Format::Text)
+            };
+            daemon::demo(duration, s, Box::new(std::io::stderr())).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { config, format } => {
+            daemon::run(&config, sink(format)).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { config } => match config::load(&config) {
+            Ok(cfg) => {
+                write!(
+                    stdout,
+                    "{}: OK\n{}",
+                    config.display(),
+                    daemon::summary(&cfg)
+                )?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Read(ReadCommand::Dlt645(a)) => {
+            tools::read::dlt645(
+                tools::read::Dlt645Read {
+                    link: a.link,
+                    address: a.addr,
+                    dis: a.di,
+                    timeout: a.timeout,
+                    wakeup_bytes: a.wakeup,
+                    json: a.json,
+                },
+                &mut stdout,
+            )
+            .await
+        }
+        Command::Read(ReadCommand::Modbus(a)) => {
+            tools::read::modbus(
+                tools::read::ModbusRead {
+                    link: a.link,
+                    unit: a.unit,
+                    table: a.table,
+                    address: a.address,
+                    count: a.count,
+                    data_type: a.data_type,
+                    byte_order: a.byte_order,
+                    word_order: a.word_order,
+                    scale: a.scale,
+                    offset: a.offset,
+                    unit_label: a.unit_label,
+                    timeout: a.timeout,
+                    json: a.json,
+                },
+                &mut stdout,
+            )
+            .await
+        }
+        Command::Scan(ScanCommand::Dlt645 { link, timeout }) => {
+            let found = tools::scan::dlt645(&link, timeout, &mut stdout).await?;
+            Ok(if found.is_empty() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Scan(ScanCommand::Modbus {
+            link,
+            from,
+            to,
+            table,
+            address,
+            timeout,
+        }) => {
+            anyhow::ensure!(from <= to, "--from {from} is above --to {to}");
+            let found =
+                tools::scan::modbus(&link, from..=to, table, address, timeout, &mut stdout).await?;
+            Ok(if found.is_empty() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Sim {
+            config,
+            print_config,
+        } => {
+            let spec = match &config {
+                Some(p) => tools::sim::load_spec(p)?,
+                None => tools::sim::default_spec(None),
+            };
+            let sims = tools::sim::start(&spec)
+                .await
+                .context("cannot start simulators")?;
+            for l in &sims.lines {
+                writeln!(stdout, "line {} ({}): {}", l.name, l.protocol, l.link)?;
+            }
+            if print_config {
+                writeln!(
+                    stdout,
+                    "\n# gateway config for these simulators\n{}",
+                    sims.gateway_config("sim-site", "5s")
+                )?;
+            }
+            writeln!(stdout, "simulators running; Ctrl-C stops")?;
+            stdout.flush()?;
+            daemon::stop_signal().await;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -299,7 +299,12 @@ pub fn decode_registers(regs: &[u16], ty: DataType, byte_order: Order, word_orde
         DataType::I32 => f64::from(i32::from_be_bytes(b4)),
         DataType::U64 => u64::from_be_bytes(bytes) as f64,
         DataType::I64 => i64::from_be_bytes(bytes) as f64,
-        DataType::F32 => f64::from(f32::from_be_bytes(b4)),
+        // Through the shortest decimal that round-trips the f32, so that 12.56f32 becomes
+        // 12.56 and not 12.5600004196167.
+        DataType::F32 => {
+            let x = f32::from_be_bytes(b4);
+            x.to_string().parse::<f64>().unwrap_or(f64::from(x))
+        }
         DataType::F64 => f64::from_be_bytes(bytes),
     }
 }
@@ -374,7 +379,7 @@ mod tests {
         // 0x4148F5C3 = 12.56 as f32
         let regs = [0x4148, 0xF5C3];
         let f = decode_registers(&regs, DataType::F32, Order::Big, Order::Big);
-        assert!((f - 12.56).abs() < 1e-5);
+        assert_eq!(f, 12.56);
         let swapped = [0xF5C3, 0x4148];
         let f = decode_registers(&swapped, DataType::F32, Order::Big, Order::Little);
         assert!((f - 12.56).abs() < 1e-5);

@@ -1,0 +1,483 @@
+//! One task per bus: it owns the line, polls each device on its own schedule, and turns
+//! every outcome into readings.
+
+use std::time::Duration;
+
+use gridgate_drivers::dlt645::{self, Address, Client, ClientOptions, DataId, Dlt645Error};
+use gridgate_drivers::link::{LineStream, SerialSettings};
+use gridgate_drivers::modbus::{self, ModbusError, ModbusLine, ReadData, Table};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::reading::{Quality, Reading, Value, now_ms};
+use super::state::DeviceRegistry;
+use crate::config::{BusConfig, BusTiming, DeviceConfig, DeviceKind, PointSource, Protocol};
+
+/// Maps a DL/T 645 failure to a reading quality.
+pub fn dlt645_quality(e: &Dlt645Error) -> Quality {
+    match e {
+        Dlt645Error::Timeout(_) => Quality::Timeout,
+        Dlt645Error::Incomplete(_) | Dlt645Error::Corrupt(_) => Quality::Crc,
+        Dlt645Error::Meter { word, .. } => Quality::MeterError(word.0),
+        Dlt645Error::Value(_) | Dlt645Error::Unexpected(_) | Dlt645Error::Encode(_) => {
+            Quality::DecodeError
+        }
+        Dlt645Error::Io(_) => Quality::LinkDown,
+    }
+}
+
+/// Maps a Modbus failure to a reading quality.
+pub fn modbus_quality(e: &ModbusError) -> Quality {
+    match e {
+        ModbusError::Timeout(_) => Quality::Timeout,
+        ModbusError::Exception { code } => Quality::Exception(*code),
+        ModbusError::Protocol(_) => Quality::Crc,
+        ModbusError::Io(_) => Quality::LinkDown,
+    }
+}
+
+/// A DL/T 645 value as a reading value.
+pub fn dlt645_value(v: &dlt645::Value) -> Value {
+    match v.as_f64() {
+        Some(n) => Value::Number(n),
+        None => Value::Text(v.to_string()),
+    }
+}
+
+/// Reads one identifier, retrying what a retry can cure (silence, corruption).
+pub async fn read_dlt645(
+    client: &mut Client<LineStream>,
+    address: Address,
+    di: DataId,
+    timing: &BusTiming,
+) -> Result<dlt645::Value, Dlt645Error> {
+    let mut attempt = 0;
+    loop {
+        match client.read_value(address, di).await {
+            Err(
+                e
+                @ (Dlt645Error::Timeout(_) | Dlt645Error::Incomplete(_) | Dlt645Error::Corrupt(_)),
+            ) if attempt < timing.retries => {
+                debug!(%address, %di, attempt, error = %e, "retrying");
+                tokio::time::sleep(timing.retry_backoff * 2u32.pow(attempt)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Reads a range, retrying timeouts and garbled replies.
+pub async fn read_modbus(
+    line: &mut ModbusLine,
+    unit: u8,
+    table: Table,
+    start: u16,
+    count: u16,
+    timing: &BusTiming,
+) -> Result<ReadData, ModbusError> {
+    let mut attempt = 0;
+    loop {
+        match line.read(unit, table, start, count).await {
+            Err(e @ (ModbusError::Timeout(_) | ModbusError::Protocol(_)))
+                if attempt < timing.retries =>
+            {
+                debug!(unit, %table, start, count, attempt, error = %e, "retrying");
+                tokio::time::sleep(timing.retry_backoff * 2u32.pow(attempt)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+enum Line {
+    Dlt645(Option<Client<LineStream>>),
+    Modbus(ModbusLine),
+}
+
+struct DeviceRuntime {
+    cfg: DeviceConfig,
+    next_due: Instant,
+    failures: u32,
+    online: bool,
+}
+
+/// The poller of one bus.
+pub struct BusPoller {
+    bus: BusConfig,
+    line: Line,
+    devices: Vec<DeviceRuntime>,
+    reopen_at: Option<Instant>,
+    reopen_backoff: Duration,
+    registry: DeviceRegistry,
+}
+
+const REOPEN_FIRST: Duration = Duration::from_millis(500);
+
+impl BusPoller {
+    /// A poller for `bus`; nothing is opened until the first poll.
+    pub fn new(bus: BusConfig, registry: DeviceRegistry) -> Self {
+        let line = match bus.protocol {
+            Protocol::Dlt645 => Line::Dlt645(None),
+            Protocol::Modbus => Line::Modbus(ModbusLine::new(bus.link.clone(), bus.timing.timeout)),
+        };
+        let now = Instant::now();
+        let devices = bus
+            .devices
+            .iter()
+            .map(|d| {
+                registry.register(&d.name, &bus.name);
+                DeviceRuntime {
+                    cfg: d.clone(),
+                    next_due: now,
+                    failures: 0,
+                    online: true,
+                }
+            })
+            .collect();
+        BusPoller {
+            bus,
+            line,
+            devices,
+            reopen_at: None,
+            reopen_backoff: REOPEN_FIRST,
+            registry,
+        }
+    }
+
+    /// Polls until `cancel` fires, sending each device's readings to `out`.
+    pub async fn run(mut self, out: mpsc::Sender<Vec<Reading>>, cancel: CancellationToken) {
+        info!(bus = %self.bus.name, link = %self.bus.link, devices = self.devices.len(), "bus started");
+        if self.devices.is_empty() {
+            cancel.cancelled().await;
+            return;
+        }
+        loop {
+            let (idx, due) = self
+                .devices
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (i, d.next_due))
+                .min_by_key(|(_, due)| *due)
+                .unwrap_or((0, Instant::now()));
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep_until(due) => {}
+            }
+            let readings = tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = self.poll(idx) => r,
+            };
+            self.reschedule(idx, due);
+            if out.send(readings).await.is_err() {
+                break;
+            }
+        }
+        info!(bus = %self.bus.name, "bus stopped");
+    }
+
+    /// Next slot on the device's grid, so polls do not drift; slots already missed are
+    /// skipped (and counted), never bunched.
+    fn reschedule(&mut self, idx: usize, due: Instant) {
+        let dev = &mut self.devices[idx];
+        let period = dev.cfg.poll;
+        let now = Instant::now();
+        let mut next = due + period;
+        if next <= now {
+            let behind = now.duration_since(next);
+            let skip = (behind.as_nanos() / period.as_nanos().max(1)) as u32 + 1;
+            next += period * skip;
+            self.registry.missed(&dev.cfg.name, u64::from(skip));
+            debug!(device = %dev.cfg.name, skipped = skip, "poll overran its interval");
+        }
+        dev.next_due = next;
+    }
+
+    /// Polls device `idx` once.
+    pub async fn poll(&mut self, idx: usize) -> Vec<Reading> {
+        let readings = match self.devices[idx].cfg.kind.clone() {
+            DeviceKind::Dlt645 { address } => self.poll_dlt645(idx, address).await,
+            DeviceKind::Modbus { unit, plan } => self.poll_modbus(idx, unit, &plan).await,
+        };
+        self.update_state(idx, &readings);
+        readings
+    }
+
+    fn update_state(&mut self, idx: usize, readings: &[Reading]) {
+        let dev = &mut self.devices[idx];
+        let any_good = readings.iter().any(|r| r.quality.is_good());
+        let all_silent = readings.iter().all(|r| {
+            matches!(
+                r.quality,
+                Quality::Timeout | Quality::LinkDown | Quality::Offline | Quality::Crc
+            )
+        });
+        if any_good || !all_silent {
+            if !dev.online {
+                info!(device = %dev.cfg.name, bus = %self.bus.name, "device back online");
+            }
+            dev.failures = 0;
+            dev.online = true;
+        } else {
+            dev.failures += 1;
+            if dev.online && dev.failures >= self.bus.timing.offline_after {
+                dev.online = false;
+                warn!(
+                    device = %dev.cfg.name,
+                    bus = %self.bus.name,
+                    failures = dev.failures,
+                    "device offline: no valid reply in {} polls; check its wiring, address and power. \
+                     Probing it with its first point each poll until it answers",
+                    dev.failures
+                );
+            }
+        }
+        self.registry.record(&dev.cfg.name, dev.online, readings);
+    }
+
+    fn line_retry_pending(&self) -> Option<Duration> {
+        self.reopen_at
+            .and_then(|t| t.checked_duration_since(Instant::now()))
+    }
+
+    fn line_failed(&mut self, error: &str) {
+        warn!(
+            bus = %self.bus.name,
+            link = %self.bus.link,
+            retry_in = ?self.reopen_backoff,
+            "line down: {error}"
+        );
+        self.reopen_at = Some(Instant::now() + self.reopen_backoff);
+        self.reopen_backoff = (self.reopen_backoff * 2).min(self.bus.timing.reconnect_max);
+    }
+
+    fn line_ok(&mut self) {
+        if self.reopen_at.take().is_some() {
+            info!(bus = %self.bus.name, "line up again");
+        }
+        self.reopen_backoff = REOPEN_FIRST;
+    }
+
+    async fn dlt645_client(&mut self) -> Result<&mut Client<LineStream>, String> {
+        let need_open = matches!(self.line, Line::Dlt645(None));
+        if need_open {
+            if let Some(wait) = self.line_retry_pending() {
+                return Err(format!("line down, reopening in {wait:.1?}"));
+            }
+            let timing = self.bus.timing;
+            match self
+                .bus
+                .link
+                .open(SerialSettings::DLT645, timing.timeout)
+                .await
+            {
+                Ok(stream) => {
+                    let opts = ClientOptions {
+                        response_timeout: timing.timeout,
+                        inter_byte_timeout: timing.inter_byte_timeout,
+                        wakeup_bytes: timing.wakeup_bytes,
+                        ..ClientOptions::default()
+                    };
+                    self.line = Line::Dlt645(Some(Client::new(stream, opts)));
+                    self.line_ok();
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    self.line_failed(&msg);
+                    return Err(msg);
+                }
+            }
+        }
+        match &mut self.line {
+            Line::Dlt645(Some(c)) => Ok(c),
+            _ => Err("bus is not a DL/T 645 line".into()),
+        }
+    }
+
+    async fn poll_dlt645(&mut self, idx: usize, address: Address) -> Vec<Reading> {
+        let dev_name = self.devices[idx].cfg.name.clone();
+        let online = self.devices[idx].online;
+        let points = self.devices[idx].cfg.points.clone();
+        let timing = self.bus.timing;
+        let mut out = Vec::with_capacity(points.len());
+        let mut any_good = false;
+        for (j, p) in points.iter().enumerate() {
+            let id = format!("{dev_name}/{}", p.name);
+            let PointSource::Dlt645(di) = p.source else {
+                continue;
+            };
+            if !online && j > 0 && !any_good {
+                out.push(Reading::bad(
+                    id,
+                    now_ms(),
+                    Quality::Offline,
+                    &p.unit,
+                    "device offline; probed with its first point".into(),
+                ));
+                continue;
+            }
+            let client = match self.dlt645_client().await {
+                Ok(c) => c,
+                Err(e) => {
+                    out.push(Reading::bad(id, now_ms(), Quality::LinkDown, &p.unit, e));
+                    continue;
+                }
+            };
+            match read_dlt645(client, address, di, &timing).await {
+                Ok(v) => {
+                    any_good = true;
+                    out.push(Reading::good(id, now_ms(), dlt645_value(&v), &p.unit));
+                }
+                Err(e) => {
+                    if e.is_link_failure() {
+                        self.line = Line::Dlt645(None);
+                        self.line_failed(&e.to_string());
+                    }
+                    out.push(Reading::bad(
+                        id,
+                        now_ms(),
+                        dlt645_quality(&e),
+                        &p.unit,
+                        e.to_string(),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    async fn poll_modbus(
+        &mut self,
+        idx: usize,
+        unit: u8,
+        plan: &[modbus::ReadPlan],
+    ) -> Vec<Reading> {
+        let dev_name = self.devices[idx].cfg.name.clone();
+        let online = self.devices[idx].online;
+        let points = self.devices[idx].cfg.points.clone();
+        let timing = self.bus.timing;
+        let mut slots: Vec<Option<Reading>> = vec![None; points.len()];
+        let mut any_good = false;
+        let id = |j: usize| format!("{dev_name}/{}", points[j].name);
+        for (n, read) in plan.iter().enumerate() {
+            if !online && n > 0 && !any_good {
+                for &j in &read.points {
+                    slots[j] = Some(Reading::bad(
+                        id(j),
+                        now_ms(),
+                        Quality::Offline,
+                        &points[j].unit,
+                        "device offline; probed with its first read".into(),
+                    ));
+                }
+                continue;
+            }
+            let Line::Modbus(line) = &mut self.line else {
+                break;
+            };
+            if !line.is_connected() {
+                if let Some(wait) = self
+                    .reopen_at
+                    .and_then(|t| t.checked_duration_since(Instant::now()))
+                {
+                    for &j in &read.points {
+                        slots[j] = Some(Reading::bad(
+                            id(j),
+                            now_ms(),
+                            Quality::LinkDown,
+                            &points[j].unit,
+                            format!("line down, reopening in {wait:.1?}"),
+                        ));
+                    }
+                    continue;
+                }
+            }
+            let result = read_modbus(line, unit, read.table, read.start, read.count, &timing).await;
+            match result {
+                Ok(data) => {
+                    self.line_ok();
+                    let ts = now_ms();
+                    for &j in &read.points {
+                        let PointSource::Modbus(spec) = points[j].source else {
+                            continue;
+                        };
+                        slots[j] = Some(match spec.decode(read.start, &data) {
+                            Ok(v) => {
+                                any_good = true;
+                                let value = if spec.data_type == modbus::DataType::Bool {
+                                    Value::Bool(v != 0.0)
+                                } else {
+                                    Value::Number(v)
+                                };
+                                Reading::good(id(j), ts, value, &points[j].unit)
+                            }
+                            Err(e) => Reading::bad(
+                                id(j),
+                                ts,
+                                Quality::DecodeError,
+                                &points[j].unit,
+                                e.to_string(),
+                            ),
+                        });
+                    }
+                }
+                Err(ModbusError::Exception { code: 2 }) if read.points.len() > 1 => {
+                    // A merged read touched an address the device does not map: read its
+                    // points one by one so that one bad address does not blank the rest.
+                    debug!(device = %dev_name, start = read.start, count = read.count, "merged read refused; reading points singly");
+                    for &j in &read.points {
+                        let PointSource::Modbus(spec) = points[j].source else {
+                            continue;
+                        };
+                        let Line::Modbus(line) = &mut self.line else {
+                            break;
+                        };
+                        let r =
+                            read_modbus(line, unit, spec.table, spec.address, spec.len(), &timing)
+                                .await;
+                        let ts = now_ms();
+                        slots[j] = Some(match r.map(|d| spec.decode(spec.address, &d)) {
+                            Ok(Ok(v)) => {
+                                any_good = true;
+                                Reading::good(id(j), ts, Value::Number(v), &points[j].unit)
+                            }
+                            Ok(Err(e)) => Reading::bad(
+                                id(j),
+                                ts,
+                                Quality::DecodeError,
+                                &points[j].unit,
+                                e.to_string(),
+                            ),
+                            Err(e) => Reading::bad(
+                                id(j),
+                                ts,
+                                modbus_quality(&e),
+                                &points[j].unit,
+                                e.to_string(),
+                            ),
+                        });
+                    }
+                }
+                Err(e) => {
+                    if e.is_link_failure() {
+                        self.line_failed(&e.to_string());
+                    }
+                    let ts = now_ms();
+                    for &j in &read.points {
+                        slots[j] = Some(Reading::bad(
+                            id(j),
+                            ts,
+                            modbus_quality(&e),
+                            &points[j].unit,
+                            e.to_string(),
+                        ));
+                    }
+                }
+            }
+        }
+        slots.into_iter().flatten().collect()
+    }
+}

@@ -1,0 +1,37 @@
+//! Acquisition: buses, polling, device state. One task per bus owns its line; each device is
+//! polled on its own schedule; every outcome, good or bad, becomes a [`Reading`].
+
+pub mod bus;
+pub mod reading;
+pub mod sink;
+pub mod state;
+
+pub use bus::BusPoller;
+pub use reading::{Quality, Reading, Value};
+pub use sink::{JsonLinesSink, ReadingSink, TextSink};
+pub use state::{DeviceRegistry, DeviceStatus};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::GatewayConfig;
+
+/// Readings waiting between the buses and the sink; a slow sink slows polling rather than
+/// growing memory.
+pub const QUEUE_DEPTH: usize = 1024;
+
+/// Starts one poller per bus. Readings go to `out`; the pollers stop when `cancel` fires.
+pub fn start(
+    cfg: &GatewayConfig,
+    out: mpsc::Sender<Vec<Reading>>,
+    registry: DeviceRegistry,
+    cancel: CancellationToken,
+) -> JoinSet<()> {
+    let mut set = JoinSet::new();
+    for bus in &cfg.buses {
+        let poller = BusPoller::new(bus.clone(), registry.clone());
+        set.spawn(poller.run(out.clone(), cancel.clone()));
+    }
+    set
+}

@@ -1,0 +1,167 @@
+//! Readings: what acquisition produces for every point it polls, good or not.
+
+use std::fmt;
+
+use serde::{Serialize, Serializer};
+
+/// A measured value.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Value {
+    /// A number in engineering units.
+    Number(f64),
+    /// A bit.
+    Bool(bool),
+    /// A date, time, address, or raw bytes as hex.
+    Text(String),
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Number(n) => write!(f, "{n}"),
+            Value::Bool(b) => write!(f, "{b}"),
+            Value::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+/// Whether a reading is good, and if not, why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Quality {
+    /// Read and decoded.
+    Good,
+    /// No reply in time.
+    Timeout,
+    /// A reply with a wrong checksum or CRC, or cut short.
+    Crc,
+    /// A Modbus exception reply, with its code.
+    Exception(u8),
+    /// A DL/T 645 abnormal reply, with its error word.
+    MeterError(u16),
+    /// A reply whose value could not be decoded.
+    DecodeError,
+    /// Not read this round (the device is offline and was not probed).
+    Offline,
+    /// The line itself is down (port missing, TCP refused).
+    LinkDown,
+    /// An old value (reserved for later stages).
+    Stale,
+}
+
+impl Quality {
+    /// True for [`Quality::Good`].
+    pub fn is_good(self) -> bool {
+        self == Quality::Good
+    }
+
+    /// A short name for counters and logs: `good`, `timeout`, `crc`, `exception`...
+    pub fn kind(self) -> &'static str {
+        match self {
+            Quality::Good => "good",
+            Quality::Timeout => "timeout",
+            Quality::Crc => "crc",
+            Quality::Exception(_) => "exception",
+            Quality::MeterError(_) => "meter_error",
+            Quality::DecodeError => "decode_error",
+            Quality::Offline => "offline",
+            Quality::LinkDown => "link_down",
+            Quality::Stale => "stale",
+        }
+    }
+}
+
+impl fmt::Display for Quality {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Quality::Exception(c) => write!(f, "exception:{c:02x}"),
+            Quality::MeterError(w) => write!(f, "meter_error:{w:02x}"),
+            other => f.write_str(other.kind()),
+        }
+    }
+}
+
+impl Serialize for Quality {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// One point's outcome at one moment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Reading {
+    /// `device/point`.
+    pub point: String,
+    /// Milliseconds since the Unix epoch, UTC, when the reply arrived (or the read failed).
+    pub ts_ms: i64,
+    /// The value; `None` unless the quality is good.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<Value>,
+    /// Engineering unit.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub unit: String,
+    /// Good, or why not.
+    pub quality: Quality,
+    /// Error detail for a bad reading.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Reading {
+    /// A good reading.
+    pub fn good(point: String, ts_ms: i64, value: Value, unit: &str) -> Self {
+        Reading {
+            point,
+            ts_ms,
+            value: Some(value),
+            unit: unit.to_string(),
+            quality: Quality::Good,
+            error: None,
+        }
+    }
+
+    /// A failed reading.
+    pub fn bad(point: String, ts_ms: i64, quality: Quality, unit: &str, error: String) -> Self {
+        Reading {
+            point,
+            ts_ms,
+            value: None,
+            unit: unit.to_string(),
+            quality,
+            error: Some(error),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_shape_is_what_consumers_parse() {
+        let r = Reading::good("m/e".into(), 1, Value::Number(12345.67), "kWh");
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"point":"m/e","ts_ms":1,"value":12345.67,"unit":"kWh","quality":"good"}"#
+        );
+        let r = Reading::bad(
+            "m/p".into(),
+            2,
+            Quality::Exception(2),
+            "",
+            "illegal data address".into(),
+        );
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"point":"m/p","ts_ms":2,"quality":"exception:02","error":"illegal data address"}"#
+        );
+    }
+}

@@ -1,0 +1,131 @@
+use super::*;
+
+const GOOD: &str = r#"
+[gateway]
+id = "site-042"
+data_dir = "/tmp/gg"
+
+[[bus]]
+name = "rs485-1"
+link = "serial:///dev/ttyS1?baud=2400&parity=even"
+
+[[bus]]
+name = "plant"
+link = "tcp://10.0.0.6:502"
+timeout = "300ms"
+
+[[device]]
+name = "meter-1"
+bus = "rs485-1"
+protocol = "dlt645"
+address = "000000000001"
+poll = "15s"
+points = [
+  { name = "energy_import", di = "00010000" },
+  { name = "active_power", di = "02030000" },
+]
+
+[[device]]
+name = "pcs"
+bus = "plant"
+protocol = "modbus"
+unit = 3
+poll = "1s"
+points = [
+  { name = "power", table = "holding", address = 0, type = "f32", unit = "kW" },
+  { name = "setpoint", address = 10, type = "u16", scale = 0.1, unit = "%" },
+  { name = "running", table = "discrete", address = 0 },
+]
+"#;
+
+fn problems(text: &str) -> Vec<Problem> {
+    match parse(text, Path::new("site.toml")) {
+        Err(ConfigError::Invalid { problems, .. }) => problems,
+        Ok(_) => panic!("config was accepted"),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn a_good_config_is_resolved() {
+    let cfg = parse(GOOD, Path::new("site.toml")).unwrap();
+    assert_eq!(cfg.id, "site-042");
+    assert_eq!(cfg.buses.len(), 2);
+    assert_eq!(cfg.buses[0].protocol, Protocol::Dlt645);
+    assert_eq!(cfg.buses[1].protocol, Protocol::Modbus);
+    assert_eq!(cfg.buses[1].timing.timeout, Duration::from_millis(300));
+    assert_eq!(cfg.point_count(), 5);
+    let meter = &cfg.buses[0].devices[0];
+    assert_eq!(meter.points[0].unit, "kWh", "unit comes from the DI table");
+    match &cfg.buses[1].devices[0].kind {
+        DeviceKind::Modbus { unit, plan } => {
+            assert_eq!(*unit, 3);
+            // holding 0..2 and 10 merge (gap 8), discrete input apart.
+            assert_eq!(plan.len(), 2);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn unknown_key_names_line_and_key() {
+    let text = GOOD.replace("poll = \"15s\"", "poll = \"15s\"\npoll_rate = 3");
+    let p = problems(&text);
+    assert_eq!(p.len(), 1);
+    assert!(
+        p[0].message.contains("unknown field `poll_rate`"),
+        "{:?}",
+        p[0]
+    );
+    assert_eq!(p[0].line, 21);
+    assert_eq!(p[0].key, "poll_rate");
+}
+
+#[test]
+fn every_semantic_problem_is_reported_with_its_line() {
+    let text = GOOD
+        .replace("bus = \"plant\"", "bus = \"plant-9\"")
+        .replace("address = \"000000000001\"", "address = \"00000000001X\"")
+        .replace(
+            "{ name = \"active_power\", di = \"02030000\" }",
+            "{ name = \"energy_import\", di = \"02030000\" }",
+        )
+        .replace("timeout = \"300ms\"", "timeout = \"soon\"");
+    let p = problems(&text);
+    let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+    assert!(keys.contains(&"bus[1].timeout"), "{p:?}");
+    assert!(keys.contains(&"device[0].address"), "{p:?}");
+    assert!(keys.contains(&"device[0].points[1].name"), "{p:?}");
+    assert!(keys.contains(&"device[1].bus"), "{p:?}");
+    let bus = p.iter().find(|p| p.key == "device[1].bus").unwrap();
+    assert_eq!(bus.line, 28);
+    assert!(
+        bus.message.contains("defined buses: plant, rs485-1"),
+        "{}",
+        bus.message
+    );
+    let rendered = ConfigError::Invalid {
+        path: "site.toml".into(),
+        problems: p.clone(),
+    }
+    .to_string();
+    assert!(rendered.starts_with("site.toml:"), "{rendered}");
+}
+
+#[test]
+fn protocol_mismatches_are_refused() {
+    let text = GOOD.replace(
+        "link = \"tcp://10.0.0.6:502\"",
+        "link = \"rtu-tcp://10.0.0.6:502\"",
+    );
+    assert!(parse(&text, Path::new("x")).is_ok());
+    let text = GOOD.replace("bus = \"plant\"", "bus = \"rs485-1\"");
+    let p = problems(&text);
+    assert!(p[0].message.contains("already carries dlt645"), "{p:?}");
+    let text = GOOD.replace(
+        "{ name = \"running\", table = \"discrete\", address = 0 }",
+        "{ name = \"running\", di = \"00010000\" }",
+    );
+    let p = problems(&text);
+    assert!(p.iter().any(|p| p.key.ends_with("points[2].di")), "{p:?}");
+}

@@ -1,0 +1,5 @@
+//! Field tools: what an engineer runs by hand on site.
+
+pub mod read;
+pub mod scan;
+pub mod sim;
