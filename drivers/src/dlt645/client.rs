@@ -45,6 +45,12 @@ pub enum Dlt645Error {
     /// No complete reply in time.
     #[error("no reply within {0:?}")]
     Timeout(Duration),
+    /// Bytes arrived but no valid frame among them (replies of several meters colliding,
+    /// noise, a wrong baud rate).
+    #[error(
+        "garbled reply: {0} bytes and no valid frame (several meters answering, noise, or a wrong baud rate)"
+    )]
+    Garbled(u64),
     /// A reply began but stopped before its end.
     #[error("reply stopped after {0} bytes (inter-byte gap exceeded)")]
     Incomplete(usize),
@@ -172,6 +178,7 @@ where
     async fn receive(&mut self, req: &Frame) -> Result<Frame, Dlt645Error> {
         let started = Instant::now();
         let deadline = started + self.opts.response_timeout;
+        let bytes_before = self.counters.bytes_in;
         let mut last_byte: Option<Instant> = None;
         let mut chunk = [0u8; 256];
         loop {
@@ -228,10 +235,13 @@ where
                 Ok(Err(e)) => return Err(Dlt645Error::Io(e)),
                 Err(_) => {
                     let partial = self.buf.contains(&frame::START);
+                    let received = self.counters.bytes_in - bytes_before;
+                    let n = self.buf.len();
+                    self.buf.clear();
                     return Err(if partial {
-                        let n = self.buf.len();
-                        self.buf.clear();
                         Dlt645Error::Incomplete(n)
+                    } else if received > 0 {
+                        Dlt645Error::Garbled(received)
                     } else {
                         Dlt645Error::Timeout(started.elapsed())
                     });

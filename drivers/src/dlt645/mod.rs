@@ -9,6 +9,8 @@ pub mod client;
 pub mod di;
 pub mod frame;
 pub mod sim;
+#[cfg(test)]
+mod vectors;
 
 use std::fmt;
 

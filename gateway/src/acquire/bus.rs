@@ -19,7 +19,9 @@ use crate::config::{BusConfig, BusTiming, DeviceConfig, DeviceKind, PointSource,
 pub fn dlt645_quality(e: &Dlt645Error) -> Quality {
     match e {
         Dlt645Error::Timeout(_) => Quality::Timeout,
-        Dlt645Error::Incomplete(_) | Dlt645Error::Corrupt(_) => Quality::Crc,
+        Dlt645Error::Incomplete(_) | Dlt645Error::Corrupt(_) | Dlt645Error::Garbled(_) => {
+            Quality::Crc
+        }
         Dlt645Error::Meter { word, .. } => Quality::MeterError(word.0),
         Dlt645Error::Value(_) | Dlt645Error::Unexpected(_) | Dlt645Error::Encode(_) => {
             Quality::DecodeError
