@@ -6,7 +6,7 @@
 //! collide on the line, as on real RS-485. Tests can silence a meter or corrupt replies.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -159,6 +159,17 @@ pub struct LineFaults {
     pub truncate_replies: AtomicU32,
 }
 
+/// What crossed a simulated line, for measuring how busy it was.
+#[derive(Debug, Default)]
+pub struct LineStats {
+    /// Request bytes received (wake-up bytes included).
+    pub request_bytes: AtomicU64,
+    /// Reply bytes sent.
+    pub reply_bytes: AtomicU64,
+    /// Requests answered.
+    pub exchanges: AtomicU64,
+}
+
 /// Several meters on one line.
 #[derive(Debug, Clone)]
 pub struct SimLine {
@@ -172,6 +183,8 @@ pub struct SimLine {
     pub max_reply_data: usize,
     /// Fault injection.
     pub faults: Arc<LineFaults>,
+    /// Traffic counters.
+    pub stats: Arc<LineStats>,
 }
 
 struct Pending {
@@ -190,6 +203,7 @@ impl SimLine {
             wakeup_bytes: 2,
             max_reply_data: frame::MAX_DATA_LEN - 5,
             faults: Arc::new(LineFaults::default()),
+            stats: Arc::new(LineStats::default()),
         }
     }
 
@@ -240,9 +254,16 @@ impl SimLine {
                         let done = self
                             .timing
                             .reply_complete_at(received, consumed, wire.len());
-                        tokio::time::sleep_until(done).await;
+                        wait_until_precisely(done).await;
                         io.write_all(&wire).await?;
                         io.flush().await?;
+                        self.stats
+                            .request_bytes
+                            .fetch_add(consumed as u64, Ordering::Relaxed);
+                        self.stats
+                            .reply_bytes
+                            .fetch_add(wire.len() as u64, Ordering::Relaxed);
+                        self.stats.exchanges.fetch_add(1, Ordering::Relaxed);
                     }
                     Decoded::Skip { consumed, .. } => {
                         buf.drain(..consumed);
@@ -359,6 +380,18 @@ fn collide(wire: &mut Vec<u8>, frame: &[u8]) {
             Some(w) => *w = (*w & *b) ^ 0x5A,
             None => wire.push(*b),
         }
+    }
+}
+
+/// Waits until `t` to within a few microseconds: tokio's timers round up to the next
+/// millisecond, which on a simulated 2400-baud line would add a delay no real line has.
+async fn wait_until_precisely(t: Instant) {
+    let coarse = t.checked_sub(std::time::Duration::from_millis(2));
+    if let Some(c) = coarse.filter(|c| *c > Instant::now()) {
+        tokio::time::sleep_until(c).await;
+    }
+    while Instant::now() < t {
+        tokio::task::yield_now().await;
     }
 }
 

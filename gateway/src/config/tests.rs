@@ -129,3 +129,11 @@ fn protocol_mismatches_are_refused() {
     let p = problems(&text);
     assert!(p.iter().any(|p| p.key.ends_with("points[2].di")), "{p:?}");
 }
+
+#[test]
+fn the_shipped_example_config_is_valid() {
+    let text = include_str!("../../../deploy/example.toml");
+    let cfg = parse(text, Path::new("deploy/example.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.buses.len(), 3);
+    assert_eq!(cfg.devices().count(), 3);
+}

@@ -371,6 +371,12 @@ mod tests {
         assert_eq!(spec.line[0].meters.len(), 3);
     }
 
+    #[test]
+    fn the_shipped_sim_file_parses() {
+        let spec: SimSpec = toml::from_str(include_str!("../../../deploy/sim.toml")).unwrap();
+        assert_eq!(spec.line.len(), 4);
+    }
+
     #[tokio::test]
     async fn the_printed_config_is_a_valid_gateway_config() {
         let sims = start(&default_spec(None)).await.unwrap();
