@@ -155,3 +155,11 @@ pub fn is_point(v: &Value, point: &str) -> bool {
 pub fn has_quality(v: &Value, quality: &str) -> bool {
     v["quality"] == quality
 }
+
+/// Starts the simulators described by `spec` (the `gridgate sim` file format).
+pub async fn sims(spec: &str) -> gridgate::tools::sim::RunningSims {
+    let spec: gridgate::tools::sim::SimSpec = toml::from_str(spec).expect("simulator spec");
+    gridgate::tools::sim::start(&spec)
+        .await
+        .expect("simulators start")
+}

@@ -5,15 +5,9 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use gridgate::tools::sim::{self, RunningSims, SimSpec};
-use gridgate_tests::{Gateway, has_quality, is_point};
+use gridgate_tests::{Gateway, has_quality, is_point, sims};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-async fn sims(spec: &str) -> RunningSims {
-    let spec: SimSpec = toml::from_str(spec).expect("sim spec");
-    sim::start(&spec).await.expect("simulators start")
-}
 
 fn number(v: &serde_json::Value) -> f64 {
     v["value"]

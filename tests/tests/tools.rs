@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use gridgate::tools::sim::{self, SimSpec};
-use gridgate_tests::run_to_end;
+use gridgate_tests::{run_to_end, sims};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -124,7 +123,7 @@ async fn read_dlt645_decodes_frames_from_the_standard() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_dlt645_text_output_and_success() {
-    let spec: SimSpec = toml::from_str(
+    let s = sims(
         r#"
 [[line]]
 name = "rs485"
@@ -133,8 +132,7 @@ pty = "auto"
 meters = [{ address = "000000000007", rated_kw = 3.0, energy_kwh = 42.5 }]
 "#,
     )
-    .expect("spec");
-    let s = sim::start(&spec).await.expect("sims");
+    .await;
     let (code, out, err) = run_to_end(
         &[
             "read",
@@ -159,7 +157,7 @@ meters = [{ address = "000000000007", rated_kw = 3.0, energy_kwh = 42.5 }]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_modbus_types_orders_and_exceptions() {
-    let spec: SimSpec = toml::from_str(
+    let s = sims(
         r#"
 [[line]]
 name = "plant"
@@ -168,8 +166,7 @@ listen = "127.0.0.1:0"
 devices = [{ unit = 3, rated_kw = 50.0, energy_kwh = 1234.5 }]
 "#,
     )
-    .expect("spec");
-    let s = sim::start(&spec).await.expect("sims");
+    .await;
     let link = s.lines[0].link.clone();
     let read = |args: Vec<&str>| {
         let mut all = vec![
@@ -229,7 +226,7 @@ devices = [{ unit = 3, rated_kw = 50.0, energy_kwh = 1234.5 }]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scan_finds_every_meter_on_a_shared_line_and_every_modbus_unit() {
-    let spec: SimSpec = toml::from_str(
+    let s = sims(
         r#"
 [[line]]
 name = "rs485"
@@ -248,8 +245,7 @@ listen = "127.0.0.1:0"
 devices = [{ unit = 2 }, { unit = 4 }]
 "#,
     )
-    .expect("spec");
-    let s = sim::start(&spec).await.expect("sims");
+    .await;
     let (code, out, err) = run_to_end(
         &[
             "scan",

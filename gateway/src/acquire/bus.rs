@@ -363,67 +363,62 @@ impl BusPoller {
         let timing = self.bus.timing;
         let mut slots: Vec<Option<Reading>> = vec![None; points.len()];
         let mut any_good = false;
-        let id = |j: usize| format!("{dev_name}/{}", points[j].name);
+        // One reading for point `j` from the outcome of a read that began at `start`.
+        let reading = |j: usize, start: u16, outcome: Result<&ReadData, (Quality, String)>| {
+            let p = &points[j];
+            let id = format!("{dev_name}/{}", p.name);
+            let ts = now_ms();
+            let PointSource::Modbus(spec) = p.source else {
+                return Reading::bad(
+                    id,
+                    ts,
+                    Quality::DecodeError,
+                    &p.unit,
+                    "not a Modbus point".into(),
+                );
+            };
+            match outcome.map(|data| spec.decode(start, data)) {
+                Ok(Ok(v)) if spec.data_type == modbus::DataType::Bool => {
+                    Reading::good(id, ts, Value::Bool(v != 0.0), &p.unit)
+                }
+                Ok(Ok(v)) => Reading::good(id, ts, Value::Number(v), &p.unit),
+                Ok(Err(e)) => Reading::bad(id, ts, Quality::DecodeError, &p.unit, e.to_string()),
+                Err((q, msg)) => Reading::bad(id, ts, q, &p.unit, msg),
+            }
+        };
+        let failed = |e: &ModbusError| (modbus_quality(e), e.to_string());
         for (n, read) in plan.iter().enumerate() {
-            if !online && n > 0 && !any_good {
+            let skip = if !online && n > 0 && !any_good {
+                Some((
+                    Quality::Offline,
+                    "device offline; probed with its first read".to_string(),
+                ))
+            } else if let (Line::Modbus(line), Some(wait)) = (&self.line, self.line_retry_pending())
+            {
+                (!line.is_connected()).then(|| {
+                    (
+                        Quality::LinkDown,
+                        format!("line down, reopening in {wait:.1?}"),
+                    )
+                })
+            } else {
+                None
+            };
+            if let Some(why) = skip {
                 for &j in &read.points {
-                    slots[j] = Some(Reading::bad(
-                        id(j),
-                        now_ms(),
-                        Quality::Offline,
-                        &points[j].unit,
-                        "device offline; probed with its first read".into(),
-                    ));
+                    slots[j] = Some(reading(j, read.start, Err(why.clone())));
                 }
                 continue;
             }
             let Line::Modbus(line) = &mut self.line else {
                 break;
             };
-            if !line.is_connected() {
-                if let Some(wait) = self
-                    .reopen_at
-                    .and_then(|t| t.checked_duration_since(Instant::now()))
-                {
-                    for &j in &read.points {
-                        slots[j] = Some(Reading::bad(
-                            id(j),
-                            now_ms(),
-                            Quality::LinkDown,
-                            &points[j].unit,
-                            format!("line down, reopening in {wait:.1?}"),
-                        ));
-                    }
-                    continue;
-                }
-            }
             let result = read_modbus(line, unit, read.table, read.start, read.count, &timing).await;
             match result {
                 Ok(data) => {
                     self.line_ok();
-                    let ts = now_ms();
                     for &j in &read.points {
-                        let PointSource::Modbus(spec) = points[j].source else {
-                            continue;
-                        };
-                        slots[j] = Some(match spec.decode(read.start, &data) {
-                            Ok(v) => {
-                                any_good = true;
-                                let value = if spec.data_type == modbus::DataType::Bool {
-                                    Value::Bool(v != 0.0)
-                                } else {
-                                    Value::Number(v)
-                                };
-                                Reading::good(id(j), ts, value, &points[j].unit)
-                            }
-                            Err(e) => Reading::bad(
-                                id(j),
-                                ts,
-                                Quality::DecodeError,
-                                &points[j].unit,
-                                e.to_string(),
-                            ),
-                        });
+                        slots[j] = Some(reading(j, read.start, Ok(&data)));
                     }
                 }
                 Err(ModbusError::Exception { code: 2 }) if read.points.len() > 1 => {
@@ -440,45 +435,19 @@ impl BusPoller {
                         let r =
                             read_modbus(line, unit, spec.table, spec.address, spec.len(), &timing)
                                 .await;
-                        let ts = now_ms();
-                        slots[j] = Some(match r.map(|d| spec.decode(spec.address, &d)) {
-                            Ok(Ok(v)) => {
-                                any_good = true;
-                                Reading::good(id(j), ts, Value::Number(v), &points[j].unit)
-                            }
-                            Ok(Err(e)) => Reading::bad(
-                                id(j),
-                                ts,
-                                Quality::DecodeError,
-                                &points[j].unit,
-                                e.to_string(),
-                            ),
-                            Err(e) => Reading::bad(
-                                id(j),
-                                ts,
-                                modbus_quality(&e),
-                                &points[j].unit,
-                                e.to_string(),
-                            ),
-                        });
+                        slots[j] = Some(reading(j, spec.address, r.as_ref().map_err(failed)));
                     }
                 }
                 Err(e) => {
                     if e.is_link_failure() {
                         self.line_failed(&e.to_string());
                     }
-                    let ts = now_ms();
                     for &j in &read.points {
-                        slots[j] = Some(Reading::bad(
-                            id(j),
-                            ts,
-                            modbus_quality(&e),
-                            &points[j].unit,
-                            e.to_string(),
-                        ));
+                        slots[j] = Some(reading(j, read.start, Err(failed(&e))));
                     }
                 }
             }
+            any_good |= slots.iter().flatten().any(|r| r.quality.is_good());
         }
         slots.into_iter().flatten().collect()
     }
