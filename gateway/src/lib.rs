@@ -7,6 +7,8 @@
 #![forbid(unsafe_code)]
 
 pub mod acquire;
+pub mod batch;
 pub mod config;
 pub mod daemon;
+pub mod store;
 pub mod tools;

@@ -1,4 +1,9 @@
 //! The wire contract between the gateway and the master station (protobuf package
-//! `gridgate.v1`). Empty until the store issue defines `Batch`, `Reading` and `Quality`;
-//! nothing else in the workspace may define wire messages for the master station.
+//! `gridgate.v1`). Nothing else in the workspace defines wire messages for the master station.
 #![forbid(unsafe_code)]
+
+/// Package `gridgate.v1`.
+pub mod v1 {
+    #![allow(missing_docs, clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/gridgate.v1.rs"));
+}

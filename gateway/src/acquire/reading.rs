@@ -165,3 +165,85 @@ mod tests {
         );
     }
 }
+
+mod wire {
+    //! Conversion to and from the wire form (`gridgate.v1.Reading`).
+    use gridgate_proto::v1 as pb;
+
+    use super::{Quality, Reading, Value};
+
+    impl Quality {
+        /// The wire form.
+        pub fn to_pb(self) -> pb::Quality {
+            use pb::QualityKind as K;
+            let (kind, code) = match self {
+                Quality::Good => (K::Good, 0),
+                Quality::Timeout => (K::Timeout, 0),
+                Quality::Crc => (K::Crc, 0),
+                Quality::Exception(c) => (K::Exception, u32::from(c)),
+                Quality::MeterError(w) => (K::MeterError, u32::from(w)),
+                Quality::DecodeError => (K::DecodeError, 0),
+                Quality::Offline => (K::Offline, 0),
+                Quality::LinkDown => (K::LinkDown, 0),
+                Quality::Stale => (K::Stale, 0),
+            };
+            pb::Quality {
+                kind: kind as i32,
+                code,
+            }
+        }
+
+        /// From the wire form; unknown kinds read as a decode error.
+        pub fn from_pb(q: Option<&pb::Quality>) -> Quality {
+            use pb::QualityKind as K;
+            let Some(q) = q else {
+                return Quality::DecodeError;
+            };
+            match K::try_from(q.kind).unwrap_or(K::Unspecified) {
+                K::Good => Quality::Good,
+                K::Timeout => Quality::Timeout,
+                K::Crc => Quality::Crc,
+                K::Exception => Quality::Exception(q.code as u8),
+                K::MeterError => Quality::MeterError(q.code as u16),
+                K::Offline => Quality::Offline,
+                K::LinkDown => Quality::LinkDown,
+                K::Stale => Quality::Stale,
+                K::DecodeError | K::Unspecified | K::DeviceReported => Quality::DecodeError,
+            }
+        }
+    }
+
+    impl Reading {
+        /// The wire form.
+        pub fn to_pb(&self) -> pb::Reading {
+            pb::Reading {
+                point: self.point.clone(),
+                ts_ms: self.ts_ms,
+                value: self.value.as_ref().map(|v| match v {
+                    Value::Number(n) => pb::reading::Value::Number(*n),
+                    Value::Bool(b) => pb::reading::Value::Flag(*b),
+                    Value::Text(t) => pb::reading::Value::Text(t.clone()),
+                }),
+                unit: self.unit.clone(),
+                quality: Some(self.quality.to_pb()),
+                error: self.error.clone().unwrap_or_default(),
+            }
+        }
+
+        /// From the wire form.
+        pub fn from_pb(r: &pb::Reading) -> Reading {
+            Reading {
+                point: r.point.clone(),
+                ts_ms: r.ts_ms,
+                value: r.value.as_ref().map(|v| match v {
+                    pb::reading::Value::Number(n) => Value::Number(*n),
+                    pb::reading::Value::Flag(b) => Value::Bool(*b),
+                    pb::reading::Value::Text(t) => Value::Text(t.clone()),
+                }),
+                unit: r.unit.clone(),
+                quality: Quality::from_pb(r.quality.as_ref()),
+                error: (!r.error.is_empty()).then(|| r.error.clone()),
+            }
+        }
+    }
+}

@@ -1,0 +1,480 @@
+//! The store: readings not yet batched, closed batches, consumers' cursors and the chain's
+//! state, in one redb file (DESIGN.md says why redb and not sled).
+//!
+//! Every change is one redb write transaction, committed with an fsync before the caller is
+//! told it is done, so a crash at any moment leaves the last commit: never half a batch, never
+//! a broken chain. The module is narrow on purpose (append and close, read from a sequence,
+//! move a cursor, prune) so that the engine stays this file's concern.
+
+mod check;
+
+use std::path::{Path, PathBuf};
+
+use gridgate_proto::v1 as pb;
+use prost::Message;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use thiserror::Error;
+use tracing::{info, warn};
+
+use crate::batch::{GENESIS_HASH, Sealed, sha256};
+
+/// Readings handed to the store and not yet in a batch: id → encoded `Reading`.
+const OPEN: TableDefinition<u64, &[u8]> = TableDefinition::new("open_readings");
+/// Closed batches: seq → encoded `SignedBatch`.
+const BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("batches");
+/// Per batch: (encoded bytes, readings), for retention's accounting.
+const BATCH_SIZES: TableDefinition<u64, (u64, u64)> = TableDefinition::new("batch_sizes");
+/// Consumer → next batch it needs (everything below is acknowledged).
+const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
+/// Counters and positions.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Hashes and the gateway id.
+const META_BYTES: TableDefinition<&str, &[u8]> = TableDefinition::new("meta_bytes");
+
+const NEXT_SEQ: &str = "next_seq";
+const FIRST_SEQ: &str = "first_seq";
+const NEXT_READING: &str = "next_reading_id";
+const DROPPED_READINGS: &str = "dropped_readings";
+const DROPPED_BATCHES: &str = "dropped_batches";
+const STORED_BYTES: &str = "stored_bytes";
+const LAST_HASH: &str = "last_hash";
+const ANCHOR_HASH: &str = "anchor_hash";
+const GATEWAY_ID: &str = "gateway_id";
+
+/// Name of the store file inside the data directory.
+pub const FILE_NAME: &str = "gridgate.redb";
+
+/// Why the store failed.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The database engine failed (I/O error, full disk, corruption it detected).
+    #[error("store: {0}")]
+    Db(#[from] redb::Error),
+    /// The file is in use by another process.
+    #[error("store {0} is open in another process (a running gateway?); stop it, or verify a copy")]
+    Busy(PathBuf),
+    /// The store's own check failed; it refuses to run on it.
+    #[error(
+        "store {path} failed its check: {problem}. Move the file aside to start a new chain, or run `gridgate verify` on it to see more"
+    )]
+    Corrupt {
+        /// File.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The data directory belongs to another gateway.
+    #[error("store {path} belongs to gateway {found:?}, this config is gateway {expected:?}")]
+    WrongGateway {
+        /// File.
+        path: PathBuf,
+        /// Gateway in the store.
+        found: String,
+        /// Gateway in the config.
+        expected: String,
+    },
+    /// Cannot create the data directory.
+    #[error("cannot create data directory {path}: {source}")]
+    Dir {
+        /// Directory.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+fn db<E: Into<redb::Error>>(e: E) -> StoreError {
+    StoreError::Db(e.into())
+}
+
+/// Positions and counters, as `status` and the metrics report them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Lowest batch still stored.
+    pub first_seq: u64,
+    /// Next batch to be closed.
+    pub next_seq: u64,
+    /// Readings waiting for the next batch.
+    pub open_readings: u64,
+    /// Bytes of stored batches and open readings.
+    pub stored_bytes: u64,
+    /// Readings dropped by the disk budget before every required consumer had them.
+    pub dropped_readings: u64,
+    /// Batches dropped by the disk budget.
+    pub dropped_batches: u64,
+}
+
+/// What one commit did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Committed {
+    /// Readings appended.
+    pub appended: usize,
+    /// Batch closed by this commit: (seq, readings).
+    pub closed: Option<(u64, usize)>,
+}
+
+/// What one prune did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Batches removed because every required consumer had them.
+    pub delivered: u64,
+    /// Batches removed by the disk budget before delivery.
+    pub dropped_batches: u64,
+    /// Readings in those.
+    pub dropped_readings: u64,
+}
+
+/// The gateway's store.
+#[derive(Debug)]
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+    gateway_id: String,
+}
+
+/// Builds the signed batch from the open readings: given the new batch's sequence number,
+/// the previous batch's hash and the readings, it returns the sealed batch.
+pub type Sealer<'a> = &'a dyn Fn(u64, [u8; 32], Vec<pb::Reading>) -> Sealed;
+
+impl Store {
+    /// Opens (or creates) the store in `data_dir` for `gateway_id`, and checks it.
+    pub fn open(data_dir: &Path, gateway_id: &str) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Dir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let path = data_dir.join(FILE_NAME);
+        let database = match Database::create(&path) {
+            Ok(d) => d,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::Busy(path)),
+            Err(e) => return Err(db(e)),
+        };
+        let store = Store {
+            db: database,
+            path,
+            gateway_id: gateway_id.to_string(),
+        };
+        store.init_and_check()?;
+        Ok(store)
+    }
+
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn init_and_check(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db)?;
+        {
+            // Create every table so that readers never meet a missing one.
+            txn.open_table(OPEN).map_err(db)?;
+            txn.open_table(BATCHES).map_err(db)?;
+            txn.open_table(BATCH_SIZES).map_err(db)?;
+            txn.open_table(CURSORS).map_err(db)?;
+            txn.open_table(META).map_err(db)?;
+            let mut bytes = txn.open_table(META_BYTES).map_err(db)?;
+            let found = bytes
+                .get(GATEWAY_ID)
+                .map_err(db)?
+                .map(|g| String::from_utf8_lossy(g.value()).into_owned());
+            match found {
+                None => {
+                    bytes
+                        .insert(GATEWAY_ID, self.gateway_id.as_bytes())
+                        .map_err(db)?;
+                    bytes
+                        .insert(LAST_HASH, GENESIS_HASH.as_slice())
+                        .map_err(db)?;
+                    bytes
+                        .insert(ANCHOR_HASH, GENESIS_HASH.as_slice())
+                        .map_err(db)?;
+                    info!(path = %self.path.display(), gateway = %self.gateway_id, "new store");
+                }
+                Some(g) if g != self.gateway_id => {
+                    return Err(StoreError::WrongGateway {
+                        path: self.path.clone(),
+                        found: g,
+                        expected: self.gateway_id.clone(),
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        let repaired = check::check(&txn, &self.path)?;
+        txn.commit().map_err(db)?;
+        for r in repaired {
+            warn!(path = %self.path.display(), "store repaired: {r}");
+        }
+        Ok(())
+    }
+
+    /// Appends `readings` durably and, when `seal` is given, closes every open reading (old
+    /// and new) into the next batch in the same transaction. Returns once the commit is on
+    /// disk (fsync).
+    pub fn commit(
+        &self,
+        readings: &[pb::Reading],
+        seal: Option<Sealer<'_>>,
+    ) -> Result<Committed, StoreError> {
+        let txn = self.db.begin_write().map_err(db)?;
+        let mut out = Committed {
+            appended: readings.len(),
+            closed: None,
+        };
+        {
+            let mut open = txn.open_table(OPEN).map_err(db)?;
+            let mut meta = txn.open_table(META).map_err(db)?;
+            let mut next_id = get(&meta, NEXT_READING)?;
+            let mut stored = get(&meta, STORED_BYTES)?;
+            let mut buf = Vec::with_capacity(128);
+            for r in readings {
+                buf.clear();
+                r.encode(&mut buf)
+                    .map_err(|e| db(redb::StorageError::Io(std::io::Error::other(e))))?;
+                open.insert(next_id, buf.as_slice()).map_err(db)?;
+                stored += buf.len() as u64;
+                next_id += 1;
+            }
+            meta.insert(NEXT_READING, next_id).map_err(db)?;
+            if let Some(seal) = seal {
+                let mut batched = Vec::with_capacity(open.len().map_err(db)? as usize);
+                let mut open_bytes = 0u64;
+                for entry in open.iter().map_err(db)? {
+                    let (_, v) = entry.map_err(db)?;
+                    open_bytes += v.value().len() as u64;
+                    // Only this process writes these bytes; a decode failure means the file
+                    // was damaged, and the check on open would have refused it.
+                    let r = pb::Reading::decode(v.value()).map_err(|e| StoreError::Corrupt {
+                        path: self.path.clone(),
+                        problem: format!("open reading does not decode: {e}"),
+                    })?;
+                    batched.push(r);
+                }
+                if !batched.is_empty() {
+                    open.retain(|_, _| false).map_err(db)?;
+                    let seq = get(&meta, NEXT_SEQ)?;
+                    let mut hashes = txn.open_table(META_BYTES).map_err(db)?;
+                    let prev = hash_of(&hashes, LAST_HASH)?;
+                    let sealed = seal(seq, prev, batched);
+                    let mut batches = txn.open_table(BATCHES).map_err(db)?;
+                    batches.insert(seq, sealed.bytes.as_slice()).map_err(db)?;
+                    let mut sizes = txn.open_table(BATCH_SIZES).map_err(db)?;
+                    sizes
+                        .insert(seq, (sealed.bytes.len() as u64, sealed.readings as u64))
+                        .map_err(db)?;
+                    hashes
+                        .insert(LAST_HASH, sealed.hash.as_slice())
+                        .map_err(db)?;
+                    meta.insert(NEXT_SEQ, seq + 1).map_err(db)?;
+                    stored = stored - open_bytes.min(stored) + sealed.bytes.len() as u64;
+                    out.closed = Some((seq, sealed.readings));
+                }
+            }
+            meta.insert(STORED_BYTES, stored).map_err(db)?;
+        }
+        txn.commit().map_err(db)?;
+        Ok(out)
+    }
+
+    /// Up to `max` batches from `from` on: (seq, encoded `SignedBatch`).
+    pub fn batches_from(&self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let t = txn.open_table(BATCHES).map_err(db)?;
+        let mut out = Vec::new();
+        for entry in t.range(from..).map_err(db)?.take(max) {
+            let (k, v) = entry.map_err(db)?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The next batch `consumer` needs (0 for a consumer never seen).
+    pub fn cursor(&self, consumer: &str) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let t = txn.open_table(CURSORS).map_err(db)?;
+        Ok(t.get(consumer).map_err(db)?.map_or(0, |v| v.value()))
+    }
+
+    /// Every consumer's cursor.
+    pub fn cursors(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let t = txn.open_table(CURSORS).map_err(db)?;
+        let mut out = Vec::new();
+        for entry in t.iter().map_err(db)? {
+            let (k, v) = entry.map_err(db)?;
+            out.push((k.value().to_string(), v.value()));
+        }
+        Ok(out)
+    }
+
+    /// Records durably that `consumer` has every batch below `next`. A cursor never moves
+    /// back, and never past the last closed batch.
+    pub fn set_cursor(&self, consumer: &str, next: u64) -> Result<u64, StoreError> {
+        let txn = self.db.begin_write().map_err(db)?;
+        let value;
+        {
+            let meta = txn.open_table(META).map_err(db)?;
+            let next_seq = get(&meta, NEXT_SEQ)?;
+            let mut t = txn.open_table(CURSORS).map_err(db)?;
+            let old = t.get(consumer).map_err(db)?.map_or(0, |v| v.value());
+            value = next.min(next_seq).max(old);
+            t.insert(consumer, value).map_err(db)?;
+        }
+        txn.commit().map_err(db)?;
+        Ok(value)
+    }
+
+    /// Removes batches every `required` consumer has, then, while the store holds more than
+    /// `budget` bytes, the oldest batches whether delivered or not, counting what that drops.
+    pub fn prune(&self, required: &[String], budget: u64) -> Result<Pruned, StoreError> {
+        let txn = self.db.begin_write().map_err(db)?;
+        let mut out = Pruned::default();
+        {
+            let cursors = txn.open_table(CURSORS).map_err(db)?;
+            let mut meta = txn.open_table(META).map_err(db)?;
+            let mut batches = txn.open_table(BATCHES).map_err(db)?;
+            let mut sizes = txn.open_table(BATCH_SIZES).map_err(db)?;
+            let mut hashes = txn.open_table(META_BYTES).map_err(db)?;
+            let next_seq = get(&meta, NEXT_SEQ)?;
+            let mut first = get(&meta, FIRST_SEQ)?;
+            let mut stored = get(&meta, STORED_BYTES)?;
+            let mut delivered_below = next_seq;
+            for c in required {
+                let at = cursors
+                    .get(c.as_str())
+                    .map_err(db)?
+                    .map_or(0, |v| v.value());
+                delivered_below = delivered_below.min(at);
+            }
+            let mut anchor: Option<[u8; 32]> = None;
+            while first < next_seq && (first < delivered_below || stored > budget) {
+                let Some(bytes) = batches.remove(first).map_err(db)? else {
+                    break;
+                };
+                let signed =
+                    pb::SignedBatch::decode(bytes.value()).map_err(|e| StoreError::Corrupt {
+                        path: self.path.clone(),
+                        problem: format!("batch {first} does not decode: {e}"),
+                    })?;
+                anchor = Some(sha256(&signed.batch));
+                drop(bytes);
+                let (len, readings) = sizes
+                    .remove(first)
+                    .map_err(db)?
+                    .map_or((0, 0), |v| v.value());
+                stored = stored.saturating_sub(len);
+                if first < delivered_below {
+                    out.delivered += 1;
+                } else {
+                    out.dropped_batches += 1;
+                    out.dropped_readings += readings;
+                }
+                first += 1;
+            }
+            if let Some(a) = anchor {
+                hashes.insert(ANCHOR_HASH, a.as_slice()).map_err(db)?;
+            }
+            meta.insert(FIRST_SEQ, first).map_err(db)?;
+            meta.insert(STORED_BYTES, stored).map_err(db)?;
+            if out.dropped_batches > 0 {
+                let dr = get(&meta, DROPPED_READINGS)? + out.dropped_readings;
+                let db_ = get(&meta, DROPPED_BATCHES)? + out.dropped_batches;
+                meta.insert(DROPPED_READINGS, dr).map_err(db)?;
+                meta.insert(DROPPED_BATCHES, db_).map_err(db)?;
+            }
+        }
+        txn.commit().map_err(db)?;
+        if out.dropped_batches > 0 {
+            warn!(
+                batches = out.dropped_batches,
+                readings = out.dropped_readings,
+                budget,
+                "disk budget reached: dropped the oldest batches before every required consumer had them"
+            );
+        }
+        Ok(out)
+    }
+
+    /// Positions and counters.
+    pub fn stats(&self) -> Result<StoreStats, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let meta = txn.open_table(META).map_err(db)?;
+        let open = txn.open_table(OPEN).map_err(db)?;
+        let g = |k| -> Result<u64, StoreError> {
+            Ok(meta.get(k).map_err(db)?.map_or(0, |v| v.value()))
+        };
+        Ok(StoreStats {
+            first_seq: g(FIRST_SEQ)?,
+            next_seq: g(NEXT_SEQ)?,
+            open_readings: open.len().map_err(db)?,
+            stored_bytes: g(STORED_BYTES)?,
+            dropped_readings: g(DROPPED_READINGS)?,
+            dropped_batches: g(DROPPED_BATCHES)?,
+        })
+    }
+
+    /// Where the stored chain starts: (first seq, hash of the batch before it).
+    pub fn anchor(&self) -> Result<(u64, [u8; 32]), StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let meta = txn.open_table(META).map_err(db)?;
+        let hashes = txn.open_table(META_BYTES).map_err(db)?;
+        let first = meta.get(FIRST_SEQ).map_err(db)?.map_or(0, |v| v.value());
+        Ok((first, hash_of(&hashes, ANCHOR_HASH)?))
+    }
+
+    /// The gateway id the store belongs to.
+    pub fn gateway_id(&self) -> &str {
+        &self.gateway_id
+    }
+}
+
+/// Reads a store that may belong to any gateway (for `gridgate verify`): the file's gateway
+/// id is taken as it is.
+pub fn open_for_verify(data_dir: &Path) -> Result<Store, StoreError> {
+    let path = data_dir.join(FILE_NAME);
+    if !path.exists() {
+        return Err(StoreError::Corrupt {
+            path,
+            problem: "no store here (is --data-dir the gateway's data directory?)".into(),
+        });
+    }
+    let database = match Database::open(&path) {
+        Ok(d) => d,
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::Busy(path)),
+        Err(e) => return Err(db(e)),
+    };
+    let gateway_id = {
+        let txn = database.begin_read().map_err(db)?;
+        let t = txn.open_table(META_BYTES).map_err(db)?;
+        t.get(GATEWAY_ID)
+            .map_err(db)?
+            .map(|g| String::from_utf8_lossy(g.value()).into_owned())
+            .unwrap_or_default()
+    };
+    Ok(Store {
+        db: database,
+        path,
+        gateway_id,
+    })
+}
+
+fn get(t: &impl ReadableTable<&'static str, u64>, key: &str) -> Result<u64, StoreError> {
+    Ok(t.get(key).map_err(db)?.map_or(0, |v| v.value()))
+}
+
+fn hash_of(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<[u8; 32], StoreError> {
+    let v = t.get(key).map_err(db)?;
+    let mut out = GENESIS_HASH;
+    if let Some(v) = v {
+        if v.value().len() == 32 {
+            out.copy_from_slice(v.value());
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;
