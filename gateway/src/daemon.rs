@@ -1,19 +1,30 @@
 //! The long-running jobs: `gridgate run` (the daemon) and `gridgate demo` (the daemon on
 //! simulators with an embedded config).
+//!
+//! Both start the same [`Pipeline`]: buses and MQTT field devices → store (group commit,
+//! signed batches) → MQTT uplink; an optional echo prints readings as they are acquired.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use thiserror::Error;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use crate::acquire::{self, DeviceRegistry, ReadingSink};
+use crate::acquire::{self, DeviceRegistry, Reading, ReadingSink};
+use crate::batch::{Identity, IdentityError};
 use crate::config::{ConfigError, GatewayConfig};
+use crate::ingest::{self, IngestStats};
+use crate::store::writer::{self, StoreHandle, Submission, WriterConfig};
+use crate::store::{Store, StoreError};
 use crate::tools::sim;
+use crate::uplink::{self, UplinkStats};
 
-/// Why the daemon stopped with an error.
+/// Why the daemon could not start or stopped with an error.
 #[derive(Debug, Error)]
 pub enum DaemonError {
     /// Config unusable.
@@ -22,7 +33,18 @@ pub enum DaemonError {
     /// Simulators would not start (demo).
     #[error(transparent)]
     Sim(#[from] sim::SimError),
-    /// The sink failed (output closed, disk gone).
+    /// Identity key missing or unreadable.
+    #[error(
+        "{0}\nThe daemon signs every batch with the gateway's identity key: make one with `gridgate keygen --out /etc/gridgate` and point [gateway] identity at it."
+    )]
+    Identity(#[from] IdentityError),
+    /// Store unusable.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Embedded broker would not start.
+    #[error(transparent)]
+    Broker(#[from] ingest::broker::BrokerError),
+    /// The echo output failed (stdout closed).
     #[error("output failed: {0}")]
     Sink(#[from] std::io::Error),
 }
@@ -33,7 +55,7 @@ pub fn summary(cfg: &GatewayConfig) -> String {
         "gateway {}: {} bus(es), {} device(s), {} point(s)\n",
         cfg.id,
         cfg.buses.len(),
-        cfg.devices().count(),
+        cfg.devices().count() + cfg.ingest.as_ref().map_or(0, |i| i.devices.len()),
         cfg.point_count()
     );
     for b in &cfg.buses {
@@ -53,6 +75,27 @@ pub fn summary(cfg: &GatewayConfig) -> String {
             ));
         }
     }
+    if let Some(i) = &cfg.ingest {
+        s.push_str(&format!(
+            "  MQTT ingest from {} ({} device(s))\n",
+            i.broker,
+            i.devices.len()
+        ));
+    }
+    if let Some(b) = &cfg.broker {
+        s.push_str(&format!("  embedded MQTT broker on {}\n", b.listen));
+    }
+    match &cfg.uplink {
+        Some(u) => s.push_str(&format!("  uplink to {} topic {}\n", u.broker, u.topic)),
+        None => s.push_str("  no uplink: batches stay in the store for gRPC pullers\n"),
+    }
+    s.push_str(&format!(
+        "  store in {}: batches of {} readings or {}, budget {} MiB\n",
+        cfg.data_dir.display(),
+        cfg.store.batch_readings,
+        humantime::format_duration(cfg.store.batch_interval),
+        cfg.store.budget >> 20
+    ));
     s
 }
 
@@ -61,9 +104,10 @@ pub async fn stop_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let term = signal(SignalKind::terminate());
-        let int = signal(SignalKind::interrupt());
-        match (term, int) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut t), Ok(mut i)) => {
                 tokio::select! {
                     _ = t.recv() => {}
@@ -81,59 +125,268 @@ pub async fn stop_signal() {
     }
 }
 
-/// Acquires from every bus of `cfg` into `sink` until `cancel` fires or the sink fails.
-pub async fn acquire_into(
-    cfg: &GatewayConfig,
-    sink: Box<dyn ReadingSink>,
-    registry: DeviceRegistry,
+/// A running gateway.
+pub struct Pipeline {
     cancel: CancellationToken,
-) -> Result<(), DaemonError> {
-    let (tx, rx) = mpsc::channel(acquire::QUEUE_DEPTH);
-    let mut pollers = acquire::start(cfg, tx, registry, cancel.clone());
-    let drained = acquire::sink::drain(rx, sink).await;
-    // The channel closes when every poller has stopped, or the sink stopped first.
-    cancel.cancel();
-    while pollers.join_next().await.is_some() {}
-    drained.map_err(DaemonError::Sink)
+    pollers: JoinSet<()>,
+    services: JoinSet<()>,
+    forwarder: tokio::task::JoinHandle<std::io::Result<()>>,
+    writer: tokio::task::JoinHandle<()>,
+    /// The store, for status.
+    pub store: StoreHandle,
+    /// Device states.
+    pub registry: DeviceRegistry,
+    /// MQTT ingest counters.
+    pub ingest: Arc<IngestStats>,
+    /// Uplink counters.
+    pub uplink: Arc<UplinkStats>,
+    rate: std::sync::Mutex<(tokio::time::Instant, u64)>,
+}
+
+impl Pipeline {
+    /// Opens the store and starts everything `cfg` asks for. `echo` also receives every
+    /// polled reading (for `--echo` and the demo).
+    pub async fn start(
+        cfg: &GatewayConfig,
+        identity: Identity,
+        echo: Option<Box<dyn ReadingSink>>,
+    ) -> Result<Pipeline, DaemonError> {
+        let store = Store::open(&cfg.data_dir, &cfg.id)?;
+        let stats = store.stats()?;
+        info!(
+            store = %store.path().display(),
+            next_batch = stats.next_seq,
+            open_readings = stats.open_readings,
+            "store open and checked"
+        );
+        let (handle, writer) = writer::start(
+            store,
+            identity,
+            WriterConfig {
+                gateway_id: cfg.id.clone(),
+                batch_readings: cfg.store.batch_readings,
+                batch_interval: cfg.store.batch_interval,
+                budget: cfg.store.budget,
+                required_consumers: cfg.store.required_consumers.clone(),
+            },
+        )?;
+        if let Some(b) = &cfg.broker {
+            let max = cfg.ingest.as_ref().map_or(256 << 10, |i| i.max_payload);
+            ingest::broker::start(b.listen, max.saturating_mul(4))?;
+        }
+        let cancel = CancellationToken::new();
+        let registry = DeviceRegistry::default();
+        let ingest_stats = Arc::new(IngestStats::default());
+        let uplink_stats = Arc::new(UplinkStats::default());
+        let mut services = JoinSet::new();
+        if let Some(i) = &cfg.ingest {
+            services.spawn(ingest::run(
+                i.clone(),
+                handle.clone(),
+                ingest_stats.clone(),
+                cancel.clone(),
+            ));
+        }
+        if let Some(u) = &cfg.uplink {
+            services.spawn(uplink::run(
+                u.clone(),
+                handle.clone(),
+                uplink_stats.clone(),
+                cancel.clone(),
+            ));
+        }
+        let (tx, rx) = mpsc::channel(acquire::QUEUE_DEPTH);
+        let pollers = acquire::start(cfg, tx, registry.clone(), cancel.clone());
+        let forwarder = tokio::spawn(forward(rx, handle.clone(), echo));
+        Ok(Pipeline {
+            cancel,
+            pollers,
+            services,
+            forwarder,
+            writer,
+            store: handle,
+            registry,
+            ingest: ingest_stats,
+            uplink: uplink_stats,
+            rate: std::sync::Mutex::new((tokio::time::Instant::now(), 0)),
+        })
+    }
+
+    /// A token that stops the pipeline when cancelled.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// One line of status: readings, batches, uplink lag.
+    pub fn status_line(&self) -> String {
+        let head = *self.store.head.borrow();
+        let st = self.store.store.stats().unwrap_or_default();
+        let snap = self.registry.snapshot();
+        let online = snap.values().filter(|s| s.online).count();
+        let cursor = self.uplink.cursor.load(Ordering::Relaxed);
+        let total = self.store.committed.load(Ordering::Relaxed);
+        let per_sec = match self.rate.lock() {
+            Ok(mut r) => {
+                let dt = r.0.elapsed().as_secs_f64();
+                let rate = if dt > 0.0 {
+                    (total - r.1.min(total)) as f64 / dt
+                } else {
+                    0.0
+                };
+                *r = (tokio::time::Instant::now(), total);
+                rate
+            }
+            Err(_) => 0.0,
+        };
+        format!(
+            "{per_sec:.0} readings/s, {total} stored | devices {online}/{} online | batches {head} (open readings {}) | mqtt in {} msgs, {} refused | uplink acked {}, lag {} batch(es)",
+            snap.len(),
+            st.open_readings,
+            self.ingest.messages.load(Ordering::Relaxed),
+            self.ingest.malformed_total() + self.ingest.unknown_topic.load(Ordering::Relaxed),
+            self.uplink.acknowledged.load(Ordering::Relaxed),
+            head.saturating_sub(cursor)
+        )
+    }
+
+    /// Stops acquisition and MQTT, commits what is left into a last batch, and closes the
+    /// store.
+    pub async fn stop(mut self) -> Result<(), DaemonError> {
+        self.cancel.cancel();
+        while self.pollers.join_next().await.is_some() {}
+        while self.services.join_next().await.is_some() {}
+        let echoed = self.forwarder.await;
+        drop(self.store);
+        if let Err(e) = self.writer.await {
+            error!("store writer ended badly: {e}");
+        }
+        match echoed {
+            Ok(r) => r.map_err(DaemonError::Sink),
+            Err(e) => Err(DaemonError::Sink(std::io::Error::other(e.to_string()))),
+        }
+    }
+}
+
+/// Hands polled readings to the store (and to `echo`).
+async fn forward(
+    mut rx: mpsc::Receiver<Vec<Reading>>,
+    store: StoreHandle,
+    mut echo: Option<Box<dyn ReadingSink>>,
+) -> std::io::Result<()> {
+    let mut echo_error = None;
+    while let Some(group) = rx.recv().await {
+        if let Some(sink) = echo.as_mut() {
+            if let Err(e) = sink.write(&group) {
+                // The echo is a convenience; acquisition and storage go on without it.
+                warn!("echo output failed, stopping it: {e}");
+                echo = None;
+                echo_error = Some(e);
+            }
+        }
+        let sub = Submission {
+            readings: group.iter().map(Reading::to_pb).collect(),
+            done: None,
+        };
+        if store.tx.send(sub).await.is_err() {
+            break;
+        }
+    }
+    match echo_error {
+        Some(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// `gridgate run`: the daemon.
-pub async fn run(config_path: &Path, sink: Box<dyn ReadingSink>) -> Result<(), DaemonError> {
+pub async fn run(
+    config_path: &Path,
+    echo: Option<Box<dyn ReadingSink>>,
+) -> Result<(), DaemonError> {
     let cfg = crate::config::load(config_path)?;
+    let identity = Identity::load(&cfg.identity)?;
     info!(
         gateway = %cfg.id,
+        public_key = %hex::encode(identity.public().to_bytes()),
         buses = cfg.buses.len(),
-        devices = cfg.devices().count(),
         points = cfg.point_count(),
         "gridgate starting"
     );
-    let cancel = CancellationToken::new();
-    let stopper = cancel.clone();
-    tokio::spawn(async move {
-        stop_signal().await;
-        info!("stop requested");
-        stopper.cancel();
-    });
-    acquire_into(&cfg, sink, DeviceRegistry::default(), cancel).await?;
+    let pipeline = Pipeline::start(&cfg, identity, echo).await?;
+    stop_signal().await;
+    info!("stop requested; closing the last batch");
+    pipeline.stop().await?;
     info!("gridgate stopped");
     Ok(())
 }
 
-/// `gridgate demo`: simulators plus the gateway on them, printing readings as they arrive.
+/// `gridgate demo`: simulated meters, Modbus devices and an MQTT field device; the gateway
+/// on them with the store, signed batches and an uplink to its own embedded broker.
 pub async fn demo(
     duration: Option<Duration>,
-    sink: Box<dyn ReadingSink>,
+    echo: Box<dyn ReadingSink>,
     mut status: Box<dyn std::io::Write + Send>,
 ) -> Result<(), DaemonError> {
-    let pty_dir = std::env::temp_dir().join(format!("gridgate-demo-{}", std::process::id()));
-    let sims = sim::start(&sim::default_spec(Some(&pty_dir))).await?;
-    let text = sims.gateway_config("demo-site", "5s");
+    let work = std::env::temp_dir().join(format!("gridgate-demo-{}", std::process::id()));
+    let result = demo_in(&work, duration, echo, &mut status).await;
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn demo_in(
+    work: &Path,
+    duration: Option<Duration>,
+    echo: Box<dyn ReadingSink>,
+    status: &mut Box<dyn std::io::Write + Send>,
+) -> Result<(), DaemonError> {
+    let sims = sim::start(&sim::default_spec(Some(work))).await?;
+    let port = free_port()?;
+    let data_dir: PathBuf = work.join("data");
+    let mut text = sims.gateway_config("demo-site", "5s");
+    text = text.replacen(
+        "[gateway]\nid = \"demo-site\"\n",
+        &format!(
+            "[gateway]\nid = \"demo-site\"\ndata_dir = \"{}\"\n",
+            data_dir.display()
+        ),
+        1,
+    );
+    text.push_str(&format!(
+        r#"
+[store]
+batch_readings = 100
+batch_interval = "5s"
+
+[broker]
+listen = "127.0.0.1:{port}"
+
+[ingest]
+broker = "mqtt://127.0.0.1:{port}"
+
+[[ingest.device]]
+name = "sensor-1"
+topic = "field/sensor-1/readings"
+points = [{{ name = "temperature", unit = "°C" }}, {{ name = "door_open" }}]
+
+[uplink]
+broker = "mqtt://127.0.0.1:{port}"
+topic = "gridgate/demo-site/batches"
+"#
+    ));
     let cfg = crate::config::parse(&text, Path::new("<demo config>"))?;
+    let identity = Identity::generate()?;
     let _ = writeln!(
         status,
-        "gridgate demo: simulated meters and devices, polled by the gateway.\n{}\
-         Readings follow (time UTC, point, value, unit, quality). Ctrl-C stops.\n",
-        summary(&cfg)
+        "gridgate demo: simulated meters, Modbus devices and an MQTT sensor, polled and stored by the gateway.\n{}\
+         identity (made for this demo): {}\n\
+         Readings follow (time UTC, point, value, unit, quality); a status line every 5 s. Ctrl-C stops.\n",
+        summary(&cfg),
+        hex::encode(identity.public().to_bytes())
     );
     for l in &sims.lines {
         let _ = writeln!(
@@ -143,10 +396,14 @@ pub async fn demo(
         );
     }
     let _ = writeln!(status);
-    let cancel = CancellationToken::new();
-    let registry = DeviceRegistry::default();
-    let stopper = cancel.clone();
-    tokio::spawn(async move {
+    let pipeline = Pipeline::start(&cfg, identity, Some(echo)).await?;
+    let sensor = tokio::spawn(sim::mqtt_sensor(
+        "127.0.0.1".into(),
+        port,
+        "field/sensor-1/readings".into(),
+        pipeline.cancel_token(),
+    ));
+    let stop = async {
         match duration {
             Some(d) => tokio::select! {
                 _ = tokio::time::sleep(d) => {}
@@ -154,64 +411,36 @@ pub async fn demo(
             },
             None => stop_signal().await,
         }
-        stopper.cancel();
-    });
-    let reporter = {
-        let registry = registry.clone();
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(10));
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = tick.tick() => {}
-                }
-                let snap = registry.snapshot();
-                let online = snap.values().filter(|s| s.online).count();
-                let good: u64 = snap
-                    .values()
-                    .map(|s| s.readings.get("good").copied().unwrap_or(0))
-                    .sum();
-                let bad: u64 = snap
-                    .values()
-                    .map(|s| {
-                        s.readings
-                            .iter()
-                            .filter(|(k, _)| **k != "good")
-                            .map(|(_, v)| *v)
-                            .sum::<u64>()
-                    })
-                    .sum();
-                let _ = writeln!(
-                    status,
-                    "-- {online}/{} devices online, {good} good readings, {bad} failed",
-                    snap.len()
-                );
-            }
-            status
-        })
     };
-    let result = acquire_into(&cfg, sink, registry.clone(), cancel).await;
-    if let Ok(mut status) = reporter.await {
-        for (name, s) in registry.snapshot() {
-            let _ = writeln!(
-                status,
-                "{name:<16} {:<8} polls {:>4}  {}",
-                if s.online { "online" } else { "OFFLINE" },
-                s.polls,
-                s.readings
-                    .iter()
-                    .map(|(k, v)| format!("{k} {v}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tick.tick() => {
+                let _ = writeln!(status, "-- {}", pipeline.status_line());
+            }
         }
     }
-    if let Err(e) = &result {
-        warn!("demo stopped: {e}");
+    let final_status = pipeline.status_line();
+    let registry = pipeline.registry.clone();
+    let result = pipeline.stop().await;
+    sensor.abort();
+    let _ = writeln!(status, "-- {final_status}");
+    for (name, s) in registry.snapshot() {
+        let _ = writeln!(
+            status,
+            "{name:<16} {:<8} polls {:>4}  {}",
+            if s.online { "online" } else { "OFFLINE" },
+            s.polls,
+            s.readings
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     drop(sims);
-    let _ = std::fs::remove_dir_all(&pty_dir);
     result
 }

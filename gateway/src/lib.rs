@@ -10,5 +10,7 @@ pub mod acquire;
 pub mod batch;
 pub mod config;
 pub mod daemon;
+pub mod ingest;
 pub mod store;
 pub mod tools;
+pub mod uplink;

@@ -39,13 +39,37 @@ enum Command {
         json: bool,
     },
     /// Run the gateway daemon with a config file.
+    ///
+    /// Polls the buses, takes MQTT field devices, stores every reading in signed,
+    /// hash-chained batches, and sends them upstream. Stops cleanly on SIGTERM or Ctrl-C,
+    /// closing a last batch.
     Run {
         /// Config file (TOML).
         #[arg(long, short)]
         config: PathBuf,
-        /// Reading output format on stdout.
-        #[arg(long, value_enum, default_value_t = Format::Json)]
-        format: Format,
+        /// Also print every polled reading on stdout, as JSON lines or text.
+        #[arg(long, value_enum)]
+        echo: Option<Format>,
+    },
+    /// Make the gateway's Ed25519 identity key (identity.key, identity.pub) in a directory.
+    Keygen {
+        /// Directory to write to (created if missing). An existing key is never overwritten.
+        #[arg(long, default_value = "/etc/gridgate")]
+        out: PathBuf,
+    },
+    /// Check a gateway's whole chain of signed batches offline.
+    ///
+    /// Prints the count of batches and readings and the first fault found; exit 1 on a fault.
+    Verify {
+        /// The gateway's data directory (holds gridgate.redb).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The gateway's public key (identity.pub).
+        #[arg(long)]
+        pubkey: PathBuf,
+        /// Also print every batch's sequence, time and reading count.
+        #[arg(long)]
+        list: bool,
     },
     /// Check a config file: exit 0 with a summary, or list every problem with its line.
     CheckConfig {
@@ -192,7 +216,13 @@ enum ScanCommand {
 }
 
 fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+    // The embedded broker logs every connection at info: keep it to warnings unless asked.
+    let filter = if filter.contains("rumqttd") {
+        filter.to_string()
+    } else {
+        format!("{filter},rumqttd=warn")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -244,10 +274,31 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             daemon::demo(duration, s, Box::new(std::io::stderr())).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { config, format } => {
-            daemon::run(&config, sink(format)).await?;
+        Command::Run { config, echo } => {
+            daemon::run(&config, echo.map(sink)).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Keygen { out } => {
+            let (private, public) = (out.join("identity.key"), out.join("identity.pub"));
+            let id = gridgate::batch::Identity::generate()?;
+            id.save(&private, &public)?;
+            writeln!(
+                stdout,
+                "wrote {} (keep it secret; mode 0600) and {}
+public key: {}
+in the config: [gateway] identity = \"{}\"",
+                private.display(),
+                public.display(),
+                hex::encode(id.public().to_bytes()),
+                private.display()
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify {
+            data_dir,
+            pubkey,
+            list,
+        } => tools::verify::run(&data_dir, &pubkey, list, &mut stdout),
         Command::CheckConfig { config } => match config::load(&config) {
             Ok(cfg) => {
                 write!(

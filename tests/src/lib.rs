@@ -1,7 +1,7 @@
 //! Helpers for the end-to-end tests: find the real `gridgate` binary, run it on a config,
 //! and read the readings it prints.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -52,24 +52,55 @@ pub async fn run_to_end(args: &[&str], limit: Duration) -> (i32, String, String)
     )
 }
 
-/// A running `gridgate run` daemon printing JSON readings.
+/// A running `gridgate run` daemon printing JSON readings (`--echo json`).
 pub struct Gateway {
     child: Child,
     lines: Lines<BufReader<ChildStdout>>,
     seen: Vec<Value>,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// Makes `dir/identity.key` and `dir/identity.pub` unless they exist, and returns `config`
+/// with `data_dir = dir/data` and that identity in its `[gateway]` table.
+pub fn with_site(dir: &Path, config: &str) -> String {
+    let key = dir.join("identity.key");
+    if !key.exists() {
+        gridgate::batch::Identity::generate()
+            .expect("key")
+            .save(&key, &dir.join("identity.pub"))
+            .expect("save key");
+    }
+    config.replacen(
+        "[gateway]\n",
+        &format!(
+            "[gateway]\ndata_dir = \"{}\"\nidentity = \"{}\"\n",
+            dir.join("data").display(),
+            key.display()
+        ),
+        1,
+    )
 }
 
 impl Gateway {
-    /// Writes `config` to a temporary file and starts `gridgate run` on it.
+    /// Starts `gridgate run` on `config` in a new temporary site directory.
     pub async fn start(config: &str) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("gridgate.toml");
-        std::fs::write(&path, config).expect("write config");
+        let mut gw = Gateway::start_in(dir.path(), config).await;
+        gw._dir = Some(dir);
+        gw
+    }
+
+    /// Starts `gridgate run` on `config` with its data and identity in `dir` (kept between
+    /// runs, for restart tests).
+    pub async fn start_in(dir: &Path, config: &str) -> Gateway {
+        let path = dir.join("gridgate.toml");
+        std::fs::write(&path, with_site(dir, config)).expect("write config");
         let mut child = gridgate()
             .arg("run")
             .arg("--config")
             .arg(&path)
+            .arg("--echo")
+            .arg("json")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -79,8 +110,19 @@ impl Gateway {
             child,
             lines: BufReader::new(stdout).lines(),
             seen: Vec::new(),
-            _dir: dir,
+            _dir: None,
         }
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Kills the daemon with SIGKILL, as a power cut would, and reaps it.
+    pub async fn kill9(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
     }
 
     /// The next reading, or `None` after `limit` or when the daemon exits.

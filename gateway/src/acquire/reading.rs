@@ -81,6 +81,37 @@ impl fmt::Display for Quality {
     }
 }
 
+impl std::str::FromStr for Quality {
+    type Err = String;
+    /// Parses what [`Quality`]'s `Display` writes: `good`, `timeout`, `exception:02`...
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let code = |hex: &str| {
+            u16::from_str_radix(hex, 16).map_err(|_| format!("bad code in quality {s:?}"))
+        };
+        Ok(match s.split_once(':') {
+            Some(("exception", c)) => Quality::Exception(
+                u8::try_from(code(c)?).map_err(|_| format!("bad code in {s:?}"))?,
+            ),
+            Some(("meter_error", c)) => Quality::MeterError(code(c)?),
+            Some(_) => return Err(format!("unknown quality {s:?}")),
+            None => match s {
+                "good" => Quality::Good,
+                "timeout" => Quality::Timeout,
+                "crc" => Quality::Crc,
+                "decode_error" => Quality::DecodeError,
+                "offline" => Quality::Offline,
+                "link_down" => Quality::LinkDown,
+                "stale" => Quality::Stale,
+                _ => {
+                    return Err(format!(
+                        "unknown quality {s:?}; use good, timeout, crc, exception:NN, meter_error:NN, decode_error, offline, link_down or stale"
+                    ));
+                }
+            },
+        })
+    }
+}
+
 impl Serialize for Quality {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)

@@ -5,6 +5,7 @@
 //! with links parsed, durations resolved, defaults applied and Modbus reads planned.
 
 mod raw;
+pub mod services;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -18,6 +19,9 @@ use thiserror::Error;
 
 pub use raw::RawConfig;
 use raw::{RawBus, RawDevice, RawPoint};
+pub use services::{
+    BrokerConfig, IngestConfig, MqttBroker, MqttDevice, StoreConfig, UPLINK_CONSUMER, UplinkConfig,
+};
 use toml::Spanned;
 
 /// A problem found in a config file, located to its line and key.
@@ -97,8 +101,18 @@ pub struct GatewayConfig {
     pub id: String,
     /// Where the gateway keeps its data.
     pub data_dir: PathBuf,
+    /// The gateway's Ed25519 identity key (PKCS#8 PEM), made by `gridgate keygen`.
+    pub identity: PathBuf,
     /// Buses with their devices.
     pub buses: Vec<BusConfig>,
+    /// Batching and retention.
+    pub store: StoreConfig,
+    /// Signed batches to the master station over MQTT.
+    pub uplink: Option<UplinkConfig>,
+    /// Field devices over MQTT.
+    pub ingest: Option<IngestConfig>,
+    /// The embedded MQTT broker.
+    pub broker: Option<BrokerConfig>,
 }
 
 impl GatewayConfig {
@@ -109,9 +123,13 @@ impl GatewayConfig {
             .flat_map(|b| b.devices.iter().map(move |d| (b, d)))
     }
 
-    /// Number of points over all devices.
+    /// Number of points over all devices (polled and MQTT).
     pub fn point_count(&self) -> usize {
-        self.devices().map(|(_, d)| d.points.len()).sum()
+        self.devices().map(|(_, d)| d.points.len()).sum::<usize>()
+            + self
+                .ingest
+                .as_ref()
+                .map_or(0, |i| i.devices.iter().map(|d| d.points.len()).sum())
     }
 }
 
@@ -327,8 +345,15 @@ impl Checker<'_> {
         let data_dir = raw
             .gateway
             .data_dir
-            .map(|d| PathBuf::from(d.into_inner()))
+            .as_ref()
+            .map(|d| PathBuf::from(d.get_ref()))
             .unwrap_or_else(|| PathBuf::from("/var/lib/gridgate"));
+        let identity = raw
+            .gateway
+            .identity
+            .as_ref()
+            .map(|d| PathBuf::from(d.get_ref()))
+            .unwrap_or_else(|| PathBuf::from("/etc/gridgate/identity.key"));
 
         let mut buses: Vec<BusConfig> = Vec::new();
         let mut bus_names: BTreeMap<String, usize> = BTreeMap::new();
@@ -436,10 +461,19 @@ impl Checker<'_> {
             buses[bus_idx].protocol = protocol;
             buses[bus_idx].devices.push(device);
         }
+        let uplink = self.check_uplink(raw.uplink.as_ref(), &id);
+        let store = self.check_store(raw.store.as_ref(), uplink.is_some());
+        let ingest = self.check_ingest(raw.ingest.as_ref(), &id, &device_names);
+        let broker = self.check_broker(raw.broker.as_ref());
         GatewayConfig {
             id,
             data_dir,
+            identity,
             buses,
+            store,
+            uplink,
+            ingest,
+            broker,
         }
     }
 

@@ -16,6 +16,76 @@ pub struct RawConfig {
     /// `[[device]]`
     #[serde(default)]
     pub device: Vec<RawDevice>,
+    /// `[store]`
+    pub store: Option<RawStore>,
+    /// `[uplink]`
+    pub uplink: Option<RawUplink>,
+    /// `[ingest]`
+    pub ingest: Option<RawIngest>,
+    /// `[broker]`
+    pub broker: Option<RawBroker>,
+}
+
+/// `[store]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    pub batch_readings: Option<Spanned<u64>>,
+    pub batch_interval: Option<Spanned<String>>,
+    pub budget: Option<Spanned<String>>,
+    pub required_consumers: Option<Spanned<Vec<String>>>,
+}
+
+/// `[uplink]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUplink {
+    pub broker: Spanned<String>,
+    pub topic: Option<Spanned<String>>,
+    pub client_id: Option<Spanned<String>>,
+    pub username: Option<Spanned<String>>,
+    pub password: Option<Spanned<String>>,
+    pub keep_alive: Option<Spanned<String>>,
+    pub window: Option<Spanned<u32>>,
+}
+
+/// `[ingest]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIngest {
+    pub broker: Spanned<String>,
+    pub topics: Option<Spanned<Vec<String>>>,
+    pub client_id: Option<Spanned<String>>,
+    pub username: Option<Spanned<String>>,
+    pub password: Option<Spanned<String>>,
+    pub max_payload: Option<Spanned<String>>,
+    #[serde(default)]
+    pub device: Vec<RawMqttDevice>,
+}
+
+/// `[[ingest.device]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMqttDevice {
+    pub name: Spanned<String>,
+    pub topic: Spanned<String>,
+    #[serde(default)]
+    pub points: Vec<RawMqttPoint>,
+}
+
+/// One point of an MQTT device.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMqttPoint {
+    pub name: Spanned<String>,
+    pub unit: Option<Spanned<String>>,
+}
+
+/// `[broker]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBroker {
+    pub listen: Spanned<String>,
 }
 
 /// `[gateway]`
@@ -24,6 +94,7 @@ pub struct RawConfig {
 pub struct RawGateway {
     pub id: Spanned<String>,
     pub data_dir: Option<Spanned<String>>,
+    pub identity: Option<Spanned<String>>,
 }
 
 /// `[[bus]]`

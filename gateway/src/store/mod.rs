@@ -7,6 +7,7 @@
 //! move a cursor, prune) so that the engine stays this file's concern.
 
 mod check;
+pub mod writer;
 
 use std::path::{Path, PathBuf};
 

@@ -3,3 +3,4 @@
 pub mod read;
 pub mod scan;
 pub mod sim;
+pub mod verify;

@@ -360,6 +360,59 @@ impl Drop for RunningSims {
     }
 }
 
+/// A simulated MQTT field device: publishes a temperature and a door contact as JSON
+/// (QoS 1) every second on `topic` until `cancel` fires. Reconnects if the broker goes.
+pub async fn mqtt_sensor(
+    host: String,
+    port: u16,
+    topic: String,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    use rumqttc::{AsyncClient, MqttOptions, QoS};
+    let mut opts = MqttOptions::new(format!("sim-sensor-{port}"), host, port);
+    opts.set_keep_alive(Duration::from_secs(10));
+    let (client, mut eventloop) = AsyncClient::new(opts, 16);
+    let publisher = {
+        let client = client.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut n: u64 = 0;
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                n += 1;
+                let t = 21.0 + ((n as f64) / 20.0).sin() * 1.5;
+                let payload = format!(
+                    r#"[{{"point":"temperature","value":{:.2}}},{{"point":"door_open","value":{}}}]"#,
+                    t,
+                    n % 30 < 3
+                );
+                if client
+                    .publish(topic.clone(), QoS::AtLeastOnce, false, payload)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        })
+    };
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            e = eventloop.poll() => {
+                if e.is_err() {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+    publisher.abort();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,386 @@
+//! The config's service sections: `[store]`, `[uplink]`, `[ingest]`, `[broker]`.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::Checker;
+use super::raw::{RawBroker, RawIngest, RawStore, RawUplink};
+
+/// `[store]`: batching and retention.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreConfig {
+    /// Close a batch once this many readings wait.
+    pub batch_readings: usize,
+    /// Close a batch once its first reading has waited this long.
+    pub batch_interval: Duration,
+    /// Disk budget in bytes.
+    pub budget: u64,
+    /// Consumers retention waits for.
+    pub required_consumers: Vec<String>,
+}
+
+/// An MQTT broker address: `mqtt://host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttBroker {
+    /// Host.
+    pub host: String,
+    /// Port (1883 when not given).
+    pub port: u16,
+}
+
+impl std::fmt::Display for MqttBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "mqtt://{}:{}", self.host, self.port)
+    }
+}
+
+/// `[uplink]`: signed batches to the master station over MQTT.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UplinkConfig {
+    /// Broker.
+    pub broker: MqttBroker,
+    /// Topic batches go to.
+    pub topic: String,
+    /// MQTT client id.
+    pub client_id: String,
+    /// Credentials.
+    pub username: Option<String>,
+    /// Credentials.
+    pub password: Option<String>,
+    /// MQTT keep-alive.
+    pub keep_alive: Duration,
+    /// Batches in flight (published, not yet acknowledged).
+    pub window: usize,
+}
+
+/// The consumer name the MQTT uplink's cursor is stored under.
+pub const UPLINK_CONSUMER: &str = "mqtt-uplink";
+
+/// One field device that publishes over MQTT.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttDevice {
+    /// Device name (first half of its points' names).
+    pub name: String,
+    /// Topic it publishes on.
+    pub topic: String,
+    /// Its points: (name, unit).
+    pub points: Vec<(String, String)>,
+}
+
+/// `[ingest]`: field devices over MQTT.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IngestConfig {
+    /// Broker ("the embedded one" is just its listen address).
+    pub broker: MqttBroker,
+    /// Topic filters to subscribe to.
+    pub topics: Vec<String>,
+    /// MQTT client id.
+    pub client_id: String,
+    /// Credentials.
+    pub username: Option<String>,
+    /// Credentials.
+    pub password: Option<String>,
+    /// Largest payload accepted, bytes.
+    pub max_payload: usize,
+    /// Devices by topic.
+    pub devices: Vec<MqttDevice>,
+}
+
+/// `[broker]`: the embedded MQTT broker for field devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+}
+
+/// Parses `512MiB`, `1GB`, `100000` (bytes).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "kib" | "k" => 1 << 10,
+        "mb" => 1_000_000,
+        "mib" | "m" => 1 << 20,
+        "gb" => 1_000_000_000,
+        "gib" | "g" => 1 << 30,
+        "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+impl Checker<'_> {
+    fn size(&mut self, v: &Option<Spanned<String>>, key: &str, default: u64) -> u64 {
+        let Some(s) = v else { return default };
+        match parse_size(s.get_ref()) {
+            Some(n) if n > 0 => n,
+            _ => {
+                self.problem(
+                    s,
+                    key.into(),
+                    format!(
+                        "{:?} is not a size; write 512MiB, 2GiB or a number of bytes",
+                        s.get_ref()
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    fn broker_url(&mut self, v: &Spanned<String>, key: &str) -> Option<MqttBroker> {
+        let text = v.get_ref();
+        let bad = |why: &str| format!("{text:?}: {why}; write mqtt://HOST:PORT");
+        let Ok(url) = url::Url::parse(text) else {
+            self.problem(v, key.into(), bad("not a URL"));
+            return None;
+        };
+        match url.scheme() {
+            "mqtt" | "tcp" => {}
+            "mqtts" | "ssl" => {
+                self.problem(v, key.into(), "TLS to the broker (mqtts://) is not supported yet; use mqtt:// on a trusted network or a local TLS tunnel".into());
+                return None;
+            }
+            _ => {
+                self.problem(v, key.into(), bad("unknown scheme"));
+                return None;
+            }
+        }
+        let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
+            self.problem(v, key.into(), bad("no host"));
+            return None;
+        };
+        Some(MqttBroker {
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port: url.port().unwrap_or(1883),
+        })
+    }
+
+    pub(super) fn check_store(&mut self, raw: Option<&RawStore>, uplink: bool) -> StoreConfig {
+        let default_required = if uplink {
+            vec![UPLINK_CONSUMER.to_string()]
+        } else {
+            vec![]
+        };
+        let Some(r) = raw else {
+            return StoreConfig {
+                batch_readings: 1000,
+                batch_interval: Duration::from_secs(10),
+                budget: 1 << 30,
+                required_consumers: default_required,
+            };
+        };
+        let batch_readings = match &r.batch_readings {
+            None => 1000,
+            Some(n) if (1..=100_000).contains(n.get_ref()) => *n.get_ref() as usize,
+            Some(n) => {
+                self.problem(
+                    n,
+                    "store.batch_readings".into(),
+                    "use 1..100000 readings per batch".into(),
+                );
+                1000
+            }
+        };
+        StoreConfig {
+            batch_readings,
+            batch_interval: self.duration(
+                &r.batch_interval,
+                "store.batch_interval".into(),
+                Duration::from_secs(10),
+            ),
+            budget: self.size(&r.budget, "store.budget", 1 << 30),
+            required_consumers: r
+                .required_consumers
+                .as_ref()
+                .map(|v| v.get_ref().clone())
+                .unwrap_or(default_required),
+        }
+    }
+
+    pub(super) fn check_uplink(
+        &mut self,
+        raw: Option<&RawUplink>,
+        gateway_id: &str,
+    ) -> Option<UplinkConfig> {
+        let r = raw?;
+        let broker = self.broker_url(&r.broker, "uplink.broker")?;
+        let topic = r
+            .topic
+            .as_ref()
+            .map(|t| t.get_ref().clone())
+            .unwrap_or_else(|| format!("gridgate/{gateway_id}/batches"));
+        if topic.is_empty() || topic.contains(['+', '#']) {
+            if let Some(t) = &r.topic {
+                self.problem(
+                    t,
+                    "uplink.topic".into(),
+                    "a topic to publish on has no wildcards".into(),
+                );
+            }
+        }
+        let window = match &r.window {
+            None => 8,
+            Some(w) if (1..=100).contains(w.get_ref()) => *w.get_ref() as usize,
+            Some(w) => {
+                self.problem(
+                    w,
+                    "uplink.window".into(),
+                    "use 1..100 batches in flight".into(),
+                );
+                8
+            }
+        };
+        Some(UplinkConfig {
+            broker,
+            topic,
+            client_id: r
+                .client_id
+                .as_ref()
+                .map(|c| c.get_ref().clone())
+                .unwrap_or_else(|| format!("gridgate-{gateway_id}-uplink")),
+            username: r.username.as_ref().map(|u| u.get_ref().clone()),
+            password: r.password.as_ref().map(|u| u.get_ref().clone()),
+            keep_alive: self.duration(
+                &r.keep_alive,
+                "uplink.keep_alive".into(),
+                Duration::from_secs(30),
+            ),
+            window,
+        })
+    }
+
+    pub(super) fn check_ingest(
+        &mut self,
+        raw: Option<&RawIngest>,
+        gateway_id: &str,
+        taken: &BTreeSet<String>,
+    ) -> Option<IngestConfig> {
+        let r = raw?;
+        let broker = self.broker_url(&r.broker, "ingest.broker");
+        let mut devices = Vec::new();
+        let mut names = BTreeSet::new();
+        let mut topics = BTreeSet::new();
+        for (i, d) in r.device.iter().enumerate() {
+            let name = d.name.get_ref().clone();
+            if !super::valid_name(&name) {
+                self.problem(
+                    &d.name,
+                    format!("ingest.device[{i}].name"),
+                    "use letters, digits, '-', '_' or '.'".into(),
+                );
+            }
+            if taken.contains(&name) || !names.insert(name.clone()) {
+                self.problem(
+                    &d.name,
+                    format!("ingest.device[{i}].name"),
+                    format!("a device named {name:?} is already defined"),
+                );
+            }
+            let topic = d.topic.get_ref().clone();
+            if topic.is_empty() || topic.contains(['+', '#']) {
+                self.problem(
+                    &d.topic,
+                    format!("ingest.device[{i}].topic"),
+                    "a device's topic is exact, without wildcards".into(),
+                );
+            }
+            if !topics.insert(topic.clone()) {
+                self.problem(
+                    &d.topic,
+                    format!("ingest.device[{i}].topic"),
+                    format!("another device publishes on {topic:?}"),
+                );
+            }
+            if d.points.is_empty() {
+                self.problem(
+                    &d.name,
+                    format!("ingest.device[{i}].points"),
+                    "a device needs at least one point".into(),
+                );
+            }
+            let mut pnames = BTreeSet::new();
+            let mut points = Vec::new();
+            for (j, p) in d.points.iter().enumerate() {
+                let pn = p.name.get_ref().clone();
+                if !super::valid_name(&pn) || !pnames.insert(pn.clone()) {
+                    self.problem(
+                        &p.name,
+                        format!("ingest.device[{i}].points[{j}].name"),
+                        format!("point name {pn:?} is invalid or repeated"),
+                    );
+                }
+                points.push((
+                    pn,
+                    p.unit
+                        .as_ref()
+                        .map(|u| u.get_ref().clone())
+                        .unwrap_or_default(),
+                ));
+            }
+            devices.push(MqttDevice {
+                name,
+                topic,
+                points,
+            });
+        }
+        let filters = r
+            .topics
+            .as_ref()
+            .map(|t| t.get_ref().clone())
+            .unwrap_or_else(|| devices.iter().map(|d| d.topic.clone()).collect());
+        Some(IngestConfig {
+            broker: broker?,
+            topics: filters,
+            client_id: r
+                .client_id
+                .as_ref()
+                .map(|c| c.get_ref().clone())
+                .unwrap_or_else(|| format!("gridgate-{gateway_id}-ingest")),
+            username: r.username.as_ref().map(|u| u.get_ref().clone()),
+            password: r.password.as_ref().map(|u| u.get_ref().clone()),
+            max_payload: self.size(&r.max_payload, "ingest.max_payload", 256 << 10) as usize,
+            devices,
+        })
+    }
+
+    pub(super) fn check_broker(&mut self, raw: Option<&RawBroker>) -> Option<BrokerConfig> {
+        let r = raw?;
+        match r.listen.get_ref().parse::<SocketAddr>() {
+            Ok(listen) => Some(BrokerConfig { listen }),
+            Err(_) => {
+                self.problem(
+                    &r.listen,
+                    "broker.listen".into(),
+                    "write an address and port, e.g. 127.0.0.1:1883".into(),
+                );
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512MiB"), Some(512 << 20));
+        assert_eq!(parse_size("1 GB"), Some(1_000_000_000));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(parse_size("99999999999TiB"), None);
+    }
+}

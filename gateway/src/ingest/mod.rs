@@ -1,0 +1,173 @@
+//! MQTT field devices: subscribe, decode, store, and only then acknowledge.
+//!
+//! A QoS 1 message is acknowledged (PUBACK) only once its readings are committed to the
+//! store; a payload that cannot be decoded is counted, logged with its topic and reason, and
+//! acknowledged so that the broker does not send it again and again. The session is
+//! persistent (clean session off), so the broker keeps what arrives while the gateway is
+//! down and resends whatever was not acknowledged.
+
+pub mod broker;
+pub mod payload;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::acquire::reading::now_ms;
+use crate::config::IngestConfig;
+use crate::store::writer::{StoreHandle, Submission};
+
+/// What ingest has seen.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    /// Messages received.
+    pub messages: AtomicU64,
+    /// Readings stored.
+    pub readings: AtomicU64,
+    /// Messages on a topic no device owns.
+    pub unknown_topic: AtomicU64,
+    /// Refused payloads by reason.
+    pub malformed: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl IngestStats {
+    /// Refused payloads, all reasons.
+    pub fn malformed_total(&self) -> u64 {
+        self.malformed.lock().map(|m| m.values().sum()).unwrap_or(0)
+    }
+}
+
+type Pending = (Publish, Option<oneshot::Receiver<Result<(), String>>>);
+
+/// Runs the ingest client until `cancel` fires, reconnecting with backoff.
+pub async fn run(
+    cfg: IngestConfig,
+    store: StoreHandle,
+    stats: Arc<IngestStats>,
+    cancel: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let mut opts = MqttOptions::new(
+            cfg.client_id.clone(),
+            cfg.broker.host.clone(),
+            cfg.broker.port,
+        );
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_manual_acks(true);
+        opts.set_clean_session(false);
+        // Read any packet the broker sends; our own limit, applied after, refuses big
+        // payloads with an acknowledgement instead of a dropped connection that would bring
+        // the same message back forever.
+        opts.set_max_packet_size(cfg.max_payload.max(1 << 20) * 4, 1 << 20);
+        if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
+            opts.set_credentials(u.clone(), p.clone());
+        }
+        let (client, mut eventloop) = AsyncClient::new(opts, 256);
+        let (ack_tx, ack_rx) = mpsc::channel::<Pending>(1024);
+        let acker = tokio::spawn(acknowledge_in_order(client.clone(), ack_rx));
+        let ended = loop {
+            let event = tokio::select! {
+                _ = cancel.cancelled() => break None,
+                e = eventloop.poll() => e,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    info!(broker = %cfg.broker, topics = ?cfg.topics, "ingest connected");
+                    backoff = Duration::from_millis(200);
+                    for t in &cfg.topics {
+                        if let Err(e) = client.try_subscribe(t.clone(), QoS::AtLeastOnce) {
+                            warn!(topic = %t, "cannot subscribe: {e}");
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let pending = handle(&cfg, &store, &stats, &p).await;
+                    if ack_tx.send((p, pending)).await.is_err() {
+                        break Some("acknowledger stopped".to_string());
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => break Some(e.to_string()),
+            }
+        };
+        drop(ack_tx);
+        let _ = acker.await;
+        match ended {
+            None => return,
+            Some(e) => {
+                warn!(broker = %cfg.broker, retry_in = ?backoff, "ingest connection lost: {e}");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// Decodes and submits one message; returns what to wait for before acknowledging it
+/// (`None`: acknowledge at once, it was refused or needs no storage).
+async fn handle(
+    cfg: &IngestConfig,
+    store: &StoreHandle,
+    stats: &IngestStats,
+    p: &Publish,
+) -> Option<oneshot::Receiver<Result<(), String>>> {
+    stats.messages.fetch_add(1, Ordering::Relaxed);
+    let Some(device) = cfg.devices.iter().find(|d| d.topic == p.topic) else {
+        stats.unknown_topic.fetch_add(1, Ordering::Relaxed);
+        warn!(topic = %p.topic, "message on a topic no [[ingest.device]] owns; acknowledged and dropped");
+        return None;
+    };
+    match payload::decode(&p.payload, device, cfg.max_payload, now_ms()) {
+        Ok(readings) => {
+            let n = readings.len() as u64;
+            let (done, rx) = oneshot::channel();
+            let sub = Submission {
+                readings: readings.iter().map(|r| r.to_pb()).collect(),
+                done: Some(done),
+            };
+            if store.tx.send(sub).await.is_err() {
+                warn!("store writer stopped; message left unacknowledged");
+                let (_, never) = oneshot::channel();
+                return Some(never);
+            }
+            stats.readings.fetch_add(n, Ordering::Relaxed);
+            Some(rx)
+        }
+        Err(e) => {
+            if let Ok(mut m) = stats.malformed.lock() {
+                *m.entry(e.kind()).or_default() += 1;
+            }
+            warn!(topic = %p.topic, device = %device.name, reason = %e, "payload refused; acknowledged so it is not resent, nothing stored");
+            None
+        }
+    }
+}
+
+/// Acknowledges messages in the order they arrived (MQTT requires it), each once its
+/// readings are durable. A message whose readings could not be stored is not acknowledged:
+/// the broker resends it after the next reconnect.
+async fn acknowledge_in_order(client: AsyncClient, mut rx: mpsc::Receiver<Pending>) {
+    while let Some((publish, pending)) = rx.recv().await {
+        let stored = match pending {
+            None => true,
+            Some(r) => matches!(r.await, Ok(Ok(()))),
+        };
+        if !stored {
+            warn!(topic = %publish.topic, "readings not stored; message left for the broker to resend");
+            continue;
+        }
+        if publish.qos != QoS::AtMostOnce && client.ack(&publish).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! Decoding what a field device publishes. Pure code: bytes in, readings or a reason out.
+//!
+//! JSON, one reading or several:
+//!
+//! ```json
+//! {"point": "temperature", "value": 21.5}
+//! {"point": "temperature", "value": 21.5, "ts_ms": 1795558337000, "quality": "good"}
+//! [{"point": "temperature", "value": 21.5}, {"point": "door", "value": true}]
+//! {"readings": [{"point": "temperature", "value": 21.5}]}
+//! ```
+//!
+//! `point` is the point's name under the device that owns the topic; `value` a number, a
+//! boolean or a string; `ts_ms` (optional, default: arrival) milliseconds since the Unix
+//! epoch; `quality` (optional, default `good`) one of the gateway's qualities; a reading
+//! whose quality is not good carries no value. Anything else is a protobuf
+//! `gridgate.v1.ReadingList`. A payload with any bad part is refused whole.
+
+use gridgate_proto::v1 as pb;
+use prost::Message;
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::acquire::{Quality, Reading, Value};
+use crate::config::MqttDevice;
+
+/// Why a payload was refused.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum PayloadError {
+    /// Larger than the configured limit.
+    #[error("payload of {size} bytes is over the {max}-byte limit")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Not JSON of the documented shape.
+    #[error("malformed JSON: {0}")]
+    Json(String),
+    /// Not a protobuf ReadingList.
+    #[error("malformed protobuf ReadingList: {0}")]
+    Protobuf(String),
+    /// No readings in it.
+    #[error("no readings in the payload")]
+    Empty,
+    /// A point the device does not have in the config.
+    #[error("unknown point {point:?} for device {device:?}")]
+    UnknownPoint {
+        /// Device.
+        device: String,
+        /// Point named in the payload.
+        point: String,
+    },
+    /// A value or field of the wrong kind.
+    #[error("reading {index}: {reason}")]
+    Bad {
+        /// Position in the payload.
+        index: usize,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl PayloadError {
+    /// A short name for counters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PayloadError::TooLarge { .. } => "too_large",
+            PayloadError::Json(_) => "json",
+            PayloadError::Protobuf(_) => "protobuf",
+            PayloadError::Empty => "empty",
+            PayloadError::UnknownPoint { .. } => "unknown_point",
+            PayloadError::Bad { .. } => "bad_value",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonReading {
+    point: String,
+    #[serde(default)]
+    value: serde_json::Value,
+    ts_ms: Option<i64>,
+    quality: Option<String>,
+}
+
+/// Earliest timestamp accepted: 2000-01-01.
+const TS_MIN: i64 = 946_684_800_000;
+/// How far in the future a device clock may run: one day.
+const TS_AHEAD: i64 = 86_400_000;
+
+/// Decodes `payload` from `device` into readings stamped `now_ms` where they carry no time.
+pub fn decode(
+    payload: &[u8],
+    device: &MqttDevice,
+    max: usize,
+    now_ms: i64,
+) -> Result<Vec<Reading>, PayloadError> {
+    if payload.len() > max {
+        return Err(PayloadError::TooLarge {
+            size: payload.len(),
+            max,
+        });
+    }
+    let first = payload.iter().find(|b| !b.is_ascii_whitespace());
+    let raw: Vec<(String, Option<Value>, Option<i64>, Quality)> = match first {
+        None => return Err(PayloadError::Empty),
+        Some(b'{') | Some(b'[') => decode_json(payload)?,
+        Some(_) => decode_protobuf(payload)?,
+    };
+    if raw.is_empty() {
+        return Err(PayloadError::Empty);
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for (index, (point, value, ts, quality)) in raw.into_iter().enumerate() {
+        let Some((_, unit)) = device.points.iter().find(|(n, _)| *n == point) else {
+            return Err(PayloadError::UnknownPoint {
+                device: device.name.clone(),
+                point,
+            });
+        };
+        let ts = ts.unwrap_or(now_ms);
+        if !(TS_MIN..=now_ms + TS_AHEAD).contains(&ts) {
+            return Err(PayloadError::Bad {
+                index,
+                reason: format!("ts_ms {ts} is not a time between 2000 and tomorrow"),
+            });
+        }
+        let id = format!("{}/{point}", device.name);
+        out.push(match (quality, value) {
+            (Quality::Good, Some(v)) => Reading::good(id, ts, v, unit),
+            (Quality::Good, None) => {
+                return Err(PayloadError::Bad {
+                    index,
+                    reason: "a good reading needs a value".into(),
+                });
+            }
+            (q, _) => Reading::bad(id, ts, q, unit, "reported by the device".into()),
+        });
+    }
+    Ok(out)
+}
+
+type Raw = (String, Option<Value>, Option<i64>, Quality);
+
+fn decode_json(payload: &[u8]) -> Result<Vec<Raw>, PayloadError> {
+    let json: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|e| PayloadError::Json(e.to_string()))?;
+    let items = match json {
+        serde_json::Value::Array(a) => a,
+        serde_json::Value::Object(mut o) if o.contains_key("readings") => {
+            match o.remove("readings") {
+                Some(serde_json::Value::Array(a)) if o.is_empty() => a,
+                _ => {
+                    return Err(PayloadError::Json(
+                        "\"readings\" must be the only key and hold an array".into(),
+                    ));
+                }
+            }
+        }
+        obj @ serde_json::Value::Object(_) => vec![obj],
+        _ => {
+            return Err(PayloadError::Json(
+                "expected an object or an array of objects".into(),
+            ));
+        }
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(index, item)| {
+            let r: JsonReading = serde_json::from_value(item).map_err(|e| PayloadError::Bad {
+                index,
+                reason: e.to_string(),
+            })?;
+            let bad = |reason: String| PayloadError::Bad { index, reason };
+            let quality = match &r.quality {
+                None => Quality::Good,
+                Some(q) => q.parse::<Quality>().map_err(bad)?,
+            };
+            let value = match r.value {
+                serde_json::Value::Null => None,
+                serde_json::Value::Bool(b) => Some(Value::Bool(b)),
+                serde_json::Value::Number(n) => match n.as_f64().filter(|f| f.is_finite()) {
+                    Some(f) => Some(Value::Number(f)),
+                    None => return Err(bad(format!("value {n} is not a finite number"))),
+                },
+                serde_json::Value::String(s) if s.len() <= 256 => Some(Value::Text(s)),
+                serde_json::Value::String(_) => {
+                    return Err(bad("text value longer than 256 bytes".into()));
+                }
+                other => {
+                    return Err(bad(format!(
+                        "value must be a number, boolean or string, not {other}"
+                    )));
+                }
+            };
+            Ok((r.point, value, r.ts_ms, quality))
+        })
+        .collect()
+}
+
+fn decode_protobuf(payload: &[u8]) -> Result<Vec<Raw>, PayloadError> {
+    let list =
+        pb::ReadingList::decode(payload).map_err(|e| PayloadError::Protobuf(e.to_string()))?;
+    Ok(list
+        .readings
+        .into_iter()
+        .map(|r| {
+            let quality = match r.quality.as_ref() {
+                None => Quality::Good,
+                Some(q) => Quality::from_pb(Some(q)),
+            };
+            let value = r.value.map(|v| match v {
+                pb::reading::Value::Number(n) => Value::Number(n),
+                pb::reading::Value::Flag(b) => Value::Bool(b),
+                pb::reading::Value::Text(t) => Value::Text(t),
+            });
+            let value = match value {
+                Some(Value::Number(n)) if !n.is_finite() => None,
+                v => v,
+            };
+            (r.point, value, (r.ts_ms != 0).then_some(r.ts_ms), quality)
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_795_558_337_000;
+
+    fn dev() -> MqttDevice {
+        MqttDevice {
+            name: "sensor-1".into(),
+            topic: "field/sensor-1".into(),
+            points: vec![
+                ("temperature".into(), "°C".into()),
+                ("door".into(), String::new()),
+            ],
+        }
+    }
+
+    fn ok(p: &[u8]) -> Vec<Reading> {
+        decode(p, &dev(), 4096, NOW).unwrap()
+    }
+
+    fn err(p: &[u8]) -> PayloadError {
+        decode(p, &dev(), 4096, NOW).unwrap_err()
+    }
+
+    #[test]
+    fn the_documented_json_shapes() {
+        let r = ok(br#"{"point":"temperature","value":21.5}"#);
+        assert_eq!(
+            r,
+            vec![Reading::good(
+                "sensor-1/temperature".into(),
+                NOW,
+                Value::Number(21.5),
+                "°C"
+            )]
+        );
+        let r = ok(br#"[{"point":"temperature","value":21.5,"ts_ms":1795558336000},{"point":"door","value":true}]"#);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].ts_ms, 1_795_558_336_000);
+        assert_eq!(r[1].value, Some(Value::Bool(true)));
+        let r = ok(br#"{"readings":[{"point":"door","quality":"timeout"}]}"#);
+        assert_eq!(r[0].quality, Quality::Timeout);
+        assert_eq!(r[0].value, None);
+    }
+
+    #[test]
+    fn protobuf_reading_list() {
+        let list = pb::ReadingList {
+            readings: vec![pb::Reading {
+                point: "temperature".into(),
+                value: Some(pb::reading::Value::Number(19.0)),
+                ..Default::default()
+            }],
+        };
+        let r = ok(&list.encode_to_vec());
+        assert_eq!(r[0].value, Some(Value::Number(19.0)));
+        assert_eq!(r[0].ts_ms, NOW);
+    }
+
+    #[test]
+    fn bad_payloads_are_refused_with_a_reason() {
+        assert_eq!(err(b"{\"point\":").kind(), "json");
+        assert_eq!(
+            err(br#"{"point":"temperature","value":"hot","extra":1}"#).kind(),
+            "bad_value"
+        );
+        assert_eq!(
+            err(br#"{"point":"temperature","value":[1]}"#).kind(),
+            "bad_value"
+        );
+        assert_eq!(err(br#"{"point":"temperature"}"#).kind(), "bad_value");
+        assert_eq!(
+            err(br#"{"point":"temperature","value":1,"ts_ms":"now"}"#).kind(),
+            "bad_value"
+        );
+        assert_eq!(
+            err(br#"{"point":"temperature","value":1,"ts_ms":5}"#).kind(),
+            "bad_value"
+        );
+        assert_eq!(
+            err(br#"{"point":"temperature","value":1,"quality":"meh"}"#).kind(),
+            "bad_value"
+        );
+        assert_eq!(
+            err(br#"{"point":"humidity","value":1}"#).kind(),
+            "unknown_point"
+        );
+        assert_eq!(err(br#"[]"#).kind(), "empty");
+        assert_eq!(err(b"   ").kind(), "empty");
+        assert_eq!(err(b"\x08\xff\xff").kind(), "protobuf");
+        // One bad reading spoils the whole payload: nothing of it is stored.
+        assert_eq!(
+            err(br#"[{"point":"temperature","value":1},{"point":"nope","value":2}]"#).kind(),
+            "unknown_point"
+        );
+        let big = vec![b' '; 5000];
+        assert_eq!(
+            err(&big),
+            PayloadError::TooLarge {
+                size: 5000,
+                max: 4096
+            }
+        );
+    }
+}

@@ -1,0 +1,212 @@
+//! The store's writer: one task that takes readings from every source, commits them in
+//! groups (one fsync per group, never one per reading), closes batches on count or age, and
+//! only then tells each source its readings are safe.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gridgate_proto::v1 as pb;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tracing::{debug, error};
+
+use super::{Store, StoreError};
+use crate::acquire::reading::now_ms;
+use crate::batch::{Identity, seal};
+
+/// Readings handed to the writer; `done` hears once they are on disk.
+#[derive(Debug)]
+pub struct Submission {
+    /// The readings.
+    pub readings: Vec<pb::Reading>,
+    /// Told `Ok` once the readings are committed, or why not.
+    pub done: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+/// How the writer groups and closes.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// Gateway id written into each batch.
+    pub gateway_id: String,
+    /// Close a batch once this many readings are waiting.
+    pub batch_readings: usize,
+    /// Close a batch once its first reading has waited this long.
+    pub batch_interval: Duration,
+    /// Disk budget, bytes.
+    pub budget: u64,
+    /// Consumers whose acknowledgement retention waits for.
+    pub required_consumers: Vec<String>,
+}
+
+/// A handle to give readings to the writer and to watch the chain's head.
+#[derive(Debug, Clone)]
+pub struct StoreHandle {
+    /// Where submissions go.
+    pub tx: mpsc::Sender<Submission>,
+    /// Next batch sequence (changes when a batch closes).
+    pub head: watch::Receiver<u64>,
+    /// The store, for readers (uplink, API).
+    pub store: Arc<Store>,
+    /// Readings committed since start.
+    pub committed: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl StoreHandle {
+    /// Stores `readings` and waits until they are on disk.
+    pub async fn store_durably(&self, readings: Vec<pb::Reading>) -> Result<(), String> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Submission {
+                readings,
+                done: Some(done),
+            })
+            .await
+            .map_err(|_| "store writer stopped".to_string())?;
+        rx.await.map_err(|_| "store writer stopped".to_string())?
+    }
+}
+
+/// Queue depth between sources and the writer.
+pub const QUEUE: usize = 4096;
+
+/// Starts the writer on `store`. It runs until every sender (every clone of the handle's
+/// `tx`) is gone, committing what is left first.
+pub fn start(
+    store: Store,
+    identity: Identity,
+    cfg: WriterConfig,
+) -> Result<(StoreHandle, tokio::task::JoinHandle<()>), StoreError> {
+    let store = Arc::new(store);
+    let stats = store.stats()?;
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let (head_tx, head) = watch::channel(stats.next_seq);
+    let committed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let task = tokio::spawn(run(
+        store.clone(),
+        identity,
+        cfg,
+        rx,
+        head_tx,
+        stats.open_readings as usize,
+        committed.clone(),
+    ));
+    Ok((
+        StoreHandle {
+            tx,
+            head,
+            store,
+            committed,
+        },
+        task,
+    ))
+}
+
+async fn run(
+    store: Arc<Store>,
+    identity: Identity,
+    cfg: WriterConfig,
+    mut rx: mpsc::Receiver<Submission>,
+    head: watch::Sender<u64>,
+    mut open: usize,
+    committed: Arc<std::sync::atomic::AtomicU64>,
+) {
+    let group_max = cfg.batch_readings.max(1);
+    let mut open_since = (open > 0).then(Instant::now);
+    let mut closing = false;
+    loop {
+        let mut group: Vec<Submission> = Vec::new();
+        let deadline = open_since.map(|t| t + cfg.batch_interval);
+        tokio::select! {
+            s = rx.recv() => match s {
+                Some(s) => group.push(s),
+                None => closing = true,
+            },
+            _ = sleep_until_opt(deadline) => {}
+        }
+        let mut n: usize = group.iter().map(|s| s.readings.len()).sum();
+        while n < group_max {
+            match rx.try_recv() {
+                Ok(s) => {
+                    n += s.readings.len();
+                    group.push(s);
+                }
+                Err(_) => break,
+            }
+        }
+        let due = open_since.is_some_and(|t| t.elapsed() >= cfg.batch_interval);
+        let close = open + n >= cfg.batch_readings || due || (closing && open + n > 0);
+        if n == 0 && !close {
+            if closing {
+                break;
+            }
+            continue;
+        }
+        let readings: Vec<pb::Reading> = group
+            .iter_mut()
+            .flat_map(|s| std::mem::take(&mut s.readings))
+            .collect();
+        let st = store.clone();
+        let id = identity.clone();
+        let gw = cfg.gateway_id.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let sealer = move |seq: u64, prev: [u8; 32], rs: Vec<pb::Reading>| {
+                seal(&id, &gw, seq, prev, now_ms(), rs)
+            };
+            st.commit(&readings, close.then_some(&sealer as &dyn Fn(_, _, _) -> _))
+        })
+        .await;
+        let outcome = match result {
+            Ok(Ok(c)) => {
+                committed.fetch_add(c.appended as u64, std::sync::atomic::Ordering::Relaxed);
+                match c.closed {
+                    Some((seq, count)) => {
+                        debug!(seq, readings = count, "batch closed");
+                        open = 0;
+                        open_since = None;
+                        head.send_replace(seq + 1);
+                    }
+                    None => {
+                        open += c.appended;
+                        if open > 0 && open_since.is_none() {
+                            open_since = Some(Instant::now());
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("store writer task failed: {e}")),
+        };
+        if let Err(e) = &outcome {
+            error!("store commit failed, readings not acknowledged (sources will resend): {e}");
+        }
+        for s in group {
+            if let Some(done) = s.done {
+                let _ = done.send(outcome.clone());
+            }
+        }
+        if outcome.is_ok() && open == 0 {
+            let st = store.clone();
+            let required = cfg.required_consumers.clone();
+            let budget = cfg.budget;
+            if let Ok(Err(e)) =
+                tokio::task::spawn_blocking(move || st.prune(&required, budget)).await
+            {
+                error!("store prune failed: {e}");
+            }
+        }
+        if outcome.is_err() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if closing && (open == 0 || outcome.is_err()) {
+            break;
+        }
+    }
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,174 @@
+//! MQTT uplink: every signed batch to the master station, in order, at least once.
+//!
+//! Batches go out as QoS 1 publishes of the stored `SignedBatch` bytes. rumqttc's
+//! `publish()` does not say which packet id it used, so the uplink correlates through the
+//! event loop: publishes leave in the order they were requested, each announced by an
+//! outgoing-publish event with its packet id; a PUBACK names the id. The durable cursor moves
+//! only to the highest batch below which every batch is acknowledged. After any connection
+//! loss the client is rebuilt from scratch (no hidden resend queue) and sending resumes at the
+//! cursor, so the master may see a batch twice (it de-duplicates by sequence) but never
+//! misses one.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::{UPLINK_CONSUMER, UplinkConfig};
+use crate::store::writer::StoreHandle;
+
+/// What the uplink has done.
+#[derive(Debug, Default)]
+pub struct UplinkStats {
+    /// Publishes sent (resends included).
+    pub published: AtomicU64,
+    /// Batches acknowledged by the broker.
+    pub acknowledged: AtomicU64,
+    /// Next batch the master station needs (the durable cursor).
+    pub cursor: AtomicU64,
+    /// Connections made.
+    pub connects: AtomicU64,
+    /// Batches skipped because retention had already dropped them.
+    pub skipped: AtomicU64,
+}
+
+/// Runs the uplink until `cancel` fires, reconnecting with backoff.
+pub async fn run(
+    cfg: UplinkConfig,
+    store: StoreHandle,
+    stats: Arc<UplinkStats>,
+    cancel: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match session(&cfg, &store, &stats, &cancel).await {
+            Ok(()) => return,
+            Err(e) => {
+                warn!(broker = %cfg.broker, retry_in = ?backoff, "uplink connection lost: {e}; acquisition goes on, batches wait in the store");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+        if stats.acknowledged.load(Ordering::Relaxed) > 0 {
+            // A session that got work done resets the backoff for the next loss.
+            backoff = backoff.min(Duration::from_secs(1));
+        }
+    }
+}
+
+async fn session(
+    cfg: &UplinkConfig,
+    store: &StoreHandle,
+    stats: &UplinkStats,
+    cancel: &CancellationToken,
+) -> Result<(), String> {
+    let mut cursor = store
+        .store
+        .cursor(UPLINK_CONSUMER)
+        .map_err(|e| e.to_string())?;
+    stats.cursor.store(cursor, Ordering::Relaxed);
+    let mut opts = MqttOptions::new(
+        cfg.client_id.clone(),
+        cfg.broker.host.clone(),
+        cfg.broker.port,
+    );
+    opts.set_keep_alive(cfg.keep_alive);
+    opts.set_clean_session(true);
+    opts.set_inflight(cfg.window as u16);
+    opts.set_max_packet_size(1 << 20, 64 << 20);
+    if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
+        opts.set_credentials(u.clone(), p.clone());
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, cfg.window * 2 + 4);
+    let mut head = store.head.clone();
+    let mut connected = false;
+    let mut next = cursor;
+    // Requested but not yet seen leaving: their ids are not known yet.
+    let mut requested: VecDeque<u64> = VecDeque::new();
+    let mut in_flight: HashMap<u16, u64> = HashMap::new();
+    let mut acked: BTreeSet<u64> = BTreeSet::new();
+    loop {
+        if connected {
+            let top = *head.borrow_and_update();
+            while requested.len() + in_flight.len() < cfg.window && next < top {
+                let batch = store
+                    .store
+                    .batches_from(next, 1)
+                    .map_err(|e| e.to_string())?;
+                let Some((seq, bytes)) = batch.into_iter().next() else {
+                    break;
+                };
+                if seq != next {
+                    // Retention dropped batches the master never had: say so, go on.
+                    warn!(
+                        from = next,
+                        to = seq,
+                        "batches dropped by the disk budget before upload"
+                    );
+                    stats.skipped.fetch_add(seq - next, Ordering::Relaxed);
+                    if cursor == next {
+                        cursor = seq;
+                    }
+                }
+                client
+                    .try_publish(cfg.topic.clone(), QoS::AtLeastOnce, false, bytes)
+                    .map_err(|e| e.to_string())?;
+                requested.push_back(seq);
+                next = seq + 1;
+            }
+        }
+        let event = tokio::select! {
+            _ = cancel.cancelled() => {
+                let _ = client.try_disconnect();
+                return Ok(());
+            }
+            _ = head.changed(), if connected => continue,
+            e = eventloop.poll() => e,
+        };
+        match event.map_err(|e| e.to_string())? {
+            Event::Incoming(Packet::ConnAck(_)) => {
+                connected = true;
+                stats.connects.fetch_add(1, Ordering::Relaxed);
+                info!(broker = %cfg.broker, topic = %cfg.topic, from = cursor, "uplink connected");
+            }
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                if let Some(seq) = requested.pop_front() {
+                    in_flight.insert(pkid, seq);
+                    stats.published.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Event::Incoming(Packet::PubAck(ack)) => {
+                let Some(seq) = in_flight.remove(&ack.pkid) else {
+                    continue;
+                };
+                stats.acknowledged.fetch_add(1, Ordering::Relaxed);
+                acked.insert(seq);
+                let before = cursor;
+                while acked.remove(&cursor) {
+                    cursor += 1;
+                }
+                // Anything acked below the cursor (after a skip) is done too.
+                acked.retain(|s| *s >= cursor);
+                if cursor != before {
+                    let st = store.store.clone();
+                    let c = cursor;
+                    let saved =
+                        tokio::task::spawn_blocking(move || st.set_cursor(UPLINK_CONSUMER, c))
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .map_err(|e| e.to_string())?;
+                    stats.cursor.store(saved, Ordering::Relaxed);
+                    debug!(cursor = saved, "uplink cursor moved");
+                }
+            }
+            _ => {}
+        }
+    }
+}
