@@ -11,9 +11,18 @@ if command -v rustup >/dev/null 2>&1; then
     rustup component add rustfmt clippy >/dev/null 2>&1 || true
 fi
 
-# The end-to-end tests need nothing outside cargo yet: simulators run in-process, serial
-# lines are pseudo-terminals. Packages that later tests need (a broker, a browser) are
-# installed here with apt-get.
+# The end-to-end tests run the simulators in-process and use pseudo-terminals for serial
+# lines; the store-and-forward tests need a real external MQTT broker: Mosquitto, from the
+# distribution's packages.
+step "packages the tests need"
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto
+fi
+# The packaged broker must not hold port 1883 during tests: they start their own.
+if command -v systemctl >/dev/null 2>&1; then systemctl stop mosquitto >/dev/null 2>&1 || true; fi
 
 step "format"
 cargo fmt --all -- --check

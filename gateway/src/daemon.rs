@@ -254,8 +254,11 @@ impl Pipeline {
     pub async fn stop(mut self) -> Result<(), DaemonError> {
         self.cancel.cancel();
         while self.pollers.join_next().await.is_some() {}
+        tracing::debug!("pollers stopped");
         while self.services.join_next().await.is_some() {}
+        tracing::debug!("mqtt stopped");
         let echoed = self.forwarder.await;
+        tracing::debug!("forwarder stopped");
         drop(self.store);
         if let Err(e) = self.writer.await {
             error!("store writer ended badly: {e}");
@@ -267,32 +270,69 @@ impl Pipeline {
     }
 }
 
-/// Hands polled readings to the store (and to `echo`).
+/// Hands polled readings to the store, and a copy to `echo`.
+///
+/// The echo is a convenience (a terminal, a pipe to a tool) and must never hold up the
+/// store: it runs on its own thread behind a bounded queue, and when that queue is full
+/// (nobody reads the pipe) copies are dropped and counted, not waited for.
 async fn forward(
     mut rx: mpsc::Receiver<Vec<Reading>>,
     store: StoreHandle,
-    mut echo: Option<Box<dyn ReadingSink>>,
+    echo: Option<Box<dyn ReadingSink>>,
 ) -> std::io::Result<()> {
-    let mut echo_error = None;
+    let (echo_tx, echo_done) = match echo {
+        Some(mut sink) => {
+            let (tx, erx) = std::sync::mpsc::sync_channel::<Vec<Reading>>(1024);
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            std::thread::Builder::new()
+                .name("echo".into())
+                .spawn(move || {
+                    let mut result = Ok(());
+                    while let Ok(group) = erx.recv() {
+                        if let Err(e) = sink.write(&group) {
+                            result = Err(e);
+                            break;
+                        }
+                    }
+                    let _ = done_tx.send(result);
+                })?;
+            (Some(tx), Some(done_rx))
+        }
+        None => (None, None),
+    };
+    let mut dropped: u64 = 0;
     while let Some(group) = rx.recv().await {
-        if let Some(sink) = echo.as_mut() {
-            if let Err(e) = sink.write(&group) {
-                // The echo is a convenience; acquisition and storage go on without it.
-                warn!("echo output failed, stopping it: {e}");
-                echo = None;
-                echo_error = Some(e);
+        if let Some(tx) = &echo_tx {
+            match tx.try_send(group.clone()) {
+                Ok(()) => {}
+                Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                    dropped += group.len() as u64;
+                    if dropped.is_power_of_two() {
+                        warn!(
+                            dropped,
+                            "echo output is not being read; echo copies dropped (stored readings are not affected)"
+                        );
+                    }
+                }
+                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {}
             }
         }
         let sub = Submission {
             readings: group.iter().map(Reading::to_pb).collect(),
+            dedupe: false,
             done: None,
         };
         if store.tx.send(sub).await.is_err() {
             break;
         }
     }
-    match echo_error {
-        Some(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),
+    drop(echo_tx);
+    let Some(done) = echo_done else {
+        return Ok(());
+    };
+    // Wait for the echo to finish writing, but never for a pipe nobody reads.
+    match tokio::time::timeout(Duration::from_secs(2), done).await {
+        Ok(Ok(Err(e))) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),
         _ => Ok(()),
     }
 }

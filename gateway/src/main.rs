@@ -253,13 +253,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli.command)) {
+    let code = match runtime.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("gridgate: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Never hang on exit behind a blocking task (a write to a pipe nobody reads).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    code
 }
 
 async fn dispatch(command: Command) -> Result<ExitCode> {

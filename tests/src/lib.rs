@@ -205,3 +205,125 @@ pub async fn sims(spec: &str) -> gridgate::tools::sim::RunningSims {
         .await
         .expect("simulators start")
 }
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A Mosquitto broker on loopback, for tests against a real external broker.
+pub struct Mosquitto {
+    child: Option<std::process::Child>,
+    /// Its port.
+    pub port: u16,
+    conf: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    /// Starts `mosquitto` (installed by scripts/test.sh from the distribution's packages) on a
+    /// free port, keeping any number of queued messages for persistent sessions.
+    pub async fn start() -> Mosquitto {
+        let dir = tempfile::tempdir().expect("dir");
+        let port = free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nmax_inflight_messages 50\n"
+            ),
+        )
+        .expect("conf");
+        let mut m = Mosquitto {
+            child: None,
+            port,
+            conf,
+            _dir: dir,
+        };
+        m.restart().await;
+        m
+    }
+
+    /// Starts it again (after [`Mosquitto::kill`]) on the same port.
+    pub async fn restart(&mut self) {
+        let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect(
+                "mosquitto is not installed: run scripts/test.sh, which installs it with apt-get",
+            );
+        let child = std::process::Command::new(bin)
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("mosquitto did not listen on {}", self.port);
+    }
+
+    /// Kills it (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Batches seen on an uplink topic: (seq, SignedBatch bytes) in arrival order.
+pub type Received = std::sync::Arc<std::sync::Mutex<Vec<(u64, Vec<u8>)>>>;
+
+/// Subscribes to `topic` on a broker at `port` and records every signed batch that arrives,
+/// resubscribing after the broker restarts.
+pub fn collect_batches(port: u16, topic: &str) -> (Received, tokio::task::JoinHandle<()>) {
+    use prost::Message;
+    let got: Received = Default::default();
+    let out = got.clone();
+    let topic = topic.to_string();
+    let task = tokio::spawn(async move {
+        let mut opts = rumqttc::MqttOptions::new(format!("collector-{port}"), "127.0.0.1", port);
+        opts.set_max_packet_size(64 << 20, 1 << 20);
+        let (client, mut ev) = rumqttc::AsyncClient::new(opts, 16);
+        loop {
+            match ev.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                    let _ = client.try_subscribe(topic.clone(), rumqttc::QoS::AtLeastOnce);
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    let seq = gridgate_proto::v1::SignedBatch::decode(p.payload.as_ref())
+                        .ok()
+                        .and_then(|s| gridgate_proto::v1::Batch::decode(s.batch.as_slice()).ok())
+                        .map(|b| b.seq)
+                        .expect("uplink payload is a SignedBatch");
+                    out.lock().expect("lock").push((seq, p.payload.to_vec()));
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    (got, task)
+}
+
+/// Every batch stored in `data_dir` (the gateway must be stopped): (seq, bytes).
+pub fn stored_batches(data_dir: &Path) -> Vec<(u64, Vec<u8>)> {
+    let store = gridgate::store::open_for_verify(data_dir).expect("open store");
+    store.batches_from(0, usize::MAX).expect("read batches")
+}

@@ -68,9 +68,10 @@ dynamic_filters = true
             }
         })
         .map_err(|e| BrokerError::Config(e.to_string()))?;
-    // Clients connect right after this returns: wait until the broker accepts.
+    // Clients connect right after this returns: wait until the broker holds the port (our
+    // own bind then fails). Binding, not connecting, so the broker sees no aborted client.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    while std::net::TcpStream::connect(listen).is_err() && std::time::Instant::now() < deadline {
+    while std::net::TcpListener::bind(listen).is_ok() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     info!(%listen, "embedded MQTT broker listening");

@@ -9,13 +9,13 @@
 pub mod broker;
 pub mod payload;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -43,9 +43,21 @@ impl IngestStats {
     }
 }
 
-type Pending = (Publish, Option<oneshot::Receiver<Result<(), String>>>);
+/// A received message waiting for its acknowledgement.
+enum Ack {
+    /// Its readings are being committed.
+    Waiting(oneshot::Receiver<Result<(), String>>),
+    /// Committed (or refused, or needing no storage): acknowledge it.
+    Ready,
+    /// Not stored: leave it unacknowledged for the broker to resend.
+    Failed,
+}
 
 /// Runs the ingest client until `cancel` fires, reconnecting with backoff.
+///
+/// One loop polls the connection and acknowledges, in arrival order (MQTT requires it),
+/// each message once its readings are durable. Acknowledging never waits on the connection
+/// (`try_ack`), so the loop cannot deadlock on its own request queue.
 pub async fn run(
     cfg: IngestConfig,
     store: StoreHandle,
@@ -69,36 +81,57 @@ pub async fn run(
         if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
             opts.set_credentials(u.clone(), p.clone());
         }
-        let (client, mut eventloop) = AsyncClient::new(opts, 256);
-        let (ack_tx, ack_rx) = mpsc::channel::<Pending>(1024);
-        let acker = tokio::spawn(acknowledge_in_order(client.clone(), ack_rx));
+        let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+        let mut pending: VecDeque<(Publish, Ack)> = VecDeque::new();
         let ended = loop {
-            let event = tokio::select! {
-                _ = cancel.cancelled() => break None,
-                e = eventloop.poll() => e,
-            };
-            match event {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    info!(broker = %cfg.broker, topics = ?cfg.topics, "ingest connected");
-                    backoff = Duration::from_millis(200);
-                    for t in &cfg.topics {
-                        if let Err(e) = client.try_subscribe(t.clone(), QoS::AtLeastOnce) {
-                            warn!(topic = %t, "cannot subscribe: {e}");
+            // Acknowledge, in order, every message at the front that is done.
+            while let Some((p, state)) = pending.front() {
+                match state {
+                    Ack::Waiting(_) => break,
+                    Ack::Failed => {
+                        warn!(topic = %p.topic, "readings not stored; message left for the broker to resend");
+                    }
+                    Ack::Ready => {
+                        if p.qos != QoS::AtMostOnce && client.try_ack(p).is_err() {
+                            // Request queue full: the next poll drains it; try again then.
+                            break;
                         }
                     }
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let pending = handle(&cfg, &store, &stats, &p).await;
-                    if ack_tx.send((p, pending)).await.is_err() {
-                        break Some("acknowledger stopped".to_string());
+                pending.pop_front();
+            }
+            let front_waiting = matches!(pending.front(), Some((_, Ack::Waiting(_))));
+            tokio::select! {
+                _ = cancel.cancelled() => break None,
+                stored = wait_front(&mut pending), if front_waiting => {
+                    if let Some((_, state)) = pending.front_mut() {
+                        *state = if stored { Ack::Ready } else { Ack::Failed };
                     }
                 }
-                Ok(_) => {}
-                Err(e) => break Some(e.to_string()),
+                event = eventloop.poll() => match event {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        info!(broker = %cfg.broker, topics = ?cfg.topics, "ingest connected");
+                        backoff = Duration::from_millis(200);
+                        for t in &cfg.topics {
+                            if let Err(e) = client.try_subscribe(t.clone(), QoS::AtLeastOnce) {
+                                warn!(topic = %t, "cannot subscribe: {e}");
+                            }
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let state = match handle(&cfg, &store, &stats, &p).await {
+                            None => Ack::Ready,
+                            Some(rx) => Ack::Waiting(rx),
+                        };
+                        pending.push_back((p, state));
+                    }
+                    Ok(_) => {}
+                    Err(e) => break Some(e.to_string()),
+                },
             }
         };
-        drop(ack_tx);
-        let _ = acker.await;
+        // Whatever was not acknowledged, the broker sends again to the next session.
+        drop(pending);
         match ended {
             None => return,
             Some(e) => {
@@ -110,6 +143,14 @@ pub async fn run(
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }
+    }
+}
+
+/// Waits for the front message's commit; true when its readings are durable.
+async fn wait_front(pending: &mut VecDeque<(Publish, Ack)>) -> bool {
+    match pending.front_mut() {
+        Some((_, Ack::Waiting(rx))) => matches!(rx.await, Ok(Ok(()))),
+        _ => std::future::pending().await,
     }
 }
 
@@ -128,11 +169,12 @@ async fn handle(
         return None;
     };
     match payload::decode(&p.payload, device, cfg.max_payload, now_ms()) {
-        Ok(readings) => {
-            let n = readings.len() as u64;
+        Ok(decoded) => {
+            let n = decoded.readings.len() as u64;
             let (done, rx) = oneshot::channel();
             let sub = Submission {
-                readings: readings.iter().map(|r| r.to_pb()).collect(),
+                readings: decoded.readings.iter().map(|r| r.to_pb()).collect(),
+                dedupe: decoded.device_time,
                 done: Some(done),
             };
             if store.tx.send(sub).await.is_err() {
@@ -149,25 +191,6 @@ async fn handle(
             }
             warn!(topic = %p.topic, device = %device.name, reason = %e, "payload refused; acknowledged so it is not resent, nothing stored");
             None
-        }
-    }
-}
-
-/// Acknowledges messages in the order they arrived (MQTT requires it), each once its
-/// readings are durable. A message whose readings could not be stored is not acknowledged:
-/// the broker resends it after the next reconnect.
-async fn acknowledge_in_order(client: AsyncClient, mut rx: mpsc::Receiver<Pending>) {
-    while let Some((publish, pending)) = rx.recv().await {
-        let stored = match pending {
-            None => true,
-            Some(r) => matches!(r.await, Ok(Ok(()))),
-        };
-        if !stored {
-            warn!(topic = %publish.topic, "readings not stored; message left for the broker to resend");
-            continue;
-        }
-        if publish.qos != QoS::AtMostOnce && client.ack(&publish).await.is_err() {
-            return;
         }
     }
 }

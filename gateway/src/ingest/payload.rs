@@ -90,13 +90,22 @@ const TS_MIN: i64 = 946_684_800_000;
 /// How far in the future a device clock may run: one day.
 const TS_AHEAD: i64 = 86_400_000;
 
+/// A decoded payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    /// The readings, full point names.
+    pub readings: Vec<Reading>,
+    /// Every reading carried the device's own timestamp (so a redelivery can be recognised).
+    pub device_time: bool,
+}
+
 /// Decodes `payload` from `device` into readings stamped `now_ms` where they carry no time.
 pub fn decode(
     payload: &[u8],
     device: &MqttDevice,
     max: usize,
     now_ms: i64,
-) -> Result<Vec<Reading>, PayloadError> {
+) -> Result<Decoded, PayloadError> {
     if payload.len() > max {
         return Err(PayloadError::TooLarge {
             size: payload.len(),
@@ -112,6 +121,7 @@ pub fn decode(
     if raw.is_empty() {
         return Err(PayloadError::Empty);
     }
+    let device_time = raw.iter().all(|r| r.2.is_some());
     let mut out = Vec::with_capacity(raw.len());
     for (index, (point, value, ts, quality)) in raw.into_iter().enumerate() {
         let Some((_, unit)) = device.points.iter().find(|(n, _)| *n == point) else {
@@ -139,7 +149,10 @@ pub fn decode(
             (q, _) => Reading::bad(id, ts, q, unit, "reported by the device".into()),
         });
     }
-    Ok(out)
+    Ok(Decoded {
+        readings: out,
+        device_time,
+    })
 }
 
 type Raw = (String, Option<Value>, Option<i64>, Quality);
@@ -244,7 +257,7 @@ mod tests {
     }
 
     fn ok(p: &[u8]) -> Vec<Reading> {
-        decode(p, &dev(), 4096, NOW).unwrap()
+        decode(p, &dev(), 4096, NOW).unwrap().readings
     }
 
     fn err(p: &[u8]) -> PayloadError {
@@ -266,6 +279,19 @@ mod tests {
         let r = ok(br#"[{"point":"temperature","value":21.5,"ts_ms":1795558336000},{"point":"door","value":true}]"#);
         assert_eq!(r.len(), 2);
         assert_eq!(r[0].ts_ms, 1_795_558_336_000);
+        let d = decode(
+            br#"{"point":"door","value":false,"ts_ms":1795558336000}"#,
+            &dev(),
+            4096,
+            NOW,
+        )
+        .unwrap();
+        assert!(d.device_time);
+        assert!(
+            !decode(br#"{"point":"door","value":false}"#, &dev(), 4096, NOW)
+                .unwrap()
+                .device_time
+        );
         assert_eq!(r[1].value, Some(Value::Bool(true)));
         let r = ok(br#"{"readings":[{"point":"door","quality":"timeout"}]}"#);
         assert_eq!(r[0].quality, Quality::Timeout);

@@ -27,6 +27,8 @@ const BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("batches");
 const BATCH_SIZES: TableDefinition<u64, (u64, u64)> = TableDefinition::new("batch_sizes");
 /// Consumer → next batch it needs (everything below is acknowledged).
 const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
+/// Per point: the newest device timestamp stored, for de-duplicating redelivered messages.
+const LAST_TS: TableDefinition<&str, i64> = TableDefinition::new("last_device_ts");
 /// Counters and positions.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Hashes and the gateway id.
@@ -110,6 +112,9 @@ pub struct StoreStats {
 pub struct Committed {
     /// Readings appended.
     pub appended: usize,
+    /// Readings dropped as duplicates (a device timestamp not newer than the last stored
+    /// for that point: a message the broker delivered again).
+    pub duplicates: usize,
     /// Batch closed by this commit: (seq, readings).
     pub closed: Option<(u64, usize)>,
 }
@@ -173,6 +178,7 @@ impl Store {
             txn.open_table(BATCH_SIZES).map_err(db)?;
             txn.open_table(CURSORS).map_err(db)?;
             txn.open_table(META).map_err(db)?;
+            txn.open_table(LAST_TS).map_err(db)?;
             let mut bytes = txn.open_table(META_BYTES).map_err(db)?;
             let found = bytes
                 .get(GATEWAY_ID)
@@ -212,23 +218,38 @@ impl Store {
     /// Appends `readings` durably and, when `seal` is given, closes every open reading (old
     /// and new) into the next batch in the same transaction. Returns once the commit is on
     /// disk (fsync).
+    ///
+    /// Where `dedupe[i]` is true, reading `i` carries the device's own timestamp and is
+    /// dropped (and counted) unless it is newer than the last one stored for its point: that
+    /// is how a message redelivered after a crash is stored once.
     pub fn commit(
         &self,
         readings: &[pb::Reading],
+        dedupe: &[bool],
         seal: Option<Sealer<'_>>,
     ) -> Result<Committed, StoreError> {
         let txn = self.db.begin_write().map_err(db)?;
-        let mut out = Committed {
-            appended: readings.len(),
-            closed: None,
-        };
+        let mut out = Committed::default();
         {
             let mut open = txn.open_table(OPEN).map_err(db)?;
             let mut meta = txn.open_table(META).map_err(db)?;
+            let mut last_ts = txn.open_table(LAST_TS).map_err(db)?;
             let mut next_id = get(&meta, NEXT_READING)?;
             let mut stored = get(&meta, STORED_BYTES)?;
             let mut buf = Vec::with_capacity(128);
-            for r in readings {
+            for (i, r) in readings.iter().enumerate() {
+                if dedupe.get(i).copied().unwrap_or(false) {
+                    let last = last_ts
+                        .get(r.point.as_str())
+                        .map_err(db)?
+                        .map(|v| v.value());
+                    if last.is_some_and(|t| r.ts_ms <= t) {
+                        out.duplicates += 1;
+                        continue;
+                    }
+                    last_ts.insert(r.point.as_str(), r.ts_ms).map_err(db)?;
+                }
+                out.appended += 1;
                 buf.clear();
                 r.encode(&mut buf)
                     .map_err(|e| db(redb::StorageError::Io(std::io::Error::other(e))))?;
@@ -325,8 +346,9 @@ impl Store {
         Ok(value)
     }
 
-    /// Removes batches every `required` consumer has, then, while the store holds more than
-    /// `budget` bytes, the oldest batches whether delivered or not, counting what that drops.
+    /// Removes batches every `required` consumer has (none when the list is empty), then,
+    /// while the store holds more than `budget` bytes, the oldest batches whether delivered or
+    /// not, counting what that drops.
     pub fn prune(&self, required: &[String], budget: u64) -> Result<Pruned, StoreError> {
         let txn = self.db.begin_write().map_err(db)?;
         let mut out = Pruned::default();
@@ -339,7 +361,9 @@ impl Store {
             let next_seq = get(&meta, NEXT_SEQ)?;
             let mut first = get(&meta, FIRST_SEQ)?;
             let mut stored = get(&meta, STORED_BYTES)?;
-            let mut delivered_below = next_seq;
+            // With no required consumer, nobody has said a batch is done with: keep
+            // everything until the budget forces.
+            let mut delivered_below = if required.is_empty() { 0 } else { next_seq };
             for c in required {
                 let at = cursors
                     .get(c.as_str())

@@ -24,12 +24,12 @@ fn readings_become_a_verifiable_chain_that_survives_reopening() {
         let store = Store::open(dir.path(), "gw-1").unwrap();
         for b in 0..5 {
             let rs: Vec<_> = (b * 10..b * 10 + 10).map(reading).collect();
-            let c = store.commit(&rs[..6], None).unwrap();
+            let c = store.commit(&rs[..6], &[], None).unwrap();
             assert_eq!(c.closed, None);
-            let c = store.commit(&rs[6..], Some(&s)).unwrap();
+            let c = store.commit(&rs[6..], &[], Some(&s)).unwrap();
             assert_eq!(c.closed, Some((b as u64, 10)));
         }
-        store.commit(&[reading(99)], None).unwrap();
+        store.commit(&[reading(99)], &[], None).unwrap();
     }
     let store = Store::open(dir.path(), "gw-1").unwrap();
     let st = store.stats().unwrap();
@@ -46,7 +46,7 @@ fn readings_become_a_verifiable_chain_that_survives_reopening() {
         "every reading once, in order"
     );
     // The open reading goes into the next batch.
-    let c = store.commit(&[], Some(&s)).unwrap();
+    let c = store.commit(&[], &[], Some(&s)).unwrap();
     assert_eq!(c.closed, Some((5, 1)));
 }
 
@@ -57,7 +57,7 @@ fn cursors_only_move_forward_and_never_past_the_head() {
     let s = sealer(&id);
     let store = Store::open(dir.path(), "gw-1").unwrap();
     for i in 0..3 {
-        store.commit(&[reading(i)], Some(&s)).unwrap();
+        store.commit(&[reading(i)], &[], Some(&s)).unwrap();
     }
     assert_eq!(store.cursor("uplink").unwrap(), 0);
     assert_eq!(store.set_cursor("uplink", 2).unwrap(), 2);
@@ -73,7 +73,7 @@ fn retention_waits_for_required_consumers_and_counts_what_the_budget_drops() {
     let store = Store::open(dir.path(), "gw-1").unwrap();
     for b in 0..10 {
         let rs: Vec<_> = (b * 4..b * 4 + 4).map(reading).collect();
-        store.commit(&rs, Some(&s)).unwrap();
+        store.commit(&rs, &[], Some(&s)).unwrap();
     }
     let required = vec!["uplink".to_string(), "master".to_string()];
     store.set_cursor("uplink", 6).unwrap();
@@ -124,4 +124,22 @@ fn another_gateways_store_and_a_busy_store_are_refused() {
         Store::open(dir.path(), "gw-2"),
         Err(StoreError::WrongGateway { .. })
     ));
+}
+
+#[test]
+fn redelivered_device_readings_are_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), "gw-1").unwrap();
+    let rs: Vec<_> = (10..15).map(reading).collect();
+    let c = store.commit(&rs, &[true; 5], None).unwrap();
+    assert_eq!((c.appended, c.duplicates), (5, 0));
+    drop(store);
+    // After a crash the broker sends the last two messages again.
+    let store = Store::open(dir.path(), "gw-1").unwrap();
+    let again: Vec<_> = (12..17).map(reading).collect();
+    let c = store.commit(&again, &[true; 5], None).unwrap();
+    assert_eq!((c.appended, c.duplicates), (2, 3));
+    // Polled readings (no device time) are never dropped.
+    let c = store.commit(&again, &[], None).unwrap();
+    assert_eq!((c.appended, c.duplicates), (5, 0));
 }

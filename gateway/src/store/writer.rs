@@ -19,6 +19,9 @@ use crate::batch::{Identity, seal};
 pub struct Submission {
     /// The readings.
     pub readings: Vec<pb::Reading>,
+    /// They carry the device's own timestamps: drop any not newer than the last stored for
+    /// its point (a redelivered message).
+    pub dedupe: bool,
     /// Told `Ok` once the readings are committed, or why not.
     pub done: Option<oneshot::Sender<Result<(), String>>>,
 }
@@ -58,6 +61,7 @@ impl StoreHandle {
         self.tx
             .send(Submission {
                 readings,
+                dedupe: false,
                 done: Some(done),
             })
             .await
@@ -141,6 +145,14 @@ async fn run(
             }
             continue;
         }
+        let dedupe: Vec<bool> = if group.iter().any(|s| s.dedupe) {
+            group
+                .iter()
+                .flat_map(|s| std::iter::repeat_n(s.dedupe, s.readings.len()))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let readings: Vec<pb::Reading> = group
             .iter_mut()
             .flat_map(|s| std::mem::take(&mut s.readings))
@@ -152,12 +164,19 @@ async fn run(
             let sealer = move |seq: u64, prev: [u8; 32], rs: Vec<pb::Reading>| {
                 seal(&id, &gw, seq, prev, now_ms(), rs)
             };
-            st.commit(&readings, close.then_some(&sealer as &dyn Fn(_, _, _) -> _))
+            st.commit(
+                &readings,
+                &dedupe,
+                close.then_some(&sealer as &dyn Fn(_, _, _) -> _),
+            )
         })
         .await;
         let outcome = match result {
             Ok(Ok(c)) => {
                 committed.fetch_add(c.appended as u64, std::sync::atomic::Ordering::Relaxed);
+                if c.duplicates > 0 {
+                    debug!(duplicates = c.duplicates, "redelivered readings dropped");
+                }
                 match c.closed {
                     Some((seq, count)) => {
                         debug!(seq, readings = count, "batch closed");

@@ -1,0 +1,533 @@
+//! The gateway's first promise, tested with the real binary, a real Mosquitto and SIGKILL:
+//! every reading it acknowledged reaches the master station, exactly as measured, provably
+//! from this gateway.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use gridgate_proto::v1 as pb;
+use gridgate_tests::{
+    Gateway, Mosquitto, collect_batches, free_port, has_quality, run_to_end, sims, stored_batches,
+};
+use prost::Message;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn readings_of(batches: &[(u64, Vec<u8>)]) -> Vec<pb::Reading> {
+    batches
+        .iter()
+        .flat_map(|(_, bytes)| {
+            let signed = pb::SignedBatch::decode(bytes.as_slice()).expect("signed batch");
+            pb::Batch::decode(signed.batch.as_slice())
+                .expect("batch")
+                .readings
+        })
+        .collect()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Messages the crash test's device publishes (at full speed, then it waits).
+const LIMIT: u64 = 30_000;
+
+/// A field device publishing numbered readings (QoS 1, with its own timestamps) as fast as
+/// the broker takes them, up to [`LIMIT`]. Returns (messages acknowledged by the broker, stop
+/// flag, task).
+fn fast_publisher(
+    port: u16,
+    topic: &str,
+) -> (
+    Arc<AtomicU64>,
+    Arc<AtomicBool>,
+    tokio::task::JoinHandle<u64>,
+) {
+    let acked = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (a, s, topic) = (acked.clone(), stop.clone(), topic.to_string());
+    let task = tokio::spawn(async move {
+        let opts = rumqttc::MqttOptions::new(format!("field-device-{port}"), "127.0.0.1", port);
+        let (client, mut ev) = rumqttc::AsyncClient::new(opts, 64);
+        let base = now_ms() - 60_000;
+        let mut sent: u64 = 0;
+        loop {
+            if !s.load(Ordering::SeqCst) && sent < LIMIT {
+                // Each message: two readings, both stamped by the device.
+                let payload = format!(
+                    r#"[{{"point":"n","value":{sent},"ts_ms":{}}},{{"point":"half","value":{},"ts_ms":{}}}]"#,
+                    base + sent as i64,
+                    sent as f64 / 2.0,
+                    base + sent as i64
+                );
+                if client
+                    .try_publish(topic.clone(), rumqttc::QoS::AtLeastOnce, false, payload)
+                    .is_ok()
+                {
+                    sent += 1;
+                }
+            } else if a.load(Ordering::SeqCst) >= sent {
+                return sent;
+            }
+            match tokio::time::timeout(Duration::from_millis(50), ev.poll()).await {
+                Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => {
+                    a.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+                _ => {}
+            }
+        }
+    });
+    (acked, stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
+    let s = sims(
+        r#"
+[[line]]
+name = "rs485"
+protocol = "dlt645"
+listen = "127.0.0.1:0"
+meters = [{ address = "000000000001" }, { address = "000000000002" }]
+
+[[line]]
+name = "plant"
+protocol = "modbus-tcp"
+listen = "127.0.0.1:0"
+devices = [{ unit = 1 }]
+"#,
+    )
+    .await;
+    let mq = Mosquitto::start().await;
+    let port = mq.port;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = s.gateway_config("crash", "50ms");
+    config.push_str(&format!(
+        r#"
+[store]
+batch_readings = 200
+batch_interval = "300ms"
+required_consumers = ["audit"]
+
+[ingest]
+broker = "mqtt://127.0.0.1:{port}"
+
+[[ingest.device]]
+name = "dev"
+topic = "field/dev"
+points = [{{ name = "n" }}, {{ name = "half" }}]
+
+[uplink]
+broker = "mqtt://127.0.0.1:{port}"
+topic = "gridgate/crash/batches"
+"#
+    ));
+    let (received, collector) = collect_batches(port, "gridgate/crash/batches");
+    let mut gw = Gateway::start_in(dir.path(), &config).await;
+    gw.wait_for(WAIT, "a good polled reading", |v| has_quality(v, "good"))
+        .await;
+    // Let the ingest session subscribe once, so that the broker keeps messages for it.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (acked, stop, publisher) = fast_publisher(port, "field/dev");
+
+    let mut seed: u64 = now_ms() as u64;
+    for round in 0..20 {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let pause = 100 + (seed >> 33) % 600;
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        gw.kill9().await;
+        gw = Gateway::start_in(dir.path(), &config).await;
+        if round % 5 == 4 {
+            eprintln!(
+                "crash round {}: {} messages acknowledged by the broker so far",
+                round + 1,
+                acked.load(Ordering::SeqCst)
+            );
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let published = tokio::time::timeout(WAIT, publisher)
+        .await
+        .expect("publisher finishes")
+        .expect("publisher");
+    assert!(
+        published > 100,
+        "the publisher got {published} messages out"
+    );
+
+    // Give the gateway time to take everything the broker kept for it, then stop it cleanly
+    // (which closes the last batch) and look at what it stored.
+    let data = dir.path().join("data");
+    let mut counts: BTreeMap<i64, usize> = BTreeMap::new();
+    for attempt in 0..6 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(gw.stop().await, Some(0), "clean stop");
+        counts.clear();
+        for r in readings_of(&stored_batches(&data)) {
+            if r.point == "dev/n" {
+                let Some(pb::reading::Value::Number(v)) = r.value else {
+                    panic!("dev/n without a number: {r:?}")
+                };
+                *counts.entry(v as i64).or_default() += 1;
+            }
+        }
+        if counts.len() as u64 >= published || attempt == 5 {
+            break;
+        }
+        gw = Gateway::start_in(dir.path(), &config).await;
+    }
+    let missing: Vec<u64> = (0..published)
+        .filter(|i| !counts.contains_key(&(*i as i64)))
+        .take(10)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {published} acknowledged messages missing, e.g. {missing:?}",
+        published - counts.len() as u64
+    );
+    let twice: Vec<_> = counts.iter().filter(|(_, c)| **c != 1).take(10).collect();
+    assert!(
+        twice.is_empty(),
+        "readings stored more than once: {twice:?}"
+    );
+
+    let pubkey = dir.path().join("identity.pub");
+    let (code, out, err) = run_to_end(
+        &[
+            "verify",
+            "--data-dir",
+            data.to_str().expect("path"),
+            "--pubkey",
+            pubkey.to_str().expect("path"),
+        ],
+        WAIT,
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("chain OK"), "{out}");
+
+    // Every batch the master station received is byte for byte the stored one.
+    let stored: BTreeMap<u64, Vec<u8>> = stored_batches(&data).into_iter().collect();
+    let got = received.lock().expect("lock").clone();
+    assert!(!got.is_empty(), "the uplink published batches");
+    for (seq, bytes) in &got {
+        assert_eq!(
+            stored.get(seq),
+            Some(bytes),
+            "uplinked batch {seq} differs from the stored one"
+        );
+    }
+    collector.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_uplink_catches_up_in_order_after_a_broker_outage() {
+    let s = sims(
+        r#"
+[[line]]
+name = "rs485"
+protocol = "dlt645"
+listen = "127.0.0.1:0"
+meters = [{ address = "000000000001" }]
+"#,
+    )
+    .await;
+    let mut mq = Mosquitto::start().await;
+    let port = mq.port;
+    let mut config = s.gateway_config("outage", "100ms");
+    config.push_str(&format!(
+        r#"
+[store]
+batch_readings = 8
+batch_interval = "200ms"
+
+[uplink]
+broker = "mqtt://127.0.0.1:{port}"
+topic = "gridgate/outage/batches"
+"#
+    ));
+    let (received, collector) = collect_batches(port, "gridgate/outage/batches");
+    let mut gw = Gateway::start(&config).await;
+    let seen = |n: usize| received.lock().expect("lock").len() >= n;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !seen(3) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no batches before the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    mq.kill();
+    let outage = now_ms();
+    let before = received.lock().expect("lock").len();
+    // Acquisition goes on while the broker is away.
+    gw.wait_for(WAIT, "readings during the outage", |v| {
+        has_quality(v, "good") && v["ts_ms"].as_i64().unwrap_or(0) > outage + 2000
+    })
+    .await;
+    assert_eq!(
+        received.lock().expect("lock").len(),
+        before,
+        "nothing can arrive while the broker is down"
+    );
+    mq.restart().await;
+    let resumed = now_ms();
+    // Wait for a batch closed after the broker came back: everything before it must be there.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let got = received.lock().expect("lock").clone();
+        let mut first_arrival: Vec<u64> = Vec::new();
+        for (seq, _) in &got {
+            if !first_arrival.contains(seq) {
+                first_arrival.push(*seq);
+            }
+        }
+        let latest_after = got.iter().any(|(_, bytes)| {
+            let signed = pb::SignedBatch::decode(bytes.as_slice()).expect("signed");
+            pb::Batch::decode(signed.batch.as_slice())
+                .expect("batch")
+                .created_at_ms
+                > resumed + 500
+        });
+        if latest_after {
+            let max = *first_arrival.iter().max().expect("some");
+            assert_eq!(
+                first_arrival.len() as u64,
+                max + 1,
+                "a gap in the uplinked batches: {first_arrival:?}"
+            );
+            assert!(
+                first_arrival.windows(2).all(|w| w[0] < w[1]),
+                "batches out of order: {first_arrival:?}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the uplink did not catch up: {first_arrival:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    gw.stop().await;
+    collector.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_mqtt_payloads_are_refused_and_good_ones_stored() {
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("dir");
+    let config = format!(
+        r#"
+[gateway]
+id = "ingest"
+
+[store]
+batch_readings = 1000
+batch_interval = "200ms"
+
+[broker]
+listen = "127.0.0.1:{port}"
+
+[ingest]
+broker = "mqtt://127.0.0.1:{port}"
+topics = ["field/#"]
+max_payload = "4KiB"
+
+[[ingest.device]]
+name = "sensor"
+topic = "field/sensor"
+points = [{{ name = "temperature", unit = "°C" }}, {{ name = "door" }}]
+"#
+    );
+    let gw = Gateway::start_in(dir.path(), &config).await;
+    let opts = rumqttc::MqttOptions::new("test-device", "127.0.0.1", port);
+    let (client, mut ev) = rumqttc::AsyncClient::new(opts, 64);
+    let pump = tokio::spawn(async move {
+        loop {
+            if ev.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let t0 = now_ms() - 10_000;
+    let huge = format!(
+        r#"{{"point":"temperature","value":1,"pad":"{}"}}"#,
+        "x".repeat(8000)
+    );
+    let bad: Vec<(&str, String)> = vec![
+        ("field/sensor", "{\"point\":".into()),
+        (
+            "field/sensor",
+            r#"{"point":"temperature","value":"hot"}"#.replace("\"hot\"", "[1,2]"),
+        ),
+        ("field/sensor", r#"{"point":"humidity","value":40}"#.into()),
+        (
+            "field/sensor",
+            r#"{"point":"temperature","value":1,"ts_ms":"yesterday"}"#.into(),
+        ),
+        ("field/sensor", huge),
+        ("field/sensor", "\u{8}\u{ff}".into()),
+        (
+            "field/unknown",
+            r#"{"point":"temperature","value":1}"#.into(),
+        ),
+    ];
+    for (topic, payload) in &bad {
+        client
+            .publish(*topic, rumqttc::QoS::AtLeastOnce, false, payload.clone())
+            .await
+            .expect("publish");
+    }
+    for i in 0..5 {
+        let good = format!(
+            r#"[{{"point":"temperature","value":{}.5,"ts_ms":{}}},{{"point":"door","value":true,"ts_ms":{}}}]"#,
+            20 + i,
+            t0 + i,
+            t0 + i
+        );
+        client
+            .publish("field/sensor", rumqttc::QoS::AtLeastOnce, false, good)
+            .await
+            .expect("publish");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        gw.stop().await,
+        Some(0),
+        "the daemon survived every bad payload"
+    );
+    pump.abort();
+    let readings = readings_of(&stored_batches(&dir.path().join("data")));
+    let temps: Vec<f64> = readings
+        .iter()
+        .filter(|r| r.point == "sensor/temperature")
+        .filter_map(|r| match r.value {
+            Some(pb::reading::Value::Number(n)) => Some(n),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        temps,
+        vec![20.5, 21.5, 22.5, 23.5, 24.5],
+        "only the good messages were stored"
+    );
+    assert_eq!(readings.len(), 10, "{readings:?}");
+    assert!(
+        readings
+            .iter()
+            .all(|r| r.unit == "°C" || r.point == "sensor/door")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_disk_budget_drops_the_oldest_batches_and_says_so() {
+    let s = sims(
+        r#"
+[[line]]
+name = "rs485"
+protocol = "dlt645"
+listen = "127.0.0.1:0"
+meters = [{ address = "000000000001" }]
+"#,
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = s.gateway_config("budget", "50ms");
+    config.push_str(
+        r#"
+[store]
+batch_readings = 8
+batch_interval = "100ms"
+budget = "3KiB"
+required_consumers = ["master-station"]
+"#,
+    );
+    let mut gw = Gateway::start_in(dir.path(), &config).await;
+    for _ in 0..150 {
+        gw.next(WAIT).await.expect("readings");
+    }
+    assert_eq!(gw.stop().await, Some(0));
+    let data = dir.path().join("data");
+    let pubkey = dir.path().join("identity.pub");
+    let (code, out, _) = run_to_end(
+        &[
+            "verify",
+            "--data-dir",
+            data.to_str().expect("path"),
+            "--pubkey",
+            pubkey.to_str().expect("path"),
+        ],
+        WAIT,
+    )
+    .await;
+    assert_eq!(
+        code, 0,
+        "a pruned chain still verifies from its anchor: {out}"
+    );
+    assert!(out.contains("the disk budget dropped"), "{out}");
+    assert!(out.contains("chain OK"), "{out}");
+
+    // Another key: the first batch is named as the fault.
+    let other = tempfile::tempdir().expect("dir");
+    let (okey, opub) = (other.path().join("k"), other.path().join("k.pub"));
+    gridgate::batch::Identity::generate()
+        .expect("key")
+        .save(&okey, &opub)
+        .expect("save");
+    let (code, out, _) = run_to_end(
+        &[
+            "verify",
+            "--data-dir",
+            data.to_str().expect("path"),
+            "--pubkey",
+            opub.to_str().expect("path"),
+        ],
+        WAIT,
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("FAULT: batch") && out.contains("signature does not verify"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_refuses_to_start_without_its_identity_key() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("g.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\nid = \"nokey\"\ndata_dir = \"{}\"\nidentity = \"{}\"\n",
+            dir.path().join("data").display(),
+            dir.path().join("missing.key").display()
+        ),
+    )
+    .expect("write");
+    let (code, _, err) =
+        run_to_end(&["run", "--config", config.to_str().expect("path")], WAIT).await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("missing.key") && err.contains("gridgate keygen"),
+        "{err}"
+    );
+    // keygen makes one, and refuses to overwrite it.
+    let keys = dir.path().join("keys");
+    let k = keys.to_str().expect("path");
+    let (code, out, _) = run_to_end(&["keygen", "--out", k], WAIT).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("public key:"), "{out}");
+    let (code, _, err) = run_to_end(&["keygen", "--out", k], WAIT).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("refusing to overwrite"), "{err}");
+}
