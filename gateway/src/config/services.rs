@@ -68,6 +68,31 @@ pub struct MqttDevice {
     pub topic: String,
     /// Its points: (name, unit).
     pub points: Vec<(String, String)>,
+    /// Point name → index in `points`: a device may have thousands of points, and every
+    /// reading in every message is looked up.
+    by_name: std::collections::HashMap<String, usize>,
+}
+
+impl MqttDevice {
+    /// A device with `points` (name, unit).
+    pub fn new(name: String, topic: String, points: Vec<(String, String)>) -> Self {
+        let by_name = points
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| (n.clone(), i))
+            .collect();
+        MqttDevice {
+            name,
+            topic,
+            points,
+            by_name,
+        }
+    }
+
+    /// The unit of point `name`, or `None` when the device has no such point.
+    pub fn unit_of(&self, name: &str) -> Option<&str> {
+        self.by_name.get(name).map(|&i| self.points[i].1.as_str())
+    }
 }
 
 /// `[ingest]`: field devices over MQTT.
@@ -329,11 +354,7 @@ impl Checker<'_> {
                         .unwrap_or_default(),
                 ));
             }
-            devices.push(MqttDevice {
-                name,
-                topic,
-                points,
-            });
+            devices.push(MqttDevice::new(name, topic, points));
         }
         let filters = r
             .topics

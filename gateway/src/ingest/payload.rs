@@ -124,7 +124,7 @@ pub fn decode(
     let device_time = raw.iter().all(|r| r.2.is_some());
     let mut out = Vec::with_capacity(raw.len());
     for (index, (point, value, ts, quality)) in raw.into_iter().enumerate() {
-        let Some((_, unit)) = device.points.iter().find(|(n, _)| *n == point) else {
+        let Some(unit) = device.unit_of(&point) else {
             return Err(PayloadError::UnknownPoint {
                 device: device.name.clone(),
                 point,
@@ -246,14 +246,14 @@ mod tests {
     const NOW: i64 = 1_795_558_337_000;
 
     fn dev() -> MqttDevice {
-        MqttDevice {
-            name: "sensor-1".into(),
-            topic: "field/sensor-1".into(),
-            points: vec![
+        MqttDevice::new(
+            "sensor-1".into(),
+            "field/sensor-1".into(),
+            vec![
                 ("temperature".into(), "°C".into()),
                 ("door".into(), String::new()),
             ],
-        }
+        )
     }
 
     fn ok(p: &[u8]) -> Vec<Reading> {

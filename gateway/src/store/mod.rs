@@ -44,6 +44,9 @@ const LAST_HASH: &str = "last_hash";
 const ANCHOR_HASH: &str = "anchor_hash";
 const GATEWAY_ID: &str = "gateway_id";
 
+/// redb page cache.
+const CACHE_BYTES: usize = 16 << 20;
+
 /// Name of the store file inside the data directory.
 pub const FILE_NAME: &str = "gridgate.redb";
 
@@ -150,7 +153,12 @@ impl Store {
             source,
         })?;
         let path = data_dir.join(FILE_NAME);
-        let database = match Database::create(&path) {
+        // redb's page cache defaults to 1 GiB; a gateway box has little memory and the
+        // store is mostly written once and read once (by the uplink), so keep it small.
+        let database = match Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+        {
             Ok(d) => d,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::Busy(path)),
             Err(e) => return Err(db(e)),

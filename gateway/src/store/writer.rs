@@ -70,8 +70,10 @@ impl StoreHandle {
     }
 }
 
-/// Queue depth between sources and the writer.
-pub const QUEUE: usize = 4096;
+/// Submissions queued for the writer. Small on purpose: a submission can hold a whole MQTT
+/// message's readings, and a full queue is backpressure (MQTT messages wait at the broker,
+/// unacknowledged), not memory growth.
+pub const QUEUE: usize = 64;
 
 /// Starts the writer on `store`. It runs until every sender (every clone of the handle's
 /// `tx`) is gone, committing what is left first.
