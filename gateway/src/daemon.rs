@@ -44,6 +44,9 @@ pub enum DaemonError {
     /// Embedded broker would not start.
     #[error(transparent)]
     Broker(#[from] ingest::broker::BrokerError),
+    /// TLS files for a broker unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::mqtt::TlsError),
     /// The echo output failed (stdout closed).
     #[error("output failed: {0}")]
     Sink(#[from] std::io::Error),
@@ -151,6 +154,14 @@ impl Pipeline {
         identity: Identity,
         echo: Option<Box<dyn ReadingSink>>,
     ) -> Result<Pipeline, DaemonError> {
+        // TLS material is checked before anything starts, so that a wrong path is an error
+        // at start-up, not a retry loop in the log.
+        if let Some(u) = &cfg.uplink {
+            crate::mqtt::options(&u.broker, &u.client_id, u.keep_alive, None)?;
+        }
+        if let Some(i) = &cfg.ingest {
+            crate::mqtt::options(&i.broker, &i.client_id, Duration::from_secs(30), None)?;
+        }
         let store = Store::open(&cfg.data_dir, &cfg.id)?;
         let stats = store.stats()?;
         info!(

@@ -11,6 +11,7 @@ pub mod batch;
 pub mod config;
 pub mod daemon;
 pub mod ingest;
+pub mod mqtt;
 pub mod store;
 pub mod tools;
 pub mod uplink;

@@ -20,7 +20,8 @@ use thiserror::Error;
 pub use raw::RawConfig;
 use raw::{RawBus, RawDevice, RawPoint};
 pub use services::{
-    BrokerConfig, IngestConfig, MqttBroker, MqttDevice, StoreConfig, UPLINK_CONSUMER, UplinkConfig,
+    BrokerConfig, IngestConfig, MqttBroker, MqttDevice, MqttTls, StoreConfig, UPLINK_CONSUMER,
+    UplinkConfig,
 };
 use toml::Spanned;
 

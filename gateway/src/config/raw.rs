@@ -41,6 +41,9 @@ pub struct RawStore {
 #[serde(deny_unknown_fields)]
 pub struct RawUplink {
     pub broker: Spanned<String>,
+    pub ca_file: Option<Spanned<String>>,
+    pub cert_file: Option<Spanned<String>>,
+    pub key_file: Option<Spanned<String>>,
     pub topic: Option<Spanned<String>>,
     pub client_id: Option<Spanned<String>>,
     pub username: Option<Spanned<String>>,
@@ -54,6 +57,9 @@ pub struct RawUplink {
 #[serde(deny_unknown_fields)]
 pub struct RawIngest {
     pub broker: Spanned<String>,
+    pub ca_file: Option<Spanned<String>>,
+    pub cert_file: Option<Spanned<String>>,
+    pub key_file: Option<Spanned<String>>,
     pub topics: Option<Spanned<Vec<String>>>,
     pub client_id: Option<Spanned<String>>,
     pub username: Option<Spanned<String>>,

@@ -22,18 +22,32 @@ pub struct StoreConfig {
     pub required_consumers: Vec<String>,
 }
 
-/// An MQTT broker address: `mqtt://host:port`.
+/// An MQTT broker address: `mqtt://host:port`, or `mqtts://host:port` with TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MqttBroker {
     /// Host.
     pub host: String,
-    /// Port (1883 when not given).
+    /// Port (1883 when not given, 8883 with TLS).
     pub port: u16,
+    /// TLS, for `mqtts://`.
+    pub tls: Option<MqttTls>,
+}
+
+/// TLS material for a broker connection (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttTls {
+    /// CA certificate(s) the broker's certificate must chain to.
+    pub ca: std::path::PathBuf,
+    /// Client certificate chain, for brokers that authenticate clients by certificate.
+    pub cert: Option<std::path::PathBuf>,
+    /// Its private key.
+    pub key: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Display for MqttBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "mqtt://{}:{}", self.host, self.port)
+        let scheme = if self.tls.is_some() { "mqtts" } else { "mqtt" };
+        write!(f, "{scheme}://{}:{}", self.host, self.port)
     }
 }
 
@@ -161,34 +175,72 @@ impl Checker<'_> {
         }
     }
 
-    fn broker_url(&mut self, v: &Spanned<String>, key: &str) -> Option<MqttBroker> {
+    fn broker_url(
+        &mut self,
+        v: &Spanned<String>,
+        key: &str,
+        files: [&Option<Spanned<String>>; 3],
+    ) -> Option<MqttBroker> {
         let text = v.get_ref();
-        let bad = |why: &str| format!("{text:?}: {why}; write mqtt://HOST:PORT");
+        let bad =
+            |why: &str| format!("{text:?}: {why}; write mqtt://HOST:PORT or mqtts://HOST:PORT");
         let Ok(url) = url::Url::parse(text) else {
             self.problem(v, key.into(), bad("not a URL"));
             return None;
         };
-        match url.scheme() {
-            "mqtt" | "tcp" => {}
-            "mqtts" | "ssl" => {
-                self.problem(v, key.into(), "TLS to the broker (mqtts://) is not supported yet; use mqtt:// on a trusted network or a local TLS tunnel".into());
-                return None;
+        let section = key.split('.').next().unwrap_or(key).to_string();
+        let [ca, cert, key_file] = files;
+        let tls = match url.scheme() {
+            "mqtt" | "tcp" => {
+                for f in [ca, cert, key_file].into_iter().flatten() {
+                    self.problem(
+                        f,
+                        format!("{section}.ca_file"),
+                        "TLS files need an mqtts:// broker".into(),
+                    );
+                }
+                false
             }
+            "mqtts" | "ssl" => true,
             _ => {
                 self.problem(v, key.into(), bad("unknown scheme"));
                 return None;
             }
-        }
+        };
         let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
             self.problem(v, key.into(), bad("no host"));
             return None;
+        };
+        let tls = if tls {
+            let Some(ca) = ca else {
+                self.problem(v, format!("{section}.ca_file"), "mqtts:// needs ca_file = \"/etc/gridgate/broker-ca.pem\" (the CA that signed the broker's certificate)".into());
+                return None;
+            };
+            if cert.is_some() != key_file.is_some() {
+                let at = cert.as_ref().or(key_file.as_ref()).unwrap_or(v);
+                self.problem(
+                    at,
+                    format!("{section}.cert_file"),
+                    "a client certificate needs both cert_file and key_file".into(),
+                );
+            }
+            Some(MqttTls {
+                ca: ca.get_ref().into(),
+                cert: cert.as_ref().map(|c| c.get_ref().into()),
+                key: key_file.as_ref().map(|k| k.get_ref().into()),
+            })
+        } else {
+            None
         };
         Some(MqttBroker {
             host: host
                 .trim_start_matches('[')
                 .trim_end_matches(']')
                 .to_string(),
-            port: url.port().unwrap_or(1883),
+            port: url
+                .port()
+                .unwrap_or(if tls.is_some() { 8883 } else { 1883 }),
+            tls,
         })
     }
 
@@ -240,7 +292,11 @@ impl Checker<'_> {
         gateway_id: &str,
     ) -> Option<UplinkConfig> {
         let r = raw?;
-        let broker = self.broker_url(&r.broker, "uplink.broker")?;
+        let broker = self.broker_url(
+            &r.broker,
+            "uplink.broker",
+            [&r.ca_file, &r.cert_file, &r.key_file],
+        )?;
         let topic = r
             .topic
             .as_ref()
@@ -293,7 +349,11 @@ impl Checker<'_> {
         taken: &BTreeSet<String>,
     ) -> Option<IngestConfig> {
         let r = raw?;
-        let broker = self.broker_url(&r.broker, "ingest.broker");
+        let broker = self.broker_url(
+            &r.broker,
+            "ingest.broker",
+            [&r.ca_file, &r.cert_file, &r.key_file],
+        );
         let mut devices = Vec::new();
         let mut names = BTreeSet::new();
         let mut topics = BTreeSet::new();

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use rumqttc::{AsyncClient, Event, Packet, Publish, QoS};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -66,21 +66,24 @@ pub async fn run(
 ) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        let mut opts = MqttOptions::new(
-            cfg.client_id.clone(),
-            cfg.broker.host.clone(),
-            cfg.broker.port,
-        );
-        opts.set_keep_alive(Duration::from_secs(30));
+        let creds = cfg.username.as_deref().zip(cfg.password.as_deref());
+        let keep_alive = Duration::from_secs(30);
+        let mut opts = match crate::mqtt::options(&cfg.broker, &cfg.client_id, keep_alive, creds) {
+            Ok(o) => o,
+            Err(e) => {
+                warn!(broker = %cfg.broker, "ingest cannot set up its connection: {e}");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(30)) => continue,
+                }
+            }
+        };
         opts.set_manual_acks(true);
         opts.set_clean_session(false);
         // Read any packet the broker sends; our own limit, applied after, refuses big
         // payloads with an acknowledgement instead of a dropped connection that would bring
         // the same message back forever.
         opts.set_max_packet_size(cfg.max_payload.max(1 << 20) * 4, 1 << 20);
-        if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
-            opts.set_credentials(u.clone(), p.clone());
-        }
         let (client, mut eventloop) = AsyncClient::new(opts, 1024);
         let mut pending: VecDeque<(Publish, Ack)> = VecDeque::new();
         let ended = loop {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -74,18 +74,12 @@ async fn session(
         .cursor(UPLINK_CONSUMER)
         .map_err(|e| e.to_string())?;
     stats.cursor.store(cursor, Ordering::Relaxed);
-    let mut opts = MqttOptions::new(
-        cfg.client_id.clone(),
-        cfg.broker.host.clone(),
-        cfg.broker.port,
-    );
-    opts.set_keep_alive(cfg.keep_alive);
+    let creds = cfg.username.as_deref().zip(cfg.password.as_deref());
+    let mut opts = crate::mqtt::options(&cfg.broker, &cfg.client_id, cfg.keep_alive, creds)
+        .map_err(|e| e.to_string())?;
     opts.set_clean_session(true);
     opts.set_inflight(cfg.window as u16);
     opts.set_max_packet_size(1 << 20, 64 << 20);
-    if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
-        opts.set_credentials(u.clone(), p.clone());
-    }
     let (client, mut eventloop) = AsyncClient::new(opts, cfg.window * 2 + 4);
     let mut head = store.head.clone();
     let mut connected = false;

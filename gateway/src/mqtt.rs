@@ -1,0 +1,95 @@
+//! Connecting to an MQTT broker as the config says: address, credentials, TLS with a trusted
+//! CA, and an optional client certificate. Ingest and uplink both build their options here.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{MqttOptions, TlsConfiguration, Transport};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use thiserror::Error;
+
+use crate::config::MqttBroker;
+
+/// Why a TLS setup failed.
+#[derive(Debug, Error)]
+pub enum TlsError {
+    /// A PEM file cannot be read or holds nothing usable.
+    #[error("{path}: {reason}")]
+    File {
+        /// File.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// rustls refused the material.
+    #[error("TLS setup: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+fn file_err(path: &Path, reason: impl ToString) -> TlsError {
+    TlsError::File {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+/// A rustls client config that trusts `ca` and, with `client`, authenticates with that
+/// certificate chain and key.
+pub fn client_tls(
+    ca: &Path,
+    client: Option<(&Path, &Path)>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca).map_err(|e| file_err(ca, e))?;
+    for cert in certs {
+        roots
+            .add(cert.map_err(|e| file_err(ca, e))?)
+            .map_err(|e| file_err(ca, e))?;
+    }
+    if roots.is_empty() {
+        return Err(file_err(ca, "no certificate in it"));
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots);
+    Ok(match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| file_err(cert, e))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| file_err(cert, e))?;
+            if chain.is_empty() {
+                return Err(file_err(cert, "no certificate in it"));
+            }
+            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, e))?;
+            builder.with_client_auth_cert(chain, key_der)?
+        }
+    })
+}
+
+/// Options for a client `client_id` of `broker`.
+pub fn options(
+    broker: &MqttBroker,
+    client_id: &str,
+    keep_alive: Duration,
+    credentials: Option<(&str, &str)>,
+) -> Result<MqttOptions, TlsError> {
+    let mut opts = MqttOptions::new(client_id, broker.host.clone(), broker.port);
+    opts.set_keep_alive(keep_alive);
+    if let Some((u, p)) = credentials {
+        opts.set_credentials(u, p);
+    }
+    if let Some(tls) = &broker.tls {
+        let client = tls.cert.as_deref().zip(tls.key.as_deref());
+        let config = client_tls(&tls.ca, client)?;
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(config),
+        )));
+    }
+    Ok(opts)
+}
