@@ -136,4 +136,9 @@ fn the_shipped_example_config_is_valid() {
     let cfg = parse(text, Path::new("deploy/example.toml")).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(cfg.buses.len(), 3);
     assert_eq!(cfg.devices().count(), 3);
+    assert!(cfg.broker.is_some() && cfg.ingest.is_some());
+    let up = cfg.uplink.as_ref().expect("uplink");
+    assert_eq!(up.broker.port, 8883);
+    assert!(up.broker.tls.as_ref().is_some_and(|t| t.cert.is_some()));
+    assert_eq!(cfg.store.required_consumers, vec!["mqtt-uplink".to_string()]);
 }
