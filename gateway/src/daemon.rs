@@ -47,6 +47,9 @@ pub enum DaemonError {
     /// TLS files for a broker unusable.
     #[error(transparent)]
     Tls(#[from] crate::mqtt::TlsError),
+    /// The gRPC API would not start.
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiError),
     /// The echo output failed (stdout closed).
     #[error("output failed: {0}")]
     Sink(#[from] std::io::Error),
@@ -143,6 +146,9 @@ pub struct Pipeline {
     pub ingest: Arc<IngestStats>,
     /// Uplink counters.
     pub uplink: Arc<UplinkStats>,
+    /// Live readings (what gRPC Subscribe serves).
+    pub live: tokio::sync::broadcast::Sender<Arc<Reading>>,
+    api: JoinSet<()>,
     rate: std::sync::Mutex<(tokio::time::Instant, u64)>,
 }
 
@@ -162,6 +168,7 @@ impl Pipeline {
         if let Some(i) = &cfg.ingest {
             crate::mqtt::options(&i.broker, &i.client_id, Duration::from_secs(30), None)?;
         }
+        let public_key = identity.public().to_bytes();
         let store = Store::open(&cfg.data_dir, &cfg.id)?;
         let stats = store.stats()?;
         info!(
@@ -189,12 +196,14 @@ impl Pipeline {
         let registry = DeviceRegistry::default();
         let ingest_stats = Arc::new(IngestStats::default());
         let uplink_stats = Arc::new(UplinkStats::default());
+        let live = crate::api::live_channel();
         let mut services = JoinSet::new();
         if let Some(i) = &cfg.ingest {
             services.spawn(ingest::run(
                 i.clone(),
                 handle.clone(),
                 ingest_stats.clone(),
+                live.clone(),
                 cancel.clone(),
             ));
         }
@@ -208,7 +217,21 @@ impl Pipeline {
         }
         let (tx, rx) = mpsc::channel(acquire::QUEUE_DEPTH);
         let pollers = acquire::start(cfg, tx, registry.clone(), cancel.clone());
-        let forwarder = tokio::spawn(forward(rx, handle.clone(), echo));
+        let forwarder = tokio::spawn(forward(rx, handle.clone(), echo, live.clone()));
+        let api = match &cfg.grpc {
+            Some(g) => {
+                let state = crate::api::ApiState {
+                    cfg: Arc::new(cfg.clone()),
+                    store: handle.clone(),
+                    registry: registry.clone(),
+                    live: live.clone(),
+                    public_key,
+                    uplink: uplink_stats.clone(),
+                };
+                crate::api::start(g, state, cancel.clone()).await?
+            }
+            None => JoinSet::new(),
+        };
         Ok(Pipeline {
             cancel,
             pollers,
@@ -219,6 +242,8 @@ impl Pipeline {
             registry,
             ingest: ingest_stats,
             uplink: uplink_stats,
+            live,
+            api,
             rate: std::sync::Mutex::new((tokio::time::Instant::now(), 0)),
         })
     }
@@ -268,6 +293,7 @@ impl Pipeline {
         tracing::debug!("pollers stopped");
         while self.services.join_next().await.is_some() {}
         tracing::debug!("mqtt stopped");
+        while self.api.join_next().await.is_some() {}
         let echoed = self.forwarder.await;
         tracing::debug!("forwarder stopped");
         drop(self.store);
@@ -290,6 +316,7 @@ async fn forward(
     mut rx: mpsc::Receiver<Vec<Reading>>,
     store: StoreHandle,
     echo: Option<Box<dyn ReadingSink>>,
+    live: tokio::sync::broadcast::Sender<Arc<Reading>>,
 ) -> std::io::Result<()> {
     let (echo_tx, echo_done) = match echo {
         Some(mut sink) => {
@@ -313,6 +340,12 @@ async fn forward(
     };
     let mut dropped: u64 = 0;
     while let Some(group) = rx.recv().await {
+        if live.receiver_count() > 0 {
+            for r in &group {
+                // No subscriber, or every one lagging: never waits, never fails acquisition.
+                let _ = live.send(Arc::new(r.clone()));
+            }
+        }
         if let Some(tx) = &echo_tx {
             match tx.try_send(group.clone()) {
                 Ok(()) => {}

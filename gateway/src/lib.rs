@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod acquire;
+pub mod api;
 pub mod batch;
 pub mod config;
 pub mod daemon;

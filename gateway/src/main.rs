@@ -51,11 +51,62 @@ enum Command {
         #[arg(long, value_enum)]
         echo: Option<Format>,
     },
-    /// Make the gateway's Ed25519 identity key (identity.key, identity.pub) in a directory.
+    /// Make the gateway's Ed25519 identity key (identity.key, identity.pub) in a directory,
+    /// and with --pki a small site PKI for the gRPC API (CA, server and client certificates).
     Keygen {
         /// Directory to write to (created if missing). An existing key is never overwritten.
         #[arg(long, default_value = "/etc/gridgate")]
         out: PathBuf,
+        /// Also write DIR/pki: ca.pem, server.pem/.key and client-<role>.pem/.key for the
+        /// roles master, validator, operator and viewer (the role is the certificate's OU).
+        #[arg(long)]
+        pki: bool,
+        /// Host names or addresses the server certificate is valid for (besides localhost
+        /// and 127.0.0.1); repeatable.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Gateway id written into the certificates.
+        #[arg(long, default_value = "gateway")]
+        id: String,
+    },
+    /// Pull signed batches from a gateway over gRPC, verifying each signature and the chain.
+    ///
+    /// Example: gridgate pull --endpoint https://gw.example:50051 --ca pki/ca.pem
+    /// --cert pki/client-master.pem --key pki/client-master.key --consumer master-1 --ack
+    Pull {
+        /// https://HOST:PORT (or http://127.0.0.1:PORT for the loopback plaintext listener).
+        #[arg(long)]
+        endpoint: String,
+        /// CA that signed the gateway's server certificate.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Client certificate (its OU is your role).
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// Client key.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Consumer name (your cursor at the gateway).
+        #[arg(long)]
+        consumer: String,
+        /// First batch; default: your consumer's cursor.
+        #[arg(long)]
+        from: Option<u64>,
+        /// At most this many batches (0: every stored batch).
+        #[arg(long, default_value_t = 0)]
+        max: u32,
+        /// Keep the stream open and take new batches as they close.
+        #[arg(long)]
+        follow: bool,
+        /// Acknowledge what verified (moves your cursor; master role).
+        #[arg(long)]
+        ack: bool,
+        /// Save each batch as DIR/batch-<seq>.pb (the SignedBatch bytes).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The gateway's public key file; default: ask the gateway (GetIdentity).
+        #[arg(long)]
+        pubkey: Option<PathBuf>,
     },
     /// Check a gateway's whole chain of signed batches offline.
     ///
@@ -281,8 +332,52 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             daemon::run(&config, echo.map(sink)).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Keygen { out } => {
+        Command::Pull {
+            endpoint,
+            ca,
+            cert,
+            key,
+            consumer,
+            from,
+            max,
+            follow,
+            ack,
+            out,
+            pubkey,
+        } => {
+            let args = tools::pull::PullArgs {
+                endpoint,
+                ca,
+                cert,
+                key,
+                consumer,
+                from,
+                max,
+                follow,
+                ack,
+                out,
+                pubkey,
+            };
+            tools::pull::run(args, &mut stdout).await
+        }
+        Command::Keygen {
+            out,
+            pki,
+            hosts,
+            id,
+        } => {
+            if pki {
+                let dir = out.join("pki");
+                let written = gridgate::api::pki::make_site_pki(&dir, &id, &hosts)?;
+                for f in &written.files {
+                    writeln!(stdout, "wrote {}", f.display())?;
+                }
+            }
             let (private, public) = (out.join("identity.key"), out.join("identity.pub"));
+            if pki && private.exists() {
+                writeln!(stdout, "{} exists; kept it", private.display())?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let id = gridgate::batch::Identity::generate()?;
             id.save(&private, &public)?;
             writeln!(

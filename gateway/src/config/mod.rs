@@ -20,8 +20,8 @@ use thiserror::Error;
 pub use raw::RawConfig;
 use raw::{RawBus, RawDevice, RawPoint};
 pub use services::{
-    BrokerConfig, IngestConfig, MqttBroker, MqttDevice, MqttTls, StoreConfig, UPLINK_CONSUMER,
-    UplinkConfig,
+    BrokerConfig, GrpcConfig, IngestConfig, MqttBroker, MqttDevice, MqttTls, StoreConfig,
+    UPLINK_CONSUMER, UplinkConfig,
 };
 use toml::Spanned;
 
@@ -114,6 +114,8 @@ pub struct GatewayConfig {
     pub ingest: Option<IngestConfig>,
     /// The embedded MQTT broker.
     pub broker: Option<BrokerConfig>,
+    /// The master station's gRPC API.
+    pub grpc: Option<GrpcConfig>,
 }
 
 impl GatewayConfig {
@@ -466,6 +468,7 @@ impl Checker<'_> {
         let store = self.check_store(raw.store.as_ref(), uplink.is_some());
         let ingest = self.check_ingest(raw.ingest.as_ref(), &id, &device_names);
         let broker = self.check_broker(raw.broker.as_ref());
+        let grpc = self.check_grpc(raw.grpc.as_ref());
         GatewayConfig {
             id,
             data_dir,
@@ -475,6 +478,7 @@ impl Checker<'_> {
             uplink,
             ingest,
             broker,
+            grpc,
         }
     }
 

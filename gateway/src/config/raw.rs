@@ -24,6 +24,19 @@ pub struct RawConfig {
     pub ingest: Option<RawIngest>,
     /// `[broker]`
     pub broker: Option<RawBroker>,
+    /// `[grpc]`
+    pub grpc: Option<RawGrpc>,
+}
+
+/// `[grpc]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGrpc {
+    pub listen: Spanned<String>,
+    pub cert_file: Spanned<String>,
+    pub key_file: Spanned<String>,
+    pub client_ca_file: Spanned<String>,
+    pub plaintext_listen: Option<Spanned<String>>,
 }
 
 /// `[store]`

@@ -7,7 +7,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::Checker;
-use super::raw::{RawBroker, RawIngest, RawStore, RawUplink};
+use super::raw::{RawBroker, RawGrpc, RawIngest, RawStore, RawUplink};
 
 /// `[store]`: batching and retention.
 #[derive(Debug, Clone, PartialEq)]
@@ -126,6 +126,21 @@ pub struct IngestConfig {
     pub max_payload: usize,
     /// Devices by topic.
     pub devices: Vec<MqttDevice>,
+}
+
+/// `[grpc]`: the master station's API over mutual TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcConfig {
+    /// TLS listener.
+    pub listen: SocketAddr,
+    /// The gateway's server certificate (PEM).
+    pub cert_file: std::path::PathBuf,
+    /// Its key (PEM).
+    pub key_file: std::path::PathBuf,
+    /// CA that client certificates must chain to (PEM).
+    pub client_ca_file: std::path::PathBuf,
+    /// Optional plaintext listener, loopback only; its callers are viewers.
+    pub plaintext_listen: Option<SocketAddr>,
 }
 
 /// `[broker]`: the embedded MQTT broker for field devices.
@@ -433,6 +448,48 @@ impl Checker<'_> {
             password: r.password.as_ref().map(|u| u.get_ref().clone()),
             max_payload: self.size(&r.max_payload, "ingest.max_payload", 256 << 10) as usize,
             devices,
+        })
+    }
+
+    pub(super) fn check_grpc(&mut self, raw: Option<&RawGrpc>) -> Option<GrpcConfig> {
+        let r = raw?;
+        let listen = match r.listen.get_ref().parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                self.problem(
+                    &r.listen,
+                    "grpc.listen".into(),
+                    "write an address and port, e.g. 0.0.0.0:50051".into(),
+                );
+                return None;
+            }
+        };
+        let plaintext_listen = match &r.plaintext_listen {
+            None => None,
+            Some(p) => {
+                match p.get_ref().parse::<SocketAddr>() {
+                    Ok(a) if a.ip().is_loopback() => Some(a),
+                    Ok(_) => {
+                        self.problem(p, "grpc.plaintext_listen".into(), "a plaintext listener may only bind a loopback address (127.0.0.1 or ::1)".into());
+                        None
+                    }
+                    Err(_) => {
+                        self.problem(
+                            p,
+                            "grpc.plaintext_listen".into(),
+                            "write an address and port, e.g. 127.0.0.1:50052".into(),
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        Some(GrpcConfig {
+            listen,
+            cert_file: r.cert_file.get_ref().into(),
+            key_file: r.key_file.get_ref().into(),
+            client_ca_file: r.client_ca_file.get_ref().into(),
+            plaintext_listen,
         })
     }
 

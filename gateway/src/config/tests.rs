@@ -140,5 +140,8 @@ fn the_shipped_example_config_is_valid() {
     let up = cfg.uplink.as_ref().expect("uplink");
     assert_eq!(up.broker.port, 8883);
     assert!(up.broker.tls.as_ref().is_some_and(|t| t.cert.is_some()));
-    assert_eq!(cfg.store.required_consumers, vec!["mqtt-uplink".to_string()]);
+    assert_eq!(
+        cfg.store.required_consumers,
+        vec!["mqtt-uplink".to_string()]
+    );
 }

@@ -62,6 +62,7 @@ pub async fn run(
     cfg: IngestConfig,
     store: StoreHandle,
     stats: Arc<IngestStats>,
+    live: tokio::sync::broadcast::Sender<Arc<crate::acquire::Reading>>,
     cancel: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(200);
@@ -122,7 +123,7 @@ pub async fn run(
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let state = match handle(&cfg, &store, &stats, &p).await {
+                        let state = match handle(&cfg, &store, &stats, &live, &p).await {
                             None => Ack::Ready,
                             Some(rx) => Ack::Waiting(rx),
                         };
@@ -163,6 +164,7 @@ async fn handle(
     cfg: &IngestConfig,
     store: &StoreHandle,
     stats: &IngestStats,
+    live: &tokio::sync::broadcast::Sender<Arc<crate::acquire::Reading>>,
     p: &Publish,
 ) -> Option<oneshot::Receiver<Result<(), String>>> {
     stats.messages.fetch_add(1, Ordering::Relaxed);
@@ -174,6 +176,11 @@ async fn handle(
     match payload::decode(&p.payload, device, cfg.max_payload, now_ms()) {
         Ok(decoded) => {
             let n = decoded.readings.len() as u64;
+            if live.receiver_count() > 0 {
+                for r in &decoded.readings {
+                    let _ = live.send(Arc::new(r.clone()));
+                }
+            }
             let (done, rx) = oneshot::channel();
             let sub = Submission {
                 readings: decoded.readings.iter().map(|r| r.to_pb()).collect(),
