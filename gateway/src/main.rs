@@ -73,41 +73,7 @@ enum Command {
     ///
     /// Example: gridgate pull --endpoint https://gw.example:50051 --ca pki/ca.pem
     /// --cert pki/client-master.pem --key pki/client-master.key --consumer master-1 --ack
-    Pull {
-        /// https://HOST:PORT (or http://127.0.0.1:PORT for the loopback plaintext listener).
-        #[arg(long)]
-        endpoint: String,
-        /// CA that signed the gateway's server certificate.
-        #[arg(long)]
-        ca: Option<PathBuf>,
-        /// Client certificate (its OU is your role).
-        #[arg(long)]
-        cert: Option<PathBuf>,
-        /// Client key.
-        #[arg(long)]
-        key: Option<PathBuf>,
-        /// Consumer name (your cursor at the gateway).
-        #[arg(long)]
-        consumer: String,
-        /// First batch; default: your consumer's cursor.
-        #[arg(long)]
-        from: Option<u64>,
-        /// At most this many batches (0: every stored batch).
-        #[arg(long, default_value_t = 0)]
-        max: u32,
-        /// Keep the stream open and take new batches as they close.
-        #[arg(long)]
-        follow: bool,
-        /// Acknowledge what verified (moves your cursor; master role).
-        #[arg(long)]
-        ack: bool,
-        /// Save each batch as DIR/batch-<seq>.pb (the SignedBatch bytes).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// The gateway's public key file; default: ask the gateway (GetIdentity).
-        #[arg(long)]
-        pubkey: Option<PathBuf>,
-    },
+    Pull(tools::pull::PullArgs),
     /// Check a gateway's whole chain of signed batches offline.
     ///
     /// Prints the count of batches and readings and the first fault found; exit 1 on a fault.
@@ -332,34 +298,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             daemon::run(&config, echo.map(sink)).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Pull {
-            endpoint,
-            ca,
-            cert,
-            key,
-            consumer,
-            from,
-            max,
-            follow,
-            ack,
-            out,
-            pubkey,
-        } => {
-            let args = tools::pull::PullArgs {
-                endpoint,
-                ca,
-                cert,
-                key,
-                consumer,
-                from,
-                max,
-                follow,
-                ack,
-                out,
-                pubkey,
-            };
-            tools::pull::run(args, &mut stdout).await
-        }
+        Command::Pull(args) => tools::pull::run(args, &mut stdout).await,
         Command::Keygen {
             out,
             pki,

@@ -16,30 +16,41 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use crate::batch::identity::load_public;
 use crate::batch::verify::ChainVerifier;
 
-/// What `pull` needs.
-#[derive(Debug, Clone)]
+/// What `pull` needs (also its command-line arguments).
+#[derive(Debug, Clone, clap::Args)]
 pub struct PullArgs {
-    /// `https://host:port` (or `http://` for a loopback plaintext listener).
+    /// https://HOST:PORT (or http://127.0.0.1:PORT for the loopback plaintext listener).
+    #[arg(long)]
     pub endpoint: String,
     /// CA that signed the gateway's server certificate.
+    #[arg(long)]
     pub ca: Option<PathBuf>,
-    /// Client certificate and key.
+    /// Client certificate (its OU is your role).
+    #[arg(long)]
     pub cert: Option<PathBuf>,
     /// Client key.
+    #[arg(long)]
     pub key: Option<PathBuf>,
-    /// Consumer name.
+    /// Consumer name (your cursor at the gateway).
+    #[arg(long)]
     pub consumer: String,
-    /// First batch; `None` starts at the consumer's cursor.
+    /// First batch; default: your consumer's cursor.
+    #[arg(long)]
     pub from: Option<u64>,
-    /// Batches at most (0: all stored).
+    /// At most this many batches (0: every stored batch).
+    #[arg(long, default_value_t = 0)]
     pub max: u32,
-    /// Keep following new batches.
+    /// Keep the stream open and take new batches as they close.
+    #[arg(long)]
     pub follow: bool,
-    /// Acknowledge what verified.
+    /// Acknowledge what verified (moves your cursor; master role).
+    #[arg(long)]
     pub ack: bool,
-    /// Save each batch as `DIR/batch-<seq>.pb`.
+    /// Save each batch as DIR/batch-<seq>.pb (the SignedBatch bytes).
+    #[arg(long)]
     pub out: Option<PathBuf>,
-    /// The gateway's public key (identity.pub); default: asked of the gateway itself.
+    /// The gateway's public key file; default: ask the gateway (GetIdentity).
+    #[arg(long)]
     pub pubkey: Option<PathBuf>,
 }
 
