@@ -47,6 +47,14 @@ pub enum DaemonError {
     /// TLS files for a broker unusable.
     #[error(transparent)]
     Tls(#[from] crate::mqtt::TlsError),
+    /// The field listener cannot bind.
+    #[error("field listener cannot listen on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
     /// The gRPC API would not start.
     #[error(transparent)]
     Api(#[from] crate::api::ApiError),
@@ -82,11 +90,18 @@ pub fn summary(cfg: &GatewayConfig) -> String {
         }
     }
     if let Some(i) = &cfg.ingest {
-        s.push_str(&format!(
-            "  MQTT ingest from {} ({} device(s))\n",
-            i.broker,
-            i.devices.len()
-        ));
+        if let Some(b) = &i.broker {
+            s.push_str(&format!(
+                "  MQTT ingest from {b} ({} device(s))\n",
+                i.devices.len()
+            ));
+        }
+        if let Some(l) = i.listen {
+            s.push_str(&format!(
+                "  durable MQTT field listener on {l} ({} device(s))\n",
+                i.devices.len()
+            ));
+        }
     }
     if let Some(b) = &cfg.broker {
         s.push_str(&format!("  embedded MQTT broker on {}\n", b.listen));
@@ -165,8 +180,9 @@ impl Pipeline {
         if let Some(u) = &cfg.uplink {
             crate::mqtt::options(&u.broker, &u.client_id, u.keep_alive, None)?;
         }
-        if let Some(i) = &cfg.ingest {
-            crate::mqtt::options(&i.broker, &i.client_id, Duration::from_secs(30), None)?;
+        if let Some(b) = cfg.ingest.as_ref().and_then(|i| i.broker.as_ref()) {
+            let id = cfg.ingest.as_ref().map_or("", |i| i.client_id.as_str());
+            crate::mqtt::options(b, id, Duration::from_secs(30), None)?;
         }
         let public_key = identity.public().to_bytes();
         let store = Store::open(&cfg.data_dir, &cfg.id)?;
@@ -199,13 +215,28 @@ impl Pipeline {
         let live = crate::api::live_channel();
         let mut services = JoinSet::new();
         if let Some(i) = &cfg.ingest {
-            services.spawn(ingest::run(
-                i.clone(),
-                handle.clone(),
-                ingest_stats.clone(),
-                live.clone(),
-                cancel.clone(),
-            ));
+            if i.broker.is_some() {
+                services.spawn(ingest::run(
+                    i.clone(),
+                    handle.clone(),
+                    ingest_stats.clone(),
+                    live.clone(),
+                    cancel.clone(),
+                ));
+            }
+            if let Some(addr) = i.listen {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| DaemonError::Listen { addr, source: e })?;
+                services.spawn(ingest::listener::serve(
+                    listener,
+                    Arc::new(i.clone()),
+                    handle.clone(),
+                    ingest_stats.clone(),
+                    live.clone(),
+                    cancel.clone(),
+                ));
+            }
         }
         if let Some(u) = &cfg.uplink {
             services.spawn(uplink::run(

@@ -69,7 +69,8 @@ pub struct RawUplink {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawIngest {
-    pub broker: Spanned<String>,
+    pub broker: Option<Spanned<String>>,
+    pub listen: Option<Spanned<String>>,
     pub ca_file: Option<Spanned<String>>,
     pub cert_file: Option<Spanned<String>>,
     pub key_file: Option<Spanned<String>>,

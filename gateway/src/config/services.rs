@@ -112,8 +112,11 @@ impl MqttDevice {
 /// `[ingest]`: field devices over MQTT.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IngestConfig {
-    /// Broker ("the embedded one" is just its listen address).
-    pub broker: MqttBroker,
+    /// Broker to subscribe at (the embedded one is just its listen address).
+    pub broker: Option<MqttBroker>,
+    /// The durable field listener: devices publish to the gateway itself, PUBACK after the
+    /// commit.
+    pub listen: Option<SocketAddr>,
     /// Topic filters to subscribe to.
     pub topics: Vec<String>,
     /// MQTT client id.
@@ -364,11 +367,24 @@ impl Checker<'_> {
         taken: &BTreeSet<String>,
     ) -> Option<IngestConfig> {
         let r = raw?;
-        let broker = self.broker_url(
-            &r.broker,
-            "ingest.broker",
-            [&r.ca_file, &r.cert_file, &r.key_file],
-        );
+        let broker = r
+            .broker
+            .as_ref()
+            .map(|b| self.broker_url(b, "ingest.broker", [&r.ca_file, &r.cert_file, &r.key_file]));
+        let listen = match &r.listen {
+            None => None,
+            Some(l) => match l.get_ref().parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    self.problem(
+                        l,
+                        "ingest.listen".into(),
+                        "write an address and port, e.g. 0.0.0.0:1884".into(),
+                    );
+                    None
+                }
+            },
+        };
         let mut devices = Vec::new();
         let mut names = BTreeSet::new();
         let mut topics = BTreeSet::new();
@@ -436,8 +452,20 @@ impl Checker<'_> {
             .as_ref()
             .map(|t| t.get_ref().clone())
             .unwrap_or_else(|| devices.iter().map(|d| d.topic.clone()).collect());
+        if broker.is_none() && r.listen.is_none() {
+            if let Some(d) = r.device.first() {
+                self.problem(&d.name, "ingest".into(), "give broker = \"mqtt://HOST:PORT\" (subscribe at a broker) or listen = \"0.0.0.0:1884\" (devices publish to the gateway), or both".into());
+            }
+            return None;
+        }
+        let broker = match broker {
+            Some(None) => return None,
+            Some(Some(b)) => Some(b),
+            None => None,
+        };
         Some(IngestConfig {
-            broker: broker?,
+            broker,
+            listen,
             topics: filters,
             client_id: r
                 .client_id

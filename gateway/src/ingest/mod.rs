@@ -7,6 +7,7 @@
 //! down and resends whatever was not acknowledged.
 
 pub mod broker;
+pub mod listener;
 pub mod payload;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -43,6 +44,9 @@ impl IngestStats {
     }
 }
 
+/// Where live readings go (gRPC Subscribe).
+pub type Live = tokio::sync::broadcast::Sender<Arc<crate::acquire::Reading>>;
+
 /// A received message waiting for its acknowledgement.
 enum Ack {
     /// Its readings are being committed.
@@ -62,17 +66,20 @@ pub async fn run(
     cfg: IngestConfig,
     store: StoreHandle,
     stats: Arc<IngestStats>,
-    live: tokio::sync::broadcast::Sender<Arc<crate::acquire::Reading>>,
+    live: Live,
     cancel: CancellationToken,
 ) {
+    let Some(broker) = cfg.broker.clone() else {
+        return;
+    };
     let mut backoff = Duration::from_millis(200);
     loop {
         let creds = cfg.username.as_deref().zip(cfg.password.as_deref());
         let keep_alive = Duration::from_secs(30);
-        let mut opts = match crate::mqtt::options(&cfg.broker, &cfg.client_id, keep_alive, creds) {
+        let mut opts = match crate::mqtt::options(&broker, &cfg.client_id, keep_alive, creds) {
             Ok(o) => o,
             Err(e) => {
-                warn!(broker = %cfg.broker, "ingest cannot set up its connection: {e}");
+                warn!(broker = %broker, "ingest cannot set up its connection: {e}");
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_secs(30)) => continue,
@@ -114,7 +121,7 @@ pub async fn run(
                 }
                 event = eventloop.poll() => match event {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        info!(broker = %cfg.broker, topics = ?cfg.topics, "ingest connected");
+                        info!(broker = %broker, topics = ?cfg.topics, "ingest connected");
                         backoff = Duration::from_millis(200);
                         for t in &cfg.topics {
                             if let Err(e) = client.try_subscribe(t.clone(), QoS::AtLeastOnce) {
@@ -139,7 +146,7 @@ pub async fn run(
         match ended {
             None => return,
             Some(e) => {
-                warn!(broker = %cfg.broker, retry_in = ?backoff, "ingest connection lost: {e}");
+                warn!(broker = %broker, retry_in = ?backoff, "ingest connection lost: {e}");
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
@@ -164,7 +171,7 @@ async fn handle(
     cfg: &IngestConfig,
     store: &StoreHandle,
     stats: &IngestStats,
-    live: &tokio::sync::broadcast::Sender<Arc<crate::acquire::Reading>>,
+    live: &Live,
     p: &Publish,
 ) -> Option<oneshot::Receiver<Result<(), String>>> {
     stats.messages.fetch_add(1, Ordering::Relaxed);

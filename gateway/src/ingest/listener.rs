@@ -1,0 +1,196 @@
+//! The durable field listener: field devices connect to the gateway itself over MQTT 3.1.1
+//! and publish; a QoS 1 PUBLISH is acknowledged (PUBACK) only once its readings are committed
+//! to the store. Unlike a broker, nothing sits in memory between the device and the disk, so
+//! the guarantee holds end to end: a reading a device got a PUBACK for survives a power cut.
+//!
+//! It takes publishes only (CONNECT, PUBLISH QoS 0/1, PINGREQ, DISCONNECT); a SUBSCRIBE is
+//! answered with failure codes, QoS 2 closes the connection with a log line saying why. The
+//! packet codec is rumqttc's (`mqttbytes::v4`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttc::mqttbytes::v4::{
+    ConnAck, ConnectReturnCode, Packet, PubAck, SubAck, SubscribeReasonCode,
+};
+use rumqttc::mqttbytes::{Error as CodecError, QoS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::{IngestStats, Live, handle};
+use crate::config::IngestConfig;
+use crate::store::writer::StoreHandle;
+
+/// Serves field devices on `listener` until `cancel` fires.
+pub async fn serve(
+    listener: TcpListener,
+    cfg: Arc<IngestConfig>,
+    store: StoreHandle,
+    stats: Arc<IngestStats>,
+    live: Live,
+    cancel: CancellationToken,
+) {
+    if let Ok(a) = listener.local_addr() {
+        info!(listen = %a, "durable MQTT field listener: PUBACK only after the readings are on disk");
+    }
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                warn!("field listener accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (cfg, store, stats, live, cancel) = (
+            cfg.clone(),
+            store.clone(),
+            stats.clone(),
+            live.clone(),
+            cancel.clone(),
+        );
+        conns.spawn(async move {
+            if let Err(e) = connection(stream, peer, &cfg, &store, &stats, &live, &cancel).await {
+                debug!(%peer, "field device connection ended: {e}");
+            }
+        });
+        while conns.try_join_next().is_some() {}
+    }
+    conns.abort_all();
+}
+
+/// A publish waiting for its commit before its PUBACK (None: QoS 0, nothing to send).
+struct Waiting {
+    pkid: Option<u16>,
+    done: Option<tokio::sync::oneshot::Receiver<Result<(), String>>>,
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    cfg: &IngestConfig,
+    store: &StoreHandle,
+    stats: &IngestStats,
+    live: &Live,
+    cancel: &CancellationToken,
+) -> Result<(), String> {
+    let max = cfg.max_payload.saturating_mul(4).max(64 << 10);
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut out = BytesMut::with_capacity(256);
+    let mut connected = false;
+    // Publishes read but not yet acknowledged, in arrival order: several are in flight at
+    // once so that one commit (one fsync) serves many of them; PUBACKs still go out in order.
+    let mut waiting: std::collections::VecDeque<Waiting> = std::collections::VecDeque::new();
+    // Until CONNECT says otherwise: a device that says nothing for this long is dropped.
+    let mut idle = Duration::from_secs(10);
+    loop {
+        // Acknowledge, in order, every publish at the front whose readings are on disk.
+        while let Some(front) = waiting.front_mut() {
+            if let Some(rx) = front.done.as_mut() {
+                match rx.try_recv() {
+                    Ok(Ok(())) => {}
+                    Err(tokio::sync::oneshot::error::TryRecvError::Empty) => break,
+                    // No PUBACK: the device keeps the message and sends it again.
+                    _ => return Err("readings not stored; closing so the device resends".into()),
+                }
+            }
+            if let Some(pkid) = front.pkid {
+                PubAck::new(pkid)
+                    .write(&mut out)
+                    .map_err(|e| e.to_string())?;
+            }
+            waiting.pop_front();
+        }
+        // Take every whole packet already buffered.
+        loop {
+            let packet = match Packet::read(&mut buf, max) {
+                Ok(p) => p,
+                Err(CodecError::InsufficientBytes(_)) => break,
+                Err(e) => return Err(format!("bad packet: {e}")),
+            };
+            match packet {
+                Packet::Connect(c) => {
+                    if connected {
+                        return Err("second CONNECT".into());
+                    }
+                    connected = true;
+                    if c.keep_alive > 0 {
+                        idle = Duration::from_secs(u64::from(c.keep_alive) * 3 / 2 + 1);
+                    }
+                    debug!(%peer, client = %c.client_id, "field device connected");
+                    // A publish-only listener keeps no session state of its own; what a
+                    // persistent session holds is the device's unacknowledged publishes.
+                    // Saying the session is present makes the device send those again
+                    // (clients drop them on a fresh session), and de-duplication by device
+                    // timestamp stores each once.
+                    ConnAck::new(ConnectReturnCode::Success, !c.clean_session)
+                        .write(&mut out)
+                        .map_err(|e| e.to_string())?;
+                }
+                _ if !connected => return Err("packet before CONNECT".into()),
+                Packet::Publish(p) => {
+                    if p.qos == QoS::ExactlyOnce {
+                        warn!(%peer, topic = %p.topic, "QoS 2 is not supported by the field listener; use QoS 1 (closing the connection)");
+                        return Err("QoS 2".into());
+                    }
+                    let done = handle(cfg, store, stats, live, &p).await;
+                    let pkid = (p.qos == QoS::AtLeastOnce).then_some(p.pkid);
+                    waiting.push_back(Waiting { pkid, done });
+                }
+                Packet::PingReq => out.extend_from_slice(&[0xD0, 0x00]),
+                Packet::Subscribe(s) => {
+                    let codes = vec![SubscribeReasonCode::Failure; s.filters.len()];
+                    SubAck::new(s.pkid, codes)
+                        .write(&mut out)
+                        .map_err(|e| e.to_string())?;
+                }
+                Packet::Disconnect => return Ok(()),
+                other => debug!(%peer, "ignored packet {other:?}"),
+            }
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await.map_err(|e| e.to_string())?;
+            out.clear();
+        }
+        if waiting.front().is_some_and(|w| w.done.is_none()) {
+            continue;
+        }
+        let front_waiting = waiting.front().is_some();
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = wait_front(&mut waiting), if front_waiting => {}
+            r = tokio::time::timeout(idle, stream.read_buf(&mut buf)) => match r {
+                Err(_) => return Err("keep-alive expired".into()),
+                Ok(Ok(0)) => return Ok(()),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e.to_string()),
+            },
+        }
+    }
+}
+
+/// Resolves once the front publish's commit has finished (successfully or not); the result
+/// is read again, without waiting, by the acknowledging loop.
+async fn wait_front(waiting: &mut std::collections::VecDeque<Waiting>) {
+    let Some(Waiting { done: Some(rx), .. }) = waiting.front_mut() else {
+        return std::future::pending().await;
+    };
+    let result = rx
+        .await
+        .unwrap_or_else(|_| Err("store writer stopped".into()));
+    let (tx, again) = tokio::sync::oneshot::channel();
+    let _ = tx.send(result);
+    if let Some(front) = waiting.front_mut() {
+        front.done = Some(again);
+    }
+}
