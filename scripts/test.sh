@@ -15,11 +15,14 @@ fi
 # lines; the store-and-forward tests need a real external MQTT broker: Mosquitto, from the
 # distribution's packages.
 step "packages the tests need"
-if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+need=""
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need="$need mosquitto"
+command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"
+if [ -n "$need" ]; then
     SUDO=""
     [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $need
 fi
 # The gRPC contract test is a Python master station generated from the .proto files.
 step "python packages for the gRPC contract test"
@@ -38,6 +41,13 @@ cargo build --workspace --all-targets --locked
 
 step "tests"
 cargo test --workspace --locked -- --test-threads="${GRIDGATE_TEST_THREADS:-2}"
+
+step "systemd unit: verify and security exposure (target 2.5 or lower)"
+unit_dir=$(mktemp -d)
+sed "s|/usr/bin/gridgate|$PWD/target/debug/gridgate|" systemd/gridgate.service > "$unit_dir/gridgate.service"
+systemd-analyze verify "$unit_dir/gridgate.service"
+systemd-analyze security --offline=true --threshold=25 "$unit_dir/gridgate.service" | tail -1
+rm -rf "$unit_dir"
 
 step "benchmarks compile"
 cargo bench --workspace --locked --no-run

@@ -427,8 +427,35 @@ pub async fn run(
         "gridgate starting"
     );
     let pipeline = Pipeline::start(&cfg, identity, echo).await?;
-    stop_signal().await;
+    crate::service::ready(&format!(
+        "running: {} bus(es), {} point(s)",
+        cfg.buses.len(),
+        cfg.point_count()
+    ));
+    let max_poll = cfg
+        .devices()
+        .map(|(b, d)| d.poll + b.timing.timeout * 8)
+        .max();
+    let watchdog = tokio::spawn(crate::service::watchdog(
+        pipeline.store.clone(),
+        pipeline.registry.clone(),
+        max_poll.is_some(),
+        max_poll.unwrap_or_default() * 2 + Duration::from_secs(30),
+        pipeline.cancel_token(),
+    ));
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tick.tick() => crate::service::status(&pipeline.status_line()),
+        }
+    }
     info!("stop requested; closing the last batch");
+    crate::service::stopping();
+    watchdog.abort();
+    let _ = watchdog.await;
     pipeline.stop().await?;
     info!("gridgate stopped");
     Ok(())

@@ -13,6 +13,7 @@ pub mod config;
 pub mod daemon;
 pub mod ingest;
 pub mod mqtt;
+pub mod service;
 pub mod store;
 pub mod tools;
 pub mod uplink;

@@ -1,0 +1,98 @@
+//! systemd integration (`Type=notify`): READY once the store is open and checked and the
+//! pipeline has started, STATUS lines, STOPPING on shutdown, and a watchdog fed only while
+//! the pipeline makes progress, so that a wedged gateway is restarted rather than left
+//! silently stuck. Without `NOTIFY_SOCKET` (not under systemd) all of this does nothing.
+
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::acquire::DeviceRegistry;
+use crate::store::writer::{StoreHandle, Submission};
+
+fn send(states: &[NotifyState]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        if let Err(e) = sd_notify::notify(states) {
+            debug!("sd_notify failed: {e}");
+        }
+    }
+}
+
+/// Tells systemd the gateway is up.
+pub fn ready(status: &str) {
+    send(&[NotifyState::Ready, NotifyState::Status(status)]);
+}
+
+/// A status line for `systemctl status`.
+pub fn status(status: &str) {
+    send(&[NotifyState::Status(status)]);
+}
+
+/// Tells systemd the gateway is stopping.
+pub fn stopping() {
+    send(&[
+        NotifyState::Stopping,
+        NotifyState::Status("stopping: closing the last batch"),
+    ]);
+}
+
+/// Is the store writer turning? An empty submission must be answered in time.
+async fn store_alive(store: &StoreHandle, within: Duration) -> bool {
+    let (done, rx) = oneshot::channel();
+    let probe = Submission {
+        readings: Vec::new(),
+        dedupe: false,
+        done: Some(done),
+    };
+    let answered = async {
+        store.tx.send(probe).await.ok()?;
+        rx.await.ok()
+    };
+    matches!(
+        tokio::time::timeout(within, answered).await,
+        Ok(Some(Ok(())))
+    )
+}
+
+/// Feeds systemd's watchdog (when `WatchdogSec=` is set) only while the store commits and,
+/// if the gateway polls buses, polls keep happening within `poll_grace`.
+pub async fn watchdog(
+    store: StoreHandle,
+    registry: DeviceRegistry,
+    polls_expected: bool,
+    poll_grace: Duration,
+    cancel: CancellationToken,
+) {
+    let Some(period) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    let every = period / 3;
+    let mut last_polls = 0u64;
+    let mut last_progress = Instant::now();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let polls: u64 = registry.snapshot().values().map(|s| s.polls).sum();
+        if polls != last_polls {
+            last_polls = polls;
+            last_progress = Instant::now();
+        }
+        let acquiring = !polls_expected || last_progress.elapsed() <= poll_grace;
+        let storing = store_alive(&store, every).await;
+        if acquiring && storing {
+            send(&[NotifyState::Watchdog]);
+        } else {
+            warn!(
+                acquiring,
+                storing,
+                "pipeline not making progress: not feeding the systemd watchdog (systemd will restart the gateway)"
+            );
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! Under systemd (`Type=notify`): READY only once the store is open, STATUS lines, the
+//! watchdog fed while the pipeline makes progress, STOPPING on shutdown. systemd's side is a
+//! datagram socket this test reads, passed as NOTIFY_SOCKET.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use gridgate_tests::{gridgate, sims, with_site};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_after_the_store_is_open_watchdog_while_alive_stopping_at_the_end() {
+    let s = sims(
+        r#"
+[[line]]
+name = "rs485"
+protocol = "dlt645"
+listen = "127.0.0.1:0"
+meters = [{ address = "000000000001" }]
+"#,
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("dir");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = tokio::net::UnixDatagram::bind(&sock_path).expect("bind");
+    let config = dir.path().join("g.toml");
+    std::fs::write(
+        &config,
+        with_site(dir.path(), &s.gateway_config("sd", "100ms")),
+    )
+    .expect("config");
+    let mut child = gridgate()
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "900000")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("gridgate");
+    let pid = child.id().expect("pid");
+    let store_file = dir.path().join("data").join("gridgate.redb");
+    let mut buf = vec![0u8; 4096];
+    let mut messages: Vec<String> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut watchdogs = 0;
+    while watchdogs < 3 {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let n = tokio::time::timeout(left, sock.recv(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("not enough notifications: {messages:?}"))
+            .expect("recv");
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if msg.contains("READY=1") {
+            assert!(
+                messages.is_empty(),
+                "READY is the first thing said: {messages:?}"
+            );
+            assert!(store_file.exists(), "READY came before the store was open");
+        }
+        if msg.contains("WATCHDOG=1") {
+            assert!(
+                messages.iter().any(|m| m.contains("READY=1")),
+                "watchdog fed before READY"
+            );
+            watchdogs += 1;
+        }
+        messages.push(msg);
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let mut stopping = false;
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(10), sock.recv(&mut buf)).await {
+        if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") {
+            stopping = true;
+            break;
+        }
+    }
+    assert!(stopping, "STOPPING=1 on SIGTERM");
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("exits")
+        .expect("status");
+    assert!(status.success());
+}
