@@ -120,30 +120,57 @@ pub fn summary(cfg: &GatewayConfig) -> String {
     s
 }
 
-/// Resolves when the process is asked to stop (SIGINT, SIGTERM).
-pub async fn stop_signal() {
+/// SIGTERM and SIGINT, caught from the moment this is made: a stop asked for while the
+/// gateway is still starting (opening the store, binding ports) is a clean stop too, not the
+/// default action that kills the process.
+pub struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut t), Ok(mut i)) => {
-                tokio::select! {
-                    _ = t.recv() => {}
-                    _ = i.recv() => {}
-                }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    /// Installs the handlers now.
+    pub fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            StopSignals {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        StopSignals {}
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// Resolves when a stop is asked for.
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            match (&mut self.term, &mut self.int) {
+                (Some(t), Some(i)) => {
+                    tokio::select! {
+                        _ = t.recv() => {}
+                        _ = i.recv() => {}
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
+}
+
+/// Resolves when the process is asked to stop (SIGINT, SIGTERM).
+pub async fn stop_signal() {
+    StopSignals::install().recv().await
 }
 
 /// A running gateway.
@@ -417,6 +444,7 @@ pub async fn run(
     config_path: &Path,
     echo: Option<Box<dyn ReadingSink>>,
 ) -> Result<(), DaemonError> {
+    let mut signals = StopSignals::install();
     let cfg = crate::config::load(config_path)?;
     let identity = Identity::load(&cfg.identity)?;
     info!(
@@ -443,12 +471,10 @@ pub async fn run(
         max_poll.unwrap_or_default() * 2 + Duration::from_secs(30),
         pipeline.cancel_token(),
     ));
-    let stop = stop_signal();
-    tokio::pin!(stop);
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     loop {
         tokio::select! {
-            _ = &mut stop => break,
+            _ = signals.recv() => break,
             _ = tick.tick() => crate::service::status(&pipeline.status_line()),
         }
     }

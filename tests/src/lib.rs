@@ -180,11 +180,14 @@ impl Gateway {
                 .arg(pid.to_string())
                 .status();
         }
-        tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
             .await
             .ok()?
-            .ok()?
-            .code()
+            .ok()?;
+        if status.code().is_none() {
+            eprintln!("gridgate ended by a signal: {status:?}");
+        }
+        status.code()
     }
 }
 

@@ -606,6 +606,13 @@ points = [{{ name = "n" }}, {{ name = "half" }}]
         gw.kill9().await;
         gw = Gateway::start_in(dir.path(), &config).await;
     }
+    // The last gateway must be up (listening) before it is asked to stop cleanly.
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Let the device finish (or settle on what its library still holds).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
     while acked.load(Ordering::SeqCst) < N && tokio::time::Instant::now() < deadline {

@@ -27,8 +27,15 @@ const BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("batches");
 const BATCH_SIZES: TableDefinition<u64, (u64, u64)> = TableDefinition::new("batch_sizes");
 /// Consumer → next batch it needs (everything below is acknowledged).
 const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
-/// Per point: the newest device timestamp stored, for de-duplicating redelivered messages.
+/// Per point: the newest device timestamp stored (bounds the de-duplication window).
 const LAST_TS: TableDefinition<&str, i64> = TableDefinition::new("last_device_ts");
+/// (point, device timestamp) of readings stored within [`DEDUPE_WINDOW_MS`] of their point's
+/// newest: a redelivered message's readings are found here and stored once, whatever order
+/// the redelivery comes in.
+const SEEN: TableDefinition<(&str, i64), ()> = TableDefinition::new("seen_device_ts");
+/// How far back, behind a point's newest device timestamp, a redelivery is recognised. An
+/// older redelivery is stored again (at least once, never lost).
+pub const DEDUPE_WINDOW_MS: i64 = 15 * 60 * 1000;
 /// Counters and positions.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Hashes and the gateway id.
@@ -187,6 +194,7 @@ impl Store {
             txn.open_table(CURSORS).map_err(db)?;
             txn.open_table(META).map_err(db)?;
             txn.open_table(LAST_TS).map_err(db)?;
+            txn.open_table(SEEN).map_err(db)?;
             let mut bytes = txn.open_table(META_BYTES).map_err(db)?;
             let found = bytes
                 .get(GATEWAY_ID)
@@ -228,8 +236,9 @@ impl Store {
     /// disk (fsync).
     ///
     /// Where `dedupe[i]` is true, reading `i` carries the device's own timestamp and is
-    /// dropped (and counted) unless it is newer than the last one stored for its point: that
-    /// is how a message redelivered after a crash is stored once.
+    /// dropped (and counted) when a reading of the same point with the same timestamp was
+    /// stored within the de-duplication window: that is how a message redelivered after a
+    /// crash, in whatever order, is stored once.
     pub fn commit(
         &self,
         readings: &[pb::Reading],
@@ -242,20 +251,28 @@ impl Store {
             let mut open = txn.open_table(OPEN).map_err(db)?;
             let mut meta = txn.open_table(META).map_err(db)?;
             let mut last_ts = txn.open_table(LAST_TS).map_err(db)?;
+            let mut seen = txn.open_table(SEEN).map_err(db)?;
+            let mut touched: std::collections::BTreeMap<String, i64> =
+                std::collections::BTreeMap::new();
             let mut next_id = get(&meta, NEXT_READING)?;
             let mut stored = get(&meta, STORED_BYTES)?;
             let mut buf = Vec::with_capacity(128);
             for (i, r) in readings.iter().enumerate() {
                 if dedupe.get(i).copied().unwrap_or(false) {
-                    let last = last_ts
-                        .get(r.point.as_str())
-                        .map_err(db)?
-                        .map(|v| v.value());
-                    if last.is_some_and(|t| r.ts_ms <= t) {
+                    let key = (r.point.as_str(), r.ts_ms);
+                    if seen.get(key).map_err(db)?.is_some() {
                         out.duplicates += 1;
                         continue;
                     }
-                    last_ts.insert(r.point.as_str(), r.ts_ms).map_err(db)?;
+                    seen.insert(key, ()).map_err(db)?;
+                    let newest = match touched.get(&r.point) {
+                        Some(t) => *t,
+                        None => last_ts
+                            .get(r.point.as_str())
+                            .map_err(db)?
+                            .map_or(i64::MIN, |v| v.value()),
+                    };
+                    touched.insert(r.point.clone(), newest.max(r.ts_ms));
                 }
                 out.appended += 1;
                 buf.clear();
@@ -266,6 +283,17 @@ impl Store {
                 next_id += 1;
             }
             meta.insert(NEXT_READING, next_id).map_err(db)?;
+            // Move each touched point's newest timestamp and forget what fell out of the
+            // window, so the table stays the size of the window.
+            for (point, newest) in &touched {
+                last_ts.insert(point.as_str(), *newest).map_err(db)?;
+                let horizon = newest.saturating_sub(DEDUPE_WINDOW_MS);
+                seen.retain_in(
+                    (point.as_str(), i64::MIN)..(point.as_str(), horizon),
+                    |_, _| false,
+                )
+                .map_err(db)?;
+            }
             if let Some(seal) = seal {
                 let mut batched = Vec::with_capacity(open.len().map_err(db)? as usize);
                 let mut open_bytes = 0u64;

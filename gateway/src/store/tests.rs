@@ -139,6 +139,14 @@ fn redelivered_device_readings_are_stored_once() {
     let again: Vec<_> = (12..17).map(reading).collect();
     let c = store.commit(&again, &[true; 5], None).unwrap();
     assert_eq!((c.appended, c.duplicates), (2, 3));
+    // Redelivered out of order (a client resending by packet id): still once each.
+    let shuffled: Vec<_> = [16, 11, 17, 10, 18].into_iter().map(reading).collect();
+    let c = store.commit(&shuffled, &[true; 5], None).unwrap();
+    assert_eq!(
+        (c.appended, c.duplicates),
+        (2, 3),
+        "17 and 18 are new, 16, 11 and 10 were stored"
+    );
     // Polled readings (no device time) are never dropped.
     let c = store.commit(&again, &[], None).unwrap();
     assert_eq!((c.appended, c.duplicates), (5, 0));
