@@ -165,6 +165,8 @@ window = 16
         .args(["run", "--config"])
         .arg(site.join("g.toml"))
         .env("GRIDGATE_LOG", "warn")
+        // As systemd/gridgate.service runs it.
+        .env("MALLOC_ARENA_MAX", "2")
         .kill_on_drop(true)
         .spawn()
         .expect("gridgate");

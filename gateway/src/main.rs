@@ -261,6 +261,9 @@ fn main() -> ExitCode {
     init_logging(&cli.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // Store commits and reads run on blocking threads; a few are enough (there is one
+        // writer), and every extra thread is another malloc arena on a small box.
+        .max_blocking_threads(4)
         .enable_all()
         .build()
     {

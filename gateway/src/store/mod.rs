@@ -7,6 +7,7 @@
 //! move a cursor, prune) so that the engine stays this file's concern.
 
 mod check;
+mod recent;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
@@ -27,15 +28,10 @@ const BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("batches");
 const BATCH_SIZES: TableDefinition<u64, (u64, u64)> = TableDefinition::new("batch_sizes");
 /// Consumer → next batch it needs (everything below is acknowledged).
 const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
-/// Per point: the newest device timestamp stored (bounds the de-duplication window).
-const LAST_TS: TableDefinition<&str, i64> = TableDefinition::new("last_device_ts");
-/// (point, device timestamp) of readings stored within [`DEDUPE_WINDOW_MS`] of their point's
-/// newest: a redelivered message's readings are found here and stored once, whatever order
-/// the redelivery comes in.
-const SEEN: TableDefinition<(&str, i64), ()> = TableDefinition::new("seen_device_ts");
-/// How far back, behind a point's newest device timestamp, a redelivery is recognised. An
-/// older redelivery is stored again (at least once, never lost).
-pub const DEDUPE_WINDOW_MS: i64 = 15 * 60 * 1000;
+/// How many of the most recently stored readings a redelivery is checked against. Brokers
+/// and devices resend their in-flight messages (a few hundred at most) right after a
+/// reconnect; an older redelivery is stored again (at least once, never lost).
+pub const DEDUPE_RECENT: usize = 200_000;
 /// Counters and positions.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Hashes and the gateway id.
@@ -122,8 +118,8 @@ pub struct StoreStats {
 pub struct Committed {
     /// Readings appended.
     pub appended: usize,
-    /// Readings dropped as duplicates (a device timestamp not newer than the last stored
-    /// for that point: a message the broker delivered again).
+    /// Readings dropped as duplicates (the same point and device timestamp as one of the
+    /// most recently stored readings: a message delivered again).
     pub duplicates: usize,
     /// Batch closed by this commit: (seq, readings).
     pub closed: Option<(u64, usize)>,
@@ -146,6 +142,8 @@ pub struct Store {
     db: Database,
     path: PathBuf,
     gateway_id: String,
+    /// Fingerprints of the most recently stored readings, rebuilt from the store on open.
+    recent: std::sync::Mutex<recent::Recent>,
 }
 
 /// Builds the signed batch from the open readings: given the new batch's sequence number,
@@ -174,8 +172,10 @@ impl Store {
             db: database,
             path,
             gateway_id: gateway_id.to_string(),
+            recent: std::sync::Mutex::new(recent::Recent::new(DEDUPE_RECENT)),
         };
         store.init_and_check()?;
+        store.rebuild_recent()?;
         Ok(store)
     }
 
@@ -193,8 +193,6 @@ impl Store {
             txn.open_table(BATCH_SIZES).map_err(db)?;
             txn.open_table(CURSORS).map_err(db)?;
             txn.open_table(META).map_err(db)?;
-            txn.open_table(LAST_TS).map_err(db)?;
-            txn.open_table(SEEN).map_err(db)?;
             let mut bytes = txn.open_table(META_BYTES).map_err(db)?;
             let found = bytes
                 .get(GATEWAY_ID)
@@ -236,43 +234,53 @@ impl Store {
     /// disk (fsync).
     ///
     /// Where `dedupe[i]` is true, reading `i` carries the device's own timestamp and is
-    /// dropped (and counted) when a reading of the same point with the same timestamp was
-    /// stored within the de-duplication window: that is how a message redelivered after a
-    /// crash, in whatever order, is stored once.
+    /// dropped (and counted) when a reading of the same point with the same timestamp is
+    /// among the [`DEDUPE_RECENT`] most recently stored: that is how a message redelivered
+    /// after a crash, in whatever order, is stored once.
     pub fn commit(
         &self,
         readings: &[pb::Reading],
         dedupe: &[bool],
         seal: Option<Sealer<'_>>,
     ) -> Result<Committed, StoreError> {
+        let mut provisional = Vec::new();
+        let result = self.commit_inner(readings, dedupe, seal, &mut provisional);
+        if result.is_err() && !provisional.is_empty() {
+            // Nothing was stored: the sources will send these again, and must not be taken
+            // for duplicates then.
+            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            for f in provisional {
+                recent.remove(f);
+            }
+        }
+        result
+    }
+
+    fn commit_inner(
+        &self,
+        readings: &[pb::Reading],
+        dedupe: &[bool],
+        seal: Option<Sealer<'_>>,
+        provisional: &mut Vec<u128>,
+    ) -> Result<Committed, StoreError> {
         let txn = self.db.begin_write().map_err(db)?;
         let mut out = Committed::default();
         {
             let mut open = txn.open_table(OPEN).map_err(db)?;
             let mut meta = txn.open_table(META).map_err(db)?;
-            let mut last_ts = txn.open_table(LAST_TS).map_err(db)?;
-            let mut seen = txn.open_table(SEEN).map_err(db)?;
-            let mut touched: std::collections::BTreeMap<String, i64> =
-                std::collections::BTreeMap::new();
+            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
             let mut next_id = get(&meta, NEXT_READING)?;
             let mut stored = get(&meta, STORED_BYTES)?;
             let mut buf = Vec::with_capacity(128);
             for (i, r) in readings.iter().enumerate() {
                 if dedupe.get(i).copied().unwrap_or(false) {
-                    let key = (r.point.as_str(), r.ts_ms);
-                    if seen.get(key).map_err(db)?.is_some() {
+                    let f = recent::fingerprint(&r.point, r.ts_ms);
+                    if recent.contains(f) {
                         out.duplicates += 1;
                         continue;
                     }
-                    seen.insert(key, ()).map_err(db)?;
-                    let newest = match touched.get(&r.point) {
-                        Some(t) => *t,
-                        None => last_ts
-                            .get(r.point.as_str())
-                            .map_err(db)?
-                            .map_or(i64::MIN, |v| v.value()),
-                    };
-                    touched.insert(r.point.clone(), newest.max(r.ts_ms));
+                    recent.insert(f);
+                    provisional.push(f);
                 }
                 out.appended += 1;
                 buf.clear();
@@ -283,17 +291,6 @@ impl Store {
                 next_id += 1;
             }
             meta.insert(NEXT_READING, next_id).map_err(db)?;
-            // Move each touched point's newest timestamp and forget what fell out of the
-            // window, so the table stays the size of the window.
-            for (point, newest) in &touched {
-                last_ts.insert(point.as_str(), *newest).map_err(db)?;
-                let horizon = newest.saturating_sub(DEDUPE_WINDOW_MS);
-                seen.retain_in(
-                    (point.as_str(), i64::MIN)..(point.as_str(), horizon),
-                    |_, _| false,
-                )
-                .map_err(db)?;
-            }
             if let Some(seal) = seal {
                 let mut batched = Vec::with_capacity(open.len().map_err(db)? as usize);
                 let mut open_bytes = 0u64;
@@ -483,6 +480,44 @@ impl Store {
         Ok((first, hash_of(&hashes, ANCHOR_HASH)?))
     }
 
+    /// Fills the recent-readings fingerprints from what is stored: the open readings and the
+    /// newest batches, oldest first, up to [`DEDUPE_RECENT`].
+    fn rebuild_recent(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let open = txn.open_table(OPEN).map_err(db)?;
+        let batches = txn.open_table(BATCHES).map_err(db)?;
+        let mut newest_first: Vec<u128> = Vec::new();
+        for e in open.iter().map_err(db)?.rev() {
+            let (_, v) = e.map_err(db)?;
+            if let Ok(r) = pb::Reading::decode(v.value()) {
+                newest_first.push(recent::fingerprint(&r.point, r.ts_ms));
+            }
+            if newest_first.len() >= DEDUPE_RECENT {
+                break;
+            }
+        }
+        for e in batches.iter().map_err(db)?.rev() {
+            if newest_first.len() >= DEDUPE_RECENT {
+                break;
+            }
+            let (_, v) = e.map_err(db)?;
+            let Some(batch) = pb::SignedBatch::decode(v.value())
+                .ok()
+                .and_then(|s| pb::Batch::decode(s.batch.as_slice()).ok())
+            else {
+                continue;
+            };
+            for r in batch.readings.iter().rev() {
+                newest_first.push(recent::fingerprint(&r.point, r.ts_ms));
+            }
+        }
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        for f in newest_first.into_iter().rev() {
+            recent.insert(f);
+        }
+        Ok(())
+    }
+
     /// The gateway id the store belongs to.
     pub fn gateway_id(&self) -> &str {
         &self.gateway_id
@@ -516,6 +551,7 @@ pub fn open_for_verify(data_dir: &Path) -> Result<Store, StoreError> {
         db: database,
         path,
         gateway_id,
+        recent: std::sync::Mutex::new(recent::Recent::new(0)),
     })
 }
 
