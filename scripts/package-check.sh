@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Builds the Debian package and checks it installs: the binary runs, the unit verifies, the
+# service user exists, and nothing is enabled. Run by CI after the tests (it installs the
+# package on the machine it runs on: meant for CI and throwaway machines).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo-deb"
+if ! command -v cargo-deb >/dev/null 2>&1; then
+    cargo install cargo-deb --locked --version 3.8.0
+fi
+
+step "build the .deb (release)"
+cargo deb -p gridgate --locked
+deb=$(ls -t target/debian/gridgate_*.deb | head -1)
+ls -l "$deb"
+
+step "install it"
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+$SUDO dpkg -i "$deb"
+/usr/bin/gridgate --version
+systemd-analyze verify /lib/systemd/system/gridgate.service
+id gridgate
+state=$(systemctl is-enabled gridgate 2>/dev/null || true)
+if [ "$state" = "enabled" ]; then
+    echo "the package must not enable the service" >&2
+    exit 1
+fi
+echo "installed; service is ${state:-not enabled}"
