@@ -333,10 +333,11 @@ impl Pipeline {
             Err(_) => 0.0,
         };
         format!(
-            "{per_sec:.0} readings/s, {total} stored | devices {online}/{} online | batches {head} (open readings {}) | mqtt in {} msgs, {} refused | uplink acked {}, lag {} batch(es)",
+            "{per_sec:.0} readings/s, {total} stored | devices {online}/{} online | batches {head} (open readings {}) | mqtt in {} msgs ({} readings), {} refused | uplink acked {}, lag {} batch(es)",
             snap.len(),
             st.open_readings,
             self.ingest.messages.load(Ordering::Relaxed),
+            self.ingest.readings.load(Ordering::Relaxed),
             self.ingest.malformed_total() + self.ingest.unknown_topic.load(Ordering::Relaxed),
             self.uplink.acknowledged.load(Ordering::Relaxed),
             head.saturating_sub(cursor)

@@ -52,6 +52,23 @@ pub async fn run_to_end(args: &[&str], limit: Duration) -> (i32, String, String)
     )
 }
 
+/// Runs `gridgate verify` on the data directory `data` with the public key `pubkey`.
+pub async fn verify_chain(data: &Path, pubkey: &Path, limit: Duration) -> (i32, String, String) {
+    let data = data.to_str().expect("data dir path is UTF-8");
+    let pubkey = pubkey.to_str().expect("public key path is UTF-8");
+    run_to_end(&["verify", "--data-dir", data, "--pubkey", pubkey], limit).await
+}
+
+/// The smallest site: one simulated DL/T 645 meter (address 000000000001) on a line behind
+/// a serial-to-Ethernet converter on loopback.
+pub const ONE_METER_SITE: &str = r#"
+[[line]]
+name = "rs485"
+protocol = "dlt645"
+listen = "127.0.0.1:0"
+meters = [{ address = "000000000001" }]
+"#;
+
 /// A running `gridgate run` daemon printing JSON readings (`--echo json`).
 pub struct Gateway {
     child: Child,
@@ -230,20 +247,26 @@ impl Mosquitto {
     /// Starts `mosquitto` (installed by scripts/test.sh from the distribution's packages) on a
     /// free port, keeping any number of queued messages for persistent sessions.
     pub async fn start() -> Mosquitto {
-        let dir = tempfile::tempdir().expect("dir");
         let port = free_port();
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
+        Mosquitto::start_with(
+            port,
+            &format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nmax_inflight_messages 50\n"
             ),
         )
-        .expect("conf");
+        .await
+    }
+
+    /// Starts `mosquitto` on the configuration text `conf` and waits until it listens on
+    /// `port` (one of the listeners `conf` names).
+    pub async fn start_with(port: u16, conf: &str) -> Mosquitto {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("mosquitto.conf");
+        std::fs::write(&path, conf).expect("conf");
         let mut m = Mosquitto {
             child: None,
             port,
-            conf,
+            conf: path,
             _dir: dir,
         };
         m.restart().await;

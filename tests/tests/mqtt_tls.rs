@@ -1,10 +1,9 @@
 //! The uplink and ingest against a Mosquitto that demands TLS, a client certificate signed by
 //! its CA, and a username and password: a locked-down site broker.
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use gridgate_tests::{Gateway, collect_batches, free_port, run_to_end};
+use gridgate_tests::{Gateway, Mosquitto, collect_batches, free_port, run_to_end};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -60,10 +59,9 @@ async fn uplink_and_ingest_over_tls_with_a_client_certificate_and_a_password() {
         .expect("mosquitto_passwd (package mosquitto) is installed by scripts/test.sh");
     assert!(status.success());
     let (tls_port, plain_port) = (free_port(), free_port());
-    let conf = d.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!(
+    let mut broker = Mosquitto::start_with(
+        tls_port,
+        &format!(
             "per_listener_settings true\n\
              listener {tls_port} 127.0.0.1\n\
              cafile {ca}\ncertfile {cert}\nkeyfile {key}\n\
@@ -75,24 +73,7 @@ async fn uplink_and_ingest_over_tls_with_a_client_certificate_and_a_password() {
             passwd = passwd.display(),
         ),
     )
-    .expect("conf");
-    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-        .into_iter()
-        .find(|b| std::path::Path::new(b).exists())
-        .expect("mosquitto installed");
-    let mut broker = std::process::Command::new(bin)
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto");
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    .await;
     let (received, collector) = collect_batches(plain_port, "gridgate/tls/batches");
     let tls = format!(
         "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nusername = \"gateway\"\npassword = \"s3cret\"\n",
@@ -151,8 +132,7 @@ topic = "gridgate/tls/batches"
     assert_eq!(gw.stop().await, Some(0));
     pump.abort();
     collector.abort();
-    let _ = broker.kill();
-    let _ = broker.wait();
+    broker.kill();
 
     // A CA file that is not there: the config is well-formed, but the daemon refuses to start
     // and names the file, rather than retrying a connection that can never work.

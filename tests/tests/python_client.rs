@@ -3,20 +3,11 @@
 
 use std::time::Duration;
 
-use gridgate_tests::{Gateway, free_port, sims};
+use gridgate_tests::{Gateway, ONE_METER_SITE, free_port, sims};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_master_station_pulls_verifies_and_acks() {
-    let s = sims(
-        r#"
-[[line]]
-name = "rs485"
-protocol = "dlt645"
-listen = "127.0.0.1:0"
-meters = [{ address = "000000000001" }]
-"#,
-    )
-    .await;
+    let s = sims(ONE_METER_SITE).await;
     let dir = tempfile::tempdir().expect("dir");
     let pki = dir.path().join("pki");
     gridgate::api::pki::make_site_pki(&pki, "py", &[]).expect("pki");

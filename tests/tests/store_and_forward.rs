@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use gridgate_proto::v1 as pb;
 use gridgate_tests::{
-    Gateway, Mosquitto, collect_batches, free_port, has_quality, run_to_end, sims, stored_batches,
+    Gateway, Mosquitto, ONE_METER_SITE, collect_batches, free_port, has_quality, run_to_end, sims,
+    stored_batches, verify_chain,
 };
 use prost::Message;
 
@@ -200,17 +201,7 @@ topic = "gridgate/crash/batches"
     );
 
     let pubkey = dir.path().join("identity.pub");
-    let (code, out, err) = run_to_end(
-        &[
-            "verify",
-            "--data-dir",
-            data.to_str().expect("path"),
-            "--pubkey",
-            pubkey.to_str().expect("path"),
-        ],
-        WAIT,
-    )
-    .await;
+    let (code, out, err) = verify_chain(&data, &pubkey, WAIT).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("chain OK"), "{out}");
 
@@ -230,16 +221,7 @@ topic = "gridgate/crash/batches"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_uplink_catches_up_in_order_after_a_broker_outage() {
-    let s = sims(
-        r#"
-[[line]]
-name = "rs485"
-protocol = "dlt645"
-listen = "127.0.0.1:0"
-meters = [{ address = "000000000001" }]
-"#,
-    )
-    .await;
+    let s = sims(ONE_METER_SITE).await;
     let mut mq = Mosquitto::start().await;
     let port = mq.port;
     let mut config = s.gateway_config("outage", "100ms");
@@ -430,16 +412,7 @@ points = [{{ name = "temperature", unit = "°C" }}, {{ name = "door" }}]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tiny_disk_budget_drops_the_oldest_batches_and_says_so() {
-    let s = sims(
-        r#"
-[[line]]
-name = "rs485"
-protocol = "dlt645"
-listen = "127.0.0.1:0"
-meters = [{ address = "000000000001" }]
-"#,
-    )
-    .await;
+    let s = sims(ONE_METER_SITE).await;
     let dir = tempfile::tempdir().expect("dir");
     let mut config = s.gateway_config("budget", "50ms");
     config.push_str(
@@ -458,17 +431,7 @@ required_consumers = ["master-station"]
     assert_eq!(gw.stop().await, Some(0));
     let data = dir.path().join("data");
     let pubkey = dir.path().join("identity.pub");
-    let (code, out, _) = run_to_end(
-        &[
-            "verify",
-            "--data-dir",
-            data.to_str().expect("path"),
-            "--pubkey",
-            pubkey.to_str().expect("path"),
-        ],
-        WAIT,
-    )
-    .await;
+    let (code, out, _) = verify_chain(&data, &pubkey, WAIT).await;
     assert_eq!(
         code, 0,
         "a pruned chain still verifies from its anchor: {out}"
@@ -483,17 +446,7 @@ required_consumers = ["master-station"]
         .expect("key")
         .save(&okey, &opub)
         .expect("save");
-    let (code, out, _) = run_to_end(
-        &[
-            "verify",
-            "--data-dir",
-            data.to_str().expect("path"),
-            "--pubkey",
-            opub.to_str().expect("path"),
-        ],
-        WAIT,
-    )
-    .await;
+    let (code, out, _) = verify_chain(&data, &opub, WAIT).await;
     assert_eq!(code, 1);
     assert!(
         out.contains("FAULT: batch") && out.contains("signature does not verify"),

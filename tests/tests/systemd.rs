@@ -5,20 +5,11 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use gridgate_tests::{gridgate, sims, with_site};
+use gridgate_tests::{ONE_METER_SITE, gridgate, sims, with_site};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_after_the_store_is_open_watchdog_while_alive_stopping_at_the_end() {
-    let s = sims(
-        r#"
-[[line]]
-name = "rs485"
-protocol = "dlt645"
-listen = "127.0.0.1:0"
-meters = [{ address = "000000000001" }]
-"#,
-    )
-    .await;
+    let s = sims(ONE_METER_SITE).await;
     let dir = tempfile::tempdir().expect("dir");
     let sock_path = dir.path().join("notify.sock");
     let sock = tokio::net::UnixDatagram::bind(&sock_path).expect("bind");

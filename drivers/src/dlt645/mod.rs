@@ -211,6 +211,23 @@ impl MeterTime {
             second: (rem % 60) as u8,
         }
     }
+
+    /// The Unix timestamp of this civil time, read as UTC; the inverse of
+    /// [`MeterTime::from_unix`] for years 2000..2099.
+    pub fn to_unix(self) -> i64 {
+        // Days-from-civil (Howard Hinnant's algorithm).
+        let y = 2000 + i64::from(self.year) - i64::from(self.month <= 2);
+        let m = i64::from(self.month);
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(self.day) - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        let days = era * 146_097 + doe - 719_468;
+        days * 86_400
+            + i64::from(self.hour) * 3600
+            + i64::from(self.minute) * 60
+            + i64::from(self.second)
+    }
 }
 
 /// A remote control request (control code 1C).

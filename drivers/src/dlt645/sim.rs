@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::di::{self, DataId, Format};
+use super::di::{self, DataId};
 use super::frame::{self, Address, Control, Decoded, Frame, func};
 use super::{MeterTime, RemoteCommand, RemoteControl, STATUS3_RELAY_OPEN};
 use crate::sim::{LineTiming, SharedLoad, unix_now};
@@ -283,7 +283,7 @@ impl SimLine {
         let function = req.control.function();
         if function == func::BROADCAST_TIME {
             if let Some(t) = MeterTime::from_bcd(&req.data) {
-                *clock_offset = unix_of(t) - unix_now();
+                *clock_offset = t.to_unix() - unix_now();
             }
             return vec![];
         }
@@ -401,23 +401,6 @@ fn take_one(counter: &AtomicU32) -> bool {
         .is_ok()
 }
 
-fn unix_of(t: MeterTime) -> i64 {
-    // Days from civil (Howard Hinnant), year in 2000..2099.
-    let y = 2000 + i64::from(t.year) - i64::from(t.month <= 2);
-    let m = i64::from(t.month);
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(t.day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    days * 86_400 + i64::from(t.hour) * 3600 + i64::from(t.minute) * 60 + i64::from(t.second)
-}
-
-/// The value format of an identifier, for tools that print what the simulator serves.
-pub fn format_of(di: DataId) -> Option<Format> {
-    di::lookup(di).map(|i| i.format)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -442,7 +425,7 @@ mod tests {
     fn unix_of_inverts_from_unix() {
         // Meters keep two-digit years: 2000..=2099 round-trips.
         for secs in [946_684_800i64, 951_782_400, 1_795_558_337, 4_102_444_799] {
-            assert_eq!(unix_of(MeterTime::from_unix(secs)), secs);
+            assert_eq!(MeterTime::from_unix(secs).to_unix(), secs);
         }
     }
 
