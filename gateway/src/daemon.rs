@@ -4,6 +4,7 @@
 //! Both start the same [`Pipeline`]: buses and MQTT field devices → store (group commit,
 //! signed batches) → MQTT uplink; an optional echo prints readings as they are acquired.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,7 +18,7 @@ use tracing::{error, info, warn};
 
 use crate::acquire::{self, DeviceRegistry, Reading, ReadingSink};
 use crate::batch::{Identity, IdentityError};
-use crate::config::{ConfigError, GatewayConfig};
+use crate::config::{BusConfig, ConfigError, GatewayConfig};
 use crate::ingest::{self, IngestStats};
 use crate::store::writer::{self, StoreHandle, Submission, WriterConfig};
 use crate::store::{Store, StoreError};
@@ -120,64 +121,148 @@ pub fn summary(cfg: &GatewayConfig) -> String {
     s
 }
 
-/// SIGTERM and SIGINT, caught from the moment this is made: a stop asked for while the
-/// gateway is still starting (opening the store, binding ports) is a clean stop too, not the
-/// default action that kills the process.
-pub struct StopSignals {
+/// SIGTERM and SIGINT (stop) and SIGHUP (reload), caught from the moment this is made: a
+/// stop asked for while the gateway is still starting (opening the store, binding ports) is
+/// a clean stop too, and a SIGHUP then is not the default action that kills the process.
+pub struct Signals {
     #[cfg(unix)]
     term: Option<tokio::signal::unix::Signal>,
     #[cfg(unix)]
     int: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
 }
 
-impl StopSignals {
+impl Signals {
     /// Installs the handlers now.
     pub fn install() -> Self {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
-            StopSignals {
+            Signals {
                 term: signal(SignalKind::terminate()).ok(),
                 int: signal(SignalKind::interrupt()).ok(),
+                hup: signal(SignalKind::hangup()).ok(),
             }
         }
         #[cfg(not(unix))]
-        StopSignals {}
+        Signals {}
     }
 
-    /// Resolves when a stop is asked for.
-    pub async fn recv(&mut self) {
+    /// The next stop or reload asked for.
+    pub async fn next(&mut self) -> Asked {
         #[cfg(unix)]
         {
+            let hup = async {
+                match &mut self.hup {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             match (&mut self.term, &mut self.int) {
                 (Some(t), Some(i)) => {
                     tokio::select! {
-                        _ = t.recv() => {}
-                        _ = i.recv() => {}
+                        _ = t.recv() => Asked::Stop,
+                        _ = i.recv() => Asked::Stop,
+                        _ = hup => Asked::Reload,
                     }
                 }
                 _ => {
                     let _ = tokio::signal::ctrl_c().await;
+                    Asked::Stop
                 }
             }
         }
         #[cfg(not(unix))]
         {
             let _ = tokio::signal::ctrl_c().await;
+            Asked::Stop
         }
     }
+
+    /// Resolves when a stop is asked for (a SIGHUP meanwhile is caught and ignored).
+    pub async fn stop(&mut self) {
+        while self.next().await == Asked::Reload {}
+    }
+}
+
+/// What a signal asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asked {
+    /// SIGTERM or SIGINT.
+    Stop,
+    /// SIGHUP.
+    Reload,
 }
 
 /// Resolves when the process is asked to stop (SIGINT, SIGTERM).
 pub async fn stop_signal() {
-    StopSignals::install().recv().await
+    Signals::install().stop().await
+}
+
+/// A part of the pipeline that a reload can stop and start on its own: its tasks and the
+/// token that stops them (a child of the pipeline's).
+struct Part {
+    cancel: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Part {
+    fn new(parent: &CancellationToken) -> Part {
+        Part {
+            cancel: parent.child_token(),
+            tasks: JoinSet::new(),
+        }
+    }
+
+    async fn stop(mut self) {
+        self.cancel.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Why a reload was refused. The running config stays in force in every case.
+#[derive(Debug, Error)]
+pub enum ReloadError {
+    /// The new file does not load or does not check.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// It changes what only a restart can change.
+    #[error(
+        "the new config changes {0}, which only a restart applies (systemctl restart gridgate); nothing was reloaded"
+    )]
+    NeedsRestart(String),
+    /// A part would not start on the new config (everything runs on the old one again).
+    #[error(
+        "{part} would not start on the new config ({reason}); the gateway runs on the old config"
+    )]
+    Part {
+        /// Which part.
+        part: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn part_failed(part: &'static str, e: DaemonError) -> ReloadError {
+    ReloadError::Part {
+        part,
+        reason: e.to_string(),
+    }
 }
 
 /// A running gateway.
 pub struct Pipeline {
     cancel: CancellationToken,
-    pollers: JoinSet<()>,
-    services: JoinSet<()>,
+    /// The config in force; a reload replaces it, and the gRPC services read it from here.
+    config: tokio::sync::watch::Sender<Arc<GatewayConfig>>,
+    /// One poller per bus, by bus name, so that a reload restarts only the buses it changes.
+    buses: BTreeMap<String, Part>,
+    ingest_part: Part,
+    uplink_part: Part,
+    api: Part,
+    /// Where pollers send readings (kept to start pollers after a reload).
+    readings: mpsc::Sender<Vec<Reading>>,
     forwarder: tokio::task::JoinHandle<std::io::Result<()>>,
     writer: tokio::task::JoinHandle<()>,
     /// The store, for status.
@@ -190,8 +275,43 @@ pub struct Pipeline {
     pub uplink: Arc<UplinkStats>,
     /// Live readings (what gRPC Subscribe serves).
     pub live: tokio::sync::broadcast::Sender<Arc<Reading>>,
-    api: JoinSet<()>,
+    public_key: [u8; 32],
     rate: std::sync::Mutex<(tokio::time::Instant, u64)>,
+}
+
+/// The config sections only a restart applies: the store, its identity and the embedded
+/// broker hold files and ports for the process's whole life.
+fn restart_only_changes(old: &GatewayConfig, new: &GatewayConfig) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if old.id != new.id {
+        changed.push("[gateway] id");
+    }
+    if old.data_dir != new.data_dir {
+        changed.push("[gateway] data_dir");
+    }
+    if old.identity != new.identity {
+        changed.push("[gateway] identity");
+    }
+    if old.store != new.store {
+        changed.push("[store]");
+    }
+    if old.broker != new.broker {
+        changed.push("[broker]");
+    }
+    changed
+}
+
+/// TLS material of the MQTT links, checked before anything starts, so that a wrong path is
+/// an error at start-up (or a refused reload), not a retry loop in the log.
+fn check_mqtt_tls(cfg: &GatewayConfig) -> Result<(), crate::mqtt::TlsError> {
+    if let Some(u) = &cfg.uplink {
+        crate::mqtt::options(&u.broker, &u.client_id, u.keep_alive, None)?;
+    }
+    if let Some(b) = cfg.ingest.as_ref().and_then(|i| i.broker.as_ref()) {
+        let id = cfg.ingest.as_ref().map_or("", |i| i.client_id.as_str());
+        crate::mqtt::options(b, id, Duration::from_secs(30), None)?;
+    }
+    Ok(())
 }
 
 impl Pipeline {
@@ -202,15 +322,7 @@ impl Pipeline {
         identity: Identity,
         echo: Option<Box<dyn ReadingSink>>,
     ) -> Result<Pipeline, DaemonError> {
-        // TLS material is checked before anything starts, so that a wrong path is an error
-        // at start-up, not a retry loop in the log.
-        if let Some(u) = &cfg.uplink {
-            crate::mqtt::options(&u.broker, &u.client_id, u.keep_alive, None)?;
-        }
-        if let Some(b) = cfg.ingest.as_ref().and_then(|i| i.broker.as_ref()) {
-            let id = cfg.ingest.as_ref().map_or("", |i| i.client_id.as_str());
-            crate::mqtt::options(b, id, Duration::from_secs(30), None)?;
-        }
+        check_mqtt_tls(cfg)?;
         let public_key = identity.public().to_bytes();
         let store = Store::open(&cfg.data_dir, &cfg.id)?;
         let stats = store.stats()?;
@@ -236,74 +348,203 @@ impl Pipeline {
             ingest::broker::start(b.listen, max.saturating_mul(4))?;
         }
         let cancel = CancellationToken::new();
-        let registry = DeviceRegistry::default();
-        let ingest_stats = Arc::new(IngestStats::default());
-        let uplink_stats = Arc::new(UplinkStats::default());
-        let live = crate::api::live_channel();
-        let mut services = JoinSet::new();
-        if let Some(i) = &cfg.ingest {
-            if i.broker.is_some() {
-                services.spawn(ingest::run(
-                    i.clone(),
-                    handle.clone(),
-                    ingest_stats.clone(),
-                    live.clone(),
-                    cancel.clone(),
-                ));
-            }
-            if let Some(addr) = i.listen {
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| DaemonError::Listen { addr, source: e })?;
-                services.spawn(ingest::listener::serve(
-                    listener,
-                    Arc::new(i.clone()),
-                    handle.clone(),
-                    ingest_stats.clone(),
-                    live.clone(),
-                    cancel.clone(),
-                ));
-            }
-        }
-        if let Some(u) = &cfg.uplink {
-            services.spawn(uplink::run(
-                u.clone(),
-                handle.clone(),
-                uplink_stats.clone(),
-                cancel.clone(),
-            ));
-        }
         let (tx, rx) = mpsc::channel(acquire::QUEUE_DEPTH);
-        let pollers = acquire::start(cfg, tx, registry.clone(), cancel.clone());
+        let live = crate::api::live_channel();
         let forwarder = tokio::spawn(forward(rx, handle.clone(), echo, live.clone()));
-        let api = match &cfg.grpc {
-            Some(g) => {
-                let state = crate::api::ApiState {
-                    cfg: Arc::new(cfg.clone()),
-                    store: handle.clone(),
-                    registry: registry.clone(),
-                    live: live.clone(),
-                    public_key,
-                    uplink: uplink_stats.clone(),
-                };
-                crate::api::start(g, state, cancel.clone()).await?
-            }
-            None => JoinSet::new(),
-        };
-        Ok(Pipeline {
+        let mut p = Pipeline {
+            config: tokio::sync::watch::Sender::new(Arc::new(cfg.clone())),
+            buses: BTreeMap::new(),
+            ingest_part: Part::new(&cancel),
+            uplink_part: Part::new(&cancel),
+            api: Part::new(&cancel),
             cancel,
-            pollers,
-            services,
+            readings: tx,
             forwarder,
             writer,
             store: handle,
-            registry,
-            ingest: ingest_stats,
-            uplink: uplink_stats,
+            registry: DeviceRegistry::default(),
+            ingest: Arc::new(IngestStats::default()),
+            uplink: Arc::new(UplinkStats::default()),
             live,
-            api,
+            public_key,
             rate: std::sync::Mutex::new((tokio::time::Instant::now(), 0)),
-        })
+        };
+        p.ingest_part = p.start_ingest(cfg).await?;
+        p.uplink_part = p.start_uplink(cfg);
+        for bus in &cfg.buses {
+            p.start_bus(bus);
+        }
+        p.api = p.start_api(cfg).await?;
+        Ok(p)
+    }
+
+    fn start_bus(&mut self, bus: &BusConfig) {
+        let mut part = Part::new(&self.cancel);
+        let poller = acquire::BusPoller::new(bus.clone(), self.registry.clone());
+        part.tasks
+            .spawn(poller.run(self.readings.clone(), part.cancel.clone()));
+        self.buses.insert(bus.name.clone(), part);
+    }
+
+    async fn start_ingest(&self, cfg: &GatewayConfig) -> Result<Part, DaemonError> {
+        let mut part = Part::new(&self.cancel);
+        let Some(i) = &cfg.ingest else {
+            return Ok(part);
+        };
+        if i.broker.is_some() {
+            part.tasks.spawn(ingest::run(
+                i.clone(),
+                self.store.clone(),
+                self.ingest.clone(),
+                self.live.clone(),
+                part.cancel.clone(),
+            ));
+        }
+        if let Some(addr) = i.listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| DaemonError::Listen { addr, source: e })?;
+            part.tasks.spawn(ingest::listener::serve(
+                listener,
+                Arc::new(i.clone()),
+                self.store.clone(),
+                self.ingest.clone(),
+                self.live.clone(),
+                part.cancel.clone(),
+            ));
+        }
+        Ok(part)
+    }
+
+    fn start_uplink(&self, cfg: &GatewayConfig) -> Part {
+        let mut part = Part::new(&self.cancel);
+        if let Some(u) = &cfg.uplink {
+            part.tasks.spawn(uplink::run(
+                u.clone(),
+                self.store.clone(),
+                self.uplink.clone(),
+                part.cancel.clone(),
+            ));
+        }
+        part
+    }
+
+    async fn start_api(&self, cfg: &GatewayConfig) -> Result<Part, DaemonError> {
+        let mut part = Part::new(&self.cancel);
+        if let Some(g) = &cfg.grpc {
+            let state = crate::api::ApiState {
+                cfg: self.config.subscribe(),
+                store: self.store.clone(),
+                registry: self.registry.clone(),
+                live: self.live.clone(),
+                public_key: self.public_key,
+                uplink: self.uplink.clone(),
+            };
+            part.tasks = crate::api::start(g, state, part.cancel.clone()).await?;
+        }
+        Ok(part)
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> Arc<GatewayConfig> {
+        self.config.borrow().clone()
+    }
+
+    /// Applies a new config while the gateway runs, restarting only what it changes: a bus
+    /// whose line or devices changed (the others keep polling, with no gap), the MQTT ingest,
+    /// the uplink (it resends from its durable cursor) or the gRPC API. The store and its
+    /// writer never stop, so no reading is lost. All or nothing: changes only a restart can
+    /// apply are refused whole, and if a part will not start on the new config (a port
+    /// taken, a certificate missing) the parts already changed go back to the old config.
+    /// Returns what was restarted.
+    pub async fn reload(&mut self, new: GatewayConfig) -> Result<Vec<String>, ReloadError> {
+        let old = self.config();
+        let fixed = restart_only_changes(&old, &new);
+        if !fixed.is_empty() {
+            return Err(ReloadError::NeedsRestart(fixed.join(", ")));
+        }
+        check_mqtt_tls(&new).map_err(|e| ReloadError::Part {
+            part: "MQTT",
+            reason: e.to_string(),
+        })?;
+        let mut restarted = Vec::new();
+
+        // First the parts that can fail to start (they bind ports, read certificates).
+        let ingest_changed = old.ingest != new.ingest;
+        if ingest_changed {
+            if let Err(e) = self.restart_ingest(&new).await {
+                self.restart_ingest_or_log(&old).await;
+                return Err(part_failed("MQTT ingest", e));
+            }
+            restarted.push("MQTT ingest".to_string());
+        }
+        if old.grpc != new.grpc {
+            if let Err(e) = self.restart_api(&new).await {
+                if let Err(e) = self.restart_api(&old).await {
+                    error!("gRPC API would not start again on the old config either: {e}");
+                }
+                if ingest_changed {
+                    self.restart_ingest_or_log(&old).await;
+                }
+                return Err(part_failed("gRPC API", e));
+            }
+            restarted.push("gRPC API".to_string());
+        }
+
+        // Buses: stop the removed and the changed, start the changed and the added.
+        let old_buses: BTreeMap<&str, &BusConfig> =
+            old.buses.iter().map(|b| (b.name.as_str(), b)).collect();
+        let new_buses: BTreeMap<&str, &BusConfig> =
+            new.buses.iter().map(|b| (b.name.as_str(), b)).collect();
+        for (name, old_bus) in &old_buses {
+            if new_buses.get(name) != Some(old_bus) {
+                if let Some(part) = self.buses.remove(*name) {
+                    part.stop().await;
+                }
+                if !new_buses.contains_key(name) {
+                    restarted.push(format!("bus {name} (removed)"));
+                }
+            }
+        }
+        self.registry
+            .retain(|device| new.devices().any(|(_, d)| d.name == device));
+        for (name, bus) in &new_buses {
+            if old_buses.get(name) != Some(bus) {
+                self.start_bus(bus);
+                restarted.push(format!("bus {name}"));
+            }
+        }
+
+        if old.uplink != new.uplink {
+            // The old session goes first: two clients with one client id would take turns
+            // kicking each other off the broker.
+            let part = std::mem::replace(&mut self.uplink_part, Part::new(&self.cancel));
+            part.stop().await;
+            self.uplink_part = self.start_uplink(&new);
+            restarted.push("uplink".to_string());
+        }
+        self.config.send_replace(Arc::new(new));
+        Ok(restarted)
+    }
+
+    async fn restart_ingest(&mut self, cfg: &GatewayConfig) -> Result<(), DaemonError> {
+        let part = std::mem::replace(&mut self.ingest_part, Part::new(&self.cancel));
+        part.stop().await;
+        self.ingest_part = self.start_ingest(cfg).await?;
+        Ok(())
+    }
+
+    async fn restart_ingest_or_log(&mut self, cfg: &GatewayConfig) {
+        if let Err(e) = self.restart_ingest(cfg).await {
+            error!("MQTT ingest would not start again on the old config either: {e}");
+        }
+    }
+
+    async fn restart_api(&mut self, cfg: &GatewayConfig) -> Result<(), DaemonError> {
+        let part = std::mem::replace(&mut self.api, Part::new(&self.cancel));
+        part.stop().await;
+        self.api = self.start_api(cfg).await?;
+        Ok(())
     }
 
     /// A token that stops the pipeline when cancelled.
@@ -348,11 +589,16 @@ impl Pipeline {
     /// store.
     pub async fn stop(mut self) -> Result<(), DaemonError> {
         self.cancel.cancel();
-        while self.pollers.join_next().await.is_some() {}
+        for (_, bus) in std::mem::take(&mut self.buses) {
+            bus.stop().await;
+        }
         tracing::debug!("pollers stopped");
-        while self.services.join_next().await.is_some() {}
+        self.ingest_part.stop().await;
+        self.uplink_part.stop().await;
         tracing::debug!("mqtt stopped");
-        while self.api.join_next().await.is_some() {}
+        self.api.stop().await;
+        // The forwarder ends when the last sender of readings is gone.
+        drop(self.readings);
         let echoed = self.forwarder.await;
         tracing::debug!("forwarder stopped");
         drop(self.store);
@@ -440,12 +686,12 @@ async fn forward(
     }
 }
 
-/// `gridgate run`: the daemon.
+/// `gridgate run`: the daemon. SIGHUP reloads `config_path` (see [`Pipeline::reload`]).
 pub async fn run(
     config_path: &Path,
     echo: Option<Box<dyn ReadingSink>>,
 ) -> Result<(), DaemonError> {
-    let mut signals = StopSignals::install();
+    let mut signals = Signals::install();
     let cfg = crate::config::load(config_path)?;
     let identity = Identity::load(&cfg.identity)?;
     info!(
@@ -455,27 +701,22 @@ pub async fn run(
         points = cfg.point_count(),
         "gridgate starting"
     );
-    let pipeline = Pipeline::start(&cfg, identity, echo).await?;
-    crate::service::ready(&format!(
-        "running: {} bus(es), {} point(s)",
-        cfg.buses.len(),
-        cfg.point_count()
-    ));
-    let max_poll = cfg
-        .devices()
-        .map(|(b, d)| d.poll + b.timing.timeout * 8)
-        .max();
-    let watchdog = tokio::spawn(crate::service::watchdog(
-        pipeline.store.clone(),
-        pipeline.registry.clone(),
-        max_poll.is_some(),
-        max_poll.unwrap_or_default() * 2 + Duration::from_secs(30),
-        pipeline.cancel_token(),
-    ));
+    let mut pipeline = Pipeline::start(&cfg, identity, echo).await?;
+    crate::service::ready(&running_status(&cfg));
+    let mut watchdog = start_watchdog(&pipeline);
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     loop {
         tokio::select! {
-            _ = signals.recv() => break,
+            asked = signals.next() => {
+                if asked == Asked::Stop {
+                    break;
+                }
+                crate::service::reloading();
+                reload(&mut pipeline, config_path).await;
+                watchdog.abort();
+                watchdog = start_watchdog(&pipeline);
+                crate::service::ready(&running_status(&pipeline.config()));
+            }
             _ = tick.tick() => crate::service::status(&pipeline.status_line()),
         }
     }
@@ -486,6 +727,52 @@ pub async fn run(
     pipeline.stop().await?;
     info!("gridgate stopped");
     Ok(())
+}
+
+fn running_status(cfg: &GatewayConfig) -> String {
+    format!(
+        "running: {} bus(es), {} point(s)",
+        cfg.buses.len(),
+        cfg.point_count()
+    )
+}
+
+/// The systemd watchdog for the config in force: a poll is expected within twice the
+/// slowest device's period plus its retries.
+fn start_watchdog(pipeline: &Pipeline) -> tokio::task::JoinHandle<()> {
+    let cfg = pipeline.config();
+    let max_poll = cfg
+        .devices()
+        .map(|(b, d)| d.poll + b.timing.timeout * 8)
+        .max();
+    tokio::spawn(crate::service::watchdog(
+        pipeline.store.clone(),
+        pipeline.registry.clone(),
+        max_poll.is_some(),
+        max_poll.unwrap_or_default() * 2 + Duration::from_secs(30),
+        pipeline.cancel_token(),
+    ))
+}
+
+/// One SIGHUP: reads the file again and applies it, or logs why not and keeps the config in
+/// force.
+async fn reload(pipeline: &mut Pipeline, config_path: &Path) {
+    info!(config = %config_path.display(), "reload requested (SIGHUP)");
+    let new = match crate::config::load(config_path) {
+        Ok(new) => new,
+        Err(e) => {
+            error!("reload refused, the running config stays in force: {e}");
+            return;
+        }
+    };
+    match pipeline.reload(new).await {
+        Ok(restarted) if restarted.is_empty() => info!("config reloaded: nothing changed"),
+        Ok(restarted) => info!(
+            restarted = %restarted.join(", "),
+            "config reloaded"
+        ),
+        Err(e) => error!("reload refused, the running config stays in force: {e}"),
+    }
 }
 
 /// `gridgate demo`: simulated meters, Modbus devices and an MQTT field device; the gateway

@@ -32,6 +32,19 @@ pub fn status(status: &str) {
     send(&[NotifyState::Status(status)]);
 }
 
+/// Tells systemd the gateway is reloading its config (READY follows when it is done).
+/// MONOTONIC_USEC lets `Type=notify-reload` (systemd 253+) match the two.
+pub fn reloading() {
+    let mut states = vec![
+        NotifyState::Reloading,
+        NotifyState::Status("reloading the config"),
+    ];
+    if let Ok(now) = NotifyState::monotonic_usec_now() {
+        states.push(now);
+    }
+    send(&states);
+}
+
 /// Tells systemd the gateway is stopping.
 pub fn stopping() {
     send(&[

@@ -110,16 +110,35 @@ impl Gateway {
     /// Starts `gridgate run` on `config` with its data and identity in `dir` (kept between
     /// runs, for restart tests).
     pub async fn start_in(dir: &Path, config: &str) -> Gateway {
+        Gateway::spawn_in(dir, config, None)
+    }
+
+    /// As [`Gateway::start_in`], with the daemon's log (stderr, at level info) in
+    /// `dir/gridgate.log`, for tests that check what it logs.
+    pub async fn start_logged(dir: &Path, config: &str) -> Gateway {
+        let log = std::fs::File::create(dir.join("gridgate.log")).expect("log file");
+        Gateway::spawn_in(dir, config, Some(log))
+    }
+
+    fn spawn_in(dir: &Path, config: &str, log: Option<std::fs::File>) -> Gateway {
         let path = dir.join("gridgate.toml");
         std::fs::write(&path, with_site(dir, config)).expect("write config");
-        let mut child = gridgate()
+        let mut command = gridgate();
+        let stderr = match log {
+            Some(file) => {
+                command.env("GRIDGATE_LOG", "info");
+                Stdio::from(file)
+            }
+            None => Stdio::inherit(),
+        };
+        let mut child = command
             .arg("run")
             .arg("--config")
             .arg(&path)
             .arg("--echo")
             .arg("json")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start gridgate");
         let stdout = child.stdout.take().expect("stdout");
@@ -134,6 +153,17 @@ impl Gateway {
     /// The daemon's process id.
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
+    }
+
+    /// Sends the daemon a signal by name (`HUP`, `TERM`...).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("daemon still running");
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name} {pid}");
     }
 
     /// Kills the daemon with SIGKILL, as a power cut would, and reaps it.
@@ -191,11 +221,8 @@ impl Gateway {
 
     /// Stops the daemon with SIGTERM and waits for it; returns its exit code.
     pub async fn stop(mut self) -> Option<i32> {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status();
+        if self.child.id().is_some() {
+            self.signal("TERM");
         }
         let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
             .await

@@ -56,6 +56,27 @@ async fn ready_after_the_store_is_open_watchdog_while_alive_stopping_at_the_end(
         }
         messages.push(msg);
     }
+    // A reload (ExecReload sends SIGHUP): RELOADING=1 with its monotonic time, then READY=1
+    // again once the config is re-read.
+    let _ = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status();
+    let mut reloading = false;
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), sock.recv(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no READY after RELOADING (reloading: {reloading})"))
+            .expect("recv");
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if msg.contains("RELOADING=1") {
+            assert!(msg.contains("MONOTONIC_USEC="), "{msg}");
+            reloading = true;
+        }
+        if msg.contains("READY=1") {
+            assert!(reloading, "READY after a reload comes after RELOADING: {msg}");
+            break;
+        }
+    }
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();

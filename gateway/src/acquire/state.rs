@@ -67,6 +67,11 @@ impl DeviceRegistry {
             .missed_polls += n;
     }
 
+    /// Forgets the devices whose names `keep` does not accept (after a reload removed them).
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.lock().retain(|name, _| keep(name));
+    }
+
     /// A copy of every device's status.
     pub fn snapshot(&self) -> BTreeMap<String, DeviceStatus> {
         self.lock().clone()

@@ -22,7 +22,7 @@ use crate::uplink::UplinkStats;
 #[derive(Clone)]
 pub struct ApiState {
     /// The gateway's config.
-    pub cfg: Arc<GatewayConfig>,
+    pub cfg: tokio::sync::watch::Receiver<Arc<GatewayConfig>>,
     /// The store.
     pub store: StoreHandle,
     /// Polled devices' state.
@@ -33,6 +33,13 @@ pub struct ApiState {
     pub public_key: [u8; 32],
     /// Uplink counters.
     pub uplink: Arc<UplinkStats>,
+}
+
+impl ApiState {
+    /// The config in force now (a reload replaces it).
+    pub fn config(&self) -> Arc<GatewayConfig> {
+        self.cfg.borrow().clone()
+    }
 }
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -205,7 +212,7 @@ impl Telemetry for TelemetryService {
     ) -> Result<Response<pb::ListPointsResponse>, Status> {
         role_of(&req)?;
         let mut points = Vec::new();
-        for (_, d) in self.s.cfg.devices() {
+        for (_, d) in self.s.config().devices() {
             for p in &d.points {
                 let source = match &p.source {
                     PointSource::Dlt645(di) => format!("dlt645 DI {di}"),
@@ -221,7 +228,7 @@ impl Telemetry for TelemetryService {
                 });
             }
         }
-        if let Some(i) = &self.s.cfg.ingest {
+        if let Some(i) = &self.s.config().ingest {
             for d in &i.devices {
                 for (name, unit) in &d.points {
                     points.push(pb::Point {
@@ -243,7 +250,7 @@ impl Telemetry for TelemetryService {
         role_of(&req)?;
         let snap = self.s.registry.snapshot();
         let mut devices = Vec::new();
-        for (bus, d) in self.s.cfg.devices() {
+        for (bus, d) in self.s.config().devices() {
             let st = snap.get(&d.name).cloned().unwrap_or_default();
             devices.push(pb::Device {
                 name: d.name.clone(),
@@ -262,7 +269,7 @@ impl Telemetry for TelemetryService {
                     .collect(),
             });
         }
-        if let Some(i) = &self.s.cfg.ingest {
+        if let Some(i) = &self.s.config().ingest {
             for d in &i.devices {
                 devices.push(pb::Device {
                     name: d.name.clone(),
@@ -296,7 +303,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::GatewayIdentity>, Status> {
         let role = role_of(&req)?;
         Ok(Response::new(pb::GatewayIdentity {
-            gateway_id: self.s.cfg.id.clone(),
+            gateway_id: self.s.config().id.clone(),
             public_key: self.s.public_key.to_vec(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             caller_role: role.name().to_string(),
@@ -315,7 +322,7 @@ impl Admin for AdminService {
         .await
         .map_err(internal)?
         .map_err(internal)?;
-        let uplink_lag = if self.s.cfg.uplink.is_some() {
+        let uplink_lag = if self.s.config().uplink.is_some() {
             stats
                 .next_seq
                 .saturating_sub(self.s.uplink.cursor.load(Ordering::Relaxed))

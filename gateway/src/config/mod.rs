@@ -96,7 +96,7 @@ impl fmt::Display for Protocol {
 }
 
 /// The whole, checked config.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GatewayConfig {
     /// Gateway id, unique in the aggregator's fleet.
     pub id: String,
@@ -156,7 +156,7 @@ pub struct BusTiming {
 }
 
 /// A bus: one line (serial port or TCP connection) and the devices on it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BusConfig {
     /// Name.
     pub name: String,
@@ -171,7 +171,7 @@ pub struct BusConfig {
 }
 
 /// A device on a bus.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeviceConfig {
     /// Name, unique in the gateway.
     pub name: String,
@@ -184,7 +184,7 @@ pub struct DeviceConfig {
 }
 
 /// How a device is addressed and its reads planned.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum DeviceKind {
     /// A DL/T 645 meter.
     Dlt645 {
@@ -201,7 +201,7 @@ pub enum DeviceKind {
 }
 
 /// A point of a device.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PointConfig {
     /// Name, unique within the device.
     pub name: String,
