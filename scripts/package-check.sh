@@ -29,4 +29,7 @@ if [ "$state" = "enabled" ]; then
     echo "the package must not enable the service" >&2
     exit 1
 fi
-echo "installed; service is ${state:-not enabled}"
+for example in /usr/share/doc/gridgate/examples/*.toml /etc/gridgate/gridgate.toml.example; do
+    /usr/bin/gridgate check-config --config "$example" >/dev/null
+done
+echo "installed; service is ${state:-not enabled}; the shipped examples check"

@@ -259,6 +259,10 @@ fn sink(format: Format) -> Box<dyn ReadingSink> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log);
+    // Fault injection for the tests (FAILPOINTS=...): a no-op unless built with the
+    // `failpoints` feature.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         // Store commits and reads run on blocking threads; a few are enough (there is one

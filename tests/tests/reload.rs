@@ -89,7 +89,9 @@ meters = [{ address = "000000000002" }]
     let log = wait_for_log(d, "only a restart applies").await;
     assert!(log.contains("[gateway] id"), "{log}");
     while timestamps(gw.seen(), "meter-1/active_power").len() < 25 {
-        gw.next(WAIT).await.expect("readings after the refused reloads");
+        gw.next(WAIT)
+            .await
+            .expect("readings after the refused reloads");
     }
 
     // No gap: the meter the reloads did not touch was polled on its grid throughout.

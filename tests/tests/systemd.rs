@@ -73,7 +73,10 @@ async fn ready_after_the_store_is_open_watchdog_while_alive_stopping_at_the_end(
             reloading = true;
         }
         if msg.contains("READY=1") {
-            assert!(reloading, "READY after a reload comes after RELOADING: {msg}");
+            assert!(
+                reloading,
+                "READY after a reload comes after RELOADING: {msg}"
+            );
             break;
         }
     }
@@ -93,4 +96,65 @@ async fn ready_after_the_store_is_open_watchdog_while_alive_stopping_at_the_end(
         .expect("exits")
         .expect("status");
     assert!(status.success());
+}
+
+/// A store that stops answering (the commit hangs, as on a dying SD card): the watchdog is
+/// no longer fed, so systemd restarts the gateway, and the log says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wedged_store_stops_the_watchdog() {
+    let s = sims(ONE_METER_SITE).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = tokio::net::UnixDatagram::bind(&sock_path).expect("bind");
+    let config = dir.path().join("g.toml");
+    std::fs::write(
+        &config,
+        with_site(dir.path(), &s.gateway_config("wedge", "50ms")),
+    )
+    .expect("config");
+    let log = std::fs::File::create(dir.path().join("log")).expect("log");
+    // The first 20 commits go through; the 21st never returns.
+    let mut child = gridgate()
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "600000")
+        .env("FAILPOINTS", "store-commit=20*off->sleep(600000)")
+        .env("GRIDGATE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("gridgate");
+    let mut buf = vec![0u8; 4096];
+    let mut fed_at = Vec::new();
+    let start = tokio::time::Instant::now();
+    // Watch for 6 s: 30 watchdog periods' worth of 200 ms feeds if nothing were wrong.
+    while start.elapsed() < Duration::from_secs(6) {
+        let left = Duration::from_secs(6).saturating_sub(start.elapsed());
+        match tokio::time::timeout(left, sock.recv(&mut buf)).await {
+            Ok(Ok(n)) => {
+                if String::from_utf8_lossy(&buf[..n]).contains("WATCHDOG=1") {
+                    fed_at.push(start.elapsed());
+                }
+            }
+            Ok(Err(e)) => panic!("recv: {e}"),
+            Err(_) => break,
+        }
+    }
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    assert!(
+        !fed_at.is_empty(),
+        "the watchdog was fed while the store still committed"
+    );
+    let last = *fed_at.last().expect("fed");
+    assert!(
+        last < Duration::from_secs(4),
+        "the watchdog was still fed {last:?} after start, with the store wedged: {fed_at:?}"
+    );
+    let text = std::fs::read_to_string(dir.path().join("log")).expect("log");
+    assert!(
+        text.contains("not feeding the systemd watchdog") && text.contains("storing=false"),
+        "{text}"
+    );
 }

@@ -131,6 +131,28 @@ fn protocol_mismatches_are_refused() {
 }
 
 #[test]
+fn the_site_examples_are_valid() {
+    let room = parse(
+        include_str!("../../../deploy/meter-room.toml"),
+        Path::new("deploy/meter-room.toml"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(room.buses.len(), 2);
+    assert!(room.devices().all(|(b, _)| b.protocol == Protocol::Dlt645));
+    assert!(room.uplink.is_some() && room.grpc.is_some());
+    let plant = parse(
+        include_str!("../../../deploy/plant.toml"),
+        Path::new("deploy/plant.toml"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(plant.devices().all(|(b, _)| b.protocol == Protocol::Modbus));
+    let ingest = plant.ingest.as_ref().expect("MQTT sensors");
+    assert!(ingest.listen.is_some() && ingest.broker.is_none());
+    assert_eq!(ingest.devices.len(), 2);
+    assert!(plant.uplink.is_none() && plant.grpc.is_some());
+}
+
+#[test]
 fn the_shipped_example_config_is_valid() {
     let text = include_str!("../../../deploy/example.toml");
     let cfg = parse(text, Path::new("deploy/example.toml")).unwrap_or_else(|e| panic!("{e}"));

@@ -170,6 +170,8 @@ async fn run(
         let id = identity.clone();
         let gw = cfg.gateway_id.clone();
         let result = tokio::task::spawn_blocking(move || {
+            // A disk that stops answering, for the watchdog test.
+            fail::fail_point!("store-commit");
             let sealer = move |seq: u64, prev: [u8; 32], rs: Vec<pb::Reading>| {
                 seal(&id, &gw, seq, prev, now_ms(), rs)
             };
