@@ -59,6 +59,9 @@ pub enum DaemonError {
     /// The gRPC API would not start.
     #[error(transparent)]
     Api(#[from] crate::api::ApiError),
+    /// A trusted DR issuer's key is unusable.
+    #[error(transparent)]
+    Trust(#[from] crate::dr::service::TrustError),
     /// The echo output failed (stdout closed).
     #[error("output failed: {0}")]
     Sink(#[from] std::io::Error),
@@ -275,6 +278,8 @@ pub struct Pipeline {
     pub uplink: Arc<UplinkStats>,
     /// Live readings (what gRPC Subscribe serves).
     pub live: tokio::sync::broadcast::Sender<Arc<Reading>>,
+    /// DR dispatch counters.
+    pub dr: Arc<crate::dr::service::DrStats>,
     public_key: [u8; 32],
     rate: std::sync::Mutex<(tokio::time::Instant, u64)>,
 }
@@ -366,6 +371,7 @@ impl Pipeline {
             ingest: Arc::new(IngestStats::default()),
             uplink: Arc::new(UplinkStats::default()),
             live,
+            dr: Arc::default(),
             public_key,
             rate: std::sync::Mutex::new((tokio::time::Instant::now(), 0)),
         };
@@ -432,6 +438,11 @@ impl Pipeline {
     async fn start_api(&self, cfg: &GatewayConfig) -> Result<Part, DaemonError> {
         let mut part = Part::new(&self.cancel);
         if let Some(g) = &cfg.grpc {
+            let dr = crate::dr::service::DrState {
+                trust: crate::dr::service::load_trust(cfg.dr.as_ref())?,
+                stats: self.dr.clone(),
+                serial: tokio::sync::Mutex::new(()),
+            };
             let state = crate::api::ApiState {
                 cfg: self.config.subscribe(),
                 store: self.store.clone(),
@@ -439,6 +450,7 @@ impl Pipeline {
                 live: self.live.clone(),
                 public_key: self.public_key,
                 uplink: self.uplink.clone(),
+                dr: Arc::new(dr),
             };
             part.tasks = crate::api::start(g, state, part.cancel.clone()).await?;
         }
@@ -478,7 +490,8 @@ impl Pipeline {
             }
             restarted.push("MQTT ingest".to_string());
         }
-        if old.grpc != new.grpc {
+        // The API holds the trusted DR issuers' keys: a change to [dr] reloads them.
+        if old.grpc != new.grpc || old.dr != new.dr {
             if let Err(e) = self.restart_api(&new).await {
                 if let Err(e) = self.restart_api(&old).await {
                     error!("gRPC API would not start again on the old config either: {e}");

@@ -11,6 +11,7 @@ pub mod api;
 pub mod batch;
 pub mod config;
 pub mod daemon;
+pub mod dr;
 pub mod ingest;
 pub mod mqtt;
 pub mod service;

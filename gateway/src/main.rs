@@ -74,6 +74,9 @@ enum Command {
     /// Example: gridgate pull --endpoint https://gw.example:50051 --ca pki/ca.pem
     /// --cert pki/client-master.pem --key pki/client-master.key --consumer master-1 --ack
     Pull(tools::pull::PullArgs),
+    /// Demand response by hand: sign an event, dispatch it to a gateway.
+    #[command(subcommand)]
+    Dr(tools::dr::DrCommand),
     /// Check a gateway's whole chain of signed batches offline.
     ///
     /// Prints the count of batches and readings and the first fault found; exit 1 on a fault.
@@ -306,6 +309,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Pull(args) => tools::pull::run(args, &mut stdout).await,
+        Command::Dr(cmd) => tools::dr::run(cmd, &mut stdout).await,
         Command::Keygen {
             out,
             pki,

@@ -59,6 +59,15 @@ pub async fn verify_chain(data: &Path, pubkey: &Path, limit: Duration) -> (i32, 
     run_to_end(&["verify", "--data-dir", data, "--pubkey", pubkey], limit).await
 }
 
+/// A `[grpc]` table serving mutual TLS on `127.0.0.1:port` with the site PKI in `pki`
+/// (from `gridgate::api::pki::make_site_pki`).
+pub fn grpc_section(port: u16, pki: &Path) -> String {
+    format!(
+        "\n[grpc]\nlisten = \"127.0.0.1:{port}\"\ncert_file = \"{p}/server.pem\"\nkey_file = \"{p}/server.key\"\nclient_ca_file = \"{p}/ca.pem\"\n",
+        p = pki.display()
+    )
+}
+
 /// The smallest site: one simulated DL/T 645 meter (address 000000000001) on a line behind
 /// a serial-to-Ethernet converter on loopback.
 pub const ONE_METER_SITE: &str = r#"

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use gridgate_tests::{Gateway, ONE_METER_SITE, free_port, sims};
+use gridgate_tests::{Gateway, ONE_METER_SITE, free_port, grpc_section, sims};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_master_station_pulls_verifies_and_acks() {
@@ -13,10 +13,8 @@ async fn a_python_master_station_pulls_verifies_and_acks() {
     gridgate::api::pki::make_site_pki(&pki, "py", &[]).expect("pki");
     let port = free_port();
     let mut config = s.gateway_config("py", "50ms");
-    config.push_str(&format!(
-        "\n[store]\nbatch_readings = 4\nbatch_interval = \"100ms\"\n\n[grpc]\nlisten = \"127.0.0.1:{port}\"\ncert_file = \"{p}/server.pem\"\nkey_file = \"{p}/server.key\"\nclient_ca_file = \"{p}/ca.pem\"\n",
-        p = pki.display()
-    ));
+    config.push_str("\n[store]\nbatch_readings = 4\nbatch_interval = \"100ms\"\n");
+    config.push_str(&grpc_section(port, &pki));
     let gw = Gateway::start(&config).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use gridgate_proto::v1::admin_server::AdminServer;
+use gridgate_proto::v1::demand_response_server::DemandResponseServer;
 use gridgate_proto::v1::telemetry_server::TelemetryServer;
 use thiserror::Error;
 use tokio::sync::broadcast;
@@ -119,6 +120,9 @@ async fn serve(
     health
         .set_serving::<AdminServer<services::AdminService>>()
         .await;
+    health
+        .set_serving::<DemandResponseServer<crate::dr::service::DemandResponseService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(gridgate_proto::FILE_DESCRIPTOR_SET)
         .build_v1();
@@ -127,6 +131,9 @@ async fn serve(
         .add_service(TelemetryServer::new(services::TelemetryService::new(
             state.clone(),
         )))
+        .add_service(DemandResponseServer::new(
+            crate::dr::service::DemandResponseService::new(state.clone(), state.dr.clone()),
+        ))
         .add_service(AdminServer::new(services::AdminService::new(state)));
     let router = match reflection {
         Ok(r) => router.add_service(r),

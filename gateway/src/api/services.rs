@@ -33,6 +33,8 @@ pub struct ApiState {
     pub public_key: [u8; 32],
     /// Uplink counters.
     pub uplink: Arc<UplinkStats>,
+    /// Trusted DR issuers and DR counters.
+    pub dr: Arc<crate::dr::service::DrState>,
 }
 
 impl ApiState {

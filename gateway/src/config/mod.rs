@@ -4,6 +4,7 @@
 //! [`RawConfig`] mirrors the file; [`GatewayConfig`] is what the rest of the gateway uses,
 //! with links parsed, durations resolved, defaults applied and Modbus reads planned.
 
+pub mod dr;
 mod raw;
 pub mod services;
 
@@ -17,6 +18,7 @@ use gridgate_drivers::link::{Framing, Link};
 use gridgate_drivers::modbus::{self, DataType, Order, PointSpec, ReadPlan, Table};
 use thiserror::Error;
 
+pub use dr::{DrConfig, LoadConfig};
 pub use raw::RawConfig;
 use raw::{RawBus, RawDevice, RawPoint};
 pub use services::{
@@ -116,6 +118,10 @@ pub struct GatewayConfig {
     pub broker: Option<BrokerConfig>,
     /// The master station's gRPC API.
     pub grpc: Option<GrpcConfig>,
+    /// Trusted DR issuers.
+    pub dr: Option<DrConfig>,
+    /// Loads DR events may move.
+    pub loads: Vec<LoadConfig>,
 }
 
 impl GatewayConfig {
@@ -469,6 +475,23 @@ impl Checker<'_> {
         let ingest = self.check_ingest(raw.ingest.as_ref(), &id, &device_names);
         let broker = self.check_broker(raw.broker.as_ref());
         let grpc = self.check_grpc(raw.grpc.as_ref());
+        let points: Vec<String> = buses
+            .iter()
+            .flat_map(|b| &b.devices)
+            .flat_map(|d| {
+                d.points
+                    .iter()
+                    .map(move |p| format!("{}/{}", d.name, p.name))
+            })
+            .chain(
+                ingest
+                    .iter()
+                    .flat_map(|i| &i.devices)
+                    .flat_map(|d| d.points.iter().map(move |(p, _)| format!("{}/{p}", d.name))),
+            )
+            .collect();
+        let dr = self.check_dr(raw.dr.as_ref());
+        let loads = self.check_loads(&raw.load, &points);
         GatewayConfig {
             id,
             data_dir,
@@ -479,6 +502,8 @@ impl Checker<'_> {
             ingest,
             broker,
             grpc,
+            dr,
+            loads,
         }
     }
 

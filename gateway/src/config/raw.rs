@@ -26,6 +26,11 @@ pub struct RawConfig {
     pub broker: Option<RawBroker>,
     /// `[grpc]`
     pub grpc: Option<RawGrpc>,
+    /// `[dr]`
+    pub dr: Option<super::dr::RawDr>,
+    /// `[[load]]`
+    #[serde(default)]
+    pub load: Vec<super::dr::RawLoad>,
 }
 
 /// `[grpc]`

@@ -7,6 +7,7 @@
 //! move a cursor, prune) so that the engine stays this file's concern.
 
 mod check;
+mod dr;
 mod recent;
 pub mod writer;
 
@@ -193,6 +194,7 @@ impl Store {
             txn.open_table(BATCH_SIZES).map_err(db)?;
             txn.open_table(CURSORS).map_err(db)?;
             txn.open_table(META).map_err(db)?;
+            txn.open_table(dr::DR_EVENTS).map_err(db)?;
             let mut bytes = txn.open_table(META_BYTES).map_err(db)?;
             let found = bytes
                 .get(GATEWAY_ID)

@@ -1,5 +1,6 @@
 //! Field tools: what an engineer runs by hand on site.
 
+pub mod dr;
 pub mod pull;
 pub mod read;
 pub mod scan;

@@ -1,0 +1,158 @@
+//! `[dr]` (whose signed events the gateway accepts) and `[[load]]` (the loads it may move,
+//! with their safety limits).
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{Checker, valid_name};
+
+/// `[dr]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDr {
+    pub issuers: Spanned<Vec<RawIssuer>>,
+}
+
+/// One trusted issuer as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIssuer {
+    pub name: Spanned<String>,
+    pub public_key: Spanned<String>,
+}
+
+/// `[[load]]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLoad {
+    pub name: Spanned<String>,
+    pub meter: Spanned<String>,
+    pub min_setpoint: Option<Spanned<f64>>,
+    pub max_setpoint: Option<Spanned<f64>>,
+    pub max_shed_kw: Option<Spanned<f64>>,
+    pub max_events_per_day: Option<Spanned<u32>>,
+}
+
+/// `[dr]`: the issuers whose signed events the gateway accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrConfig {
+    /// (name, PEM public key file), as `gridgate keygen` writes them.
+    pub issuers: Vec<(String, PathBuf)>,
+}
+
+/// `[[load]]`: a load DR events may move, and its safety limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadConfig {
+    /// Name events use.
+    pub name: String,
+    /// The point (`device/point`) that measures its power, in kW.
+    pub meter: String,
+    /// Allowed setpoints, inclusive.
+    pub setpoint_range: (f64, f64),
+    /// Largest shed an event may ask for, kW.
+    pub max_shed_kw: f64,
+    /// Events that may move it per UTC day.
+    pub max_events_per_day: u32,
+}
+
+/// Events per load per day when the config does not say.
+pub const DEFAULT_MAX_EVENTS_PER_DAY: u32 = 2;
+
+impl Checker<'_> {
+    pub(super) fn check_dr(&mut self, raw: Option<&RawDr>) -> Option<DrConfig> {
+        let r = raw?;
+        let mut issuers: Vec<(String, PathBuf)> = Vec::new();
+        for (i, is) in r.issuers.get_ref().iter().enumerate() {
+            let name = is.name.get_ref().trim().to_string();
+            if !valid_name(&name) {
+                self.problem(
+                    &is.name,
+                    format!("dr.issuers[{i}].name"),
+                    "use letters, digits, '-', '_' or '.'".into(),
+                );
+            } else if issuers.iter().any(|(n, _)| *n == name) {
+                self.problem(
+                    &is.name,
+                    format!("dr.issuers[{i}].name"),
+                    format!("issuer {name:?} is listed twice"),
+                );
+            }
+            issuers.push((name, is.public_key.get_ref().into()));
+        }
+        if issuers.is_empty() {
+            self.problem(
+                &r.issuers,
+                "dr.issuers".into(),
+                "list at least one issuer, e.g. [{ name = \"operator\", public_key = \"/etc/gridgate/operator.pub\" }]".into(),
+            );
+        }
+        Some(DrConfig { issuers })
+    }
+
+    pub(super) fn check_loads(&mut self, raw: &[RawLoad], points: &[String]) -> Vec<LoadConfig> {
+        let mut loads: Vec<LoadConfig> = Vec::new();
+        for (i, l) in raw.iter().enumerate() {
+            let name = l.name.get_ref().trim().to_string();
+            if !valid_name(&name) {
+                self.problem(
+                    &l.name,
+                    format!("load[{i}].name"),
+                    "use letters, digits, '-', '_' or '.'".into(),
+                );
+            } else if loads.iter().any(|x| x.name == name) {
+                self.problem(
+                    &l.name,
+                    format!("load[{i}].name"),
+                    format!("a load named {name:?} is already defined"),
+                );
+            }
+            let meter = l.meter.get_ref().clone();
+            if !points.contains(&meter) {
+                self.problem(
+                    &l.meter,
+                    format!("load[{i}].meter"),
+                    format!(
+                        "{meter:?} is not a point of this gateway; write device/point, e.g. meter-1/active_power"
+                    ),
+                );
+            }
+            let lo = l.min_setpoint.as_ref().map_or(f64::MIN, |v| *v.get_ref());
+            let hi = l.max_setpoint.as_ref().map_or(f64::MAX, |v| *v.get_ref());
+            if lo > hi || !lo.is_finite() || !hi.is_finite() {
+                let at = l.min_setpoint.as_ref().or(l.max_setpoint.as_ref());
+                if let Some(at) = at {
+                    self.problem(
+                        at,
+                        format!("load[{i}].min_setpoint"),
+                        format!("min_setpoint {lo} is above max_setpoint {hi}"),
+                    );
+                }
+            }
+            let max_shed_kw = match &l.max_shed_kw {
+                Some(v) if !(*v.get_ref() > 0.0 && v.get_ref().is_finite()) => {
+                    self.problem(
+                        v,
+                        format!("load[{i}].max_shed_kw"),
+                        "must be a positive number of kW".into(),
+                    );
+                    0.0
+                }
+                Some(v) => *v.get_ref(),
+                None => f64::MAX,
+            };
+            loads.push(LoadConfig {
+                name,
+                meter,
+                setpoint_range: (lo, hi),
+                max_shed_kw,
+                max_events_per_day: l
+                    .max_events_per_day
+                    .as_ref()
+                    .map_or(DEFAULT_MAX_EVENTS_PER_DAY, |v| *v.get_ref()),
+            });
+        }
+        loads
+    }
+}

@@ -1,0 +1,227 @@
+//! `DemandResponse` over gRPC: the operator dispatches a signed event; the gateway checks it
+//! ([`super::event::check`]), stores it durably, and only then answers "accepted".
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use gridgate_proto::v1 as pb;
+use gridgate_proto::v1::demand_response_server::DemandResponse;
+use prost::Message;
+use thiserror::Error;
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use super::event::{Refused, Trust, check, event_key};
+use crate::acquire::reading::now_ms;
+use crate::api::ApiState;
+use crate::api::auth::{Role, require, role_of};
+use crate::batch::IdentityError;
+use crate::config::DrConfig;
+
+/// An issuer's key file is unusable.
+#[derive(Debug, Error)]
+#[error("[dr] issuer {issuer:?}: {source}")]
+pub struct TrustError {
+    /// The issuer.
+    pub issuer: String,
+    /// Why.
+    pub source: IdentityError,
+}
+
+/// Reads the issuers' public keys the config names.
+pub fn load_trust(cfg: Option<&DrConfig>) -> Result<Trust, TrustError> {
+    let mut trust = Trust::default();
+    for (name, path) in cfg.map_or(&[][..], |d| d.issuers.as_slice()) {
+        let key = crate::batch::identity::load_public(path).map_err(|source| TrustError {
+            issuer: name.clone(),
+            source,
+        })?;
+        trust.0.insert(name.clone(), key);
+    }
+    Ok(trust)
+}
+
+/// Dispatches seen, by outcome.
+#[derive(Debug, Default)]
+pub struct DrStats {
+    /// Accepted and stored.
+    pub accepted: AtomicU64,
+    /// Refused, by [`Refused::kind`].
+    pub refused: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+/// What the service needs beyond the API's state.
+pub struct DrState {
+    /// Trusted issuers.
+    pub trust: Trust,
+    /// Counters.
+    pub stats: Arc<DrStats>,
+    /// One dispatch at a time: the replay and per-day checks and the insert are one step.
+    pub serial: tokio::sync::Mutex<()>,
+}
+
+/// The service.
+pub struct DemandResponseService {
+    api: ApiState,
+    dr: Arc<DrState>,
+}
+
+impl DemandResponseService {
+    /// A service over `api`'s store and config.
+    pub fn new(api: ApiState, dr: Arc<DrState>) -> Self {
+        DemandResponseService { api, dr }
+    }
+
+    fn refuse(&self, r: &Refused, event_id: String) -> pb::DispatchReply {
+        if let Ok(mut m) = self.dr.stats.refused.lock() {
+            *m.entry(r.kind()).or_default() += 1;
+        }
+        warn!(event = %event_id, reason = r.kind(), "DR event refused: {r}");
+        pb::DispatchReply {
+            accepted: false,
+            refusal: r.code() as i32,
+            detail: r.to_string(),
+            event_id,
+        }
+    }
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Loads moved per load by accepted events that start on the UTC day of `now_ms`.
+fn events_today(records: &[(String, Vec<u8>)], now_ms: i64) -> BTreeMap<String, u32> {
+    let day = now_ms.div_euclid(DAY_MS);
+    let mut out: BTreeMap<String, u32> = BTreeMap::new();
+    for (_, bytes) in records {
+        let Ok(status) = pb::EventStatus::decode(bytes.as_slice()) else {
+            continue;
+        };
+        if status.start_ms.div_euclid(DAY_MS) != day
+            || status.state == pb::EventState::Cancelled as i32
+        {
+            continue;
+        }
+        let Some(event) = status
+            .signed
+            .as_ref()
+            .and_then(|s| pb::DrEvent::decode(s.event.as_slice()).ok())
+        else {
+            continue;
+        };
+        for t in event.targets {
+            *out.entry(t.load).or_default() += 1;
+        }
+    }
+    out
+}
+
+#[tonic::async_trait]
+impl DemandResponse for DemandResponseService {
+    async fn dispatch(
+        &self,
+        req: Request<pb::SignedDrEvent>,
+    ) -> Result<Response<pb::DispatchReply>, Status> {
+        require(&req, "Dispatch", &[Role::Operator])?;
+        let cfg = self.api.config();
+        if cfg.dr.is_none() {
+            return Err(Status::failed_precondition(
+                "this gateway accepts no DR events: its config has no [dr] issuers",
+            ));
+        }
+        let signed = req.into_inner();
+        let _one_at_a_time = self.dr.serial.lock().await;
+        let store = self.api.store.store.clone();
+        let records = tokio::task::spawn_blocking(move || store.dr_events())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::unavailable(format!("store: {e}")))?;
+        let now = now_ms();
+        let today = events_today(&records, now);
+        let known: std::collections::BTreeSet<&str> =
+            records.iter().map(|(k, _)| k.as_str()).collect();
+        let checked = match check(
+            &signed,
+            now,
+            &self.dr.trust,
+            &cfg.loads,
+            |issuer, id| known.contains(event_key(issuer, id).as_str()),
+            |load| today.get(load).copied().unwrap_or(0),
+        ) {
+            Ok(c) => c,
+            Err(r) => {
+                let id = pb::DrEvent::decode(signed.event.as_slice())
+                    .map(|e| e.id)
+                    .unwrap_or_default();
+                return Ok(Response::new(self.refuse(&r, id)));
+            }
+        };
+        let event_id = checked.event.id.clone();
+        let key = event_key(&checked.event.issuer, &event_id);
+        let record = pb::EventStatus {
+            signed: Some(signed),
+            state: pb::EventState::Scheduled as i32,
+            accepted_ms: now,
+            start_ms: checked.start_ms,
+            end_ms: checked.end_ms,
+        }
+        .encode_to_vec();
+        let store = self.api.store.store.clone();
+        let fresh = tokio::task::spawn_blocking(move || store.dr_insert_new(&key, &record))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::unavailable(format!("store: {e}")))?;
+        if !fresh {
+            let r = Refused::Replayed {
+                issuer: checked.event.issuer.clone(),
+                id: event_id.clone(),
+            };
+            return Ok(Response::new(self.refuse(&r, event_id)));
+        }
+        self.dr.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        info!(
+            event = %event_id,
+            issuer = %checked.event.issuer,
+            program = %checked.event.program,
+            loads = checked.event.targets.len(),
+            start_ms = checked.start_ms,
+            end_ms = checked.end_ms,
+            "DR event accepted and stored"
+        );
+        Ok(Response::new(pb::DispatchReply {
+            accepted: true,
+            refusal: pb::Refusal::Unspecified as i32,
+            detail: format!(
+                "stored; {} load(s) from {} to {} (ms since the epoch)",
+                checked.event.targets.len(),
+                checked.start_ms,
+                checked.end_ms
+            ),
+            event_id,
+        }))
+    }
+
+    async fn get_event(
+        &self,
+        req: Request<pb::GetEventRequest>,
+    ) -> Result<Response<pb::EventStatus>, Status> {
+        role_of(&req)?;
+        let r = req.into_inner();
+        let key = event_key(&r.issuer, &r.event_id);
+        let store = self.api.store.store.clone();
+        let found = tokio::task::spawn_blocking(move || store.dr_event(&key))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::unavailable(format!("store: {e}")))?;
+        let bytes = found.ok_or_else(|| {
+            Status::not_found(format!(
+                "no event {:?} of issuer {:?} was accepted here",
+                r.event_id, r.issuer
+            ))
+        })?;
+        pb::EventStatus::decode(bytes.as_slice())
+            .map(Response::new)
+            .map_err(|e| Status::data_loss(format!("stored event record does not decode: {e}")))
+    }
+}

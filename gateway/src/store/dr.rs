@@ -1,0 +1,77 @@
+//! Accepted DR events, by (issuer, id): kept durably before the gateway answers the issuer,
+//! so that an accepted event survives a restart and a replay is refused for all time.
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::{Store, StoreError, db};
+
+/// Event key (`dr::event_key`) → encoded `gridgate.v1.EventStatus`.
+pub(super) const DR_EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("dr_events");
+
+impl Store {
+    /// Stores an event unless one with the same key is there, in one durable transaction;
+    /// false when it was there (a replay, even one racing this call).
+    pub fn dr_insert_new(&self, key: &str, record: &[u8]) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(db)?;
+        {
+            let mut t = txn.open_table(DR_EVENTS).map_err(db)?;
+            if t.get(key).map_err(db)?.is_some() {
+                return Ok(false);
+            }
+            t.insert(key, record).map_err(db)?;
+        }
+        txn.commit().map_err(db)?;
+        Ok(true)
+    }
+
+    /// Replaces an event's record (its state moved).
+    pub fn dr_update(&self, key: &str, record: &[u8]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db)?;
+        {
+            let mut t = txn.open_table(DR_EVENTS).map_err(db)?;
+            t.insert(key, record).map_err(db)?;
+        }
+        txn.commit().map_err(db)
+    }
+
+    /// One event's record.
+    pub fn dr_event(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let t = txn.open_table(DR_EVENTS).map_err(db)?;
+        Ok(t.get(key).map_err(db)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Every event's record, in key order.
+    pub fn dr_events(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let t = txn.open_table(DR_EVENTS).map_err(db)?;
+        let mut out = Vec::new();
+        for entry in t.iter().map_err(db)? {
+            let (k, v) = entry.map_err(db)?;
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_is_stored_once_and_survives_reopening() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path(), "gw").expect("open");
+        assert!(store.dr_insert_new("op\0e1", b"first").expect("insert"));
+        assert!(!store.dr_insert_new("op\0e1", b"second").expect("insert"));
+        drop(store);
+        let store = Store::open(dir.path(), "gw").expect("reopen");
+        assert_eq!(
+            store.dr_event("op\0e1").expect("get").as_deref(),
+            Some(&b"first"[..])
+        );
+        store.dr_update("op\0e1", b"moved").expect("update");
+        assert_eq!(store.dr_events().expect("all").len(), 1);
+        assert_eq!(store.dr_event("nope").expect("get"), None);
+    }
+}

@@ -1,0 +1,240 @@
+//! `gridgate dr`: what a DR operator runs by hand. `sign` turns an event written in TOML into
+//! a signed `gridgate.v1.SignedDrEvent` file; `dispatch` sends such a file to a gateway over
+//! mutual TLS (operator role) and prints the gateway's answer.
+//!
+//! An event file:
+//!
+//! ```toml
+//! id = "2026-11-28-peak-1"     # unique for this issuer, for all time
+//! issuer = "operator"          # the name the gateway's [dr] issuers trust
+//! program = "peak-shave"
+//! start = "now"                # or "2026-11-28T18:00:00Z"
+//! duration = "15m"
+//! expires = "10m"              # after signing; or a UTC time
+//! priority = 0                 # optional; ramp = "2m", randomize = "30s" also optional
+//!
+//! [[target]]
+//! load = "chiller-1"
+//! shed_kw = 20.0               # or setpoint = 18.5, or on = false
+//! ```
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use gridgate_proto::v1 as pb;
+use gridgate_proto::v1::demand_response_client::DemandResponseClient;
+use prost::Message;
+use serde::Deserialize;
+
+use crate::batch::Identity;
+use crate::dr::sign_event;
+
+/// `gridgate dr ...`
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum DrCommand {
+    /// Sign an event written in TOML with the issuer's key; writes a .signed file.
+    ///
+    /// Example: gridgate dr sign --key operator.key event.toml --out event.signed
+    Sign {
+        /// The issuer's private key (made by `gridgate keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// The event, in TOML (see `gridgate dr sign --help` for the fields).
+        event: PathBuf,
+        /// Where to write the signed event (default: the event file with .signed).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Send a signed event to a gateway (mutual TLS, operator role).
+    ///
+    /// Example: gridgate dr dispatch --endpoint https://gw:50051 --ca pki/ca.pem
+    /// --cert pki/client-operator.pem --key pki/client-operator.key event.signed
+    Dispatch {
+        /// https://HOST:PORT of the gateway's gRPC API.
+        #[arg(long)]
+        endpoint: String,
+        /// CA that signed the gateway's server certificate.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Client certificate with the operator role.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// Client key.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// The signed event (from `gridgate dr sign`).
+        signed: PathBuf,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventFile {
+    id: String,
+    issuer: String,
+    #[serde(default)]
+    program: String,
+    #[serde(default = "now_word")]
+    start: String,
+    duration: String,
+    expires: String,
+    #[serde(default)]
+    priority: i32,
+    ramp: Option<String>,
+    randomize: Option<String>,
+    target: Vec<TargetFile>,
+}
+
+fn now_word() -> String {
+    "now".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetFile {
+    load: String,
+    shed_kw: Option<f64>,
+    setpoint: Option<f64>,
+    on: Option<bool>,
+}
+
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn seconds(text: &Option<String>, what: &str) -> Result<u32> {
+    let Some(t) = text else { return Ok(0) };
+    let d = humantime::parse_duration(t).with_context(|| format!("{what}: {t:?}"))?;
+    u32::try_from(d.as_secs()).with_context(|| format!("{what} is too long"))
+}
+
+/// `now` or an RFC 3339 UTC time (for `start`); a duration after `now` or a UTC time (for
+/// `expires`).
+fn moment(text: &str, now: SystemTime, what: &str) -> Result<i64> {
+    if text == "now" {
+        return Ok(0);
+    }
+    if let Ok(t) = humantime::parse_rfc3339_weak(text) {
+        return Ok(unix_ms(t));
+    }
+    if let Ok(d) = humantime::parse_duration(text) {
+        return Ok(unix_ms(now + d));
+    }
+    bail!(
+        "{what} = {text:?}: write \"now\", a UTC time like \"2026-11-28T18:00:00Z\" or a duration like \"10m\""
+    )
+}
+
+/// Reads an event file into the message the issuer signs.
+fn read_event(path: &Path, now: SystemTime) -> Result<pb::DrEvent> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let f: EventFile = toml::from_str(&text)
+        .with_context(|| format!("{} is not a valid event", path.display()))?;
+    let duration = humantime::parse_duration(&f.duration)
+        .with_context(|| format!("duration = {:?}", f.duration))?;
+    let mut targets = Vec::new();
+    for t in f.target {
+        use pb::load_target::Action;
+        let action = match (t.shed_kw, t.setpoint, t.on) {
+            (Some(kw), None, None) => Action::ShedKw(kw),
+            (None, Some(v), None) => Action::Setpoint(v),
+            (None, None, Some(on)) => Action::On(on),
+            _ => bail!(
+                "target {:?}: give exactly one of shed_kw, setpoint or on",
+                t.load
+            ),
+        };
+        targets.push(pb::LoadTarget {
+            load: t.load,
+            action: Some(action),
+        });
+    }
+    let expires_ms = match moment(&f.expires, now, "expires")? {
+        0 => bail!("expires = \"now\" would be refused; give a duration like \"10m\""),
+        ms => ms,
+    };
+    Ok(pb::DrEvent {
+        id: f.id,
+        issuer: f.issuer,
+        program: f.program,
+        targets,
+        start_ms: moment(&f.start, now, "start")?,
+        duration_s: u32::try_from(duration.as_secs()).context("duration is too long")?,
+        ramp_s: seconds(&f.ramp, "ramp")?,
+        randomize_s: seconds(&f.randomize, "randomize")?,
+        expires_ms,
+        issued_ms: unix_ms(now),
+        priority: f.priority,
+    })
+}
+
+/// Runs a `gridgate dr` command.
+pub async fn run(cmd: DrCommand, out: &mut dyn Write) -> Result<ExitCode> {
+    match cmd {
+        DrCommand::Sign {
+            key,
+            event,
+            out: to,
+        } => {
+            let issuer = Identity::load(&key)?;
+            let ev = read_event(&event, SystemTime::now())?;
+            let signed = sign_event(&ev, &issuer);
+            let to = to.unwrap_or_else(|| event.with_extension("signed"));
+            std::fs::write(&to, signed.encode_to_vec())
+                .with_context(|| format!("cannot write {}", to.display()))?;
+            writeln!(
+                out,
+                "signed event {:?} of issuer {:?}: {} load(s), {} s, expires in {} s -> {}",
+                ev.id,
+                ev.issuer,
+                ev.targets.len(),
+                ev.duration_s,
+                (ev.expires_ms - ev.issued_ms) / 1000,
+                to.display()
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        DrCommand::Dispatch {
+            endpoint,
+            ca,
+            cert,
+            key,
+            signed,
+        } => {
+            let bytes = std::fs::read(&signed)
+                .with_context(|| format!("cannot read {}", signed.display()))?;
+            let msg = pb::SignedDrEvent::decode(bytes.as_slice()).with_context(|| {
+                format!(
+                    "{} is not a signed event (make one with gridgate dr sign)",
+                    signed.display()
+                )
+            })?;
+            let channel =
+                super::pull::connect(&endpoint, ca.as_ref(), cert.as_ref(), key.as_ref()).await?;
+            let mut client = DemandResponseClient::new(channel);
+            let reply = tokio::time::timeout(Duration::from_secs(30), client.dispatch(msg))
+                .await
+                .context("no answer from the gateway within 30 s")?
+                .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
+                .into_inner();
+            if reply.accepted {
+                writeln!(out, "accepted {:?}: {}", reply.event_id, reply.detail)?;
+                Ok(ExitCode::SUCCESS)
+            } else {
+                let code = pb::Refusal::try_from(reply.refusal)
+                    .map_or("REFUSAL_UNKNOWN", |r| r.as_str_name());
+                writeln!(
+                    out,
+                    "refused {:?}: {code}: {}",
+                    reply.event_id, reply.detail
+                )?;
+                Ok(ExitCode::from(1))
+            }
+        }
+    }
+}
