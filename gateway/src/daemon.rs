@@ -280,6 +280,10 @@ pub struct Pipeline {
     pub live: tokio::sync::broadcast::Sender<Arc<Reading>>,
     /// DR dispatch counters.
     pub dr: Arc<crate::dr::service::DrStats>,
+    /// Writes to field devices, through the bus tasks.
+    pub controls: acquire::Controls,
+    dr_wake: Arc<tokio::sync::Notify>,
+    relay: Part,
     public_key: [u8; 32],
     rate: std::sync::Mutex<(tokio::time::Instant, u64)>,
 }
@@ -362,6 +366,7 @@ impl Pipeline {
             ingest_part: Part::new(&cancel),
             uplink_part: Part::new(&cancel),
             api: Part::new(&cancel),
+            relay: Part::new(&cancel),
             cancel,
             readings: tx,
             forwarder,
@@ -372,6 +377,8 @@ impl Pipeline {
             uplink: Arc::new(UplinkStats::default()),
             live,
             dr: Arc::default(),
+            controls: acquire::Controls::default(),
+            dr_wake: Arc::default(),
             public_key,
             rate: std::sync::Mutex::new((tokio::time::Instant::now(), 0)),
         };
@@ -381,12 +388,23 @@ impl Pipeline {
             p.start_bus(bus);
         }
         p.api = p.start_api(cfg).await?;
+        // The relay runs whatever the config: events accepted before a restart still end
+        // and restore their loads.
+        p.relay.tasks.spawn(crate::dr::relay::run(
+            p.store.store.clone(),
+            p.config.subscribe(),
+            p.controls.clone(),
+            p.dr_wake.clone(),
+            p.relay.cancel.clone(),
+        ));
         Ok(p)
     }
 
     fn start_bus(&mut self, bus: &BusConfig) {
         let mut part = Part::new(&self.cancel);
-        let poller = acquire::BusPoller::new(bus.clone(), self.registry.clone());
+        let (tx, rx) = mpsc::channel(acquire::control::CONTROL_QUEUE);
+        self.controls.attach(&bus.name, &bus.devices, tx);
+        let poller = acquire::BusPoller::new(bus.clone(), self.registry.clone()).with_controls(rx);
         part.tasks
             .spawn(poller.run(self.readings.clone(), part.cancel.clone()));
         self.buses.insert(bus.name.clone(), part);
@@ -442,6 +460,7 @@ impl Pipeline {
                 trust: crate::dr::service::load_trust(cfg.dr.as_ref())?,
                 stats: self.dr.clone(),
                 serial: tokio::sync::Mutex::new(()),
+                wake: self.dr_wake.clone(),
             };
             let state = crate::api::ApiState {
                 cfg: self.config.subscribe(),
@@ -511,6 +530,7 @@ impl Pipeline {
             new.buses.iter().map(|b| (b.name.as_str(), b)).collect();
         for (name, old_bus) in &old_buses {
             if new_buses.get(name) != Some(old_bus) {
+                self.controls.detach(name);
                 if let Some(part) = self.buses.remove(*name) {
                     part.stop().await;
                 }
@@ -602,6 +622,7 @@ impl Pipeline {
     /// store.
     pub async fn stop(mut self) -> Result<(), DaemonError> {
         self.cancel.cancel();
+        self.relay.stop().await;
         for (_, bus) in std::mem::take(&mut self.buses) {
             bus.stop().await;
         }

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use gridgate_tests::{Gateway, ONE_METER_SITE, free_port, grpc_section, run_to_end, sims};
+use gridgate_tests::{Gateway, free_port, grpc_section, run_to_end, sims};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -81,9 +81,20 @@ fn keygen(dir: &Path) {
         .expect("save");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn signed_events_are_accepted_once_and_everything_else_is_refused_with_its_reason() {
-    let s = sims(ONE_METER_SITE).await;
+/// A plant: two simulated Modbus devices (55 kW and 20 kW) on one TCP line, the gateway's
+/// site PKI, an operator key, and a config with two loads: `pcs` on a setpoint register
+/// (shed_kw up to 30 kW) and `pump` on a switch coil.
+async fn plant() -> (gridgate::tools::sim::RunningSims, Site, String) {
+    let s = sims(
+        r#"
+[[line]]
+name = "plant"
+protocol = "modbus-tcp"
+listen = "127.0.0.1:0"
+devices = [{ unit = 1, rated_kw = 55.0 }, { unit = 2, rated_kw = 20.0 }]
+"#,
+    )
+    .await;
     let site = Site {
         dir: tempfile::tempdir().expect("dir"),
         port: free_port(),
@@ -92,14 +103,41 @@ async fn signed_events_are_accepted_once_and_everything_else_is_refused_with_its
     gridgate::api::pki::make_site_pki(&d.join("pki"), "dr", &[]).expect("pki");
     std::fs::create_dir_all(d.join("operator")).expect("dir");
     keygen(&d.join("operator"));
-    std::fs::create_dir_all(d.join("forger")).expect("dir");
-    keygen(&d.join("forger"));
-    let mut config = s.gateway_config("dr", "200ms");
+    let mut config = s.gateway_config("plant", "100ms").replace(
+        "  { name = \"running\", table = \"discrete\", address = 0 },\n",
+        "  { name = \"running\", table = \"discrete\", address = 0 },\n  { name = \"switch\", table = \"coil\", address = 0 },\n",
+    );
     config.push_str(&grpc_section(site.port, &d.join("pki")));
     config.push_str(&format!(
-        "\n[dr]\nissuers = [{{ name = \"operator\", public_key = \"{}\" }}]\n\n[[load]]\nname = \"meter-1-load\"\nmeter = \"meter-1/active_power\"\nmax_shed_kw = 10.0\nmin_setpoint = 0.0\nmax_setpoint = 100.0\nmax_events_per_day = 5\n",
+        r#"
+[dr]
+issuers = [{{ name = "operator", public_key = "{}" }}]
+
+[[load]]
+name = "pcs"
+meter = "plant-unit1/active_power"
+control = "plant-unit1/setpoint"
+rated_kw = 55.0
+max_shed_kw = 30.0
+min_setpoint = 0.0
+max_setpoint = 100.0
+
+[[load]]
+name = "pump"
+meter = "plant-unit2/active_power"
+control = "plant-unit2/switch"
+"#,
         site.path("operator/identity.pub")
     ));
+    (s, site, config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_events_are_accepted_once_and_everything_else_is_refused_with_its_reason() {
+    let (_sims, site, config) = plant().await;
+    let d = site.dir.path();
+    std::fs::create_dir_all(d.join("forger")).expect("dir");
+    keygen(&d.join("forger"));
     let gw = Gateway::start_in(d, &config).await;
     wait_for_port(site.port).await;
     let operator = site.path("operator/identity.key");
@@ -109,7 +147,7 @@ async fn signed_events_are_accepted_once_and_everything_else_is_refused_with_its
         .sign(
             "good",
             &operator,
-            &event("e-1", "operator", "load = \"meter-1-load\"\nshed_kw = 5.0"),
+            &event("e-1", "operator", "load = \"pcs\"\nshed_kw = 5.0"),
         )
         .await;
     let (code, out) = site.dispatch("operator", &good).await;
@@ -126,19 +164,19 @@ async fn signed_events_are_accepted_once_and_everything_else_is_refused_with_its
         (
             "forged",
             forger.as_str(),
-            event("e-2", "operator", "load = \"meter-1-load\"\nshed_kw = 5.0"),
+            event("e-2", "operator", "load = \"pcs\"\nshed_kw = 5.0"),
             "REFUSAL_BAD_SIGNATURE",
         ),
         (
             "stranger",
             operator.as_str(),
-            event("e-3", "stranger", "load = \"meter-1-load\"\nshed_kw = 5.0"),
+            event("e-3", "stranger", "load = \"pcs\"\nshed_kw = 5.0"),
             "REFUSAL_UNKNOWN_ISSUER",
         ),
         (
             "expired",
             operator.as_str(),
-            event("e-4", "operator", "load = \"meter-1-load\"\nshed_kw = 5.0")
+            event("e-4", "operator", "load = \"pcs\"\nshed_kw = 5.0")
                 .replace("expires = \"10m\"", "expires = \"2020-01-01T00:00:00Z\""),
             "REFUSAL_EXPIRED",
         ),
@@ -151,17 +189,13 @@ async fn signed_events_are_accepted_once_and_everything_else_is_refused_with_its
         (
             "too-much",
             operator.as_str(),
-            event("e-6", "operator", "load = \"meter-1-load\"\nshed_kw = 50.0"),
+            event("e-6", "operator", "load = \"pcs\"\nshed_kw = 50.0"),
             "REFUSAL_LIMIT",
         ),
         (
             "setpoint",
             operator.as_str(),
-            event(
-                "e-7",
-                "operator",
-                "load = \"meter-1-load\"\nsetpoint = 120.0",
-            ),
+            event("e-7", "operator", "load = \"pcs\"\nsetpoint = 120.0"),
             "REFUSAL_LIMIT",
         ),
     ];
@@ -177,7 +211,7 @@ async fn signed_events_are_accepted_once_and_everything_else_is_refused_with_its
         .sign(
             "viewer",
             &operator,
-            &event("e-8", "operator", "load = \"meter-1-load\"\non = false"),
+            &event("e-8", "operator", "load = \"pump\"\non = false"),
         )
         .await;
     let (code, out) = site.dispatch("viewer", &fresh).await;
@@ -194,4 +228,115 @@ async fn signed_events_are_accepted_once_and_everything_else_is_refused_with_its
     let (code, out) = site.dispatch("operator", &fresh).await;
     assert_eq!(code, 0, "a new event is still accepted: {out}");
     assert_eq!(gw.stop().await, Some(0));
+}
+
+/// A plant with two Modbus loads on two kinds of control: a setpoint register (mapped from
+/// shed_kw) and a switch coil. The event moves both, the readings show the power come off,
+/// the end restores both, and the event's record shows each load acknowledged and restored.
+/// A kill -9 in the middle does not leave a load shed: after the restart the relay finds
+/// the event over and restores the loads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_sheds_two_loads_and_restores_them_even_across_a_kill_9() {
+    let (_sims, site, config) = plant().await;
+    let d = site.dir.path();
+    let mut gw = Gateway::start_in(d, &config).await;
+    wait_for_port(site.port).await;
+    let operator = site.path("operator/identity.key");
+    let number = |v: &serde_json::Value| v["value"].as_f64();
+
+    // 1. A 3-second event: pcs capped at 55 - 27.5 kW (setpoint 50 %), pump off.
+    let targets = "load = \"pcs\"\nshed_kw = 27.5\n\n[[target]]\nload = \"pump\"\non = false";
+    let signed = site
+        .sign(
+            "shed",
+            &operator,
+            &event("shed-1", "operator", targets)
+                .replace("duration = \"15m\"", "duration = \"3s\""),
+        )
+        .await;
+    let (code, out) = site.dispatch("operator", &signed).await;
+    assert_eq!(code, 0, "{out}");
+    gw.wait_for(WAIT, "the pcs setpoint at 50 %", |v| {
+        v["point"] == "plant-unit1/setpoint" && number(v).is_some_and(|x| (x - 50.0).abs() < 0.01)
+    })
+    .await;
+    gw.wait_for(WAIT, "the pump switched off", |v| {
+        v["point"] == "plant-unit2/switch" && v["value"] == false
+    })
+    .await;
+    let shed = gw
+        .wait_for(WAIT, "pcs power about half of rated", |v| {
+            v["point"] == "plant-unit1/active_power" && number(v).is_some_and(|p| p < 30.0)
+        })
+        .await;
+    assert!(number(&shed).is_some_and(|p| p > 25.0), "{shed}");
+    gw.wait_for(WAIT, "the pump's power gone", |v| {
+        v["point"] == "plant-unit2/active_power" && number(v) == Some(0.0)
+    })
+    .await;
+    // The end restores both.
+    gw.wait_for(WAIT, "the pcs setpoint back at 100 %", |v| {
+        v["point"] == "plant-unit1/setpoint" && number(v).is_some_and(|x| (x - 100.0).abs() < 0.01)
+    })
+    .await;
+    gw.wait_for(WAIT, "the pump back on", |v| {
+        v["point"] == "plant-unit2/switch" && v["value"] == true
+    })
+    .await;
+
+    // 2. A 4-second event, and a kill -9 while the loads are shed.
+    let signed = site
+        .sign(
+            "shed2",
+            &operator,
+            &event("shed-2", "operator", targets)
+                .replace("duration = \"15m\"", "duration = \"4s\""),
+        )
+        .await;
+    let (code, out) = site.dispatch("operator", &signed).await;
+    assert_eq!(code, 0, "{out}");
+    gw.wait_for(WAIT, "the pcs setpoint at 50 % again", |v| {
+        v["point"] == "plant-unit1/setpoint" && number(v).is_some_and(|x| (x - 50.0).abs() < 0.01)
+    })
+    .await;
+    gw.kill9().await;
+    // The event ends while the gateway is down.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut gw = Gateway::start_in(d, &config).await;
+    gw.wait_for(WAIT, "the pcs setpoint restored after the restart", |v| {
+        v["point"] == "plant-unit1/setpoint" && number(v).is_some_and(|x| (x - 100.0).abs() < 0.01)
+    })
+    .await;
+    gw.wait_for(WAIT, "the pump on after the restart", |v| {
+        v["point"] == "plant-unit2/switch" && v["value"] == true
+    })
+    .await;
+    assert_eq!(gw.stop().await, Some(0));
+
+    // The records: both events completed, every load acknowledged then restored.
+    let store = gridgate::store::Store::open(&d.join("data"), "plant").expect("store");
+    for id in ["shed-1", "shed-2"] {
+        use prost::Message;
+        let bytes = store
+            .dr_event(&gridgate::dr::event_key("operator", id))
+            .expect("read")
+            .expect("stored");
+        let status = gridgate_proto::v1::EventStatus::decode(bytes.as_slice()).expect("decode");
+        assert_eq!(
+            status.state,
+            gridgate_proto::v1::EventState::Completed as i32,
+            "{id}: {status:?}"
+        );
+        assert_eq!(status.loads.len(), 2, "{id}");
+        for l in &status.loads {
+            assert_eq!(
+                l.state,
+                gridgate_proto::v1::LoadState::Restored as i32,
+                "{id}: {l:?}"
+            );
+            assert!(l.acknowledged_ms > 0 && l.latency_ms >= 0, "{id}: {l:?}");
+        }
+        let pcs = &status.loads[0];
+        assert_eq!((pcs.previous, pcs.target), (Some(100.0), 50.0), "{id}");
+    }
 }

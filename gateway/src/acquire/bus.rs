@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::control::{ControlError, ControlOutcome, ControlRequest, write_modbus};
 use super::reading::{Quality, Reading, Value, now_ms};
 use super::state::DeviceRegistry;
 use crate::config::{BusConfig, BusTiming, DeviceConfig, DeviceKind, PointSource, Protocol};
@@ -115,6 +116,7 @@ pub struct BusPoller {
     reopen_at: Option<Instant>,
     reopen_backoff: Duration,
     registry: DeviceRegistry,
+    controls: Option<mpsc::Receiver<ControlRequest>>,
 }
 
 const REOPEN_FIRST: Duration = Duration::from_millis(500);
@@ -147,6 +149,33 @@ impl BusPoller {
             reopen_at: None,
             reopen_backoff: REOPEN_FIRST,
             registry,
+            controls: None,
+        }
+    }
+
+    /// Also carries out the writes sent to `rx`, between polls.
+    pub fn with_controls(mut self, rx: mpsc::Receiver<ControlRequest>) -> Self {
+        self.controls = Some(rx);
+        self
+    }
+
+    async fn next_control(&mut self) -> Option<ControlRequest> {
+        match &mut self.controls {
+            Some(rx) => rx.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// One write, between polls (a write waits at most for the poll in progress).
+    async fn control(&mut self, req: &ControlRequest) -> Result<ControlOutcome, ControlError> {
+        let timing = self.bus.timing;
+        let devices: Vec<DeviceConfig> = self.devices.iter().map(|d| d.cfg.clone()).collect();
+        match &mut self.line {
+            Line::Modbus(line) => write_modbus(line, &devices, &timing, req).await,
+            Line::Dlt645(_) => Err(ControlError::NotWritable(
+                format!("{}/{}", req.device, req.point),
+                "DL/T 645 remote control is not relayed yet",
+            )),
         }
     }
 
@@ -168,6 +197,14 @@ impl BusPoller {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep_until(due) => {}
+                Some(req) = self.next_control() => {
+                    let outcome = self.control(&req).await;
+                    if let Err(e) = &outcome {
+                        warn!(bus = %self.bus.name, "control write failed: {e}");
+                    }
+                    let _ = req.reply.send(outcome);
+                    continue;
+                }
             }
             let readings = tokio::select! {
                 _ = cancel.cancelled() => break,

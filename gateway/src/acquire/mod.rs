@@ -2,11 +2,13 @@
 //! polled on its own schedule; every outcome, good or bad, becomes a [`Reading`].
 
 pub mod bus;
+pub mod control;
 pub mod reading;
 pub mod sink;
 pub mod state;
 
 pub use bus::BusPoller;
+pub use control::{ControlError, ControlOutcome, Controls};
 pub use reading::{Quality, Reading, Value};
 pub use sink::{JsonLinesSink, ReadingSink, TextSink};
 pub use state::{DeviceRegistry, DeviceStatus};

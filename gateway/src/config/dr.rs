@@ -33,6 +33,8 @@ pub struct RawLoad {
     pub max_setpoint: Option<Spanned<f64>>,
     pub max_shed_kw: Option<Spanned<f64>>,
     pub max_events_per_day: Option<Spanned<u32>>,
+    pub control: Option<Spanned<String>>,
+    pub rated_kw: Option<Spanned<f64>>,
 }
 
 /// `[dr]`: the issuers whose signed events the gateway accepts.
@@ -55,6 +57,11 @@ pub struct LoadConfig {
     pub max_shed_kw: f64,
     /// Events that may move it per UTC day.
     pub max_events_per_day: u32,
+    /// The writable point (`device/point`: a Modbus coil or holding register) that
+    /// controls it; a load without one cannot be moved.
+    pub control: Option<(String, String)>,
+    /// Rated power, kW: maps `shed_kw` onto a setpoint in percent of rated power.
+    pub rated_kw: Option<f64>,
 }
 
 /// Events per load per day when the config does not say.
@@ -91,7 +98,12 @@ impl Checker<'_> {
         Some(DrConfig { issuers })
     }
 
-    pub(super) fn check_loads(&mut self, raw: &[RawLoad], points: &[String]) -> Vec<LoadConfig> {
+    pub(super) fn check_loads(
+        &mut self,
+        raw: &[RawLoad],
+        points: &[String],
+        writable: &[String],
+    ) -> Vec<LoadConfig> {
         let mut loads: Vec<LoadConfig> = Vec::new();
         for (i, l) in raw.iter().enumerate() {
             let name = l.name.get_ref().trim().to_string();
@@ -142,6 +154,35 @@ impl Checker<'_> {
                 Some(v) => *v.get_ref(),
                 None => f64::MAX,
             };
+            let control = match &l.control {
+                None => None,
+                Some(c) if writable.contains(c.get_ref()) => c
+                    .get_ref()
+                    .split_once('/')
+                    .map(|(d, p)| (d.to_string(), p.to_string())),
+                Some(c) => {
+                    self.problem(
+                        c,
+                        format!("load[{i}].control"),
+                        format!(
+                            "{:?} is not a writable point: write device/point of a Modbus coil or holding register",
+                            c.get_ref()
+                        ),
+                    );
+                    None
+                }
+            };
+            let rated_kw = match &l.rated_kw {
+                Some(v) if !(*v.get_ref() > 0.0 && v.get_ref().is_finite()) => {
+                    self.problem(
+                        v,
+                        format!("load[{i}].rated_kw"),
+                        "must be a positive number of kW".into(),
+                    );
+                    None
+                }
+                v => v.as_ref().map(|v| *v.get_ref()),
+            };
             loads.push(LoadConfig {
                 name,
                 meter,
@@ -151,6 +192,8 @@ impl Checker<'_> {
                     .max_events_per_day
                     .as_ref()
                     .map_or(DEFAULT_MAX_EVENTS_PER_DAY, |v| *v.get_ref()),
+                control,
+                rated_kw,
             });
         }
         loads

@@ -490,8 +490,22 @@ impl Checker<'_> {
                     .flat_map(|d| d.points.iter().map(move |(p, _)| format!("{}/{p}", d.name))),
             )
             .collect();
+        let writable: Vec<String> = buses
+            .iter()
+            .flat_map(|b| &b.devices)
+            .flat_map(|d| {
+                d.points.iter().filter_map(move |p| match &p.source {
+                    PointSource::Modbus(s)
+                        if matches!(s.table, Table::Coil | Table::HoldingRegister) =>
+                    {
+                        Some(format!("{}/{}", d.name, p.name))
+                    }
+                    _ => None,
+                })
+            })
+            .collect();
         let dr = self.check_dr(raw.dr.as_ref());
-        let loads = self.check_loads(&raw.load, &points);
+        let loads = self.check_loads(&raw.load, &points, &writable);
         GatewayConfig {
             id,
             data_dir,

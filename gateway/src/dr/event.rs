@@ -196,6 +196,16 @@ fn check_target(load: &LoadConfig, t: &pb::LoadTarget) -> Result<(), Refused> {
         load: load.name.clone(),
         why,
     };
+    if load.control.is_none() {
+        return Err(limit(
+            "it has no control to write ([[load]] control = \"device/point\")".into(),
+        ));
+    }
+    if matches!(t.action, Some(pb::load_target::Action::ShedKw(_))) && load.rated_kw.is_none() {
+        return Err(limit(
+            "shed_kw needs the load's rated_kw to map it onto a setpoint".into(),
+        ));
+    }
     match t.action {
         None => Err(Refused::Malformed(format!(
             "load {:?} has no action (shed_kw, setpoint or on)",
@@ -248,6 +258,8 @@ mod tests {
             setpoint_range: (0.0, 100.0),
             max_shed_kw: 50.0,
             max_events_per_day: 2,
+            control: Some((name.into(), "setpoint".into())),
+            rated_kw: Some(100.0),
         }
     }
 

@@ -3,11 +3,14 @@
 //! - [`event`]: the acceptance rules (trusted issuer, signature, validity window, replay,
 //!   known loads and their limits), pure and without I/O, so every refusal is testable.
 //! - [`service`]: the `DemandResponse` gRPC service: check, store durably, answer.
+//! - [`relay`]: drives each accepted event's loads through their controls (written by the
+//!   bus tasks, confirmed by read-back), retries, restores at the end, survives restarts.
 //!
-//! Relaying accepted events to the loads' controls, restoring them and measuring the
-//! reduction against a baseline build on these (DESIGN.md, DR).
+//! Measuring the reduction against a baseline and the performance report build on these
+//! (DESIGN.md, DR).
 
 pub mod event;
+pub mod relay;
 pub mod service;
 
 pub use event::{Checked, Refused, Trust, check, event_key, sign_event};

@@ -60,6 +60,8 @@ pub struct DrState {
     pub stats: Arc<DrStats>,
     /// One dispatch at a time: the replay and per-day checks and the insert are one step.
     pub serial: tokio::sync::Mutex<()>,
+    /// Wakes the relay when an event was accepted.
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 /// The service.
@@ -165,6 +167,7 @@ impl DemandResponse for DemandResponseService {
             accepted_ms: now,
             start_ms: checked.start_ms,
             end_ms: checked.end_ms,
+            loads: Vec::new(),
         }
         .encode_to_vec();
         let store = self.api.store.store.clone();
@@ -180,6 +183,7 @@ impl DemandResponse for DemandResponseService {
             return Ok(Response::new(self.refuse(&r, event_id)));
         }
         self.dr.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        self.dr.wake.notify_one();
         info!(
             event = %event_id,
             issuer = %checked.event.issuer,

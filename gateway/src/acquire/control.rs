@@ -1,0 +1,230 @@
+//! Writes to field devices (DR relay, manual actions), done by the bus task that owns the
+//! line, between polls: one request in flight per line, never two programs on one RS-485.
+//! Each write reads the control first (so that the caller can restore it), writes, and
+//! reads it back: a write counts as acknowledged only when the device shows the new value.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gridgate_drivers::modbus::{self, ModbusError, ModbusLine, ReadData, Table};
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+
+use super::bus::read_modbus;
+use crate::config::{BusTiming, DeviceConfig, DeviceKind, PointSource};
+
+/// Requests a bus task may have waiting.
+pub const CONTROL_QUEUE: usize = 64;
+
+/// A write asked of the bus that owns the device's line.
+#[derive(Debug)]
+pub struct ControlRequest {
+    /// Device name.
+    pub device: String,
+    /// Point name (a holding register or coil point of the device).
+    pub point: String,
+    /// Engineering value to write (coils: 0 or 1).
+    pub value: f64,
+    /// Where the outcome goes.
+    pub reply: oneshot::Sender<Result<ControlOutcome, ControlError>>,
+}
+
+/// A confirmed write.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ControlOutcome {
+    /// The value before the write.
+    pub previous: f64,
+    /// The value read back after it.
+    pub confirmed: f64,
+}
+
+/// Why a write did not happen or was not confirmed.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum ControlError {
+    /// No such device or point in the config in force.
+    #[error("no point {0} to write")]
+    Unknown(String),
+    /// The point cannot be written (input registers, discrete inputs, DL/T 645 points).
+    #[error("{0} is not writable: {1}")]
+    NotWritable(String, &'static str),
+    /// The device did not take it.
+    #[error("{point}: {error}")]
+    Device {
+        /// Point.
+        point: String,
+        /// What the device or line said.
+        error: String,
+    },
+    /// Written, but the read-back shows another value.
+    #[error("{point}: wrote {wrote}, the device shows {read}")]
+    NotConfirmed {
+        /// Point.
+        point: String,
+        /// Value written.
+        wrote: f64,
+        /// Value read back.
+        read: f64,
+    },
+    /// The bus task is gone (stopping, or reloading) or did not answer in time.
+    #[error("bus for {0} is not running")]
+    BusGone(String),
+}
+
+/// Where to send writes: the running bus tasks, by bus name, and which bus each device is on.
+#[derive(Debug, Clone, Default)]
+pub struct Controls(Arc<Mutex<ControlMap>>);
+
+#[derive(Debug, Default)]
+struct ControlMap {
+    buses: BTreeMap<String, mpsc::Sender<ControlRequest>>,
+    device_bus: BTreeMap<String, String>,
+}
+
+impl Controls {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ControlMap> {
+        // Poisoned only by a panic elsewhere; the map itself stays consistent.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a bus task's queue and its devices.
+    pub fn attach(&self, bus: &str, devices: &[DeviceConfig], tx: mpsc::Sender<ControlRequest>) {
+        let mut m = self.lock();
+        m.device_bus.retain(|_, b| b != bus);
+        for d in devices {
+            m.device_bus.insert(d.name.clone(), bus.to_string());
+        }
+        m.buses.insert(bus.to_string(), tx);
+    }
+
+    /// Forgets a bus (stopped by a reload).
+    pub fn detach(&self, bus: &str) {
+        let mut m = self.lock();
+        m.buses.remove(bus);
+        m.device_bus.retain(|_, b| b != bus);
+    }
+
+    /// Writes `value` to `device/point` and waits (at most `within`) for the confirmation.
+    pub async fn write(
+        &self,
+        device: &str,
+        point: &str,
+        value: f64,
+        within: Duration,
+    ) -> Result<ControlOutcome, ControlError> {
+        let name = format!("{device}/{point}");
+        let tx = {
+            let m = self.lock();
+            let bus = m
+                .device_bus
+                .get(device)
+                .ok_or_else(|| ControlError::Unknown(name.clone()))?;
+            m.buses
+                .get(bus)
+                .cloned()
+                .ok_or_else(|| ControlError::BusGone(name.clone()))?
+        };
+        let (reply, rx) = oneshot::channel();
+        let req = ControlRequest {
+            device: device.to_string(),
+            point: point.to_string(),
+            value,
+            reply,
+        };
+        let asked = async {
+            tx.send(req)
+                .await
+                .map_err(|_| ControlError::BusGone(name.clone()))?;
+            rx.await.map_err(|_| ControlError::BusGone(name.clone()))?
+        };
+        tokio::time::timeout(within, asked)
+            .await
+            .unwrap_or_else(|_| Err(ControlError::BusGone(name.clone())))
+    }
+}
+
+/// Carries out one request on a Modbus line: read, write, read back.
+pub async fn write_modbus(
+    line: &mut ModbusLine,
+    devices: &[DeviceConfig],
+    timing: &BusTiming,
+    req: &ControlRequest,
+) -> Result<ControlOutcome, ControlError> {
+    let name = format!("{}/{}", req.device, req.point);
+    let device = devices
+        .iter()
+        .find(|d| d.name == req.device)
+        .ok_or_else(|| ControlError::Unknown(name.clone()))?;
+    let DeviceKind::Modbus { unit, .. } = device.kind else {
+        return Err(ControlError::NotWritable(
+            name,
+            "only Modbus points are written",
+        ));
+    };
+    let point = device
+        .points
+        .iter()
+        .find(|p| p.name == req.point)
+        .ok_or_else(|| ControlError::Unknown(name.clone()))?;
+    let PointSource::Modbus(spec) = point.source else {
+        return Err(ControlError::NotWritable(name, "not a Modbus point"));
+    };
+    if !matches!(spec.table, Table::Coil | Table::HoldingRegister) {
+        return Err(ControlError::NotWritable(
+            name,
+            "only coils and holding registers can be written",
+        ));
+    }
+    let device_error = |e: ModbusError| ControlError::Device {
+        point: name.clone(),
+        error: e.to_string(),
+    };
+    let read = |data: &ReadData| {
+        spec.decode(spec.address, data)
+            .map_err(|e| ControlError::Device {
+                point: name.clone(),
+                error: e.to_string(),
+            })
+    };
+    let len = spec.len();
+    let before = read_modbus(line, unit, spec.table, spec.address, len, timing)
+        .await
+        .map_err(device_error)?;
+    let previous = read(&before)?;
+    match spec.table {
+        Table::Coil => line
+            .write_coil(unit, spec.address, req.value != 0.0)
+            .await
+            .map_err(device_error)?,
+        _ => {
+            let raw = (req.value - spec.offset) / spec.scale;
+            let words =
+                modbus::encode_registers(raw, spec.data_type, spec.byte_order, spec.word_order);
+            line.write_registers(unit, spec.address, &words)
+                .await
+                .map_err(device_error)?
+        }
+    }
+    let after = read_modbus(line, unit, spec.table, spec.address, len, timing)
+        .await
+        .map_err(device_error)?;
+    let confirmed = read(&after)?;
+    // Registers hold whole raw steps: the value read back is the written one rounded to
+    // a step of `scale`.
+    let step = if spec.table == Table::Coil {
+        0.5
+    } else {
+        spec.scale.abs() / 2.0 + 1e-9
+    };
+    if (confirmed - req.value).abs() > step {
+        return Err(ControlError::NotConfirmed {
+            point: name,
+            wrote: req.value,
+            read: confirmed,
+        });
+    }
+    Ok(ControlOutcome {
+        previous,
+        confirmed,
+    })
+}

@@ -1,0 +1,260 @@
+//! The relay: drives accepted events' loads to their targets at the start, retries each load
+//! until its control confirms or the event ends, and at the end restores every load it moved
+//! to the value it had before. Every step is written to the event's record in the store, so
+//! that after a restart (even a kill -9) an active event resumes and one that ended during
+//! the downtime restores its loads.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gridgate_proto::v1 as pb;
+use prost::Message;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::acquire::Controls;
+use crate::acquire::reading::now_ms;
+use crate::config::{GatewayConfig, LoadConfig};
+use crate::store::Store;
+
+/// How often the relay looks at the events when nothing wakes it.
+const TICK: Duration = Duration::from_millis(200);
+/// Longest wait for one write to be confirmed.
+const WRITE_WITHIN: Duration = Duration::from_secs(5);
+/// Longest wait between retries of a load that did not confirm.
+const RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// The value to write for a target on `load`. `shed_kw` caps the load at
+/// `rated_kw - shed_kw`, as a setpoint in percent of rated power.
+pub fn target_value(load: &LoadConfig, action: &pb::load_target::Action) -> Option<f64> {
+    use pb::load_target::Action;
+    let (lo, hi) = load.setpoint_range;
+    match *action {
+        Action::Setpoint(v) => Some(v),
+        Action::On(on) => Some(if on { 1.0 } else { 0.0 }),
+        Action::ShedKw(kw) => {
+            let rated = load.rated_kw?;
+            Some(((rated - kw) / rated * 100.0).clamp(lo.max(0.0), hi.min(100.0)))
+        }
+    }
+}
+
+/// Runs the relay until `cancel` fires.
+pub async fn run(
+    store: Arc<Store>,
+    config: watch::Receiver<Arc<GatewayConfig>>,
+    controls: Controls,
+    wake: Arc<Notify>,
+    cancel: CancellationToken,
+) {
+    let mut retry_at: BTreeMap<(String, String), Instant> = BTreeMap::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(TICK) => {}
+        }
+        let st = store.clone();
+        let records = match tokio::task::spawn_blocking(move || st.dr_events()).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                error!("DR relay cannot read events: {e}");
+                continue;
+            }
+            Err(e) => {
+                error!("DR relay: {e}");
+                continue;
+            }
+        };
+        let cfg = config.borrow().clone();
+        for (key, bytes) in records {
+            let Ok(mut status) = pb::EventStatus::decode(bytes.as_slice()) else {
+                continue;
+            };
+            let before = status.clone();
+            step(&mut status, &key, &cfg, &controls, &mut retry_at).await;
+            if status != before {
+                let st = store.clone();
+                let record = status.encode_to_vec();
+                let k = key.clone();
+                match tokio::task::spawn_blocking(move || st.dr_update(&k, &record)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => error!("DR relay cannot store event state: {e}"),
+                    Err(e) => error!("DR relay: {e}"),
+                }
+            }
+        }
+    }
+}
+
+fn event_of(status: &pb::EventStatus) -> Option<pb::DrEvent> {
+    status
+        .signed
+        .as_ref()
+        .and_then(|s| pb::DrEvent::decode(s.event.as_slice()).ok())
+}
+
+/// Moves one event on by what time and the loads' answers allow.
+async fn step(
+    status: &mut pb::EventStatus,
+    key: &str,
+    cfg: &GatewayConfig,
+    controls: &Controls,
+    retry_at: &mut BTreeMap<(String, String), Instant>,
+) {
+    let now = now_ms();
+    let Some(event) = event_of(status) else {
+        return;
+    };
+    let state = pb::EventState::try_from(status.state).unwrap_or_default();
+    match state {
+        pb::EventState::Scheduled if now >= status.start_ms => {
+            status.state = pb::EventState::Active as i32;
+            status.loads = event
+                .targets
+                .iter()
+                .map(|t| {
+                    let load = cfg.loads.iter().find(|l| l.name == t.load);
+                    let target = load
+                        .zip(t.action.as_ref())
+                        .and_then(|(l, a)| target_value(l, a));
+                    pb::LoadStatus {
+                        load: t.load.clone(),
+                        state: pb::LoadState::Pending as i32,
+                        target: target.unwrap_or(f64::NAN),
+                        ..Default::default()
+                    }
+                })
+                .collect();
+            info!(event = %event.id, loads = status.loads.len(), "DR event started");
+            drive(status, &event, key, cfg, controls, retry_at).await;
+        }
+        pb::EventState::Active if now >= status.end_ms => {
+            restore(status, &event, cfg, controls).await;
+        }
+        pb::EventState::Active => {
+            drive(status, &event, key, cfg, controls, retry_at).await;
+        }
+        _ => {}
+    }
+}
+
+/// Writes every pending load whose retry is due, all at once.
+async fn drive(
+    status: &mut pb::EventStatus,
+    event: &pb::DrEvent,
+    key: &str,
+    cfg: &GatewayConfig,
+    controls: &Controls,
+    retry_at: &mut BTreeMap<(String, String), Instant>,
+) {
+    let now = Instant::now();
+    let mut writes = Vec::new();
+    for (i, ls) in status.loads.iter().enumerate() {
+        if ls.state != pb::LoadState::Pending as i32 {
+            continue;
+        }
+        let slot = (key.to_string(), ls.load.clone());
+        if retry_at.get(&slot).is_some_and(|t| *t > now) {
+            continue;
+        }
+        let Some((device, point)) = cfg
+            .loads
+            .iter()
+            .find(|l| l.name == ls.load)
+            .and_then(|l| l.control.clone())
+        else {
+            continue;
+        };
+        let target = ls.target;
+        writes.push(async move {
+            (
+                i,
+                controls.write(&device, &point, target, WRITE_WITHIN).await,
+            )
+        });
+    }
+    for (i, outcome) in futures::future::join_all(writes).await {
+        let ls = &mut status.loads[i];
+        ls.attempts += 1;
+        let slot = (key.to_string(), ls.load.clone());
+        match outcome {
+            Ok(o) => {
+                ls.state = pb::LoadState::Acknowledged as i32;
+                if ls.previous.is_none() {
+                    ls.previous = Some(o.previous);
+                }
+                ls.acknowledged_ms = now_ms();
+                ls.latency_ms = ls.acknowledged_ms - status.start_ms;
+                ls.last_error.clear();
+                retry_at.remove(&slot);
+                info!(event = %event.id, load = %ls.load, target = ls.target, latency_ms = ls.latency_ms, "load at its DR target");
+            }
+            Err(e) => {
+                ls.last_error = e.to_string();
+                let wait = (Duration::from_millis(250) * 2u32.saturating_pow(ls.attempts.min(8)))
+                    .min(RETRY_MAX);
+                retry_at.insert(slot, Instant::now() + wait);
+                warn!(event = %event.id, load = %ls.load, attempts = ls.attempts, retry_in = ?wait, "load did not take its DR target: {e}");
+            }
+        }
+    }
+}
+
+/// At the end: every load that was moved goes back to its previous value; loads never
+/// acknowledged are marked failed. The event completes once every moved load is restored.
+async fn restore(
+    status: &mut pb::EventStatus,
+    event: &pb::DrEvent,
+    cfg: &GatewayConfig,
+    controls: &Controls,
+) {
+    let mut writes = Vec::new();
+    for (i, ls) in status.loads.iter_mut().enumerate() {
+        if ls.state == pb::LoadState::Pending as i32 {
+            ls.state = pb::LoadState::Failed as i32;
+            warn!(event = %event.id, load = %ls.load, attempts = ls.attempts, "load never acknowledged its DR target: {}", ls.last_error);
+        }
+        if ls.state != pb::LoadState::Acknowledged as i32 {
+            continue;
+        }
+        let (Some(previous), Some((device, point))) = (
+            ls.previous,
+            cfg.loads
+                .iter()
+                .find(|l| l.name == ls.load)
+                .and_then(|l| l.control.clone()),
+        ) else {
+            continue;
+        };
+        writes.push(async move {
+            (
+                i,
+                controls
+                    .write(&device, &point, previous, WRITE_WITHIN)
+                    .await,
+            )
+        });
+    }
+    for (i, outcome) in futures::future::join_all(writes).await {
+        let ls = &mut status.loads[i];
+        match outcome {
+            Ok(_) => ls.state = pb::LoadState::Restored as i32,
+            Err(e) => {
+                ls.last_error = format!("restore: {e}");
+                warn!(event = %event.id, load = %ls.load, "load not restored yet: {e}");
+            }
+        }
+    }
+    if status
+        .loads
+        .iter()
+        .all(|l| l.state != pb::LoadState::Acknowledged as i32)
+    {
+        status.state = pb::EventState::Completed as i32;
+        info!(event = %event.id, "DR event ended; loads restored");
+    }
+}
