@@ -44,12 +44,8 @@ need=""
 command -v "$gnu-gcc" >/dev/null 2>&1 || need="$need gcc-$gnu"
 command -v "$qemu" >/dev/null 2>&1 || need="$need qemu-user"
 command -v file >/dev/null 2>&1 || need="$need file"
-if [ -n "$need" ]; then
-    SUDO=""
-    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $need
-fi
+# shellcheck disable=SC2086 # $need is a list of package names
+./scripts/apt-install.sh $need
 
 step "$arch: release build ($triple)"
 upper=$(echo "$triple" | tr 'a-z-' 'A-Z_')

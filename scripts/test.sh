@@ -18,12 +18,8 @@ step "packages the tests need"
 need=""
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need="$need mosquitto"
 command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"
-if [ -n "$need" ]; then
-    SUDO=""
-    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $need
-fi
+# shellcheck disable=SC2086 # $need is a list of package names
+./scripts/apt-install.sh $need
 # The gRPC contract test is a Python master station generated from the .proto files.
 step "python packages for the gRPC contract test"
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -r tests/python/requirements.txt

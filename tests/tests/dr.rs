@@ -74,6 +74,16 @@ async fn wait_for_port(port: u16) {
     panic!("the gateway's gRPC port {port} never opened");
 }
 
+/// A reading of `point` with the number `want` (to 0.01).
+fn reads(point: &'static str, want: f64) -> impl Fn(&serde_json::Value) -> bool {
+    move |v| v["point"] == point && v["value"].as_f64().is_some_and(|x| (x - want).abs() < 0.01)
+}
+
+/// A reading of the bit `point` being `on`.
+fn switched(point: &'static str, on: bool) -> impl Fn(&serde_json::Value) -> bool {
+    move |v| v["point"] == point && v["value"] == on
+}
+
 fn keygen(dir: &Path) {
     gridgate::batch::Identity::generate()
         .expect("key")
@@ -256,13 +266,17 @@ async fn an_event_sheds_two_loads_and_restores_them_even_across_a_kill_9() {
         .await;
     let (code, out) = site.dispatch("operator", &signed).await;
     assert_eq!(code, 0, "{out}");
-    gw.wait_for(WAIT, "the pcs setpoint at 50 %", |v| {
-        v["point"] == "plant-unit1/setpoint" && number(v).is_some_and(|x| (x - 50.0).abs() < 0.01)
-    })
+    gw.wait_for(
+        WAIT,
+        "the pcs setpoint at 50 %",
+        reads("plant-unit1/setpoint", 50.0),
+    )
     .await;
-    gw.wait_for(WAIT, "the pump switched off", |v| {
-        v["point"] == "plant-unit2/switch" && v["value"] == false
-    })
+    gw.wait_for(
+        WAIT,
+        "the pump switched off",
+        switched("plant-unit2/switch", false),
+    )
     .await;
     let shed = gw
         .wait_for(WAIT, "pcs power about half of rated", |v| {
@@ -275,13 +289,17 @@ async fn an_event_sheds_two_loads_and_restores_them_even_across_a_kill_9() {
     })
     .await;
     // The end restores both.
-    gw.wait_for(WAIT, "the pcs setpoint back at 100 %", |v| {
-        v["point"] == "plant-unit1/setpoint" && number(v).is_some_and(|x| (x - 100.0).abs() < 0.01)
-    })
+    gw.wait_for(
+        WAIT,
+        "the pcs setpoint back at 100 %",
+        reads("plant-unit1/setpoint", 100.0),
+    )
     .await;
-    gw.wait_for(WAIT, "the pump back on", |v| {
-        v["point"] == "plant-unit2/switch" && v["value"] == true
-    })
+    gw.wait_for(
+        WAIT,
+        "the pump back on",
+        switched("plant-unit2/switch", true),
+    )
     .await;
 
     // 2. A 4-second event, and a kill -9 while the loads are shed.
@@ -295,21 +313,27 @@ async fn an_event_sheds_two_loads_and_restores_them_even_across_a_kill_9() {
         .await;
     let (code, out) = site.dispatch("operator", &signed).await;
     assert_eq!(code, 0, "{out}");
-    gw.wait_for(WAIT, "the pcs setpoint at 50 % again", |v| {
-        v["point"] == "plant-unit1/setpoint" && number(v).is_some_and(|x| (x - 50.0).abs() < 0.01)
-    })
+    gw.wait_for(
+        WAIT,
+        "the pcs setpoint at 50 % again",
+        reads("plant-unit1/setpoint", 50.0),
+    )
     .await;
     gw.kill9().await;
     // The event ends while the gateway is down.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let mut gw = Gateway::start_in(d, &config).await;
-    gw.wait_for(WAIT, "the pcs setpoint restored after the restart", |v| {
-        v["point"] == "plant-unit1/setpoint" && number(v).is_some_and(|x| (x - 100.0).abs() < 0.01)
-    })
+    gw.wait_for(
+        WAIT,
+        "the pcs setpoint restored after the restart",
+        reads("plant-unit1/setpoint", 100.0),
+    )
     .await;
-    gw.wait_for(WAIT, "the pump on after the restart", |v| {
-        v["point"] == "plant-unit2/switch" && v["value"] == true
-    })
+    gw.wait_for(
+        WAIT,
+        "the pump on after the restart",
+        switched("plant-unit2/switch", true),
+    )
     .await;
     assert_eq!(gw.stop().await, Some(0));
 

@@ -7,18 +7,29 @@ use std::time::Duration;
 
 use gridgate_tests::{ONE_METER_SITE, gridgate, sims, with_site};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ready_after_the_store_is_open_watchdog_while_alive_stopping_at_the_end() {
+/// A one-meter site in a temporary directory, and the datagram socket that plays systemd's
+/// side (pass its path as NOTIFY_SOCKET).
+async fn notified_site(
+    id: &str,
+    poll: &str,
+) -> (
+    gridgate::tools::sim::RunningSims,
+    tempfile::TempDir,
+    tokio::net::UnixDatagram,
+    std::path::PathBuf,
+) {
     let s = sims(ONE_METER_SITE).await;
     let dir = tempfile::tempdir().expect("dir");
-    let sock_path = dir.path().join("notify.sock");
-    let sock = tokio::net::UnixDatagram::bind(&sock_path).expect("bind");
+    let sock = tokio::net::UnixDatagram::bind(dir.path().join("notify.sock")).expect("bind");
     let config = dir.path().join("g.toml");
-    std::fs::write(
-        &config,
-        with_site(dir.path(), &s.gateway_config("sd", "100ms")),
-    )
-    .expect("config");
+    std::fs::write(&config, with_site(dir.path(), &s.gateway_config(id, poll))).expect("config");
+    (s, dir, sock, config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_after_the_store_is_open_watchdog_while_alive_stopping_at_the_end() {
+    let (_sims, dir, sock, config) = notified_site("sd", "100ms").await;
+    let sock_path = dir.path().join("notify.sock");
     let mut child = gridgate()
         .args(["run", "--config"])
         .arg(&config)
@@ -102,16 +113,8 @@ async fn ready_after_the_store_is_open_watchdog_while_alive_stopping_at_the_end(
 /// no longer fed, so systemd restarts the gateway, and the log says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wedged_store_stops_the_watchdog() {
-    let s = sims(ONE_METER_SITE).await;
-    let dir = tempfile::tempdir().expect("dir");
+    let (_sims, dir, sock, config) = notified_site("wedge", "50ms").await;
     let sock_path = dir.path().join("notify.sock");
-    let sock = tokio::net::UnixDatagram::bind(&sock_path).expect("bind");
-    let config = dir.path().join("g.toml");
-    std::fs::write(
-        &config,
-        with_site(dir.path(), &s.gateway_config("wedge", "50ms")),
-    )
-    .expect("config");
     let log = std::fs::File::create(dir.path().join("log")).expect("log");
     // The first 20 commits go through; the 21st never returns.
     let mut child = gridgate()
