@@ -59,6 +59,9 @@ pub enum DaemonError {
     /// The gRPC API would not start.
     #[error(transparent)]
     Api(#[from] crate::api::ApiError),
+    /// The demo's DR set-up failed.
+    #[error(transparent)]
+    DrDemo(#[from] crate::dr::demo::DemoError),
     /// A trusted DR issuer's key is unusable.
     #[error(transparent)]
     Trust(#[from] crate::dr::service::TrustError),
@@ -813,11 +816,12 @@ async fn reload(pipeline: &mut Pipeline, config_path: &Path) {
 /// on them with the store, signed batches and an uplink to its own embedded broker.
 pub async fn demo(
     duration: Option<Duration>,
+    dr_after: Duration,
     echo: Box<dyn ReadingSink>,
     mut status: Box<dyn std::io::Write + Send>,
 ) -> Result<(), DaemonError> {
     let work = std::env::temp_dir().join(format!("gridgate-demo-{}", std::process::id()));
-    let result = demo_in(&work, duration, echo, &mut status).await;
+    let result = demo_in(&work, duration, dr_after, echo, &mut status).await;
     let _ = std::fs::remove_dir_all(&work);
     result
 }
@@ -831,6 +835,7 @@ fn free_port() -> std::io::Result<u16> {
 async fn demo_in(
     work: &Path,
     duration: Option<Duration>,
+    dr_after: Duration,
     echo: Box<dyn ReadingSink>,
     status: &mut Box<dyn std::io::Write + Send>,
 ) -> Result<(), DaemonError> {
@@ -868,15 +873,21 @@ broker = "mqtt://127.0.0.1:{port}"
 topic = "gridgate/demo-site/batches"
 "#
     ));
+    let grpc_port = free_port()?;
+    text.push_str(&crate::dr::demo::prepare(work, grpc_port)?);
     let cfg = crate::config::parse(&text, Path::new("<demo config>"))?;
     let identity = Identity::generate()?;
     let _ = writeln!(
         status,
         "gridgate demo: simulated meters, Modbus devices and an MQTT sensor, polled and stored by the gateway.\n{}\
          identity (made for this demo): {}\n\
+         A signed DR event sheds half of {} (plant-unit1) {} after the start, for {} s.\n\
          Readings follow (time UTC, point, value, unit, quality); a status line every 5 s. Ctrl-C stops.\n",
         summary(&cfg),
-        hex::encode(identity.public().to_bytes())
+        hex::encode(identity.public().to_bytes()),
+        crate::dr::demo::LOAD,
+        humantime::format_duration(dr_after),
+        crate::dr::demo::EVENT_LENGTH.as_secs()
     );
     for l in &sims.lines {
         let _ = writeln!(
@@ -905,11 +916,22 @@ topic = "gridgate/demo-site/batches"
     tokio::pin!(stop);
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.tick().await;
+    let dr_at = tokio::time::sleep(dr_after);
+    tokio::pin!(dr_at);
+    let mut dispatched = false;
     loop {
         tokio::select! {
             _ = &mut stop => break,
+            _ = &mut dr_at, if !dispatched => {
+                dispatched = true;
+                let said = crate::dr::demo::dispatch(work, grpc_port).await;
+                let _ = writeln!(status, "-- {}", said.unwrap_or_else(|e| format!("DR event not sent: {e}")));
+            }
             _ = tick.tick() => {
                 let _ = writeln!(status, "-- {}", pipeline.status_line());
+                if let Some(line) = crate::dr::demo::status_line(&pipeline.store.store) {
+                    let _ = writeln!(status, "-- {line}");
+                }
             }
         }
     }

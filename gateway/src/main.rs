@@ -37,6 +37,10 @@ enum Command {
         /// Print readings as JSON lines instead of a table.
         #[arg(long)]
         json: bool,
+        /// When to send the demo's signed DR event (it sheds half of the simulated plant's
+        /// first unit for 20 s, then restores it).
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        dr_after: Duration,
     },
     /// Run the gateway daemon with a config file.
     ///
@@ -295,13 +299,17 @@ fn main() -> ExitCode {
 async fn dispatch(command: Command) -> Result<ExitCode> {
     let mut stdout = std::io::stdout();
     match command {
-        Command::Demo { duration, json } => {
+        Command::Demo {
+            duration,
+            json,
+            dr_after,
+        } => {
             let s = if json {
                 sink(Format::Json)
             } else {
                 sink(Format::Text)
             };
-            daemon::demo(duration, s, Box::new(std::io::stderr())).await?;
+            daemon::demo(duration, dr_after, s, Box::new(std::io::stderr())).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { config, echo } => {

@@ -334,3 +334,33 @@ async fn demo_runs_with_no_arguments_and_shows_readings() {
     assert!(good("plant-unit1/"), "{out}");
     assert!(err.contains("simulated line rs485-1 (dlt645)"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_sends_a_signed_dr_event_and_the_load_comes_off() {
+    let (code, out, err) = run_to_end(
+        &["demo", "--duration", "9s", "--dr-after", "1s", "--json"],
+        LIMIT,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("dispatched (shed 27.5 kW of plant-pcs for 20 s): accepted"),
+        "{err}"
+    );
+    assert!(
+        err.contains("DR ACTIVE: plant-pcs ACKNOWLEDGED (setpoint 50 was 100"),
+        "{err}"
+    );
+    let v = json_lines(&out);
+    let power: Vec<f64> = v
+        .iter()
+        .filter(|r| r["point"] == "plant-unit1/active_power")
+        .filter_map(|r| r["value"].as_f64())
+        .collect();
+    // Polled every 5 s: once at full power before the event, then at about half.
+    assert!(power.len() >= 2, "{power:?}");
+    assert!(
+        power[0] > 50.0 && power[power.len() - 1] < 30.0,
+        "{power:?}"
+    );
+}

@@ -9,6 +9,7 @@
 //! Measuring the reduction against a baseline and the performance report build on these
 //! (DESIGN.md, DR).
 
+pub mod demo;
 pub mod event;
 pub mod relay;
 pub mod service;
