@@ -13,6 +13,7 @@ use gridgate::batch::Identity;
 use gridgate_proto::v1 as pb;
 use gridgate_proto::v1::demand_response_client::DemandResponseClient;
 use tokio_modbus::client::{Writer, tcp};
+use tokio_modbus::slave::Slave;
 
 const LOADS: usize = 100;
 
@@ -193,7 +194,7 @@ async fn run(events: usize) {
         // connections opened beforehand (the relay's lines are open too).
         let mut contexts = Vec::with_capacity(LOADS);
         for a in &links {
-            contexts.push(tcp::connect(*a).await.expect("connect"));
+            contexts.push(tcp::connect_slave(*a, Slave(1)).await.expect("connect"));
         }
         let started = Instant::now();
         let outcomes = futures::future::join_all(
