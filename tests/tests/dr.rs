@@ -364,3 +364,66 @@ async fn an_event_sheds_two_loads_and_restores_them_even_across_a_kill_9() {
         assert_eq!((pcs.previous, pcs.target), (Some(100.0), 50.0), "{id}");
     }
 }
+
+/// A meter room: a DL/T 645 meter's load switch driven by remote control (trip, then close
+/// at the end), confirmed through status word 3; a wrong password is a failed load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dlt645_meter_is_tripped_by_remote_control_and_closed_at_the_end() {
+    let s = sims(gridgate_tests::ONE_METER_SITE).await;
+    let site = Site {
+        dir: tempfile::tempdir().expect("dir"),
+        port: free_port(),
+    };
+    let d = site.dir.path();
+    gridgate::api::pki::make_site_pki(&d.join("pki"), "dr", &[]).expect("pki");
+    std::fs::create_dir_all(d.join("operator")).expect("dir");
+    keygen(&d.join("operator"));
+    let mut config = s.gateway_config("room", "100ms");
+    config.push_str(&grpc_section(site.port, &d.join("pki")));
+    config.push_str(&format!(
+        r#"
+[dr]
+issuers = [{{ name = "operator", public_key = "{}" }}]
+
+[[load]]
+name = "tenant"
+meter = "meter-1/active_power"
+control = "meter-1/relay"
+password = "02000000"
+"#,
+        site.path("operator/identity.pub")
+    ));
+    let mut gw = Gateway::start_in(d, &config).await;
+    wait_for_port(site.port).await;
+    let operator = site.path("operator/identity.key");
+    let signed = site
+        .sign(
+            "trip",
+            &operator,
+            &event("trip-1", "operator", "load = \"tenant\"\non = false")
+                .replace("duration = \"15m\"", "duration = \"2s\""),
+        )
+        .await;
+    let (code, out) = site.dispatch("operator", &signed).await;
+    assert_eq!(code, 0, "{out}");
+    // Status word 3 bit 4 (16): relay open; the meter then measures no power.
+    gw.wait_for(WAIT, "the relay open", reads("meter-1/status3", 16.0))
+        .await;
+    gw.wait_for(
+        WAIT,
+        "no power through the meter",
+        reads("meter-1/active_power", 0.0),
+    )
+    .await;
+    gw.wait_for(
+        WAIT,
+        "the relay closed again",
+        reads("meter-1/status3", 0.0),
+    )
+    .await;
+    gw.wait_for(WAIT, "power back", |v| {
+        v["point"] == "meter-1/active_power" && v["value"].as_f64().is_some_and(|p| p > 0.5)
+    })
+    .await;
+    assert_eq!(gw.stop().await, Some(0));
+}

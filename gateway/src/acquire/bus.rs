@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::control::{ControlError, ControlOutcome, ControlRequest, write_modbus};
+use super::control::{ControlError, ControlOutcome, ControlRequest, write_dlt645, write_modbus};
 use super::reading::{Quality, Reading, Value, now_ms};
 use super::state::DeviceRegistry;
 use crate::config::{BusConfig, BusTiming, DeviceConfig, DeviceKind, PointSource, Protocol};
@@ -172,10 +172,16 @@ impl BusPoller {
         let devices: Vec<DeviceConfig> = self.devices.iter().map(|d| d.cfg.clone()).collect();
         match &mut self.line {
             Line::Modbus(line) => write_modbus(line, &devices, &timing, req).await,
-            Line::Dlt645(_) => Err(ControlError::NotWritable(
-                format!("{}/{}", req.device, req.point),
-                "DL/T 645 remote control is not relayed yet",
-            )),
+            Line::Dlt645(_) => {
+                let client = self
+                    .dlt645_client()
+                    .await
+                    .map_err(|e| ControlError::Device {
+                        point: format!("{}/{}", req.device, req.point),
+                        error: e,
+                    })?;
+                write_dlt645(client, &devices, &timing, req).await
+            }
         }
     }
 

@@ -12,7 +12,10 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
 use super::bus::read_modbus;
-use crate::config::{BusTiming, DeviceConfig, DeviceKind, PointSource};
+use crate::config::dr::RELAY_POINT;
+use crate::config::{BusTiming, ControlPoint, DeviceConfig, DeviceKind, PointSource, RemoteAuth};
+use gridgate_drivers::dlt645::{self, Client, DataId, MeterTime, RemoteCommand, RemoteControl};
+use gridgate_drivers::link::LineStream;
 
 /// Requests a bus task may have waiting.
 pub const CONTROL_QUEUE: usize = 64;
@@ -24,8 +27,10 @@ pub struct ControlRequest {
     pub device: String,
     /// Point name (a holding register or coil point of the device).
     pub point: String,
-    /// Engineering value to write (coils: 0 or 1).
+    /// Engineering value to write (coils and DL/T 645 relays: 0 off, 1 on).
     pub value: f64,
+    /// DL/T 645 remote-control credentials, for a meter's relay.
+    pub auth: Option<RemoteAuth>,
     /// Where the outcome goes.
     pub reply: oneshot::Sender<Result<ControlOutcome, ControlError>>,
 }
@@ -104,15 +109,15 @@ impl Controls {
         m.device_bus.retain(|_, b| b != bus);
     }
 
-    /// Writes `value` to `device/point` and waits (at most `within`) for the confirmation.
+    /// Writes `value` to the control and waits (at most `within`) for the confirmation.
     pub async fn write(
         &self,
-        device: &str,
-        point: &str,
+        control: &ControlPoint,
         value: f64,
         within: Duration,
     ) -> Result<ControlOutcome, ControlError> {
-        let name = format!("{device}/{point}");
+        let device = control.device.as_str();
+        let name = format!("{device}/{}", control.point);
         let tx = {
             let m = self.lock();
             let bus = m
@@ -127,8 +132,9 @@ impl Controls {
         let (reply, rx) = oneshot::channel();
         let req = ControlRequest {
             device: device.to_string(),
-            point: point.to_string(),
+            point: control.point.clone(),
             value,
+            auth: control.auth,
             reply,
         };
         let asked = async {
@@ -226,5 +232,97 @@ pub async fn write_modbus(
     Ok(ControlOutcome {
         previous,
         confirmed,
+    })
+}
+
+/// Status word 3 (04000503): bit 4 set means the load switch is open (tripped).
+const STATUS3: DataId = DataId(0x0400_0503);
+const STATUS3_RELAY_OPEN: u32 = 1 << 4;
+/// How long a remote-control command stays valid at the meter.
+const REMOTE_VALID_S: i64 = 600;
+
+async fn relay_closed(
+    client: &mut Client<LineStream>,
+    address: dlt645::Address,
+    timing: &BusTiming,
+    name: &str,
+) -> Result<bool, ControlError> {
+    let v = super::bus::read_dlt645(client, address, STATUS3, timing)
+        .await
+        .map_err(|e| ControlError::Device {
+            point: name.to_string(),
+            error: format!("status word 3: {e}"),
+        })?;
+    match v {
+        dlt645::Value::Word(w) => Ok(w & STATUS3_RELAY_OPEN == 0),
+        other => Err(ControlError::Device {
+            point: name.to_string(),
+            error: format!("status word 3 reads {other}"),
+        }),
+    }
+}
+
+/// Carries out one request on a DL/T 645 meter's load switch: reads status word 3, sends
+/// the remote-control command (0 trips, anything else closes), reads status word 3 again.
+pub async fn write_dlt645(
+    client: &mut Client<LineStream>,
+    devices: &[DeviceConfig],
+    timing: &BusTiming,
+    req: &ControlRequest,
+) -> Result<ControlOutcome, ControlError> {
+    let name = format!("{}/{}", req.device, req.point);
+    let device = devices
+        .iter()
+        .find(|d| d.name == req.device)
+        .ok_or_else(|| ControlError::Unknown(name.clone()))?;
+    let DeviceKind::Dlt645 { address } = device.kind else {
+        return Err(ControlError::Unknown(name));
+    };
+    if req.point != RELAY_POINT {
+        return Err(ControlError::NotWritable(
+            name,
+            "a DL/T 645 meter is controlled through its relay only",
+        ));
+    }
+    let Some(auth) = req.auth else {
+        return Err(ControlError::NotWritable(
+            name,
+            "no remote-control password",
+        ));
+    };
+    let before = relay_closed(client, address, timing, &name).await?;
+    let close = req.value != 0.0;
+    // Meters keep their own clock; the validity window is generous so that a meter a few
+    // minutes off still takes the command.
+    let now_s = super::reading::now_ms() / 1000;
+    let rc = RemoteControl {
+        password: auth.password,
+        operator: auth.operator,
+        command: if close {
+            RemoteCommand::Close
+        } else {
+            RemoteCommand::Trip
+        },
+        valid_until: MeterTime::from_unix(now_s + REMOTE_VALID_S),
+    };
+    client
+        .remote_control(address, &rc)
+        .await
+        .map_err(|e| ControlError::Device {
+            point: name.clone(),
+            error: e.to_string(),
+        })?;
+    let after = relay_closed(client, address, timing, &name).await?;
+    let as_value = |closed: bool| if closed { 1.0 } else { 0.0 };
+    if after != close {
+        return Err(ControlError::NotConfirmed {
+            point: name,
+            wrote: as_value(close),
+            read: as_value(after),
+        });
+    }
+    Ok(ControlOutcome {
+        previous: as_value(before),
+        confirmed: as_value(after),
     })
 }

@@ -35,6 +35,8 @@ pub struct RawLoad {
     pub max_events_per_day: Option<Spanned<u32>>,
     pub control: Option<Spanned<String>>,
     pub rated_kw: Option<Spanned<f64>>,
+    pub password: Option<Spanned<String>>,
+    pub operator: Option<Spanned<String>>,
 }
 
 /// `[dr]`: the issuers whose signed events the gateway accepts.
@@ -42,6 +44,36 @@ pub struct RawLoad {
 pub struct DrConfig {
     /// (name, PEM public key file), as `gridgate keygen` writes them.
     pub issuers: Vec<(String, PathBuf)>,
+}
+
+/// DL/T 645 remote-control credentials: password (level and password, PA P0 P1 P2 as sent)
+/// and operator code (C0..C3 as sent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteAuth {
+    /// PA P0 P1 P2.
+    pub password: [u8; 4],
+    /// C0 C1 C2 C3.
+    pub operator: [u8; 4],
+}
+
+/// What a load's control writes: a device's point, and for a DL/T 645 meter's switch
+/// (`meter/relay`) the credentials of the remote-control command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlPoint {
+    /// Device name.
+    pub device: String,
+    /// Point name (`relay` for a DL/T 645 meter's load switch).
+    pub point: String,
+    /// For `relay`: the remote-control credentials.
+    pub auth: Option<RemoteAuth>,
+}
+
+/// The pseudo-point of a DL/T 645 meter's load switch: 0 trips it, 1 closes it.
+pub const RELAY_POINT: &str = "relay";
+
+fn four_bytes(text: &str) -> Option<[u8; 4]> {
+    let b = hex::decode(text.trim()).ok()?;
+    b.try_into().ok()
 }
 
 /// `[[load]]`: a load DR events may move, and its safety limits.
@@ -57,9 +89,9 @@ pub struct LoadConfig {
     pub max_shed_kw: f64,
     /// Events that may move it per UTC day.
     pub max_events_per_day: u32,
-    /// The writable point (`device/point`: a Modbus coil or holding register) that
-    /// controls it; a load without one cannot be moved.
-    pub control: Option<(String, String)>,
+    /// The writable point that controls it (a Modbus coil or holding register, or a
+    /// DL/T 645 meter's `relay`); a load without one cannot be moved.
+    pub control: Option<ControlPoint>,
     /// Rated power, kW: maps `shed_kw` onto a setpoint in percent of rated power.
     pub rated_kw: Option<f64>,
 }
@@ -154,18 +186,47 @@ impl Checker<'_> {
                 Some(v) => *v.get_ref(),
                 None => f64::MAX,
             };
+            let auth = match (&l.password, &l.operator) {
+                (None, _) => None,
+                (Some(p), o) => {
+                    let password = four_bytes(p.get_ref());
+                    let operator = o.as_ref().map_or(Some([0; 4]), |o| four_bytes(o.get_ref()));
+                    match (password, operator) {
+                        (Some(password), Some(operator)) => Some(RemoteAuth { password, operator }),
+                        _ => {
+                            self.problem(
+                                p,
+                                format!("load[{i}].password"),
+                                "password and operator are 8 hex digits each, as sent (e.g. password = \"02123456\")".into(),
+                            );
+                            None
+                        }
+                    }
+                }
+            };
             let control = match &l.control {
                 None => None,
-                Some(c) if writable.contains(c.get_ref()) => c
-                    .get_ref()
-                    .split_once('/')
-                    .map(|(d, p)| (d.to_string(), p.to_string())),
+                Some(c) if writable.contains(c.get_ref()) => {
+                    let (device, point) = c.get_ref().split_once('/').unwrap_or(("", ""));
+                    if point == RELAY_POINT && auth.is_none() {
+                        self.problem(
+                            c,
+                            format!("load[{i}].control"),
+                            "a DL/T 645 meter's relay needs the remote-control password (password = \"PAP0P1P2\", operator = \"C0C1C2C3\")".into(),
+                        );
+                    }
+                    Some(ControlPoint {
+                        device: device.to_string(),
+                        point: point.to_string(),
+                        auth,
+                    })
+                }
                 Some(c) => {
                     self.problem(
                         c,
                         format!("load[{i}].control"),
                         format!(
-                            "{:?} is not a writable point: write device/point of a Modbus coil or holding register",
+                            "{:?} is not a writable point: write device/point of a Modbus coil or holding register, or meter/relay of a DL/T 645 meter",
                             c.get_ref()
                         ),
                     );

@@ -18,7 +18,7 @@ use gridgate_drivers::link::{Framing, Link};
 use gridgate_drivers::modbus::{self, DataType, Order, PointSpec, ReadPlan, Table};
 use thiserror::Error;
 
-pub use dr::{DrConfig, LoadConfig};
+pub use dr::{ControlPoint, DrConfig, LoadConfig, RemoteAuth};
 pub use raw::RawConfig;
 use raw::{RawBus, RawDevice, RawPoint};
 pub use services::{
@@ -503,6 +503,13 @@ impl Checker<'_> {
                     _ => None,
                 })
             })
+            .chain(
+                buses
+                    .iter()
+                    .flat_map(|b| &b.devices)
+                    .filter(|d| matches!(d.kind, DeviceKind::Dlt645 { .. }))
+                    .map(|d| format!("{}/{}", d.name, dr::RELAY_POINT)),
+            )
             .collect();
         let dr = self.check_dr(raw.dr.as_ref());
         let loads = self.check_loads(&raw.load, &points, &writable);

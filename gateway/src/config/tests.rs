@@ -167,3 +167,59 @@ fn the_shipped_example_config_is_valid() {
         vec!["mqtt-uplink".to_string()]
     );
 }
+
+#[test]
+fn loads_are_bound_to_writable_controls_with_their_credentials() {
+    let dr = "\n[dr]\nissuers = [{ name = \"operator\", public_key = \"/etc/gridgate/operator.pub\" }]\n";
+    let good = format!(
+        "{GOOD}{dr}\n[[load]]\nname = \"tenant\"\nmeter = \"meter-1/active_power\"\ncontrol = \"meter-1/relay\"\npassword = \"02123456\"\noperator = \"00000007\"\n"
+    );
+    let cfg = parse(&good, Path::new("g.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let control = cfg.loads[0].control.clone().expect("control");
+    assert_eq!(
+        (control.device.as_str(), control.point.as_str()),
+        ("meter-1", "relay")
+    );
+    assert_eq!(
+        control.auth,
+        Some(RemoteAuth {
+            password: [0x02, 0x12, 0x34, 0x56],
+            operator: [0, 0, 0, 7],
+        })
+    );
+
+    for (load, key, says) in [
+        (
+            "control = \"meter-1/relay\"",
+            "load[0].control",
+            "needs the remote-control password",
+        ),
+        (
+            "control = \"meter-1/active_power\"",
+            "load[0].control",
+            "not a writable point",
+        ),
+        (
+            "control = \"meter-1/relay\"\npassword = \"xyz\"",
+            "load[0].password",
+            "8 hex digits",
+        ),
+        (
+            "meter = \"nowhere/p\"",
+            "load[0].meter",
+            "not a point of this gateway",
+        ),
+    ] {
+        let meter = if load.starts_with("meter") {
+            ""
+        } else {
+            "meter = \"meter-1/active_power\"\n"
+        };
+        let text = format!("{GOOD}{dr}\n[[load]]\nname = \"tenant\"\n{meter}{load}\n");
+        let p = problems(&text);
+        assert!(
+            p.iter().any(|p| p.key == key && p.message.contains(says)),
+            "{load}: {p:?}"
+        );
+    }
+}

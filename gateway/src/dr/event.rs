@@ -258,7 +258,11 @@ mod tests {
             setpoint_range: (0.0, 100.0),
             max_shed_kw: 50.0,
             max_events_per_day: 2,
-            control: Some((name.into(), "setpoint".into())),
+            control: Some(crate::config::ControlPoint {
+                device: name.into(),
+                point: "setpoint".into(),
+                auth: None,
+            }),
             rated_kw: Some(100.0),
         }
     }

@@ -161,7 +161,7 @@ async fn drive(
         if retry_at.get(&slot).is_some_and(|t| *t > now) {
             continue;
         }
-        let Some((device, point)) = cfg
+        let Some(control) = cfg
             .loads
             .iter()
             .find(|l| l.name == ls.load)
@@ -170,12 +170,7 @@ async fn drive(
             continue;
         };
         let target = ls.target;
-        writes.push(async move {
-            (
-                i,
-                controls.write(&device, &point, target, WRITE_WITHIN).await,
-            )
-        });
+        writes.push(async move { (i, controls.write(&control, target, WRITE_WITHIN).await) });
     }
     for (i, outcome) in futures::future::join_all(writes).await {
         let ls = &mut status.loads[i];
@@ -221,7 +216,7 @@ async fn restore(
         if ls.state != pb::LoadState::Acknowledged as i32 {
             continue;
         }
-        let (Some(previous), Some((device, point))) = (
+        let (Some(previous), Some(control)) = (
             ls.previous,
             cfg.loads
                 .iter()
@@ -230,14 +225,7 @@ async fn restore(
         ) else {
             continue;
         };
-        writes.push(async move {
-            (
-                i,
-                controls
-                    .write(&device, &point, previous, WRITE_WITHIN)
-                    .await,
-            )
-        });
+        writes.push(async move { (i, controls.write(&control, previous, WRITE_WITHIN).await) });
     }
     for (i, outcome) in futures::future::join_all(writes).await {
         let ls = &mut status.loads[i];
