@@ -286,6 +286,8 @@ pub struct Pipeline {
     /// Writes to field devices, through the bus tasks.
     pub controls: acquire::Controls,
     dr_wake: Arc<tokio::sync::Notify>,
+    /// Held for every read-modify-write of a DR event's record (dispatch, cancel, relay).
+    dr_records: Arc<tokio::sync::Mutex<()>>,
     relay: Part,
     public_key: [u8; 32],
     rate: std::sync::Mutex<(tokio::time::Instant, u64)>,
@@ -382,6 +384,7 @@ impl Pipeline {
             dr: Arc::default(),
             controls: acquire::Controls::default(),
             dr_wake: Arc::default(),
+            dr_records: Arc::default(),
             public_key,
             rate: std::sync::Mutex::new((tokio::time::Instant::now(), 0)),
         };
@@ -398,6 +401,7 @@ impl Pipeline {
             p.config.subscribe(),
             p.controls.clone(),
             p.dr_wake.clone(),
+            p.dr_records.clone(),
             p.relay.cancel.clone(),
         ));
         Ok(p)
@@ -462,7 +466,7 @@ impl Pipeline {
             let dr = crate::dr::service::DrState {
                 trust: crate::dr::service::load_trust(cfg.dr.as_ref())?,
                 stats: self.dr.clone(),
-                serial: tokio::sync::Mutex::new(()),
+                serial: self.dr_records.clone(),
                 wake: self.dr_wake.clone(),
             };
             let state = crate::api::ApiState {

@@ -427,3 +427,96 @@ password = "02000000"
     .await;
     assert_eq!(gw.stop().await, Some(0));
 }
+
+/// The issuer cancels an active event: the load goes back at once and the event's record
+/// says cancelled; a cancel of an unknown event, a forged one and a second one are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_event_restores_its_loads_at_once() {
+    let (_sims, site, config) = plant().await;
+    let d = site.dir.path();
+    std::fs::create_dir_all(d.join("forger")).expect("dir");
+    keygen(&d.join("forger"));
+    let mut gw = Gateway::start_in(d, &config).await;
+    wait_for_port(site.port).await;
+    let operator = site.path("operator/identity.key");
+    let signed = site
+        .sign(
+            "long",
+            &operator,
+            &event("long-1", "operator", "load = \"pcs\"\nsetpoint = 40.0"),
+        )
+        .await;
+    let (code, out) = site.dispatch("operator", &signed).await;
+    assert_eq!(code, 0, "{out}");
+    gw.wait_for(
+        WAIT,
+        "the pcs setpoint at 40 %",
+        reads("plant-unit1/setpoint", 40.0),
+    )
+    .await;
+
+    let cancel = |key: String, id: &'static str| {
+        let site = &site;
+        async move {
+            let (code, out, err) = run_to_end(
+                &[
+                    "dr",
+                    "cancel",
+                    "--sign-key",
+                    &key,
+                    "--issuer",
+                    "operator",
+                    "--id",
+                    id,
+                    "--endpoint",
+                    &format!("https://localhost:{}", site.port),
+                    "--ca",
+                    &site.path("pki/ca.pem"),
+                    "--cert",
+                    &site.path("pki/client-operator.pem"),
+                    "--key",
+                    &site.path("pki/client-operator.key"),
+                ],
+                WAIT,
+            )
+            .await;
+            (code, format!("{out}{err}"))
+        }
+    };
+    let (code, out) = cancel(site.path("forger/identity.key"), "long-1").await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("REFUSAL_BAD_SIGNATURE"), "{out}");
+    let (code, out) = cancel(operator.clone(), "nothing-like-it").await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("was accepted here"), "{out}");
+
+    let (code, out) = cancel(operator.clone(), "long-1").await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("cancelled"), "{out}");
+    gw.wait_for(
+        WAIT,
+        "the pcs setpoint restored",
+        reads("plant-unit1/setpoint", 100.0),
+    )
+    .await;
+    let (code, out) = cancel(operator.clone(), "long-1").await;
+    assert_eq!(code, 1, "a second cancel: {out}");
+    assert_eq!(gw.stop().await, Some(0));
+
+    use prost::Message;
+    let store = gridgate::store::Store::open(&d.join("data"), "plant").expect("store");
+    let bytes = store
+        .dr_event(&gridgate::dr::event_key("operator", "long-1"))
+        .expect("read")
+        .expect("stored");
+    let status = gridgate_proto::v1::EventStatus::decode(bytes.as_slice()).expect("decode");
+    assert!(status.cancelled);
+    assert_eq!(
+        status.state,
+        gridgate_proto::v1::EventState::Cancelled as i32
+    );
+    assert_eq!(
+        status.loads[0].state,
+        gridgate_proto::v1::LoadState::Restored as i32
+    );
+}

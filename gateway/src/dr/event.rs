@@ -235,6 +235,30 @@ fn check_target(load: &LoadConfig, t: &pb::LoadTarget) -> Result<(), Refused> {
     }
 }
 
+/// Checks a signed cancel: decodable, from a trusted issuer, signature valid.
+pub fn check_cancel(signed: &pb::SignedDrCancel, trust: &Trust) -> Result<pb::DrCancel, Refused> {
+    let cancel = pb::DrCancel::decode(signed.cancel.as_slice())
+        .map_err(|e| Refused::Malformed(format!("not a gridgate.v1.DrCancel: {e}")))?;
+    let key = trust
+        .0
+        .get(&cancel.issuer)
+        .ok_or_else(|| Refused::UnknownIssuer(cancel.issuer.clone()))?;
+    let signature = Signature::from_slice(&signed.signature)
+        .map_err(|_| Refused::BadSignature(cancel.issuer.clone()))?;
+    key.verify(&signed.cancel, &signature)
+        .map_err(|_| Refused::BadSignature(cancel.issuer.clone()))?;
+    Ok(cancel)
+}
+
+/// Encodes and signs a cancel with `key`.
+pub fn sign_cancel(cancel: &pb::DrCancel, key: &Identity) -> pb::SignedDrCancel {
+    let bytes = cancel.encode_to_vec();
+    pb::SignedDrCancel {
+        signature: key.sign(&bytes).to_vec(),
+        cancel: bytes,
+    }
+}
+
 /// Encodes and signs `event` with `key`: what `gridgate dr sign` and the DR operator do.
 pub fn sign_event(event: &pb::DrEvent, key: &Identity) -> pb::SignedDrEvent {
     let bytes = event.encode_to_vec();

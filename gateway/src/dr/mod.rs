@@ -14,4 +14,4 @@ pub mod event;
 pub mod relay;
 pub mod service;
 
-pub use event::{Checked, Refused, Trust, check, event_key, sign_event};
+pub use event::{Checked, Refused, Trust, check, check_cancel, event_key, sign_cancel, sign_event};

@@ -48,6 +48,7 @@ pub async fn run(
     config: watch::Receiver<Arc<GatewayConfig>>,
     controls: Controls,
     wake: Arc<Notify>,
+    record_lock: Arc<tokio::sync::Mutex<()>>,
     cancel: CancellationToken,
 ) {
     let mut retry_at: BTreeMap<(String, String), Instant> = BTreeMap::new();
@@ -77,6 +78,23 @@ pub async fn run(
             let before = status.clone();
             step(&mut status, &key, &cfg, &controls, &mut retry_at).await;
             if status != before {
+                // A cancel may have come in while the loads were being written: keep it.
+                let _held = record_lock.lock().await;
+                let st = store.clone();
+                let k = key.clone();
+                let current = tokio::task::spawn_blocking(move || st.dr_event(&k))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .flatten()
+                    .and_then(|b| pb::EventStatus::decode(b.as_slice()).ok());
+                if let Some(current) = current.filter(|c| c.cancelled && !status.cancelled) {
+                    status.cancelled = true;
+                    status.end_ms = status.end_ms.min(current.end_ms);
+                    if current.state == pb::EventState::Cancelled as i32 {
+                        status.state = current.state;
+                    }
+                }
                 let st = store.clone();
                 let record = status.encode_to_vec();
                 let k = key.clone();
@@ -242,7 +260,11 @@ async fn restore(
         .iter()
         .all(|l| l.state != pb::LoadState::Acknowledged as i32)
     {
-        status.state = pb::EventState::Completed as i32;
-        info!(event = %event.id, "DR event ended; loads restored");
+        status.state = if status.cancelled {
+            pb::EventState::Cancelled as i32
+        } else {
+            pb::EventState::Completed as i32
+        };
+        info!(event = %event.id, cancelled = status.cancelled, "DR event ended; loads restored");
     }
 }

@@ -13,7 +13,7 @@ use thiserror::Error;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use super::event::{Refused, Trust, check, event_key};
+use super::event::{Refused, Trust, check, check_cancel, event_key};
 use crate::acquire::reading::now_ms;
 use crate::api::ApiState;
 use crate::api::auth::{Role, require, role_of};
@@ -58,8 +58,9 @@ pub struct DrState {
     pub trust: Trust,
     /// Counters.
     pub stats: Arc<DrStats>,
-    /// One dispatch at a time: the replay and per-day checks and the insert are one step.
-    pub serial: tokio::sync::Mutex<()>,
+    /// One change of the event records at a time (shared with the relay): the replay and
+    /// per-day checks and the insert are one step, and a cancel is never lost to the relay.
+    pub serial: Arc<tokio::sync::Mutex<()>>,
     /// Wakes the relay when an event was accepted.
     pub wake: Arc<tokio::sync::Notify>,
 }
@@ -168,6 +169,7 @@ impl DemandResponse for DemandResponseService {
             start_ms: checked.start_ms,
             end_ms: checked.end_ms,
             loads: Vec::new(),
+            cancelled: false,
         }
         .encode_to_vec();
         let store = self.api.store.store.clone();
@@ -203,6 +205,71 @@ impl DemandResponse for DemandResponseService {
                 checked.end_ms
             ),
             event_id,
+        }))
+    }
+
+    async fn cancel(
+        &self,
+        req: Request<pb::SignedDrCancel>,
+    ) -> Result<Response<pb::DispatchReply>, Status> {
+        require(&req, "Cancel", &[Role::Operator])?;
+        let signed = req.into_inner();
+        let cancel = match check_cancel(&signed, &self.dr.trust) {
+            Ok(c) => c,
+            Err(r) => return Ok(Response::new(self.refuse(&r, String::new()))),
+        };
+        let _one_at_a_time = self.dr.serial.lock().await;
+        let key = event_key(&cancel.issuer, &cancel.event_id);
+        let store = self.api.store.store.clone();
+        let k = key.clone();
+        let found = tokio::task::spawn_blocking(move || store.dr_event(&k))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::unavailable(format!("store: {e}")))?;
+        let Some(mut status) = found.and_then(|b| pb::EventStatus::decode(b.as_slice()).ok())
+        else {
+            let r = Refused::Malformed(format!(
+                "no event {:?} of issuer {:?} was accepted here",
+                cancel.event_id, cancel.issuer
+            ));
+            return Ok(Response::new(self.refuse(&r, cancel.event_id)));
+        };
+        let state = pb::EventState::try_from(status.state).unwrap_or_default();
+        if status.cancelled
+            || matches!(state, pb::EventState::Completed | pb::EventState::Cancelled)
+        {
+            let r = Refused::Malformed(format!(
+                "event {:?} is already over ({})",
+                cancel.event_id,
+                state.as_str_name()
+            ));
+            return Ok(Response::new(self.refuse(&r, cancel.event_id)));
+        }
+        let now = now_ms();
+        status.cancelled = true;
+        if state == pb::EventState::Scheduled {
+            status.state = pb::EventState::Cancelled as i32;
+        } else {
+            // The relay restores the loads at its next turn, then marks it cancelled.
+            status.end_ms = status.end_ms.min(now);
+        }
+        let record = status.encode_to_vec();
+        let store = self.api.store.store.clone();
+        tokio::task::spawn_blocking(move || store.dr_update(&key, &record))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::unavailable(format!("store: {e}")))?;
+        self.dr.wake.notify_one();
+        info!(event = %cancel.event_id, issuer = %cancel.issuer, "DR event cancelled");
+        Ok(Response::new(pb::DispatchReply {
+            accepted: true,
+            refusal: pb::Refusal::Unspecified as i32,
+            detail: if state == pb::EventState::Scheduled {
+                "cancelled before its start".into()
+            } else {
+                "cancelled; its loads are being restored".into()
+            },
+            event_id: cancel.event_id,
         }))
     }
 

@@ -68,6 +68,65 @@ pub enum DrCommand {
         /// The signed event (from `gridgate dr sign`).
         signed: PathBuf,
     },
+    /// Cancel an accepted event: signs the cancel with the issuer's key and sends it.
+    ///
+    /// Example: gridgate dr cancel --sign-key operator.key --issuer operator --id E1
+    /// --endpoint https://gw:50051 --ca pki/ca.pem --cert pki/client-operator.pem
+    /// --key pki/client-operator.key
+    Cancel {
+        /// The issuer's private key (the one that signed the event).
+        #[arg(long)]
+        sign_key: PathBuf,
+        /// The issuer's name.
+        #[arg(long)]
+        issuer: String,
+        /// The event's id.
+        #[arg(long)]
+        id: String,
+        /// https://HOST:PORT of the gateway's gRPC API.
+        #[arg(long)]
+        endpoint: String,
+        /// CA that signed the gateway's server certificate.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Client certificate with the operator role.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// Client key.
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+}
+
+/// Prints the gateway's answer; exit 0 when accepted, 1 when refused.
+fn answer(reply: &pb::DispatchReply, out: &mut dyn Write) -> Result<ExitCode> {
+    if reply.accepted {
+        writeln!(out, "accepted {:?}: {}", reply.event_id, reply.detail)?;
+        Ok(ExitCode::SUCCESS)
+    } else {
+        let code =
+            pb::Refusal::try_from(reply.refusal).map_or("REFUSAL_UNKNOWN", |r| r.as_str_name());
+        writeln!(
+            out,
+            "refused {:?}: {code}: {}",
+            reply.event_id, reply.detail
+        )?;
+        Ok(ExitCode::from(1))
+    }
+}
+
+async fn client(
+    endpoint: &str,
+    ca: Option<&PathBuf>,
+    cert: Option<&PathBuf>,
+    key: Option<&PathBuf>,
+) -> Result<DemandResponseClient<tonic::transport::Channel>> {
+    let channel = super::pull::connect(endpoint, ca, cert, key).await?;
+    Ok(DemandResponseClient::new(channel))
+}
+
+fn rpc_error(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}: {}", s.code(), s.message())
 }
 
 #[derive(Debug, Deserialize)]
@@ -214,27 +273,39 @@ pub async fn run(cmd: DrCommand, out: &mut dyn Write) -> Result<ExitCode> {
                     signed.display()
                 )
             })?;
-            let channel =
-                super::pull::connect(&endpoint, ca.as_ref(), cert.as_ref(), key.as_ref()).await?;
-            let mut client = DemandResponseClient::new(channel);
+            let mut client = client(&endpoint, ca.as_ref(), cert.as_ref(), key.as_ref()).await?;
             let reply = tokio::time::timeout(Duration::from_secs(30), client.dispatch(msg))
                 .await
                 .context("no answer from the gateway within 30 s")?
-                .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
+                .map_err(rpc_error)?
                 .into_inner();
-            if reply.accepted {
-                writeln!(out, "accepted {:?}: {}", reply.event_id, reply.detail)?;
-                Ok(ExitCode::SUCCESS)
-            } else {
-                let code = pb::Refusal::try_from(reply.refusal)
-                    .map_or("REFUSAL_UNKNOWN", |r| r.as_str_name());
-                writeln!(
-                    out,
-                    "refused {:?}: {code}: {}",
-                    reply.event_id, reply.detail
-                )?;
-                Ok(ExitCode::from(1))
-            }
+            answer(&reply, out)
+        }
+        DrCommand::Cancel {
+            sign_key,
+            issuer,
+            id,
+            endpoint,
+            ca,
+            cert,
+            key,
+        } => {
+            let signer = Identity::load(&sign_key)?;
+            let cancel = pb::DrCancel {
+                issuer,
+                event_id: id,
+                issued_ms: unix_ms(SystemTime::now()),
+            };
+            let mut client = client(&endpoint, ca.as_ref(), cert.as_ref(), key.as_ref()).await?;
+            let reply = tokio::time::timeout(
+                Duration::from_secs(30),
+                client.cancel(crate::dr::sign_cancel(&cancel, &signer)),
+            )
+            .await
+            .context("no answer from the gateway within 30 s")?
+            .map_err(rpc_error)?
+            .into_inner();
+            answer(&reply, out)
         }
     }
 }
