@@ -520,3 +520,109 @@ async fn a_cancelled_event_restores_its_loads_at_once() {
         gridgate_proto::v1::LoadState::Restored as i32
     );
 }
+
+/// Manual override wins: set during an active event, it puts the load back at once; while
+/// it is set, a new event naming the load is refused; cleared, the load can be moved again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_override_wins_over_any_event() {
+    let (_sims, site, config) = plant().await;
+    let d = site.dir.path();
+    let mut gw = Gateway::start_in(d, &config).await;
+    wait_for_port(site.port).await;
+    let operator = site.path("operator/identity.key");
+    let override_load = |clear: bool| {
+        let site = &site;
+        async move {
+            let mut args = vec![
+                "dr".to_string(),
+                "override".into(),
+                "--load".into(),
+                "pcs".into(),
+                "--reason".into(),
+                "technician on site".into(),
+                "--endpoint".into(),
+                format!("https://localhost:{}", site.port),
+                "--ca".into(),
+                site.path("pki/ca.pem"),
+                "--cert".into(),
+                site.path("pki/client-operator.pem"),
+                "--key".into(),
+                site.path("pki/client-operator.key"),
+            ];
+            if clear {
+                args.push("--clear".into());
+            }
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (code, out, err) = run_to_end(&refs, WAIT).await;
+            assert_eq!(code, 0, "{out}{err}");
+            out
+        }
+    };
+    let signed = site
+        .sign(
+            "e1",
+            &operator,
+            &event("ov-1", "operator", "load = \"pcs\"\nsetpoint = 40.0"),
+        )
+        .await;
+    assert_eq!(site.dispatch("operator", &signed).await.0, 0);
+    gw.wait_for(
+        WAIT,
+        "the pcs setpoint at 40 %",
+        reads("plant-unit1/setpoint", 40.0),
+    )
+    .await;
+
+    let out = override_load(false).await;
+    assert!(out.contains("under manual override: pcs"), "{out}");
+    gw.wait_for(
+        WAIT,
+        "the pcs put back by the override",
+        reads("plant-unit1/setpoint", 100.0),
+    )
+    .await;
+    let signed = site
+        .sign(
+            "e2",
+            &operator,
+            &event("ov-2", "operator", "load = \"pcs\"\nsetpoint = 30.0"),
+        )
+        .await;
+    let (code, out) = site.dispatch("operator", &signed).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("REFUSAL_LIMIT") && out.contains("manual override"),
+        "{out}"
+    );
+
+    let out = override_load(true).await;
+    assert!(out.contains("no load is under manual override"), "{out}");
+    let signed = site
+        .sign(
+            "e3",
+            &operator,
+            &event("ov-3", "operator", "load = \"pcs\"\nsetpoint = 30.0"),
+        )
+        .await;
+    assert_eq!(site.dispatch("operator", &signed).await.0, 0);
+    gw.wait_for(
+        WAIT,
+        "the pcs moved again",
+        reads("plant-unit1/setpoint", 30.0),
+    )
+    .await;
+    assert_eq!(gw.stop().await, Some(0));
+
+    use prost::Message;
+    let store = gridgate::store::Store::open(&d.join("data"), "plant").expect("store");
+    let bytes = store
+        .dr_event(&gridgate::dr::event_key("operator", "ov-1"))
+        .expect("read")
+        .expect("stored");
+    let status = gridgate_proto::v1::EventStatus::decode(bytes.as_slice()).expect("decode");
+    assert_eq!(
+        status.loads[0].state,
+        gridgate_proto::v1::LoadState::Overridden as i32,
+        "{status:?}"
+    );
+}

@@ -4,7 +4,7 @@
 //! that after a restart (even a kill -9) an active event resumes and one that ended during
 //! the downtime restores its loads.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,12 +71,28 @@ pub async fn run(
             }
         };
         let cfg = config.borrow().clone();
+        let st = store.clone();
+        let overridden = match tokio::task::spawn_blocking(move || st.dr_overrides()).await {
+            Ok(Ok(o)) => o,
+            _ => {
+                error!("DR relay cannot read the manual overrides; waiting");
+                continue;
+            }
+        };
         for (key, bytes) in records {
             let Ok(mut status) = pb::EventStatus::decode(bytes.as_slice()) else {
                 continue;
             };
             let before = status.clone();
-            step(&mut status, &key, &cfg, &controls, &mut retry_at).await;
+            step(
+                &mut status,
+                &key,
+                &cfg,
+                &controls,
+                &overridden,
+                &mut retry_at,
+            )
+            .await;
             if status != before {
                 // A cancel may have come in while the loads were being written: keep it.
                 let _held = record_lock.lock().await;
@@ -121,6 +137,7 @@ async fn step(
     key: &str,
     cfg: &GatewayConfig,
     controls: &Controls,
+    overridden: &BTreeSet<String>,
     retry_at: &mut BTreeMap<(String, String), Instant>,
 ) {
     let now = now_ms();
@@ -148,15 +165,57 @@ async fn step(
                 })
                 .collect();
             info!(event = %event.id, loads = status.loads.len(), "DR event started");
+            give_way(status, &event, cfg, controls, overridden).await;
             drive(status, &event, key, cfg, controls, retry_at).await;
         }
         pb::EventState::Active if now >= status.end_ms => {
+            give_way(status, &event, cfg, controls, overridden).await;
             restore(status, &event, cfg, controls).await;
         }
         pb::EventState::Active => {
+            give_way(status, &event, cfg, controls, overridden).await;
             drive(status, &event, key, cfg, controls, retry_at).await;
         }
         _ => {}
+    }
+}
+
+/// Manual override wins: a load under override is not written, and one the event had moved
+/// goes back to its previous value at once.
+async fn give_way(
+    status: &mut pb::EventStatus,
+    event: &pb::DrEvent,
+    cfg: &GatewayConfig,
+    controls: &Controls,
+    overridden: &BTreeSet<String>,
+) {
+    for ls in status.loads.iter_mut() {
+        if !overridden.contains(&ls.load) {
+            continue;
+        }
+        if ls.state == pb::LoadState::Pending as i32 {
+            ls.state = pb::LoadState::Overridden as i32;
+            info!(event = %event.id, load = %ls.load, "load under manual override: not moved");
+        } else if ls.state == pb::LoadState::Acknowledged as i32 {
+            let control = cfg
+                .loads
+                .iter()
+                .find(|l| l.name == ls.load)
+                .and_then(|l| l.control.clone());
+            let (Some(previous), Some(control)) = (ls.previous, control) else {
+                continue;
+            };
+            match controls.write(&control, previous, WRITE_WITHIN).await {
+                Ok(_) => {
+                    ls.state = pb::LoadState::Overridden as i32;
+                    info!(event = %event.id, load = %ls.load, "load under manual override: put back");
+                }
+                Err(e) => {
+                    ls.last_error = format!("override restore: {e}");
+                    warn!(event = %event.id, load = %ls.load, "load under manual override not put back yet: {e}");
+                }
+            }
+        }
     }
 }
 

@@ -161,6 +161,23 @@ impl DemandResponse for DemandResponseService {
             }
         };
         let event_id = checked.event.id.clone();
+        let store = self.api.store.store.clone();
+        let overridden = tokio::task::spawn_blocking(move || store.dr_overrides())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::unavailable(format!("store: {e}")))?;
+        if let Some(t) = checked
+            .event
+            .targets
+            .iter()
+            .find(|t| overridden.contains(&t.load))
+        {
+            let r = Refused::Limit {
+                load: t.load.clone(),
+                why: "it is under manual override".into(),
+            };
+            return Ok(Response::new(self.refuse(&r, event_id)));
+        }
         let key = event_key(&checked.event.issuer, &event_id);
         let record = pb::EventStatus {
             signed: Some(signed),
@@ -270,6 +287,42 @@ impl DemandResponse for DemandResponseService {
                 "cancelled; its loads are being restored".into()
             },
             event_id: cancel.event_id,
+        }))
+    }
+
+    async fn set_override(
+        &self,
+        req: Request<pb::SetOverrideRequest>,
+    ) -> Result<Response<pb::OverrideState>, Status> {
+        let role = require(&req, "SetOverride", &[Role::Operator])?;
+        let r = req.into_inner();
+        if !self.api.config().loads.iter().any(|l| l.name == r.load) {
+            return Err(Status::invalid_argument(format!(
+                "load {:?} is not controlled by this gateway ([[load]])",
+                r.load
+            )));
+        }
+        let _one_at_a_time = self.dr.serial.lock().await;
+        let store = self.api.store.store.clone();
+        let (load, active, reason) = (r.load.clone(), r.active, r.reason.clone());
+        let loads = tokio::task::spawn_blocking(move || {
+            store.dr_set_override(&load, active.then_some(reason.as_str()))?;
+            store.dr_overrides()
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::unavailable(format!("store: {e}")))?;
+        warn!(
+            load = %r.load,
+            active = r.active,
+            by = role.name(),
+            reason = %r.reason,
+            "manual override {}",
+            if r.active { "set: no DR event moves this load" } else { "cleared" }
+        );
+        self.dr.wake.notify_one();
+        Ok(Response::new(pb::OverrideState {
+            loads: loads.into_iter().collect(),
         }))
     }
 

@@ -8,7 +8,39 @@ use super::{Store, StoreError, db};
 /// Event key (`dr::event_key`) → encoded `gridgate.v1.EventStatus`.
 pub(super) const DR_EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("dr_events");
 
+/// Loads under manual override → why.
+pub(super) const DR_OVERRIDES: TableDefinition<&str, &str> = TableDefinition::new("dr_overrides");
+
 impl Store {
+    /// Sets (with its reason) or clears a load's manual override, durably.
+    pub fn dr_set_override(&self, load: &str, reason: Option<&str>) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db)?;
+        {
+            let mut t = txn.open_table(DR_OVERRIDES).map_err(db)?;
+            match reason {
+                Some(r) => {
+                    t.insert(load, r).map_err(db)?;
+                }
+                None => {
+                    t.remove(load).map_err(db)?;
+                }
+            }
+        }
+        txn.commit().map_err(db)
+    }
+
+    /// The loads under manual override.
+    pub fn dr_overrides(&self) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let t = txn.open_table(DR_OVERRIDES).map_err(db)?;
+        let mut out = std::collections::BTreeSet::new();
+        for entry in t.iter().map_err(db)? {
+            let (k, _) = entry.map_err(db)?;
+            out.insert(k.value().to_string());
+        }
+        Ok(out)
+    }
+
     /// Stores an event unless one with the same key is there, in one durable transaction;
     /// false when it was there (a replay, even one racing this call).
     pub fn dr_insert_new(&self, key: &str, record: &[u8]) -> Result<bool, StoreError> {

@@ -195,6 +195,7 @@ impl Store {
             txn.open_table(CURSORS).map_err(db)?;
             txn.open_table(META).map_err(db)?;
             txn.open_table(dr::DR_EVENTS).map_err(db)?;
+            txn.open_table(dr::DR_OVERRIDES).map_err(db)?;
             let mut bytes = txn.open_table(META_BYTES).map_err(db)?;
             let found = bytes
                 .get(GATEWAY_ID)

@@ -96,6 +96,34 @@ pub enum DrCommand {
         #[arg(long)]
         key: Option<PathBuf>,
     },
+    /// Set (or with --clear, clear) a load's manual override: no DR event moves it, and an
+    /// active event puts it back at once.
+    ///
+    /// Example: gridgate dr override --load chiller-1 --reason "maintenance" --endpoint
+    /// https://gw:50051 --ca pki/ca.pem --cert pki/client-operator.pem --key pki/client-operator.key
+    Override {
+        /// The load.
+        #[arg(long)]
+        load: String,
+        /// Clear the override instead of setting it.
+        #[arg(long)]
+        clear: bool,
+        /// Why (logged by the gateway).
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// https://HOST:PORT of the gateway's gRPC API.
+        #[arg(long)]
+        endpoint: String,
+        /// CA that signed the gateway's server certificate.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Client certificate with the operator role.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// Client key.
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
 }
 
 /// Prints the gateway's answer; exit 0 when accepted, 1 when refused.
@@ -306,6 +334,35 @@ pub async fn run(cmd: DrCommand, out: &mut dyn Write) -> Result<ExitCode> {
             .map_err(rpc_error)?
             .into_inner();
             answer(&reply, out)
+        }
+        DrCommand::Override {
+            load,
+            clear,
+            reason,
+            endpoint,
+            ca,
+            cert,
+            key,
+        } => {
+            let mut client = client(&endpoint, ca.as_ref(), cert.as_ref(), key.as_ref()).await?;
+            let state = tokio::time::timeout(
+                Duration::from_secs(30),
+                client.set_override(pb::SetOverrideRequest {
+                    load,
+                    active: !clear,
+                    reason,
+                }),
+            )
+            .await
+            .context("no answer from the gateway within 30 s")?
+            .map_err(rpc_error)?
+            .into_inner();
+            if state.loads.is_empty() {
+                writeln!(out, "no load is under manual override")?;
+            } else {
+                writeln!(out, "under manual override: {}", state.loads.join(", "))?;
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
