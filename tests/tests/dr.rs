@@ -32,26 +32,31 @@ impl Site {
         signed
     }
 
+    /// Runs `gridgate dr ARGS` against the gateway with the client certificate of `role`.
+    async fn dr(&self, role: &str, args: &[&str]) -> (i32, String) {
+        let endpoint = format!("https://localhost:{}", self.port);
+        let ca = self.path("pki/ca.pem");
+        let cert = self.path(&format!("pki/client-{role}.pem"));
+        let key = self.path(&format!("pki/client-{role}.key"));
+        let mut all = vec!["dr"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&[
+            "--endpoint",
+            &endpoint,
+            "--ca",
+            &ca,
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+        ]);
+        let (code, out, err) = run_to_end(&all, WAIT).await;
+        (code, format!("{out}{err}"))
+    }
+
     /// Dispatches a signed file with the client certificate of `role`.
     async fn dispatch(&self, role: &str, signed: &str) -> (i32, String) {
-        let (code, out, err) = run_to_end(
-            &[
-                "dr",
-                "dispatch",
-                "--endpoint",
-                &format!("https://localhost:{}", self.port),
-                "--ca",
-                &self.path("pki/ca.pem"),
-                "--cert",
-                &self.path(&format!("pki/client-{role}.pem")),
-                "--key",
-                &self.path(&format!("pki/client-{role}.key")),
-                signed,
-            ],
-            WAIT,
-        )
-        .await;
-        (code, format!("{out}{err}"))
+        self.dr(role, &["dispatch", signed]).await
     }
 }
 
@@ -458,9 +463,9 @@ async fn a_cancelled_event_restores_its_loads_at_once() {
     let cancel = |key: String, id: &'static str| {
         let site = &site;
         async move {
-            let (code, out, err) = run_to_end(
+            site.dr(
+                "operator",
                 &[
-                    "dr",
                     "cancel",
                     "--sign-key",
                     &key,
@@ -468,19 +473,9 @@ async fn a_cancelled_event_restores_its_loads_at_once() {
                     "operator",
                     "--id",
                     id,
-                    "--endpoint",
-                    &format!("https://localhost:{}", site.port),
-                    "--ca",
-                    &site.path("pki/ca.pem"),
-                    "--cert",
-                    &site.path("pki/client-operator.pem"),
-                    "--key",
-                    &site.path("pki/client-operator.key"),
                 ],
-                WAIT,
             )
-            .await;
-            (code, format!("{out}{err}"))
+            .await
         }
     };
     let (code, out) = cancel(site.path("forger/identity.key"), "long-1").await;
@@ -534,27 +529,17 @@ async fn manual_override_wins_over_any_event() {
         let site = &site;
         async move {
             let mut args = vec![
-                "dr".to_string(),
-                "override".into(),
-                "--load".into(),
-                "pcs".into(),
-                "--reason".into(),
-                "technician on site".into(),
-                "--endpoint".into(),
-                format!("https://localhost:{}", site.port),
-                "--ca".into(),
-                site.path("pki/ca.pem"),
-                "--cert".into(),
-                site.path("pki/client-operator.pem"),
-                "--key".into(),
-                site.path("pki/client-operator.key"),
+                "override",
+                "--load",
+                "pcs",
+                "--reason",
+                "technician on site",
             ];
             if clear {
-                args.push("--clear".into());
+                args.push("--clear");
             }
-            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-            let (code, out, err) = run_to_end(&refs, WAIT).await;
-            assert_eq!(code, 0, "{out}{err}");
+            let (code, out) = site.dr("operator", &args).await;
+            assert_eq!(code, 0, "{out}");
             out
         }
     };

@@ -53,18 +53,8 @@ pub enum DrCommand {
     /// Example: gridgate dr dispatch --endpoint https://gw:50051 --ca pki/ca.pem
     /// --cert pki/client-operator.pem --key pki/client-operator.key event.signed
     Dispatch {
-        /// https://HOST:PORT of the gateway's gRPC API.
-        #[arg(long)]
-        endpoint: String,
-        /// CA that signed the gateway's server certificate.
-        #[arg(long)]
-        ca: Option<PathBuf>,
-        /// Client certificate with the operator role.
-        #[arg(long)]
-        cert: Option<PathBuf>,
-        /// Client key.
-        #[arg(long)]
-        key: Option<PathBuf>,
+        #[command(flatten)]
+        gateway: GatewayArgs,
         /// The signed event (from `gridgate dr sign`).
         signed: PathBuf,
     },
@@ -83,18 +73,8 @@ pub enum DrCommand {
         /// The event's id.
         #[arg(long)]
         id: String,
-        /// https://HOST:PORT of the gateway's gRPC API.
-        #[arg(long)]
-        endpoint: String,
-        /// CA that signed the gateway's server certificate.
-        #[arg(long)]
-        ca: Option<PathBuf>,
-        /// Client certificate with the operator role.
-        #[arg(long)]
-        cert: Option<PathBuf>,
-        /// Client key.
-        #[arg(long)]
-        key: Option<PathBuf>,
+        #[command(flatten)]
+        gateway: GatewayArgs,
     },
     /// Set (or with --clear, clear) a load's manual override: no DR event moves it, and an
     /// active event puts it back at once.
@@ -111,19 +91,26 @@ pub enum DrCommand {
         /// Why (logged by the gateway).
         #[arg(long, default_value = "")]
         reason: String,
-        /// https://HOST:PORT of the gateway's gRPC API.
-        #[arg(long)]
-        endpoint: String,
-        /// CA that signed the gateway's server certificate.
-        #[arg(long)]
-        ca: Option<PathBuf>,
-        /// Client certificate with the operator role.
-        #[arg(long)]
-        cert: Option<PathBuf>,
-        /// Client key.
-        #[arg(long)]
-        key: Option<PathBuf>,
+        #[command(flatten)]
+        gateway: GatewayArgs,
     },
+}
+
+/// Where the gateway is and the operator's TLS client identity.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GatewayArgs {
+    /// https://HOST:PORT of the gateway's gRPC API.
+    #[arg(long)]
+    endpoint: String,
+    /// CA that signed the gateway's server certificate.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Client certificate with the operator role.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// Client key.
+    #[arg(long)]
+    key: Option<PathBuf>,
 }
 
 /// Prints the gateway's answer; exit 0 when accepted, 1 when refused.
@@ -143,13 +130,9 @@ fn answer(reply: &pb::DispatchReply, out: &mut dyn Write) -> Result<ExitCode> {
     }
 }
 
-async fn client(
-    endpoint: &str,
-    ca: Option<&PathBuf>,
-    cert: Option<&PathBuf>,
-    key: Option<&PathBuf>,
-) -> Result<DemandResponseClient<tonic::transport::Channel>> {
-    let channel = super::pull::connect(endpoint, ca, cert, key).await?;
+async fn client(g: &GatewayArgs) -> Result<DemandResponseClient<tonic::transport::Channel>> {
+    let channel =
+        super::pull::connect(&g.endpoint, g.ca.as_ref(), g.cert.as_ref(), g.key.as_ref()).await?;
     Ok(DemandResponseClient::new(channel))
 }
 
@@ -286,13 +269,7 @@ pub async fn run(cmd: DrCommand, out: &mut dyn Write) -> Result<ExitCode> {
             )?;
             Ok(ExitCode::SUCCESS)
         }
-        DrCommand::Dispatch {
-            endpoint,
-            ca,
-            cert,
-            key,
-            signed,
-        } => {
+        DrCommand::Dispatch { gateway, signed } => {
             let bytes = std::fs::read(&signed)
                 .with_context(|| format!("cannot read {}", signed.display()))?;
             let msg = pb::SignedDrEvent::decode(bytes.as_slice()).with_context(|| {
@@ -301,7 +278,7 @@ pub async fn run(cmd: DrCommand, out: &mut dyn Write) -> Result<ExitCode> {
                     signed.display()
                 )
             })?;
-            let mut client = client(&endpoint, ca.as_ref(), cert.as_ref(), key.as_ref()).await?;
+            let mut client = client(&gateway).await?;
             let reply = tokio::time::timeout(Duration::from_secs(30), client.dispatch(msg))
                 .await
                 .context("no answer from the gateway within 30 s")?
@@ -313,10 +290,7 @@ pub async fn run(cmd: DrCommand, out: &mut dyn Write) -> Result<ExitCode> {
             sign_key,
             issuer,
             id,
-            endpoint,
-            ca,
-            cert,
-            key,
+            gateway,
         } => {
             let signer = Identity::load(&sign_key)?;
             let cancel = pb::DrCancel {
@@ -324,7 +298,7 @@ pub async fn run(cmd: DrCommand, out: &mut dyn Write) -> Result<ExitCode> {
                 event_id: id,
                 issued_ms: unix_ms(SystemTime::now()),
             };
-            let mut client = client(&endpoint, ca.as_ref(), cert.as_ref(), key.as_ref()).await?;
+            let mut client = client(&gateway).await?;
             let reply = tokio::time::timeout(
                 Duration::from_secs(30),
                 client.cancel(crate::dr::sign_cancel(&cancel, &signer)),
@@ -339,12 +313,9 @@ pub async fn run(cmd: DrCommand, out: &mut dyn Write) -> Result<ExitCode> {
             load,
             clear,
             reason,
-            endpoint,
-            ca,
-            cert,
-            key,
+            gateway,
         } => {
-            let mut client = client(&endpoint, ca.as_ref(), cert.as_ref(), key.as_ref()).await?;
+            let mut client = client(&gateway).await?;
             let state = tokio::time::timeout(
                 Duration::from_secs(30),
                 client.set_override(pb::SetOverrideRequest {
