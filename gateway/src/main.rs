@@ -270,6 +270,12 @@ fn main() -> ExitCode {
     // `failpoints` feature.
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
+    #[cfg(not(feature = "failpoints"))]
+    if std::env::var_os("FAILPOINTS").is_some() {
+        tracing::warn!(
+            "FAILPOINTS is set, but this binary was built without the failpoints feature: ignored"
+        );
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         // Store commits and reads run on blocking threads; a few are enough (there is one

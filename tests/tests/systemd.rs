@@ -146,6 +146,13 @@ async fn a_wedged_store_stops_the_watchdog() {
     }
     let _ = child.start_kill();
     let _ = child.wait().await;
+    let text = std::fs::read_to_string(dir.path().join("log")).expect("log");
+    assert!(
+        !text.contains("built without the failpoints feature"),
+        "target/debug/gridgate has no fail points: it was last built for the gridgate package \
+         alone; build the workspace (`cargo build --workspace`, as scripts/test.sh does) so \
+         that the tests crate's failpoints feature is in it"
+    );
     assert!(
         !fed_at.is_empty(),
         "the watchdog was fed while the store still committed"
@@ -155,7 +162,6 @@ async fn a_wedged_store_stops_the_watchdog() {
         last < Duration::from_secs(4),
         "the watchdog was still fed {last:?} after start, with the store wedged: {fed_at:?}"
     );
-    let text = std::fs::read_to_string(dir.path().join("log")).expect("log");
     assert!(
         text.contains("not feeding the systemd watchdog") && text.contains("storing=false"),
         "{text}"
