@@ -6,6 +6,8 @@
 //!
 //!     cargo bench -p gridgate --bench dr_latency [-- EVENTS]
 
+mod common;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -36,13 +38,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     let i = ((sorted.len() - 1) as f64 * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
 }
 
 fn config(d: &Path, sims: &gridgate::tools::sim::RunningSims, port: u16) -> String {
@@ -88,7 +83,7 @@ async fn run(events: usize) {
     }
     let spec: gridgate::tools::sim::SimSpec = toml::from_str(&spec).expect("spec");
     let sims = gridgate::tools::sim::start(&spec).await.expect("sims");
-    let port = free_port();
+    let port = common::free_port();
     std::fs::write(d.join("g.toml"), config(d, &sims, port)).expect("config");
     let mut gw = tokio::process::Command::new(env!("CARGO_BIN_EXE_gridgate"))
         .args(["run", "--config"])
@@ -98,20 +93,7 @@ async fn run(events: usize) {
         .spawn()
         .expect("gridgate");
     let pki = d.join("pki");
-    let endpoint = format!("https://127.0.0.1:{port}");
-    let channel = loop {
-        match gridgate::tools::pull::connect(
-            &endpoint,
-            Some(&pki.join("ca.pem")),
-            Some(&pki.join("client-operator.pem")),
-            Some(&pki.join("client-operator.key")),
-        )
-        .await
-        {
-            Ok(c) => break c,
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
+    let channel = common::connect_when_up(port, &pki, "operator").await;
     let mut client = DemandResponseClient::new(channel);
     // Let every bus open its line (first polls) before measuring.
     tokio::time::sleep(Duration::from_secs(2)).await;

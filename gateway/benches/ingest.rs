@@ -8,6 +8,8 @@
 //!
 //! Needs `mosquitto` (scripts/test.sh installs it).
 
+mod common;
+
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -93,15 +95,8 @@ fn bare_redb(dir: &Path, total: usize) -> f64 {
     total as f64 / started.elapsed().as_secs_f64()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
-
 async fn pipeline(dir: &Path, total: usize) -> (f64, u64, u64) {
-    let port = free_port();
+    let port = common::free_port();
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
         &conf,

@@ -4,6 +4,8 @@
 //!
 //!     cargo bench -p gridgate --bench pull [-- BATCHES]
 
+mod common;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -77,10 +79,7 @@ meters = [{ address = "000000000001" }, { address = "000000000002" }, { address 
     )
     .expect("spec");
     let sims = gridgate::tools::sim::start(&spec).await.expect("sims");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port");
+    let port = common::free_port();
     let mut config = sims.gateway_config("bench", "20ms");
     config = config.replacen(
         "[gateway]\nid = \"bench\"\n",
@@ -105,20 +104,7 @@ meters = [{ address = "000000000001" }, { address = "000000000002" }, { address 
         .expect("gridgate");
 
     let pki = d.join("pki");
-    let endpoint = format!("https://127.0.0.1:{port}");
-    let channel = loop {
-        match gridgate::tools::pull::connect(
-            &endpoint,
-            Some(&pki.join("ca.pem")),
-            Some(&pki.join("client-master.pem")),
-            Some(&pki.join("client-master.key")),
-        )
-        .await
-        {
-            Ok(c) => break c,
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
+    let channel = common::connect_when_up(port, &pki, "master").await;
     let mut client = TelemetryClient::new(channel).max_decoding_message_size(64 << 20);
 
     // Pull every prefilled batch; decode each to count its readings (what a master does).

@@ -32,6 +32,12 @@ impl Site {
         signed
     }
 
+    /// Signs an event file with `key` and dispatches it as the operator.
+    async fn send(&self, name: &str, key: &str, toml: &str) -> (i32, String) {
+        let signed = self.sign(name, key, toml).await;
+        self.dispatch("operator", &signed).await
+    }
+
     /// Runs `gridgate dr ARGS` against the gateway with the client certificate of `role`.
     async fn dr(&self, role: &str, args: &[&str]) -> (i32, String) {
         let endpoint = format!("https://localhost:{}", self.port);
@@ -261,15 +267,14 @@ async fn an_event_sheds_two_loads_and_restores_them_even_across_a_kill_9() {
 
     // 1. A 3-second event: pcs capped at 55 - 27.5 kW (setpoint 50 %), pump off.
     let targets = "load = \"pcs\"\nshed_kw = 27.5\n\n[[target]]\nload = \"pump\"\non = false";
-    let signed = site
-        .sign(
+    let (code, out) = site
+        .send(
             "shed",
             &operator,
             &event("shed-1", "operator", targets)
                 .replace("duration = \"15m\"", "duration = \"3s\""),
         )
         .await;
-    let (code, out) = site.dispatch("operator", &signed).await;
     assert_eq!(code, 0, "{out}");
     gw.wait_for(
         WAIT,
@@ -308,15 +313,14 @@ async fn an_event_sheds_two_loads_and_restores_them_even_across_a_kill_9() {
     .await;
 
     // 2. A 4-second event, and a kill -9 while the loads are shed.
-    let signed = site
-        .sign(
+    let (code, out) = site
+        .send(
             "shed2",
             &operator,
             &event("shed-2", "operator", targets)
                 .replace("duration = \"15m\"", "duration = \"4s\""),
         )
         .await;
-    let (code, out) = site.dispatch("operator", &signed).await;
     assert_eq!(code, 0, "{out}");
     gw.wait_for(
         WAIT,
@@ -401,15 +405,14 @@ password = "02000000"
     let mut gw = Gateway::start_in(d, &config).await;
     wait_for_port(site.port).await;
     let operator = site.path("operator/identity.key");
-    let signed = site
-        .sign(
+    let (code, out) = site
+        .send(
             "trip",
             &operator,
             &event("trip-1", "operator", "load = \"tenant\"\non = false")
                 .replace("duration = \"15m\"", "duration = \"2s\""),
         )
         .await;
-    let (code, out) = site.dispatch("operator", &signed).await;
     assert_eq!(code, 0, "{out}");
     // Status word 3 bit 4 (16): relay open; the meter then measures no power.
     gw.wait_for(WAIT, "the relay open", reads("meter-1/status3", 16.0))
@@ -444,14 +447,13 @@ async fn a_cancelled_event_restores_its_loads_at_once() {
     let mut gw = Gateway::start_in(d, &config).await;
     wait_for_port(site.port).await;
     let operator = site.path("operator/identity.key");
-    let signed = site
-        .sign(
+    let (code, out) = site
+        .send(
             "long",
             &operator,
             &event("long-1", "operator", "load = \"pcs\"\nsetpoint = 40.0"),
         )
         .await;
-    let (code, out) = site.dispatch("operator", &signed).await;
     assert_eq!(code, 0, "{out}");
     gw.wait_for(
         WAIT,
@@ -543,14 +545,14 @@ async fn manual_override_wins_over_any_event() {
             out
         }
     };
-    let signed = site
-        .sign(
+    let (code, out) = site
+        .send(
             "e1",
             &operator,
             &event("ov-1", "operator", "load = \"pcs\"\nsetpoint = 40.0"),
         )
         .await;
-    assert_eq!(site.dispatch("operator", &signed).await.0, 0);
+    assert_eq!(code, 0, "{out}");
     gw.wait_for(
         WAIT,
         "the pcs setpoint at 40 %",
@@ -566,14 +568,13 @@ async fn manual_override_wins_over_any_event() {
         reads("plant-unit1/setpoint", 100.0),
     )
     .await;
-    let signed = site
-        .sign(
+    let (code, out) = site
+        .send(
             "e2",
             &operator,
             &event("ov-2", "operator", "load = \"pcs\"\nsetpoint = 30.0"),
         )
         .await;
-    let (code, out) = site.dispatch("operator", &signed).await;
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("REFUSAL_LIMIT") && out.contains("manual override"),
@@ -582,14 +583,14 @@ async fn manual_override_wins_over_any_event() {
 
     let out = override_load(true).await;
     assert!(out.contains("no load is under manual override"), "{out}");
-    let signed = site
-        .sign(
+    let (code, out) = site
+        .send(
             "e3",
             &operator,
             &event("ov-3", "operator", "load = \"pcs\"\nsetpoint = 30.0"),
         )
         .await;
-    assert_eq!(site.dispatch("operator", &signed).await.0, 0);
+    assert_eq!(code, 0, "{out}");
     gw.wait_for(
         WAIT,
         "the pcs moved again",

@@ -169,9 +169,16 @@ impl BusPoller {
     /// One write, between polls (a write waits at most for the poll in progress).
     async fn control(&mut self, req: &ControlRequest) -> Result<ControlOutcome, ControlError> {
         let timing = self.bus.timing;
-        let devices: Vec<DeviceConfig> = self.devices.iter().map(|d| d.cfg.clone()).collect();
+        // One device's config, owned: the DL/T 645 branch borrows the whole poller to open
+        // the line.
+        let device = self
+            .devices
+            .iter()
+            .find(|d| d.cfg.name == req.device)
+            .map(|d| d.cfg.clone())
+            .ok_or_else(|| ControlError::Unknown(format!("{}/{}", req.device, req.point)))?;
         match &mut self.line {
-            Line::Modbus(line) => write_modbus(line, &devices, &timing, req).await,
+            Line::Modbus(line) => write_modbus(line, &device, &timing, req).await,
             Line::Dlt645(_) => {
                 let client = self
                     .dlt645_client()
@@ -180,7 +187,7 @@ impl BusPoller {
                         point: format!("{}/{}", req.device, req.point),
                         error: e,
                     })?;
-                write_dlt645(client, &devices, &timing, req).await
+                write_dlt645(client, &device, &timing, req).await
             }
         }
     }

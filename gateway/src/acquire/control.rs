@@ -149,18 +149,15 @@ impl Controls {
     }
 }
 
-/// Carries out one request on a Modbus line: read, write, read back.
+/// Carries out one request on a Modbus line for `device` (the request's device): read,
+/// write, read back.
 pub async fn write_modbus(
     line: &mut ModbusLine,
-    devices: &[DeviceConfig],
+    device: &DeviceConfig,
     timing: &BusTiming,
     req: &ControlRequest,
 ) -> Result<ControlOutcome, ControlError> {
     let name = format!("{}/{}", req.device, req.point);
-    let device = devices
-        .iter()
-        .find(|d| d.name == req.device)
-        .ok_or_else(|| ControlError::Unknown(name.clone()))?;
     let DeviceKind::Modbus { unit, .. } = device.kind else {
         return Err(ControlError::NotWritable(
             name,
@@ -266,15 +263,11 @@ async fn relay_closed(
 /// the remote-control command (0 trips, anything else closes), reads status word 3 again.
 pub async fn write_dlt645(
     client: &mut Client<LineStream>,
-    devices: &[DeviceConfig],
+    device: &DeviceConfig,
     timing: &BusTiming,
     req: &ControlRequest,
 ) -> Result<ControlOutcome, ControlError> {
     let name = format!("{}/{}", req.device, req.point);
-    let device = devices
-        .iter()
-        .find(|d| d.name == req.device)
-        .ok_or_else(|| ControlError::Unknown(name.clone()))?;
     let DeviceKind::Dlt645 { address } = device.kind else {
         return Err(ControlError::Unknown(name));
     };
