@@ -288,6 +288,8 @@ pub struct Pipeline {
     dr_wake: Arc<tokio::sync::Notify>,
     /// Held for every read-modify-write of a DR event's record (dispatch, cancel, relay).
     dr_records: Arc<tokio::sync::Mutex<()>>,
+    /// DR event changes (WatchEvents, MQTT reports).
+    pub dr_updates: crate::dr::relay::Updates,
     relay: Part,
     public_key: [u8; 32],
     rate: std::sync::Mutex<(tokio::time::Instant, u64)>,
@@ -338,7 +340,9 @@ impl Pipeline {
     ) -> Result<Pipeline, DaemonError> {
         check_mqtt_tls(cfg)?;
         let public_key = identity.public().to_bytes();
+        let report_identity = identity.clone();
         let store = Store::open(&cfg.data_dir, &cfg.id)?;
+        store.set_metered(cfg.loads.iter().map(|l| l.meter.clone()));
         let stats = store.stats()?;
         info!(
             store = %store.path().display(),
@@ -385,6 +389,7 @@ impl Pipeline {
             controls: acquire::Controls::default(),
             dr_wake: Arc::default(),
             dr_records: Arc::default(),
+            dr_updates: tokio::sync::broadcast::Sender::new(crate::dr::relay::UPDATES_DEPTH),
             public_key,
             rate: std::sync::Mutex::new((tokio::time::Instant::now(), 0)),
         };
@@ -397,11 +402,15 @@ impl Pipeline {
         // The relay runs whatever the config: events accepted before a restart still end
         // and restore their loads.
         p.relay.tasks.spawn(crate::dr::relay::run(
-            p.store.store.clone(),
-            p.config.subscribe(),
-            p.controls.clone(),
-            p.dr_wake.clone(),
-            p.dr_records.clone(),
+            crate::dr::relay::Relay {
+                store: p.store.store.clone(),
+                config: p.config.subscribe(),
+                controls: p.controls.clone(),
+                wake: p.dr_wake.clone(),
+                record_lock: p.dr_records.clone(),
+                identity: report_identity,
+                updates: p.dr_updates.clone(),
+            },
             p.relay.cancel.clone(),
         ));
         Ok(p)
@@ -468,6 +477,7 @@ impl Pipeline {
                 stats: self.dr.clone(),
                 serial: self.dr_records.clone(),
                 wake: self.dr_wake.clone(),
+                updates: self.dr_updates.clone(),
             };
             let state = crate::api::ApiState {
                 cfg: self.config.subscribe(),
@@ -563,6 +573,9 @@ impl Pipeline {
             self.uplink_part = self.start_uplink(&new);
             restarted.push("uplink".to_string());
         }
+        self.store
+            .store
+            .set_metered(new.loads.iter().map(|l| l.meter.clone()));
         self.config.send_replace(Arc::new(new));
         Ok(restarted)
     }

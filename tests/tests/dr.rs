@@ -40,6 +40,11 @@ impl Site {
 
     /// Runs `gridgate dr ARGS` against the gateway with the client certificate of `role`.
     async fn dr(&self, role: &str, args: &[&str]) -> (i32, String) {
+        self.dr_within(role, args, WAIT).await
+    }
+
+    /// [`Site::dr`] for a command that may take up to `limit`.
+    async fn dr_within(&self, role: &str, args: &[&str], limit: Duration) -> (i32, String) {
         let endpoint = format!("https://localhost:{}", self.port);
         let ca = self.path("pki/ca.pem");
         let cert = self.path(&format!("pki/client-{role}.pem"));
@@ -56,7 +61,7 @@ impl Site {
             "--key",
             &key,
         ]);
-        let (code, out, err) = run_to_end(&all, WAIT).await;
+        let (code, out, err) = run_to_end(&all, limit).await;
         (code, format!("{out}{err}"))
     }
 
@@ -611,4 +616,197 @@ async fn manual_override_wins_over_any_event() {
         gridgate_proto::v1::LoadState::Overridden as i32,
         "{status:?}"
     );
+}
+
+fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Energy counters of the simulated loads, read every 20 ms: the loads' true average power
+/// over any window, independent of what the gateway polled.
+struct EnergyTrace(std::sync::Arc<std::sync::Mutex<Vec<EnergyAt>>>);
+
+/// (ms since the epoch, each load's energy in kWh).
+type EnergyAt = (i64, Vec<f64>);
+
+impl EnergyTrace {
+    fn start(loads: Vec<gridgate_drivers::sim::SharedLoad>) -> Self {
+        let trace = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let t = trace.clone();
+        std::thread::spawn(move || {
+            while std::sync::Arc::strong_count(&t) > 1 {
+                let now = unix_now_ms();
+                let e = loads.iter().map(|l| l.lock().energy_kwh).collect();
+                t.lock().expect("trace").push((now, e));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        EnergyTrace(trace)
+    }
+
+    /// Load `i`'s energy (kWh) at `t` (ms), interpolated.
+    fn energy(&self, i: usize, t: i64) -> f64 {
+        let trace = self.0.lock().expect("trace");
+        let k = trace.partition_point(|(at, _)| *at <= t);
+        assert!(k > 0 && k < trace.len(), "no energy trace around {t}");
+        let ((t0, e0), (t1, e1)) = (&trace[k - 1], &trace[k]);
+        e0[i] + (e1[i] - e0[i]) * (t - t0) as f64 / (t1 - t0) as f64
+    }
+
+    /// Load `i`'s true mean power (W) over [a, b).
+    fn mean_w(&self, i: usize, a: i64, b: i64) -> f64 {
+        (self.energy(i, b) - self.energy(i, a)) * 3_600_000.0 * 1000.0 / (b - a) as f64
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_performance_report_matches_the_loads_known_response_within_one_percent() {
+    let (sims, site, mut config) = plant().await;
+    config.push_str(
+        "\n[[dr.program]]\nname = \"peak-shave\"\nbaseline = \"meter-before\"\nbefore = \"8s\"\nintervals = [\"10s\", \"20s\"]\n",
+    );
+    let trace = EnergyTrace::start(
+        sims.lines[0]
+            .devices
+            .iter()
+            .map(|d| d.load.clone())
+            .collect(),
+    );
+    let d = site.dir.path();
+    let _gw = Gateway::start_in(d, &config).await;
+    wait_for_port(site.port).await;
+    let operator = site.path("operator/identity.key");
+
+    // A 20-second event starting on a 10-second boundary at least 12 s from now, so that
+    // the baseline window (8 s before the start) is fully polled and the intervals are whole.
+    let now = unix_now_ms();
+    let start = (now + 12_000).div_euclid(10_000) * 10_000 + 10_000;
+    let start_text = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + Duration::from_millis(start as u64),
+    )
+    .to_string();
+    let targets = "load = \"pcs\"\nshed_kw = 27.5\n\n[[target]]\nload = \"pump\"\non = false";
+    let toml = event("acc-1", "operator", targets)
+        .replace("start = \"now\"", &format!("start = \"{start_text}\""))
+        .replace("duration = \"15m\"", "duration = \"20s\"");
+    // WatchEvents follows it from acceptance to the report.
+    let watch = {
+        let endpoint = format!("https://localhost:{}", site.port);
+        let (ca, cert, key) = (
+            site.path("pki/ca.pem"),
+            site.path("pki/client-operator.pem"),
+            site.path("pki/client-operator.key"),
+        );
+        tokio::spawn(async move {
+            let args = [
+                "dr",
+                "watch",
+                "--until-reported",
+                "acc-1",
+                "--endpoint",
+                &endpoint,
+                "--ca",
+                &ca,
+                "--cert",
+                &cert,
+                "--key",
+                &key,
+            ];
+            run_to_end(&args, Duration::from_secs(120)).await
+        })
+    };
+    let (code, out) = site.send("acc", &operator, &toml).await;
+    assert_eq!(code, 0, "{out}");
+    let (code, watched, err) = watch.await.expect("watch");
+    assert_eq!(code, 0, "{watched}{err}");
+    for seen in [
+        "SCHEDULED",
+        "ACTIVE",
+        "pcs=ACKNOWLEDGED",
+        "pump=RESTORED",
+        "COMPLETED reported",
+    ] {
+        assert!(
+            watched.contains(seen),
+            "watch never showed {seen}:\n{watched}"
+        );
+    }
+
+    let (code, out) = site
+        .dr(
+            "operator",
+            &[
+                "report",
+                "--issuer",
+                "operator",
+                "--id",
+                "acc-1",
+                "--gateway-key",
+                &site.path("identity.pub"),
+                "--json",
+            ],
+        )
+        .await;
+    assert_eq!(code, 0, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("report JSON");
+    assert_eq!(report["start_ms"], start, "{report}");
+    assert_eq!(report["end_ms"], start + 20_000, "{report}");
+    assert_eq!(report["baseline"], "BASELINE_METHOD_METER_BEFORE");
+
+    // The known response: each load's true baseline (its mean over the 8 s before the start)
+    // minus its true mean over the interval, from the simulators' own energy counters.
+    let baseline: Vec<f64> = (0..2)
+        .map(|i| trace.mean_w(i, start - 8_000, start))
+        .collect();
+    let loads = report["loads"].as_array().expect("loads");
+    assert_eq!(loads.len(), 2);
+    let mut checked = 0;
+    for (series_idx, length) in [(0, 10), (1, 20)] {
+        let total = &report["total"][series_idx];
+        assert_eq!(total["length_s"], length, "{report}");
+        for (k, iv) in total["intervals"]
+            .as_array()
+            .expect("intervals")
+            .iter()
+            .enumerate()
+        {
+            let (a, b) = (
+                iv["start_ms"].as_i64().expect("a"),
+                iv["end_ms"].as_i64().expect("b"),
+            );
+            assert_eq!(iv["complete"], true, "{iv}");
+            let mut want_total = 0.0;
+            for (i, load) in loads.iter().enumerate() {
+                let want = baseline[i] - trace.mean_w(i, a, b);
+                let got = load["series"][series_idx]["intervals"][k]["reduction_w"]
+                    .as_f64()
+                    .expect("reduction");
+                assert!(
+                    (got - want).abs() <= 0.01 * want,
+                    "load {} interval {a}..{b}: reported {got} W, known {want:.0} W",
+                    load["load"]
+                );
+                want_total += want;
+            }
+            let got = iv["reduction_w"].as_f64().expect("total");
+            eprintln!(
+                "{length} s interval {a}..{b}: reported {got} W, known {want_total:.0} W ({:+.3} %)",
+                (got - want_total) / want_total * 100.0
+            );
+            assert!(
+                (got - want_total).abs() <= 0.01 * want_total,
+                "total {a}..{b}: reported {got} W, known {want_total:.0} W"
+            );
+            checked += 1;
+        }
+    }
+    // 20 s in 10-s intervals, and in 20-s intervals (one or two, by the clock).
+    assert!(checked >= 3, "{report}");
+    // About 27.5 kW + 20 kW came off.
+    let first = report["total"][0]["intervals"][0]["reduction_w"]
+        .as_f64()
+        .expect("first");
+    assert!((first - 47_500.0).abs() < 0.05 * 47_500.0, "{report}");
 }

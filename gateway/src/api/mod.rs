@@ -23,6 +23,7 @@ use tonic::transport::{Certificate, Identity as TlsIdentity, Server, ServerTlsCo
 use tracing::info;
 
 pub use services::ApiState;
+pub(crate) use services::Stream_;
 
 use crate::config::GrpcConfig;
 

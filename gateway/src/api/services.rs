@@ -44,7 +44,7 @@ impl ApiState {
     }
 }
 
-type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+pub(crate) type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())

@@ -2,6 +2,7 @@
 //! with their safety limits).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -13,6 +14,22 @@ use super::{Checker, valid_name};
 #[serde(deny_unknown_fields)]
 pub struct RawDr {
     pub issuers: Spanned<Vec<RawIssuer>>,
+    #[serde(default)]
+    pub program: Vec<RawProgram>,
+}
+
+/// `[[dr.program]]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProgram {
+    pub name: Spanned<String>,
+    pub baseline: Spanned<String>,
+    pub before: Option<Spanned<String>>,
+    pub intervals: Option<Spanned<Vec<Spanned<String>>>>,
+    pub high_x: Option<Spanned<u32>>,
+    pub high_y: Option<Spanned<u32>>,
+    pub adjust_window: Option<Spanned<String>>,
+    pub adjust_cap: Option<Spanned<f64>>,
 }
 
 /// One trusted issuer as written.
@@ -39,11 +56,81 @@ pub struct RawLoad {
     pub operator: Option<Spanned<String>>,
 }
 
-/// `[dr]`: the issuers whose signed events the gateway accepts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `[dr]`: the issuers whose signed events the gateway accepts, and the programs whose
+/// rules measure them.
+#[derive(Debug, Clone, PartialEq)]
 pub struct DrConfig {
     /// (name, PEM public key file), as `gridgate keygen` writes them.
     pub issuers: Vec<(String, PathBuf)>,
+    /// `[[dr.program]]`; when none is listed every program is measured by
+    /// [`ProgramConfig::default_for`].
+    pub programs: Vec<ProgramConfig>,
+}
+
+impl DrConfig {
+    /// The rules of `program`: its `[[dr.program]]`, or the defaults when the config lists
+    /// none; `None` for a program the config does not list.
+    pub fn program(&self, name: &str) -> Option<ProgramConfig> {
+        if self.programs.is_empty() {
+            return Some(ProgramConfig::default_for(name));
+        }
+        self.programs.iter().find(|p| p.name == name).cloned()
+    }
+}
+
+/// How a program measures an event's load reduction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProgramConfig {
+    /// The name events carry.
+    pub name: String,
+    /// The baseline method.
+    pub baseline: BaselineConfig,
+    /// Interval lengths reported (1 and 15 minutes by default).
+    pub intervals: Vec<Duration>,
+}
+
+/// Baseline methods (DESIGN.md, DR).
+#[derive(Debug, Clone, PartialEq)]
+pub enum BaselineConfig {
+    /// Meter-before/meter-after: the average over `before` just before the start.
+    MeterBefore {
+        /// The window before the start.
+        before: Duration,
+    },
+    /// The `x` highest of the last `y` similar days (weekdays with weekdays, weekend days with
+    /// weekend days) at the event's time of day; where fewer than `x` days have data the load
+    /// falls back to meter-before over `before`.
+    HighXOfY {
+        /// Days averaged.
+        x: u32,
+        /// Days looked at.
+        y: u32,
+        /// Fallback window.
+        before: Duration,
+        /// Day-of adjustment: the ratio of the event day's load to the baseline days' over
+        /// this window before the start, capped at 1 ± `cap`.
+        adjust: Option<(Duration, f64)>,
+    },
+}
+
+/// Meter-before window when the config does not say.
+pub const DEFAULT_BEFORE: Duration = Duration::from_secs(600);
+/// Interval lengths when the config does not say.
+pub const DEFAULT_INTERVALS: [Duration; 2] = [Duration::from_secs(60), Duration::from_secs(900)];
+/// Furthest back a "high X of Y" baseline looks for similar days.
+pub const MAX_LOOKBACK_DAYS: u32 = 30;
+
+impl ProgramConfig {
+    /// Meter-before over 10 minutes, 1- and 15-minute intervals.
+    pub fn default_for(name: &str) -> Self {
+        ProgramConfig {
+            name: name.to_string(),
+            baseline: BaselineConfig::MeterBefore {
+                before: DEFAULT_BEFORE,
+            },
+            intervals: DEFAULT_INTERVALS.to_vec(),
+        }
+    }
 }
 
 /// DL/T 645 remote-control credentials: password (level and password, PA P0 P1 P2 as sent)
@@ -127,7 +214,100 @@ impl Checker<'_> {
                 "list at least one issuer, e.g. [{ name = \"operator\", public_key = \"/etc/gridgate/operator.pub\" }]".into(),
             );
         }
-        Some(DrConfig { issuers })
+        let mut programs: Vec<ProgramConfig> = Vec::new();
+        for (i, p) in r.program.iter().enumerate() {
+            let name = p.name.get_ref().trim().to_string();
+            if programs.iter().any(|x| x.name == name) {
+                self.problem(
+                    &p.name,
+                    format!("dr.program[{i}].name"),
+                    format!("program {name:?} is listed twice"),
+                );
+            }
+            programs.push(self.check_program(i, p, name));
+        }
+        Some(DrConfig { issuers, programs })
+    }
+
+    fn check_program(&mut self, i: usize, p: &RawProgram, name: String) -> ProgramConfig {
+        let before = self.duration(&p.before, format!("dr.program[{i}].before"), DEFAULT_BEFORE);
+        let mut intervals = Vec::new();
+        for (j, d) in p.intervals.iter().flat_map(|v| v.get_ref()).enumerate() {
+            let key = format!("dr.program[{i}].intervals[{j}]");
+            let len = self.duration(&Some(d.clone()), key.clone(), Duration::from_secs(60));
+            if len.subsec_millis() != 0 {
+                self.problem(d, key, "an interval is a whole number of seconds".into());
+            }
+            intervals.push(len);
+        }
+        if intervals.is_empty() {
+            if let Some(v) = &p.intervals {
+                self.problem(
+                    v,
+                    format!("dr.program[{i}].intervals"),
+                    "list at least one interval length, e.g. [\"1m\", \"15m\"]".into(),
+                );
+            }
+            intervals = DEFAULT_INTERVALS.to_vec();
+        }
+        let baseline = match p.baseline.get_ref().as_str() {
+            "meter-before" => BaselineConfig::MeterBefore { before },
+            "high-x-of-y" => {
+                let x = p.high_x.as_ref().map_or(5, |v| *v.get_ref());
+                let y = p.high_y.as_ref().map_or(10, |v| *v.get_ref());
+                if x == 0 || x > y || y > MAX_LOOKBACK_DAYS {
+                    let at = p.high_x.as_ref().or(p.high_y.as_ref());
+                    if let Some(at) = at {
+                        self.problem(
+                            at,
+                            format!("dr.program[{i}].high_x"),
+                            format!("need 1 <= high_x <= high_y <= {MAX_LOOKBACK_DAYS}, found {x} of {y}"),
+                        );
+                    }
+                }
+                let adjust = match (&p.adjust_window, &p.adjust_cap) {
+                    (None, _) => None,
+                    (w, cap) => {
+                        let window = self.duration(
+                            w,
+                            format!("dr.program[{i}].adjust_window"),
+                            Duration::from_secs(3600),
+                        );
+                        let cap_v = cap.as_ref().map_or(0.2, |c| *c.get_ref());
+                        if !(0.0..=1.0).contains(&cap_v) {
+                            if let Some(c) = cap {
+                                self.problem(
+                                    c,
+                                    format!("dr.program[{i}].adjust_cap"),
+                                    "a fraction between 0 and 1 (0.2 caps the adjustment at ±20 %)"
+                                        .into(),
+                                );
+                            }
+                        }
+                        Some((window, cap_v.clamp(0.0, 1.0)))
+                    }
+                };
+                BaselineConfig::HighXOfY {
+                    x,
+                    y,
+                    before,
+                    adjust,
+                }
+            }
+            other => {
+                self.problem(
+                    &p.baseline,
+                    format!("dr.program[{i}].baseline"),
+                    format!("{other:?} is not a baseline method: write \"meter-before\" or \"high-x-of-y\""),
+                );
+                BaselineConfig::MeterBefore { before }
+            }
+        };
+        ProgramConfig {
+            name,
+            baseline,
+            intervals,
+        }
     }
 
     pub(super) fn check_loads(

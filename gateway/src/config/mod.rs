@@ -18,7 +18,7 @@ use gridgate_drivers::link::{Framing, Link};
 use gridgate_drivers::modbus::{self, DataType, Order, PointSpec, ReadPlan, Table};
 use thiserror::Error;
 
-pub use dr::{ControlPoint, DrConfig, LoadConfig, RemoteAuth};
+pub use dr::{BaselineConfig, ControlPoint, DrConfig, LoadConfig, ProgramConfig, RemoteAuth};
 pub use raw::RawConfig;
 use raw::{RawBus, RawDevice, RawPoint};
 pub use services::{

@@ -223,3 +223,70 @@ fn loads_are_bound_to_writable_controls_with_their_credentials() {
         );
     }
 }
+
+#[test]
+fn programs_name_their_baseline_and_intervals() {
+    let dr = "\n[dr]\nissuers = [{ name = \"operator\", public_key = \"/etc/gridgate/operator.pub\" }]\n";
+    let none = parse(&format!("{GOOD}{dr}"), Path::new("g.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let d = none.dr.expect("dr");
+    assert_eq!(
+        d.program("anything"),
+        Some(ProgramConfig::default_for("anything")),
+        "without [[dr.program]] every program gets the defaults"
+    );
+    let two = format!(
+        "{GOOD}{dr}\n[[dr.program]]\nname = \"peak\"\nbaseline = \"meter-before\"\nbefore = \"5m\"\n\n[[dr.program]]\nname = \"day-ahead\"\nbaseline = \"high-x-of-y\"\nhigh_x = 4\nhigh_y = 10\nadjust_window = \"2h\"\nadjust_cap = 0.3\nintervals = [\"15m\"]\n"
+    );
+    let cfg = parse(&two, Path::new("g.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let d = cfg.dr.expect("dr");
+    assert_eq!(d.program("other"), None, "listed programs only");
+    let peak = d.program("peak").expect("peak");
+    assert_eq!(
+        peak.baseline,
+        BaselineConfig::MeterBefore {
+            before: Duration::from_secs(300)
+        }
+    );
+    assert_eq!(peak.intervals, dr::DEFAULT_INTERVALS.to_vec());
+    let day = d.program("day-ahead").expect("day-ahead");
+    assert_eq!(
+        day.baseline,
+        BaselineConfig::HighXOfY {
+            x: 4,
+            y: 10,
+            before: dr::DEFAULT_BEFORE,
+            adjust: Some((Duration::from_secs(7200), 0.3)),
+        }
+    );
+    assert_eq!(day.intervals, vec![Duration::from_secs(900)]);
+
+    for (program, key, says) in [
+        (
+            "baseline = \"guess\"",
+            "dr.program[0].baseline",
+            "not a baseline method",
+        ),
+        (
+            "baseline = \"high-x-of-y\"\nhigh_x = 6\nhigh_y = 5",
+            "dr.program[0].high_x",
+            "high_x <= high_y",
+        ),
+        (
+            "baseline = \"meter-before\"\nintervals = []",
+            "dr.program[0].intervals",
+            "at least one interval",
+        ),
+        (
+            "baseline = \"meter-before\"\nintervals = [\"1500ms\"]",
+            "dr.program[0].intervals[0]",
+            "whole number of seconds",
+        ),
+    ] {
+        let text = format!("{GOOD}{dr}\n[[dr.program]]\nname = \"p\"\n{program}\n");
+        let p = problems(&text);
+        assert!(
+            p.iter().any(|p| p.key == key && p.message.contains(says)),
+            "{program}: {p:?}"
+        );
+    }
+}

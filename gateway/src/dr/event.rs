@@ -54,6 +54,9 @@ pub enum Refused {
     /// A target names a load this gateway does not control.
     #[error("load {0:?} is not controlled by this gateway ([[load]])")]
     UnknownLoad(String),
+    /// The event's program is not one the config lists.
+    #[error("program {0:?} is not one this gateway measures ([[dr.program]])")]
+    UnknownProgram(String),
     /// A target breaks a load's limit.
     #[error("load {load:?}: {why}")]
     Limit {
@@ -75,6 +78,7 @@ impl Refused {
             Refused::Replayed { .. } => pb::Refusal::Replayed,
             Refused::UnknownLoad(_) => pb::Refusal::UnknownLoad,
             Refused::Limit { .. } => pb::Refusal::Limit,
+            Refused::UnknownProgram(_) => pb::Refusal::UnknownProgram,
         }
     }
 
@@ -88,6 +92,7 @@ impl Refused {
             Refused::Replayed { .. } => "replayed",
             Refused::UnknownLoad(_) => "unknown_load",
             Refused::Limit { .. } => "limit",
+            Refused::UnknownProgram(_) => "unknown_program",
         }
     }
 }

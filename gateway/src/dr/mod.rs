@@ -11,7 +11,9 @@
 
 pub mod demo;
 pub mod event;
+pub mod measure;
 pub mod relay;
+pub mod report;
 pub mod service;
 
 pub use event::{Checked, Refused, Trust, check, check_cancel, event_key, sign_cancel, sign_event};

@@ -10,15 +10,17 @@ use std::time::Duration;
 
 use gridgate_proto::v1 as pb;
 use prost::Message;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::acquire::Controls;
 use crate::acquire::reading::now_ms;
+use crate::batch::Identity;
 use crate::config::{GatewayConfig, LoadConfig};
 use crate::store::Store;
+use crate::store::samples::SAMPLE_RETENTION_MS;
 
 /// How often the relay looks at the events when nothing wakes it.
 const TICK: Duration = Duration::from_millis(200);
@@ -42,21 +44,73 @@ pub fn target_value(load: &LoadConfig, action: &pb::load_target::Action) -> Opti
     }
 }
 
+/// Event changes, for `WatchEvents` and the MQTT report topic: every write of an event's
+/// record is announced here after it is stored.
+pub type Updates = broadcast::Sender<Arc<pb::EventUpdate>>;
+
+/// Updates a slow watcher may lag behind before it misses some (it is told).
+pub const UPDATES_DEPTH: usize = 1024;
+
+/// Announces a stored record (nobody listening is fine).
+pub fn announce(updates: &Updates, status: &pb::EventStatus) {
+    if let Some(e) = event_of(status) {
+        let _ = updates.send(Arc::new(pb::EventUpdate {
+            issuer: e.issuer,
+            event_id: e.id,
+            status: Some(status.clone()),
+        }));
+    }
+}
+
+/// What the relay works with.
+pub struct Relay {
+    /// The store (events, overrides, samples, reports).
+    pub store: Arc<Store>,
+    /// The config in force.
+    pub config: watch::Receiver<Arc<GatewayConfig>>,
+    /// Writes to field devices.
+    pub controls: Controls,
+    /// Wakes the relay when an event was accepted, cancelled or overridden.
+    pub wake: Arc<Notify>,
+    /// Held for every read-modify-write of an event's record.
+    pub record_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Signs performance reports.
+    pub identity: Identity,
+    /// Where changes are announced.
+    pub updates: Updates,
+}
+
+/// How often meter samples past their retention are dropped.
+const SAMPLE_PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
 /// Runs the relay until `cancel` fires.
-pub async fn run(
-    store: Arc<Store>,
-    config: watch::Receiver<Arc<GatewayConfig>>,
-    controls: Controls,
-    wake: Arc<Notify>,
-    record_lock: Arc<tokio::sync::Mutex<()>>,
-    cancel: CancellationToken,
-) {
+pub async fn run(relay: Relay, cancel: CancellationToken) {
+    let Relay {
+        store,
+        config,
+        controls,
+        wake,
+        record_lock,
+        identity,
+        updates,
+    } = relay;
     let mut retry_at: BTreeMap<(String, String), Instant> = BTreeMap::new();
+    let mut pruned_at: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = wake.notified() => {}
             _ = tokio::time::sleep(TICK) => {}
+        }
+        if pruned_at.is_none_or(|t| t.elapsed() >= SAMPLE_PRUNE_EVERY) {
+            pruned_at = Some(Instant::now());
+            let st = store.clone();
+            let cutoff = now_ms() - SAMPLE_RETENTION_MS;
+            match tokio::task::spawn_blocking(move || st.prune_samples(cutoff)).await {
+                Ok(Ok(n)) if n > 0 => info!(samples = n, "dropped meter samples past retention"),
+                Ok(Err(e)) => error!("cannot drop old meter samples: {e}"),
+                _ => {}
+            }
         }
         let st = store.clone();
         let records = match tokio::task::spawn_blocking(move || st.dr_events()).await {
@@ -93,6 +147,9 @@ pub async fn run(
                 &mut retry_at,
             )
             .await;
+            if status == before && due_for_report(&status, &cfg) {
+                write_report(&store, &cfg, &identity, &key, &mut status).await;
+            }
             if status != before {
                 // A cancel may have come in while the loads were being written: keep it.
                 let _held = record_lock.lock().await;
@@ -115,12 +172,77 @@ pub async fn run(
                 let record = status.encode_to_vec();
                 let k = key.clone();
                 match tokio::task::spawn_blocking(move || st.dr_update(&k, &record)).await {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(())) => announce(&updates, &status),
                     Ok(Err(e)) => error!("DR relay cannot store event state: {e}"),
                     Err(e) => error!("DR relay: {e}"),
                 }
             }
         }
+    }
+}
+
+/// Whether an ended event's report can be written now: its meters have been polled past the
+/// end (twice their longest poll period, at least 2 s), so the last interval is measured.
+fn due_for_report(status: &pb::EventStatus, cfg: &GatewayConfig) -> bool {
+    let ended = status.state == pb::EventState::Completed as i32
+        || status.state == pb::EventState::Cancelled as i32;
+    if !ended || status.reported || status.loads.is_empty() {
+        return false;
+    }
+    let meters: BTreeSet<&str> = cfg.loads.iter().map(|l| l.meter.as_str()).collect();
+    let longest_poll = cfg
+        .devices()
+        .filter(|(_, d)| {
+            d.points
+                .iter()
+                .any(|p| meters.contains(format!("{}/{}", d.name, p.name).as_str()))
+        })
+        .map(|(_, d)| d.poll)
+        .max()
+        .unwrap_or(Duration::from_secs(5));
+    let settle = (longest_poll * 2).clamp(Duration::from_secs(2), Duration::from_secs(120));
+    now_ms() >= status.end_ms + settle.as_millis() as i64
+}
+
+/// Measures the ended event, signs and stores its report, and marks the record reported.
+async fn write_report(
+    store: &Arc<Store>,
+    cfg: &Arc<GatewayConfig>,
+    identity: &Identity,
+    key: &str,
+    status: &mut pb::EventStatus,
+) {
+    let Some(event) = event_of(status) else {
+        return;
+    };
+    let (st, c, s, id) = (store.clone(), cfg.clone(), status.clone(), identity.clone());
+    let k = key.to_string();
+    let made = tokio::task::spawn_blocking(move || {
+        let report = super::report::build(&st, &c, &s, &event, now_ms())?;
+        let signed = super::report::sign(&id, &report);
+        st.dr_put_report(&k, &signed.encode_to_vec())?;
+        Ok::<_, crate::store::StoreError>(report)
+    })
+    .await;
+    match made {
+        Ok(Ok(report)) => {
+            status.reported = true;
+            let total = report.total.first();
+            let reduction: i64 = total.map_or(0, |s| {
+                let ms: i64 = s.intervals.iter().map(|i| i.end_ms - i.start_ms).sum();
+                let wms: i64 = s
+                    .intervals
+                    .iter()
+                    .map(|i| i.reduction_w * (i.end_ms - i.start_ms))
+                    .sum();
+                if ms > 0 { wms / ms } else { 0 }
+            });
+            info!(event = %report.event_id, mean_reduction_w = reduction, "DR performance report signed and stored");
+        }
+        Ok(Err(e)) => {
+            error!(event = %key.replace('\0', "/"), "cannot write the performance report: {e}")
+        }
+        Err(e) => error!("DR report: {e}"),
     }
 }
 

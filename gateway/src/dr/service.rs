@@ -63,6 +63,8 @@ pub struct DrState {
     pub serial: Arc<tokio::sync::Mutex<()>>,
     /// Wakes the relay when an event was accepted.
     pub wake: Arc<tokio::sync::Notify>,
+    /// Where stored changes are announced (WatchEvents).
+    pub updates: super::relay::Updates,
 }
 
 /// The service.
@@ -120,8 +122,101 @@ fn events_today(records: &[(String, Vec<u8>)], now_ms: i64) -> BTreeMap<String, 
     out
 }
 
+fn update_of(status: pb::EventStatus) -> Option<pb::EventUpdate> {
+    let event = status
+        .signed
+        .as_ref()
+        .and_then(|s| pb::DrEvent::decode(s.event.as_slice()).ok())?;
+    Some(pb::EventUpdate {
+        issuer: event.issuer,
+        event_id: event.id,
+        status: Some(status),
+    })
+}
+
 #[tonic::async_trait]
 impl DemandResponse for DemandResponseService {
+    type WatchEventsStream = crate::api::Stream_<pb::EventUpdate>;
+
+    async fn get_report(
+        &self,
+        req: Request<pb::GetEventRequest>,
+    ) -> Result<Response<pb::SignedPerformanceReport>, Status> {
+        role_of(&req)?;
+        let r = req.into_inner();
+        let key = event_key(&r.issuer, &r.event_id);
+        let store = self.api.store.store.clone();
+        let found = tokio::task::spawn_blocking(move || store.dr_report(&key))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::unavailable(format!("store: {e}")))?;
+        let bytes = found.ok_or_else(|| {
+            Status::not_found(format!(
+                "no performance report for event {:?} of issuer {:?} (yet): it is written a few seconds after the event ends",
+                r.event_id, r.issuer
+            ))
+        })?;
+        pb::SignedPerformanceReport::decode(bytes.as_slice())
+            .map(Response::new)
+            .map_err(|e| Status::data_loss(format!("stored report does not decode: {e}")))
+    }
+
+    async fn watch_events(
+        &self,
+        req: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        role_of(&req)?;
+        let issuer = req.into_inner().issuer;
+        // Subscribe before reading the store, so that no change falls between the two.
+        let mut updates = self.dr.updates.subscribe();
+        let store = self.api.store.store.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let wanted = |u: &pb::EventUpdate| issuer.is_empty() || u.issuer == issuer;
+            let mut snapshot = true;
+            loop {
+                if snapshot {
+                    // First, and again after falling behind: every event as it stands (a
+                    // state is whole, so the latest one makes up for the missed ones).
+                    snapshot = false;
+                    let st = store.clone();
+                    let Ok(Ok(records)) = tokio::task::spawn_blocking(move || st.dr_events()).await
+                    else {
+                        let _ = tx
+                            .send(Err(Status::unavailable("store: cannot read the events")))
+                            .await;
+                        return;
+                    };
+                    for (_, bytes) in records {
+                        let Ok(status) = pb::EventStatus::decode(bytes.as_slice()) else {
+                            continue;
+                        };
+                        let Some(u) = update_of(status) else { continue };
+                        if wanted(&u) && tx.send(Ok(u)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                let next = tokio::select! {
+                    u = updates.recv() => u,
+                    _ = tx.closed() => return,
+                };
+                match next {
+                    Ok(u) if wanted(&u) => {
+                        if tx.send(Ok((*u).clone())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => snapshot = true,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
     async fn dispatch(
         &self,
         req: Request<pb::SignedDrEvent>,
@@ -178,8 +273,16 @@ impl DemandResponse for DemandResponseService {
             };
             return Ok(Response::new(self.refuse(&r, event_id)));
         }
+        if cfg
+            .dr
+            .as_ref()
+            .is_some_and(|d| d.program(&checked.event.program).is_none())
+        {
+            let r = Refused::UnknownProgram(checked.event.program.clone());
+            return Ok(Response::new(self.refuse(&r, event_id)));
+        }
         let key = event_key(&checked.event.issuer, &event_id);
-        let record = pb::EventStatus {
+        let status = pb::EventStatus {
             signed: Some(signed),
             state: pb::EventState::Scheduled as i32,
             accepted_ms: now,
@@ -187,8 +290,9 @@ impl DemandResponse for DemandResponseService {
             end_ms: checked.end_ms,
             loads: Vec::new(),
             cancelled: false,
-        }
-        .encode_to_vec();
+            reported: false,
+        };
+        let record = status.encode_to_vec();
         let store = self.api.store.store.clone();
         let fresh = tokio::task::spawn_blocking(move || store.dr_insert_new(&key, &record))
             .await
@@ -202,6 +306,7 @@ impl DemandResponse for DemandResponseService {
             return Ok(Response::new(self.refuse(&r, event_id)));
         }
         self.dr.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        super::relay::announce(&self.dr.updates, &status);
         self.dr.wake.notify_one();
         info!(
             event = %event_id,
@@ -276,6 +381,7 @@ impl DemandResponse for DemandResponseService {
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::unavailable(format!("store: {e}")))?;
+        super::relay::announce(&self.dr.updates, &status);
         self.dr.wake.notify_one();
         info!(event = %cancel.event_id, issuer = %cancel.issuer, "DR event cancelled");
         Ok(Response::new(pb::DispatchReply {

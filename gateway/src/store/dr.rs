@@ -11,7 +11,31 @@ pub(super) const DR_EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new(
 /// Loads under manual override → why.
 pub(super) const DR_OVERRIDES: TableDefinition<&str, &str> = TableDefinition::new("dr_overrides");
 
+/// Event key → encoded `gridgate.v1.SignedPerformanceReport`, written once when the event's
+/// measurement is done.
+pub(super) const DR_REPORTS: TableDefinition<&str, &[u8]> = TableDefinition::new("dr_reports");
+
 impl Store {
+    /// Stores an event's signed performance report (once; a second one for the same event is
+    /// ignored, so a report once offered never changes).
+    pub fn dr_put_report(&self, key: &str, report: &[u8]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db)?;
+        {
+            let mut t = txn.open_table(DR_REPORTS).map_err(db)?;
+            if t.get(key).map_err(db)?.is_none() {
+                t.insert(key, report).map_err(db)?;
+            }
+        }
+        txn.commit().map_err(db)
+    }
+
+    /// An event's signed performance report, once written.
+    pub fn dr_report(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let t = txn.open_table(DR_REPORTS).map_err(db)?;
+        Ok(t.get(key).map_err(db)?.map(|v| v.value().to_vec()))
+    }
+
     /// Sets (with its reason) or clears a load's manual override, durably.
     pub fn dr_set_override(&self, load: &str, reason: Option<&str>) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db)?;

@@ -9,6 +9,7 @@
 mod check;
 mod dr;
 mod recent;
+pub mod samples;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
@@ -145,6 +146,8 @@ pub struct Store {
     gateway_id: String,
     /// Fingerprints of the most recently stored readings, rebuilt from the store on open.
     recent: std::sync::Mutex<recent::Recent>,
+    /// Points whose samples are kept for DR measurement ([`samples`]).
+    metered: std::sync::RwLock<std::collections::BTreeSet<String>>,
 }
 
 /// Builds the signed batch from the open readings: given the new batch's sequence number,
@@ -174,6 +177,7 @@ impl Store {
             path,
             gateway_id: gateway_id.to_string(),
             recent: std::sync::Mutex::new(recent::Recent::new(DEDUPE_RECENT)),
+            metered: std::sync::RwLock::default(),
         };
         store.init_and_check()?;
         store.rebuild_recent()?;
@@ -196,6 +200,8 @@ impl Store {
             txn.open_table(META).map_err(db)?;
             txn.open_table(dr::DR_EVENTS).map_err(db)?;
             txn.open_table(dr::DR_OVERRIDES).map_err(db)?;
+            txn.open_table(dr::DR_REPORTS).map_err(db)?;
+            txn.open_table(samples::SAMPLES).map_err(db)?;
             let mut bytes = txn.open_table(META_BYTES).map_err(db)?;
             let found = bytes
                 .get(GATEWAY_ID)
@@ -271,6 +277,8 @@ impl Store {
         {
             let mut open = txn.open_table(OPEN).map_err(db)?;
             let mut meta = txn.open_table(META).map_err(db)?;
+            let mut sampled = txn.open_table(samples::SAMPLES).map_err(db)?;
+            let metered = self.metered.read().unwrap_or_else(|p| p.into_inner());
             let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
             let mut next_id = get(&meta, NEXT_READING)?;
             let mut stored = get(&meta, STORED_BYTES)?;
@@ -290,6 +298,9 @@ impl Store {
                 r.encode(&mut buf)
                     .map_err(|e| db(redb::StorageError::Io(std::io::Error::other(e))))?;
                 open.insert(next_id, buf.as_slice()).map_err(db)?;
+                if let Some((point, ts, v)) = samples::sample_of(&metered, r) {
+                    sampled.insert((point, ts), v).map_err(db)?;
+                }
                 stored += buf.len() as u64;
                 next_id += 1;
             }
@@ -555,6 +566,7 @@ pub fn open_for_verify(data_dir: &Path) -> Result<Store, StoreError> {
         path,
         gateway_id,
         recent: std::sync::Mutex::new(recent::Recent::new(0)),
+        metered: std::sync::RwLock::default(),
     })
 }
 

@@ -1,6 +1,7 @@
 //! `gridgate dr`: what a DR operator runs by hand. `sign` turns an event written in TOML into
 //! a signed `gridgate.v1.SignedDrEvent` file; `dispatch` sends such a file to a gateway over
-//! mutual TLS (operator role) and prints the gateway's answer.
+//! mutual TLS (operator role) and prints the gateway's answer; `watch` follows events' states
+//! and `report` fetches an ended event's signed performance report and checks its signature.
 //!
 //! An event file:
 //!
@@ -91,6 +92,45 @@ pub enum DrCommand {
         /// Why (logged by the gateway).
         #[arg(long, default_value = "")]
         reason: String,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Fetch an ended event's signed performance report, check its signature and print it.
+    ///
+    /// Example: gridgate dr report --issuer operator --id E1 --endpoint https://gw:50051
+    /// --ca pki/ca.pem --cert pki/client-operator.pem --key pki/client-operator.key
+    Report {
+        /// The event's issuer.
+        #[arg(long)]
+        issuer: String,
+        /// The event's id.
+        #[arg(long)]
+        id: String,
+        /// The gateway's public key (identity.pub) to check the signature with; without it
+        /// the key is asked from the gateway itself (Admin.GetIdentity).
+        #[arg(long)]
+        gateway_key: Option<PathBuf>,
+        /// Print the report as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Also write the signed report, as received, to this file.
+        #[arg(long)]
+        save: Option<PathBuf>,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Follow DR events: print each stored event as it stands, then every change, until
+    /// interrupted (or, with --until-reported ID, until that event's report is written).
+    ///
+    /// Example: gridgate dr watch --endpoint https://gw:50051 --ca pki/ca.pem
+    /// --cert pki/client-operator.pem --key pki/client-operator.key
+    Watch {
+        /// Only this issuer's events.
+        #[arg(long, default_value = "")]
+        issuer: String,
+        /// Stop once this event's performance report is written.
+        #[arg(long)]
+        until_reported: Option<String>,
         #[command(flatten)]
         gateway: GatewayArgs,
     },
@@ -335,5 +375,219 @@ pub async fn run(cmd: DrCommand, out: &mut dyn Write) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        DrCommand::Report {
+            issuer,
+            id,
+            gateway_key,
+            json,
+            save,
+            gateway,
+        } => {
+            let channel = super::pull::connect(
+                &gateway.endpoint,
+                gateway.ca.as_ref(),
+                gateway.cert.as_ref(),
+                gateway.key.as_ref(),
+            )
+            .await?;
+            let mut client = DemandResponseClient::new(channel.clone());
+            let signed = tokio::time::timeout(
+                Duration::from_secs(30),
+                client.get_report(pb::GetEventRequest {
+                    issuer,
+                    event_id: id,
+                }),
+            )
+            .await
+            .context("no answer from the gateway within 30 s")?
+            .map_err(rpc_error)?
+            .into_inner();
+            let (key, whose) = match gateway_key {
+                Some(path) => (crate::batch::identity::load_public(&path)?, "pinned key"),
+                None => {
+                    let id = gridgate_proto::v1::admin_client::AdminClient::new(channel)
+                        .get_identity(pb::GetIdentityRequest {})
+                        .await
+                        .map_err(rpc_error)?
+                        .into_inner();
+                    let bytes: [u8; 32] = id
+                        .public_key
+                        .as_slice()
+                        .try_into()
+                        .context("the gateway's public key is not 32 bytes")?;
+                    (
+                        ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+                            .context("the gateway's public key is not an Ed25519 key")?,
+                        "key the gateway gave",
+                    )
+                }
+            };
+            let report = crate::dr::report::verify(&key, &signed)?;
+            if let Some(path) = save {
+                std::fs::write(&path, signed.encode_to_vec())
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            if json {
+                writeln!(out, "{}", report_json(&report))?;
+            } else {
+                write_report(&report, whose, out)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DrCommand::Watch {
+            issuer,
+            until_reported,
+            gateway,
+        } => {
+            let mut client = client(&gateway).await?;
+            let mut stream = client
+                .watch_events(pb::WatchEventsRequest { issuer })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            while let Some(u) = stream.message().await.map_err(rpc_error)? {
+                let Some(st) = &u.status else { continue };
+                let state = pb::EventState::try_from(st.state)
+                    .map_or("?", |s| s.as_str_name().trim_start_matches("EVENT_STATE_"));
+                let loads: Vec<String> = st
+                    .loads
+                    .iter()
+                    .map(|l| {
+                        let ls = pb::LoadState::try_from(l.state)
+                            .map_or("?", |s| s.as_str_name().trim_start_matches("LOAD_STATE_"));
+                        format!("{}={ls}", l.load)
+                    })
+                    .collect();
+                writeln!(
+                    out,
+                    "{} {}/{} {state}{}{} {}",
+                    humantime::format_rfc3339_millis(SystemTime::now()),
+                    u.issuer,
+                    u.event_id,
+                    if st.cancelled { " (cancelled)" } else { "" },
+                    if st.reported { " reported" } else { "" },
+                    loads.join(" ")
+                )?;
+                out.flush()?;
+                if st.reported && until_reported.as_deref() == Some(u.event_id.as_str()) {
+                    break;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+fn series_json(series: &[pb::IntervalSeries]) -> serde_json::Value {
+    series
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "length_s": s.length_s,
+                "intervals": s.intervals.iter().map(|i| serde_json::json!({
+                    "start_ms": i.start_ms,
+                    "end_ms": i.end_ms,
+                    "baseline_w": i.baseline_w,
+                    "actual_w": i.actual_w,
+                    "reduction_w": i.reduction_w,
+                    "samples": i.samples,
+                    "complete": i.complete,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect()
+}
+
+fn method_name(m: i32) -> &'static str {
+    pb::BaselineMethod::try_from(m).map_or("?", |m| m.as_str_name())
+}
+
+/// The report as JSON, field for field.
+fn report_json(r: &pb::PerformanceReport) -> serde_json::Value {
+    serde_json::json!({
+        "gateway_id": r.gateway_id,
+        "issuer": r.issuer,
+        "event_id": r.event_id,
+        "event_hash": hex::encode(&r.event_hash),
+        "program": r.program,
+        "baseline": method_name(r.baseline),
+        "start_ms": r.start_ms,
+        "end_ms": r.end_ms,
+        "cancelled": r.cancelled,
+        "created_ms": r.created_ms,
+        "total": series_json(&r.total),
+        "loads": r.loads.iter().map(|l| {
+            let st = l.status.clone().unwrap_or_default();
+            serde_json::json!({
+                "load": l.load,
+                "meter": l.meter,
+                "baseline": method_name(l.baseline),
+                "baseline_days_ms": l.baseline_days_ms,
+                "adjustment_ppm": l.adjustment_ppm,
+                "state": pb::LoadState::try_from(st.state).map_or("?", |s| s.as_str_name()),
+                "attempts": st.attempts,
+                "latency_ms": st.latency_ms,
+                "series": series_json(&l.series),
+            })
+        }).collect::<Vec<_>>(),
+    })
+}
+
+/// The report as a table: each load's acknowledgement, then the total per interval.
+fn write_report(r: &pb::PerformanceReport, whose: &str, out: &mut dyn Write) -> Result<()> {
+    writeln!(
+        out,
+        "performance report of event {:?} (issuer {:?}, program {:?}) by gateway {:?}\nsignature: good ({whose})\nbaseline: {}{}",
+        r.event_id,
+        r.issuer,
+        r.program,
+        r.gateway_id,
+        method_name(r.baseline).trim_start_matches("BASELINE_METHOD_"),
+        if r.cancelled {
+            "; the event was cancelled"
+        } else {
+            ""
+        }
+    )?;
+    for l in &r.loads {
+        let st = l.status.clone().unwrap_or_default();
+        writeln!(
+            out,
+            "  load {:<16} {:<24} attempts {} latency {} ms{}",
+            l.load,
+            pb::LoadState::try_from(st.state).map_or("?", |s| s.as_str_name()),
+            st.attempts,
+            st.latency_ms,
+            if st.last_error.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", st.last_error)
+            }
+        )?;
+    }
+    for s in &r.total {
+        writeln!(
+            out,
+            "  {} s intervals:        baseline kW   actual kW   reduction kW",
+            s.length_s
+        )?;
+        for i in &s.intervals {
+            writeln!(
+                out,
+                "    {}  {:>11.3} {:>11.3} {:>14.3}{}",
+                humantime::format_rfc3339_seconds(
+                    UNIX_EPOCH + Duration::from_millis(i.start_ms.max(0) as u64)
+                ),
+                i.baseline_w as f64 / 1000.0,
+                i.actual_w as f64 / 1000.0,
+                i.reduction_w as f64 / 1000.0,
+                if i.complete {
+                    ""
+                } else {
+                    "  (incomplete: no data)"
+                }
+            )?;
+        }
+    }
+    Ok(())
 }
