@@ -399,6 +399,15 @@ impl Pipeline {
             p.start_bus(bus);
         }
         p.api = p.start_api(cfg).await?;
+        // Loads commanded over MQTT go through one client on the [ingest] broker; it
+        // follows the config itself.
+        let (commands, command_rx) = mpsc::channel(acquire::mqtt_command::COMMAND_QUEUE);
+        p.controls.attach_mqtt(commands);
+        p.relay.tasks.spawn(acquire::mqtt_command::run(
+            p.config.subscribe(),
+            command_rx,
+            p.relay.cancel.clone(),
+        ));
         // The relay runs whatever the config: events accepted before a restart still end
         // and restore their loads.
         p.relay.tasks.spawn(crate::dr::relay::run(

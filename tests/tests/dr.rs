@@ -810,3 +810,194 @@ async fn the_performance_report_matches_the_loads_known_response_within_one_perc
         .expect("first");
     assert!((first - 47_500.0).abs() < 0.05 * 47_500.0, "{report}");
 }
+
+/// Waits until `cond` holds, polling every 20 ms.
+async fn until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "never saw {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The simulated load's setpoint, percent.
+fn setpoint(d: &gridgate_drivers::modbus::sim::SimDevice) -> f64 {
+    d.load.lock().setpoint_pct
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_event_sheds_three_loads_on_three_kinds_of_control_and_restores_them() {
+    let broker = gridgate_tests::Mosquitto::start().await;
+    let s = sims(&format!(
+        r#"
+[[line]]
+name = "rs485"
+protocol = "dlt645"
+listen = "127.0.0.1:0"
+meters = [{{ address = "000000000001" }}]
+
+[[line]]
+name = "plant"
+protocol = "modbus-tcp"
+listen = "127.0.0.1:0"
+devices = [{{ unit = 1, rated_kw = 55.0 }}]
+
+[[line]]
+name = "field"
+protocol = "mqtt"
+broker = "127.0.0.1:{}"
+period = "200ms"
+devices = [{{ unit = 1, rated_kw = 11.0 }}]
+"#,
+        broker.port
+    ))
+    .await;
+    let site = Site {
+        dir: tempfile::tempdir().expect("dir"),
+        port: free_port(),
+    };
+    let d = site.dir.path();
+    gridgate::api::pki::make_site_pki(&d.join("pki"), "dr", &[]).expect("pki");
+    std::fs::create_dir_all(d.join("operator")).expect("dir");
+    keygen(&d.join("operator"));
+    let mut config = s.gateway_config("three", "100ms");
+    config.push_str(&grpc_section(site.port, &d.join("pki")));
+    config.push_str(&format!(
+        r#"
+[dr]
+issuers = [{{ name = "operator", public_key = "{}" }}]
+
+[[load]]
+name = "pcs"
+meter = "plant-unit1/active_power"
+control = "plant-unit1/setpoint"
+rated_kw = 55.0
+
+[[load]]
+name = "tenant"
+meter = "meter-1/active_power"
+control = "meter-1/relay"
+password = "02000000"
+
+[[load]]
+name = "charger"
+meter = "field-unit1/active_power"
+control = "mqtt"
+command_topic = "field/unit1/cmd"
+ack_topic = "field/unit1/ack"
+ack_timeout = "2s"
+rated_kw = 11.0
+"#,
+        site.path("operator/identity.pub")
+    ));
+    let gw = Gateway::start_in(d, &config).await;
+    wait_for_port(site.port).await;
+    let (pcs, meter, charger) = (
+        &s.lines[1].devices[0],
+        &s.lines[0].meters[0],
+        &s.lines[2].devices[0],
+    );
+    let operator = site.path("operator/identity.key");
+    let targets = "load = \"pcs\"\nshed_kw = 27.5\n\n[[target]]\nload = \"tenant\"\non = false\n\n[[target]]\nload = \"charger\"\nsetpoint = 40.0";
+    let (code, out) = site
+        .send(
+            "three",
+            &operator,
+            &event("three-1", "operator", targets)
+                .replace("duration = \"15m\"", "duration = \"4s\""),
+        )
+        .await;
+    assert_eq!(code, 0, "{out}");
+    // Each device itself shows the event: a register, a meter's relay, an MQTT command.
+    until("the pcs at 50 %", || setpoint(pcs) == 50.0).await;
+    until("the tenant's relay open", || !meter.load.lock().on).await;
+    until("the charger at 40 %", || setpoint(charger) == 40.0).await;
+    // And all three come back.
+    until("the pcs back at 100 %", || setpoint(pcs) == 100.0).await;
+    until("the tenant's relay closed", || meter.load.lock().on).await;
+    until("the charger back at 100 %", || setpoint(charger) == 100.0).await;
+    let (code, out) = site
+        .dr("operator", &["watch", "--until-reported", "three-1"])
+        .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("COMPLETED reported pcs=RESTORED tenant=RESTORED charger=RESTORED"),
+        "{out}"
+    );
+    // The MQTT readings of the charger were measured too.
+    let (code, out) = site
+        .dr(
+            "operator",
+            &[
+                "report", "--issuer", "operator", "--id", "three-1", "--json",
+            ],
+        )
+        .await;
+    assert_eq!(code, 0, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let charger_first = &report["loads"][2]["series"][0]["intervals"][0];
+    assert_eq!(report["loads"][2]["load"], "charger");
+    assert!(
+        charger_first["samples"].as_u64().is_some_and(|n| n > 0),
+        "{report}"
+    );
+    assert_eq!(gw.stop().await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_that_never_acknowledges_is_retried_and_reported_failed() {
+    let (sims, site, config) = plant().await;
+    let d = site.dir.path();
+    let _gw = Gateway::start_in(d, &config).await;
+    wait_for_port(site.port).await;
+    // The pump's device stops answering: its coil can be neither read nor written.
+    sims.lines[0].devices[1].set_silent(true);
+    let operator = site.path("operator/identity.key");
+    let targets = "load = \"pcs\"\nshed_kw = 27.5\n\n[[target]]\nload = \"pump\"\non = false";
+    let (code, out) = site
+        .send(
+            "dead",
+            &operator,
+            &event("dead-1", "operator", targets)
+                .replace("duration = \"15m\"", "duration = \"10s\""),
+        )
+        .await;
+    assert_eq!(code, 0, "{out}");
+    let (code, watched) = site
+        .dr("operator", &["watch", "--until-reported", "dead-1"])
+        .await;
+    assert_eq!(code, 0, "{watched}");
+    assert!(
+        watched.contains("pcs=ACKNOWLEDGED pump=PENDING"),
+        "{watched}"
+    );
+    assert!(
+        watched.contains("COMPLETED reported pcs=RESTORED pump=FAILED"),
+        "{watched}"
+    );
+    let (code, out) = site
+        .dr(
+            "operator",
+            &["report", "--issuer", "operator", "--id", "dead-1", "--json"],
+        )
+        .await;
+    assert_eq!(code, 0, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let pump = &report["loads"][1];
+    assert_eq!(pump["state"], "LOAD_STATE_FAILED", "{report}");
+    // Retried within the 10 s event (each attempt waits up to 5 s for the line, which is
+    // busy timing out on the silent device's polls), and the reason kept.
+    assert!(
+        pump["attempts"].as_u64().is_some_and(|n| n >= 2),
+        "{report}"
+    );
+    assert!(
+        pump["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("plant-unit2/switch")),
+        "{report}"
+    );
+    // The pump never moved; the one that answered was restored.
+    assert!(sims.lines[0].devices[1].load.lock().on);
+    assert_eq!(setpoint(&sims.lines[0].devices[0]), 100.0);
+}

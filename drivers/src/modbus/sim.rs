@@ -65,6 +65,11 @@ impl SimDevice {
         self.silent.store(silent, Ordering::SeqCst);
     }
 
+    /// Whether it is silent.
+    pub fn is_silent(&self) -> bool {
+        self.silent.load(Ordering::SeqCst)
+    }
+
     fn holding(&self) -> Vec<Option<u16>> {
         let now = Instant::now();
         let l = self.load.lock();

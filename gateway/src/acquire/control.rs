@@ -12,8 +12,11 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
 use super::bus::read_modbus;
+use super::mqtt_command::CommandRequest;
 use crate::config::dr::RELAY_POINT;
-use crate::config::{BusTiming, ControlPoint, DeviceConfig, DeviceKind, PointSource, RemoteAuth};
+use crate::config::{
+    BusTiming, Control, ControlPoint, DeviceConfig, DeviceKind, PointSource, RemoteAuth,
+};
 use gridgate_drivers::dlt645::{self, Client, DataId, MeterTime, RemoteCommand, RemoteControl};
 use gridgate_drivers::link::LineStream;
 
@@ -71,9 +74,13 @@ pub enum ControlError {
         /// Value read back.
         read: f64,
     },
-    /// The bus task is gone (stopping, or reloading) or did not answer in time.
+    /// The bus task is gone (stopping, or reloading).
     #[error("bus for {0} is not running")]
     BusGone(String),
+    /// No confirmation in time (the line is busy with a device that does not answer, or
+    /// the device is slow).
+    #[error("{0}: not confirmed within {1:?}")]
+    Timeout(String, Duration),
 }
 
 /// Where to send writes: the running bus tasks, by bus name, and which bus each device is on.
@@ -84,6 +91,8 @@ pub struct Controls(Arc<Mutex<ControlMap>>);
 struct ControlMap {
     buses: BTreeMap<String, mpsc::Sender<ControlRequest>>,
     device_bus: BTreeMap<String, String>,
+    /// The MQTT commander, for loads commanded over MQTT.
+    mqtt: Option<mpsc::Sender<CommandRequest>>,
 }
 
 impl Controls {
@@ -109,8 +118,46 @@ impl Controls {
         m.device_bus.retain(|_, b| b != bus);
     }
 
-    /// Writes `value` to the control and waits (at most `within`) for the confirmation.
+    /// Registers the MQTT commander's queue.
+    pub fn attach_mqtt(&self, tx: mpsc::Sender<CommandRequest>) {
+        self.lock().mqtt = Some(tx);
+    }
+
+    /// Moves a load: a point written by its bus (waiting at most `within` for the
+    /// read-back), or an MQTT command (waiting for the acknowledgement, at most its
+    /// `ack_timeout`).
     pub async fn write(
+        &self,
+        control: &Control,
+        value: f64,
+        within: Duration,
+    ) -> Result<ControlOutcome, ControlError> {
+        match control {
+            Control::Point(p) => self.write_point(p, value, within).await,
+            Control::Mqtt(m) => {
+                let gone = || ControlError::BusGone(format!("MQTT commands for {}", m.load));
+                let tx = self.lock().mqtt.clone().ok_or_else(gone)?;
+                let (reply, rx) = oneshot::channel();
+                let req = CommandRequest {
+                    control: m.clone(),
+                    value,
+                    reply,
+                };
+                let asked = async {
+                    tx.send(req).await.map_err(|_| gone())?;
+                    rx.await.map_err(|_| gone())?
+                };
+                // The commander answers by the ack timeout; the margin covers a queue.
+                let limit = m.ack_timeout + Duration::from_secs(1);
+                tokio::time::timeout(limit, asked)
+                    .await
+                    .unwrap_or_else(|_| Err(ControlError::Timeout(m.load.clone(), limit)))
+            }
+        }
+    }
+
+    /// Writes `value` to a device's point and waits (at most `within`) for the read-back.
+    async fn write_point(
         &self,
         control: &ControlPoint,
         value: f64,
@@ -145,7 +192,7 @@ impl Controls {
         };
         tokio::time::timeout(within, asked)
             .await
-            .unwrap_or_else(|_| Err(ControlError::BusGone(name.clone())))
+            .unwrap_or_else(|_| Err(ControlError::Timeout(name.clone(), within)))
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod bus;
 pub mod control;
+pub mod mqtt_command;
 pub mod reading;
 pub mod sink;
 pub mod state;

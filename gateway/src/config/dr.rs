@@ -54,6 +54,9 @@ pub struct RawLoad {
     pub rated_kw: Option<Spanned<f64>>,
     pub password: Option<Spanned<String>>,
     pub operator: Option<Spanned<String>>,
+    pub command_topic: Option<Spanned<String>>,
+    pub ack_topic: Option<Spanned<String>>,
+    pub ack_timeout: Option<Spanned<String>>,
 }
 
 /// `[dr]`: the issuers whose signed events the gateway accepts, and the programs whose
@@ -155,6 +158,36 @@ pub struct ControlPoint {
     pub auth: Option<RemoteAuth>,
 }
 
+/// A load commanded over MQTT: the gateway publishes `{"id", "value"}` (QoS 1) on
+/// `command_topic` of the `[ingest]` broker and waits up to `ack_timeout` for the device's
+/// `{"id", "ok", "value", "previous"}` on `ack_topic`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttControl {
+    /// The load's name (for messages).
+    pub load: String,
+    /// Where commands go.
+    pub command_topic: String,
+    /// Where the device acknowledges.
+    pub ack_topic: String,
+    /// Longest wait for the acknowledgement.
+    pub ack_timeout: Duration,
+}
+
+/// How a load is moved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// A polled device's writable point (Modbus coil or holding register, DL/T 645 relay),
+    /// written by the bus task that owns its line and read back.
+    Point(ControlPoint),
+    /// A command over MQTT, confirmed by the device's acknowledgement.
+    Mqtt(MqttControl),
+}
+
+/// `control = "mqtt"`: the load is commanded over MQTT.
+pub const MQTT_CONTROL: &str = "mqtt";
+/// Acknowledgement wait when the config does not say.
+pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The pseudo-point of a DL/T 645 meter's load switch: 0 trips it, 1 closes it.
 pub const RELAY_POINT: &str = "relay";
 
@@ -176,9 +209,9 @@ pub struct LoadConfig {
     pub max_shed_kw: f64,
     /// Events that may move it per UTC day.
     pub max_events_per_day: u32,
-    /// The writable point that controls it (a Modbus coil or holding register, or a
-    /// DL/T 645 meter's `relay`); a load without one cannot be moved.
-    pub control: Option<ControlPoint>,
+    /// What moves it (a Modbus coil or holding register, a DL/T 645 meter's `relay`, or an
+    /// MQTT command); a load without one cannot be moved.
+    pub control: Option<Control>,
     /// Rated power, kW: maps `shed_kw` onto a setpoint in percent of rated power.
     pub rated_kw: Option<f64>,
 }
@@ -227,6 +260,60 @@ impl Checker<'_> {
             programs.push(self.check_program(i, p, name));
         }
         Some(DrConfig { issuers, programs })
+    }
+
+    fn check_mqtt_control(
+        &mut self,
+        i: usize,
+        l: &RawLoad,
+        c: &Spanned<String>,
+        name: &str,
+        mqtt_broker: bool,
+    ) -> Option<Control> {
+        if !mqtt_broker {
+            self.problem(
+                c,
+                format!("load[{i}].control"),
+                "an MQTT-commanded load needs [ingest] broker: the gateway publishes its commands there".into(),
+            );
+        }
+        let mut topic = |t: &Option<Spanned<String>>, key: &str| match t {
+            Some(t) if !t.get_ref().is_empty() && !t.get_ref().contains(['+', '#']) => {
+                Some(t.get_ref().clone())
+            }
+            Some(t) => {
+                self.problem(
+                    t,
+                    format!("load[{i}].{key}"),
+                    "an exact topic, without wildcards".into(),
+                );
+                None
+            }
+            None => {
+                self.problem(
+                    c,
+                    format!("load[{i}].{key}"),
+                    format!(
+                        "control = \"mqtt\" needs {key}, e.g. {key} = \"site/{name}/{}\"",
+                        if key == "ack_topic" { "ack" } else { "cmd" }
+                    ),
+                );
+                None
+            }
+        };
+        let command_topic = topic(&l.command_topic, "command_topic");
+        let ack_topic = topic(&l.ack_topic, "ack_topic");
+        let ack_timeout = self.duration(
+            &l.ack_timeout,
+            format!("load[{i}].ack_timeout"),
+            DEFAULT_ACK_TIMEOUT,
+        );
+        Some(Control::Mqtt(MqttControl {
+            load: name.to_string(),
+            command_topic: command_topic?,
+            ack_topic: ack_topic?,
+            ack_timeout,
+        }))
     }
 
     fn check_program(&mut self, i: usize, p: &RawProgram, name: String) -> ProgramConfig {
@@ -315,6 +402,7 @@ impl Checker<'_> {
         raw: &[RawLoad],
         points: &[String],
         writable: &[String],
+        mqtt_broker: bool,
     ) -> Vec<LoadConfig> {
         let mut loads: Vec<LoadConfig> = Vec::new();
         for (i, l) in raw.iter().enumerate() {
@@ -386,6 +474,9 @@ impl Checker<'_> {
             };
             let control = match &l.control {
                 None => None,
+                Some(c) if c.get_ref() == MQTT_CONTROL => {
+                    self.check_mqtt_control(i, l, c, &name, mqtt_broker)
+                }
                 Some(c) if writable.contains(c.get_ref()) => {
                     let (device, point) = c.get_ref().split_once('/').unwrap_or(("", ""));
                     if point == RELAY_POINT && auth.is_none() {
@@ -395,18 +486,18 @@ impl Checker<'_> {
                             "a DL/T 645 meter's relay needs the remote-control password (password = \"PAP0P1P2\", operator = \"C0C1C2C3\")".into(),
                         );
                     }
-                    Some(ControlPoint {
+                    Some(Control::Point(ControlPoint {
                         device: device.to_string(),
                         point: point.to_string(),
                         auth,
-                    })
+                    }))
                 }
                 Some(c) => {
                     self.problem(
                         c,
                         format!("load[{i}].control"),
                         format!(
-                            "{:?} is not a writable point: write device/point of a Modbus coil or holding register, or meter/relay of a DL/T 645 meter",
+                            "{:?} is not a writable point: write device/point of a Modbus coil or holding register, meter/relay of a DL/T 645 meter, or \"mqtt\" with command_topic and ack_topic",
                             c.get_ref()
                         ),
                     );

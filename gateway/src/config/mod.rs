@@ -18,7 +18,10 @@ use gridgate_drivers::link::{Framing, Link};
 use gridgate_drivers::modbus::{self, DataType, Order, PointSpec, ReadPlan, Table};
 use thiserror::Error;
 
-pub use dr::{BaselineConfig, ControlPoint, DrConfig, LoadConfig, ProgramConfig, RemoteAuth};
+pub use dr::{
+    BaselineConfig, Control, ControlPoint, DrConfig, LoadConfig, MqttControl, ProgramConfig,
+    RemoteAuth,
+};
 pub use raw::RawConfig;
 use raw::{RawBus, RawDevice, RawPoint};
 pub use services::{
@@ -512,7 +515,8 @@ impl Checker<'_> {
             )
             .collect();
         let dr = self.check_dr(raw.dr.as_ref());
-        let loads = self.check_loads(&raw.load, &points, &writable);
+        let mqtt_broker = ingest.as_ref().is_some_and(|i| i.broker.is_some());
+        let loads = self.check_loads(&raw.load, &points, &writable, mqtt_broker);
         GatewayConfig {
             id,
             data_dir,

@@ -175,7 +175,9 @@ fn loads_are_bound_to_writable_controls_with_their_credentials() {
         "{GOOD}{dr}\n[[load]]\nname = \"tenant\"\nmeter = \"meter-1/active_power\"\ncontrol = \"meter-1/relay\"\npassword = \"02123456\"\noperator = \"00000007\"\n"
     );
     let cfg = parse(&good, Path::new("g.toml")).unwrap_or_else(|e| panic!("{e}"));
-    let control = cfg.loads[0].control.clone().expect("control");
+    let Some(Control::Point(control)) = cfg.loads[0].control.clone() else {
+        panic!("a point control")
+    };
     assert_eq!(
         (control.device.as_str(), control.point.as_str()),
         ("meter-1", "relay")
@@ -289,4 +291,50 @@ fn programs_name_their_baseline_and_intervals() {
             "{program}: {p:?}"
         );
     }
+}
+
+#[test]
+fn an_mqtt_load_needs_the_ingest_broker_and_both_topics() {
+    let dr = "\n[dr]\nissuers = [{ name = \"operator\", public_key = \"/etc/gridgate/operator.pub\" }]\n";
+    let ingest = "\n[ingest]\nbroker = \"mqtt://127.0.0.1:1883\"\n\n[[ingest.device]]\nname = \"ev\"\ntopic = \"field/ev/data\"\npoints = [{ name = \"power\", unit = \"kW\" }]\n";
+    let load = "\n[[load]]\nname = \"ev\"\nmeter = \"ev/power\"\ncontrol = \"mqtt\"\ncommand_topic = \"field/ev/cmd\"\nack_topic = \"field/ev/ack\"\n";
+    let cfg = parse(&format!("{GOOD}{ingest}{dr}{load}"), Path::new("g.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        cfg.loads[0].control,
+        Some(Control::Mqtt(MqttControl {
+            load: "ev".into(),
+            command_topic: "field/ev/cmd".into(),
+            ack_topic: "field/ev/ack".into(),
+            ack_timeout: dr::DEFAULT_ACK_TIMEOUT,
+        }))
+    );
+    let no_ack = format!(
+        "{GOOD}{ingest}{dr}{}",
+        load.replace("ack_topic = \"field/ev/ack\"\n", "")
+    );
+    assert!(
+        problems(&no_ack)
+            .iter()
+            .any(|p| p.key == "load[0].ack_topic" && p.message.contains("needs ack_topic")),
+    );
+    let wildcard = format!(
+        "{GOOD}{ingest}{dr}{}",
+        load.replace("field/ev/ack", "field/+/ack")
+    );
+    assert!(
+        problems(&wildcard)
+            .iter()
+            .any(|p| p.key == "load[0].ack_topic")
+    );
+    // Without an [ingest] broker there is nowhere to publish commands (and no ev/power).
+    let lonely = format!(
+        "{GOOD}{dr}{}",
+        load.replace("ev/power", "meter-1/active_power")
+    );
+    assert!(
+        problems(&lonely)
+            .iter()
+            .any(|p| p.key == "load[0].control" && p.message.contains("[ingest] broker"))
+    );
 }

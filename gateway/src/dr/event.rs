@@ -287,11 +287,11 @@ mod tests {
             setpoint_range: (0.0, 100.0),
             max_shed_kw: 50.0,
             max_events_per_day: 2,
-            control: Some(crate::config::ControlPoint {
+            control: Some(crate::config::Control::Point(crate::config::ControlPoint {
                 device: name.into(),
                 point: "setpoint".into(),
                 auth: None,
-            }),
+            })),
             rated_kw: Some(100.0),
         }
     }

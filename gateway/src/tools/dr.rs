@@ -526,6 +526,7 @@ fn report_json(r: &pb::PerformanceReport) -> serde_json::Value {
                 "adjustment_ppm": l.adjustment_ppm,
                 "state": pb::LoadState::try_from(st.state).map_or("?", |s| s.as_str_name()),
                 "attempts": st.attempts,
+                "last_error": st.last_error,
                 "latency_ms": st.latency_ms,
                 "series": series_json(&l.series),
             })

@@ -31,8 +31,13 @@ pub struct SimSpec {
 pub struct SimLineSpec {
     /// Name, used as the bus name in the printed gateway config.
     pub name: String,
-    /// `dlt645`, `modbus-tcp`, `modbus-rtu` (pty) or `modbus-rtu-tcp`.
+    /// `dlt645`, `modbus-tcp`, `modbus-rtu` (pty), `modbus-rtu-tcp`, or `mqtt` (devices that
+    /// publish to, and take commands from, the broker at `broker`).
     pub protocol: String,
+    /// `mqtt`: the broker's HOST:PORT.
+    pub broker: Option<String>,
+    /// `mqtt`: how often each device publishes its power (default 1s).
+    pub period: Option<String>,
     /// TCP address to listen on (`127.0.0.1:0` picks a free port).
     pub listen: Option<String>,
     /// Serve on a pseudo-terminal instead, with a symlink at this path (or `auto`).
@@ -128,13 +133,13 @@ impl RunningSims {
     /// A gateway config (TOML) that polls every simulated device with a useful set of points.
     pub fn gateway_config(&self, id: &str, poll: &str) -> String {
         let mut out = format!("[gateway]\nid = \"{id}\"\n\n");
-        for l in &self.lines {
+        for l in self.lines.iter().filter(|l| l.protocol != "mqtt") {
             out.push_str(&format!(
                 "[[bus]]\nname = \"{}\"\nlink = \"{}\"\n\n",
                 l.name, l.link
             ));
         }
-        for l in &self.lines {
+        for l in self.lines.iter().filter(|l| l.protocol != "mqtt") {
             for m in &l.meters {
                 out.push_str(&format!(
                     "[[device]]\nname = \"meter-{}\"\nbus = \"{}\"\nprotocol = \"dlt645\"\naddress = \"{}\"\npoll = \"{poll}\"\npoints = [\n  {{ name = \"energy_import\", di = \"00010000\" }},\n  {{ name = \"active_power\", di = \"02030000\" }},\n  {{ name = \"voltage_a\", di = \"02010100\" }},\n  {{ name = \"status3\", di = \"04000503\" }},\n]\n\n",
@@ -148,6 +153,24 @@ impl RunningSims {
                     "[[device]]\nname = \"{}-unit{}\"\nbus = \"{}\"\nprotocol = \"modbus\"\nunit = {}\npoll = \"{poll}\"\npoints = [\n  {{ name = \"active_power\", table = \"holding\", address = 0, type = \"f32\", unit = \"kW\" }},\n  {{ name = \"voltage\", table = \"holding\", address = 2, type = \"f32\", unit = \"V\" }},\n  {{ name = \"energy\", table = \"holding\", address = 4, type = \"u32\", scale = 0.001, unit = \"kWh\" }},\n  {{ name = \"setpoint\", table = \"holding\", address = 10, type = \"u16\", scale = 0.1, unit = \"%\" }},\n  {{ name = \"running\", table = \"discrete\", address = 0 }},\n]\n\n",
                     l.name, d.unit, l.name, d.unit
                 ));
+            }
+        }
+        // MQTT loads: one [ingest] on the first MQTT line's broker, a device per load.
+        let mqtt: Vec<&RunningLine> = self.lines.iter().filter(|l| l.protocol == "mqtt").collect();
+        if let Some(first) = mqtt.first() {
+            out.push_str(&format!(
+                "[ingest]\nbroker = \"{}\"\nclient_id = \"{id}-ingest\"\n\n",
+                first.link
+            ));
+            for l in &mqtt {
+                for d in &l.devices {
+                    out.push_str(&format!(
+                        "[[ingest.device]]\nname = \"{}-unit{}\"\ntopic = \"{}\"\npoints = [{{ name = \"active_power\", unit = \"kW\" }}, {{ name = \"setpoint\", unit = \"%\" }}]\n\n",
+                        l.name,
+                        d.unit,
+                        MqttLoadTopics::of(&l.name, d.unit).data
+                    ));
+                }
             }
         }
         out
@@ -209,6 +232,45 @@ pub async fn start(spec: &SimSpec) -> Result<RunningSims, SimError> {
             source,
         };
         let bad = |m: String| SimError::Spec(format!("line {}: {m}", l.name));
+        if l.protocol == "mqtt" {
+            let broker = l
+                .broker
+                .clone()
+                .ok_or_else(|| bad("an mqtt line needs broker = \"HOST:PORT\"".into()))?;
+            let (host, port) = broker
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+                .ok_or_else(|| bad(format!("broker {broker:?} is not HOST:PORT")))?;
+            let period = match &l.period {
+                Some(t) => humantime::parse_duration(t).map_err(|e| bad(format!("period: {e}")))?,
+                None => Duration::from_secs(1),
+            };
+            let devices: Vec<SimDevice> = l
+                .devices
+                .iter()
+                .enumerate()
+                .map(|(i, d)| SimDevice::new(d.unit, load_of(d.rated_kw, d.energy_kwh, n * 16 + i)))
+                .collect();
+            for d in &devices {
+                tasks.spawn(mqtt_load(
+                    host.clone(),
+                    port,
+                    MqttLoadTopics::of(&l.name, d.unit),
+                    d.clone(),
+                    period,
+                ));
+            }
+            lines.push(RunningLine {
+                name: l.name.clone(),
+                protocol: "mqtt",
+                link: format!("mqtt://{broker}"),
+                meters: vec![],
+                devices,
+                dlt645: None,
+                _pty: None,
+            });
+            continue;
+        }
         if l.listen.is_some() == l.pty.is_some() {
             return Err(bad(
                 "give either listen = \"HOST:PORT\" or pty = \"PATH\"".into()
@@ -346,7 +408,7 @@ pub async fn start(spec: &SimSpec) -> Result<RunningSims, SimError> {
             }
             other => {
                 return Err(bad(format!(
-                    "unknown protocol {other:?}; use dlt645, modbus-tcp, modbus-rtu or modbus-rtu-tcp"
+                    "unknown protocol {other:?}; use dlt645, modbus-tcp, modbus-rtu, modbus-rtu-tcp or mqtt"
                 )));
             }
         }
@@ -357,6 +419,92 @@ pub async fn start(spec: &SimSpec) -> Result<RunningSims, SimError> {
 impl Drop for RunningSims {
     fn drop(&mut self) {
         self.tasks.abort_all();
+    }
+}
+
+/// The topics of a simulated MQTT load: `LINE/unitN/data` (its readings), `.../cmd` and
+/// `.../ack`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttLoadTopics {
+    /// Where it publishes its readings.
+    pub data: String,
+    /// Where it takes commands.
+    pub command: String,
+    /// Where it acknowledges them.
+    pub ack: String,
+}
+
+impl MqttLoadTopics {
+    /// The topics of unit `unit` on line `line`.
+    pub fn of(line: &str, unit: u8) -> Self {
+        let base = format!("{line}/unit{unit}");
+        MqttLoadTopics {
+            data: format!("{base}/data"),
+            command: format!("{base}/cmd"),
+            ack: format!("{base}/ack"),
+        }
+    }
+}
+
+/// A simulated load commanded over MQTT: publishes its power and setpoint (JSON, QoS 1)
+/// every `period` on `topics.data`, and takes `{"id", "value"}` commands (a setpoint in
+/// percent of rated power) on `topics.command`, acknowledging each on `topics.ack` with
+/// `{"id", "ok", "value", "previous"}` (the gateway's DR command protocol). A silent device
+/// neither publishes nor acknowledges.
+pub async fn mqtt_load(
+    host: String,
+    port: u16,
+    topics: MqttLoadTopics,
+    device: SimDevice,
+    period: Duration,
+) {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let mut opts = MqttOptions::new(format!("sim-{}", topics.data.replace('/', "-")), host, port);
+    opts.set_keep_alive(Duration::from_secs(10));
+    let (client, mut eventloop) = AsyncClient::new(opts, 64);
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if device.is_silent() {
+                    continue;
+                }
+                let (p, sp) = {
+                    let l = device.load.lock();
+                    (l.power_kw(tokio::time::Instant::now()), l.setpoint_pct)
+                };
+                let payload = format!(
+                    r#"[{{"point":"active_power","value":{p}}},{{"point":"setpoint","value":{sp}}}]"#
+                );
+                let _ = client.try_publish(topics.data.clone(), QoS::AtLeastOnce, false, payload);
+            }
+            e = eventloop.poll() => match e {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client.try_subscribe(topics.command.clone(), QoS::AtLeastOnce);
+                }
+                Ok(Event::Incoming(Packet::Publish(msg))) if msg.topic == topics.command => {
+                    if device.is_silent() {
+                        continue;
+                    }
+                    let Ok(cmd) = serde_json::from_slice::<serde_json::Value>(&msg.payload) else {
+                        continue;
+                    };
+                    let id = cmd["id"].clone();
+                    let ack = match cmd["value"].as_f64() {
+                        Some(v) if (0.0..=100.0).contains(&v) => {
+                            let mut l = device.load.lock();
+                            let previous = l.setpoint_pct;
+                            l.setpoint_pct = v;
+                            serde_json::json!({ "id": id, "ok": true, "value": v, "previous": previous })
+                        }
+                        _ => serde_json::json!({ "id": id, "ok": false, "error": "value must be a setpoint of 0 to 100 %" }),
+                    };
+                    let _ = client.try_publish(topics.ack.clone(), QoS::AtLeastOnce, false, ack.to_string());
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            },
+        }
     }
 }
 
