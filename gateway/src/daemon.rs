@@ -480,14 +480,18 @@ impl Pipeline {
 
     async fn start_api(&self, cfg: &GatewayConfig) -> Result<Part, DaemonError> {
         let mut part = Part::new(&self.cancel);
+        let dr_mqtt = cfg.dr.as_ref().zip(cfg.uplink.as_ref());
+        if cfg.grpc.is_none() && dr_mqtt.is_none() {
+            return Ok(part);
+        }
+        let dr = Arc::new(crate::dr::service::DrState {
+            trust: crate::dr::service::load_trust(cfg.dr.as_ref())?,
+            stats: self.dr.clone(),
+            serial: self.dr_records.clone(),
+            wake: self.dr_wake.clone(),
+            updates: self.dr_updates.clone(),
+        });
         if let Some(g) = &cfg.grpc {
-            let dr = crate::dr::service::DrState {
-                trust: crate::dr::service::load_trust(cfg.dr.as_ref())?,
-                stats: self.dr.clone(),
-                serial: self.dr_records.clone(),
-                wake: self.dr_wake.clone(),
-                updates: self.dr_updates.clone(),
-            };
             let state = crate::api::ApiState {
                 cfg: self.config.subscribe(),
                 store: self.store.clone(),
@@ -495,9 +499,24 @@ impl Pipeline {
                 live: self.live.clone(),
                 public_key: self.public_key,
                 uplink: self.uplink.clone(),
-                dr: Arc::new(dr),
+                dr: dr.clone(),
             };
             part.tasks = crate::api::start(g, state, part.cancel.clone()).await?;
+        }
+        if let Some((d, u)) = dr_mqtt {
+            // Events and cancels over the master station's broker, and the reports.
+            let desk = crate::dr::service::Desk {
+                store: self.store.store.clone(),
+                config: self.config.subscribe(),
+                dr,
+            };
+            part.tasks.spawn(crate::dr::mqtt::run(
+                desk,
+                u.clone(),
+                d.clone(),
+                self.dr_updates.subscribe(),
+                part.cancel.clone(),
+            ));
         }
         Ok(part)
     }
@@ -535,8 +554,10 @@ impl Pipeline {
             }
             restarted.push("MQTT ingest".to_string());
         }
-        // The API holds the trusted DR issuers' keys: a change to [dr] reloads them.
-        if old.grpc != new.grpc || old.dr != new.dr {
+        // The API holds the trusted DR issuers' keys: a change to [dr] reloads them; DR over
+        // MQTT also runs here, on the uplink's broker.
+        let dr_mqtt_moved = new.dr.is_some() && old.uplink != new.uplink;
+        if old.grpc != new.grpc || old.dr != new.dr || dr_mqtt_moved {
             if let Err(e) = self.restart_api(&new).await {
                 if let Err(e) = self.restart_api(&old).await {
                     error!("gRPC API would not start again on the old config either: {e}");

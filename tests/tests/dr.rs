@@ -1001,3 +1001,194 @@ async fn a_load_that_never_acknowledges_is_retried_and_reported_failed() {
     assert!(sims.lines[0].devices[1].load.lock().on);
     assert_eq!(setpoint(&sims.lines[0].devices[0]), 100.0);
 }
+
+/// Messages received: (topic, payload).
+type Inbox = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// The master station's side of DR over MQTT: publishes commands, collects what comes back.
+struct MqttOperator {
+    client: rumqttc::AsyncClient,
+    got: Inbox,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl MqttOperator {
+    async fn connect(port: u16, topics: &[&str]) -> Self {
+        static CLIENTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = CLIENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut opts = rumqttc::MqttOptions::new(format!("master-station-{n}"), "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(10));
+        let (client, mut ev) = rumqttc::AsyncClient::new(opts, 16);
+        let got: Inbox = Default::default();
+        let (out, sub, topics) = (
+            got.clone(),
+            client.clone(),
+            topics.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+        );
+        let (ready, subscribed) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut ready = Some(ready);
+            loop {
+                match ev.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                        for t in &topics {
+                            let _ = sub.try_subscribe(t.clone(), rumqttc::QoS::AtLeastOnce);
+                        }
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(());
+                        }
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        out.lock()
+                            .expect("lock")
+                            .push((p.topic.clone(), p.payload.to_vec()));
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        tokio::time::timeout(WAIT, subscribed)
+            .await
+            .expect("subscribed in time")
+            .expect("subscribed");
+        MqttOperator {
+            client,
+            got,
+            _task: task,
+        }
+    }
+
+    async fn send(&self, topic: &str, command: gridgate_proto::v1::DrCommand) {
+        use prost::Message;
+        self.client
+            .publish(
+                topic,
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                command.encode_to_vec(),
+            )
+            .await
+            .expect("publish");
+    }
+
+    /// Waits for the `n`th message (from 0) on `topic`.
+    async fn nth(&self, topic: &str, n: usize) -> Vec<u8> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let found = self
+                .got
+                .lock()
+                .expect("lock")
+                .iter()
+                .filter(|(t, _)| t == topic)
+                .nth(n)
+                .map(|(_, p)| p.clone());
+            if let Some(p) = found {
+                return p;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nothing ({n}) on {topic}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_arrive_over_mqtt_and_the_signed_report_goes_back_over_mqtt() {
+    use gridgate_proto::v1 as pb;
+    use prost::Message;
+    let broker = gridgate_tests::Mosquitto::start().await;
+    let (sims, site, mut config) = plant().await;
+    config.push_str(&format!(
+        "\n[uplink]\nbroker = \"mqtt://127.0.0.1:{}\"\n",
+        broker.port
+    ));
+    let config = config.replace("[dr]\n", "[dr]\ncommand_topic = \"ops/plant/dr\"\n");
+    let d = site.dir.path();
+    let _gw = Gateway::start_in(d, &config).await;
+    wait_for_port(site.port).await;
+    let reply_topic = "ops/plant/dr/reply";
+    let report_topic = "gridgate/plant/dr/reports/operator/m-1";
+    let ops =
+        MqttOperator::connect(broker.port, &[reply_topic, "gridgate/plant/dr/reports/#"]).await;
+
+    let operator = gridgate::batch::Identity::load(&d.join("operator/identity.key")).expect("key");
+    let now = unix_now_ms();
+    let event = pb::DrEvent {
+        id: "m-1".into(),
+        issuer: "operator".into(),
+        program: "peak-shave".into(),
+        targets: vec![pb::LoadTarget {
+            load: "pcs".into(),
+            action: Some(pb::load_target::Action::ShedKw(27.5)),
+        }],
+        start_ms: 0,
+        duration_s: 3,
+        expires_ms: now + 600_000,
+        issued_ms: now,
+        ..Default::default()
+    };
+    let command = |signed| pb::DrCommand {
+        command: Some(pb::dr_command::Command::Event(signed)),
+    };
+    // A forged copy first: refused, nothing moves.
+    let mut forged = gridgate::dr::sign_event(&event, &operator);
+    forged.signature[0] ^= 1;
+    // The gateway subscribes when it connects; send until the first answer comes.
+    let mut first = None;
+    for _ in 0..100 {
+        ops.send("ops/plant/dr", command(forged.clone())).await;
+        if let Ok(p) =
+            tokio::time::timeout(Duration::from_millis(300), ops.nth(reply_topic, 0)).await
+        {
+            first = Some(p);
+            break;
+        }
+    }
+    let reply = pb::DispatchReply::decode(first.expect("an answer on the reply topic").as_slice())
+        .expect("reply");
+    assert!(!reply.accepted);
+    assert_eq!(reply.refusal, pb::Refusal::BadSignature as i32, "{reply:?}");
+    let answered = ops
+        .got
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|(t, _)| t == reply_topic)
+        .count();
+
+    ops.send(
+        "ops/plant/dr",
+        command(gridgate::dr::sign_event(&event, &operator)),
+    )
+    .await;
+    let reply =
+        pb::DispatchReply::decode(ops.nth(reply_topic, answered).await.as_slice()).expect("reply");
+    assert!(reply.accepted, "{reply:?}");
+    assert_eq!(reply.event_id, "m-1");
+    until("the pcs at 50 %", || {
+        setpoint(&sims.lines[0].devices[0]) == 50.0
+    })
+    .await;
+    until("the pcs back", || {
+        setpoint(&sims.lines[0].devices[0]) == 100.0
+    })
+    .await;
+
+    // The report comes out retained on its own topic, signed by the gateway.
+    let signed = pb::SignedPerformanceReport::decode(ops.nth(report_topic, 0).await.as_slice())
+        .expect("report");
+    let key = gridgate::batch::identity::load_public(&d.join("identity.pub")).expect("pub");
+    let report = gridgate::dr::report::verify(&key, &signed).expect("signature");
+    assert_eq!(report.event_id, "m-1");
+    assert_eq!(report.gateway_id, "plant");
+    assert_eq!(report.loads.len(), 1);
+    // A station that subscribes later still gets it (retained).
+    let late = MqttOperator::connect(broker.port, &[report_topic]).await;
+    assert_eq!(late.nth(report_topic, 0).await, signed.encode_to_vec());
+}

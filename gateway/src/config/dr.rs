@@ -16,6 +16,9 @@ pub struct RawDr {
     pub issuers: Spanned<Vec<RawIssuer>>,
     #[serde(default)]
     pub program: Vec<RawProgram>,
+    pub command_topic: Option<Spanned<String>>,
+    pub reply_topic: Option<Spanned<String>>,
+    pub report_topic: Option<Spanned<String>>,
 }
 
 /// `[[dr.program]]` as written.
@@ -68,6 +71,14 @@ pub struct DrConfig {
     /// `[[dr.program]]`; when none is listed every program is measured by
     /// [`ProgramConfig::default_for`].
     pub programs: Vec<ProgramConfig>,
+    /// Where signed events and cancels (`gridgate.v1.DrCommand`) arrive on the `[uplink]`
+    /// broker; none: only over gRPC.
+    pub command_topic: Option<String>,
+    /// Where the answers (`gridgate.v1.DispatchReply`) go (default `<command_topic>/reply`).
+    pub reply_topic: String,
+    /// Under which signed performance reports are published on the `[uplink]` broker,
+    /// retained, as `<report_topic>/<issuer>/<event id>` (default `gridgate/<id>/dr/reports`).
+    pub report_topic: String,
 }
 
 impl DrConfig {
@@ -220,7 +231,7 @@ pub struct LoadConfig {
 pub const DEFAULT_MAX_EVENTS_PER_DAY: u32 = 2;
 
 impl Checker<'_> {
-    pub(super) fn check_dr(&mut self, raw: Option<&RawDr>) -> Option<DrConfig> {
+    pub(super) fn check_dr(&mut self, raw: Option<&RawDr>, gateway_id: &str) -> Option<DrConfig> {
         let r = raw?;
         let mut issuers: Vec<(String, PathBuf)> = Vec::new();
         for (i, is) in r.issuers.get_ref().iter().enumerate() {
@@ -259,7 +270,33 @@ impl Checker<'_> {
             }
             programs.push(self.check_program(i, p, name));
         }
-        Some(DrConfig { issuers, programs })
+        let mut topic = |t: &Option<Spanned<String>>, key: &str| match t {
+            Some(t) if t.get_ref().is_empty() || t.get_ref().contains(['+', '#']) => {
+                self.problem(
+                    t,
+                    format!("dr.{key}"),
+                    "an exact topic, without wildcards".into(),
+                );
+                None
+            }
+            t => t.as_ref().map(|t| t.get_ref().clone()),
+        };
+        let command_topic = topic(&r.command_topic, "command_topic");
+        let reply_topic = topic(&r.reply_topic, "reply_topic").unwrap_or_else(|| {
+            format!(
+                "{}/reply",
+                command_topic.as_deref().unwrap_or("gridgate/dr")
+            )
+        });
+        let report_topic = topic(&r.report_topic, "report_topic")
+            .unwrap_or_else(|| format!("gridgate/{gateway_id}/dr/reports"));
+        Some(DrConfig {
+            issuers,
+            programs,
+            command_topic,
+            reply_topic,
+            report_topic,
+        })
     }
 
     fn check_mqtt_control(

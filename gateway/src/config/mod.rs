@@ -514,7 +514,7 @@ impl Checker<'_> {
                     .map(|d| format!("{}/{}", d.name, dr::RELAY_POINT)),
             )
             .collect();
-        let dr = self.check_dr(raw.dr.as_ref());
+        let dr = self.check_dr(raw.dr.as_ref(), &id);
         let mqtt_broker = ingest.as_ref().is_some_and(|i| i.broker.is_some());
         let loads = self.check_loads(&raw.load, &points, &writable, mqtt_broker);
         GatewayConfig {

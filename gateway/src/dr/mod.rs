@@ -12,6 +12,7 @@
 pub mod demo;
 pub mod event;
 pub mod measure;
+pub mod mqtt;
 pub mod relay;
 pub mod report;
 pub mod service;

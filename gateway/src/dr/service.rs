@@ -79,6 +79,51 @@ impl DemandResponseService {
         DemandResponseService { api, dr }
     }
 
+    fn desk(&self) -> Desk {
+        Desk {
+            store: self.api.store.store.clone(),
+            config: self.api.cfg.clone(),
+            dr: self.dr.clone(),
+        }
+    }
+}
+
+/// Why a dispatch or cancel could not be decided (a refusal is an answer, not this).
+#[derive(Debug, Error)]
+pub enum DeskError {
+    /// The config has no `[dr]`.
+    #[error("this gateway accepts no DR events: its config has no [dr] issuers")]
+    NoDr,
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// A blocking task failed.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<DeskError> for Status {
+    fn from(e: DeskError) -> Status {
+        match e {
+            DeskError::NoDr => Status::failed_precondition(e.to_string()),
+            DeskError::Store(_) => Status::unavailable(e.to_string()),
+            DeskError::Internal(_) => Status::internal(e.to_string()),
+        }
+    }
+}
+
+/// Where signed events and cancels are decided, whichever way they came (gRPC or MQTT).
+#[derive(Clone)]
+pub struct Desk {
+    /// The store.
+    pub store: Arc<crate::store::Store>,
+    /// The config in force.
+    pub config: tokio::sync::watch::Receiver<Arc<crate::config::GatewayConfig>>,
+    /// Trust, counters, the record lock, the relay's wake-up and the updates.
+    pub dr: Arc<DrState>,
+}
+
+impl Desk {
     fn refuse(&self, r: &Refused, event_id: String) -> pb::DispatchReply {
         if let Ok(mut m) = self.dr.stats.refused.lock() {
             *m.entry(r.kind()).or_default() += 1;
@@ -90,6 +135,178 @@ impl DemandResponseService {
             detail: r.to_string(),
             event_id,
         }
+    }
+
+    /// Checks, stores and schedules a signed event; the reply says why when it refuses.
+    pub async fn dispatch(
+        &self,
+        signed: pb::SignedDrEvent,
+    ) -> Result<pb::DispatchReply, DeskError> {
+        let cfg = self.config.borrow().clone();
+        if cfg.dr.is_none() {
+            return Err(DeskError::NoDr);
+        }
+        let _one_at_a_time = self.dr.serial.lock().await;
+        let store = self.store.clone();
+        let records = tokio::task::spawn_blocking(move || store.dr_events())
+            .await
+            .map_err(|e| DeskError::Internal(e.to_string()))?
+            .map_err(DeskError::Store)?;
+        let now = now_ms();
+        let today = events_today(&records, now);
+        let known: std::collections::BTreeSet<&str> =
+            records.iter().map(|(k, _)| k.as_str()).collect();
+        let checked = match check(
+            &signed,
+            now,
+            &self.dr.trust,
+            &cfg.loads,
+            |issuer, id| known.contains(event_key(issuer, id).as_str()),
+            |load| today.get(load).copied().unwrap_or(0),
+        ) {
+            Ok(c) => c,
+            Err(r) => {
+                let id = pb::DrEvent::decode(signed.event.as_slice())
+                    .map(|e| e.id)
+                    .unwrap_or_default();
+                return Ok(self.refuse(&r, id));
+            }
+        };
+        let event_id = checked.event.id.clone();
+        let store = self.store.clone();
+        let overridden = tokio::task::spawn_blocking(move || store.dr_overrides())
+            .await
+            .map_err(|e| DeskError::Internal(e.to_string()))?
+            .map_err(DeskError::Store)?;
+        if let Some(t) = checked
+            .event
+            .targets
+            .iter()
+            .find(|t| overridden.contains(&t.load))
+        {
+            let r = Refused::Limit {
+                load: t.load.clone(),
+                why: "it is under manual override".into(),
+            };
+            return Ok(self.refuse(&r, event_id));
+        }
+        if cfg
+            .dr
+            .as_ref()
+            .is_some_and(|d| d.program(&checked.event.program).is_none())
+        {
+            let r = Refused::UnknownProgram(checked.event.program.clone());
+            return Ok(self.refuse(&r, event_id));
+        }
+        let key = event_key(&checked.event.issuer, &event_id);
+        let status = pb::EventStatus {
+            signed: Some(signed),
+            state: pb::EventState::Scheduled as i32,
+            accepted_ms: now,
+            start_ms: checked.start_ms,
+            end_ms: checked.end_ms,
+            loads: Vec::new(),
+            cancelled: false,
+            reported: false,
+        };
+        let record = status.encode_to_vec();
+        let store = self.store.clone();
+        let fresh = tokio::task::spawn_blocking(move || store.dr_insert_new(&key, &record))
+            .await
+            .map_err(|e| DeskError::Internal(e.to_string()))?
+            .map_err(DeskError::Store)?;
+        if !fresh {
+            let r = Refused::Replayed {
+                issuer: checked.event.issuer.clone(),
+                id: event_id.clone(),
+            };
+            return Ok(self.refuse(&r, event_id));
+        }
+        self.dr.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        super::relay::announce(&self.dr.updates, &status);
+        self.dr.wake.notify_one();
+        info!(
+            event = %event_id,
+            issuer = %checked.event.issuer,
+            program = %checked.event.program,
+            loads = checked.event.targets.len(),
+            start_ms = checked.start_ms,
+            end_ms = checked.end_ms,
+            "DR event accepted and stored"
+        );
+        Ok(pb::DispatchReply {
+            accepted: true,
+            refusal: pb::Refusal::Unspecified as i32,
+            detail: format!(
+                "stored; {} load(s) from {} to {} (ms since the epoch)",
+                checked.event.targets.len(),
+                checked.start_ms,
+                checked.end_ms
+            ),
+            event_id,
+        })
+    }
+
+    /// Cancels an accepted event (signed by its issuer).
+    pub async fn cancel(&self, signed: pb::SignedDrCancel) -> Result<pb::DispatchReply, DeskError> {
+        let cancel = match check_cancel(&signed, &self.dr.trust) {
+            Ok(c) => c,
+            Err(r) => return Ok(self.refuse(&r, String::new())),
+        };
+        let _one_at_a_time = self.dr.serial.lock().await;
+        let key = event_key(&cancel.issuer, &cancel.event_id);
+        let store = self.store.clone();
+        let k = key.clone();
+        let found = tokio::task::spawn_blocking(move || store.dr_event(&k))
+            .await
+            .map_err(|e| DeskError::Internal(e.to_string()))?
+            .map_err(DeskError::Store)?;
+        let Some(mut status) = found.and_then(|b| pb::EventStatus::decode(b.as_slice()).ok())
+        else {
+            let r = Refused::Malformed(format!(
+                "no event {:?} of issuer {:?} was accepted here",
+                cancel.event_id, cancel.issuer
+            ));
+            return Ok(self.refuse(&r, cancel.event_id));
+        };
+        let state = pb::EventState::try_from(status.state).unwrap_or_default();
+        if status.cancelled
+            || matches!(state, pb::EventState::Completed | pb::EventState::Cancelled)
+        {
+            let r = Refused::Malformed(format!(
+                "event {:?} is already over ({})",
+                cancel.event_id,
+                state.as_str_name()
+            ));
+            return Ok(self.refuse(&r, cancel.event_id));
+        }
+        let now = now_ms();
+        status.cancelled = true;
+        if state == pb::EventState::Scheduled {
+            status.state = pb::EventState::Cancelled as i32;
+        } else {
+            // The relay restores the loads at its next turn, then marks it cancelled.
+            status.end_ms = status.end_ms.min(now);
+        }
+        let record = status.encode_to_vec();
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.dr_update(&key, &record))
+            .await
+            .map_err(|e| DeskError::Internal(e.to_string()))?
+            .map_err(DeskError::Store)?;
+        super::relay::announce(&self.dr.updates, &status);
+        self.dr.wake.notify_one();
+        info!(event = %cancel.event_id, issuer = %cancel.issuer, "DR event cancelled");
+        Ok(pb::DispatchReply {
+            accepted: true,
+            refusal: pb::Refusal::Unspecified as i32,
+            detail: if state == pb::EventState::Scheduled {
+                "cancelled before its start".into()
+            } else {
+                "cancelled; its loads are being restored".into()
+            },
+            event_id: cancel.event_id,
+        })
     }
 }
 
@@ -222,112 +439,11 @@ impl DemandResponse for DemandResponseService {
         req: Request<pb::SignedDrEvent>,
     ) -> Result<Response<pb::DispatchReply>, Status> {
         require(&req, "Dispatch", &[Role::Operator])?;
-        let cfg = self.api.config();
-        if cfg.dr.is_none() {
-            return Err(Status::failed_precondition(
-                "this gateway accepts no DR events: its config has no [dr] issuers",
-            ));
-        }
-        let signed = req.into_inner();
-        let _one_at_a_time = self.dr.serial.lock().await;
-        let store = self.api.store.store.clone();
-        let records = tokio::task::spawn_blocking(move || store.dr_events())
+        self.desk()
+            .dispatch(req.into_inner())
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::unavailable(format!("store: {e}")))?;
-        let now = now_ms();
-        let today = events_today(&records, now);
-        let known: std::collections::BTreeSet<&str> =
-            records.iter().map(|(k, _)| k.as_str()).collect();
-        let checked = match check(
-            &signed,
-            now,
-            &self.dr.trust,
-            &cfg.loads,
-            |issuer, id| known.contains(event_key(issuer, id).as_str()),
-            |load| today.get(load).copied().unwrap_or(0),
-        ) {
-            Ok(c) => c,
-            Err(r) => {
-                let id = pb::DrEvent::decode(signed.event.as_slice())
-                    .map(|e| e.id)
-                    .unwrap_or_default();
-                return Ok(Response::new(self.refuse(&r, id)));
-            }
-        };
-        let event_id = checked.event.id.clone();
-        let store = self.api.store.store.clone();
-        let overridden = tokio::task::spawn_blocking(move || store.dr_overrides())
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::unavailable(format!("store: {e}")))?;
-        if let Some(t) = checked
-            .event
-            .targets
-            .iter()
-            .find(|t| overridden.contains(&t.load))
-        {
-            let r = Refused::Limit {
-                load: t.load.clone(),
-                why: "it is under manual override".into(),
-            };
-            return Ok(Response::new(self.refuse(&r, event_id)));
-        }
-        if cfg
-            .dr
-            .as_ref()
-            .is_some_and(|d| d.program(&checked.event.program).is_none())
-        {
-            let r = Refused::UnknownProgram(checked.event.program.clone());
-            return Ok(Response::new(self.refuse(&r, event_id)));
-        }
-        let key = event_key(&checked.event.issuer, &event_id);
-        let status = pb::EventStatus {
-            signed: Some(signed),
-            state: pb::EventState::Scheduled as i32,
-            accepted_ms: now,
-            start_ms: checked.start_ms,
-            end_ms: checked.end_ms,
-            loads: Vec::new(),
-            cancelled: false,
-            reported: false,
-        };
-        let record = status.encode_to_vec();
-        let store = self.api.store.store.clone();
-        let fresh = tokio::task::spawn_blocking(move || store.dr_insert_new(&key, &record))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::unavailable(format!("store: {e}")))?;
-        if !fresh {
-            let r = Refused::Replayed {
-                issuer: checked.event.issuer.clone(),
-                id: event_id.clone(),
-            };
-            return Ok(Response::new(self.refuse(&r, event_id)));
-        }
-        self.dr.stats.accepted.fetch_add(1, Ordering::Relaxed);
-        super::relay::announce(&self.dr.updates, &status);
-        self.dr.wake.notify_one();
-        info!(
-            event = %event_id,
-            issuer = %checked.event.issuer,
-            program = %checked.event.program,
-            loads = checked.event.targets.len(),
-            start_ms = checked.start_ms,
-            end_ms = checked.end_ms,
-            "DR event accepted and stored"
-        );
-        Ok(Response::new(pb::DispatchReply {
-            accepted: true,
-            refusal: pb::Refusal::Unspecified as i32,
-            detail: format!(
-                "stored; {} load(s) from {} to {} (ms since the epoch)",
-                checked.event.targets.len(),
-                checked.start_ms,
-                checked.end_ms
-            ),
-            event_id,
-        }))
+            .map(Response::new)
+            .map_err(Status::from)
     }
 
     async fn cancel(
@@ -335,65 +451,11 @@ impl DemandResponse for DemandResponseService {
         req: Request<pb::SignedDrCancel>,
     ) -> Result<Response<pb::DispatchReply>, Status> {
         require(&req, "Cancel", &[Role::Operator])?;
-        let signed = req.into_inner();
-        let cancel = match check_cancel(&signed, &self.dr.trust) {
-            Ok(c) => c,
-            Err(r) => return Ok(Response::new(self.refuse(&r, String::new()))),
-        };
-        let _one_at_a_time = self.dr.serial.lock().await;
-        let key = event_key(&cancel.issuer, &cancel.event_id);
-        let store = self.api.store.store.clone();
-        let k = key.clone();
-        let found = tokio::task::spawn_blocking(move || store.dr_event(&k))
+        self.desk()
+            .cancel(req.into_inner())
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::unavailable(format!("store: {e}")))?;
-        let Some(mut status) = found.and_then(|b| pb::EventStatus::decode(b.as_slice()).ok())
-        else {
-            let r = Refused::Malformed(format!(
-                "no event {:?} of issuer {:?} was accepted here",
-                cancel.event_id, cancel.issuer
-            ));
-            return Ok(Response::new(self.refuse(&r, cancel.event_id)));
-        };
-        let state = pb::EventState::try_from(status.state).unwrap_or_default();
-        if status.cancelled
-            || matches!(state, pb::EventState::Completed | pb::EventState::Cancelled)
-        {
-            let r = Refused::Malformed(format!(
-                "event {:?} is already over ({})",
-                cancel.event_id,
-                state.as_str_name()
-            ));
-            return Ok(Response::new(self.refuse(&r, cancel.event_id)));
-        }
-        let now = now_ms();
-        status.cancelled = true;
-        if state == pb::EventState::Scheduled {
-            status.state = pb::EventState::Cancelled as i32;
-        } else {
-            // The relay restores the loads at its next turn, then marks it cancelled.
-            status.end_ms = status.end_ms.min(now);
-        }
-        let record = status.encode_to_vec();
-        let store = self.api.store.store.clone();
-        tokio::task::spawn_blocking(move || store.dr_update(&key, &record))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::unavailable(format!("store: {e}")))?;
-        super::relay::announce(&self.dr.updates, &status);
-        self.dr.wake.notify_one();
-        info!(event = %cancel.event_id, issuer = %cancel.issuer, "DR event cancelled");
-        Ok(Response::new(pb::DispatchReply {
-            accepted: true,
-            refusal: pb::Refusal::Unspecified as i32,
-            detail: if state == pb::EventState::Scheduled {
-                "cancelled before its start".into()
-            } else {
-                "cancelled; its loads are being restored".into()
-            },
-            event_id: cancel.event_id,
-        }))
+            .map(Response::new)
+            .map_err(Status::from)
     }
 
     async fn set_override(
