@@ -419,6 +419,7 @@ impl Pipeline {
                 record_lock: p.dr_records.clone(),
                 identity: report_identity,
                 updates: p.dr_updates.clone(),
+                live: p.live.subscribe(),
             },
             p.relay.cancel.clone(),
         ));

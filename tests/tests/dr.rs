@@ -65,6 +65,35 @@ impl Site {
         (code, format!("{out}{err}"))
     }
 
+    /// Starts `gridgate dr watch --until-reported ID` (operator) in the background, so that
+    /// it sees every change from now on; the handle gives its exit code, stdout and stderr.
+    fn watch_until_reported(&self, id: &str) -> tokio::task::JoinHandle<(i32, String, String)> {
+        let endpoint = format!("https://localhost:{}", self.port);
+        let (ca, cert, key) = (
+            self.path("pki/ca.pem"),
+            self.path("pki/client-operator.pem"),
+            self.path("pki/client-operator.key"),
+        );
+        let id = id.to_string();
+        tokio::spawn(async move {
+            let args = [
+                "dr",
+                "watch",
+                "--until-reported",
+                &id,
+                "--endpoint",
+                &endpoint,
+                "--ca",
+                &ca,
+                "--cert",
+                &cert,
+                "--key",
+                &key,
+            ];
+            run_to_end(&args, Duration::from_secs(120)).await
+        })
+    }
+
     /// Dispatches a signed file with the client certificate of `role`.
     async fn dispatch(&self, role: &str, signed: &str) -> (i32, String) {
         self.dr(role, &["dispatch", signed]).await
@@ -692,31 +721,7 @@ async fn the_performance_report_matches_the_loads_known_response_within_one_perc
         .replace("start = \"now\"", &format!("start = \"{start_text}\""))
         .replace("duration = \"15m\"", "duration = \"20s\"");
     // WatchEvents follows it from acceptance to the report.
-    let watch = {
-        let endpoint = format!("https://localhost:{}", site.port);
-        let (ca, cert, key) = (
-            site.path("pki/ca.pem"),
-            site.path("pki/client-operator.pem"),
-            site.path("pki/client-operator.key"),
-        );
-        tokio::spawn(async move {
-            let args = [
-                "dr",
-                "watch",
-                "--until-reported",
-                "acc-1",
-                "--endpoint",
-                &endpoint,
-                "--ca",
-                &ca,
-                "--cert",
-                &cert,
-                "--key",
-                &key,
-            ];
-            run_to_end(&args, Duration::from_secs(120)).await
-        })
-    };
+    let watch = site.watch_until_reported("acc-1");
     let (code, out) = site.send("acc", &operator, &toml).await;
     assert_eq!(code, 0, "{out}");
     let (code, watched, err) = watch.await.expect("watch");
@@ -1191,4 +1196,163 @@ async fn events_arrive_over_mqtt_and_the_signed_report_goes_back_over_mqtt() {
     // A station that subscribes later still gets it (retained).
     let late = MqttOperator::connect(broker.port, &[report_topic]).await;
     assert_eq!(late.nth(report_topic, 0).await, signed.encode_to_vec());
+}
+
+/// Records every change of a value read every 5 ms: (ms since the start, value).
+fn record_changes(
+    read: impl Fn() -> f64 + Send + 'static,
+) -> std::sync::Arc<std::sync::Mutex<Vec<(u128, f64)>>> {
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<(u128, f64)>>> = Default::default();
+    let out = seen.clone();
+    std::thread::spawn(move || {
+        let t0 = std::time::Instant::now();
+        while std::sync::Arc::strong_count(&out) > 1 {
+            let v = read();
+            let mut s = out.lock().expect("lock");
+            if s.last().is_none_or(|(_, last)| *last != v) {
+                s.push((t0.elapsed().as_millis(), v));
+            }
+            drop(s);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_events_follow_priority_and_hand_the_load_back() {
+    let (sims, site, config) = plant().await;
+    let d = site.dir.path();
+    let _gw = Gateway::start_in(d, &config).await;
+    wait_for_port(site.port).await;
+    let pcs = sims.lines[0].devices[0].clone();
+    let seen = record_changes(move || pcs.load.lock().setpoint_pct);
+    let watch = site.watch_until_reported("low");
+    let operator = site.path("operator/identity.key");
+    // A: priority 0, 8 s at 60 %. B, sent once A holds the load: priority 5, 3 s at 30 %.
+    let a = event("low", "operator", "load = \"pcs\"\nsetpoint = 60.0")
+        .replace("duration = \"15m\"", "duration = \"8s\"");
+    let (code, out) = site.send("low", &operator, &a).await;
+    assert_eq!(code, 0, "{out}");
+    until("A's setpoint", || {
+        setpoint(&sims.lines[0].devices[0]) == 60.0
+    })
+    .await;
+    let b = event("high", "operator", "load = \"pcs\"\nsetpoint = 30.0")
+        .replace("duration = \"15m\"", "duration = \"3s\"")
+        .replace("expires = ", "priority = 5\nexpires = ");
+    let (code, out) = site.send("high", &operator, &b).await;
+    assert_eq!(code, 0, "{out}");
+    until("B's setpoint", || {
+        setpoint(&sims.lines[0].devices[0]) == 30.0
+    })
+    .await;
+    // B ends first: the load goes back to A's target, not to the value before both; when A
+    // ends it goes back to that.
+    until("A's setpoint again", || {
+        setpoint(&sims.lines[0].devices[0]) == 60.0
+    })
+    .await;
+    until("the value from before", || {
+        setpoint(&sims.lines[0].devices[0]) == 100.0
+    })
+    .await;
+    let values: Vec<f64> = seen.lock().expect("lock").iter().map(|(_, v)| *v).collect();
+    assert_eq!(values, vec![100.0, 60.0, 30.0, 60.0, 100.0]);
+    let (code, out, err) = watch.await.expect("watch");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("operator/high ACTIVE") && out.contains("pcs=SUPERSEDED"),
+        "{out}"
+    );
+    assert!(
+        out.contains("operator/low COMPLETED reported pcs=RESTORED"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minimum_off_time_holds_a_cancelled_load_and_a_local_switch_keeps_it_out() {
+    let (sims, site, config) = plant().await;
+    // The pump stays off at least 3 s once switched off, and a key switch on its panel
+    // (discrete input 1) takes it out of DR.
+    let config = config
+        .replace(
+            "  { name = \"switch\", table = \"coil\", address = 0 },\n",
+            "  { name = \"switch\", table = \"coil\", address = 0 },\n  { name = \"inhibit\", table = \"discrete\", address = 1 },\n",
+        )
+        .replace(
+            "control = \"plant-unit2/switch\"\n",
+            "control = \"plant-unit2/switch\"\nmin_off = \"3s\"\noverride_point = \"plant-unit2/inhibit\"\n",
+        );
+    let d = site.dir.path();
+    let mut gw = Gateway::start_in(d, &config).await;
+    wait_for_port(site.port).await;
+    let pump = sims.lines[0].devices[1].clone();
+    let operator = site.path("operator/identity.key");
+    let off = |id: &str| {
+        event(id, "operator", "load = \"pump\"\non = false")
+            .replace("duration = \"15m\"", "duration = \"30s\"")
+    };
+    let (code, out) = site.send("off-1", &operator, &off("off-1")).await;
+    assert_eq!(code, 0, "{out}");
+    until("the pump off", || !pump.load.lock().on).await;
+    let switched_off = std::time::Instant::now();
+    let key = site.path("operator/identity.key");
+    let (code, out) = site
+        .dr(
+            "operator",
+            &[
+                "cancel",
+                "--sign-key",
+                &key,
+                "--issuer",
+                "operator",
+                "--id",
+                "off-1",
+            ],
+        )
+        .await;
+    assert_eq!(code, 0, "{out}");
+    until("the pump on again", || pump.load.lock().on).await;
+    let held = switched_off.elapsed();
+    assert!(
+        held >= Duration::from_millis(2_900),
+        "cancelled, but the pump must stay off 3 s; it was back after {held:?}"
+    );
+
+    // The key switch on: the next event leaves the pump alone.
+    pump.set_inhibit(true);
+    gw.wait_for(
+        WAIT,
+        "the switch read on",
+        switched("plant-unit2/inhibit", true),
+    )
+    .await;
+    let (code, out) = site.send("off-2", &operator, &off("off-2")).await;
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = site
+        .dr(
+            "operator",
+            &[
+                "cancel",
+                "--sign-key",
+                &key,
+                "--issuer",
+                "operator",
+                "--id",
+                "off-2",
+            ],
+        )
+        .await;
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = site
+        .dr("operator", &["watch", "--until-reported", "off-2"])
+        .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("pump=OVERRIDDEN"), "{out}");
+    assert!(
+        pump.load.lock().on,
+        "the pump was never switched off under the key switch"
+    );
 }

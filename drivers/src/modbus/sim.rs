@@ -18,6 +18,7 @@
 //! | input    | 0-5     |             | same as holding 0-5                       |
 //! | coil     | 0       | bool        | load switch (writable)                    |
 //! | discrete | 0       | bool        | load running                              |
+//! | discrete | 1       | bool        | local "DR inhibit" key switch             |
 //!
 //! Any other address answers exception 02 (illegal data address).
 
@@ -48,6 +49,7 @@ pub struct SimDevice {
     /// The load it measures and controls.
     pub load: SharedLoad,
     silent: Arc<AtomicBool>,
+    inhibit: Arc<AtomicBool>,
 }
 
 impl SimDevice {
@@ -57,7 +59,13 @@ impl SimDevice {
             unit,
             load,
             silent: Arc::new(AtomicBool::new(false)),
+            inhibit: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Turns the local "DR inhibit" key switch (discrete input 1) on or off.
+    pub fn set_inhibit(&self, on: bool) {
+        self.inhibit.store(on, Ordering::SeqCst);
     }
 
     /// Makes the device stop answering (true) or answer again (false).
@@ -133,6 +141,9 @@ impl SimDevice {
             Request::ReadInputRegisters(a, n) => {
                 self.read_regs(true, a, n).map(Response::ReadInputRegisters)
             }
+            Request::ReadDiscreteInputs(1, 1) => Ok(Response::ReadDiscreteInputs(vec![
+                self.inhibit.load(Ordering::SeqCst),
+            ])),
             Request::ReadCoils(a, n) | Request::ReadDiscreteInputs(a, n) => {
                 if a != 0 || n != 1 {
                     return Err(ExceptionCode::IllegalDataAddress);

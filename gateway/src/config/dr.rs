@@ -60,6 +60,9 @@ pub struct RawLoad {
     pub command_topic: Option<Spanned<String>>,
     pub ack_topic: Option<Spanned<String>>,
     pub ack_timeout: Option<Spanned<String>>,
+    pub min_on: Option<Spanned<String>>,
+    pub min_off: Option<Spanned<String>>,
+    pub override_point: Option<Spanned<String>>,
 }
 
 /// `[dr]`: the issuers whose signed events the gateway accepts, and the programs whose
@@ -225,6 +228,14 @@ pub struct LoadConfig {
     pub control: Option<Control>,
     /// Rated power, kW: maps `shed_kw` onto a setpoint in percent of rated power.
     pub rated_kw: Option<f64>,
+    /// Once put back, the load runs at least this long before an event moves it again.
+    pub min_on: Duration,
+    /// Once moved, the load stays at its target at least this long (an earlier end or cancel
+    /// waits for it).
+    pub min_off: Duration,
+    /// A local switch (`device/point`, a bit or a number) that, while on (true or non-zero),
+    /// holds the load under manual override as the admin RPC does.
+    pub override_point: Option<String>,
 }
 
 /// Events per load per day when the config does not say.
@@ -297,6 +308,14 @@ impl Checker<'_> {
             reply_topic,
             report_topic,
         })
+    }
+
+    /// A duration that is zero when not given.
+    fn optional_duration(&mut self, v: &Option<Spanned<String>>, key: String) -> Duration {
+        match v {
+            None => Duration::ZERO,
+            some => self.duration(some, key, Duration::ZERO),
+        }
     }
 
     fn check_mqtt_control(
@@ -552,6 +571,22 @@ impl Checker<'_> {
                 }
                 v => v.as_ref().map(|v| *v.get_ref()),
             };
+            let min_on = self.optional_duration(&l.min_on, format!("load[{i}].min_on"));
+            let min_off = self.optional_duration(&l.min_off, format!("load[{i}].min_off"));
+            let override_point = match &l.override_point {
+                Some(p) if !points.contains(p.get_ref()) => {
+                    self.problem(
+                        p,
+                        format!("load[{i}].override_point"),
+                        format!(
+                            "{:?} is not a point of this gateway; write device/point of the switch, e.g. panel/dr_inhibit",
+                            p.get_ref()
+                        ),
+                    );
+                    None
+                }
+                p => p.as_ref().map(|p| p.get_ref().clone()),
+            };
             loads.push(LoadConfig {
                 name,
                 meter,
@@ -563,6 +598,9 @@ impl Checker<'_> {
                     .map_or(DEFAULT_MAX_EVENTS_PER_DAY, |v| *v.get_ref()),
                 control,
                 rated_kw,
+                min_on,
+                min_off,
+                override_point,
             });
         }
         loads

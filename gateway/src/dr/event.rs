@@ -293,6 +293,9 @@ mod tests {
                 auth: None,
             })),
             rated_kw: Some(100.0),
+            min_on: std::time::Duration::ZERO,
+            min_off: std::time::Duration::ZERO,
+            override_point: None,
         }
     }
 

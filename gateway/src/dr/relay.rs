@@ -1,8 +1,15 @@
-//! The relay: drives accepted events' loads to their targets at the start, retries each load
-//! until its control confirms or the event ends, and at the end restores every load it moved
-//! to the value it had before. Every step is written to the event's record in the store, so
-//! that after a restart (even a kill -9) an active event resumes and one that ended during
-//! the downtime restores its loads.
+//! The relay: drives accepted events' loads to their targets, retries each load until its
+//! control confirms or the event ends, and at the end restores every load it moved to the
+//! value it had before. Every step is written to the event's record in the store, so that
+//! after a restart (even a kill -9) an active event resumes and one that ended during the
+//! downtime restores its loads.
+//!
+//! A pass decides, under the record lock and without waiting on any device: which events
+//! start, which event holds each load (higher priority, then the earlier start), which loads
+//! are due (ramp, random delay, minimum on time), which are under override (the admin RPC or
+//! a local switch), which events end (after each load's minimum off time). The writes it asks
+//! for run as their own tasks; each outcome comes back to the loop and is applied to the
+//! record then. So one dead device never delays another load, an end, or a cancel.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -10,15 +17,15 @@ use std::time::Duration;
 
 use gridgate_proto::v1 as pb;
 use prost::Message;
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::acquire::Controls;
 use crate::acquire::reading::now_ms;
+use crate::acquire::{ControlError, ControlOutcome, Controls, Reading, Value};
 use crate::batch::Identity;
-use crate::config::{GatewayConfig, LoadConfig};
+use crate::config::{Control, GatewayConfig, LoadConfig};
 use crate::store::Store;
 use crate::store::samples::SAMPLE_RETENTION_MS;
 
@@ -28,6 +35,8 @@ const TICK: Duration = Duration::from_millis(200);
 const WRITE_WITHIN: Duration = Duration::from_secs(5);
 /// Longest wait between retries of a load that did not confirm.
 const RETRY_MAX: Duration = Duration::from_secs(10);
+/// How often meter samples past their retention are dropped.
+const SAMPLE_PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// The value to write for a target on `load`. `shed_kw` caps the load at
 /// `rated_kw - shed_kw`, as a setpoint in percent of rated power.
@@ -78,10 +87,42 @@ pub struct Relay {
     pub identity: Identity,
     /// Where changes are announced.
     pub updates: Updates,
+    /// Every reading acquired (for the loads' local override switches).
+    pub live: broadcast::Receiver<Arc<Reading>>,
 }
 
-/// How often meter samples past their retention are dropped.
-const SAMPLE_PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// Why a write was asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// To the event's target.
+    Drive,
+    /// Back to the previous value at the end.
+    Restore,
+    /// Back to the previous value because the load went under override.
+    GiveWay,
+}
+
+/// A write's outcome, back from its task.
+struct Done {
+    key: String,
+    load: String,
+    purpose: Purpose,
+    at_ms: i64,
+    outcome: Result<ControlOutcome, ControlError>,
+}
+
+/// A load's slot: (event key, load name).
+type Slot = (String, String);
+
+/// The relay's memory between passes (none of it needs to survive a restart: the records
+/// hold every fact; this only paces the work).
+struct Pacing {
+    in_flight: BTreeSet<Slot>,
+    retry_at: BTreeMap<Slot, Instant>,
+    /// Local override switches: point → on.
+    switches: BTreeMap<String, bool>,
+    done: mpsc::UnboundedSender<Done>,
+}
 
 /// Runs the relay until `cancel` fires.
 pub async fn run(relay: Relay, cancel: CancellationToken) {
@@ -93,14 +134,49 @@ pub async fn run(relay: Relay, cancel: CancellationToken) {
         record_lock,
         identity,
         updates,
+        mut live,
     } = relay;
-    let mut retry_at: BTreeMap<(String, String), Instant> = BTreeMap::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let mut pacing = Pacing {
+        in_flight: BTreeSet::new(),
+        retry_at: BTreeMap::new(),
+        switches: BTreeMap::new(),
+        done: done_tx,
+    };
     let mut pruned_at: Option<Instant> = None;
+    // An interval, not a sleep per turn: readings arrive more often than TICK and would
+    // otherwise restart the wait forever.
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = wake.notified() => {}
-            _ = tokio::time::sleep(TICK) => {}
+            _ = tick.tick() => {}
+            Some(done) = done_rx.recv() => {
+                let _held = record_lock.lock().await;
+                apply(&store, &updates, &mut pacing, done).await;
+                // More may have finished with it: take them in the same turn.
+                while let Ok(done) = done_rx.try_recv() {
+                    apply(&store, &updates, &mut pacing, done).await;
+                }
+            }
+            r = live.recv() => {
+                let Ok(r) = r else { continue };
+                let cfg = config.borrow().clone();
+                if !cfg.loads.iter().any(|l| l.override_point.as_deref() == Some(r.point.as_str())) {
+                    continue;
+                }
+                let on = match &r.value {
+                    Some(Value::Bool(b)) => *b,
+                    Some(Value::Number(n)) => *n != 0.0,
+                    _ => continue,
+                };
+                if pacing.switches.insert(r.point.clone(), on) == Some(on) {
+                    continue;
+                }
+                warn!(switch = %r.point, on, "local DR override switch {}", if on { "on: its load is out of DR" } else { "off" });
+            }
         }
         if pruned_at.is_none_or(|t| t.elapsed() >= SAMPLE_PRUNE_EVERY) {
             pruned_at = Some(Instant::now());
@@ -112,73 +188,528 @@ pub async fn run(relay: Relay, cancel: CancellationToken) {
                 _ => {}
             }
         }
-        let st = store.clone();
-        let records = match tokio::task::spawn_blocking(move || st.dr_events()).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                error!("DR relay cannot read events: {e}");
-                continue;
-            }
-            Err(e) => {
-                error!("DR relay: {e}");
-                continue;
-            }
-        };
         let cfg = config.borrow().clone();
-        let st = store.clone();
-        let overridden = match tokio::task::spawn_blocking(move || st.dr_overrides()).await {
-            Ok(Ok(o)) => o,
-            _ => {
-                error!("DR relay cannot read the manual overrides; waiting");
-                continue;
+        let _held = record_lock.lock().await;
+        pass(&store, &cfg, &controls, &identity, &updates, &mut pacing).await;
+    }
+}
+
+fn event_of(status: &pb::EventStatus) -> Option<pb::DrEvent> {
+    status
+        .signed
+        .as_ref()
+        .and_then(|s| pb::DrEvent::decode(s.event.as_slice()).ok())
+}
+
+/// Runs `f` on the store off the async threads.
+async fn blocking<T: Send + 'static>(
+    store: &Arc<Store>,
+    f: impl FnOnce(&Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Option<T> {
+    let st = store.clone();
+    match tokio::task::spawn_blocking(move || f(&st)).await {
+        Ok(Ok(v)) => Some(v),
+        Ok(Err(e)) => {
+            error!("DR relay: store: {e}");
+            None
+        }
+        Err(e) => {
+            error!("DR relay: {e}");
+            None
+        }
+    }
+}
+
+async fn save(store: &Arc<Store>, updates: &Updates, key: &str, status: &pb::EventStatus) {
+    let (k, record) = (key.to_string(), status.encode_to_vec());
+    if blocking(store, move |s| s.dr_update(&k, &record))
+        .await
+        .is_some()
+    {
+        announce(updates, status);
+    }
+}
+
+/// Applies one write's outcome to its event's record.
+async fn apply(store: &Arc<Store>, updates: &Updates, pacing: &mut Pacing, done: Done) {
+    let slot = (done.key.clone(), done.load.clone());
+    pacing.in_flight.remove(&slot);
+    let k = done.key.clone();
+    let Some(Some(bytes)) = blocking(store, move |s| s.dr_event(&k)).await else {
+        return;
+    };
+    let Ok(mut status) = pb::EventStatus::decode(bytes.as_slice()) else {
+        return;
+    };
+    let id = event_of(&status).map(|e| e.id).unwrap_or_default();
+    let Some(ls) = status.loads.iter_mut().find(|l| l.load == done.load) else {
+        return;
+    };
+    let backoff = |attempts: u32| {
+        (Duration::from_millis(250) * 2u32.saturating_pow(attempts.min(8))).min(RETRY_MAX)
+    };
+    match (done.purpose, done.outcome) {
+        (Purpose::Drive, Ok(o)) => {
+            ls.attempts += 1;
+            if ls.previous.is_none() {
+                ls.previous = Some(o.previous);
             }
+            ls.last_error.clear();
+            pacing.retry_at.remove(&slot);
+            // A load that went under override (or to another event) meanwhile was moved all
+            // the same: as acknowledged, the next pass puts it back or hands it on.
+            ls.state = pb::LoadState::Acknowledged as i32;
+            ls.acknowledged_ms = done.at_ms;
+            ls.latency_ms = done.at_ms - ls.due_ms.max(status.start_ms);
+            info!(event = %id, load = %ls.load, target = ls.target, latency_ms = ls.latency_ms, "load at its DR target");
+        }
+        (Purpose::Drive, Err(e)) => {
+            ls.attempts += 1;
+            ls.last_error = e.to_string();
+            let wait = backoff(ls.attempts);
+            pacing.retry_at.insert(slot, Instant::now() + wait);
+            warn!(event = %id, load = %ls.load, attempts = ls.attempts, retry_in = ?wait, "load did not take its DR target: {e}");
+        }
+        (Purpose::Restore, Ok(_)) => {
+            ls.state = pb::LoadState::Restored as i32;
+            ls.restored_ms = done.at_ms;
+            pacing.retry_at.remove(&slot);
+        }
+        (Purpose::GiveWay, Ok(_)) => {
+            ls.state = pb::LoadState::Overridden as i32;
+            ls.restored_ms = done.at_ms;
+            pacing.retry_at.remove(&slot);
+            info!(event = %id, load = %ls.load, "load under manual override: put back");
+        }
+        (Purpose::Restore | Purpose::GiveWay, Err(e)) => {
+            ls.last_error = format!("restore: {e}");
+            pacing.retry_at.insert(slot, Instant::now() + backoff(3));
+            warn!(event = %id, load = %ls.load, "load not put back yet: {e}");
+        }
+    }
+    save(store, updates, &done.key, &status).await;
+}
+
+/// One event in a pass.
+struct Entry {
+    key: String,
+    event: pb::DrEvent,
+    status: pb::EventStatus,
+    before: pb::EventStatus,
+}
+
+impl Entry {
+    /// Running: started, not past its end, not cancelled.
+    fn running(&self, now: i64) -> bool {
+        self.status.state == pb::EventState::Active as i32
+            && !self.status.cancelled
+            && now < self.status.end_ms
+    }
+
+    /// Ending: started, and past its end or cancelled.
+    fn ending(&self, now: i64) -> bool {
+        self.status.state == pb::EventState::Active as i32
+            && (self.status.cancelled || now >= self.status.end_ms)
+    }
+
+    /// Who wins a load: higher priority, then the earlier start, then the key.
+    fn rank(&self) -> (i32, i64, std::cmp::Reverse<&str>) {
+        (
+            self.event.priority,
+            -self.status.start_ms,
+            std::cmp::Reverse(self.key.as_str()),
+        )
+    }
+}
+
+/// A random delay of up to `max_ms` (0 when the system has no randomness to give).
+fn random_delay(max_ms: i64) -> i64 {
+    if max_ms <= 0 {
+        return 0;
+    }
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        return 0;
+    }
+    (u64::from_le_bytes(b) % (max_ms as u64 + 1)) as i64
+}
+
+/// When each load of a starting event is due: its place in the ramp (loads spread evenly
+/// across it, in the event's order), its random delay, and its minimum on time after the
+/// last time any event put it back.
+fn due_times(
+    event: &pb::DrEvent,
+    start_ms: i64,
+    min_on_ms: impl Fn(&str) -> i64,
+    last_restored: &BTreeMap<String, i64>,
+) -> Vec<i64> {
+    let n = event.targets.len().max(1) as i64;
+    let ramp = i64::from(event.ramp_s) * 1000;
+    let spread = i64::from(event.randomize_s) * 1000;
+    event
+        .targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let place = ramp * i as i64 / n;
+            let mut due = start_ms + place + random_delay(spread);
+            if let Some(back) = last_restored.get(&t.load) {
+                due = due.max(back + min_on_ms(&t.load));
+            }
+            due
+        })
+        .collect()
+}
+
+/// One pass over every event (the record lock is held).
+async fn pass(
+    store: &Arc<Store>,
+    cfg: &Arc<GatewayConfig>,
+    controls: &Controls,
+    identity: &Identity,
+    updates: &Updates,
+    pacing: &mut Pacing,
+) {
+    let Some(records) = blocking(store, |s| s.dr_events()).await else {
+        return;
+    };
+    let Some(mut overridden) = blocking(store, |s| s.dr_overrides()).await else {
+        return;
+    };
+    for l in &cfg.loads {
+        if l.override_point
+            .as_ref()
+            .is_some_and(|p| pacing.switches.get(p) == Some(&true))
+        {
+            overridden.insert(l.name.clone());
+        }
+    }
+    let now = now_ms();
+    let mut entries: Vec<Entry> = records
+        .into_iter()
+        .filter_map(|(key, bytes)| {
+            let status = pb::EventStatus::decode(bytes.as_slice()).ok()?;
+            let event = event_of(&status)?;
+            Some(Entry {
+                key,
+                event,
+                before: status.clone(),
+                status,
+            })
+        })
+        .collect();
+    let mut last_restored: BTreeMap<String, i64> = BTreeMap::new();
+    for e in &entries {
+        for l in &e.status.loads {
+            let t = last_restored.entry(l.load.clone()).or_default();
+            *t = (*t).max(l.restored_ms);
+        }
+    }
+    last_restored.retain(|_, t| *t > 0);
+
+    // Events that start now.
+    for e in entries.iter_mut() {
+        let st = &mut e.status;
+        if st.state != pb::EventState::Scheduled as i32 || st.cancelled || now < st.start_ms {
+            continue;
+        }
+        st.state = pb::EventState::Active as i32;
+        let min_on = |load: &str| {
+            cfg.loads
+                .iter()
+                .find(|l| l.name == load)
+                .map_or(0, |l| l.min_on.as_millis() as i64)
         };
-        for (key, bytes) in records {
-            let Ok(mut status) = pb::EventStatus::decode(bytes.as_slice()) else {
-                continue;
-            };
-            let before = status.clone();
-            step(
-                &mut status,
-                &key,
-                &cfg,
-                &controls,
-                &overridden,
-                &mut retry_at,
-            )
-            .await;
-            if status == before && due_for_report(&status, &cfg) {
-                write_report(&store, &cfg, &identity, &key, &mut status).await;
-            }
-            if status != before {
-                // A cancel may have come in while the loads were being written: keep it.
-                let _held = record_lock.lock().await;
-                let st = store.clone();
-                let k = key.clone();
-                let current = tokio::task::spawn_blocking(move || st.dr_event(&k))
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .flatten()
-                    .and_then(|b| pb::EventStatus::decode(b.as_slice()).ok());
-                if let Some(current) = current.filter(|c| c.cancelled && !status.cancelled) {
-                    status.cancelled = true;
-                    status.end_ms = status.end_ms.min(current.end_ms);
-                    if current.state == pb::EventState::Cancelled as i32 {
-                        status.state = current.state;
-                    }
+        let due = due_times(&e.event, st.start_ms, min_on, &last_restored);
+        st.loads = e
+            .event
+            .targets
+            .iter()
+            .zip(due)
+            .map(|(t, due_ms)| {
+                let load = cfg.loads.iter().find(|l| l.name == t.load);
+                let target = load
+                    .zip(t.action.as_ref())
+                    .and_then(|(l, a)| target_value(l, a));
+                pb::LoadStatus {
+                    load: t.load.clone(),
+                    state: pb::LoadState::Pending as i32,
+                    target: target.unwrap_or(f64::NAN),
+                    due_ms,
+                    ..Default::default()
                 }
-                let st = store.clone();
-                let record = status.encode_to_vec();
-                let k = key.clone();
-                match tokio::task::spawn_blocking(move || st.dr_update(&k, &record)).await {
-                    Ok(Ok(())) => announce(&updates, &status),
-                    Ok(Err(e)) => error!("DR relay cannot store event state: {e}"),
-                    Err(e) => error!("DR relay: {e}"),
-                }
+            })
+            .collect();
+        info!(event = %e.event.id, loads = st.loads.len(), ramp_s = e.event.ramp_s, randomize_s = e.event.randomize_s, "DR event started");
+    }
+
+    arbitrate(&mut entries, now);
+    for e in entries.iter_mut() {
+        give_way(e, cfg, controls, &overridden, pacing);
+    }
+    // Ends: hand each moved load to the event that holds it next, or put it back.
+    for i in 0..entries.len() {
+        if entries[i].ending(now) {
+            end(&mut entries, i, now, cfg, controls, pacing);
+        }
+    }
+    for e in entries.iter_mut().filter(|e| e.running(now)) {
+        drive(e, now, cfg, controls, pacing);
+    }
+    for e in entries.iter_mut() {
+        if e.status == e.before && due_for_report(&e.status, cfg) {
+            write_report(store, cfg, identity, &e.key, &mut e.status).await;
+        }
+        if e.status != e.before {
+            save(store, updates, &e.key, &e.status).await;
+        }
+    }
+}
+
+/// Where several running events name one load, the highest-ranked holds it; the others'
+/// part in it is superseded, and the holder inherits the value to restore at the end (the
+/// one from before the first event moved it).
+fn arbitrate(entries: &mut [Entry], now: i64) {
+    let contested = |s: i32| {
+        s == pb::LoadState::Pending as i32
+            || s == pb::LoadState::Acknowledged as i32
+            || s == pb::LoadState::Superseded as i32
+    };
+    let mut loads: BTreeMap<String, Vec<(usize, usize)>> = BTreeMap::new();
+    for (ei, e) in entries.iter().enumerate() {
+        if !e.running(now) {
+            continue;
+        }
+        for (li, l) in e.status.loads.iter().enumerate() {
+            if contested(l.state) {
+                loads.entry(l.load.clone()).or_default().push((ei, li));
             }
         }
     }
+    for (load, holders) in loads {
+        if holders.len() < 2
+            && holders.iter().all(|&(ei, li)| {
+                entries[ei].status.loads[li].state != pb::LoadState::Superseded as i32
+            })
+        {
+            continue;
+        }
+        let Some(&(wi, wl)) = holders
+            .iter()
+            .max_by(|a, b| entries[a.0].rank().cmp(&entries[b.0].rank()))
+        else {
+            continue;
+        };
+        let inherited = holders
+            .iter()
+            .filter(|&&(ei, _)| ei != wi)
+            .filter_map(|&(ei, li)| entries[ei].status.loads[li].previous)
+            .next();
+        for &(ei, li) in &holders {
+            let winner = ei == wi;
+            let ls = &mut entries[ei].status.loads[li];
+            if winner {
+                if ls.state == pb::LoadState::Superseded as i32 {
+                    ls.state = pb::LoadState::Pending as i32;
+                    info!(load = %load, event = %entries[ei].event.id, "load taken back by its event");
+                }
+            } else if ls.state != pb::LoadState::Superseded as i32 {
+                ls.state = pb::LoadState::Superseded as i32;
+                info!(load = %load, event = %entries[ei].event.id, by = %entries[wi].event.id, "load held by another event (priority, then start)");
+            }
+        }
+        let w = &mut entries[wi].status.loads[wl];
+        if w.previous.is_none() {
+            w.previous = inherited;
+        }
+    }
+}
+
+/// Manual override wins: a load under override is not written, and one the event had moved
+/// goes back to its previous value at once.
+fn give_way(
+    e: &mut Entry,
+    cfg: &GatewayConfig,
+    controls: &Controls,
+    overridden: &BTreeSet<String>,
+    pacing: &mut Pacing,
+) {
+    if e.status.state != pb::EventState::Active as i32 {
+        return;
+    }
+    for ls in e.status.loads.iter_mut() {
+        if !overridden.contains(&ls.load) {
+            continue;
+        }
+        if ls.state == pb::LoadState::Pending as i32 || ls.state == pb::LoadState::Superseded as i32
+        {
+            ls.state = pb::LoadState::Overridden as i32;
+            info!(event = %e.event.id, load = %ls.load, "load under manual override: not moved");
+        } else if ls.state == pb::LoadState::Acknowledged as i32 {
+            if let Some(previous) = ls.previous {
+                spawn_write(
+                    &e.key,
+                    ls,
+                    (previous, Purpose::GiveWay),
+                    cfg,
+                    controls,
+                    pacing,
+                );
+            }
+        }
+    }
+}
+
+/// An ending event: loads still pending failed; each moved load (after its minimum off
+/// time) goes to the next event that holds it, or back to its previous value. The event is
+/// over once none is left at its target.
+fn end(
+    entries: &mut [Entry],
+    i: usize,
+    now: i64,
+    cfg: &GatewayConfig,
+    controls: &Controls,
+    pacing: &mut Pacing,
+) {
+    let key = entries[i].key.clone();
+    for li in 0..entries[i].status.loads.len() {
+        let ls = entries[i].status.loads[li].clone();
+        let slot = (key.clone(), ls.load.clone());
+        if pacing.in_flight.contains(&slot) {
+            continue;
+        }
+        if ls.state == pb::LoadState::Pending as i32 {
+            warn!(event = %entries[i].event.id, load = %ls.load, attempts = ls.attempts, "load never acknowledged its DR target: {}", ls.last_error);
+            entries[i].status.loads[li].state = pb::LoadState::Failed as i32;
+            continue;
+        }
+        if ls.state != pb::LoadState::Acknowledged as i32 {
+            continue;
+        }
+        let min_off = cfg
+            .loads
+            .iter()
+            .find(|l| l.name == ls.load)
+            .map_or(0, |l| l.min_off.as_millis() as i64);
+        if now < ls.acknowledged_ms + min_off {
+            continue;
+        }
+        // The next holder: a running event that names the load and has not given it up.
+        let next = entries
+            .iter()
+            .enumerate()
+            .filter(|(j, e)| *j != i && e.running(now))
+            .filter_map(|(j, e)| {
+                let lj = e.status.loads.iter().position(|l| {
+                    l.load == ls.load
+                        && (l.state == pb::LoadState::Superseded as i32
+                            || l.state == pb::LoadState::Pending as i32)
+                })?;
+                Some((j, lj))
+            })
+            .max_by(|a, b| entries[a.0].rank().cmp(&entries[b.0].rank()));
+        if let Some((j, lj)) = next {
+            let them = entries[j].event.id.clone();
+            let heir = &mut entries[j].status.loads[lj];
+            if heir.previous.is_none() {
+                heir.previous = ls.previous;
+            }
+            heir.state = pb::LoadState::Pending as i32;
+            let mine = &mut entries[i].status.loads[li];
+            mine.state = pb::LoadState::Restored as i32;
+            mine.restored_ms = now;
+            mine.last_error = format!("handed to event {them:?}");
+            info!(event = %entries[i].event.id, load = %ls.load, to = %them, "load handed to the next event");
+            continue;
+        }
+        if let Some(previous) = ls.previous {
+            let retry_due = pacing
+                .retry_at
+                .get(&slot)
+                .is_none_or(|t| *t <= Instant::now());
+            if retry_due {
+                let e = &mut entries[i];
+                spawn_write(
+                    &key,
+                    &e.status.loads[li],
+                    (previous, Purpose::Restore),
+                    cfg,
+                    controls,
+                    pacing,
+                );
+            }
+        }
+    }
+    let e = &mut entries[i];
+    let left = e.status.loads.iter().any(|l| {
+        l.state == pb::LoadState::Acknowledged as i32
+            || pacing.in_flight.contains(&(key.clone(), l.load.clone()))
+    });
+    if !left {
+        e.status.state = if e.status.cancelled {
+            pb::EventState::Cancelled as i32
+        } else {
+            pb::EventState::Completed as i32
+        };
+        info!(event = %e.event.id, cancelled = e.status.cancelled, "DR event ended; loads restored");
+    }
+}
+
+/// Asks for every pending load of a running event whose time has come.
+fn drive(e: &mut Entry, now: i64, cfg: &GatewayConfig, controls: &Controls, pacing: &mut Pacing) {
+    let at = Instant::now();
+    for ls in &e.status.loads {
+        if ls.state != pb::LoadState::Pending as i32 || now < ls.due_ms {
+            continue;
+        }
+        let slot = (e.key.clone(), ls.load.clone());
+        if pacing.retry_at.get(&slot).is_some_and(|t| *t > at) {
+            continue;
+        }
+        spawn_write(
+            &e.key,
+            ls,
+            (ls.target, Purpose::Drive),
+            cfg,
+            controls,
+            pacing,
+        );
+    }
+}
+
+/// Starts one write as its own task, unless one for the slot is running.
+fn spawn_write(
+    key: &str,
+    ls: &pb::LoadStatus,
+    (value, purpose): (f64, Purpose),
+    cfg: &GatewayConfig,
+    controls: &Controls,
+    pacing: &mut Pacing,
+) {
+    let slot = (key.to_string(), ls.load.clone());
+    if pacing.in_flight.contains(&slot) {
+        return;
+    }
+    let Some(control): Option<Control> = cfg
+        .loads
+        .iter()
+        .find(|l| l.name == ls.load)
+        .and_then(|l| l.control.clone())
+    else {
+        return;
+    };
+    pacing.in_flight.insert(slot.clone());
+    let (controls, done) = (controls.clone(), pacing.done.clone());
+    tokio::spawn(async move {
+        let outcome = controls.write(&control, value, WRITE_WITHIN).await;
+        let _ = done.send(Done {
+            key: slot.0,
+            load: slot.1,
+            purpose,
+            at_ms: now_ms(),
+            outcome,
+        });
+    });
 }
 
 /// Whether an ended event's report can be written now: its meters have been polled past the
@@ -215,237 +746,110 @@ async fn write_report(
     let Some(event) = event_of(status) else {
         return;
     };
-    let (st, c, s, id) = (store.clone(), cfg.clone(), status.clone(), identity.clone());
+    let (c, s, id) = (cfg.clone(), status.clone(), identity.clone());
     let k = key.to_string();
-    let made = tokio::task::spawn_blocking(move || {
-        let report = super::report::build(&st, &c, &s, &event, now_ms())?;
+    let made = blocking(store, move |st| {
+        let report = super::report::build(st, &c, &s, &event, now_ms())?;
         let signed = super::report::sign(&id, &report);
         st.dr_put_report(&k, &signed.encode_to_vec())?;
-        Ok::<_, crate::store::StoreError>(report)
+        Ok(report)
     })
     .await;
-    match made {
-        Ok(Ok(report)) => {
-            status.reported = true;
-            let total = report.total.first();
-            let reduction: i64 = total.map_or(0, |s| {
-                let ms: i64 = s.intervals.iter().map(|i| i.end_ms - i.start_ms).sum();
-                let wms: i64 = s
-                    .intervals
-                    .iter()
-                    .map(|i| i.reduction_w * (i.end_ms - i.start_ms))
-                    .sum();
-                if ms > 0 { wms / ms } else { 0 }
-            });
-            info!(event = %report.event_id, mean_reduction_w = reduction, "DR performance report signed and stored");
-        }
-        Ok(Err(e)) => {
-            error!(event = %key.replace('\0', "/"), "cannot write the performance report: {e}")
-        }
-        Err(e) => error!("DR report: {e}"),
+    if let Some(report) = made {
+        status.reported = true;
+        let reduction: i64 = report.total.first().map_or(0, |s| {
+            let ms: i64 = s.intervals.iter().map(|i| i.end_ms - i.start_ms).sum();
+            let wms: i64 = s
+                .intervals
+                .iter()
+                .map(|i| i.reduction_w * (i.end_ms - i.start_ms))
+                .sum();
+            if ms > 0 { wms / ms } else { 0 }
+        });
+        info!(event = %report.event_id, mean_reduction_w = reduction, "DR performance report signed and stored");
     }
 }
 
-fn event_of(status: &pb::EventStatus) -> Option<pb::DrEvent> {
-    status
-        .signed
-        .as_ref()
-        .and_then(|s| pb::DrEvent::decode(s.event.as_slice()).ok())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Moves one event on by what time and the loads' answers allow.
-async fn step(
-    status: &mut pb::EventStatus,
-    key: &str,
-    cfg: &GatewayConfig,
-    controls: &Controls,
-    overridden: &BTreeSet<String>,
-    retry_at: &mut BTreeMap<(String, String), Instant>,
-) {
-    let now = now_ms();
-    let Some(event) = event_of(status) else {
-        return;
-    };
-    let state = pb::EventState::try_from(status.state).unwrap_or_default();
-    match state {
-        pb::EventState::Scheduled if now >= status.start_ms => {
-            status.state = pb::EventState::Active as i32;
-            status.loads = event
-                .targets
+    fn entry(key: &str, priority: i32, start_ms: i64, state: pb::LoadState) -> Entry {
+        let event = pb::DrEvent {
+            id: key.into(),
+            priority,
+            ..Default::default()
+        };
+        let status = pb::EventStatus {
+            state: pb::EventState::Active as i32,
+            start_ms,
+            end_ms: start_ms + 60_000,
+            loads: vec![pb::LoadStatus {
+                load: "pcs".into(),
+                state: state as i32,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        Entry {
+            key: key.into(),
+            event,
+            before: status.clone(),
+            status,
+        }
+    }
+
+    fn state(e: &Entry) -> pb::LoadState {
+        pb::LoadState::try_from(e.status.loads[0].state).unwrap_or_default()
+    }
+
+    #[test]
+    fn the_higher_priority_then_the_earlier_start_holds_a_load() {
+        // a moved the load first; b has a higher priority and takes it, inheriting the value
+        // from before a.
+        let mut a = entry("a", 0, 1_000, pb::LoadState::Acknowledged);
+        a.status.loads[0].previous = Some(100.0);
+        let b = entry("b", 5, 2_000, pb::LoadState::Pending);
+        let mut v = vec![a, b];
+        arbitrate(&mut v, 3_000);
+        assert_eq!(state(&v[0]), pb::LoadState::Superseded);
+        assert_eq!(state(&v[1]), pb::LoadState::Pending);
+        assert_eq!(v[1].status.loads[0].previous, Some(100.0));
+        // Equal priority: the earlier start wins.
+        let mut v = vec![
+            entry("late", 0, 2_000, pb::LoadState::Pending),
+            entry("early", 0, 1_000, pb::LoadState::Pending),
+        ];
+        arbitrate(&mut v, 3_000);
+        assert_eq!(state(&v[0]), pb::LoadState::Superseded);
+        assert_eq!(state(&v[1]), pb::LoadState::Pending);
+    }
+
+    #[test]
+    fn a_ramp_spreads_the_loads_and_min_on_holds_one_back() {
+        let event = pb::DrEvent {
+            ramp_s: 30,
+            targets: ["a", "b", "c"]
                 .iter()
-                .map(|t| {
-                    let load = cfg.loads.iter().find(|l| l.name == t.load);
-                    let target = load
-                        .zip(t.action.as_ref())
-                        .and_then(|(l, a)| target_value(l, a));
-                    pb::LoadStatus {
-                        load: t.load.clone(),
-                        state: pb::LoadState::Pending as i32,
-                        target: target.unwrap_or(f64::NAN),
-                        ..Default::default()
-                    }
+                .map(|n| pb::LoadTarget {
+                    load: n.to_string(),
+                    action: None,
                 })
-                .collect();
-            info!(event = %event.id, loads = status.loads.len(), "DR event started");
-            give_way(status, &event, cfg, controls, overridden).await;
-            drive(status, &event, key, cfg, controls, retry_at).await;
-        }
-        pb::EventState::Active if now >= status.end_ms => {
-            give_way(status, &event, cfg, controls, overridden).await;
-            restore(status, &event, cfg, controls).await;
-        }
-        pb::EventState::Active => {
-            give_way(status, &event, cfg, controls, overridden).await;
-            drive(status, &event, key, cfg, controls, retry_at).await;
-        }
-        _ => {}
-    }
-}
-
-/// Manual override wins: a load under override is not written, and one the event had moved
-/// goes back to its previous value at once.
-async fn give_way(
-    status: &mut pb::EventStatus,
-    event: &pb::DrEvent,
-    cfg: &GatewayConfig,
-    controls: &Controls,
-    overridden: &BTreeSet<String>,
-) {
-    for ls in status.loads.iter_mut() {
-        if !overridden.contains(&ls.load) {
-            continue;
-        }
-        if ls.state == pb::LoadState::Pending as i32 {
-            ls.state = pb::LoadState::Overridden as i32;
-            info!(event = %event.id, load = %ls.load, "load under manual override: not moved");
-        } else if ls.state == pb::LoadState::Acknowledged as i32 {
-            let control = cfg
-                .loads
-                .iter()
-                .find(|l| l.name == ls.load)
-                .and_then(|l| l.control.clone());
-            let (Some(previous), Some(control)) = (ls.previous, control) else {
-                continue;
-            };
-            match controls.write(&control, previous, WRITE_WITHIN).await {
-                Ok(_) => {
-                    ls.state = pb::LoadState::Overridden as i32;
-                    info!(event = %event.id, load = %ls.load, "load under manual override: put back");
-                }
-                Err(e) => {
-                    ls.last_error = format!("override restore: {e}");
-                    warn!(event = %event.id, load = %ls.load, "load under manual override not put back yet: {e}");
-                }
-            }
-        }
-    }
-}
-
-/// Writes every pending load whose retry is due, all at once.
-async fn drive(
-    status: &mut pb::EventStatus,
-    event: &pb::DrEvent,
-    key: &str,
-    cfg: &GatewayConfig,
-    controls: &Controls,
-    retry_at: &mut BTreeMap<(String, String), Instant>,
-) {
-    let now = Instant::now();
-    let mut writes = Vec::new();
-    for (i, ls) in status.loads.iter().enumerate() {
-        if ls.state != pb::LoadState::Pending as i32 {
-            continue;
-        }
-        let slot = (key.to_string(), ls.load.clone());
-        if retry_at.get(&slot).is_some_and(|t| *t > now) {
-            continue;
-        }
-        let Some(control) = cfg
-            .loads
-            .iter()
-            .find(|l| l.name == ls.load)
-            .and_then(|l| l.control.clone())
-        else {
-            continue;
+                .collect(),
+            ..Default::default()
         };
-        let target = ls.target;
-        writes.push(async move { (i, controls.write(&control, target, WRITE_WITHIN).await) });
-    }
-    for (i, outcome) in futures::future::join_all(writes).await {
-        let ls = &mut status.loads[i];
-        ls.attempts += 1;
-        let slot = (key.to_string(), ls.load.clone());
-        match outcome {
-            Ok(o) => {
-                ls.state = pb::LoadState::Acknowledged as i32;
-                if ls.previous.is_none() {
-                    ls.previous = Some(o.previous);
-                }
-                ls.acknowledged_ms = now_ms();
-                ls.latency_ms = ls.acknowledged_ms - status.start_ms;
-                ls.last_error.clear();
-                retry_at.remove(&slot);
-                info!(event = %event.id, load = %ls.load, target = ls.target, latency_ms = ls.latency_ms, "load at its DR target");
-            }
-            Err(e) => {
-                ls.last_error = e.to_string();
-                let wait = (Duration::from_millis(250) * 2u32.saturating_pow(ls.attempts.min(8)))
-                    .min(RETRY_MAX);
-                retry_at.insert(slot, Instant::now() + wait);
-                warn!(event = %event.id, load = %ls.load, attempts = ls.attempts, retry_in = ?wait, "load did not take its DR target: {e}");
-            }
-        }
-    }
-}
-
-/// At the end: every load that was moved goes back to its previous value; loads never
-/// acknowledged are marked failed. The event completes once every moved load is restored.
-async fn restore(
-    status: &mut pb::EventStatus,
-    event: &pb::DrEvent,
-    cfg: &GatewayConfig,
-    controls: &Controls,
-) {
-    let mut writes = Vec::new();
-    for (i, ls) in status.loads.iter_mut().enumerate() {
-        if ls.state == pb::LoadState::Pending as i32 {
-            ls.state = pb::LoadState::Failed as i32;
-            warn!(event = %event.id, load = %ls.load, attempts = ls.attempts, "load never acknowledged its DR target: {}", ls.last_error);
-        }
-        if ls.state != pb::LoadState::Acknowledged as i32 {
-            continue;
-        }
-        let (Some(previous), Some(control)) = (
-            ls.previous,
-            cfg.loads
-                .iter()
-                .find(|l| l.name == ls.load)
-                .and_then(|l| l.control.clone()),
-        ) else {
-            continue;
+        let min_on = |load: &str| if load == "c" { 600_000 } else { 0 };
+        let back = BTreeMap::from([("c".to_string(), 5_000)]);
+        assert_eq!(
+            due_times(&event, 10_000, min_on, &back),
+            vec![10_000, 20_000, 605_000]
+        );
+        let spread = pb::DrEvent {
+            randomize_s: 10,
+            ..event
         };
-        writes.push(async move { (i, controls.write(&control, previous, WRITE_WITHIN).await) });
-    }
-    for (i, outcome) in futures::future::join_all(writes).await {
-        let ls = &mut status.loads[i];
-        match outcome {
-            Ok(_) => ls.state = pb::LoadState::Restored as i32,
-            Err(e) => {
-                ls.last_error = format!("restore: {e}");
-                warn!(event = %event.id, load = %ls.load, "load not restored yet: {e}");
-            }
+        for d in due_times(&spread, 10_000, min_on, &BTreeMap::new()) {
+            assert!((10_000..=40_000).contains(&d), "{d}");
         }
-    }
-    if status
-        .loads
-        .iter()
-        .all(|l| l.state != pb::LoadState::Acknowledged as i32)
-    {
-        status.state = if status.cancelled {
-            pb::EventState::Cancelled as i32
-        } else {
-            pb::EventState::Completed as i32
-        };
-        info!(event = %event.id, cancelled = status.cancelled, "DR event ended; loads restored");
     }
 }
