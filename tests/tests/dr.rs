@@ -958,6 +958,7 @@ async fn a_load_that_never_acknowledges_is_retried_and_reported_failed() {
     // The pump's device stops answering: its coil can be neither read nor written.
     sims.lines[0].devices[1].set_silent(true);
     let operator = site.path("operator/identity.key");
+    let watch = site.watch_until_reported("dead-1");
     let targets = "load = \"pcs\"\nshed_kw = 27.5\n\n[[target]]\nload = \"pump\"\non = false";
     let (code, out) = site
         .send(
@@ -968,10 +969,8 @@ async fn a_load_that_never_acknowledges_is_retried_and_reported_failed() {
         )
         .await;
     assert_eq!(code, 0, "{out}");
-    let (code, watched) = site
-        .dr("operator", &["watch", "--until-reported", "dead-1"])
-        .await;
-    assert_eq!(code, 0, "{watched}");
+    let (code, watched, err) = watch.await.expect("watch");
+    assert_eq!(code, 0, "{watched}{err}");
     assert!(
         watched.contains("pcs=ACKNOWLEDGED pump=PENDING"),
         "{watched}"

@@ -208,8 +208,10 @@ impl BusPoller {
                 .min_by_key(|(_, due)| *due)
                 .unwrap_or((0, Instant::now()));
             tokio::select! {
+                // Writes first: a DR command waits at most for the poll in progress, never
+                // behind a queue of due polls (a silent device keeps polls always due).
+                biased;
                 _ = cancel.cancelled() => break,
-                _ = tokio::time::sleep_until(due) => {}
                 Some(req) = self.next_control() => {
                     let outcome = self.control(&req).await;
                     if let Err(e) = &outcome {
@@ -218,6 +220,7 @@ impl BusPoller {
                     let _ = req.reply.send(outcome);
                     continue;
                 }
+                _ = tokio::time::sleep_until(due) => {}
             }
             let readings = tokio::select! {
                 _ = cancel.cancelled() => break,

@@ -104,10 +104,10 @@ pub async fn dispatch(work: &Path, port: u16) -> Result<String, String> {
 /// One line on the latest DR event in `store`, or `None` when there is none.
 pub fn status_line(store: &Store) -> Option<String> {
     let records = store.dr_events().ok()?;
-    let status = records
+    let (key, status) = records
         .iter()
-        .filter_map(|(_, b)| pb::EventStatus::decode(b.as_slice()).ok())
-        .max_by_key(|s| s.accepted_ms)?;
+        .filter_map(|(k, b)| Some((k, pb::EventStatus::decode(b.as_slice()).ok()?)))
+        .max_by_key(|(_, s)| s.accepted_ms)?;
     let state = pb::EventState::try_from(status.state).map_or("unknown", |s| {
         s.as_str_name().trim_start_matches("EVENT_STATE_")
     });
@@ -127,5 +127,20 @@ pub fn status_line(store: &Store) -> Option<String> {
             }
         })
         .collect();
-    Some(format!("DR {state}: {}", loads.join(", ")))
+    let report = store
+        .dr_report(key)
+        .ok()
+        .flatten()
+        .and_then(|b| pb::SignedPerformanceReport::decode(b.as_slice()).ok())
+        .and_then(|s| pb::PerformanceReport::decode(s.report.as_slice()).ok())
+        .map_or(String::new(), |r| {
+            format!(
+                "; signed report: {:.1} kW off on average against the {} baseline",
+                super::report::mean_reduction_w(&r) as f64 / 1000.0,
+                pb::BaselineMethod::try_from(r.baseline).map_or("?", |m| {
+                    m.as_str_name().trim_start_matches("BASELINE_METHOD_")
+                })
+            )
+        });
+    Some(format!("DR {state}: {}{report}", loads.join(", ")))
 }

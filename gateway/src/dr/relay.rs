@@ -144,6 +144,9 @@ pub async fn run(relay: Relay, cancel: CancellationToken) {
         done: done_tx,
     };
     let mut pruned_at: Option<Instant> = None;
+    // The first pass looks at every event (a store from before the open set existed, or
+    // one whose open set is stale); later passes only at the open ones.
+    let mut whole_history = true;
     // An interval, not a sleep per turn: readings arrive more often than TICK and would
     // otherwise restart the wait forever.
     let mut tick = tokio::time::interval(TICK);
@@ -154,11 +157,19 @@ pub async fn run(relay: Relay, cancel: CancellationToken) {
             _ = wake.notified() => {}
             _ = tick.tick() => {}
             Some(done) = done_rx.recv() => {
-                let _held = record_lock.lock().await;
-                apply(&store, &updates, &mut pacing, done).await;
-                // More may have finished with it: take them in the same turn.
+                // More may have finished with it: take them in the same turn, one record
+                // write per event (a hundred loads answering at once are one commit).
+                let mut batch = vec![done];
                 while let Ok(done) = done_rx.try_recv() {
-                    apply(&store, &updates, &mut pacing, done).await;
+                    batch.push(done);
+                }
+                let _held = record_lock.lock().await;
+                let mut by_event: BTreeMap<String, Vec<Done>> = BTreeMap::new();
+                for d in batch {
+                    by_event.entry(d.key.clone()).or_default().push(d);
+                }
+                for (key, dones) in by_event {
+                    apply(&store, &updates, &mut pacing, &key, dones).await;
                 }
             }
             r = live.recv() => {
@@ -190,7 +201,17 @@ pub async fn run(relay: Relay, cancel: CancellationToken) {
         }
         let cfg = config.borrow().clone();
         let _held = record_lock.lock().await;
-        pass(&store, &cfg, &controls, &identity, &updates, &mut pacing).await;
+        pass(
+            &store,
+            &cfg,
+            &controls,
+            &identity,
+            &updates,
+            &mut pacing,
+            whole_history,
+        )
+        .await;
+        whole_history = false;
     }
 }
 
@@ -230,11 +251,18 @@ async fn save(store: &Arc<Store>, updates: &Updates, key: &str, status: &pb::Eve
     }
 }
 
-/// Applies one write's outcome to its event's record.
-async fn apply(store: &Arc<Store>, updates: &Updates, pacing: &mut Pacing, done: Done) {
-    let slot = (done.key.clone(), done.load.clone());
-    pacing.in_flight.remove(&slot);
-    let k = done.key.clone();
+/// Applies writes' outcomes to their event's record, stored once.
+async fn apply(
+    store: &Arc<Store>,
+    updates: &Updates,
+    pacing: &mut Pacing,
+    key: &str,
+    dones: Vec<Done>,
+) {
+    for d in &dones {
+        pacing.in_flight.remove(&(d.key.clone(), d.load.clone()));
+    }
+    let k = key.to_string();
     let Some(Some(bytes)) = blocking(store, move |s| s.dr_event(&k)).await else {
         return;
     };
@@ -242,6 +270,16 @@ async fn apply(store: &Arc<Store>, updates: &Updates, pacing: &mut Pacing, done:
         return;
     };
     let id = event_of(&status).map(|e| e.id).unwrap_or_default();
+    for done in dones {
+        apply_one(&mut status, &id, pacing, done);
+    }
+    save(store, updates, key, &status).await;
+}
+
+/// Applies one write's outcome to the load's status.
+fn apply_one(status: &mut pb::EventStatus, id: &str, pacing: &mut Pacing, done: Done) {
+    let slot = (done.key.clone(), done.load.clone());
+    let start_ms = status.start_ms;
     let Some(ls) = status.loads.iter_mut().find(|l| l.load == done.load) else {
         return;
     };
@@ -260,7 +298,7 @@ async fn apply(store: &Arc<Store>, updates: &Updates, pacing: &mut Pacing, done:
             // the same: as acknowledged, the next pass puts it back or hands it on.
             ls.state = pb::LoadState::Acknowledged as i32;
             ls.acknowledged_ms = done.at_ms;
-            ls.latency_ms = done.at_ms - ls.due_ms.max(status.start_ms);
+            ls.latency_ms = done.at_ms - ls.due_ms.max(start_ms);
             info!(event = %id, load = %ls.load, target = ls.target, latency_ms = ls.latency_ms, "load at its DR target");
         }
         (Purpose::Drive, Err(e)) => {
@@ -287,7 +325,6 @@ async fn apply(store: &Arc<Store>, updates: &Updates, pacing: &mut Pacing, done:
             warn!(event = %id, load = %ls.load, "load not put back yet: {e}");
         }
     }
-    save(store, updates, &done.key, &status).await;
 }
 
 /// One event in a pass.
@@ -369,8 +406,14 @@ async fn pass(
     identity: &Identity,
     updates: &Updates,
     pacing: &mut Pacing,
+    whole_history: bool,
 ) {
-    let Some(records) = blocking(store, |s| s.dr_events()).await else {
+    let records = if whole_history {
+        blocking(store, |s| s.dr_events()).await
+    } else {
+        blocking(store, |s| s.dr_open_events()).await
+    };
+    let Some(records) = records else {
         return;
     };
     let Some(mut overridden) = blocking(store, |s| s.dr_overrides()).await else {
@@ -456,6 +499,7 @@ async fn pass(
     for e in entries.iter_mut().filter(|e| e.running(now)) {
         drive(e, now, cfg, controls, pacing);
     }
+    let (mut done_with, mut open) = (Vec::new(), Vec::new());
     for e in entries.iter_mut() {
         if e.status == e.before && due_for_report(&e.status, cfg) {
             write_report(store, cfg, identity, &e.key, &mut e.status).await;
@@ -463,6 +507,20 @@ async fn pass(
         if e.status != e.before {
             save(store, updates, &e.key, &e.status).await;
         }
+        // Over for the relay: ended and reported, or ended without ever moving a load.
+        let ended = e.status.state == pb::EventState::Completed as i32
+            || e.status.state == pb::EventState::Cancelled as i32;
+        if ended && (e.status.reported || e.status.loads.is_empty()) {
+            done_with.push(e.key.clone());
+        } else if whole_history {
+            open.push(e.key.clone());
+        }
+    }
+    if !done_with.is_empty() {
+        blocking(store, move |s| s.dr_set_open(&done_with, false)).await;
+    }
+    if !open.is_empty() {
+        blocking(store, move |s| s.dr_set_open(&open, true)).await;
     }
 }
 
@@ -757,15 +815,7 @@ async fn write_report(
     .await;
     if let Some(report) = made {
         status.reported = true;
-        let reduction: i64 = report.total.first().map_or(0, |s| {
-            let ms: i64 = s.intervals.iter().map(|i| i.end_ms - i.start_ms).sum();
-            let wms: i64 = s
-                .intervals
-                .iter()
-                .map(|i| i.reduction_w * (i.end_ms - i.start_ms))
-                .sum();
-            if ms > 0 { wms / ms } else { 0 }
-        });
+        let reduction = super::report::mean_reduction_w(&report);
         info!(event = %report.event_id, mean_reduction_w = reduction, "DR performance report signed and stored");
     }
 }

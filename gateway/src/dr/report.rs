@@ -229,6 +229,19 @@ fn total(loads: &[pb::LoadPerformance]) -> Vec<pb::IntervalSeries> {
     out
 }
 
+/// The event's mean reduction over all its time, W (from the finest series of the total).
+pub fn mean_reduction_w(report: &pb::PerformanceReport) -> i64 {
+    report.total.first().map_or(0, |s| {
+        let ms: i64 = s.intervals.iter().map(|i| i.end_ms - i.start_ms).sum();
+        let wms: i64 = s
+            .intervals
+            .iter()
+            .map(|i| i.reduction_w * (i.end_ms - i.start_ms))
+            .sum();
+        if ms > 0 { wms / ms } else { 0 }
+    })
+}
+
 /// Signs a report with the gateway's identity.
 pub fn sign(identity: &Identity, report: &pb::PerformanceReport) -> pb::SignedPerformanceReport {
     let bytes = report.encode_to_vec();

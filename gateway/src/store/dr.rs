@@ -11,6 +11,10 @@ pub(super) const DR_EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new(
 /// Loads under manual override → why.
 pub(super) const DR_OVERRIDES: TableDefinition<&str, &str> = TableDefinition::new("dr_overrides");
 
+/// Keys of the events the relay still has work on (not yet ended and reported), so that its
+/// passes do not read the whole history.
+pub(super) const DR_OPEN: TableDefinition<&str, ()> = TableDefinition::new("dr_open");
+
 /// Event key → encoded `gridgate.v1.SignedPerformanceReport`, written once when the event's
 /// measurement is done.
 pub(super) const DR_REPORTS: TableDefinition<&str, &[u8]> = TableDefinition::new("dr_reports");
@@ -75,6 +79,10 @@ impl Store {
                 return Ok(false);
             }
             t.insert(key, record).map_err(db)?;
+            txn.open_table(DR_OPEN)
+                .map_err(db)?
+                .insert(key, ())
+                .map_err(db)?;
         }
         txn.commit().map_err(db)?;
         Ok(true)
@@ -88,6 +96,37 @@ impl Store {
             t.insert(key, record).map_err(db)?;
         }
         txn.commit().map_err(db)
+    }
+
+    /// Marks events open (`open`) or done with (`!open`): the relay's working set.
+    pub fn dr_set_open(&self, keys: &[String], open: bool) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db)?;
+        {
+            let mut t = txn.open_table(DR_OPEN).map_err(db)?;
+            for k in keys {
+                if open {
+                    t.insert(k.as_str(), ()).map_err(db)?;
+                } else {
+                    t.remove(k.as_str()).map_err(db)?;
+                }
+            }
+        }
+        txn.commit().map_err(db)
+    }
+
+    /// The records of the open events, in key order.
+    pub fn dr_open_events(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let open = txn.open_table(DR_OPEN).map_err(db)?;
+        let t = txn.open_table(DR_EVENTS).map_err(db)?;
+        let mut out = Vec::new();
+        for entry in open.iter().map_err(db)? {
+            let (k, _) = entry.map_err(db)?;
+            if let Some(v) = t.get(k.value()).map_err(db)? {
+                out.push((k.value().to_string(), v.value().to_vec()));
+            }
+        }
+        Ok(out)
     }
 
     /// One event's record.

@@ -201,6 +201,7 @@ impl Store {
             txn.open_table(dr::DR_EVENTS).map_err(db)?;
             txn.open_table(dr::DR_OVERRIDES).map_err(db)?;
             txn.open_table(dr::DR_REPORTS).map_err(db)?;
+            txn.open_table(dr::DR_OPEN).map_err(db)?;
             txn.open_table(samples::SAMPLES).map_err(db)?;
             let mut bytes = txn.open_table(META_BYTES).map_err(db)?;
             let found = bytes
