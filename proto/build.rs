@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "gridgate/v1/telemetry.proto",
         "gridgate/v1/admin.proto",
         "gridgate/v1/dr.proto",
+        "gridgate/v1/ledger.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 
 use crate::acquire::{self, DeviceRegistry, Reading, ReadingSink};
 use crate::batch::{Identity, IdentityError};
+use crate::config::ledger::LedgerRole;
 use crate::config::{BusConfig, ConfigError, GatewayConfig};
 use crate::ingest::{self, IngestStats};
 use crate::store::writer::{self, StoreHandle, Submission, WriterConfig};
@@ -34,6 +35,9 @@ pub enum DaemonError {
     /// Simulators would not start (demo).
     #[error(transparent)]
     Sim(#[from] sim::SimError),
+    /// A ledger member's key is unusable.
+    #[error(transparent)]
+    Members(#[from] crate::ledger::MembersError),
     /// Identity key missing or unreadable.
     #[error(
         "{0}\nThe daemon signs every batch with the gateway's identity key: make one with `gridgate keygen --out /etc/gridgate` and point [gateway] identity at it."
@@ -116,6 +120,19 @@ pub fn summary(cfg: &GatewayConfig) -> String {
     match &cfg.uplink {
         Some(u) => s.push_str(&format!("  uplink to {} topic {}\n", u.broker, u.topic)),
         None => s.push_str("  no uplink: batches stay in the store for gRPC pullers\n"),
+    }
+    if let Some(l) = &cfg.ledger {
+        let validators = l.members.iter().filter(|m| m.role == "validator").count();
+        let f = validators.saturating_sub(1) / 3;
+        s.push_str(&format!(
+            "  ledger: {} of a consortium of {} member(s); {validators} validator(s), {} votes certify (tolerates {f} faulty)\n",
+            match l.role {
+                LedgerRole::Gateway => "gateway",
+                LedgerRole::Validator => "validator",
+            },
+            l.members.len(),
+            validators - f,
+        ));
     }
     s.push_str(&format!(
         "  store in {}: batches of {} readings or {}, budget {} MiB\n",
@@ -291,6 +308,10 @@ pub struct Pipeline {
     /// DR event changes (WatchEvents, MQTT reports).
     pub dr_updates: crate::dr::relay::Updates,
     relay: Part,
+    /// Signs DR reports, votes and ledger entries (the writer holds its own copy for batches).
+    identity: Identity,
+    /// Wakes the ledger certifier when an own entry was appended.
+    ledger_wake: Arc<tokio::sync::Notify>,
     public_key: [u8; 32],
     rate: std::sync::Mutex<(tokio::time::Instant, u64)>,
 }
@@ -390,6 +411,8 @@ impl Pipeline {
             dr_wake: Arc::default(),
             dr_records: Arc::default(),
             dr_updates: tokio::sync::broadcast::Sender::new(crate::dr::relay::UPDATES_DEPTH),
+            identity: report_identity.clone(),
+            ledger_wake: Arc::default(),
             public_key,
             rate: std::sync::Mutex::new((tokio::time::Instant::now(), 0)),
         };
@@ -482,7 +505,7 @@ impl Pipeline {
     async fn start_api(&self, cfg: &GatewayConfig) -> Result<Part, DaemonError> {
         let mut part = Part::new(&self.cancel);
         let dr_mqtt = cfg.dr.as_ref().zip(cfg.uplink.as_ref());
-        if cfg.grpc.is_none() && dr_mqtt.is_none() {
+        if cfg.grpc.is_none() && dr_mqtt.is_none() && cfg.ledger.is_none() {
             return Ok(part);
         }
         let dr = Arc::new(crate::dr::service::DrState {
@@ -501,8 +524,37 @@ impl Pipeline {
                 public_key: self.public_key,
                 uplink: self.uplink.clone(),
                 dr: dr.clone(),
+                ledger: match &cfg.ledger {
+                    Some(l) => Some(Arc::new(crate::ledger::service::LedgerService {
+                        store: self.store.store.clone(),
+                        members: Arc::new(crate::ledger::load_members(l)?),
+                        me: cfg.id.clone(),
+                        key: self.identity.clone(),
+                        role: l.role,
+                    })),
+                    None => None,
+                },
             };
             part.tasks = crate::api::start(g, state, part.cancel.clone()).await?;
+        }
+        if let Some(l) = cfg
+            .ledger
+            .as_ref()
+            .filter(|l| l.role == LedgerRole::Gateway)
+        {
+            // This gateway's own log: its claims get certified by the validators.
+            let certifier = crate::ledger::certifier::Certifier {
+                store: self.store.store.clone(),
+                members: Arc::new(crate::ledger::load_members(l)?),
+                me: cfg.id.clone(),
+                key: self.identity.clone(),
+                wake: self.ledger_wake.clone(),
+            };
+            part.tasks.spawn(crate::ledger::certifier::run(
+                certifier,
+                l.clone(),
+                part.cancel.clone(),
+            ));
         }
         if let Some((d, u)) = dr_mqtt {
             // Events and cancels over the master station's broker, and the reports.
@@ -558,7 +610,7 @@ impl Pipeline {
         // The API holds the trusted DR issuers' keys: a change to [dr] reloads them; DR over
         // MQTT also runs here, on the uplink's broker.
         let dr_mqtt_moved = new.dr.is_some() && old.uplink != new.uplink;
-        if old.grpc != new.grpc || old.dr != new.dr || dr_mqtt_moved {
+        if old.grpc != new.grpc || old.dr != new.dr || dr_mqtt_moved || old.ledger != new.ledger {
             if let Err(e) = self.restart_api(&new).await {
                 if let Err(e) = self.restart_api(&old).await {
                     error!("gRPC API would not start again on the old config either: {e}");

@@ -13,6 +13,7 @@ pub mod config;
 pub mod daemon;
 pub mod dr;
 pub mod ingest;
+pub mod ledger;
 pub mod mqtt;
 pub mod service;
 pub mod store;

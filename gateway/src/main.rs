@@ -81,6 +81,9 @@ enum Command {
     /// Demand response by hand: sign an event, dispatch it to a gateway.
     #[command(subcommand)]
     Dr(tools::dr::DrCommand),
+    /// The consortium ledger: what the validators hold, checked.
+    #[command(subcommand)]
+    Ledger(tools::ledger::LedgerCommand),
     /// Check a gateway's whole chain of signed batches offline.
     ///
     /// Prints the count of batches and readings and the first fault found; exit 1 on a fault.
@@ -324,6 +327,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
         }
         Command::Pull(args) => tools::pull::run(args, &mut stdout).await,
         Command::Dr(cmd) => tools::dr::run(cmd, &mut stdout).await,
+        Command::Ledger(cmd) => tools::ledger::run(cmd, &mut stdout).await,
         Command::Keygen {
             out,
             pki,

@@ -1,6 +1,8 @@
 //! Helpers for the end-to-end tests: find the real `gridgate` binary, run it on a config,
 //! and read the readings it prints.
 
+pub mod dr_site;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;

@@ -135,7 +135,13 @@ async fn serve(
         .add_service(DemandResponseServer::new(
             crate::dr::service::DemandResponseService::new(state.clone(), state.dr.clone()),
         ))
-        .add_service(AdminServer::new(services::AdminService::new(state)));
+        .add_service(AdminServer::new(services::AdminService::new(state.clone())))
+        .add_optional_service(
+            state
+                .ledger
+                .clone()
+                .map(gridgate_proto::v1::ledger_server::LedgerServer::from_arc),
+        );
     let router = match reflection {
         Ok(r) => router.add_service(r),
         Err(e) => {

@@ -35,6 +35,8 @@ pub struct ApiState {
     pub uplink: Arc<UplinkStats>,
     /// Trusted DR issuers and DR counters.
     pub dr: Arc<crate::dr::service::DrState>,
+    /// The ledger service, when the config has `[ledger]`.
+    pub ledger: Option<Arc<crate::ledger::service::LedgerService>>,
 }
 
 impl ApiState {

@@ -5,6 +5,7 @@
 //! with links parsed, durations resolved, defaults applied and Modbus reads planned.
 
 pub mod dr;
+pub mod ledger;
 mod raw;
 pub mod services;
 
@@ -125,6 +126,8 @@ pub struct GatewayConfig {
     pub dr: Option<DrConfig>,
     /// Loads DR events may move.
     pub loads: Vec<LoadConfig>,
+    /// The consortium ledger.
+    pub ledger: Option<ledger::LedgerConfig>,
 }
 
 impl GatewayConfig {
@@ -517,6 +520,7 @@ impl Checker<'_> {
         let dr = self.check_dr(raw.dr.as_ref(), &id);
         let mqtt_broker = ingest.as_ref().is_some_and(|i| i.broker.is_some());
         let loads = self.check_loads(&raw.load, &points, &writable, mqtt_broker);
+        let ledger = self.check_ledger(raw.ledger.as_ref(), &id);
         GatewayConfig {
             id,
             data_dir,
@@ -529,6 +533,7 @@ impl Checker<'_> {
             grpc,
             dr,
             loads,
+            ledger,
         }
     }
 

@@ -31,6 +31,8 @@ pub struct RawConfig {
     /// `[[load]]`
     #[serde(default)]
     pub load: Vec<super::dr::RawLoad>,
+    /// `[ledger]`
+    pub ledger: Option<super::ledger::RawLedger>,
 }
 
 /// `[grpc]`

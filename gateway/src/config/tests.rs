@@ -150,6 +150,18 @@ fn the_site_examples_are_valid() {
     assert!(ingest.listen.is_some() && ingest.broker.is_none());
     assert_eq!(ingest.devices.len(), 2);
     assert!(plant.uplink.is_none() && plant.grpc.is_some());
+    let validator = parse(
+        include_str!("../../../deploy/validator.toml"),
+        Path::new("deploy/validator.toml"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let l = validator.ledger.expect("ledger");
+    assert_eq!(l.role, ledger::LedgerRole::Validator);
+    assert_eq!(
+        l.members.iter().filter(|m| m.role == "validator").count(),
+        4
+    );
+    assert!(validator.buses.is_empty() && validator.grpc.is_some());
 }
 
 #[test]
@@ -337,4 +349,32 @@ fn an_mqtt_load_needs_the_ingest_broker_and_both_topics() {
             .iter()
             .any(|p| p.key == "load[0].control" && p.message.contains("[ingest] broker"))
     );
+}
+
+#[test]
+fn the_ledger_lists_this_node_and_reachable_validators() {
+    let members = |extra: &str| {
+        format!(
+            "\n[ledger]\nrole = \"gateway\"\nmembers = [\n  {{ id = \"v0\", role = \"validator\", public_key = \"/k/v0.pub\"{extra} }},\n  {{ id = \"site-042\", role = \"gateway\", public_key = \"/k/gw.pub\" }},\n]\n"
+        )
+    };
+    let good = format!("{GOOD}{}", members(", endpoint = \"https://v0:7000\""));
+    let cfg = parse(&good, Path::new("g.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let l = cfg.ledger.expect("ledger");
+    assert_eq!(l.role, ledger::LedgerRole::Gateway);
+    assert_eq!(l.members.len(), 2);
+    let p = problems(&format!("{GOOD}{}", members("")));
+    assert!(
+        p.iter().any(|p| p.key == "ledger.members[0].endpoint"),
+        "{p:?}"
+    );
+    let stranger = good.replace("{ id = \"site-042\"", "{ id = \"elsewhere\"");
+    let p = problems(&stranger);
+    assert!(
+        p.iter()
+            .any(|p| p.key == "ledger.members" && p.message.contains("must be a member")),
+        "{p:?}"
+    );
+    let p = problems(&good.replace("role = \"gateway\"\nmembers", "role = \"miner\"\nmembers"));
+    assert!(p.iter().any(|p| p.key == "ledger.role"), "{p:?}");
 }

@@ -25,6 +25,7 @@ use tracing::{error, info, warn};
 use crate::acquire::reading::now_ms;
 use crate::acquire::{ControlError, ControlOutcome, Controls, Reading, Value};
 use crate::batch::Identity;
+use crate::config::ledger::LedgerRole;
 use crate::config::{Control, GatewayConfig, LoadConfig};
 use crate::store::Store;
 use crate::store::samples::SAMPLE_RETENTION_MS;
@@ -810,6 +811,20 @@ async fn write_report(
         let report = super::report::build(st, &c, &s, &event, now_ms())?;
         let signed = super::report::sign(&id, &report);
         st.dr_put_report(&k, &signed.encode_to_vec())?;
+        // A gateway on the ledger claims its performance there (once per event).
+        if c.ledger
+            .as_ref()
+            .is_some_and(|l| l.role == LedgerRole::Gateway)
+        {
+            crate::ledger::certifier::append(
+                st,
+                &c.id,
+                &id,
+                &format!("dr-report/{k}"),
+                pb::EntryKind::PerformanceReport,
+                signed.encode_to_vec(),
+            )?;
+        }
         Ok(report)
     })
     .await;

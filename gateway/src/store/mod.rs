@@ -8,6 +8,7 @@
 
 mod check;
 mod dr;
+pub mod ledger;
 mod recent;
 pub mod samples;
 pub mod writer;
@@ -202,6 +203,11 @@ impl Store {
             txn.open_table(dr::DR_OVERRIDES).map_err(db)?;
             txn.open_table(dr::DR_REPORTS).map_err(db)?;
             txn.open_table(dr::DR_OPEN).map_err(db)?;
+            txn.open_table(ledger::CERTIFIED).map_err(db)?;
+            txn.open_table(ledger::PENDING).map_err(db)?;
+            txn.open_table(ledger::VOTED).map_err(db)?;
+            txn.open_table(ledger::SHUT_OUT).map_err(db)?;
+            txn.open_table(ledger::CLAIMS).map_err(db)?;
             txn.open_table(samples::SAMPLES).map_err(db)?;
             let mut bytes = txn.open_table(META_BYTES).map_err(db)?;
             let found = bytes

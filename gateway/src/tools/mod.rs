@@ -1,6 +1,7 @@
 //! Field tools: what an engineer runs by hand on site.
 
 pub mod dr;
+pub mod ledger;
 pub mod pull;
 pub mod read;
 pub mod scan;

@@ -1,0 +1,160 @@
+//! `[ledger]`: this node's part in the consortium ledger (DESIGN.md, Ledger): its role, the
+//! genesis membership, and the TLS client identity it reaches validators with.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{Checker, valid_name};
+
+/// `[ledger]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLedger {
+    pub role: Spanned<String>,
+    pub members: Spanned<Vec<RawMember>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub cert_file: Option<Spanned<String>>,
+    pub key_file: Option<Spanned<String>>,
+}
+
+/// One member as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMember {
+    pub id: Spanned<String>,
+    pub role: Spanned<String>,
+    pub public_key: Spanned<String>,
+    pub endpoint: Option<Spanned<String>>,
+}
+
+/// This node's role on the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedgerRole {
+    /// Keeps a replica and its own log (performance claims, batch commitments).
+    Gateway,
+    /// Stores, checks and votes; serves sync.
+    Validator,
+}
+
+/// A member of the genesis membership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberConfig {
+    /// Its id (a gateway's is its `[gateway] id`).
+    pub id: String,
+    /// `validator`, `operator`, `gateway` or `observer`.
+    pub role: String,
+    /// Its Ed25519 public key (PEM, as `gridgate keygen` writes it).
+    pub public_key: PathBuf,
+    /// A validator's gRPC endpoint (`https://host:port`).
+    pub endpoint: Option<String>,
+}
+
+/// `[ledger]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerConfig {
+    /// This node's role.
+    pub role: LedgerRole,
+    /// The genesis membership.
+    pub members: Vec<MemberConfig>,
+    /// CA of the validators' server certificates.
+    pub ca_file: Option<PathBuf>,
+    /// This node's client certificate towards validators.
+    pub cert_file: Option<PathBuf>,
+    /// Its key.
+    pub key_file: Option<PathBuf>,
+}
+
+const ROLES: [&str; 4] = ["validator", "operator", "gateway", "observer"];
+
+impl Checker<'_> {
+    pub(super) fn check_ledger(
+        &mut self,
+        raw: Option<&RawLedger>,
+        id: &str,
+    ) -> Option<LedgerConfig> {
+        let r = raw?;
+        let role = match r.role.get_ref().as_str() {
+            "gateway" => LedgerRole::Gateway,
+            "validator" => LedgerRole::Validator,
+            other => {
+                self.problem(
+                    &r.role,
+                    "ledger.role".into(),
+                    format!("{other:?} is not a node role: write \"gateway\" or \"validator\""),
+                );
+                LedgerRole::Gateway
+            }
+        };
+        let mut members: Vec<MemberConfig> = Vec::new();
+        for (i, m) in r.members.get_ref().iter().enumerate() {
+            let mid = m.id.get_ref().trim().to_string();
+            if !valid_name(&mid) {
+                self.problem(
+                    &m.id,
+                    format!("ledger.members[{i}].id"),
+                    "use letters, digits, '-', '_' or '.'".into(),
+                );
+            } else if members.iter().any(|x| x.id == mid) {
+                self.problem(
+                    &m.id,
+                    format!("ledger.members[{i}].id"),
+                    format!("member {mid:?} is listed twice"),
+                );
+            }
+            let mrole = m.role.get_ref().clone();
+            if !ROLES.contains(&mrole.as_str()) {
+                self.problem(
+                    &m.role,
+                    format!("ledger.members[{i}].role"),
+                    format!(
+                        "{mrole:?} is not a member role: write one of {}",
+                        ROLES.join(", ")
+                    ),
+                );
+            }
+            let endpoint = m.endpoint.as_ref().map(|e| e.get_ref().clone());
+            if mrole == "validator" && role == LedgerRole::Gateway && endpoint.is_none() {
+                self.problem(
+                    &m.id,
+                    format!("ledger.members[{i}].endpoint"),
+                    "a validator needs its endpoint (https://host:port) for this gateway to reach it".into(),
+                );
+            }
+            members.push(MemberConfig {
+                id: mid,
+                role: mrole,
+                public_key: m.public_key.get_ref().into(),
+                endpoint,
+            });
+        }
+        let mine = if role == LedgerRole::Validator {
+            "validator"
+        } else {
+            "gateway"
+        };
+        if !members.iter().any(|m| m.id == id && m.role == mine) {
+            self.problem(
+                &r.members,
+                "ledger.members".into(),
+                format!("this node ([gateway] id {id:?}) must be a member with role {mine:?}"),
+            );
+        }
+        if !members.iter().any(|m| m.role == "validator") {
+            self.problem(
+                &r.members,
+                "ledger.members".into(),
+                "list the validators (3f+1 of them, e.g. 4)".into(),
+            );
+        }
+        let path = |v: &Option<Spanned<String>>| v.as_ref().map(|p| PathBuf::from(p.get_ref()));
+        Some(LedgerConfig {
+            role,
+            members,
+            ca_file: path(&r.ca_file),
+            cert_file: path(&r.cert_file),
+            key_file: path(&r.key_file),
+        })
+    }
+}

@@ -1,0 +1,259 @@
+//! Entries, votes and certificates: signing and checking, pure and without I/O.
+//!
+//! An entry is signed by its origin over its exact bytes; a vote by a validator over the
+//! bytes of a `VoteBody` (validator, origin, seq, entry hash); a certificate is 2f+1 valid
+//! votes of distinct validators for one entry, where the consortium has 3f+1 validators.
+//! Any two quorums of 2f+1 share f+1 validators, at least one honest, and an honest
+//! validator votes once per (origin, seq): so at most one entry per place is certified.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use gridgate_proto::v1 as pb;
+use prost::Message;
+use thiserror::Error;
+
+use crate::batch::{Identity, sha256};
+
+/// A member of the consortium.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Its id (a gateway's is its `[gateway] id`).
+    pub id: String,
+    /// Its role.
+    pub role: pb::MemberRole,
+    /// Its Ed25519 key.
+    pub key: VerifyingKey,
+}
+
+/// The membership in force.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Members(pub BTreeMap<String, Member>);
+
+impl Members {
+    /// The validators' ids.
+    pub fn validators(&self) -> BTreeSet<&str> {
+        self.0
+            .values()
+            .filter(|m| m.role == pb::MemberRole::Validator)
+            .map(|m| m.id.as_str())
+            .collect()
+    }
+
+    /// Votes needed for a certificate: 2f+1 of n = 3f+1 validators (with n not of that
+    /// form, f = floor((n-1)/3), so the quorum still intersects in an honest validator).
+    pub fn quorum(&self) -> usize {
+        let n = self.validators().len();
+        let f = n.saturating_sub(1) / 3;
+        n - f
+    }
+}
+
+/// Why an entry, vote or certificate does not check.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum LedgerError {
+    /// Not decodable.
+    #[error("not a valid {0}")]
+    Malformed(&'static str),
+    /// The signer is not a member (or not a validator, for a vote).
+    #[error("{0:?} is not a member with that role")]
+    UnknownMember(String),
+    /// A signature does not verify.
+    #[error("the signature of {0:?} does not verify")]
+    BadSignature(String),
+    /// A vote is for another entry or place.
+    #[error("a vote is for another entry")]
+    WrongVote,
+    /// Too few valid votes.
+    #[error("{have} valid votes of distinct validators, {need} needed")]
+    NoQuorum {
+        /// Valid distinct votes.
+        have: usize,
+        /// The quorum.
+        need: usize,
+    },
+}
+
+/// SHA-256 of an entry's bytes: what votes name and the next entry chains to.
+pub fn entry_hash(signed: &pb::SignedEntry) -> [u8; 32] {
+    sha256(&signed.entry)
+}
+
+/// Signs an entry with the origin's key.
+pub fn sign_entry(entry: &pb::Entry, key: &Identity) -> pb::SignedEntry {
+    let bytes = entry.encode_to_vec();
+    pb::SignedEntry {
+        signature: key.sign(&bytes).to_vec(),
+        entry: bytes,
+    }
+}
+
+fn verify(
+    key: &VerifyingKey,
+    message: &[u8],
+    signature: &[u8],
+    who: &str,
+) -> Result<(), LedgerError> {
+    let sig =
+        Signature::from_slice(signature).map_err(|_| LedgerError::BadSignature(who.into()))?;
+    key.verify(message, &sig)
+        .map_err(|_| LedgerError::BadSignature(who.into()))
+}
+
+/// Decodes an entry and checks its origin's signature.
+pub fn check_entry(signed: &pb::SignedEntry, members: &Members) -> Result<pb::Entry, LedgerError> {
+    let entry =
+        pb::Entry::decode(signed.entry.as_slice()).map_err(|_| LedgerError::Malformed("Entry"))?;
+    let m = members
+        .0
+        .get(&entry.origin)
+        .ok_or_else(|| LedgerError::UnknownMember(entry.origin.clone()))?;
+    verify(&m.key, &signed.entry, &signed.signature, &entry.origin)?;
+    Ok(entry)
+}
+
+/// A validator's vote for the entry `hash` at (origin, seq).
+pub fn sign_vote(
+    validator: &str,
+    origin: &str,
+    seq: u64,
+    hash: &[u8; 32],
+    key: &Identity,
+) -> pb::Vote {
+    let body = pb::VoteBody {
+        validator: validator.into(),
+        origin: origin.into(),
+        seq,
+        entry_hash: hash.to_vec(),
+    }
+    .encode_to_vec();
+    pb::Vote {
+        signature: key.sign(&body).to_vec(),
+        body,
+    }
+}
+
+/// Checks one vote: a validator's, signed, for exactly this entry and place.
+pub fn check_vote(
+    vote: &pb::Vote,
+    members: &Members,
+    origin: &str,
+    seq: u64,
+    hash: &[u8; 32],
+) -> Result<String, LedgerError> {
+    let body =
+        pb::VoteBody::decode(vote.body.as_slice()).map_err(|_| LedgerError::Malformed("Vote"))?;
+    let m = members
+        .0
+        .get(&body.validator)
+        .filter(|m| m.role == pb::MemberRole::Validator)
+        .ok_or_else(|| LedgerError::UnknownMember(body.validator.clone()))?;
+    verify(&m.key, &vote.body, &vote.signature, &body.validator)?;
+    if body.origin != origin || body.seq != seq || body.entry_hash != hash.as_slice() {
+        return Err(LedgerError::WrongVote);
+    }
+    Ok(body.validator)
+}
+
+/// Checks a certified entry: the entry's signature, and a quorum of valid votes of
+/// distinct validators for it. Votes that do not check are ignored, not fatal: a
+/// certificate stands on its good votes.
+pub fn check_certified(
+    c: &pb::CertifiedEntry,
+    members: &Members,
+) -> Result<(pb::Entry, [u8; 32]), LedgerError> {
+    let signed = c
+        .entry
+        .as_ref()
+        .ok_or(LedgerError::Malformed("CertifiedEntry"))?;
+    let entry = check_entry(signed, members)?;
+    let hash = entry_hash(signed);
+    let votes = c
+        .certificate
+        .as_ref()
+        .map_or(&[][..], |c| c.votes.as_slice());
+    let good: BTreeSet<String> = votes
+        .iter()
+        .filter_map(|v| check_vote(v, members, &entry.origin, entry.seq, &hash).ok())
+        .collect();
+    let need = members.quorum();
+    if good.len() < need {
+        return Err(LedgerError::NoQuorum {
+            have: good.len(),
+            need,
+        });
+    }
+    Ok((entry, hash))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, role: pb::MemberRole) -> (Identity, Member) {
+        let key = Identity::generate().expect("key");
+        let m = Member {
+            id: id.into(),
+            role,
+            key: key.public(),
+        };
+        (key, m)
+    }
+
+    #[test]
+    fn a_certificate_needs_a_quorum_of_distinct_honest_votes_for_the_very_entry() {
+        let vals: Vec<(Identity, Member)> = (0..4)
+            .map(|i| node(&format!("v{i}"), pb::MemberRole::Validator))
+            .collect();
+        let (gw_key, gw) = node("gw", pb::MemberRole::Gateway);
+        let mut members = Members::default();
+        for (_, m) in vals.iter().chain([(gw_key.clone(), gw.clone())].iter()) {
+            members.0.insert(m.id.clone(), m.clone());
+        }
+        assert_eq!(members.quorum(), 3);
+        let entry = pb::Entry {
+            origin: "gw".into(),
+            seq: 0,
+            prev_hash: vec![0; 32],
+            kind: pb::EntryKind::PerformanceReport as i32,
+            payload: b"claim".to_vec(),
+            ..Default::default()
+        };
+        let signed = sign_entry(&entry, &gw_key);
+        let hash = entry_hash(&signed);
+        let vote = |i: usize, h: &[u8; 32]| sign_vote(&vals[i].1.id, "gw", 0, h, &vals[i].0);
+        let cert = |votes: Vec<pb::Vote>| pb::CertifiedEntry {
+            entry: Some(signed.clone()),
+            certificate: Some(pb::Certificate { votes }),
+        };
+        assert!(
+            check_certified(
+                &cert(vec![vote(0, &hash), vote(1, &hash), vote(2, &hash)]),
+                &members
+            )
+            .is_ok()
+        );
+        // The same validator three times is one vote.
+        assert_eq!(
+            check_certified(
+                &cert(vec![vote(0, &hash), vote(0, &hash), vote(0, &hash)]),
+                &members
+            ),
+            Err(LedgerError::NoQuorum { have: 1, need: 3 })
+        );
+        // A vote for another entry does not count, nor one signed by a non-validator.
+        let other = [7u8; 32];
+        let forged = sign_vote("gw", "gw", 0, &hash, &gw_key);
+        assert_eq!(
+            check_certified(
+                &cert(vec![vote(0, &hash), vote(1, &other), forged]),
+                &members
+            ),
+            Err(LedgerError::NoQuorum { have: 1, need: 3 })
+        );
+        // A tampered entry fails its own signature first.
+        let mut tampered = signed.clone();
+        tampered.entry[0] ^= 1;
+        assert!(check_entry(&tampered, &members).is_err());
+    }
+}

@@ -1,0 +1,58 @@
+//! The consortium ledger replica (DESIGN.md, Ledger): every member appends only to its own
+//! log; validators vote at most once per (origin, seq) and 2f+1 votes make an entry final.
+//!
+//! - [`entry`]: signing and checking entries, votes and certificates (pure).
+//! - [`merkle`]: RFC 6962 trees for batch commitments (pure).
+//! - [`node`]: a validator's vote and a pushed certificate, against the store.
+//! - [`service`]: the `Ledger` gRPC service.
+//! - [`certifier`]: a gateway's own log: append claims, collect votes, spread certificates.
+
+pub mod certifier;
+pub mod entry;
+pub mod merkle;
+pub mod node;
+pub mod service;
+
+use gridgate_proto::v1 as pb;
+use thiserror::Error;
+
+pub use entry::{Member, Members};
+
+use crate::config::ledger::LedgerConfig;
+
+/// A member's key file is unusable.
+#[derive(Debug, Error)]
+#[error("[ledger] member {member:?}: {source}")]
+pub struct MembersError {
+    /// The member.
+    pub member: String,
+    /// Why.
+    pub source: crate::batch::IdentityError,
+}
+
+/// The genesis membership the config lists, with the members' keys read.
+pub fn load_members(cfg: &LedgerConfig) -> Result<Members, MembersError> {
+    let mut out = Members::default();
+    for m in &cfg.members {
+        let key =
+            crate::batch::identity::load_public(&m.public_key).map_err(|source| MembersError {
+                member: m.id.clone(),
+                source,
+            })?;
+        let role = match m.role.as_str() {
+            "validator" => pb::MemberRole::Validator,
+            "operator" => pb::MemberRole::Operator,
+            "gateway" => pb::MemberRole::Gateway,
+            _ => pb::MemberRole::Observer,
+        };
+        out.0.insert(
+            m.id.clone(),
+            Member {
+                id: m.id.clone(),
+                role,
+                key,
+            },
+        );
+    }
+    Ok(out)
+}

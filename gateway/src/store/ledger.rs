@@ -1,0 +1,244 @@
+//! The ledger replica's tables: certified entries by (origin, seq), entries waiting for their
+//! certificate, the votes this node cast (its durable promise never to vote twice at one
+//! place), and the origins it shut out with their proofs. Each change is one transaction
+//! with an fsync, before any answer leaves the node.
+
+use gridgate_proto::v1 as pb;
+use prost::Message;
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::{Store, StoreError, db};
+
+/// (origin, seq) → encoded `CertifiedEntry`.
+pub(super) const CERTIFIED: TableDefinition<(&str, u64), &[u8]> =
+    TableDefinition::new("ledger_certified");
+/// (origin, seq) → encoded `SignedEntry` not yet certified (this node's own, or one it voted
+/// for).
+pub(super) const PENDING: TableDefinition<(&str, u64), &[u8]> =
+    TableDefinition::new("ledger_pending");
+/// (origin, seq) → SHA-256 of the entry this node voted for.
+pub(super) const VOTED: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("ledger_voted");
+/// Origin → encoded `EquivocationProof`.
+pub(super) const SHUT_OUT: TableDefinition<&str, &[u8]> = TableDefinition::new("ledger_shut_out");
+/// Claim key (what an own entry is about, e.g. an event) → its sequence number, so that an
+/// entry is appended once however often the caller asks.
+pub(super) const CLAIMS: TableDefinition<&str, u64> = TableDefinition::new("ledger_claims");
+
+/// What a vote request found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VoteLock {
+    /// First vote at this place: recorded.
+    Fresh,
+    /// Voted for this very entry before.
+    Again,
+    /// Voted for another entry here: the stored one (encoded `SignedEntry`).
+    Other(Vec<u8>),
+}
+
+fn next_in(
+    t: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    origin: &str,
+) -> Result<u64, StoreError> {
+    let last = t
+        .range((origin, 0)..=(origin, u64::MAX))
+        .map_err(db)?
+        .next_back()
+        .transpose()
+        .map_err(db)?;
+    Ok(last.map_or(0, |(k, _)| k.value().1 + 1))
+}
+
+impl Store {
+    /// The next sequence number of `origin` this node has no certified entry for.
+    pub fn ledger_next_certified(&self, origin: &str) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        next_in(&txn.open_table(CERTIFIED).map_err(db)?, origin)
+    }
+
+    /// A certified entry.
+    pub fn ledger_certified(&self, origin: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let t = txn.open_table(CERTIFIED).map_err(db)?;
+        Ok(t.get((origin, seq))
+            .map_err(db)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    /// Up to `max` certified entries of `origin` from `from`, in order.
+    pub fn ledger_range(
+        &self,
+        origin: &str,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let t = txn.open_table(CERTIFIED).map_err(db)?;
+        let mut out = Vec::new();
+        for e in t.range((origin, from)..=(origin, u64::MAX)).map_err(db)? {
+            let (k, v) = e.map_err(db)?;
+            out.push((k.value().1, v.value().to_vec()));
+            if out.len() >= max {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every origin with certified entries, and its next sequence number.
+    pub fn ledger_heads(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let t = txn.open_table(CERTIFIED).map_err(db)?;
+        let mut out: Vec<(String, u64)> = Vec::new();
+        for e in t.iter().map_err(db)? {
+            let (k, _) = e.map_err(db)?;
+            let (o, s) = k.value();
+            match out.last_mut() {
+                Some((lo, next)) if lo == o => *next = s + 1,
+                _ => out.push((o.to_string(), s + 1)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores a certified entry (its checks are the caller's) and drops it from pending.
+    pub fn ledger_put_certified(
+        &self,
+        origin: &str,
+        seq: u64,
+        certified: &[u8],
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db)?;
+        {
+            let mut t = txn.open_table(CERTIFIED).map_err(db)?;
+            t.insert((origin, seq), certified).map_err(db)?;
+            let mut p = txn.open_table(PENDING).map_err(db)?;
+            p.remove((origin, seq)).map_err(db)?;
+        }
+        txn.commit().map_err(db)
+    }
+
+    /// Records, durably, a vote for the entry `hash` at (origin, seq), unless this node voted
+    /// there before: then says whether for this entry or for another (and which).
+    pub fn ledger_lock_vote(
+        &self,
+        origin: &str,
+        seq: u64,
+        hash: &[u8; 32],
+        signed: &[u8],
+    ) -> Result<VoteLock, StoreError> {
+        let txn = self.db.begin_write().map_err(db)?;
+        let found = {
+            let mut voted = txn.open_table(VOTED).map_err(db)?;
+            let mut pending = txn.open_table(PENDING).map_err(db)?;
+            let prior = voted
+                .get((origin, seq))
+                .map_err(db)?
+                .map(|v| v.value().to_vec());
+            match prior {
+                Some(h) if h == hash.as_slice() => VoteLock::Again,
+                Some(_) => {
+                    let other = pending
+                        .get((origin, seq))
+                        .map_err(db)?
+                        .map(|v| v.value().to_vec())
+                        .or(self.ledger_certified(origin, seq)?.and_then(|c| {
+                            pb::CertifiedEntry::decode(c.as_slice())
+                                .ok()
+                                .and_then(|c| c.entry)
+                                .map(|e| e.encode_to_vec())
+                        }))
+                        .unwrap_or_default();
+                    VoteLock::Other(other)
+                }
+                None => {
+                    voted.insert((origin, seq), hash.as_slice()).map_err(db)?;
+                    pending.insert((origin, seq), signed).map_err(db)?;
+                    VoteLock::Fresh
+                }
+            }
+        };
+        txn.commit().map_err(db)?;
+        Ok(found)
+    }
+
+    /// Shuts `origin` out with its proof (kept once).
+    pub fn ledger_shut_out(&self, origin: &str, proof: &[u8]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db)?;
+        {
+            let mut t = txn.open_table(SHUT_OUT).map_err(db)?;
+            if t.get(origin).map_err(db)?.is_none() {
+                t.insert(origin, proof).map_err(db)?;
+            }
+        }
+        txn.commit().map_err(db)
+    }
+
+    /// The origins shut out, with their proofs.
+    pub fn ledger_shut_outs(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let t = txn.open_table(SHUT_OUT).map_err(db)?;
+        let mut out = Vec::new();
+        for e in t.iter().map_err(db)? {
+            let (k, v) = e.map_err(db)?;
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// This node's own entries waiting for a certificate, in order.
+    pub fn ledger_pending(&self, origin: &str) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let t = txn.open_table(PENDING).map_err(db)?;
+        let mut out = Vec::new();
+        for e in t.range((origin, 0)..=(origin, u64::MAX)).map_err(db)? {
+            let (k, v) = e.map_err(db)?;
+            out.push((k.value().1, v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Appends an entry to this node's own log, once per `claim`: `make(seq, prev_hash)`
+    /// builds the signed entry at the log's next place. Returns the sequence number (the
+    /// existing one when the claim was appended before).
+    pub fn ledger_append_own(
+        &self,
+        origin: &str,
+        claim: &str,
+        make: impl FnOnce(u64, [u8; 32]) -> Vec<u8>,
+    ) -> Result<u64, StoreError> {
+        let txn = self.db.begin_write().map_err(db)?;
+        let seq = {
+            let mut claims = txn.open_table(CLAIMS).map_err(db)?;
+            if let Some(s) = claims.get(claim).map_err(db)? {
+                return Ok(s.value());
+            }
+            let mut pending = txn.open_table(PENDING).map_err(db)?;
+            let certified = txn.open_table(CERTIFIED).map_err(db)?;
+            let next = next_in(&pending, origin)?.max(next_in(&certified, origin)?);
+            let prev = if next == 0 {
+                [0u8; 32]
+            } else {
+                let bytes = match pending.get((origin, next - 1)).map_err(db)? {
+                    Some(v) => v.value().to_vec(),
+                    None => certified
+                        .get((origin, next - 1))
+                        .map_err(db)?
+                        .and_then(|v| pb::CertifiedEntry::decode(v.value()).ok())
+                        .and_then(|c| c.entry)
+                        .map(|e| e.encode_to_vec())
+                        .unwrap_or_default(),
+                };
+                let signed = pb::SignedEntry::decode(bytes.as_slice()).unwrap_or_default();
+                crate::batch::sha256(&signed.entry)
+            };
+            let signed = make(next, prev);
+            pending
+                .insert((origin, next), signed.as_slice())
+                .map_err(db)?;
+            claims.insert(claim, next).map_err(db)?;
+            next
+        };
+        txn.commit().map_err(db)?;
+        Ok(seq)
+    }
+}

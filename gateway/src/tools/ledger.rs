@@ -1,0 +1,117 @@
+//! `gridgate ledger status`: asks every validator the config's `[ledger]` names for its heads,
+//! fetches the certified entries of every log it holds, and checks each certificate against
+//! the membership; prints one line per validator and per log. Exit 1 when an entry does not
+//! check or no validator answers.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use gridgate_proto::v1 as pb;
+use gridgate_proto::v1::ledger_client::LedgerClient;
+
+use crate::ledger::entry::check_certified;
+
+/// `gridgate ledger ...`
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum LedgerCommand {
+    /// Every validator's certified heads, each log's entries checked against the membership.
+    ///
+    /// Example: gridgate ledger status --config /etc/gridgate/gridgate.toml
+    Status {
+        /// The node's config (its [ledger] lists the members, the validators' endpoints and
+        /// the TLS client identity to reach them).
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+/// Runs a `gridgate ledger` command.
+pub async fn run(cmd: LedgerCommand, out: &mut dyn Write) -> Result<ExitCode> {
+    let LedgerCommand::Status { config } = cmd;
+    let cfg = crate::config::load(&config)?;
+    let Some(ledger) = cfg.ledger else {
+        bail!("{} has no [ledger] table", config.display());
+    };
+    let members = crate::ledger::load_members(&ledger)?;
+    let mut answered = 0;
+    let mut faults = 0;
+    for v in ledger.members.iter().filter(|m| m.role == "validator") {
+        let Some(endpoint) = &v.endpoint else {
+            writeln!(out, "validator {}: no endpoint in the config", v.id)?;
+            continue;
+        };
+        let channel = match super::pull::connect(
+            endpoint,
+            ledger.ca_file.as_ref(),
+            ledger.cert_file.as_ref(),
+            ledger.key_file.as_ref(),
+        )
+        .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                writeln!(out, "validator {}: unreachable ({e:#})", v.id)?;
+                continue;
+            }
+        };
+        let mut client = LedgerClient::new(channel);
+        let heads =
+            match tokio::time::timeout(Duration::from_secs(10), client.heads(pb::HeadsRequest {}))
+                .await
+            {
+                Ok(Ok(h)) => h.into_inner().heads,
+                Ok(Err(s)) => {
+                    writeln!(out, "validator {}: {}", v.id, s.message())?;
+                    continue;
+                }
+                Err(_) => {
+                    writeln!(out, "validator {}: no answer within 10 s", v.id)?;
+                    continue;
+                }
+            };
+        answered += 1;
+        writeln!(out, "validator {}: {} log(s)", v.id, heads.len())?;
+        for h in heads {
+            let mut stream = client
+                .fetch(pb::FetchRequest {
+                    origin: h.origin.clone(),
+                    from_seq: 0,
+                    max: 0,
+                })
+                .await
+                .with_context(|| format!("fetch {} from {}", h.origin, v.id))?
+                .into_inner();
+            let (mut good, mut bad) = (0u64, Vec::new());
+            while let Some(c) = stream.message().await? {
+                match check_certified(&c, &members) {
+                    Ok(_) => good += 1,
+                    Err(e) => bad.push(e.to_string()),
+                }
+            }
+            faults += bad.len();
+            writeln!(
+                out,
+                "  {}: {} certified entries (next {}), {}",
+                h.origin,
+                good,
+                h.next_certified,
+                if bad.is_empty() {
+                    "every certificate checks".to_string()
+                } else {
+                    format!("{} do not check: {}", bad.len(), bad.join("; "))
+                }
+            )?;
+        }
+    }
+    if answered == 0 {
+        bail!("no validator answered");
+    }
+    Ok(if faults == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

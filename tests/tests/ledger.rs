@@ -1,0 +1,153 @@
+//! The consortium ledger with real processes on loopback: four validators (f = 1) and a
+//! gateway, each a `gridgate run` with its own store and key, over mutual TLS. The gateway's
+//! DR performance report becomes an entry of its log, certified by 2f+1 validators; a
+//! validator that was down catches up when it is back.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gridgate_tests::dr_site::{Site, WAIT, event, keygen, plant, wait_for_port};
+use gridgate_tests::{Gateway, free_port, grpc_section, run_to_end};
+
+/// The validators: their directories and ports, and the consortium's PKI.
+struct Validators {
+    dir: tempfile::TempDir,
+    ports: Vec<u16>,
+}
+
+impl Validators {
+    fn new(n: usize) -> Self {
+        let dir = tempfile::tempdir().expect("dir");
+        gridgate::api::pki::make_site_pki(&dir.path().join("pki"), "consortium", &[]).expect("pki");
+        for i in 0..n {
+            let d = dir.path().join(format!("v{i}"));
+            std::fs::create_dir_all(&d).expect("dir");
+            keygen(&d);
+        }
+        Validators {
+            dir,
+            ports: (0..n).map(|_| free_port()).collect(),
+        }
+    }
+
+    fn pki(&self) -> PathBuf {
+        self.dir.path().join("pki")
+    }
+
+    /// `[ledger]` for a node of `role` in a consortium with these validators and `gateway`
+    /// (its id and its key's directory).
+    fn ledger_section(&self, role: &str, gateway: (&str, &Path)) -> String {
+        let mut members = String::new();
+        for (i, port) in self.ports.iter().enumerate() {
+            members.push_str(&format!(
+                "  {{ id = \"v{i}\", role = \"validator\", public_key = \"{}\", endpoint = \"https://localhost:{port}\" }},\n",
+                self.dir.path().join(format!("v{i}/identity.pub")).display()
+            ));
+        }
+        members.push_str(&format!(
+            "  {{ id = \"{}\", role = \"gateway\", public_key = \"{}\" }},\n",
+            gateway.0,
+            gateway.1.join("identity.pub").display()
+        ));
+        let pki = self.pki();
+        format!(
+            "\n[ledger]\nrole = \"{role}\"\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\nmembers = [\n{members}]\n",
+            ca = pki.join("ca.pem").display(),
+            cert = pki.join("client-validator.pem").display(),
+            key = pki.join("client-validator.key").display(),
+        )
+    }
+
+    async fn start(&self, i: usize, gateway: (&str, &Path)) -> Gateway {
+        let d = self.dir.path().join(format!("v{i}"));
+        let config = format!(
+            "[gateway]\nid = \"v{i}\"\n{}{}",
+            grpc_section(self.ports[i], &self.pki()),
+            self.ledger_section("validator", gateway)
+        );
+        let gw = Gateway::start_in(&d, &config).await;
+        wait_for_port(self.ports[i]).await;
+        gw
+    }
+}
+
+/// Runs `gridgate ledger status` with the gateway's config until `done` holds for its
+/// output (or panics after a minute).
+async fn status_until(config: &Path, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let config = config.display().to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, out, err) = run_to_end(&["ledger", "status", "--config", &config], WAIT).await;
+        if code == 0 && done(&out) {
+            return out;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never saw {what}; last status (exit {code}):\n{out}{err}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// `n` lines saying a validator holds `count` certified entries of `origin`, all checking.
+fn holds(out: &str, origin: &str, count: u64) -> usize {
+    let line = format!("  {origin}: {count} certified entries");
+    out.lines()
+        .filter(|l| l.starts_with(&line) && l.ends_with("every certificate checks"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validators_certify_a_gateways_dr_claims_and_a_restarted_one_catches_up() {
+    let validators = Validators::new(4);
+    let (_sims, site, config): (_, Site, String) = plant().await;
+    let d = site.dir.path().to_path_buf();
+    keygen(&d);
+    let me = ("plant", d.as_path());
+    let mut running = Vec::new();
+    for i in 0..3 {
+        running.push(validators.start(i, me).await);
+    }
+    // The fourth validator is down for the first event.
+    let config = format!("{config}{}", validators.ledger_section("gateway", me));
+    let _gw = Gateway::start_in(&d, &config).await;
+    wait_for_port(site.port).await;
+    let operator = site.path("operator/identity.key");
+    let shed = |id: &str| {
+        event(id, "operator", "load = \"pcs\"\nshed_kw = 27.5")
+            .replace("duration = \"15m\"", "duration = \"2s\"")
+    };
+    let watch = site.watch_until_reported("claim-1");
+    let (code, out) = site.send("claim-1", &operator, &shed("claim-1")).await;
+    assert_eq!(code, 0, "{out}");
+    let (code, out, err) = watch.await.expect("watch");
+    assert_eq!(code, 0, "{out}{err}");
+
+    // Three of four validators are a quorum (2f+1 = 3): the claim is certified and every
+    // running validator holds it.
+    let gw_config = d.join("gridgate.toml");
+    let out = status_until(
+        &gw_config,
+        "the claim on the three running validators",
+        |o| holds(o, "plant", 1) == 3,
+    )
+    .await;
+    assert!(out.contains("validator v3: unreachable"), "{out}");
+
+    // The fourth comes back; the next claim brings it up to date first (it is pushed the
+    // certificate it missed), then it votes on the new one.
+    running.push(validators.start(3, me).await);
+    let watch = site.watch_until_reported("claim-2");
+    let (code, out) = site.send("claim-2", &operator, &shed("claim-2")).await;
+    assert_eq!(code, 0, "{out}");
+    let (code, out, err) = watch.await.expect("watch");
+    assert_eq!(code, 0, "{out}{err}");
+    let out = status_until(&gw_config, "both claims on all four validators", |o| {
+        holds(o, "plant", 2) == 4
+    })
+    .await;
+    assert!(!out.contains("do not check"), "{out}");
+    for v in running {
+        assert_eq!(v.stop().await, Some(0));
+    }
+}
