@@ -34,8 +34,9 @@ impl Validators {
         self.dir.path().join("pki")
     }
 
-    /// `[ledger]` for a node of `role` in a consortium with these validators and `gateway`
-    /// (its id and its key's directory).
+    /// `[ledger]` for a node of `role` in a consortium with these validators, `gateway` (its
+    /// id and its site directory, which holds its key and the DR operator's), and the DR
+    /// operator (whose key signs the events settlement reads).
     fn ledger_section(&self, role: &str, gateway: (&str, &Path)) -> String {
         let mut members = String::new();
         for (i, port) in self.ports.iter().enumerate() {
@@ -45,13 +46,14 @@ impl Validators {
             ));
         }
         members.push_str(&format!(
-            "  {{ id = \"{}\", role = \"gateway\", public_key = \"{}\" }},\n",
+            "  {{ id = \"{}\", role = \"gateway\", public_key = \"{}\" }},\n  {{ id = \"operator\", role = \"operator\", public_key = \"{}\" }},\n",
             gateway.0,
-            gateway.1.join("identity.pub").display()
+            gateway.1.join("identity.pub").display(),
+            gateway.1.join("operator/identity.pub").display()
         ));
         let pki = self.pki();
         format!(
-            "\n[ledger]\nrole = \"{role}\"\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\nmembers = [\n{members}]\n",
+            "\n[ledger]\nrole = \"{role}\"\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\nmembers = [\n{members}]\n\n[[ledger.program]]\nname = \"peak-shave\"\nprice_milli_per_kwh = 1500\n",
             ca = pki.join("ca.pem").display(),
             cert = pki.join("client-validator.pem").display(),
             key = pki.join("client-validator.key").display(),
@@ -65,7 +67,7 @@ impl Validators {
             grpc_section(self.ports[i], &self.pki()),
             self.ledger_section("validator", gateway)
         );
-        let gw = Gateway::start_in(&d, &config).await;
+        let gw = Gateway::start_logged(&d, &config).await;
         wait_for_port(self.ports[i]).await;
         gw
     }
@@ -81,10 +83,16 @@ async fn status_until(config: &Path, what: &str, done: impl Fn(&str) -> bool) ->
         if code == 0 && done(&out) {
             return out;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never saw {what}; last status (exit {code}):\n{out}{err}"
-        );
+        if tokio::time::Instant::now() >= deadline {
+            let log = std::fs::read_to_string(config.replace("gridgate.toml", "gridgate.log"))
+                .unwrap_or_default();
+            // The gateway's log, without its readings, says where the ledger stopped.
+            let tail: Vec<&str> = log.lines().filter(|l| !l.contains("reading")).collect();
+            panic!(
+                "never saw {what}; last status (exit {code}):\n{out}{err}\n{}",
+                tail.join("\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
@@ -110,7 +118,7 @@ async fn validators_certify_a_gateways_dr_claims_and_a_restarted_one_catches_up(
     }
     // The fourth validator is down for the first event.
     let config = format!("{config}{}", validators.ledger_section("gateway", me));
-    let _gw = Gateway::start_in(&d, &config).await;
+    let _gw = Gateway::start_logged(&d, &config).await;
     wait_for_port(site.port).await;
     let operator = site.path("operator/identity.key");
     let shed = |id: &str| {
@@ -129,7 +137,7 @@ async fn validators_certify_a_gateways_dr_claims_and_a_restarted_one_catches_up(
     let out = status_until(
         &gw_config,
         "the claim on the three running validators",
-        |o| holds(o, "plant", 1) == 3,
+        |o| holds(o, "plant", 2) == 3,
     )
     .await;
     assert!(out.contains("validator v3: unreachable"), "{out}");
@@ -143,10 +151,46 @@ async fn validators_certify_a_gateways_dr_claims_and_a_restarted_one_catches_up(
     let (code, out, err) = watch.await.expect("watch");
     assert_eq!(code, 0, "{out}{err}");
     let out = status_until(&gw_config, "both claims on all four validators", |o| {
-        holds(o, "plant", 2) == 4
+        holds(o, "plant", 4) == 4
     })
     .await;
     assert!(!out.contains("do not check"), "{out}");
+
+    // Every validator's replica gives the same settlement statement, and the gateway is
+    // paid for both events.
+    let today = humantime::format_rfc3339(std::time::SystemTime::now()).to_string();
+    let (code, out, err) = run_to_end(
+        &[
+            "ledger",
+            "settlement",
+            "--config",
+            &gw_config.display().to_string(),
+            "--day",
+            &today[..10],
+        ],
+        WAIT,
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let hashes: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split(", statement ").nth(1))
+        .collect();
+    assert_eq!(hashes.len(), 4, "{out}");
+    assert!(hashes.iter().all(|h| *h == hashes[0]), "{out}");
+    for id in ["claim-1", "claim-2"] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("event operator {id} gateway plant")))
+            .unwrap_or_else(|| panic!("no settlement of {id}:\n{out}"));
+        let payment: i64 = line
+            .split("payment_milli ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("{line}"));
+        assert!(payment > 0, "{line}");
+    }
     for v in running {
         assert_eq!(v.stop().await, Some(0));
     }

@@ -17,6 +17,19 @@ pub struct RawLedger {
     pub ca_file: Option<Spanned<String>>,
     pub cert_file: Option<Spanned<String>>,
     pub key_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub program: Vec<RawTerms>,
+}
+
+/// `[[ledger.program]]` as written: a program's settlement terms.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTerms {
+    pub name: Spanned<String>,
+    pub price_milli_per_kwh: Spanned<i64>,
+    pub cap_percent: Option<Spanned<i64>>,
+    pub threshold_percent: Option<Spanned<i64>>,
+    pub penalty_milli_per_kwh: Option<Spanned<i64>>,
 }
 
 /// One member as written.
@@ -64,6 +77,8 @@ pub struct LedgerConfig {
     pub cert_file: Option<PathBuf>,
     /// Its key.
     pub key_file: Option<PathBuf>,
+    /// Settlement terms by program (genesis: the same on every node).
+    pub terms: std::collections::BTreeMap<String, crate::ledger::settlement::Terms>,
 }
 
 const ROLES: [&str; 4] = ["validator", "operator", "gateway", "observer"];
@@ -148,6 +163,37 @@ impl Checker<'_> {
                 "list the validators (3f+1 of them, e.g. 4)".into(),
             );
         }
+        let mut terms = std::collections::BTreeMap::new();
+        for (i, p) in r.program.iter().enumerate() {
+            let d = crate::ledger::settlement::Terms::default();
+            let pct = |v: &Option<Spanned<i64>>, default: i64| {
+                v.as_ref().map_or(default, |v| *v.get_ref())
+            };
+            let t = crate::ledger::settlement::Terms {
+                price_milli_per_kwh: *p.price_milli_per_kwh.get_ref(),
+                cap_percent: pct(&p.cap_percent, d.cap_percent),
+                threshold_percent: pct(&p.threshold_percent, d.threshold_percent),
+                penalty_milli_per_kwh: pct(&p.penalty_milli_per_kwh, d.penalty_milli_per_kwh),
+            };
+            if t.price_milli_per_kwh < 0
+                || t.penalty_milli_per_kwh < 0
+                || !(0..=1000).contains(&t.cap_percent)
+                || !(0..=100).contains(&t.threshold_percent)
+            {
+                self.problem(
+                    &p.name,
+                    format!("ledger.program[{i}]"),
+                    "prices are not negative, cap_percent is 0..=1000 and threshold_percent 0..=100".into(),
+                );
+            }
+            if terms.insert(p.name.get_ref().clone(), t).is_some() {
+                self.problem(
+                    &p.name,
+                    format!("ledger.program[{i}].name"),
+                    "listed twice".into(),
+                );
+            }
+        }
         let path = |v: &Option<Spanned<String>>| v.as_ref().map(|p| PathBuf::from(p.get_ref()));
         Some(LedgerConfig {
             role,
@@ -155,6 +201,7 @@ impl Checker<'_> {
             ca_file: path(&r.ca_file),
             cert_file: path(&r.cert_file),
             key_file: path(&r.key_file),
+            terms,
         })
     }
 }

@@ -811,11 +811,22 @@ async fn write_report(
         let report = super::report::build(st, &c, &s, &event, now_ms())?;
         let signed = super::report::sign(&id, &report);
         st.dr_put_report(&k, &signed.encode_to_vec())?;
-        // A gateway on the ledger claims its performance there (once per event).
+        // A gateway on the ledger claims its performance there (once per event), after the
+        // operator-signed event it acted on, which settlement reads the commitment from.
         if c.ledger
             .as_ref()
             .is_some_and(|l| l.role == LedgerRole::Gateway)
         {
+            if let Some(event) = &s.signed {
+                crate::ledger::certifier::append(
+                    st,
+                    &c.id,
+                    &id,
+                    &format!("dr-event/{k}"),
+                    pb::EntryKind::DrEvent,
+                    event.encode_to_vec(),
+                )?;
+            }
             crate::ledger::certifier::append(
                 st,
                 &c.id,

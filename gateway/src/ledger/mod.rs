@@ -12,6 +12,7 @@ pub mod entry;
 pub mod merkle;
 pub mod node;
 pub mod service;
+pub mod settlement;
 
 use gridgate_proto::v1 as pb;
 use thiserror::Error;

@@ -242,3 +242,53 @@ impl Store {
         Ok(seq)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_entries_append_once_per_claim_in_order_and_wait_until_certified() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path(), "gw").expect("store");
+        let make = |tag: &'static str| {
+            move |seq: u64, prev: [u8; 32]| {
+                pb::SignedEntry {
+                    entry: pb::Entry {
+                        origin: "gw".into(),
+                        seq,
+                        prev_hash: prev.to_vec(),
+                        payload: tag.as_bytes().to_vec(),
+                        ..Default::default()
+                    }
+                    .encode_to_vec(),
+                    signature: vec![],
+                }
+                .encode_to_vec()
+            }
+        };
+        assert_eq!(store.ledger_append_own("gw", "a", make("a")).expect("a"), 0);
+        assert_eq!(store.ledger_append_own("gw", "b", make("b")).expect("b"), 1);
+        assert_eq!(
+            store
+                .ledger_append_own("gw", "a", make("a2"))
+                .expect("again"),
+            0
+        );
+        let pending = store.ledger_pending("gw").expect("pending");
+        assert_eq!(pending.iter().map(|p| p.0).collect::<Vec<_>>(), vec![0, 1]);
+        // The second chains to the first.
+        let first = pb::SignedEntry::decode(pending[0].1.as_slice()).expect("first");
+        let second = pb::SignedEntry::decode(pending[1].1.as_slice()).expect("second");
+        let second = pb::Entry::decode(second.entry.as_slice()).expect("entry");
+        assert_eq!(
+            second.prev_hash,
+            crate::batch::sha256(&first.entry).to_vec()
+        );
+        store
+            .ledger_put_certified("gw", 0, b"cert")
+            .expect("certify");
+        assert_eq!(store.ledger_pending("gw").expect("pending").len(), 1);
+        assert_eq!(store.ledger_next_certified("gw").expect("next"), 1);
+    }
+}

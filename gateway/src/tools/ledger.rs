@@ -26,12 +26,130 @@ pub enum LedgerCommand {
         #[arg(long)]
         config: PathBuf,
     },
+    /// The settlement statement of one UTC day, computed from each validator's certified
+    /// entries (every certificate checked); prints each validator's statement hash (they must
+    /// agree) and the statement.
+    ///
+    /// Example: gridgate ledger settlement --config /etc/gridgate/gridgate.toml --day 2026-11-29
+    Settlement {
+        /// The node's config (members, validators, terms, TLS client identity).
+        #[arg(long)]
+        config: PathBuf,
+        /// The day, UTC (YYYY-MM-DD); events settle on the day they start.
+        #[arg(long)]
+        day: String,
+    },
 }
 
 /// Runs a `gridgate ledger` command.
 pub async fn run(cmd: LedgerCommand, out: &mut dyn Write) -> Result<ExitCode> {
-    let LedgerCommand::Status { config } = cmd;
-    let cfg = crate::config::load(&config)?;
+    match cmd {
+        LedgerCommand::Status { config } => status(&config, out).await,
+        LedgerCommand::Settlement { config, day } => settlement(&config, &day, out).await,
+    }
+}
+
+/// Midnight UTC of `day` (YYYY-MM-DD), ms.
+fn day_start_ms(day: &str) -> Result<i64> {
+    let t = humantime::parse_rfc3339_weak(&format!("{day} 00:00:00"))
+        .with_context(|| format!("--day {day:?}: write YYYY-MM-DD"))?;
+    let d = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("a day before 1970")?;
+    Ok(d.as_millis() as i64)
+}
+
+/// Every certified entry a validator holds, each certificate checked.
+async fn fetch_all(
+    client: &mut LedgerClient<tonic::transport::Channel>,
+    members: &crate::ledger::Members,
+) -> Result<Vec<crate::ledger::settlement::Certified>> {
+    let heads = client.heads(pb::HeadsRequest {}).await?.into_inner().heads;
+    let mut out = Vec::new();
+    for h in heads {
+        let mut stream = client
+            .fetch(pb::FetchRequest {
+                origin: h.origin.clone(),
+                from_seq: 0,
+                max: 0,
+            })
+            .await?
+            .into_inner();
+        while let Some(c) = stream.message().await? {
+            let (entry, _) = check_certified(&c, members)
+                .map_err(|e| anyhow::anyhow!("{} entry does not check: {e}", h.origin))?;
+            out.push(crate::ledger::settlement::Certified { entry });
+        }
+    }
+    Ok(out)
+}
+
+async fn settlement(config: &std::path::Path, day: &str, out: &mut dyn Write) -> Result<ExitCode> {
+    let from = day_start_ms(day)?;
+    let cfg = crate::config::load(config)?;
+    let Some(ledger) = cfg.ledger else {
+        bail!("{} has no [ledger] table", config.display());
+    };
+    let members = crate::ledger::load_members(&ledger)?;
+    let mut hashes: Vec<(String, String)> = Vec::new();
+    let mut statement = None;
+    for v in ledger.members.iter().filter(|m| m.role == "validator") {
+        let Some(endpoint) = &v.endpoint else {
+            continue;
+        };
+        let got = async {
+            let channel = super::pull::connect(
+                endpoint,
+                ledger.ca_file.as_ref(),
+                ledger.cert_file.as_ref(),
+                ledger.key_file.as_ref(),
+            )
+            .await?;
+            let mut client = LedgerClient::new(channel);
+            tokio::time::timeout(Duration::from_secs(30), fetch_all(&mut client, &members))
+                .await
+                .context("no answer within 30 s")?
+        }
+        .await;
+        match got {
+            Ok(entries) => {
+                let s = crate::ledger::settlement::settle(
+                    from,
+                    from + 86_400_000,
+                    &entries,
+                    &members,
+                    &ledger.terms,
+                );
+                let h = hex::encode(s.hash());
+                writeln!(
+                    out,
+                    "validator {}: {} certified entries, statement {h}",
+                    v.id,
+                    entries.len()
+                )?;
+                hashes.push((v.id.clone(), h));
+                statement.get_or_insert(s);
+            }
+            Err(e) => writeln!(out, "validator {}: {e:#}", v.id)?,
+        }
+    }
+    let Some(s) = statement else {
+        bail!("no validator answered");
+    };
+    write!(out, "{}", s.canonical())?;
+    let agree = hashes.windows(2).all(|w| w[0].1 == w[1].1);
+    if !agree {
+        writeln!(out, "the validators' statements DIFFER")?;
+    }
+    Ok(if agree {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+async fn status(config: &std::path::Path, out: &mut dyn Write) -> Result<ExitCode> {
+    let cfg = crate::config::load(config)?;
     let Some(ledger) = cfg.ledger else {
         bail!("{} has no [ledger] table", config.display());
     };
