@@ -19,6 +19,7 @@ pub struct RawLedger {
     pub key_file: Option<Spanned<String>>,
     #[serde(default)]
     pub program: Vec<RawTerms>,
+    pub commit_batches: Option<Spanned<u64>>,
 }
 
 /// `[[ledger.program]]` as written: a program's settlement terms.
@@ -77,9 +78,15 @@ pub struct LedgerConfig {
     pub cert_file: Option<PathBuf>,
     /// Its key.
     pub key_file: Option<PathBuf>,
+    /// A gateway commits its signed batches in ranges of this many (an RFC 6962 root per
+    /// range; 0: no commitments).
+    pub commit_batches: u64,
     /// Settlement terms by program (genesis: the same on every node).
     pub terms: std::collections::BTreeMap<String, crate::ledger::settlement::Terms>,
 }
+
+/// Batches per commitment when the config does not say.
+pub const DEFAULT_COMMIT_BATCHES: u64 = 100;
 
 const ROLES: [&str; 4] = ["validator", "operator", "gateway", "observer"];
 
@@ -201,6 +208,10 @@ impl Checker<'_> {
             ca_file: path(&r.ca_file),
             cert_file: path(&r.cert_file),
             key_file: path(&r.key_file),
+            commit_batches: r
+                .commit_batches
+                .as_ref()
+                .map_or(DEFAULT_COMMIT_BATCHES, |v| *v.get_ref()),
             terms,
         })
     }

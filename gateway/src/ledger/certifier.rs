@@ -72,6 +72,74 @@ pub fn append(
     })
 }
 
+/// The commitment of batches `[first, first + size)`: the RFC 6962 root over their
+/// canonical bytes (`SignedBatch.batch`, what each batch's signature and chain cover).
+/// `None` when one of them is no longer stored (retention dropped it) or does not decode.
+pub fn commitment(
+    store: &Store,
+    first: u64,
+    size: u64,
+) -> Result<Option<pb::BatchCommitment>, StoreError> {
+    let batches = store.batches_from(first, size as usize)?;
+    if batches.len() as u64 != size
+        || batches
+            .iter()
+            .enumerate()
+            .any(|(i, (seq, _))| *seq != first + i as u64)
+    {
+        return Ok(None);
+    }
+    let mut leaves = Vec::with_capacity(batches.len());
+    for (_, bytes) in &batches {
+        let Ok(signed) = pb::SignedBatch::decode(bytes.as_slice()) else {
+            return Ok(None);
+        };
+        leaves.push(super::merkle::leaf(&signed.batch));
+    }
+    Ok(Some(pb::BatchCommitment {
+        first_seq: first,
+        tree_size: size,
+        root: super::merkle::root(&leaves).to_vec(),
+    }))
+}
+
+/// Appends the commitments of every whole range of `per` batches closed so far, from range
+/// `*next` on (each once: the claim is `batches/<range>`); moves `*next` past them.
+pub fn commit_batches(
+    store: &Store,
+    me: &str,
+    key: &Identity,
+    per: u64,
+    next: &mut u64,
+) -> Result<u64, StoreError> {
+    if per == 0 {
+        return Ok(0);
+    }
+    let closed = store.stats()?.next_seq;
+    let mut appended = 0;
+    while (*next + 1) * per <= closed {
+        match commitment(store, *next * per, per)? {
+            Some(c) => {
+                append(
+                    store,
+                    me,
+                    key,
+                    &format!("batches/{}", *next),
+                    pb::EntryKind::BatchCommitment,
+                    c.encode_to_vec(),
+                )?;
+                appended += 1;
+            }
+            None => warn!(
+                first = *next * per,
+                per, "batches no longer stored (retention dropped them before their commitment)"
+            ),
+        }
+        *next += 1;
+    }
+    Ok(appended)
+}
+
 /// A validator and the channel to it.
 #[derive(Clone)]
 struct Peer {
@@ -216,7 +284,29 @@ pub async fn run(c: Certifier, cfg: LedgerConfig, cancel: CancellationToken) {
     };
     let quorum = c.members.quorum();
     let mut backoff = Duration::from_millis(500);
+    // The first range of batches not yet committed (found again from the claims at start).
+    let mut next_range = 0u64;
     loop {
+        if cfg.commit_batches > 0 {
+            let (st, me, key, per) = (
+                c.store.clone(),
+                c.me.clone(),
+                c.key.clone(),
+                cfg.commit_batches,
+            );
+            let from = next_range;
+            if let Some((n, moved)) = blocking(move || {
+                let mut at = from;
+                commit_batches(&st, &me, &key, per, &mut at).map(|n| (n, at))
+            })
+            .await
+            {
+                next_range = moved;
+                if n > 0 {
+                    info!(ranges = n, "batch commitments recorded in the ledger log");
+                }
+            }
+        }
         let (st, me) = (c.store.clone(), c.me.clone());
         let next = blocking(move || st.ledger_pending(&me))
             .await
@@ -288,5 +378,63 @@ pub async fn run(c: Certifier, cfg: LedgerConfig, cancel: CancellationToken) {
             async move { tokio::time::timeout(ASK_WITHIN, client.push_certificate(c)).await }
         });
         futures::future::join_all(pushes).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_ranges_of_batches_are_committed_once_with_a_root_that_proves_each_batch() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path(), "gw").expect("store");
+        let id = Identity::generate().expect("key");
+        let sealer = |seq, prev, rs| crate::batch::seal(&id, "gw", seq, prev, 1000, rs);
+        for i in 0..5 {
+            let r = pb::Reading {
+                point: "m/p".into(),
+                ts_ms: i,
+                ..Default::default()
+            };
+            store.commit(&[r], &[], Some(&sealer)).expect("batch");
+        }
+        let mut next = 0;
+        // Five batches in ranges of two: ranges 0 and 1 now, range 2 when it is whole.
+        assert_eq!(
+            commit_batches(&store, "gw", &id, 2, &mut next).expect("commit"),
+            2
+        );
+        assert_eq!(next, 2);
+        assert_eq!(
+            commit_batches(&store, "gw", &id, 2, &mut next).expect("again"),
+            0
+        );
+        let mut from_zero = 0;
+        commit_batches(&store, "gw", &id, 2, &mut from_zero).expect("restart");
+        assert_eq!(
+            store.ledger_pending("gw").expect("pending").len(),
+            2,
+            "each range once"
+        );
+
+        let pending = store.ledger_pending("gw").expect("pending");
+        let signed = pb::SignedEntry::decode(pending[1].1.as_slice()).expect("entry");
+        let entry = pb::Entry::decode(signed.entry.as_slice()).expect("entry");
+        let c = pb::BatchCommitment::decode(entry.payload.as_slice()).expect("commitment");
+        assert_eq!((c.first_seq, c.tree_size), (2, 2));
+        // Batch 3 is leaf 1 of that tree: its audit path proves it.
+        let batches = store.batches_from(2, 2).expect("batches");
+        let leaves: Vec<_> = batches
+            .iter()
+            .map(|(_, b)| {
+                super::super::merkle::leaf(&pb::SignedBatch::decode(b.as_slice()).expect("b").batch)
+            })
+            .collect();
+        let root: [u8; 32] = c.root.as_slice().try_into().expect("32");
+        let path = super::super::merkle::audit_path(&leaves, 1);
+        assert!(super::super::merkle::verify_inclusion(
+            &leaves[1], 1, 2, &path, &root
+        ));
     }
 }
