@@ -1,0 +1,197 @@
+//! Ledger throughput: four validators (f = 1), each a real `Ledger` gRPC service on its own
+//! redb store on loopback, and a gateway whose certifier gets ENTRIES pending entries of its
+//! own log certified (the catch-up of a gateway that was offline); then the latency of one
+//! validator's vote (Submit: checks, durable vote lock, signature) over many fresh origins.
+//!
+//!     cargo bench -p gridgate --bench ledger [-- ENTRIES]
+//!
+//! ENTRIES defaults to 2000; the catch-up figure is `-- 100000`.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gridgate::batch::Identity;
+use gridgate::config::ledger::{LedgerConfig, LedgerRole, MemberConfig};
+use gridgate::ledger::entry::{Member, Members, sign_entry};
+use gridgate::ledger::service::LedgerService;
+use gridgate::store::Store;
+use gridgate_proto::v1 as pb;
+use gridgate_proto::v1::ledger_client::LedgerClient;
+use gridgate_proto::v1::ledger_server::LedgerServer;
+use prost::Message;
+
+const VALIDATORS: usize = 4;
+/// Fresh origins for the vote-latency samples.
+const LATENCY_SAMPLES: usize = 300;
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn payload() -> Vec<u8> {
+    pb::SignedPerformanceReport {
+        report: vec![7; 200],
+        signature: vec![0; 64],
+    }
+    .encode_to_vec()
+}
+
+#[tokio::main]
+async fn main() {
+    let entries: u64 = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(2000);
+    let dir = tempfile::tempdir().expect("dir");
+    let gw_key = Identity::generate().expect("key");
+    let keys: Vec<Identity> = (0..VALIDATORS)
+        .map(|_| Identity::generate().expect("key"))
+        .collect();
+    let probes: Vec<Identity> = (0..LATENCY_SAMPLES)
+        .map(|_| Identity::generate().expect("key"))
+        .collect();
+    let mut members = Members::default();
+    let mut member = |id: String, role, key: &Identity| {
+        members.0.insert(
+            id.clone(),
+            Member {
+                id,
+                role,
+                key: key.public(),
+            },
+        );
+    };
+    for (i, k) in keys.iter().enumerate() {
+        member(format!("v{i}"), pb::MemberRole::Validator, k);
+    }
+    member("gw".into(), pb::MemberRole::Gateway, &gw_key);
+    for (i, k) in probes.iter().enumerate() {
+        member(format!("probe-{i}"), pb::MemberRole::Gateway, k);
+    }
+    let members = Arc::new(members);
+
+    // Four validators, each with its own store and port.
+    let mut ports = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let store = Arc::new(
+            Store::open(&dir.path().join(format!("v{i}")), &format!("v{i}")).expect("store"),
+        );
+        let service = LedgerService {
+            store,
+            members: members.clone(),
+            me: format!("v{i}"),
+            key: key.clone(),
+            role: LedgerRole::Validator,
+        };
+        let port = common::free_port();
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(LedgerServer::new(service))
+                .serve(addr),
+        );
+        ports.push(port);
+    }
+
+    // The gateway's backlog, appended as it would be while offline.
+    let gw_store = Arc::new(Store::open(&dir.path().join("gw"), "gw").expect("store"));
+    let started = Instant::now();
+    for n in 0..entries {
+        gridgate::ledger::certifier::append(
+            &gw_store,
+            "gw",
+            &gw_key,
+            &format!("claim-{n}"),
+            pb::EntryKind::PerformanceReport,
+            payload(),
+        )
+        .expect("append");
+    }
+    let appended = started.elapsed();
+
+    let cfg = LedgerConfig {
+        role: LedgerRole::Gateway,
+        members: (0..VALIDATORS)
+            .map(|i| MemberConfig {
+                id: format!("v{i}"),
+                role: "validator".into(),
+                public_key: Default::default(),
+                endpoint: Some(format!("http://127.0.0.1:{}", ports[i])),
+            })
+            .collect(),
+        ca_file: None,
+        cert_file: None,
+        key_file: None,
+        commit_batches: 0,
+        terms: Default::default(),
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let certifier = gridgate::ledger::certifier::Certifier {
+        store: gw_store.clone(),
+        members: members.clone(),
+        me: "gw".into(),
+        key: gw_key.clone(),
+        wake: Arc::default(),
+    };
+    let started = Instant::now();
+    let task = tokio::spawn(gridgate::ledger::certifier::run(
+        certifier,
+        cfg,
+        cancel.clone(),
+    ));
+    loop {
+        let done = gw_store.ledger_next_certified("gw").expect("head");
+        if done >= entries {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let certified = started.elapsed();
+    cancel.cancel();
+    let _ = task.await;
+
+    // Vote latency: one Submit to one validator, each for a fresh origin's first entry.
+    let mut client = LedgerClient::connect(format!("http://127.0.0.1:{}", ports[0]))
+        .await
+        .expect("connect");
+    let mut lat = Vec::new();
+    for (i, k) in probes.iter().enumerate() {
+        let signed = sign_entry(
+            &pb::Entry {
+                origin: format!("probe-{i}"),
+                seq: 0,
+                prev_hash: vec![0; 32],
+                timestamp_ms: 1,
+                kind: pb::EntryKind::PerformanceReport as i32,
+                payload: payload(),
+            },
+            k,
+        );
+        let t = Instant::now();
+        let reply = client.submit(signed).await.expect("submit").into_inner();
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert!(reply.vote.is_some(), "{reply:?}");
+    }
+    lat.sort_by(f64::total_cmp);
+
+    println!(
+        "ledger: {VALIDATORS} validators (quorum 3) on loopback, each a gRPC service on its own redb store"
+    );
+    println!(
+        "append {entries} own entries (signed, durable): {:.0} entries/s",
+        entries as f64 / appended.as_secs_f64()
+    );
+    println!(
+        "certify the backlog of {entries} (vote from each, certificate stored, pushed to each): {:.1} s, {:.0} certified entries/s",
+        certified.as_secs_f64(),
+        entries as f64 / certified.as_secs_f64()
+    );
+    println!(
+        "vote latency (one Submit, {} samples): p50 {:.2} ms, p99 {:.2} ms",
+        lat.len(),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99)
+    );
+}
