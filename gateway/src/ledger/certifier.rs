@@ -17,7 +17,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tracing::{info, warn};
 
 use super::Members;
-use super::entry::{check_vote, entry_hash, sign_entry};
+use super::entry::{check_vote, entry_hash, sign_entry, votes_check_batch};
 use crate::acquire::reading::now_ms;
 use crate::batch::Identity;
 use crate::config::ledger::LedgerConfig;
@@ -213,7 +213,10 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-/// Pushes `origin`'s certified entries `from..until` to a validator, in order.
+/// Own entries asked about at once (one durable write per validator for their votes).
+const WINDOW: usize = 256;
+
+/// Pushes `origin`'s certified entries `from..until` to a validator, in order, in batches.
 async fn catch_up(
     store: &Arc<Store>,
     peer: &mut Peer,
@@ -224,53 +227,76 @@ async fn catch_up(
     let mut at = from;
     while at < until {
         let (st, o) = (store.clone(), origin.to_string());
-        let n = (until - at) as usize;
-        let Some(chunk) = blocking(move || st.ledger_range(&o, at, n.min(256))).await else {
+        let n = ((until - at) as usize).min(WINDOW);
+        let Some(chunk) = blocking(move || st.ledger_range(&o, at, n)).await else {
             return false;
         };
         if chunk.is_empty() {
             return false;
         }
-        for (seq, bytes) in chunk {
+        let mut entries = Vec::with_capacity(chunk.len());
+        for (_, bytes) in &chunk {
             let Ok(c) = pb::CertifiedEntry::decode(bytes.as_slice()) else {
                 return false;
             };
-            match tokio::time::timeout(ASK_WITHIN, peer.client.push_certificate(c)).await {
-                Ok(Ok(r)) if r.get_ref().stored => at = seq + 1,
-                _ => return false,
-            }
+            entries.push(c);
+        }
+        let last = chunk.last().map_or(at, |c| c.0);
+        match tokio::time::timeout(
+            ASK_WITHIN,
+            peer.client.push_batch(pb::CertifiedEntries { entries }),
+        )
+        .await
+        {
+            Ok(Ok(r)) if r.get_ref().stored => at = last + 1,
+            _ => return false,
         }
     }
     true
 }
 
-/// Asks one validator for its vote on `signed` (catching it up first if it lags).
+/// Asks one validator for its votes on a window of own entries from `first` (catching it up
+/// first if it lags): one vote (or none) per entry, in order, and why not.
 async fn ask(
     store: Arc<Store>,
     mut peer: Peer,
     origin: String,
-    seq: u64,
-    signed: pb::SignedEntry,
-) -> (String, Option<pb::Vote>, String) {
+    first: u64,
+    window: Vec<pb::SignedEntry>,
+) -> (String, Vec<Option<pb::Vote>>, String) {
+    let none = |n: usize| vec![None; n];
     for _ in 0..2 {
-        let reply = match tokio::time::timeout(ASK_WITHIN, peer.client.submit(signed.clone())).await
-        {
-            Ok(Ok(r)) => r.into_inner(),
-            Ok(Err(s)) => return (peer.id, None, s.message().to_string()),
-            Err(_) => return (peer.id, None, "no answer in time".into()),
+        let asked = peer.client.submit_batch(pb::SignedEntries {
+            entries: window.clone(),
+        });
+        let replies = match tokio::time::timeout(ASK_WITHIN, asked).await {
+            Ok(Ok(r)) => r.into_inner().replies,
+            Ok(Err(s)) => return (peer.id, none(window.len()), s.message().to_string()),
+            Err(_) => return (peer.id, none(window.len()), "no answer in time".into()),
         };
-        if let Some(v) = reply.vote {
-            return (peer.id, Some(v), String::new());
+        let lagging = replies.first().is_some_and(|r| {
+            r.refusal == pb::VoteRefusal::MissingPredecessor as i32 && r.next_certified < first
+        });
+        if lagging {
+            let from = replies.first().map_or(first, |r| r.next_certified);
+            if catch_up(&store, &mut peer, &origin, from, first).await {
+                continue;
+            }
         }
-        if reply.refusal == pb::VoteRefusal::MissingPredecessor as i32
-            && reply.next_certified < seq
-            && catch_up(&store, &mut peer, &origin, reply.next_certified, seq).await
-        {
-            continue;
-        }
-        return (peer.id, None, reply.detail);
+        let why = replies
+            .iter()
+            .find(|r| r.vote.is_none())
+            .map(|r| r.detail.clone())
+            .unwrap_or_default();
+        let mut votes: Vec<Option<pb::Vote>> = replies.into_iter().map(|r| r.vote).collect();
+        votes.resize(window.len(), None);
+        return (peer.id, votes, why);
     }
-    (peer.id, None, "still lagging after a catch-up".into())
+    (
+        peer.id,
+        none(window.len()),
+        "still lagging after a catch-up".into(),
+    )
 }
 
 /// Runs until `cancel` fires.
@@ -308,49 +334,81 @@ pub async fn run(c: Certifier, cfg: LedgerConfig, cancel: CancellationToken) {
             }
         }
         let (st, me) = (c.store.clone(), c.me.clone());
-        let next = blocking(move || st.ledger_pending(&me))
+        let pending = blocking(move || st.ledger_pending(&me))
             .await
-            .and_then(|p| p.into_iter().next());
-        let Some((seq, bytes)) = next else {
+            .unwrap_or_default();
+        if pending.is_empty() {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = c.wake.notified() => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
             continue;
-        };
-        let Ok(signed) = pb::SignedEntry::decode(bytes.as_slice()) else {
-            warn!(
-                seq,
-                "ledger: own pending entry does not decode; the store is damaged"
-            );
-            return;
-        };
-        let hash = entry_hash(&signed);
+        }
+        let first = pending[0].0;
+        let mut window = Vec::new();
+        for (seq, bytes) in pending.into_iter().take(WINDOW) {
+            if seq != first + window.len() as u64 {
+                break;
+            }
+            match pb::SignedEntry::decode(bytes.as_slice()) {
+                Ok(s) => window.push(s),
+                Err(_) => {
+                    warn!(
+                        seq,
+                        "ledger: own pending entry does not decode; the store is damaged"
+                    );
+                    return;
+                }
+            }
+        }
         let asks = peers.iter().map(|p| {
             ask(
                 c.store.clone(),
                 p.clone(),
                 c.me.clone(),
-                seq,
-                signed.clone(),
+                first,
+                window.clone(),
             )
         });
         let answers = tokio::select! {
             _ = cancel.cancelled() => return,
             a = futures::future::join_all(asks) => a,
         };
-        let mut votes = Vec::new();
+        // Certify the longest prefix of the window with a quorum of valid votes. Each
+        // validator's votes are checked in one batch; one by one only if that fails.
+        let hashes: Vec<[u8; 32]> = window.iter().map(entry_hash).collect();
+        let all_good: Vec<bool> = answers
+            .iter()
+            .map(|(_, v, _)| votes_check_batch(v, &c.members, &c.me, first, &hashes))
+            .collect();
+        let mut certified: Vec<pb::CertifiedEntry> = Vec::new();
         let mut why = Vec::new();
-        for (id, vote, detail) in answers {
-            match vote.map(|v| (check_vote(&v, &c.members, &c.me, seq, &hash), v)) {
-                Some((Ok(_), v)) => votes.push(v),
-                Some((Err(e), _)) => why.push(format!("{id}: bad vote ({e})")),
-                None => why.push(format!("{id}: {detail}")),
+        for (i, signed) in window.iter().enumerate() {
+            let seq = first + i as u64;
+            let hash = hashes[i];
+            let votes: Vec<pb::Vote> = answers
+                .iter()
+                .zip(&all_good)
+                .filter_map(|((_, v, _), good)| Some((v.get(i).cloned().flatten()?, *good)))
+                .filter(|(v, good)| *good || check_vote(v, &c.members, &c.me, seq, &hash).is_ok())
+                .map(|(v, _)| v)
+                .collect();
+            if votes.len() < quorum {
+                for (id, v, detail) in &answers {
+                    if v.get(i).is_none_or(Option::is_none) {
+                        why.push(format!("{id}: {detail}"));
+                    }
+                }
+                break;
             }
+            certified.push(pb::CertifiedEntry {
+                entry: Some(signed.clone()),
+                certificate: Some(pb::Certificate { votes }),
+            });
         }
-        if votes.len() < quorum {
-            warn!(seq, votes = votes.len(), quorum, retry_in = ?backoff, "ledger entry not certified yet: {}", why.join("; "));
+        if certified.is_empty() {
+            warn!(seq = first, quorum, retry_in = ?backoff, "ledger entry not certified yet: {}", why.join("; "));
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(backoff) => {}
@@ -359,23 +417,34 @@ pub async fn run(c: Certifier, cfg: LedgerConfig, cancel: CancellationToken) {
             continue;
         }
         backoff = Duration::from_millis(500);
-        let certified = pb::CertifiedEntry {
-            entry: Some(signed),
-            certificate: Some(pb::Certificate { votes }),
-        };
-        let (st, me, bytes) = (c.store.clone(), c.me.clone(), certified.encode_to_vec());
-        if blocking(move || st.ledger_put_certified(&me, seq, &bytes))
+        let items: Vec<(String, u64, Vec<u8>)> = certified
+            .iter()
+            .enumerate()
+            .map(|(i, ce)| (c.me.clone(), first + i as u64, ce.encode_to_vec()))
+            .collect();
+        let st = c.store.clone();
+        if blocking(move || st.ledger_put_certified_many(&items))
             .await
             .is_none()
         {
             continue;
         }
-        info!(seq, "own ledger entry certified");
-        // Spread it: validators that voted take it as final; the others catch up later.
+        info!(
+            from = first,
+            entries = certified.len(),
+            "own ledger entries certified"
+        );
+        // Spread them: validators that voted take them as final; the others catch up later.
         let pushes = peers.iter().map(|p| {
             let mut client = p.client.clone();
-            let c = certified.clone();
-            async move { tokio::time::timeout(ASK_WITHIN, client.push_certificate(c)).await }
+            let entries = certified.clone();
+            async move {
+                tokio::time::timeout(
+                    ASK_WITHIN,
+                    client.push_batch(pb::CertifiedEntries { entries }),
+                )
+                .await
+            }
         });
         futures::future::join_all(pushes).await;
     }

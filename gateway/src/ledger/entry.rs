@@ -186,6 +186,108 @@ pub fn check_certified(
     Ok((entry, hash))
 }
 
+/// Signatures gathered for one batch verification.
+#[derive(Default)]
+struct Batch<'a> {
+    messages: Vec<&'a [u8]>,
+    signatures: Vec<Signature>,
+    keys: Vec<VerifyingKey>,
+}
+
+impl<'a> Batch<'a> {
+    fn push(&mut self, key: VerifyingKey, message: &'a [u8], signature: &[u8]) -> Option<()> {
+        self.signatures.push(Signature::from_slice(signature).ok()?);
+        self.messages.push(message);
+        self.keys.push(key);
+        Some(())
+    }
+
+    fn verify(&self) -> bool {
+        self.messages.is_empty()
+            || ed25519_dalek::verify_batch(&self.messages, &self.signatures, &self.keys).is_ok()
+    }
+}
+
+/// [`check_certified`] for a window of certified entries with one batch verification of every
+/// signature in it (entries and votes: about twice as fast as one by one). `None` when
+/// anything in the window is off (a bad signature, a stray vote): then check them one by one,
+/// which says which and still counts a certificate's good votes.
+pub fn check_certified_batch(
+    window: &[pb::CertifiedEntry],
+    members: &Members,
+) -> Option<Vec<(pb::Entry, [u8; 32])>> {
+    let need = members.quorum();
+    let mut batch = Batch::default();
+    let mut out = Vec::with_capacity(window.len());
+    for c in window {
+        let signed = c.entry.as_ref()?;
+        let entry = pb::Entry::decode(signed.entry.as_slice()).ok()?;
+        let origin = members.0.get(&entry.origin)?;
+        batch.push(origin.key, &signed.entry, &signed.signature)?;
+        let hash = entry_hash(signed);
+        let mut voters = BTreeSet::new();
+        for v in c
+            .certificate
+            .as_ref()
+            .map_or(&[][..], |c| c.votes.as_slice())
+        {
+            let body = pb::VoteBody::decode(v.body.as_slice()).ok()?;
+            let m = members
+                .0
+                .get(&body.validator)
+                .filter(|m| m.role == pb::MemberRole::Validator)?;
+            if body.origin != entry.origin
+                || body.seq != entry.seq
+                || body.entry_hash != hash.as_slice()
+                || !voters.insert(body.validator.clone())
+            {
+                return None;
+            }
+            batch.push(m.key, &v.body, &v.signature)?;
+        }
+        if voters.len() < need {
+            return None;
+        }
+        out.push((entry, hash));
+    }
+    batch.verify().then_some(out)
+}
+
+/// Whether every vote of `votes` (for own entries from `first`, with these hashes, in order;
+/// `None` where the validator gave none) is a valid vote of a validator for its entry,
+/// checked in one batch.
+pub fn votes_check_batch(
+    votes: &[Option<pb::Vote>],
+    members: &Members,
+    origin: &str,
+    first: u64,
+    hashes: &[[u8; 32]],
+) -> bool {
+    let mut batch = Batch::default();
+    for (i, v) in votes.iter().enumerate() {
+        let Some(v) = v else { continue };
+        let Ok(body) = pb::VoteBody::decode(v.body.as_slice()) else {
+            return false;
+        };
+        let Some(m) = members
+            .0
+            .get(&body.validator)
+            .filter(|m| m.role == pb::MemberRole::Validator)
+        else {
+            return false;
+        };
+        let ok_place = body.origin == origin
+            && body.seq == first + i as u64
+            && hashes
+                .get(i)
+                .is_some_and(|h| body.entry_hash == h.as_slice());
+        if !ok_place || batch.push(m.key, &v.body, &v.signature).is_none() {
+            return false;
+        }
+    }
+    batch.verify()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,6 +352,24 @@ mod tests {
                 &members
             ),
             Err(LedgerError::NoQuorum { have: 1, need: 3 })
+        );
+        // The batch check agrees: a good window passes, one bad vote sends it one by one.
+        let good = cert(vec![vote(0, &hash), vote(1, &hash), vote(2, &hash)]);
+        assert!(check_certified_batch(std::slice::from_ref(&good), &members).is_some());
+        let mut bad = good.clone();
+        if let Some(c) = bad.certificate.as_mut() {
+            c.votes[1].signature[0] ^= 1;
+        }
+        assert!(check_certified_batch(&[good.clone(), bad.clone()], &members).is_none());
+        assert!(
+            check_certified(&bad, &members).is_err(),
+            "two good votes of three"
+        );
+        let votes: Vec<Option<pb::Vote>> = vec![Some(vote(0, &hash))];
+        assert!(votes_check_batch(&votes, &members, "gw", 0, &[hash]));
+        assert!(
+            !votes_check_batch(&votes, &members, "gw", 1, &[hash]),
+            "wrong place"
         );
         // A tampered entry fails its own signature first.
         let mut tampered = signed.clone();

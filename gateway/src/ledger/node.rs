@@ -2,6 +2,8 @@
 //! authority): checks, a durable vote lock, and equivocation caught on the spot. Blocking
 //! (store I/O with fsync): callers run it off the async threads.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use gridgate_proto::v1 as pb;
 use prost::Message;
 use tracing::{info, warn};
@@ -44,91 +46,162 @@ pub fn submit(
     key: &Identity,
     signed: &pb::SignedEntry,
 ) -> Result<pb::SubmitReply, StoreError> {
+    let mut replies = submit_batch(store, members, me, key, std::slice::from_ref(signed))?;
+    Ok(replies.pop().unwrap_or_default())
+}
+
+/// The hash of the entry at (origin, seq) this validator may chain to: the certified one, or
+/// the one it voted for (on disk, or earlier in this batch).
+fn chain_hash(
+    store: &Store,
+    origin: &str,
+    seq: u64,
+    in_batch: &BTreeMap<(String, u64), [u8; 32]>,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    if let Some(h) = in_batch.get(&(origin.to_string(), seq)) {
+        return Ok(Some(h.to_vec()));
+    }
+    if let Some(c) = store
+        .ledger_certified(origin, seq)?
+        .and_then(|b| pb::CertifiedEntry::decode(b.as_slice()).ok())
+        .and_then(|c| c.entry)
+    {
+        return Ok(Some(entry_hash(&c).to_vec()));
+    }
+    store.ledger_voted(origin, seq)
+}
+
+/// An entry's place and hash: (origin, seq, entry hash).
+type Place = (String, u64, [u8; 32]);
+
+/// Checks an entry before its vote lock: `Ok((origin, seq, hash))` to lock, or the refusal.
+fn check_for_vote(
+    store: &Store,
+    members: &Members,
+    shut_out: &BTreeSet<String>,
+    in_batch: &BTreeMap<(String, u64), [u8; 32]>,
+    signed: &pb::SignedEntry,
+) -> Result<Result<Place, pb::SubmitReply>, StoreError> {
     let entry = match check_entry(signed, members) {
         Ok(e) => e,
         Err(super::entry::LedgerError::BadSignature(o)) => {
-            return Ok(refuse(
+            return Ok(Err(refuse(
                 pb::VoteRefusal::BadSignature,
                 format!("the entry's signature does not verify with {o:?}'s member key"),
                 0,
-            ));
+            )));
         }
-        Err(e) => return Ok(refuse(pb::VoteRefusal::UnknownMember, e.to_string(), 0)),
+        Err(e) => {
+            return Ok(Err(refuse(
+                pb::VoteRefusal::UnknownMember,
+                e.to_string(),
+                0,
+            )));
+        }
     };
     let origin = entry.origin.as_str();
     let next = store.ledger_next_certified(origin)?;
-    if store.ledger_shut_outs()?.iter().any(|(o, _)| o == origin) {
-        return Ok(refuse(
+    if shut_out.contains(origin) {
+        return Ok(Err(refuse(
             pb::VoteRefusal::ShutOut,
             format!("{origin:?} is shut out: it signed two entries for one place"),
             next,
-        ));
+        )));
     }
     if !payload_ok(&entry) {
-        return Ok(refuse(
+        return Ok(Err(refuse(
             pb::VoteRefusal::BadPayload,
             format!("the payload is not a valid {:?}", entry.kind),
             next,
-        ));
+        )));
     }
-    // The entry must extend the certified log this validator holds.
+    // The entry must extend what this validator holds or voted for just before it.
     let expected_prev = if entry.seq == 0 {
-        Some([0u8; 32])
-    } else if entry.seq > next {
-        return Ok(refuse(
+        Some(vec![0u8; 32])
+    } else {
+        chain_hash(store, origin, entry.seq - 1, in_batch)?
+    };
+    let Some(expected_prev) = expected_prev else {
+        return Ok(Err(refuse(
             pb::VoteRefusal::MissingPredecessor,
             format!(
                 "holds {origin:?} up to {next} only; push the certificates before {}",
                 entry.seq
             ),
             next,
-        ));
-    } else {
-        store
-            .ledger_certified(origin, entry.seq - 1)?
-            .and_then(|b| pb::CertifiedEntry::decode(b.as_slice()).ok())
-            .and_then(|c| c.entry)
-            .map(|e| entry_hash(&e))
+        )));
     };
-    if expected_prev.is_none_or(|h| h.as_slice() != entry.prev_hash.as_slice()) {
-        return Ok(refuse(
+    if expected_prev != entry.prev_hash {
+        return Ok(Err(refuse(
             pb::VoteRefusal::WrongPrevious,
             format!(
-                "prev_hash is not the hash of {origin:?}'s certified entry {}",
+                "prev_hash is not the hash of {origin:?}'s entry {} that this validator holds",
                 entry.seq.saturating_sub(1)
             ),
             next,
-        ));
+        )));
     }
-    let hash = entry_hash(signed);
-    match store.ledger_lock_vote(origin, entry.seq, &hash, &signed.encode_to_vec())? {
-        VoteLock::Fresh | VoteLock::Again => Ok(pb::SubmitReply {
-            vote: Some(sign_vote(me, origin, entry.seq, &hash, key)),
-            refusal: pb::VoteRefusal::Unspecified as i32,
-            detail: String::new(),
-            next_certified: next,
-        }),
-        VoteLock::Other(first) => {
-            let proof = pb::EquivocationProof {
-                a: pb::SignedEntry::decode(first.as_slice()).ok(),
-                b: Some(signed.clone()),
-            };
-            store.ledger_shut_out(origin, &proof.encode_to_vec())?;
-            warn!(
-                origin,
-                seq = entry.seq,
-                "equivocation: two entries signed for one place; origin shut out"
-            );
-            Ok(refuse(
-                pb::VoteRefusal::Equivocation,
-                format!(
-                    "{origin:?} signed another entry at {}: equivocation, shut out",
-                    entry.seq
-                ),
-                next,
-            ))
+    Ok(Ok((entry.origin.clone(), entry.seq, entry_hash(signed))))
+}
+
+/// Votes on several entries, in order, with one durable write for every vote lock.
+pub fn submit_batch(
+    store: &Store,
+    members: &Members,
+    me: &str,
+    key: &Identity,
+    entries: &[pb::SignedEntry],
+) -> Result<Vec<pb::SubmitReply>, StoreError> {
+    let shut_out: BTreeSet<String> = store
+        .ledger_shut_outs()?
+        .into_iter()
+        .map(|(o, _)| o)
+        .collect();
+    let mut in_batch: BTreeMap<(String, u64), [u8; 32]> = BTreeMap::new();
+    let mut replies: Vec<Option<pb::SubmitReply>> = Vec::with_capacity(entries.len());
+    let mut to_lock = Vec::new();
+    for (i, signed) in entries.iter().enumerate() {
+        match check_for_vote(store, members, &shut_out, &in_batch, signed)? {
+            Ok((origin, seq, hash)) => {
+                // An entry whose place another entry of this batch took is decided below,
+                // against the lock; chain the later ones to the first.
+                in_batch.entry((origin.clone(), seq)).or_insert(hash);
+                to_lock.push((i, (origin, seq, hash, signed.encode_to_vec())));
+                replies.push(None);
+            }
+            Err(r) => replies.push(Some(r)),
         }
     }
+    let items: Vec<_> = to_lock.iter().map(|(_, it)| it.clone()).collect();
+    let locks = store.ledger_lock_votes(&items)?;
+    for ((i, (origin, seq, hash, _)), lock) in to_lock.into_iter().zip(locks) {
+        let next = store.ledger_next_certified(&origin)?;
+        replies[i] = Some(match lock {
+            VoteLock::Fresh | VoteLock::Again => pb::SubmitReply {
+                vote: Some(sign_vote(me, &origin, seq, &hash, key)),
+                refusal: pb::VoteRefusal::Unspecified as i32,
+                detail: String::new(),
+                next_certified: next,
+            },
+            VoteLock::Other(first) => {
+                let proof = pb::EquivocationProof {
+                    a: pb::SignedEntry::decode(first.as_slice()).ok(),
+                    b: Some(entries[i].clone()),
+                };
+                store.ledger_shut_out(&origin, &proof.encode_to_vec())?;
+                warn!(
+                    origin,
+                    seq, "equivocation: two entries signed for one place; origin shut out"
+                );
+                refuse(
+                    pb::VoteRefusal::Equivocation,
+                    format!("{origin:?} signed another entry at {seq}: equivocation, shut out"),
+                    next,
+                )
+            }
+        });
+    }
+    Ok(replies.into_iter().map(Option::unwrap_or_default).collect())
 }
 
 /// Stores a pushed certificate if it checks and extends the log this node holds.
@@ -137,52 +210,80 @@ pub fn push(
     members: &Members,
     c: &pb::CertifiedEntry,
 ) -> Result<pb::PushReply, StoreError> {
-    let (entry, _) = match check_certified(c, members) {
-        Ok(v) => v,
-        Err(e) => {
-            return Ok(pb::PushReply {
-                stored: false,
-                detail: e.to_string(),
-                next_certified: 0,
-            });
+    push_batch(store, members, std::slice::from_ref(c))
+}
+
+/// Stores pushed certificates, in order, in one durable write: each must check and extend the
+/// certified log (held, or earlier in the batch). Stops at the first that does not.
+pub fn push_batch(
+    store: &Store,
+    members: &Members,
+    batch: &[pb::CertifiedEntry],
+) -> Result<pb::PushReply, StoreError> {
+    let mut heads: BTreeMap<String, (u64, Option<Vec<u8>>)> = BTreeMap::new();
+    let mut keep = Vec::new();
+    let mut problem = String::new();
+    let mut last_next = 0;
+    // One batch verification for the whole window; one by one only when that fails.
+    let fast = super::entry::check_certified_batch(batch, members);
+    for (k, c) in batch.iter().enumerate() {
+        let checked = match &fast {
+            Some(all) => Ok(all[k].clone()),
+            None => check_certified(c, members),
+        };
+        let (entry, hash) = match checked {
+            Ok(v) => v,
+            Err(e) => {
+                problem = e.to_string();
+                break;
+            }
+        };
+        let head = match heads.get(&entry.origin) {
+            Some(h) => h.clone(),
+            None => {
+                let next = store.ledger_next_certified(&entry.origin)?;
+                let prev = if next == 0 {
+                    None
+                } else {
+                    store
+                        .ledger_certified(&entry.origin, next - 1)?
+                        .and_then(|b| pb::CertifiedEntry::decode(b.as_slice()).ok())
+                        .and_then(|c| c.entry)
+                        .map(|e| entry_hash(&e).to_vec())
+                };
+                (next, prev)
+            }
+        };
+        let (next, prev) = head;
+        last_next = next;
+        if entry.seq < next {
+            continue; // already held: a certificate is unique per place
         }
-    };
-    let next = store.ledger_next_certified(&entry.origin)?;
-    if entry.seq < next {
-        // Already held (a certificate is unique per place, so it is this one).
-        return Ok(pb::PushReply {
-            stored: true,
-            detail: String::new(),
-            next_certified: next,
-        });
-    }
-    if entry.seq > next {
-        return Ok(pb::PushReply {
-            stored: false,
-            detail: format!("holds {:?} up to {next} only; push in order", entry.origin),
-            next_certified: next,
-        });
-    }
-    if entry.seq > 0 {
-        let prev = store
-            .ledger_certified(&entry.origin, entry.seq - 1)?
-            .and_then(|b| pb::CertifiedEntry::decode(b.as_slice()).ok())
-            .and_then(|c| c.entry)
-            .map(|e| entry_hash(&e));
-        if prev.is_none_or(|h| h.as_slice() != entry.prev_hash.as_slice()) {
-            return Ok(pb::PushReply {
-                stored: false,
-                detail: "prev_hash does not chain to the certified entry before it".into(),
-                next_certified: next,
-            });
+        if entry.seq > next {
+            problem = format!("holds {:?} up to {next} only; push in order", entry.origin);
+            break;
         }
+        let chains = if entry.seq == 0 {
+            entry.prev_hash == [0u8; 32]
+        } else {
+            prev.as_deref() == Some(entry.prev_hash.as_slice())
+        };
+        if !chains {
+            problem = "prev_hash does not chain to the certified entry before it".into();
+            break;
+        }
+        heads.insert(entry.origin.clone(), (next + 1, Some(hash.to_vec())));
+        last_next = next + 1;
+        keep.push((entry.origin.clone(), entry.seq, c.encode_to_vec()));
     }
-    store.ledger_put_certified(&entry.origin, entry.seq, &c.encode_to_vec())?;
-    info!(origin = %entry.origin, seq = entry.seq, "certified entry stored");
+    if !keep.is_empty() {
+        store.ledger_put_certified_many(&keep)?;
+        info!(entries = keep.len(), "certified entries stored");
+    }
     Ok(pb::PushReply {
-        stored: true,
-        detail: String::new(),
-        next_certified: entry.seq + 1,
+        stored: problem.is_empty(),
+        detail: problem,
+        next_certified: last_next,
     })
 }
 
@@ -271,11 +372,21 @@ mod tests {
             refusal(&vote(&store, &unknown)),
             pb::VoteRefusal::UnknownMember
         );
-        let ahead = sign_entry(&entry("gw", 1, [9; 32], b"b"), &w.gateway);
+        let ahead = sign_entry(&entry("gw", 2, [9; 32], b"c"), &w.gateway);
         assert_eq!(
             refusal(&vote(&store, &ahead)),
             pb::VoteRefusal::MissingPredecessor
         );
+        let unchained = sign_entry(&entry("gw", 1, [9; 32], b"b"), &w.gateway);
+        assert_eq!(
+            refusal(&vote(&store, &unchained)),
+            pb::VoteRefusal::WrongPrevious
+        );
+        // The next entry chained to the one it voted for gets a vote before that one is
+        // certified (pipelining: two quorums share an honest validator, so no fork is ever
+        // certified).
+        let chained = sign_entry(&entry("gw", 1, entry_hash(&first), b"b"), &w.gateway);
+        assert!(vote(&store, &chained).vote.is_some());
         let wrong_genesis = sign_entry(&entry("gw", 0, [9; 32], b"a"), &w.gateway);
         assert_eq!(
             refusal(&vote(&store, &wrong_genesis)),

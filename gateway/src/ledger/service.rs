@@ -18,6 +18,17 @@ use crate::store::Store;
 
 /// Certified entries streamed per read of the store.
 const FETCH_CHUNK: usize = 256;
+/// Most entries one SubmitBatch or PushBatch may carry.
+pub const MAX_BATCH: usize = 1024;
+
+fn batch_size(n: usize) -> Result<(), Status> {
+    if n > MAX_BATCH {
+        return Err(Status::invalid_argument(format!(
+            "{n} entries in one batch; at most {MAX_BATCH}"
+        )));
+    }
+    Ok(())
+}
 
 /// The service.
 pub struct LedgerService {
@@ -62,6 +73,40 @@ impl Ledger for LedgerService {
             self.key.clone(),
         );
         blocking(move || super::node::submit(&store, &members, &me, &key, &signed))
+            .await
+            .map(Response::new)
+    }
+
+    async fn submit_batch(
+        &self,
+        req: Request<pb::SignedEntries>,
+    ) -> Result<Response<pb::SubmitReplies>, Status> {
+        role_of(&req)?;
+        if self.role != LedgerRole::Validator {
+            return Err(Status::failed_precondition("this node is not a validator"));
+        }
+        let entries = req.into_inner().entries;
+        batch_size(entries.len())?;
+        let (store, members, me, key) = (
+            self.store.clone(),
+            self.members.clone(),
+            self.me.clone(),
+            self.key.clone(),
+        );
+        blocking(move || super::node::submit_batch(&store, &members, &me, &key, &entries))
+            .await
+            .map(|replies| Response::new(pb::SubmitReplies { replies }))
+    }
+
+    async fn push_batch(
+        &self,
+        req: Request<pb::CertifiedEntries>,
+    ) -> Result<Response<pb::PushReply>, Status> {
+        role_of(&req)?;
+        let entries = req.into_inner().entries;
+        batch_size(entries.len())?;
+        let (store, members) = (self.store.clone(), self.members.clone());
+        blocking(move || super::node::push_batch(&store, &members, &entries))
             .await
             .map(Response::new)
     }

@@ -161,6 +161,79 @@ impl Store {
         Ok(found)
     }
 
+    /// The hash this node voted for at (origin, seq), if it voted there.
+    pub fn ledger_voted(&self, origin: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let t = txn.open_table(VOTED).map_err(db)?;
+        Ok(t.get((origin, seq))
+            .map_err(db)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    /// [`Store::ledger_lock_vote`] for several places in one durable transaction.
+    pub fn ledger_lock_votes(
+        &self,
+        items: &[(String, u64, [u8; 32], Vec<u8>)],
+    ) -> Result<Vec<VoteLock>, StoreError> {
+        let txn = self.db.begin_write().map_err(db)?;
+        let mut out = Vec::with_capacity(items.len());
+        {
+            let mut voted = txn.open_table(VOTED).map_err(db)?;
+            let mut pending = txn.open_table(PENDING).map_err(db)?;
+            let certified = txn.open_table(CERTIFIED).map_err(db)?;
+            for (origin, seq, hash, signed) in items {
+                let (origin, seq) = (origin.as_str(), *seq);
+                let prior = voted
+                    .get((origin, seq))
+                    .map_err(db)?
+                    .map(|v| v.value().to_vec());
+                out.push(match prior {
+                    Some(h) if h == hash.as_slice() => VoteLock::Again,
+                    Some(_) => {
+                        let other = match pending.get((origin, seq)).map_err(db)? {
+                            Some(v) => v.value().to_vec(),
+                            None => certified
+                                .get((origin, seq))
+                                .map_err(db)?
+                                .and_then(|c| pb::CertifiedEntry::decode(c.value()).ok())
+                                .and_then(|c| c.entry)
+                                .map(|e| e.encode_to_vec())
+                                .unwrap_or_default(),
+                        };
+                        VoteLock::Other(other)
+                    }
+                    None => {
+                        voted.insert((origin, seq), hash.as_slice()).map_err(db)?;
+                        pending
+                            .insert((origin, seq), signed.as_slice())
+                            .map_err(db)?;
+                        VoteLock::Fresh
+                    }
+                });
+            }
+        }
+        txn.commit().map_err(db)?;
+        Ok(out)
+    }
+
+    /// Stores several certified entries (checked by the caller) in one transaction.
+    pub fn ledger_put_certified_many(
+        &self,
+        items: &[(String, u64, Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db)?;
+        {
+            let mut t = txn.open_table(CERTIFIED).map_err(db)?;
+            let mut p = txn.open_table(PENDING).map_err(db)?;
+            for (origin, seq, bytes) in items {
+                t.insert((origin.as_str(), *seq), bytes.as_slice())
+                    .map_err(db)?;
+                p.remove((origin.as_str(), *seq)).map_err(db)?;
+            }
+        }
+        txn.commit().map_err(db)
+    }
+
     /// Shuts `origin` out with its proof (kept once).
     pub fn ledger_shut_out(&self, origin: &str, proof: &[u8]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db)?;
@@ -187,10 +260,24 @@ impl Store {
 
     /// This node's own entries waiting for a certificate, in order.
     pub fn ledger_pending(&self, origin: &str) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.ledger_pending_first(origin, usize::MAX)
+    }
+
+    /// The first `max` of them (a certifier's window: reading a long backlog whole for
+    /// every window would make catching up quadratic).
+    pub fn ledger_pending_first(
+        &self,
+        origin: &str,
+        max: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let txn = self.db.begin_read().map_err(db)?;
         let t = txn.open_table(PENDING).map_err(db)?;
         let mut out = Vec::new();
-        for e in t.range((origin, 0)..=(origin, u64::MAX)).map_err(db)? {
+        for e in t
+            .range((origin, 0)..=(origin, u64::MAX))
+            .map_err(db)?
+            .take(max)
+        {
             let (k, v) = e.map_err(db)?;
             out.push((k.value().1, v.value().to_vec()));
         }
