@@ -195,3 +195,122 @@ async fn validators_certify_a_gateways_dr_claims_and_a_restarted_one_catches_up(
         assert_eq!(v.stop().await, Some(0));
     }
 }
+
+/// A client of validator `i` with the consortium's client certificate.
+async fn client_of(
+    v: &Validators,
+    i: usize,
+) -> gridgate_proto::v1::ledger_client::LedgerClient<tonic::transport::Channel> {
+    let pki = v.pki();
+    let channel = gridgate::tools::pull::connect(
+        &format!("https://localhost:{}", v.ports[i]),
+        Some(&pki.join("ca.pem")),
+        Some(&pki.join("client-validator.pem")),
+        Some(&pki.join("client-validator.key")),
+    )
+    .await
+    .expect("connect");
+    gridgate_proto::v1::ledger_client::LedgerClient::new(channel)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_equivocating_gateway_is_shut_out_and_forgeries_never_make_a_certificate() {
+    use gridgate::ledger::entry::{entry_hash, sign_entry, sign_vote};
+    use gridgate_proto::v1 as pb;
+    use prost::Message;
+
+    let validators = Validators::new(4);
+    let rogue_dir = tempfile::tempdir().expect("dir");
+    keygen(rogue_dir.path());
+    std::fs::create_dir_all(rogue_dir.path().join("operator")).expect("dir");
+    keygen(&rogue_dir.path().join("operator"));
+    let me = ("rogue", rogue_dir.path());
+    let mut running = Vec::new();
+    for i in 0..4 {
+        running.push(validators.start(i, me).await);
+    }
+    let rogue =
+        gridgate::batch::Identity::load(&rogue_dir.path().join("identity.key")).expect("key");
+    let stranger = gridgate::batch::Identity::generate().expect("key");
+    let entry = |seq: u64, prev: Vec<u8>, claim: &[u8]| pb::Entry {
+        origin: "rogue".into(),
+        seq,
+        prev_hash: prev,
+        timestamp_ms: 1,
+        kind: pb::EntryKind::PerformanceReport as i32,
+        payload: pb::SignedPerformanceReport {
+            report: claim.to_vec(),
+            signature: vec![0; 64],
+        }
+        .encode_to_vec(),
+    };
+    let refusal = |r: &pb::SubmitReply| pb::VoteRefusal::try_from(r.refusal).unwrap_or_default();
+
+    // Forgeries are refused with their reason at every validator.
+    let mut v0 = client_of(&validators, 0).await;
+    let forged = sign_entry(&entry(0, vec![0; 32], b"claim"), &stranger);
+    let r = v0.submit(forged).await.expect("submit").into_inner();
+    assert_eq!(refusal(&r), pb::VoteRefusal::BadSignature, "{r:?}");
+    let mut unknown = entry(0, vec![0; 32], b"claim");
+    unknown.origin = "nobody".into();
+    let r = v0
+        .submit(sign_entry(&unknown, &stranger))
+        .await
+        .expect("submit")
+        .into_inner();
+    assert_eq!(refusal(&r), pb::VoteRefusal::UnknownMember, "{r:?}");
+    let wrong_prev = sign_entry(&entry(0, vec![1; 32], b"claim"), &rogue);
+    let r = v0.submit(wrong_prev).await.expect("submit").into_inner();
+    assert_eq!(refusal(&r), pb::VoteRefusal::WrongPrevious, "{r:?}");
+
+    // The rogue signs two entries for its seq 0 and shows each to different validators.
+    let a = sign_entry(&entry(0, vec![0; 32], b"claim A"), &rogue);
+    let b = sign_entry(&entry(0, vec![0; 32], b"claim B"), &rogue);
+    let mut votes_a = Vec::new();
+    for i in 0..2 {
+        let r = client_of(&validators, i)
+            .await
+            .submit(a.clone())
+            .await
+            .expect("submit")
+            .into_inner();
+        votes_a.push(r.vote.expect("a vote for A"));
+    }
+    let r = client_of(&validators, 2)
+        .await
+        .submit(b.clone())
+        .await
+        .expect("submit")
+        .into_inner();
+    assert!(r.vote.is_some(), "v2 has not seen A: it votes for B");
+    // Validator 1 is shown B too: the pair is the proof, and the rogue is shut out there.
+    let mut v1 = client_of(&validators, 1).await;
+    let r = v1.submit(b.clone()).await.expect("submit").into_inner();
+    assert_eq!(refusal(&r), pb::VoteRefusal::Equivocation, "{r:?}");
+    let next = sign_entry(&entry(1, entry_hash(&a).to_vec(), b"more"), &rogue);
+    let r = v1.submit(next).await.expect("submit").into_inner();
+    assert_eq!(refusal(&r), pb::VoteRefusal::ShutOut, "{r:?}");
+
+    // Two votes are not a certificate, nor are two votes and a forged third (signed by the
+    // rogue, not a validator): no validator stores it.
+    let forged_vote = sign_vote("v3", "rogue", 0, &entry_hash(&a), &rogue);
+    for votes in [
+        votes_a.clone(),
+        [votes_a.clone(), vec![forged_vote]].concat(),
+    ] {
+        let c = pb::CertifiedEntry {
+            entry: Some(a.clone()),
+            certificate: Some(pb::Certificate { votes }),
+        };
+        let r = client_of(&validators, 3)
+            .await
+            .push_certificate(c)
+            .await
+            .expect("push")
+            .into_inner();
+        assert!(!r.stored && r.detail.contains("valid votes"), "{r:?}");
+    }
+    for v in running {
+        assert_eq!(v.stop().await, Some(0));
+    }
+}
