@@ -97,6 +97,26 @@ async fn status_until(config: &Path, what: &str, done: impl Fn(&str) -> bool) ->
     }
 }
 
+/// `gridgate ledger settlement` for today (UTC) with the gateway's config; its output, once
+/// it exits 0 (the validators' statements agree).
+async fn settlement_today(config: &Path) -> String {
+    let today = humantime::format_rfc3339(std::time::SystemTime::now()).to_string();
+    let (code, out, err) = run_to_end(
+        &[
+            "ledger",
+            "settlement",
+            "--config",
+            &config.display().to_string(),
+            "--day",
+            &today[..10],
+        ],
+        WAIT,
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    out
+}
+
 /// `n` lines saying a validator holds `count` certified entries of `origin`, all checking.
 fn holds(out: &str, origin: &str, count: u64) -> usize {
     let line = format!("  {origin}: {count} certified entries");
@@ -158,20 +178,7 @@ async fn validators_certify_a_gateways_dr_claims_and_a_restarted_one_catches_up(
 
     // Every validator's replica gives the same settlement statement, and the gateway is
     // paid for both events.
-    let today = humantime::format_rfc3339(std::time::SystemTime::now()).to_string();
-    let (code, out, err) = run_to_end(
-        &[
-            "ledger",
-            "settlement",
-            "--config",
-            &gw_config.display().to_string(),
-            "--day",
-            &today[..10],
-        ],
-        WAIT,
-    )
-    .await;
-    assert_eq!(code, 0, "{out}{err}");
+    let out = settlement_today(&gw_config).await;
     let hashes: Vec<&str> = out
         .lines()
         .filter_map(|l| l.split(", statement ").nth(1))
@@ -310,6 +317,48 @@ async fn an_equivocating_gateway_is_shut_out_and_forgeries_never_make_a_certific
             .into_inner();
         assert!(!r.stored && r.detail.contains("valid votes"), "{r:?}");
     }
+    for v in running {
+        assert_eq!(v.stop().await, Some(0));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_cut_off_for_a_whole_event_gets_its_claim_certified_when_back() {
+    let validators = Validators::new(4);
+    let (_sims, site, config): (_, Site, String) = plant().await;
+    let d = site.dir.path().to_path_buf();
+    keygen(&d);
+    let me = ("plant", d.as_path());
+    // No validator is reachable during the event: the claim waits in the gateway's store.
+    let config = format!("{config}{}", validators.ledger_section("gateway", me));
+    let _gw = Gateway::start_logged(&d, &config).await;
+    wait_for_port(site.port).await;
+    let operator = site.path("operator/identity.key");
+    let watch = site.watch_until_reported("offline-1");
+    let event = event("offline-1", "operator", "load = \"pcs\"\nshed_kw = 27.5")
+        .replace("duration = \"15m\"", "duration = \"2s\"");
+    let (code, out) = site.send("offline-1", &operator, &event).await;
+    assert_eq!(code, 0, "{out}");
+    let (code, out, err) = watch.await.expect("watch");
+    assert_eq!(code, 0, "{out}{err}");
+
+    // The validators come back: the backlog (the event and the report) is certified late,
+    // and every replica settles it the same way.
+    let mut running = Vec::new();
+    for i in 0..4 {
+        running.push(validators.start(i, me).await);
+    }
+    let gw_config = d.join("gridgate.toml");
+    status_until(&gw_config, "the late claim on all four validators", |o| {
+        holds(o, "plant", 2) == 4
+    })
+    .await;
+    let out = settlement_today(&gw_config).await;
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("event operator offline-1 gateway plant")),
+        "{out}"
+    );
     for v in running {
         assert_eq!(v.stop().await, Some(0));
     }
