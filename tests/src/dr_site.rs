@@ -40,6 +40,44 @@ impl Site {
         self.dispatch("operator", &signed).await
     }
 
+    /// A new site directory with the gateway's site PKI and an operator key, for a gateway
+    /// on gRPC port `port` (a free one).
+    pub fn create() -> Site {
+        let site = Site {
+            dir: tempfile::tempdir().expect("dir"),
+            port: free_port(),
+        };
+        let d = site.dir.path();
+        gridgate::api::pki::make_site_pki(&d.join("pki"), "dr", &[]).expect("pki");
+        std::fs::create_dir_all(d.join("operator")).expect("dir");
+        keygen(&d.join("operator"));
+        site
+    }
+
+    /// What a config appends for this site: `[grpc]` on its port with its PKI, and `[dr]`
+    /// trusting its operator. `[[load]]`s follow.
+    pub fn grpc_and_dr(&self) -> String {
+        format!(
+            "{}\n[dr]\nissuers = [{{ name = \"operator\", public_key = \"{}\" }}]\n",
+            grpc_section(self.port, &self.dir.path().join("pki")),
+            self.path("operator/identity.pub")
+        )
+    }
+
+    /// `--endpoint`, `--ca`, `--cert` and `--key` for the client certificate of `role`.
+    fn gateway_args(&self, role: &str) -> Vec<String> {
+        vec![
+            "--endpoint".into(),
+            format!("https://localhost:{}", self.port),
+            "--ca".into(),
+            self.path("pki/ca.pem"),
+            "--cert".into(),
+            self.path(&format!("pki/client-{role}.pem")),
+            "--key".into(),
+            self.path(&format!("pki/client-{role}.key")),
+        ]
+    }
+
     /// Runs `gridgate dr ARGS` against the gateway with the client certificate of `role`.
     pub async fn dr(&self, role: &str, args: &[&str]) -> (i32, String) {
         self.dr_within(role, args, WAIT).await
@@ -47,22 +85,10 @@ impl Site {
 
     /// [`Site::dr`] for a command that may take up to `limit`.
     pub async fn dr_within(&self, role: &str, args: &[&str], limit: Duration) -> (i32, String) {
-        let endpoint = format!("https://localhost:{}", self.port);
-        let ca = self.path("pki/ca.pem");
-        let cert = self.path(&format!("pki/client-{role}.pem"));
-        let key = self.path(&format!("pki/client-{role}.key"));
+        let tls = self.gateway_args(role);
         let mut all = vec!["dr"];
         all.extend_from_slice(args);
-        all.extend_from_slice(&[
-            "--endpoint",
-            &endpoint,
-            "--ca",
-            &ca,
-            "--cert",
-            &cert,
-            "--key",
-            &key,
-        ]);
+        all.extend(tls.iter().map(String::as_str));
         let (code, out, err) = run_to_end(&all, limit).await;
         (code, format!("{out}{err}"))
     }
@@ -70,28 +96,13 @@ impl Site {
     /// Starts `gridgate dr watch --until-reported ID` (operator) in the background, so that
     /// it sees every change from now on; the handle gives its exit code, stdout and stderr.
     pub fn watch_until_reported(&self, id: &str) -> tokio::task::JoinHandle<(i32, String, String)> {
-        let endpoint = format!("https://localhost:{}", self.port);
-        let (ca, cert, key) = (
-            self.path("pki/ca.pem"),
-            self.path("pki/client-operator.pem"),
-            self.path("pki/client-operator.key"),
-        );
-        let id = id.to_string();
+        let mut args: Vec<String> = ["dr", "watch", "--until-reported", id]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        args.extend(self.gateway_args("operator"));
         tokio::spawn(async move {
-            let args = [
-                "dr",
-                "watch",
-                "--until-reported",
-                &id,
-                "--endpoint",
-                &endpoint,
-                "--ca",
-                &ca,
-                "--cert",
-                &cert,
-                "--key",
-                &key,
-            ];
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
             run_to_end(&args, Duration::from_secs(120)).await
         })
     }
@@ -152,24 +163,14 @@ devices = [{ unit = 1, rated_kw = 55.0 }, { unit = 2, rated_kw = 20.0 }]
 "#,
     )
     .await;
-    let site = Site {
-        dir: tempfile::tempdir().expect("dir"),
-        port: free_port(),
-    };
-    let d = site.dir.path();
-    gridgate::api::pki::make_site_pki(&d.join("pki"), "dr", &[]).expect("pki");
-    std::fs::create_dir_all(d.join("operator")).expect("dir");
-    keygen(&d.join("operator"));
+    let site = Site::create();
     let mut config = s.gateway_config("plant", "100ms").replace(
         "  { name = \"running\", table = \"discrete\", address = 0 },\n",
         "  { name = \"running\", table = \"discrete\", address = 0 },\n  { name = \"switch\", table = \"coil\", address = 0 },\n",
     );
-    config.push_str(&grpc_section(site.port, &d.join("pki")));
-    config.push_str(&format!(
+    config.push_str(&site.grpc_and_dr());
+    config.push_str(
         r#"
-[dr]
-issuers = [{{ name = "operator", public_key = "{}" }}]
-
 [[load]]
 name = "pcs"
 meter = "plant-unit1/active_power"
@@ -184,7 +185,6 @@ name = "pump"
 meter = "plant-unit2/active_power"
 control = "plant-unit2/switch"
 "#,
-        site.path("operator/identity.pub")
-    ));
+    );
     (s, site, config)
 }

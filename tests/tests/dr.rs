@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use gridgate_tests::dr_site::{Site, WAIT, event, keygen, plant, reads, switched, wait_for_port};
-use gridgate_tests::{Gateway, free_port, grpc_section, sims};
+use gridgate_tests::{Gateway, sims};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_events_are_accepted_once_and_everything_else_is_refused_with_its_reason() {
@@ -234,29 +234,19 @@ async fn an_event_sheds_two_loads_and_restores_them_even_across_a_kill_9() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dlt645_meter_is_tripped_by_remote_control_and_closed_at_the_end() {
     let s = sims(gridgate_tests::ONE_METER_SITE).await;
-    let site = Site {
-        dir: tempfile::tempdir().expect("dir"),
-        port: free_port(),
-    };
+    let site = Site::create();
     let d = site.dir.path();
-    gridgate::api::pki::make_site_pki(&d.join("pki"), "dr", &[]).expect("pki");
-    std::fs::create_dir_all(d.join("operator")).expect("dir");
-    keygen(&d.join("operator"));
     let mut config = s.gateway_config("room", "100ms");
-    config.push_str(&grpc_section(site.port, &d.join("pki")));
-    config.push_str(&format!(
+    config.push_str(&site.grpc_and_dr());
+    config.push_str(
         r#"
-[dr]
-issuers = [{{ name = "operator", public_key = "{}" }}]
-
 [[load]]
 name = "tenant"
 meter = "meter-1/active_power"
 control = "meter-1/relay"
 password = "02000000"
 "#,
-        site.path("operator/identity.pub")
-    ));
+    );
     let mut gw = Gateway::start_in(d, &config).await;
     wait_for_port(site.port).await;
     let operator = site.path("operator/identity.key");
@@ -678,21 +668,12 @@ devices = [{{ unit = 1, rated_kw = 11.0 }}]
         broker.port
     ))
     .await;
-    let site = Site {
-        dir: tempfile::tempdir().expect("dir"),
-        port: free_port(),
-    };
+    let site = Site::create();
     let d = site.dir.path();
-    gridgate::api::pki::make_site_pki(&d.join("pki"), "dr", &[]).expect("pki");
-    std::fs::create_dir_all(d.join("operator")).expect("dir");
-    keygen(&d.join("operator"));
     let mut config = s.gateway_config("three", "100ms");
-    config.push_str(&grpc_section(site.port, &d.join("pki")));
-    config.push_str(&format!(
+    config.push_str(&site.grpc_and_dr());
+    config.push_str(
         r#"
-[dr]
-issuers = [{{ name = "operator", public_key = "{}" }}]
-
 [[load]]
 name = "pcs"
 meter = "plant-unit1/active_power"
@@ -714,8 +695,7 @@ ack_topic = "field/unit1/ack"
 ack_timeout = "2s"
 rated_kw = 11.0
 "#,
-        site.path("operator/identity.pub")
-    ));
+    );
     let gw = Gateway::start_in(d, &config).await;
     wait_for_port(site.port).await;
     let (pcs, meter, charger) = (

@@ -334,7 +334,7 @@ pub async fn run(c: Certifier, cfg: LedgerConfig, cancel: CancellationToken) {
             }
         }
         let (st, me) = (c.store.clone(), c.me.clone());
-        let pending = blocking(move || st.ledger_pending(&me))
+        let pending = blocking(move || st.ledger_pending_first(&me, WINDOW))
             .await
             .unwrap_or_default();
         if pending.is_empty() {

@@ -117,50 +117,6 @@ impl Store {
         txn.commit().map_err(db)
     }
 
-    /// Records, durably, a vote for the entry `hash` at (origin, seq), unless this node voted
-    /// there before: then says whether for this entry or for another (and which).
-    pub fn ledger_lock_vote(
-        &self,
-        origin: &str,
-        seq: u64,
-        hash: &[u8; 32],
-        signed: &[u8],
-    ) -> Result<VoteLock, StoreError> {
-        let txn = self.db.begin_write().map_err(db)?;
-        let found = {
-            let mut voted = txn.open_table(VOTED).map_err(db)?;
-            let mut pending = txn.open_table(PENDING).map_err(db)?;
-            let prior = voted
-                .get((origin, seq))
-                .map_err(db)?
-                .map(|v| v.value().to_vec());
-            match prior {
-                Some(h) if h == hash.as_slice() => VoteLock::Again,
-                Some(_) => {
-                    let other = pending
-                        .get((origin, seq))
-                        .map_err(db)?
-                        .map(|v| v.value().to_vec())
-                        .or(self.ledger_certified(origin, seq)?.and_then(|c| {
-                            pb::CertifiedEntry::decode(c.as_slice())
-                                .ok()
-                                .and_then(|c| c.entry)
-                                .map(|e| e.encode_to_vec())
-                        }))
-                        .unwrap_or_default();
-                    VoteLock::Other(other)
-                }
-                None => {
-                    voted.insert((origin, seq), hash.as_slice()).map_err(db)?;
-                    pending.insert((origin, seq), signed).map_err(db)?;
-                    VoteLock::Fresh
-                }
-            }
-        };
-        txn.commit().map_err(db)?;
-        Ok(found)
-    }
-
     /// The hash this node voted for at (origin, seq), if it voted there.
     pub fn ledger_voted(&self, origin: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.db.begin_read().map_err(db)?;
@@ -170,7 +126,9 @@ impl Store {
             .map(|v| v.value().to_vec()))
     }
 
-    /// [`Store::ledger_lock_vote`] for several places in one durable transaction.
+    /// Records, durably, a vote for each (origin, seq, entry hash) in one transaction, unless
+    /// this node voted there before: then says whether for this entry or for another (and
+    /// which one).
     pub fn ledger_lock_votes(
         &self,
         items: &[(String, u64, [u8; 32], Vec<u8>)],

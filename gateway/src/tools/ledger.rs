@@ -84,13 +84,36 @@ async fn fetch_all(
     Ok(out)
 }
 
-async fn settlement(config: &std::path::Path, day: &str, out: &mut dyn Write) -> Result<ExitCode> {
-    let from = day_start_ms(day)?;
+/// The config's `[ledger]` and its membership with the keys read.
+fn consortium(
+    config: &std::path::Path,
+) -> Result<(crate::config::ledger::LedgerConfig, crate::ledger::Members)> {
     let cfg = crate::config::load(config)?;
     let Some(ledger) = cfg.ledger else {
         bail!("{} has no [ledger] table", config.display());
     };
     let members = crate::ledger::load_members(&ledger)?;
+    Ok((ledger, members))
+}
+
+/// A client of the validator at `endpoint`, with the config's TLS client identity.
+async fn validator(
+    ledger: &crate::config::ledger::LedgerConfig,
+    endpoint: &str,
+) -> Result<LedgerClient<tonic::transport::Channel>> {
+    let channel = super::pull::connect(
+        endpoint,
+        ledger.ca_file.as_ref(),
+        ledger.cert_file.as_ref(),
+        ledger.key_file.as_ref(),
+    )
+    .await?;
+    Ok(LedgerClient::new(channel))
+}
+
+async fn settlement(config: &std::path::Path, day: &str, out: &mut dyn Write) -> Result<ExitCode> {
+    let from = day_start_ms(day)?;
+    let (ledger, members) = consortium(config)?;
     let mut hashes: Vec<(String, String)> = Vec::new();
     let mut statement = None;
     for v in ledger.members.iter().filter(|m| m.role == "validator") {
@@ -98,14 +121,7 @@ async fn settlement(config: &std::path::Path, day: &str, out: &mut dyn Write) ->
             continue;
         };
         let got = async {
-            let channel = super::pull::connect(
-                endpoint,
-                ledger.ca_file.as_ref(),
-                ledger.cert_file.as_ref(),
-                ledger.key_file.as_ref(),
-            )
-            .await?;
-            let mut client = LedgerClient::new(channel);
+            let mut client = validator(&ledger, endpoint).await?;
             tokio::time::timeout(Duration::from_secs(30), fetch_all(&mut client, &members))
                 .await
                 .context("no answer within 30 s")?
@@ -149,11 +165,7 @@ async fn settlement(config: &std::path::Path, day: &str, out: &mut dyn Write) ->
 }
 
 async fn status(config: &std::path::Path, out: &mut dyn Write) -> Result<ExitCode> {
-    let cfg = crate::config::load(config)?;
-    let Some(ledger) = cfg.ledger else {
-        bail!("{} has no [ledger] table", config.display());
-    };
-    let members = crate::ledger::load_members(&ledger)?;
+    let (ledger, members) = consortium(config)?;
     let mut answered = 0;
     let mut faults = 0;
     for v in ledger.members.iter().filter(|m| m.role == "validator") {
@@ -161,21 +173,13 @@ async fn status(config: &std::path::Path, out: &mut dyn Write) -> Result<ExitCod
             writeln!(out, "validator {}: no endpoint in the config", v.id)?;
             continue;
         };
-        let channel = match super::pull::connect(
-            endpoint,
-            ledger.ca_file.as_ref(),
-            ledger.cert_file.as_ref(),
-            ledger.key_file.as_ref(),
-        )
-        .await
-        {
+        let mut client = match validator(&ledger, endpoint).await {
             Ok(c) => c,
             Err(e) => {
                 writeln!(out, "validator {}: unreachable ({e:#})", v.id)?;
                 continue;
             }
         };
-        let mut client = LedgerClient::new(channel);
         let heads =
             match tokio::time::timeout(Duration::from_secs(10), client.heads(pb::HeadsRequest {}))
                 .await
