@@ -60,6 +60,9 @@ pub enum DaemonError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The commissioning page would not start.
+    #[error(transparent)]
+    Web(#[from] crate::web::WebError),
     /// The gRPC API would not start.
     #[error(transparent)]
     Api(#[from] crate::api::ApiError),
@@ -284,6 +287,14 @@ pub struct Pipeline {
     ingest_part: Part,
     uplink_part: Part,
     api: Part,
+    web: Part,
+    /// The page's address, once it listens.
+    pub web_addr: Option<std::net::SocketAddr>,
+    /// Every point's last reading (the page).
+    pub latest: crate::web::latest::Latest,
+    /// Metrics updated where things happen.
+    pub instruments: Arc<crate::web::metrics::Instruments>,
+    started: std::time::Instant,
     /// Where pollers send readings (kept to start pollers after a reload).
     readings: mpsc::Sender<Vec<Reading>>,
     forwarder: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -396,6 +407,11 @@ impl Pipeline {
             ingest_part: Part::new(&cancel),
             uplink_part: Part::new(&cancel),
             api: Part::new(&cancel),
+            web: Part::new(&cancel),
+            web_addr: None,
+            latest: Default::default(),
+            instruments: Default::default(),
+            started: std::time::Instant::now(),
             relay: Part::new(&cancel),
             cancel,
             readings: tx,
@@ -422,6 +438,14 @@ impl Pipeline {
             p.start_bus(bus);
         }
         p.api = p.start_api(cfg).await?;
+        // The page's view of the last readings follows the live readings all the time, so
+        // that a page opened later shows values at once.
+        p.relay.tasks.spawn(crate::web::latest::follow(
+            p.latest.clone(),
+            p.live.subscribe(),
+            p.relay.cancel.clone(),
+        ));
+        p.web = p.start_web(cfg).await?;
         // Loads commanded over MQTT go through one client on the [ingest] broker; it
         // follows the config itself.
         let (commands, command_rx) = mpsc::channel(acquire::mqtt_command::COMMAND_QUEUE);
@@ -443,6 +467,7 @@ impl Pipeline {
                 identity: report_identity,
                 updates: p.dr_updates.clone(),
                 live: p.live.subscribe(),
+                instruments: p.instruments.clone(),
             },
             p.relay.cancel.clone(),
         ));
@@ -574,6 +599,41 @@ impl Pipeline {
         Ok(part)
     }
 
+    async fn start_web(&mut self, cfg: &GatewayConfig) -> Result<Part, DaemonError> {
+        let mut part = Part::new(&self.cancel);
+        self.web_addr = None;
+        let Some(w) = &cfg.web else {
+            return Ok(part);
+        };
+        let state = crate::web::WebState {
+            config: self.config.subscribe(),
+            store: self.store.clone(),
+            registry: self.registry.clone(),
+            latest: self.latest.clone(),
+            uplink: self.uplink.clone(),
+            ingest: self.ingest.clone(),
+            dr: self.dr.clone(),
+            controls: self.controls.clone(),
+            dr_wake: self.dr_wake.clone(),
+            dr_records: self.dr_records.clone(),
+            public_key: self.public_key,
+            instruments: self.instruments.clone(),
+            started: self.started,
+            gate: crate::web::auth::Gate::load(w).map_err(crate::web::WebError::from)?,
+        };
+        let (tasks, addr) = crate::web::start(w, state, part.cancel.clone()).await?;
+        part.tasks = tasks;
+        self.web_addr = Some(addr);
+        Ok(part)
+    }
+
+    async fn restart_web(&mut self, cfg: &GatewayConfig) -> Result<(), DaemonError> {
+        let part = std::mem::replace(&mut self.web, Part::new(&self.cancel));
+        part.stop().await;
+        self.web = self.start_web(cfg).await?;
+        Ok(())
+    }
+
     /// The config in force.
     pub fn config(&self) -> Arc<GatewayConfig> {
         self.config.borrow().clone()
@@ -621,6 +681,26 @@ impl Pipeline {
                 return Err(part_failed("gRPC API", e));
             }
             restarted.push("gRPC API".to_string());
+        }
+
+        if old.web != new.web {
+            if let Err(e) = self.restart_web(&new).await {
+                if let Err(e) = self.restart_web(&old).await {
+                    error!(
+                        "commissioning page would not start again on the old config either: {e}"
+                    );
+                }
+                if restarted.iter().any(|r| r == "gRPC API")
+                    && let Err(e) = self.restart_api(&old).await
+                {
+                    error!("gRPC API would not start again on the old config either: {e}");
+                }
+                if ingest_changed {
+                    self.restart_ingest_or_log(&old).await;
+                }
+                return Err(part_failed("commissioning page", e));
+            }
+            restarted.push("commissioning page".to_string());
         }
 
         // Buses: stop the removed and the changed, start the changed and the added.
@@ -734,6 +814,7 @@ impl Pipeline {
         self.uplink_part.stop().await;
         tracing::debug!("mqtt stopped");
         self.api.stop().await;
+        self.web.stop().await;
         // The forwarder ends when the last sender of readings is gone.
         drop(self.readings);
         let echoed = self.forwarder.await;
@@ -975,6 +1056,19 @@ topic = "gridgate/demo-site/batches"
     ));
     let grpc_port = free_port()?;
     text.push_str(&crate::dr::demo::prepare(work, grpc_port)?);
+    // The commissioning page, on 8080 when that is free: read-only views need nothing on
+    // this machine, write actions the admin credential made here.
+    let web_port = std::net::TcpListener::bind("127.0.0.1:8080")
+        .map(drop)
+        .map_or_else(|_| free_port(), |_| Ok(8080))?;
+    let token_file = work.join("web-admin.token");
+    let token =
+        crate::web::auth::new_token().map_err(|e| DaemonError::Sink(std::io::Error::other(e)))?;
+    std::fs::write(&token_file, &token)?;
+    text.push_str(&format!(
+        "\n[web]\nlisten = \"127.0.0.1:{web_port}\"\nadmin_token_file = \"{}\"\nanonymous_read = true\n",
+        token_file.display()
+    ));
     let cfg = crate::config::parse(&text, Path::new("<demo config>"))?;
     let identity = Identity::generate()?;
     let _ = writeln!(
@@ -996,8 +1090,14 @@ topic = "gridgate/demo-site/batches"
             l.name, l.protocol, l.link
         );
     }
-    let _ = writeln!(status);
     let pipeline = Pipeline::start(&cfg, identity, Some(echo)).await?;
+    if let Some(addr) = pipeline.web_addr {
+        let _ = writeln!(
+            status,
+            "  commissioning page: http://{addr}/  (admin credential for test reads and overrides: {token})\n  metrics: http://{addr}/metrics"
+        );
+    }
+    let _ = writeln!(status);
     let sensor = tokio::spawn(sim::mqtt_sensor(
         "127.0.0.1".into(),
         port,

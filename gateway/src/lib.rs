@@ -19,3 +19,4 @@ pub mod service;
 pub mod store;
 pub mod tools;
 pub mod uplink;
+pub mod web;

@@ -84,6 +84,19 @@ enum Command {
     /// The consortium ledger: what the validators hold, checked.
     #[command(subcommand)]
     Ledger(tools::ledger::LedgerCommand),
+    /// The running gateway on one screen: devices, buses, store, uplink, DR, ledger.
+    ///
+    /// Asks the gateway's commissioning page ([web]) with the credential its config names;
+    /// exit 2 when a device is offline. Example: gridgate status -c /etc/gridgate/gridgate.toml
+    Status(tools::status::StatusArgs),
+    /// Make a credential for the commissioning page (32 random bytes as hex, owner-only).
+    ///
+    /// Example: gridgate web-token --out /etc/gridgate/web-admin.token
+    WebToken {
+        /// File to write (never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Check a gateway's whole chain of signed batches offline.
     ///
     /// Prints the count of batches and readings and the first fault found; exit 1 on a fault.
@@ -328,6 +341,8 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Pull(args) => tools::pull::run(args, &mut stdout).await,
         Command::Dr(cmd) => tools::dr::run(cmd, &mut stdout).await,
         Command::Ledger(cmd) => tools::ledger::run(cmd, &mut stdout).await,
+        Command::Status(args) => tools::status::run(args, &mut stdout).await,
+        Command::WebToken { out } => tools::status::make_token(&out, &mut stdout),
         Command::Keygen {
             out,
             pki,

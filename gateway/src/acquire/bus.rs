@@ -11,7 +11,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::control::{ControlError, ControlOutcome, ControlRequest, write_dlt645, write_modbus};
+use super::control::{
+    BusRequest, ControlError, ControlOutcome, ControlRequest, write_dlt645, write_modbus,
+};
 use super::reading::{Quality, Reading, Value, now_ms};
 use super::state::DeviceRegistry;
 use crate::config::{BusConfig, BusTiming, DeviceConfig, DeviceKind, PointSource, Protocol};
@@ -116,7 +118,7 @@ pub struct BusPoller {
     reopen_at: Option<Instant>,
     reopen_backoff: Duration,
     registry: DeviceRegistry,
-    controls: Option<mpsc::Receiver<ControlRequest>>,
+    controls: Option<mpsc::Receiver<BusRequest>>,
 }
 
 const REOPEN_FIRST: Duration = Duration::from_millis(500);
@@ -154,12 +156,12 @@ impl BusPoller {
     }
 
     /// Also carries out the writes sent to `rx`, between polls.
-    pub fn with_controls(mut self, rx: mpsc::Receiver<ControlRequest>) -> Self {
+    pub fn with_controls(mut self, rx: mpsc::Receiver<BusRequest>) -> Self {
         self.controls = Some(rx);
         self
     }
 
-    async fn next_control(&mut self) -> Option<ControlRequest> {
+    async fn next_control(&mut self) -> Option<BusRequest> {
         match &mut self.controls {
             Some(rx) => rx.recv().await,
             None => std::future::pending().await,
@@ -213,11 +215,29 @@ impl BusPoller {
                 biased;
                 _ = cancel.cancelled() => break,
                 Some(req) = self.next_control() => {
-                    let outcome = self.control(&req).await;
-                    if let Err(e) = &outcome {
-                        warn!(bus = %self.bus.name, "control write failed: {e}");
+                    match req {
+                        BusRequest::Write(req) => {
+                            let outcome = self.control(&req).await;
+                            if let Err(e) = &outcome {
+                                warn!(bus = %self.bus.name, "control write failed: {e}");
+                            }
+                            let _ = req.reply.send(outcome);
+                        }
+                        BusRequest::Poll(req) => {
+                            let Some(idx) = self.devices.iter().position(|d| d.cfg.name == req.device) else {
+                                let _ = req.reply.send(Err(ControlError::Unknown(req.device)));
+                                continue;
+                            };
+                            let readings = tokio::select! {
+                                _ = cancel.cancelled() => break,
+                                r = self.poll(idx) => r,
+                            };
+                            let _ = req.reply.send(Ok(readings.clone()));
+                            if out.send(readings).await.is_err() {
+                                break;
+                            }
+                        }
                     }
-                    let _ = req.reply.send(outcome);
                     continue;
                 }
                 _ = tokio::time::sleep_until(due) => {}

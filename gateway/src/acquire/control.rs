@@ -38,6 +38,25 @@ pub struct ControlRequest {
     pub reply: oneshot::Sender<Result<ControlOutcome, ControlError>>,
 }
 
+/// A one-off poll of a device (a field engineer's test read), done by its bus task between
+/// polls like a write; the readings are stored like any poll's.
+#[derive(Debug)]
+pub struct PollRequest {
+    /// Device name.
+    pub device: String,
+    /// Where the readings go.
+    pub reply: oneshot::Sender<Result<Vec<super::Reading>, ControlError>>,
+}
+
+/// What a bus task is asked to do between its polls.
+#[derive(Debug)]
+pub enum BusRequest {
+    /// Write a control point.
+    Write(ControlRequest),
+    /// Poll a device now.
+    Poll(PollRequest),
+}
+
 /// A confirmed write.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ControlOutcome {
@@ -89,7 +108,7 @@ pub struct Controls(Arc<Mutex<ControlMap>>);
 
 #[derive(Debug, Default)]
 struct ControlMap {
-    buses: BTreeMap<String, mpsc::Sender<ControlRequest>>,
+    buses: BTreeMap<String, mpsc::Sender<BusRequest>>,
     device_bus: BTreeMap<String, String>,
     /// The MQTT commander, for loads commanded over MQTT.
     mqtt: Option<mpsc::Sender<CommandRequest>>,
@@ -102,7 +121,7 @@ impl Controls {
     }
 
     /// Registers a bus task's queue and its devices.
-    pub fn attach(&self, bus: &str, devices: &[DeviceConfig], tx: mpsc::Sender<ControlRequest>) {
+    pub fn attach(&self, bus: &str, devices: &[DeviceConfig], tx: mpsc::Sender<BusRequest>) {
         let mut m = self.lock();
         m.device_bus.retain(|_, b| b != bus);
         for d in devices {
@@ -156,6 +175,40 @@ impl Controls {
         }
     }
 
+    /// Polls a device now through its bus task, waiting at most `within` (the line may be
+    /// busy with a device that does not answer).
+    pub async fn poll_now(
+        &self,
+        device: &str,
+        within: Duration,
+    ) -> Result<Vec<super::Reading>, ControlError> {
+        let tx = {
+            let m = self.lock();
+            let bus = m
+                .device_bus
+                .get(device)
+                .ok_or_else(|| ControlError::Unknown(device.to_string()))?;
+            m.buses
+                .get(bus)
+                .cloned()
+                .ok_or_else(|| ControlError::BusGone(device.to_string()))?
+        };
+        let (reply, rx) = oneshot::channel();
+        let gone = || ControlError::BusGone(device.to_string());
+        let asked = async {
+            tx.send(BusRequest::Poll(PollRequest {
+                device: device.to_string(),
+                reply,
+            }))
+            .await
+            .map_err(|_| gone())?;
+            rx.await.map_err(|_| gone())?
+        };
+        tokio::time::timeout(within, asked)
+            .await
+            .unwrap_or_else(|_| Err(ControlError::Timeout(device.to_string(), within)))
+    }
+
     /// Writes `value` to a device's point and waits (at most `within`) for the read-back.
     async fn write_point(
         &self,
@@ -185,7 +238,7 @@ impl Controls {
             reply,
         };
         let asked = async {
-            tx.send(req)
+            tx.send(BusRequest::Write(req))
                 .await
                 .map_err(|_| ControlError::BusGone(name.clone()))?;
             rx.await.map_err(|_| ControlError::BusGone(name.clone()))?

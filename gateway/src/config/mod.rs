@@ -8,6 +8,7 @@ pub mod dr;
 pub mod ledger;
 mod raw;
 pub mod services;
+pub mod web;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -128,6 +129,8 @@ pub struct GatewayConfig {
     pub loads: Vec<LoadConfig>,
     /// The consortium ledger.
     pub ledger: Option<ledger::LedgerConfig>,
+    /// The commissioning page and `/metrics`.
+    pub web: Option<web::WebConfig>,
 }
 
 impl GatewayConfig {
@@ -521,6 +524,7 @@ impl Checker<'_> {
         let mqtt_broker = ingest.as_ref().is_some_and(|i| i.broker.is_some());
         let loads = self.check_loads(&raw.load, &points, &writable, mqtt_broker);
         let ledger = self.check_ledger(raw.ledger.as_ref(), &id);
+        let web = self.check_web(raw.web.as_ref());
         GatewayConfig {
             id,
             data_dir,
@@ -534,6 +538,7 @@ impl Checker<'_> {
             dr,
             loads,
             ledger,
+            web,
         }
     }
 

@@ -33,6 +33,8 @@ pub struct RawConfig {
     pub load: Vec<super::dr::RawLoad>,
     /// `[ledger]`
     pub ledger: Option<super::ledger::RawLedger>,
+    /// `[web]`
+    pub web: Option<Spanned<super::web::RawWeb>>,
 }
 
 /// `[grpc]`

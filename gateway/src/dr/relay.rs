@@ -90,6 +90,8 @@ pub struct Relay {
     pub updates: Updates,
     /// Every reading acquired (for the loads' local override switches).
     pub live: broadcast::Receiver<Arc<Reading>>,
+    /// Acknowledgement latencies go to /metrics.
+    pub instruments: Arc<crate::web::metrics::Instruments>,
 }
 
 /// Why a write was asked.
@@ -123,6 +125,7 @@ struct Pacing {
     /// Local override switches: point → on.
     switches: BTreeMap<String, bool>,
     done: mpsc::UnboundedSender<Done>,
+    instruments: Arc<crate::web::metrics::Instruments>,
 }
 
 /// Runs the relay until `cancel` fires.
@@ -136,6 +139,7 @@ pub async fn run(relay: Relay, cancel: CancellationToken) {
         identity,
         updates,
         mut live,
+        instruments,
     } = relay;
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut pacing = Pacing {
@@ -143,6 +147,7 @@ pub async fn run(relay: Relay, cancel: CancellationToken) {
         retry_at: BTreeMap::new(),
         switches: BTreeMap::new(),
         done: done_tx,
+        instruments,
     };
     let mut pruned_at: Option<Instant> = None;
     // The first pass looks at every event (a store from before the open set existed, or
@@ -300,6 +305,7 @@ fn apply_one(status: &mut pb::EventStatus, id: &str, pacing: &mut Pacing, done: 
             ls.state = pb::LoadState::Acknowledged as i32;
             ls.acknowledged_ms = done.at_ms;
             ls.latency_ms = done.at_ms - ls.due_ms.max(start_ms);
+            pacing.instruments.dr_acknowledged(&ls.load, ls.latency_ms);
             info!(event = %id, load = %ls.load, target = ls.target, latency_ms = ls.latency_ms, "load at its DR target");
         }
         (Purpose::Drive, Err(e)) => {

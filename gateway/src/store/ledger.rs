@@ -221,6 +221,29 @@ impl Store {
         self.ledger_pending_first(origin, usize::MAX)
     }
 
+    /// How many of them there are (they are contiguous: from the first not certified to
+    /// the last appended), without reading them.
+    pub fn ledger_pending_count(&self, origin: &str) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let t = txn.open_table(PENDING).map_err(db)?;
+        let mut range = t.range((origin, 0)..=(origin, u64::MAX)).map_err(db)?;
+        let first = range
+            .next()
+            .transpose()
+            .map_err(db)?
+            .map(|(k, _)| k.value().1);
+        let last = range
+            .next_back()
+            .transpose()
+            .map_err(db)?
+            .map(|(k, _)| k.value().1);
+        Ok(match (first, last) {
+            (Some(f), Some(l)) => l - f + 1,
+            (Some(_), None) => 1,
+            _ => 0,
+        })
+    }
+
     /// The first `max` of them (a certifier's window: reading a long backlog whole for
     /// every window would make catching up quadratic).
     pub fn ledger_pending_first(

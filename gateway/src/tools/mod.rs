@@ -6,4 +6,5 @@ pub mod pull;
 pub mod read;
 pub mod scan;
 pub mod sim;
+pub mod status;
 pub mod verify;

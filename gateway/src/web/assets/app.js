@@ -1,0 +1,222 @@
+// The commissioning page: reads the gateway's JSON API every two seconds and draws it.
+// No framework and nothing fetched from elsewhere: the site has no internet.
+"use strict";
+
+const PAGE = 50;
+const state = { tab: "overview", offset: 0, filter: "", selected: null, overview: null, timer: null };
+
+const $ = (sel) => document.querySelector(sel);
+
+function token() { return sessionStorage.getItem("gridgate-token") || ""; }
+
+function el(tag, text, cls) {
+  const e = document.createElement(tag);
+  if (text !== undefined && text !== null) e.textContent = String(text);
+  if (cls) e.className = cls;
+  return e;
+}
+
+function row(cells, attrs) {
+  const tr = document.createElement("tr");
+  for (const c of cells) {
+    const td = document.createElement("td");
+    if (c instanceof Node) td.appendChild(c); else if (c && typeof c === "object") { td.textContent = c.text; td.className = c.cls || ""; } else td.textContent = c === undefined || c === null ? "" : String(c);
+    tr.appendChild(td);
+  }
+  for (const [k, v] of Object.entries(attrs || {})) tr.setAttribute(k, v);
+  return tr;
+}
+
+function say(text, isError) {
+  const m = $("#message");
+  m.textContent = text || "";
+  m.className = isError ? "error" : "";
+}
+
+function age(ms) {
+  if (ms === null || ms === undefined) return "never";
+  const s = Math.max(0, Math.round(ms / 1000));
+  if (s < 60) return s + " s ago";
+  if (s < 3600) return Math.round(s / 60) + " min ago";
+  return Math.round(s / 3600) + " h ago";
+}
+
+function utc(ms) { return ms ? new Date(ms).toISOString().replace("T", " ").slice(0, 19) : ""; }
+
+async function api(path, options) {
+  const headers = Object.assign({}, (options && options.headers) || {});
+  if (token()) headers["Authorization"] = "Bearer " + token();
+  const res = await fetch(path, Object.assign({}, options || {}, { headers }));
+  let body = null;
+  try { body = await res.json(); } catch (_) { body = null; }
+  if (res.status === 401) { showLogin(body && body.error); throw new Error("credential needed"); }
+  if (!res.ok) throw new Error((body && body.error) || (res.status + " " + res.statusText));
+  return body;
+}
+
+function showLogin(why) {
+  $("#login").hidden = false;
+  $("#main").hidden = true;
+  if (why) say(token() ? "That credential was refused: " + why : why, !!token());
+}
+
+function kv(target, pairs) {
+  const box = $(target);
+  box.replaceChildren();
+  for (const [k, v, cls] of pairs) {
+    const d = el("div");
+    d.appendChild(el("span", k, "muted"));
+    d.appendChild(el("span", v, cls));
+    box.appendChild(d);
+  }
+}
+
+function drawOverview(o) {
+  state.overview = o;
+  $("#gw-id").textContent = o.gateway.id;
+  $("#identity").textContent = "key " + o.gateway.public_key + " · v" + o.gateway.version + " · up " + Math.round(o.gateway.uptime_s / 60) + " min";
+  $("#access").textContent = o.access === "admin" ? "admin" : (o.writes_enabled ? "read-only (log in as admin to act)" : "read-only");
+  $("#access").dataset.access = o.access;
+  kv("#ov-devices", [["in all", o.devices.total], ["online", o.devices.online, "online"], ["offline", o.devices.offline, o.devices.offline ? "offline" : ""]]);
+  kv("#ov-store", [["readings stored", o.store.readings_stored], ["next batch", o.store.next_batch], ["open readings", o.store.open_readings],
+    ["size", (o.store.bytes / 1048576).toFixed(1) + " of " + (o.store.budget_bytes / 1048576).toFixed(0) + " MiB"],
+    ["dropped readings", o.store.dropped_readings, o.store.dropped_readings ? "bad" : ""]]);
+  kv("#ov-uplink", o.uplink ? [["broker", o.uplink.broker], ["acknowledged", o.uplink.acknowledged],
+    ["lag", o.uplink.lag_batches + " batch(es), " + o.uplink.lag_seconds + " s", o.uplink.lag_batches > 2 ? "bad" : "good"], ["connects", o.uplink.connects]]
+    : [["MQTT uplink", "none (gRPC pull only)"]]);
+  const ev = Object.entries(o.dr.events).map(([k, v]) => k.toLowerCase() + " " + v).join(", ") || "none";
+  kv("#ov-dr", [["loads", o.dr.loads], ["events", ev], ["overridden", o.dr.overrides.join(", ") || "none", o.dr.overrides.length ? "OVERRIDDEN" : ""]]);
+  kv("#ov-ledger", o.ledger ? [["role", o.ledger.role], ["pending own entries", o.ledger.pending, o.ledger.pending ? "waiting" : "good"],
+    ["certified", Object.entries(o.ledger.certified).map(([k, v]) => k + " " + v).join(", ") || "none"],
+    ["shut out", o.ledger.shut_out.join(", ") || "none", o.ledger.shut_out.length ? "bad" : ""]] : [["ledger", "not configured"]]);
+  const tb = $("#buses tbody");
+  tb.replaceChildren();
+  for (const b of o.buses) {
+    const kinds = Object.entries(b.errors_by_kind).map(([k, v]) => k + " " + v).join(", ");
+    tb.appendChild(row([b.name, b.protocol, b.link, b.devices, { text: b.online, cls: b.online < b.devices ? "offline" : "online" }, b.polls, b.errors, b.missed_polls, kinds], { "data-bus": b.name }));
+  }
+  $("#test-read").hidden = o.access !== "admin";
+}
+
+function valuesOf(d) {
+  return d.points.slice(0, 4).map((p) => (p.name.split("/").pop()) + " " + (p.value === null ? "—" : p.value) + (p.unit ? " " + p.unit : "")).join(", ") + (d.points.length > 4 ? ", …" : "");
+}
+
+function drawDevices(page) {
+  const tb = $("#devices tbody");
+  tb.replaceChildren();
+  for (const d of page.items) {
+    const tr = row([d.name, d.bus, { text: d.state, cls: d.state }, age(d.last_good_age_ms), d.errors, { text: valuesOf(d), cls: "values" }], { "data-device": d.name });
+    tr.addEventListener("click", () => { state.selected = d.name; $("#test-read-result").textContent = ""; refresh(); });
+    tb.appendChild(tr);
+  }
+  const last = Math.min(page.total, page.offset + page.items.length);
+  $("#page-info").textContent = (page.total ? page.offset + 1 : 0) + "–" + last + " of " + page.total;
+  $("#prev").disabled = page.offset === 0;
+  $("#next").disabled = last >= page.total;
+}
+
+function drawDevice(d) {
+  $("#device-detail").hidden = false;
+  $("#detail-name").textContent = d.name;
+  $("#detail-meta").textContent = d.protocol + " on " + d.bus + " · " + d.address + " · " + d.state + " · polls " + d.polls + " · errors " + d.errors;
+  const tb = $("#points tbody");
+  tb.replaceChildren();
+  for (const p of d.points) {
+    tb.appendChild(row([p.name, { text: p.value === null ? "—" : p.value, cls: "value" }, p.unit, { text: p.quality || "no reading yet", cls: p.quality === "good" ? "good" : (p.quality ? "bad" : "waiting") },
+      p.age_ms === null ? "" : age(p.age_ms), p.source + (p.error ? " · " + p.error : "")], { "data-point": p.name }));
+  }
+}
+
+function drawDr(v) {
+  const lt = $("#loads tbody");
+  lt.replaceChildren();
+  const admin = state.overview && state.overview.access === "admin";
+  for (const l of v.loads) {
+    const b = el("button", l.overridden ? "Clear override" : "Override");
+    b.hidden = !admin;
+    b.addEventListener("click", () => override(l.name, !l.overridden));
+    lt.appendChild(row([l.name, l.control, { text: l.overridden ? "yes: DR will not move it" : "no", cls: l.overridden ? "OVERRIDDEN" : "" }, b], { "data-load": l.name }));
+  }
+  const et = $("#events tbody");
+  et.replaceChildren();
+  for (const e of v.events) {
+    const loads = e.loads.map((l) => l.load + " " + l.state.toLowerCase() + (l.latency_ms ? " (" + l.latency_ms + " ms)" : "") + (l.last_error ? " — " + l.last_error : "")).join("; ");
+    et.appendChild(row([e.issuer + "/" + e.id, e.program, { text: e.state + (e.cancelled ? " (cancelled)" : ""), cls: e.state }, utc(e.start_ms), utc(e.end_ms), loads], { "data-event": e.id }));
+  }
+}
+
+async function refresh() {
+  try {
+    drawOverview(await api("/api/overview"));
+    $("#login").hidden = true;
+    $("#main").hidden = false;
+    if (state.tab === "devices") {
+      const q = new URLSearchParams({ q: state.filter, offset: state.offset, limit: PAGE });
+      drawDevices(await api("/api/devices?" + q));
+      if (state.selected) drawDevice(await api("/api/devices/" + encodeURIComponent(state.selected)));
+    }
+    if (state.tab === "dr") drawDr(await api("/api/dr"));
+    if ($("#message").className === "error" && $("#message").dataset.sticky !== "1") say("");
+  } catch (e) {
+    if (String(e.message) !== "credential needed") say("The gateway did not answer: " + e.message, true);
+  }
+}
+
+async function testRead() {
+  const name = state.selected;
+  if (!name) return;
+  const out = $("#test-read-result");
+  out.textContent = "reading " + name + "…";
+  try {
+    const r = await api("/api/devices/" + encodeURIComponent(name) + "/read", { method: "POST" });
+    out.textContent = "test read of " + r.device + " in " + r.took_ms + " ms:\n" +
+      r.readings.map((x) => x.point + " = " + (x.value === undefined ? "—" : x.value) + (x.unit ? " " + x.unit : "") + " [" + x.quality + "]" + (x.error ? " " + x.error : "")).join("\n");
+    out.dataset.done = "1";
+    refresh();
+  } catch (e) {
+    out.textContent = "test read refused or failed: " + e.message;
+    out.dataset.done = "0";
+  }
+}
+
+async function override(load, active) {
+  let reason = "";
+  if (active) {
+    reason = window.prompt("Why is " + load + " taken out of DR? (kept with the override)") || "";
+    if (!reason.trim()) return;
+  }
+  try {
+    await api("/api/loads/" + encodeURIComponent(load) + "/override", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ active, reason }),
+    });
+    say("override of " + load + (active ? " set" : " cleared"));
+    refresh();
+  } catch (e) { say("override refused or failed: " + e.message, true); }
+}
+
+function showTab(tab) {
+  state.tab = tab;
+  for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.tab === tab);
+  for (const s of document.querySelectorAll(".tab")) s.hidden = s.id !== "tab-" + tab;
+  refresh();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("#login-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    sessionStorage.setItem("gridgate-token", $("#token").value.trim());
+    $("#token").value = "";
+    say("");
+    refresh();
+  });
+  $("#logout").addEventListener("click", () => { sessionStorage.removeItem("gridgate-token"); refresh(); });
+  for (const a of document.querySelectorAll("nav a")) a.addEventListener("click", (ev) => { ev.preventDefault(); showTab(a.dataset.tab); history.replaceState(null, "", "#" + a.dataset.tab); });
+  $("#filter").addEventListener("input", () => { state.filter = $("#filter").value; state.offset = 0; refresh(); });
+  $("#prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - PAGE); refresh(); });
+  $("#next").addEventListener("click", () => { state.offset += PAGE; refresh(); });
+  $("#test-read").addEventListener("click", testRead);
+  const start = (location.hash || "#overview").slice(1);
+  showTab(["overview", "devices", "buses", "dr"].includes(start) ? start : "overview");
+  state.timer = setInterval(refresh, 2000);
+});

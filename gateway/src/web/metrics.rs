@@ -1,0 +1,452 @@
+//! `/metrics`: the gateway's counters and gauges in the Prometheus (OpenMetrics) text
+//! format, encoded by the Prometheus project's own client library.
+//!
+//! Most values are read at scrape time from where the stages already count (device states,
+//! store, uplink, ingest, DR, ledger), so nothing is counted twice and a scrape always sees
+//! the same numbers as the page. What has no counter elsewhere (acknowledgement latency of
+//! DR loads, the page's own actions) is an instrument here, updated where it happens.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use super::WebState;
+
+/// Label pairs.
+pub type Labels = Vec<(String, String)>;
+
+fn labels<const N: usize>(pairs: [(&str, &str); N]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms to about 16 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+/// Metrics updated where things happen.
+#[derive(Debug)]
+pub struct Instruments {
+    /// Time from a DR event's due moment to the load's confirmed write, by load.
+    pub dr_ack_latency: Family<Labels, Histogram, fn() -> Histogram>,
+    /// Write actions on the page, by action and outcome.
+    pub web_actions: Family<Labels, Counter>,
+    /// Requests refused for want of a credential, by what was asked.
+    pub web_refused: Family<Labels, Counter>,
+}
+
+impl Default for Instruments {
+    fn default() -> Self {
+        Instruments {
+            dr_ack_latency: Family::new_with_constructor(latency_histogram),
+            web_actions: Family::default(),
+            web_refused: Family::default(),
+        }
+    }
+}
+
+impl Instruments {
+    /// A DR load was confirmed at its target `latency_ms` after it was due.
+    pub fn dr_acknowledged(&self, load: &str, latency_ms: i64) {
+        self.dr_ack_latency
+            .get_or_create(&labels([("load", load)]))
+            .observe(latency_ms.max(0) as f64 / 1000.0);
+    }
+
+    /// A write action on the page ended with `outcome`.
+    pub fn action(&self, action: &str, outcome: &str) {
+        self.web_actions
+            .get_or_create(&labels([("action", action), ("outcome", outcome)]))
+            .inc();
+    }
+
+    /// A request was refused.
+    pub fn refused(&self, what: &str) {
+        self.web_refused
+            .get_or_create(&labels([("what", what)]))
+            .inc();
+    }
+}
+
+/// The registry a scrape encodes.
+#[derive(Debug)]
+pub struct Exporter {
+    registry: Registry,
+}
+
+impl Exporter {
+    /// The exporter of `state`'s metrics.
+    pub fn new(state: Arc<WebState>) -> Exporter {
+        let mut registry = Registry::default();
+        let i = state.instruments.clone();
+        registry.register(
+            "gridgate_dr_load_ack_latency_seconds",
+            "Time from a DR event's due moment to the load's confirmed write",
+            i.dr_ack_latency.clone(),
+        );
+        registry.register(
+            "gridgate_web_actions",
+            "Write actions on the commissioning page, by action and outcome",
+            i.web_actions.clone(),
+        );
+        registry.register(
+            "gridgate_web_refused",
+            "Page and /metrics requests refused for want of a credential",
+            i.web_refused.clone(),
+        );
+        registry.register_collector(Box::new(Scrape(state)));
+        Exporter { registry }
+    }
+
+    /// The exposition text.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// Content type of the exposition.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Reads the stages' own counters at scrape time.
+struct Scrape(Arc<WebState>);
+
+impl std::fmt::Debug for Scrape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Scrape")
+    }
+}
+
+/// One metric family, its samples by label set.
+struct Fam {
+    name: &'static str,
+    help: &'static str,
+    kind: MetricType,
+    samples: Vec<(Labels, f64)>,
+}
+
+impl Fam {
+    fn new(name: &'static str, help: &'static str, kind: MetricType) -> Fam {
+        Fam {
+            name,
+            help,
+            kind,
+            samples: Vec::new(),
+        }
+    }
+
+    fn one(name: &'static str, help: &'static str, kind: MetricType, v: f64) -> Fam {
+        let mut f = Fam::new(name, help, kind);
+        f.samples.push((Vec::new(), v));
+        f
+    }
+
+    fn add(&mut self, l: Labels, v: f64) {
+        self.samples.push((l, v));
+    }
+
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counter = matches!(self.kind, MetricType::Counter);
+        let mut m = encoder.encode_descriptor(self.name, self.help, None, self.kind)?;
+        if let [(l, v)] = self.samples.as_slice()
+            && l.is_empty()
+        {
+            return if counter {
+                ConstCounter::new(*v as u64).encode(m)
+            } else {
+                ConstGauge::new(*v).encode(m)
+            };
+        }
+        for (l, v) in &self.samples {
+            let fam = m.encode_family(l)?;
+            if counter {
+                ConstCounter::new(*v as u64).encode(fam)?;
+            } else {
+                ConstGauge::new(*v).encode(fam)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+const COUNTER: MetricType = MetricType::Counter;
+const GAUGE: MetricType = MetricType::Gauge;
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for f in self.families() {
+            f.encode(&mut encoder)?;
+        }
+        Ok(())
+    }
+}
+
+impl Scrape {
+    fn families(&self) -> Vec<Fam> {
+        let s = &self.0;
+        let cfg = s.config.borrow().clone();
+        let mut out = Vec::new();
+
+        // Acquisition, per polled device.
+        let snap = s.registry.snapshot();
+        let mut polls = Fam::new("gridgate_polls", "Polls of a device", COUNTER);
+        let mut missed = Fam::new(
+            "gridgate_poll_slots_missed",
+            "Poll slots skipped because the line was busy",
+            COUNTER,
+        );
+        let mut acquired = Fam::new(
+            "gridgate_readings_acquired",
+            "Readings taken from a device, good or not",
+            COUNTER,
+        );
+        let mut errors = Fam::new(
+            "gridgate_read_errors",
+            "Readings that were not good, by kind (timeout, crc, exception, meter_error, decode_error, offline, link_down)",
+            COUNTER,
+        );
+        let mut online = Fam::new("gridgate_device_online", "1 while a device answers", GAUGE);
+        let mut last_good = Fam::new(
+            "gridgate_device_last_good_timestamp_seconds",
+            "When a device's last good reading was taken (Unix time)",
+            GAUGE,
+        );
+        for (name, d) in &snap {
+            let dev = labels([("device", name), ("bus", &d.bus)]);
+            polls.add(dev.clone(), d.polls as f64);
+            missed.add(dev.clone(), d.missed_polls as f64);
+            acquired.add(dev.clone(), d.readings.values().sum::<u64>() as f64);
+            online.add(dev.clone(), f64::from(u8::from(d.online)));
+            if let Some(t) = d.last_good_ms {
+                last_good.add(dev.clone(), t as f64 / 1000.0);
+            }
+            for (kind, n) in d.readings.iter().filter(|(k, _)| **k != "good") {
+                errors.add(
+                    labels([("device", name), ("bus", &d.bus), ("kind", kind)]),
+                    *n as f64,
+                );
+            }
+        }
+        out.extend([polls, missed, acquired, errors, online, last_good]);
+
+        // MQTT field devices.
+        if cfg.ingest.is_some() {
+            out.push(Fam::one(
+                "gridgate_mqtt_messages",
+                "MQTT messages received from field devices",
+                COUNTER,
+                s.ingest.messages.load(Ordering::Relaxed) as f64,
+            ));
+            out.push(Fam::one(
+                "gridgate_mqtt_readings",
+                "Readings stored from MQTT field devices",
+                COUNTER,
+                s.ingest.readings.load(Ordering::Relaxed) as f64,
+            ));
+            let mut refused = Fam::new(
+                "gridgate_mqtt_refused",
+                "MQTT messages refused, by reason",
+                COUNTER,
+            );
+            refused.add(
+                labels([("reason", "unknown_topic")]),
+                s.ingest.unknown_topic.load(Ordering::Relaxed) as f64,
+            );
+            if let Ok(m) = s.ingest.malformed.lock() {
+                for (reason, n) in m.iter() {
+                    refused.add(labels([("reason", reason)]), *n as f64);
+                }
+            }
+            out.push(refused);
+        }
+
+        // The store.
+        out.push(Fam::one(
+            "gridgate_readings_stored",
+            "Readings committed to the store since the gateway started",
+            COUNTER,
+            s.store.committed.load(Ordering::Relaxed) as f64,
+        ));
+        out.push(Fam::one(
+            "gridgate_store_budget_bytes",
+            "Disk budget of the store",
+            GAUGE,
+            cfg.store.budget as f64,
+        ));
+        let store = &s.store.store;
+        match store.stats() {
+            Ok(st) => {
+                out.push(Fam::one(
+                    "gridgate_batches_closed",
+                    "Signed batches closed (the next batch's sequence number)",
+                    COUNTER,
+                    st.next_seq as f64,
+                ));
+                out.push(Fam::one(
+                    "gridgate_store_size_bytes",
+                    "Bytes of stored batches and open readings",
+                    GAUGE,
+                    st.stored_bytes as f64,
+                ));
+                out.push(Fam::one(
+                    "gridgate_store_open_readings",
+                    "Readings waiting for the next batch",
+                    GAUGE,
+                    st.open_readings as f64,
+                ));
+                out.push(Fam::one(
+                    "gridgate_store_first_batch",
+                    "Oldest batch still stored",
+                    GAUGE,
+                    st.first_seq as f64,
+                ));
+                out.push(Fam::one(
+                    "gridgate_dropped_readings",
+                    "Readings dropped by the disk budget before every required consumer had them",
+                    COUNTER,
+                    st.dropped_readings as f64,
+                ));
+                out.push(Fam::one(
+                    "gridgate_dropped_batches",
+                    "Batches dropped by the disk budget",
+                    COUNTER,
+                    st.dropped_batches as f64,
+                ));
+                let mut cursor = Fam::new(
+                    "gridgate_consumer_cursor",
+                    "Next batch each consumer needs",
+                    GAUGE,
+                );
+                let mut lag = Fam::new(
+                    "gridgate_consumer_lag_batches",
+                    "Batches closed and not yet acknowledged by each consumer",
+                    GAUGE,
+                );
+                for (c, next) in store.cursors().unwrap_or_default() {
+                    cursor.add(labels([("consumer", &c)]), next as f64);
+                    lag.add(
+                        labels([("consumer", &c)]),
+                        st.next_seq.saturating_sub(next) as f64,
+                    );
+                }
+                out.extend([cursor, lag]);
+                if cfg.uplink.is_some() {
+                    let c = s.uplink.cursor.load(Ordering::Relaxed);
+                    out.push(Fam::one(
+                        "gridgate_uplink_lag_batches",
+                        "Batches closed and not yet acknowledged by the MQTT uplink",
+                        GAUGE,
+                        st.next_seq.saturating_sub(c) as f64,
+                    ));
+                    out.push(Fam::one(
+                        "gridgate_uplink_lag_seconds",
+                        "Age of the oldest batch the MQTT uplink has not had acknowledged",
+                        GAUGE,
+                        super::views::batch_age_s(store, c, st.next_seq).unwrap_or(0) as f64,
+                    ));
+                }
+            }
+            Err(e) => tracing::warn!("metrics: store unreadable: {e}"),
+        }
+        if cfg.uplink.is_some() {
+            for (name, help, v) in [
+                (
+                    "gridgate_uplink_published",
+                    "Batch publishes sent to the master station's broker (resends included)",
+                    &s.uplink.published,
+                ),
+                (
+                    "gridgate_uplink_acknowledged",
+                    "Batches the master station's broker acknowledged",
+                    &s.uplink.acknowledged,
+                ),
+                (
+                    "gridgate_uplink_connects",
+                    "Connections made to the master station's broker",
+                    &s.uplink.connects,
+                ),
+                (
+                    "gridgate_uplink_skipped",
+                    "Batches skipped because retention had already dropped them",
+                    &s.uplink.skipped,
+                ),
+            ] {
+                out.push(Fam::one(
+                    name,
+                    help,
+                    COUNTER,
+                    v.load(Ordering::Relaxed) as f64,
+                ));
+            }
+        }
+
+        // DR.
+        let mut dispatches = Fam::new(
+            "gridgate_dr_dispatches",
+            "DR events received, by outcome (accepted, or the refusal)",
+            COUNTER,
+        );
+        dispatches.add(
+            labels([("outcome", "accepted")]),
+            s.dr.accepted.load(Ordering::Relaxed) as f64,
+        );
+        if let Ok(m) = s.dr.refused.lock() {
+            for (kind, n) in m.iter() {
+                dispatches.add(labels([("outcome", kind)]), *n as f64);
+            }
+        }
+        out.push(dispatches);
+        if let Ok(d) = super::views::dr_summary(s) {
+            let mut events = Fam::new("gridgate_dr_events", "DR events stored, by state", GAUGE);
+            for state in ["SCHEDULED", "ACTIVE", "COMPLETED", "CANCELLED"] {
+                let n = d.events.get(state).copied().unwrap_or(0);
+                events.add(labels([("state", state)]), n as f64);
+            }
+            out.push(events);
+            out.push(Fam::one(
+                "gridgate_dr_overrides",
+                "Loads under manual override",
+                GAUGE,
+                d.overrides.len() as f64,
+            ));
+        }
+
+        // The ledger replica.
+        if cfg.ledger.is_some() {
+            let mut certified = Fam::new(
+                "gridgate_ledger_certified_entries",
+                "Certified ledger entries held, by origin",
+                GAUGE,
+            );
+            for (origin, next) in store.ledger_heads().unwrap_or_default() {
+                certified.add(labels([("origin", &origin)]), next as f64);
+            }
+            out.push(certified);
+            out.push(Fam::one(
+                "gridgate_ledger_pending_entries",
+                "This node's own ledger entries waiting for a certificate",
+                GAUGE,
+                store.ledger_pending_count(&cfg.id).unwrap_or(0) as f64,
+            ));
+            out.push(Fam::one(
+                "gridgate_ledger_shut_out_members",
+                "Members shut out for equivocation",
+                GAUGE,
+                store.ledger_shut_outs().map_or(0, |v| v.len()) as f64,
+            ));
+        }
+        out
+    }
+}

@@ -1,0 +1,617 @@
+//! The commissioning page and `/metrics`, served by the gateway itself (axum): what a field
+//! engineer sees on a laptop or phone in the meter room, and what Prometheus scrapes.
+//!
+//! The page is three files compiled into the binary (the site has no internet), reading a
+//! small JSON API ([`views`]); write actions (a test read, a manual override) need the
+//! admin credential and are logged and counted. HTTPS unless the page listens on loopback
+//! only (`config::web`).
+
+pub mod auth;
+pub mod latest;
+pub mod metrics;
+pub mod views;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::either::Either;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::acquire::{Controls, DeviceRegistry};
+use crate::config::GatewayConfig;
+use crate::config::web::WebConfig;
+use crate::dr::service::DrStats;
+use crate::ingest::IngestStats;
+use crate::store::writer::StoreHandle;
+use crate::uplink::UplinkStats;
+use auth::{Access, Gate};
+
+/// Why the page would not start.
+#[derive(Debug, Error)]
+pub enum WebError {
+    /// The address is taken or not ours.
+    #[error("[web] cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A credential file is unusable.
+    #[error(transparent)]
+    Token(#[from] auth::TokenError),
+    /// The HTTPS certificate or key is unusable.
+    #[error("[web] {0}")]
+    Tls(#[from] crate::mqtt::TlsError),
+}
+
+/// What the page reads and acts on: the running gateway's parts.
+pub struct WebState {
+    /// The config in force.
+    pub config: watch::Receiver<Arc<GatewayConfig>>,
+    /// The store.
+    pub store: StoreHandle,
+    /// Polled devices' states.
+    pub registry: DeviceRegistry,
+    /// Every point's last reading.
+    pub latest: latest::Latest,
+    /// Uplink counters.
+    pub uplink: Arc<UplinkStats>,
+    /// MQTT ingest counters.
+    pub ingest: Arc<IngestStats>,
+    /// DR dispatch counters.
+    pub dr: Arc<DrStats>,
+    /// Bus tasks (test reads).
+    pub controls: Controls,
+    /// Wakes the DR relay after an override changed.
+    pub dr_wake: Arc<Notify>,
+    /// Held for every change of DR records.
+    pub dr_records: Arc<tokio::sync::Mutex<()>>,
+    /// The gateway's public key.
+    pub public_key: [u8; 32],
+    /// Metrics updated where things happen.
+    pub instruments: Arc<metrics::Instruments>,
+    /// When the gateway started.
+    pub started: Instant,
+    /// The credentials in force.
+    pub gate: Gate,
+}
+
+#[derive(Clone)]
+struct App {
+    state: Arc<WebState>,
+    exporter: Arc<metrics::Exporter>,
+}
+
+/// Longest wait for a test read (the line may be busy with a silent device).
+const TEST_READ_WITHIN: Duration = Duration::from_secs(15);
+
+/// Reads the certificate, binds, and serves `state` (its credentials read with
+/// [`Gate::load`]) until `cancel` fires.
+/// Returns the serving task and the address bound.
+pub async fn start(
+    cfg: &WebConfig,
+    state: WebState,
+    cancel: CancellationToken,
+) -> Result<(JoinSet<()>, SocketAddr), WebError> {
+    let tls = match &cfg.tls {
+        Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(server_tls(
+            cert, key,
+        )?))),
+        None => None,
+    };
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| WebError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| WebError::Bind {
+        addr: cfg.listen,
+        source,
+    })?;
+    let state = Arc::new(state);
+    let app = App {
+        exporter: Arc::new(metrics::Exporter::new(state.clone())),
+        state,
+    };
+    let router = router(app);
+    let mut tasks = JoinSet::new();
+    let (tx, rx) = mpsc::channel(64);
+    tasks.spawn(accept(listener, tls, tx, cancel.clone()));
+    let incoming = Incoming { rx, local };
+    tasks.spawn(async move {
+        let served = axum::serve(
+            incoming,
+            router.into_make_service_with_connect_info::<Peer>(),
+        )
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await;
+        if let Err(e) = served {
+            warn!("commissioning page stopped: {e}");
+        }
+    });
+    info!(
+        listen = %local,
+        https = cfg.tls.is_some(),
+        anonymous_read = cfg.anonymous_read,
+        "commissioning page and /metrics up"
+    );
+    Ok((tasks, local))
+}
+
+/// The HTTPS server config from a PEM chain and key.
+fn server_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<rustls::ServerConfig, crate::mqtt::TlsError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let file = |p: &std::path::Path, e: &dyn std::fmt::Display| crate::mqtt::TlsError::File {
+        path: p.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| file(cert, &e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| file(cert, &e))?;
+    if chain.is_empty() {
+        return Err(file(cert, &"no certificate in it"));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| file(key, &e))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(chain, key_der)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+type Conn = Either<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>;
+
+/// Accepts connections and does the TLS handshakes, each on its own task (a slow or
+/// silent client must not hold up the others), handing ready streams to the server.
+async fn accept(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    ready: mpsc::Sender<(Conn, SocketAddr)>,
+    cancel: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(c) => { backoff = Duration::from_millis(10); c }
+                Err(e) => {
+                    // Out of file descriptors, say: wait, do not spin.
+                    warn!("commissioning page: accept failed: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        match &tls {
+            None => {
+                if ready.send((Either::Left(tcp), peer)).await.is_err() {
+                    return;
+                }
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let ready = ready.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+                    {
+                        Ok(Ok(s)) => {
+                            let _ = ready.send((Either::Right(s), peer)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, "page TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!(%peer, "page TLS handshake timed out"),
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Connections ready for HTTP.
+struct Incoming {
+    rx: mpsc::Receiver<(Conn, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl axum::serve::Listener for Incoming {
+    type Io = Conn;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(c) => c,
+            // The acceptor stopped: so does the server (graceful shutdown comes first).
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+/// The caller's address.
+#[derive(Debug, Clone, Copy)]
+struct Peer(SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Incoming>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, Incoming>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
+
+fn router(app: App) -> Router {
+    Router::new()
+        .route("/", get(page_html))
+        .route("/app.js", get(page_js))
+        .route("/app.css", get(page_css))
+        .route("/metrics", get(metrics_text))
+        .route("/api/overview", get(overview))
+        .route("/api/devices", get(devices))
+        .route("/api/devices/{name}", get(device))
+        .route("/api/devices/{name}/read", post(test_read))
+        .route("/api/dr", get(dr))
+        .route("/api/loads/{name}/override", post(set_override))
+        .with_state(app)
+}
+
+// The page: compiled in.
+const INDEX_HTML: &str = include_str!("assets/index.html");
+const APP_JS: &str = include_str!("assets/app.js");
+const APP_CSS: &str = include_str!("assets/app.css");
+
+fn asset(body: &'static str, content_type: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(
+                    "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+                ),
+            ),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn page_html() -> Response {
+    asset(INDEX_HTML, "text/html; charset=utf-8")
+}
+
+async fn page_js() -> Response {
+    asset(APP_JS, "text/javascript; charset=utf-8")
+}
+
+async fn page_css() -> Response {
+    asset(APP_CSS, "text/css; charset=utf-8")
+}
+
+/// An error the page shows.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ApiProblem {
+    /// What went wrong and what to do.
+    pub error: String,
+}
+
+fn problem(status: StatusCode, error: impl Into<String>) -> Response {
+    (
+        status,
+        Json(ApiProblem {
+            error: error.into(),
+        }),
+    )
+        .into_response()
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// The caller's access, or the refusal to send back when it is less than `need`.
+#[allow(clippy::result_large_err)]
+fn check(
+    app: &App,
+    peer: Peer,
+    headers: &HeaderMap,
+    need: Access,
+    what: &str,
+) -> Result<Access, Response> {
+    let got = app.state.gate.access(peer.0, bearer(headers));
+    if got >= need {
+        return Ok(got);
+    }
+    app.state.instruments.refused(what);
+    Err(match (need, got) {
+        (Access::Admin, Access::Read) => problem(
+            StatusCode::FORBIDDEN,
+            "this needs the admin credential ([web] admin_token_file); the one given only reads",
+        ),
+        _ => {
+            let mut r = problem(
+                StatusCode::UNAUTHORIZED,
+                "give the gateway's credential (Authorization: Bearer, from the file [web] names)",
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"gridgate\""),
+            );
+            r
+        }
+    })
+}
+
+/// Runs a store read off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, Response> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store: {e}"),
+        )),
+        Err(e) => Err(problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+async fn metrics_text(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = check(&app, peer, &headers, Access::Read, "metrics") {
+        return r;
+    }
+    let exporter = app.exporter.clone();
+    match tokio::task::spawn_blocking(move || exporter.encode()).await {
+        Ok(Ok(text)) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(metrics::CONTENT_TYPE),
+            )],
+            text,
+        )
+            .into_response(),
+        _ => problem(StatusCode::INTERNAL_SERVER_ERROR, "metrics did not encode"),
+    }
+}
+
+async fn overview(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+) -> Response {
+    let access = match check(&app, peer, &headers, Access::Read, "overview") {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let s = app.state.clone();
+    match blocking(move || views::overview(&s, access)).await {
+        Ok(v) => Json(v).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// `?q=filter&offset=0&limit=50`
+#[derive(Debug, Deserialize)]
+struct PageQuery {
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    offset: usize,
+    limit: Option<usize>,
+}
+
+async fn devices(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Query(q): Query<PageQuery>,
+) -> Response {
+    if let Err(r) = check(&app, peer, &headers, Access::Read, "devices") {
+        return r;
+    }
+    Json(views::devices(
+        &app.state,
+        &q.q,
+        q.offset,
+        q.limit.unwrap_or(50),
+    ))
+    .into_response()
+}
+
+async fn device(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if let Err(r) = check(&app, peer, &headers, Access::Read, "device") {
+        return r;
+    }
+    match views::device(&app.state, &name) {
+        Some(d) => Json(d).into_response(),
+        None => problem(
+            StatusCode::NOT_FOUND,
+            format!("no device {name:?} in the config in force"),
+        ),
+    }
+}
+
+async fn dr(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = check(&app, peer, &headers, Access::Read, "dr") {
+        return r;
+    }
+    let s = app.state.clone();
+    match blocking(move || views::dr(&s)).await {
+        Ok(v) => Json(v).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// What a test read returns.
+#[derive(Debug, Serialize)]
+pub struct TestRead {
+    /// Device.
+    pub device: String,
+    /// Milliseconds the poll took, queue included.
+    pub took_ms: u64,
+    /// The readings (stored like any poll's).
+    pub readings: Vec<crate::acquire::Reading>,
+}
+
+async fn test_read(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if let Err(r) = check(&app, peer, &headers, Access::Admin, "test_read") {
+        return r;
+    }
+    let started = Instant::now();
+    match app.state.controls.poll_now(&name, TEST_READ_WITHIN).await {
+        Ok(readings) => {
+            let good = readings.iter().filter(|r| r.quality.is_good()).count();
+            info!(device = %name, by = %peer.0, good, of = readings.len(), "test read from the commissioning page");
+            app.state.instruments.action("test_read", "done");
+            Json(TestRead {
+                device: name,
+                took_ms: started.elapsed().as_millis() as u64,
+                readings,
+            })
+            .into_response()
+        }
+        Err(e) => {
+            warn!(device = %name, by = %peer.0, "test read from the commissioning page failed: {e}");
+            app.state.instruments.action("test_read", "failed");
+            let status = match e {
+                crate::acquire::ControlError::Unknown(_) => StatusCode::NOT_FOUND,
+                crate::acquire::ControlError::Timeout(..) => StatusCode::GATEWAY_TIMEOUT,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            problem(
+                status,
+                format!(
+                    "test read of {name}: {e} (MQTT devices publish by themselves and cannot be polled)"
+                ),
+            )
+        }
+    }
+}
+
+/// `{"active": true, "reason": "..."}`
+#[derive(Debug, Serialize, Deserialize)]
+pub struct OverrideBody {
+    /// Set (true) or clear (false).
+    pub active: bool,
+    /// Why (kept with the override; required to set one).
+    #[serde(default)]
+    pub reason: String,
+}
+
+async fn set_override(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Path(load): Path<String>,
+    body: Result<Json<OverrideBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Err(r) = check(&app, peer, &headers, Access::Admin, "override") {
+        return r;
+    }
+    let Ok(Json(body)) = body else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "send {\"active\": true|false, \"reason\": \"...\"} as JSON",
+        );
+    };
+    if !app
+        .state
+        .config
+        .borrow()
+        .loads
+        .iter()
+        .any(|l| l.name == load)
+    {
+        return problem(
+            StatusCode::NOT_FOUND,
+            format!("load {load:?} is not controlled by this gateway ([[load]])"),
+        );
+    }
+    if body.active && body.reason.trim().is_empty() {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "say why the load is taken out of DR (the reason is kept and shown)",
+        );
+    }
+    let reason = format!("{} (commissioning page, {})", body.reason.trim(), peer.0);
+    let changed = {
+        let _one_at_a_time = app.state.dr_records.lock().await;
+        let store = app.state.store.store.clone();
+        let l = load.clone();
+        blocking(move || {
+            store.dr_set_override(&l, body.active.then_some(reason.as_str()))?;
+            store.dr_overrides()
+        })
+        .await
+    };
+    match changed {
+        Ok(loads) => {
+            warn!(
+                load = %load,
+                active = body.active,
+                by = %peer.0,
+                "manual override {} from the commissioning page",
+                if body.active { "set: no DR event moves this load" } else { "cleared" }
+            );
+            app.state.instruments.action("override", "done");
+            app.state.dr_wake.notify_one();
+            Json(loads.into_iter().collect::<Vec<_>>()).into_response()
+        }
+        Err(r) => {
+            app.state.instruments.action("override", "failed");
+            r
+        }
+    }
+}

@@ -1,0 +1,643 @@
+//! What the page (and `gridgate status`) shows, as JSON: built from the running gateway's
+//! state on each request. The same types are read back by `gridgate status`, so the
+//! terminal and the page show the same facts.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use gridgate_proto::v1 as pb;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+use super::WebState;
+use crate::acquire::reading::now_ms;
+use crate::config::{DeviceKind, PointSource};
+use crate::store::StoreError;
+
+/// The overview: who the gateway is and how every stage is doing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Overview {
+    /// Identity.
+    pub gateway: Identity,
+    /// What the caller may do (`read` or `admin`).
+    pub access: String,
+    /// Whether write actions exist at all (an admin credential is configured).
+    pub writes_enabled: bool,
+    /// Devices online and in all.
+    pub devices: DeviceCounts,
+    /// Each bus.
+    pub buses: Vec<BusView>,
+    /// The store.
+    pub store: StoreView,
+    /// The MQTT uplink (none without one).
+    pub uplink: Option<UplinkView>,
+    /// MQTT field devices.
+    pub ingest: Option<IngestView>,
+    /// DR: events by state and loads under override.
+    pub dr: DrSummary,
+    /// The ledger replica (none without `[ledger]`).
+    pub ledger: Option<LedgerView>,
+}
+
+/// Who the gateway is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Identity {
+    /// `[gateway] id`.
+    pub id: String,
+    /// Ed25519 public key (hex) that signs batches, reports and ledger entries.
+    pub public_key: String,
+    /// Software version.
+    pub version: String,
+    /// Seconds since the gateway started.
+    pub uptime_s: u64,
+}
+
+/// Device counts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceCounts {
+    /// Polled and MQTT devices.
+    pub total: usize,
+    /// Polled devices answering.
+    pub online: usize,
+    /// Polled devices not answering.
+    pub offline: usize,
+}
+
+/// One bus.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BusView {
+    /// Name.
+    pub name: String,
+    /// `dlt645` or `modbus`.
+    pub protocol: String,
+    /// Link URL.
+    pub link: String,
+    /// Devices on it.
+    pub devices: usize,
+    /// Of which online.
+    pub online: usize,
+    /// Polls done.
+    pub polls: u64,
+    /// Readings that were not good (timeouts, CRC errors, exceptions...).
+    pub errors: u64,
+    /// Poll slots skipped because the line was busy.
+    pub missed_polls: u64,
+    /// Bad readings by kind.
+    pub errors_by_kind: BTreeMap<String, u64>,
+}
+
+/// The store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreView {
+    /// Readings committed since start.
+    pub readings_stored: u64,
+    /// Next batch to close.
+    pub next_batch: u64,
+    /// Oldest batch kept.
+    pub first_batch: u64,
+    /// Readings waiting for the next batch.
+    pub open_readings: u64,
+    /// Bytes held.
+    pub bytes: u64,
+    /// Disk budget in bytes.
+    pub budget_bytes: u64,
+    /// Readings dropped by the budget before delivery.
+    pub dropped_readings: u64,
+    /// Each consumer's cursor (next batch it needs).
+    pub cursors: BTreeMap<String, u64>,
+}
+
+/// The MQTT uplink.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UplinkView {
+    /// Broker.
+    pub broker: String,
+    /// Batches acknowledged since start.
+    pub acknowledged: u64,
+    /// Batches closed but not acknowledged.
+    pub lag_batches: u64,
+    /// Age of the oldest batch not acknowledged, seconds (0 when none).
+    pub lag_seconds: u64,
+    /// Connections made since start.
+    pub connects: u64,
+}
+
+/// MQTT field devices.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IngestView {
+    /// Messages received.
+    pub messages: u64,
+    /// Readings stored from them.
+    pub readings: u64,
+    /// Messages refused (malformed, unknown topic).
+    pub refused: u64,
+}
+
+/// DR at a glance.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DrSummary {
+    /// Events by state (`SCHEDULED`, `ACTIVE`, `COMPLETED`, `CANCELLED`).
+    pub events: BTreeMap<String, u64>,
+    /// Loads under manual override.
+    pub overrides: Vec<String>,
+    /// Loads controlled by this gateway.
+    pub loads: usize,
+}
+
+/// The ledger replica.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LedgerView {
+    /// `gateway` or `validator`.
+    pub role: String,
+    /// Certified entries held, by origin.
+    pub certified: BTreeMap<String, u64>,
+    /// This node's own entries waiting for a certificate.
+    pub pending: u64,
+    /// Origins shut out for equivocation.
+    pub shut_out: Vec<String>,
+}
+
+/// A page of devices.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DevicePage {
+    /// Devices matching the filter.
+    pub total: usize,
+    /// Index of the first one here.
+    pub offset: usize,
+    /// The devices.
+    pub items: Vec<DeviceView>,
+}
+
+/// One device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceView {
+    /// Name.
+    pub name: String,
+    /// Bus (`mqtt` for MQTT field devices).
+    pub bus: String,
+    /// `dlt645`, `modbus` or `mqtt`.
+    pub protocol: String,
+    /// Address (DL/T 645 address, Modbus unit, MQTT topic).
+    pub address: String,
+    /// `online`, `offline` or `waiting` (no reading yet).
+    pub state: String,
+    /// Polls done (0 for MQTT devices).
+    pub polls: u64,
+    /// Readings that were not good.
+    pub errors: u64,
+    /// Age of the last good reading, ms (none yet).
+    pub last_good_age_ms: Option<i64>,
+    /// Its points, with their last readings.
+    pub points: Vec<PointView>,
+}
+
+/// One point and its last reading.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PointView {
+    /// `device/point`.
+    pub name: String,
+    /// Unit.
+    pub unit: String,
+    /// Where it is read from (DI, register...).
+    pub source: String,
+    /// Last good value, as text.
+    pub value: Option<String>,
+    /// Quality of the last reading.
+    pub quality: Option<String>,
+    /// Age of the last reading, ms.
+    pub age_ms: Option<i64>,
+    /// The last reading's error, if it was bad.
+    pub error: Option<String>,
+}
+
+/// DR events and loads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DrView {
+    /// Events, newest first.
+    pub events: Vec<EventView>,
+    /// Loads with their override state.
+    pub loads: Vec<LoadView>,
+}
+
+/// One event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventView {
+    /// Issuer.
+    pub issuer: String,
+    /// Event id.
+    pub id: String,
+    /// Program.
+    pub program: String,
+    /// State.
+    pub state: String,
+    /// Start, ms since the epoch.
+    pub start_ms: i64,
+    /// End.
+    pub end_ms: i64,
+    /// Cancelled by its issuer.
+    pub cancelled: bool,
+    /// Report written.
+    pub reported: bool,
+    /// Each load.
+    pub loads: Vec<EventLoadView>,
+}
+
+/// A load's part in an event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventLoadView {
+    /// Load.
+    pub load: String,
+    /// State.
+    pub state: String,
+    /// Target value.
+    pub target: f64,
+    /// Writes tried.
+    pub attempts: u32,
+    /// Acknowledgement latency, ms (0 until acknowledged).
+    pub latency_ms: i64,
+    /// Last error.
+    pub last_error: String,
+}
+
+/// A load this gateway controls.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoadView {
+    /// Name.
+    pub name: String,
+    /// What moves it.
+    pub control: String,
+    /// Under manual override.
+    pub overridden: bool,
+}
+
+/// Devices on the page at most.
+pub const MAX_PAGE: usize = 200;
+
+fn state_name(s: pb::EventState) -> String {
+    s.as_str_name()
+        .trim_start_matches("EVENT_STATE_")
+        .to_string()
+}
+
+/// The overview.
+pub fn overview(s: &WebState, access: super::auth::Access) -> Result<Overview, StoreError> {
+    let cfg = s.config.borrow().clone();
+    let snap = s.registry.snapshot();
+    let store = &s.store.store;
+    let st = store.stats()?;
+    let mqtt_devices = cfg.ingest.as_ref().map_or(0, |i| i.devices.len());
+    let online = snap.values().filter(|d| d.online).count();
+    let buses = cfg
+        .buses
+        .iter()
+        .map(|b| {
+            let mut v = BusView {
+                name: b.name.clone(),
+                protocol: b.protocol.to_string(),
+                link: b.link.to_string(),
+                devices: b.devices.len(),
+                online: 0,
+                polls: 0,
+                errors: 0,
+                missed_polls: 0,
+                errors_by_kind: BTreeMap::new(),
+            };
+            for d in &b.devices {
+                let Some(ds) = snap.get(&d.name) else {
+                    continue;
+                };
+                v.online += usize::from(ds.online);
+                v.polls += ds.polls;
+                v.missed_polls += ds.missed_polls;
+                for (k, n) in ds.readings.iter().filter(|(k, _)| **k != "good") {
+                    v.errors += n;
+                    *v.errors_by_kind.entry(k.to_string()).or_default() += n;
+                }
+            }
+            v
+        })
+        .collect();
+    let next_batch = st.next_seq;
+    let uplink = match &cfg.uplink {
+        Some(u) => {
+            let cursor = s.uplink.cursor.load(Ordering::Relaxed);
+            Some(UplinkView {
+                broker: u.broker.to_string(),
+                acknowledged: s.uplink.acknowledged.load(Ordering::Relaxed),
+                lag_batches: next_batch.saturating_sub(cursor),
+                lag_seconds: batch_age_s(store, cursor, next_batch)?,
+                connects: s.uplink.connects.load(Ordering::Relaxed),
+            })
+        }
+        None => None,
+    };
+    let ledger = match &cfg.ledger {
+        Some(l) => Some(LedgerView {
+            role: match l.role {
+                crate::config::ledger::LedgerRole::Gateway => "gateway".into(),
+                crate::config::ledger::LedgerRole::Validator => "validator".into(),
+            },
+            certified: store
+                .ledger_heads()?
+                .into_iter()
+                .collect::<BTreeMap<_, _>>(),
+            pending: store.ledger_pending_count(&cfg.id)?,
+            shut_out: store
+                .ledger_shut_outs()?
+                .into_iter()
+                .map(|(o, _)| o)
+                .collect(),
+        }),
+        None => None,
+    };
+    Ok(Overview {
+        gateway: Identity {
+            id: cfg.id.clone(),
+            public_key: hex::encode(s.public_key),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_s: s.started.elapsed().as_secs(),
+        },
+        access: access.name().to_string(),
+        writes_enabled: s.gate.has_admin(),
+        devices: DeviceCounts {
+            total: snap.len() + mqtt_devices,
+            online,
+            offline: snap.len() - online,
+        },
+        buses,
+        store: StoreView {
+            readings_stored: s.store.committed.load(Ordering::Relaxed),
+            next_batch,
+            first_batch: st.first_seq,
+            open_readings: st.open_readings,
+            bytes: st.stored_bytes,
+            budget_bytes: cfg.store.budget,
+            dropped_readings: st.dropped_readings,
+            cursors: store.cursors()?.into_iter().collect(),
+        },
+        uplink,
+        ingest: cfg.ingest.as_ref().map(|_| IngestView {
+            messages: s.ingest.messages.load(Ordering::Relaxed),
+            readings: s.ingest.readings.load(Ordering::Relaxed),
+            refused: s.ingest.malformed_total() + s.ingest.unknown_topic.load(Ordering::Relaxed),
+        }),
+        dr: dr_summary(s)?,
+        ledger,
+    })
+}
+
+/// Seconds since the batch at `cursor` was closed (0 when the consumer is up to date).
+pub fn batch_age_s(store: &crate::store::Store, cursor: u64, next: u64) -> Result<u64, StoreError> {
+    if cursor >= next {
+        return Ok(0);
+    }
+    let created = store
+        .batches_from(cursor, 1)?
+        .into_iter()
+        .next()
+        .and_then(|(_, bytes)| pb::SignedBatch::decode(bytes.as_slice()).ok())
+        .and_then(|sb| pb::Batch::decode(sb.batch.as_slice()).ok())
+        .map(|b| b.created_at_ms);
+    Ok(created.map_or(0, |c| {
+        u64::try_from((now_ms() - c).max(0) / 1000).unwrap_or(0)
+    }))
+}
+
+fn decode_events(store: &crate::store::Store) -> Result<Vec<pb::EventStatus>, StoreError> {
+    Ok(store
+        .dr_events()?
+        .into_iter()
+        .filter_map(|(_, bytes)| pb::EventStatus::decode(bytes.as_slice()).ok())
+        .collect())
+}
+
+/// Events by state, and the overrides.
+pub fn dr_summary(s: &WebState) -> Result<DrSummary, StoreError> {
+    let cfg = s.config.borrow().clone();
+    let mut events = BTreeMap::new();
+    for e in decode_events(&s.store.store)? {
+        *events.entry(state_name(e.state())).or_default() += 1;
+    }
+    Ok(DrSummary {
+        events,
+        overrides: s.store.store.dr_overrides()?.into_iter().collect(),
+        loads: cfg.loads.len(),
+    })
+}
+
+/// Every event, newest first, and the loads.
+pub fn dr(s: &WebState) -> Result<DrView, StoreError> {
+    let cfg = s.config.borrow().clone();
+    let overrides = s.store.store.dr_overrides()?;
+    let mut events: Vec<EventView> = decode_events(&s.store.store)?
+        .into_iter()
+        .map(|e| {
+            let ev = e
+                .signed
+                .as_ref()
+                .and_then(|sig| pb::DrEvent::decode(sig.event.as_slice()).ok())
+                .unwrap_or_default();
+            EventView {
+                issuer: ev.issuer,
+                id: ev.id,
+                program: ev.program,
+                state: state_name(e.state()),
+                start_ms: e.start_ms,
+                end_ms: e.end_ms,
+                cancelled: e.cancelled,
+                reported: e.reported,
+                loads: e
+                    .loads
+                    .iter()
+                    .map(|l| EventLoadView {
+                        load: l.load.clone(),
+                        state: l
+                            .state()
+                            .as_str_name()
+                            .trim_start_matches("LOAD_STATE_")
+                            .to_string(),
+                        target: l.target,
+                        attempts: l.attempts,
+                        latency_ms: l.latency_ms,
+                        last_error: l.last_error.clone(),
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    events.sort_by_key(|e| std::cmp::Reverse(e.start_ms));
+    let loads = cfg
+        .loads
+        .iter()
+        .map(|l| LoadView {
+            name: l.name.clone(),
+            control: match &l.control {
+                Some(crate::config::Control::Point(p)) => format!("{}/{}", p.device, p.point),
+                Some(crate::config::Control::Mqtt(m)) => format!("mqtt {}", m.command_topic),
+                None => "none (measured only)".into(),
+            },
+            overridden: overrides.contains(&l.name),
+        })
+        .collect();
+    Ok(DrView { events, loads })
+}
+
+/// A device as the config describes it, without its live state.
+struct Described {
+    name: String,
+    bus: String,
+    protocol: String,
+    address: String,
+    points: Vec<(String, String, String)>,
+}
+
+fn described(cfg: &crate::config::GatewayConfig) -> Vec<Described> {
+    let mut out: Vec<Described> = cfg
+        .devices()
+        .map(|(b, d)| Described {
+            name: d.name.clone(),
+            bus: b.name.clone(),
+            protocol: b.protocol.to_string(),
+            address: match &d.kind {
+                DeviceKind::Dlt645 { address } => address.to_string(),
+                DeviceKind::Modbus { unit, .. } => format!("unit {unit}"),
+            },
+            points: d
+                .points
+                .iter()
+                .map(|p| {
+                    let source = match &p.source {
+                        PointSource::Dlt645(di) => format!("DI {di}"),
+                        PointSource::Modbus(m) => format!("{} {}", m.table, m.address),
+                    };
+                    (format!("{}/{}", d.name, p.name), p.unit.clone(), source)
+                })
+                .collect(),
+        })
+        .collect();
+    if let Some(i) = &cfg.ingest {
+        out.extend(i.devices.iter().map(|d| {
+            Described {
+                name: d.name.clone(),
+                bus: "mqtt".into(),
+                protocol: "mqtt".into(),
+                address: d.topic.clone(),
+                points: d
+                    .points
+                    .iter()
+                    .map(|(p, unit)| (format!("{}/{p}", d.name), unit.clone(), "json".into()))
+                    .collect(),
+            }
+        }));
+    }
+    out
+}
+
+/// Devices whose name, bus or address contains `filter`, `limit` of them from `offset`.
+pub fn devices(s: &WebState, filter: &str, offset: usize, limit: usize) -> DevicePage {
+    let cfg = s.config.borrow().clone();
+    let filter = filter.to_lowercase();
+    let matching: Vec<Described> = described(&cfg)
+        .into_iter()
+        .filter(|d| {
+            filter.is_empty()
+                || d.name.to_lowercase().contains(&filter)
+                || d.bus.to_lowercase().contains(&filter)
+                || d.address.to_lowercase().contains(&filter)
+        })
+        .collect();
+    let total = matching.len();
+    let snap = s.registry.snapshot();
+    let now = now_ms();
+    let items = matching
+        .into_iter()
+        .skip(offset)
+        .take(limit.clamp(1, MAX_PAGE))
+        .map(|d| device_view(s, &snap, d, now))
+        .collect();
+    DevicePage {
+        total,
+        offset,
+        items,
+    }
+}
+
+/// One device by name.
+pub fn device(s: &WebState, name: &str) -> Option<DeviceView> {
+    let cfg = s.config.borrow().clone();
+    let d = described(&cfg).into_iter().find(|d| d.name == name)?;
+    Some(device_view(s, &s.registry.snapshot(), d, now_ms()))
+}
+
+fn device_view(
+    s: &WebState,
+    snap: &BTreeMap<String, crate::acquire::state::DeviceStatus>,
+    d: Described,
+    now: i64,
+) -> DeviceView {
+    let states = s
+        .latest
+        .get_many(d.points.iter().map(|(p, _, _)| p.as_str()));
+    let points: Vec<PointView> = d
+        .points
+        .iter()
+        .zip(states)
+        .map(|((name, unit, source), (_, st))| PointView {
+            name: name.clone(),
+            unit: unit.clone(),
+            source: source.clone(),
+            value: st
+                .as_ref()
+                .and_then(|p| p.last_good.as_ref())
+                .and_then(|r| r.value.as_ref())
+                .map(|v| v.to_string()),
+            quality: st.as_ref().map(|p| p.last.quality.to_string()),
+            age_ms: st.as_ref().map(|p| now - p.last.ts_ms),
+            error: st.as_ref().and_then(|p| p.last.error.clone()),
+        })
+        .collect();
+    let last_good_mqtt = points
+        .iter()
+        .filter(|p| p.quality.as_deref() == Some("good"))
+        .filter_map(|p| p.age_ms)
+        .min();
+    let (state, polls, errors, last_good_age_ms) = match snap.get(&d.name) {
+        Some(ds) => (
+            if ds.polls == 0 {
+                "waiting"
+            } else if ds.online {
+                "online"
+            } else {
+                "offline"
+            },
+            ds.polls,
+            ds.readings
+                .iter()
+                .filter(|(k, _)| **k != "good")
+                .map(|(_, n)| n)
+                .sum(),
+            ds.last_good_ms.map(|t| now - t),
+        ),
+        None => (
+            if last_good_mqtt.is_some() {
+                "online"
+            } else {
+                "waiting"
+            },
+            0,
+            0,
+            last_good_mqtt,
+        ),
+    };
+    DeviceView {
+        name: d.name,
+        bus: d.bus,
+        protocol: d.protocol,
+        address: d.address,
+        state: state.to_string(),
+        polls,
+        errors,
+        last_good_age_ms,
+        points,
+    }
+}
