@@ -18,10 +18,13 @@ step "packages the tests need"
 need=""
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need="$need mosquitto"
 command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"
+# The commissioning page's browser test drives the distribution's Chromium, headless.
+[ -x /usr/bin/chromium ] || need="$need chromium"
+[ -x /usr/bin/chromedriver ] || need="$need chromium-driver"
 # shellcheck disable=SC2086 # $need is a list of package names
 ./scripts/apt-install.sh $need
 # The gRPC contract test is a Python master station generated from the .proto files.
-step "python packages for the gRPC contract test"
+step "python packages for the gRPC contract and metrics tests"
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -r tests/python/requirements.txt
 # The packaged broker must not hold port 1883 during tests: they start their own.
 if command -v systemctl >/dev/null 2>&1; then systemctl stop mosquitto >/dev/null 2>&1 || true; fi

@@ -2,6 +2,7 @@
 //! and read the readings it prints.
 
 pub mod dr_site;
+pub mod web;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

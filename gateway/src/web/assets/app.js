@@ -96,6 +96,7 @@ function drawOverview(o) {
     tb.appendChild(row([b.name, b.protocol, b.link, b.devices, { text: b.online, cls: b.online < b.devices ? "offline" : "online" }, b.polls, b.errors, b.missed_polls, kinds], { "data-bus": b.name }));
   }
   $("#test-read").hidden = o.access !== "admin";
+  $("#login-open").hidden = o.access === "admin" || !o.writes_enabled;
 }
 
 function valuesOf(d) {
@@ -148,8 +149,9 @@ function drawDr(v) {
 
 async function refresh() {
   try {
-    drawOverview(await api("/api/overview"));
-    $("#login").hidden = true;
+    const o = await api("/api/overview");
+    drawOverview(o);
+    if (!state.loginOpen || o.access === "admin") { $("#login").hidden = true; state.loginOpen = false; }
     $("#main").hidden = false;
     if (state.tab === "devices") {
       const q = new URLSearchParams({ q: state.filter, offset: state.offset, limit: PAGE });
@@ -206,10 +208,12 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#login-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     sessionStorage.setItem("gridgate-token", $("#token").value.trim());
+    state.loginOpen = false;
     $("#token").value = "";
     say("");
     refresh();
   });
+  $("#login-open").addEventListener("click", () => { state.loginOpen = true; $("#login").hidden = false; $("#token").focus(); });
   $("#logout").addEventListener("click", () => { sessionStorage.removeItem("gridgate-token"); refresh(); });
   for (const a of document.querySelectorAll("nav a")) a.addEventListener("click", (ev) => { ev.preventDefault(); showTab(a.dataset.tab); history.replaceState(null, "", "#" + a.dataset.tab); });
   $("#filter").addEventListener("input", () => { state.filter = $("#filter").value; state.offset = 0; refresh(); });

@@ -1,0 +1,432 @@
+//! The commissioning page and /metrics of the real binary: counters that move as readings,
+//! errors and DR events happen (read by Prometheus's own OpenMetrics parser), credentials
+//! that decide who may read and who may act, `gridgate status`, pagination at 1,000
+//! devices, and the page itself driven in headless Chromium.
+
+use std::time::Duration;
+
+use gridgate_tests::dr_site::{WAIT, event, plant, reads, wait_for_port};
+use gridgate_tests::web::{get_json, request, scrape, value, web_token};
+use gridgate_tests::{Gateway, free_port, run_to_end};
+
+async fn until<F, Fut>(what: &str, limit: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < end {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{what}: not within {limit:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_move_with_readings_errors_and_dr_and_parse_as_openmetrics() {
+    let (sims, site, mut config) = plant().await;
+    let d = site.dir.path();
+    let (admin_file, admin) = web_token(d, "web-admin.token").await;
+    let (read_file, read) = web_token(d, "web-read.token").await;
+    let web_port = free_port();
+    config.push_str(&format!(
+        "\n[web]\nlisten = \"127.0.0.1:{web_port}\"\nadmin_token_file = \"{admin_file}\"\nread_token_file = \"{read_file}\"\n"
+    ));
+    let mut gw = Gateway::start_in(d, &config).await;
+    wait_for_port(web_port).await;
+
+    // No credential, or a wrong one: refused (anonymous reads are off by default).
+    let (status, body) = request(web_port, "GET", "/metrics", None, None).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, _) = request(web_port, "GET", "/metrics", Some("not-the-token"), None).await;
+    assert_eq!(status, 401);
+
+    let first = scrape(web_port, &read).await;
+    let polls = |s: &[gridgate_tests::web::Sample]| {
+        value(
+            s,
+            "gridgate_polls_total",
+            &[("device", "plant-unit1"), ("bus", "plant")],
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = scrape(web_port, &read).await;
+    assert!(
+        polls(&second) > polls(&first),
+        "polls {} then {}",
+        polls(&first),
+        polls(&second)
+    );
+    assert!(
+        value(&second, "gridgate_readings_stored_total", &[])
+            > value(&first, "gridgate_readings_stored_total", &[])
+    );
+    assert_eq!(
+        value(
+            &second,
+            "gridgate_device_online",
+            &[("device", "plant-unit2")]
+        ),
+        1.0
+    );
+    assert!(value(&second, "gridgate_store_budget_bytes", &[]) > 0.0);
+
+    // A device stops answering: its timeouts are counted by device and kind, and it goes
+    // offline.
+    sims.lines[0].devices[1].set_silent(true);
+    until(
+        "plant-unit2 counted offline with timeouts",
+        WAIT,
+        || async {
+            let s = scrape(web_port, &read).await;
+            value(
+                &s,
+                "gridgate_read_errors_total",
+                &[("device", "plant-unit2"), ("kind", "timeout")],
+            ) > 0.0
+                && value(&s, "gridgate_device_online", &[("device", "plant-unit2")]) == 0.0
+        },
+    )
+    .await;
+    let s = scrape(web_port, &read).await;
+    assert_eq!(
+        value(
+            &s,
+            "gridgate_read_errors_total",
+            &[("device", "plant-unit1"), ("kind", "timeout")]
+        ),
+        0.0,
+        "the answering device has no timeouts"
+    );
+
+    // `gridgate status` shows the same facts on one screen and exits 2 for the offline device.
+    let cfg_path = d.join("gridgate.toml").display().to_string();
+    let (code, out, err) = run_to_end(&["status", "--config", &cfg_path], WAIT).await;
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(out.contains("gateway plant"), "{out}");
+    let offline_line = out
+        .lines()
+        .find(|l| l.starts_with("plant-unit2"))
+        .unwrap_or_default();
+    assert!(offline_line.contains("offline"), "{out}");
+    assert!(out.contains("bus      plant"), "{out}");
+
+    // DR: one event accepted, one forged refused; the load's acknowledgement is timed.
+    let (code, out) = site
+        .send(
+            "e1",
+            &site.path("operator/identity.key"),
+            &event("metrics-1", "operator", "load = \"pcs\"\nsetpoint = 40.0"),
+        )
+        .await;
+    assert_eq!(code, 0, "{out}");
+    std::fs::create_dir_all(d.join("forger")).expect("dir");
+    gridgate_tests::dr_site::keygen(&d.join("forger"));
+    let (code, out) = site
+        .send(
+            "forged",
+            &site.path("forger/identity.key"),
+            &event("metrics-2", "operator", "load = \"pcs\"\nsetpoint = 10.0"),
+        )
+        .await;
+    assert_eq!(code, 1, "{out}");
+    gw.wait_for(WAIT, "pcs at 40 %", reads("plant-unit1/setpoint", 40.0))
+        .await;
+    until("the acknowledgement counted", WAIT, || async {
+        let s = scrape(web_port, &read).await;
+        value(
+            &s,
+            "gridgate_dr_load_ack_latency_seconds_count",
+            &[("load", "pcs")],
+        ) == 1.0
+    })
+    .await;
+    let s = scrape(web_port, &read).await;
+    assert_eq!(
+        value(
+            &s,
+            "gridgate_dr_dispatches_total",
+            &[("outcome", "accepted")]
+        ),
+        1.0
+    );
+    let refused: f64 = s
+        .iter()
+        .filter(|x| x.name == "gridgate_dr_dispatches_total")
+        .filter(|x| x.labels.get("outcome").and_then(|v| v.as_str()) != Some("accepted"))
+        .map(|x| x.value)
+        .sum();
+    assert_eq!(refused, 1.0, "the forged event is counted as refused");
+    assert_eq!(value(&s, "gridgate_dr_events", &[("state", "ACTIVE")]), 1.0);
+    let latency = value(
+        &s,
+        "gridgate_dr_load_ack_latency_seconds_sum",
+        &[("load", "pcs")],
+    );
+    assert!(latency > 0.0 && latency < 5.0, "latency {latency} s");
+
+    // The page's write actions: refused with the read credential, done with the admin one.
+    let (status, body) = request(
+        web_port,
+        "POST",
+        "/api/devices/plant-unit1/read",
+        Some(&read),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = request(
+        web_port,
+        "POST",
+        "/api/devices/plant-unit1/read",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("plant-unit1/active_power"), "{body}");
+    let s = scrape(web_port, &read).await;
+    assert_eq!(
+        value(
+            &s,
+            "gridgate_web_actions_total",
+            &[("action", "test_read"), ("outcome", "done")]
+        ),
+        1.0
+    );
+    assert!(value(&s, "gridgate_web_refused_total", &[("what", "test_read")]) >= 1.0);
+    assert!(value(&s, "gridgate_web_refused_total", &[("what", "metrics")]) >= 2.0);
+    assert_eq!(gw.stop().await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_device_list_pages_through_a_thousand_devices() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (admin_file, admin) = web_token(dir.path(), "web-admin.token").await;
+    let (web_port, mqtt_port) = (free_port(), free_port());
+    let mut config = format!(
+        "[gateway]\nid = \"big-site\"\n\n[broker]\nlisten = \"127.0.0.1:{mqtt_port}\"\n\n[ingest]\nbroker = \"mqtt://127.0.0.1:{mqtt_port}\"\n\n[web]\nlisten = \"127.0.0.1:{web_port}\"\nadmin_token_file = \"{admin_file}\"\n"
+    );
+    for i in 0..1000 {
+        config.push_str(&format!(
+            "\n[[ingest.device]]\nname = \"dev-{i:04}\"\ntopic = \"field/dev-{i:04}\"\npoints = [{{ name = \"power\", unit = \"kW\" }}]\n"
+        ));
+    }
+    let gw = Gateway::start_in(dir.path(), &config).await;
+    wait_for_port(web_port).await;
+    let page = get_json(web_port, "/api/devices?offset=0&limit=50", Some(&admin)).await;
+    assert_eq!(page["total"], 1000);
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(50));
+    assert_eq!(page["items"][0]["name"], "dev-0000");
+    assert_eq!(page["items"][0]["state"], "waiting");
+    let last = get_json(web_port, "/api/devices?offset=990&limit=50", Some(&admin)).await;
+    assert_eq!(last["items"].as_array().map(Vec::len), Some(10));
+    assert_eq!(last["items"][9]["name"], "dev-0999");
+    let found = get_json(web_port, "/api/devices?q=dev-0420", Some(&admin)).await;
+    assert_eq!(found["total"], 1);
+    // However much is asked, one answer holds at most 200 devices.
+    let capped = get_json(web_port, "/api/devices?limit=100000", Some(&admin)).await;
+    assert_eq!(capped["items"].as_array().map(Vec::len), Some(200));
+    let o = get_json(web_port, "/api/overview", Some(&admin)).await;
+    assert_eq!(o["devices"]["total"], 1000);
+    assert_eq!(o["access"], "admin");
+    assert_eq!(gw.stop().await, Some(0));
+}
+
+/// The demo's page in headless Chromium: live values, a refused and an authenticated test
+/// read; a screenshot in target/test-artifacts.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_page_of_a_running_demo_shows_live_values_and_test_reads_need_the_credential() {
+    use fantoccini::{ClientBuilder, Locator};
+    use tokio::io::AsyncBufReadExt;
+
+    assert!(
+        std::path::Path::new(gridgate_tests::web::CHROMEDRIVER).exists()
+            && std::path::Path::new(gridgate_tests::web::CHROMIUM).exists(),
+        "the browser test needs Debian's chromium and chromium-driver (scripts/test.sh installs them)"
+    );
+    let mut demo = tokio::process::Command::new(gridgate_tests::gridgate_bin())
+        .args(["demo", "--duration", "240s", "--dr-after", "600s"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("gridgate demo");
+    let mut lines = tokio::io::BufReader::new(demo.stderr.take().expect("stderr")).lines();
+    let (url, token) = tokio::time::timeout(WAIT, async {
+        while let Ok(Some(l)) = lines.next_line().await {
+            if let Some(rest) = l.trim().strip_prefix("commissioning page: ") {
+                let url = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                let token = rest
+                    .rsplit(": ")
+                    .next()
+                    .unwrap_or_default()
+                    .trim_end_matches(')')
+                    .to_string();
+                return (url, token);
+            }
+        }
+        panic!("the demo never said where its page is");
+    })
+    .await
+    .expect("the demo starts");
+    // Keep reading the demo's output so that it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let browser = gridgate_tests::web::Browser::start().await;
+    let c = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(browser.capabilities())
+        .connect(&browser.url())
+        .await
+        .expect("a WebDriver session in headless Chromium");
+    c.goto(&format!("{url}#devices"))
+        .await
+        .expect("open the page");
+
+    // The simulated devices appear, and their values change (anonymous reads are allowed
+    // on this machine's loopback in the demo).
+    let row = "#devices tbody tr[data-device=\"plant-unit1\"] td.values";
+    let first = c
+        .wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css(row))
+        .await
+        .expect("plant-unit1 listed")
+        .text()
+        .await
+        .expect("text");
+    assert!(first.contains("active_power"), "{first}");
+    for name in ["meter-1", "meter-2", "meter-3", "plant-unit2", "sensor-1"] {
+        c.find(Locator::Css(&format!("tr[data-device=\"{name}\"]")))
+            .await
+            .unwrap_or_else(|e| panic!("{name} listed: {e}"));
+    }
+    let mut changed = first.clone();
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        changed = c
+            .find(Locator::Css(row))
+            .await
+            .expect("row")
+            .text()
+            .await
+            .expect("text");
+        if changed != first {
+            break;
+        }
+    }
+    assert_ne!(
+        changed, first,
+        "the values of plant-unit1 never changed on the page"
+    );
+
+    // Without the credential, the page offers no test read, and the API refuses one.
+    c.find(Locator::Css(
+        "#devices tbody tr[data-device=\"plant-unit1\"]",
+    ))
+    .await
+    .expect("row")
+    .click()
+    .await
+    .expect("open the device");
+    c.wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css(
+            "#points tbody tr[data-point=\"plant-unit1/active_power\"]",
+        ))
+        .await
+        .expect("its points");
+    let access = c
+        .find(Locator::Css("#access"))
+        .await
+        .expect("badge")
+        .text()
+        .await
+        .expect("text");
+    assert!(access.starts_with("read-only"), "{access}");
+    assert!(
+        !c.find(Locator::Css("#test-read"))
+            .await
+            .expect("button")
+            .is_displayed()
+            .await
+            .expect("shown?"),
+        "no test read button without the credential"
+    );
+    let refused = c
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch('/api/devices/plant-unit1/read', { method: 'POST' }).then(r => done(r.status));",
+            vec![],
+        )
+        .await
+        .expect("a POST from the page");
+    // Read access (anonymous, on loopback) is not enough to act: 403.
+    assert_eq!(refused, serde_json::json!(403));
+
+    // With it: log in, read now.
+    c.find(Locator::Css("#login-open"))
+        .await
+        .expect("log in")
+        .click()
+        .await
+        .expect("click");
+    c.find(Locator::Css("#token"))
+        .await
+        .expect("field")
+        .send_keys(&token)
+        .await
+        .expect("type");
+    c.find(Locator::Css("#login-button"))
+        .await
+        .expect("button")
+        .click()
+        .await
+        .expect("click");
+    c.wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css("#access[data-access=\"admin\"]"))
+        .await
+        .expect("admin access");
+    let button = c
+        .wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css("#test-read"))
+        .await
+        .expect("test read button");
+    for _ in 0..50 {
+        if button.is_displayed().await.unwrap_or(false) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    button.click().await.expect("test read");
+    let result = c
+        .wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css("#test-read-result[data-done=\"1\"]"))
+        .await
+        .expect("the test read answered")
+        .text()
+        .await
+        .expect("text");
+    assert!(result.contains("test read of plant-unit1"), "{result}");
+    assert!(result.contains("plant-unit1/active_power = "), "{result}");
+    assert!(result.contains("[good]"), "{result}");
+
+    let shot = c.screenshot().await.expect("screenshot");
+    let dir = gridgate_tests::web::artifacts_dir();
+    let path = dir.join("commissioning-page.png");
+    std::fs::write(&path, &shot).expect("save screenshot");
+    eprintln!("screenshot: {}", path.display());
+    assert!(shot.starts_with(b"\x89PNG"), "a PNG");
+    c.close().await.expect("close the session");
+    drop(browser);
+    let _ = demo.kill().await;
+}
