@@ -378,3 +378,47 @@ fn the_ledger_lists_this_node_and_reachable_validators() {
     let p = problems(&good.replace("role = \"gateway\"\nmembers", "role = \"miner\"\nmembers"));
     assert!(p.iter().any(|p| p.key == "ledger.role"), "{p:?}");
 }
+
+#[test]
+fn the_page_is_https_off_loopback_and_someone_must_be_able_to_open_it() {
+    let ok = format!(
+        "{GOOD}\n[web]\nlisten = \"0.0.0.0:8443\"\ncert_file = \"s.pem\"\nkey_file = \"s.key\"\nadmin_token_file = \"a.token\"\n"
+    );
+    let cfg = parse(&ok, Path::new("g.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let w = cfg.web.expect("web");
+    assert!(w.tls.is_some() && !w.anonymous_read);
+    // Defaults: loopback, plain HTTP.
+    let cfg = parse(
+        &format!("{GOOD}\n[web]\nanonymous_read = true\n"),
+        Path::new("g.toml"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        cfg.web.expect("web").listen.to_string(),
+        crate::config::web::DEFAULT_LISTEN
+    );
+
+    let plain_lan = problems(&format!(
+        "{GOOD}\n[web]\nlisten = \"0.0.0.0:8080\"\nadmin_token_file = \"a\"\n"
+    ));
+    assert!(
+        plain_lan
+            .iter()
+            .any(|p| p.key == "web.listen" && p.message.contains("HTTPS only")),
+        "{plain_lan:?}"
+    );
+    let half_tls = problems(&format!(
+        "{GOOD}\n[web]\ncert_file = \"s.pem\"\nadmin_token_file = \"a\"\n"
+    ));
+    assert!(
+        half_tls.iter().any(|p| p.message.contains("go together")),
+        "{half_tls:?}"
+    );
+    let nobody = problems(&format!("{GOOD}\n[web]\n"));
+    assert!(
+        nobody
+            .iter()
+            .any(|p| p.message.contains("nobody could open")),
+        "{nobody:?}"
+    );
+}

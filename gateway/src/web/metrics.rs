@@ -450,3 +450,39 @@ impl Scrape {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The shipped Grafana dashboard asks only for metrics the gateway exports.
+    #[test]
+    fn the_dashboard_uses_only_exported_metrics() {
+        let dashboard = include_str!("../../../deploy/grafana-dashboard.json");
+        let source = include_str!("metrics.rs");
+        let parsed: serde_json::Value = serde_json::from_str(dashboard).expect("dashboard JSON");
+        assert!(parsed["panels"].as_array().is_some_and(|p| !p.is_empty()));
+        let mut names = std::collections::BTreeSet::new();
+        let bytes = dashboard.as_bytes();
+        let mut i = 0;
+        while let Some(at) = dashboard[i..].find("gridgate_") {
+            let start = i + at;
+            let end = start
+                + bytes[start..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_lowercase() || **b == b'_')
+                    .count();
+            names.insert(&dashboard[start..end]);
+            i = end;
+        }
+        assert!(names.len() > 10, "{names:?}");
+        for name in names {
+            let base = ["_total", "_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            assert!(
+                source.contains(&format!("\"{base}\"")),
+                "the dashboard uses {name}, which /metrics does not export"
+            );
+        }
+    }
+}
