@@ -61,8 +61,8 @@ pub struct Sample {
 
 /// Scrapes `/metrics` and parses it with the Prometheus client library's strict
 /// OpenMetrics parser; panics with the parser's complaint when it does not parse.
-pub async fn scrape(port: u16, token: &str) -> Vec<Sample> {
-    let (status, text) = request(port, "GET", "/metrics", Some(token), None).await;
+pub async fn scrape(port: u16, token: Option<&str>) -> Vec<Sample> {
+    let (status, text) = request(port, "GET", "/metrics", token, None).await;
     assert_eq!(status, 200, "{text}");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/parse_metrics.py");
     let mut child = tokio::process::Command::new("python3")

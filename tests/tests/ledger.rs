@@ -61,9 +61,14 @@ impl Validators {
     }
 
     async fn start(&self, i: usize, gateway: (&str, &Path)) -> Gateway {
+        self.start_with(i, gateway, "").await
+    }
+
+    /// As [`Validators::start`], with `extra` appended to the validator's config.
+    async fn start_with(&self, i: usize, gateway: (&str, &Path), extra: &str) -> Gateway {
         let d = self.dir.path().join(format!("v{i}"));
         let config = format!(
-            "[gateway]\nid = \"v{i}\"\n{}{}",
+            "[gateway]\nid = \"v{i}\"\n{}{}{extra}",
             grpc_section(self.ports[i], &self.pki()),
             self.ledger_section("validator", gateway)
         );
@@ -132,8 +137,11 @@ async fn validators_certify_a_gateways_dr_claims_and_a_restarted_one_catches_up(
     let d = site.dir.path().to_path_buf();
     keygen(&d);
     let me = ("plant", d.as_path());
-    let mut running = Vec::new();
-    for i in 0..3 {
+    // The first validator also serves /metrics (anonymous reads on loopback).
+    let web_port = free_port();
+    let web = format!("\n[web]\nlisten = \"127.0.0.1:{web_port}\"\nanonymous_read = true\n");
+    let mut running = vec![validators.start_with(0, me, &web).await];
+    for i in 1..3 {
         running.push(validators.start(i, me).await);
     }
     // The fourth validator is down for the first event.
@@ -198,6 +206,28 @@ async fn validators_certify_a_gateways_dr_claims_and_a_restarted_one_catches_up(
             .unwrap_or_else(|| panic!("{line}"));
         assert!(payment > 0, "{line}");
     }
+    // The first validator's /metrics shows the gateway's reputation as settlement gives it.
+    let metrics = gridgate_tests::web::scrape(web_port, None).await;
+    let score: f64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("member plant score "))
+        .and_then(|r| r.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no standing of plant:\n{out}"));
+    let shown = gridgate_tests::web::value(
+        &metrics,
+        "gridgate_ledger_reputation",
+        &[("member", "plant")],
+    );
+    assert_eq!(shown, score);
+    assert_eq!(
+        gridgate_tests::web::value(
+            &metrics,
+            "gridgate_ledger_certified_entries",
+            &[("origin", "plant")]
+        ),
+        4.0
+    );
     for v in running {
         assert_eq!(v.stop().await, Some(0));
     }

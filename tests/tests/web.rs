@@ -43,7 +43,7 @@ async fn metrics_move_with_readings_errors_and_dr_and_parse_as_openmetrics() {
     let (status, _) = request(web_port, "GET", "/metrics", Some("not-the-token"), None).await;
     assert_eq!(status, 401);
 
-    let first = scrape(web_port, &read).await;
+    let first = scrape(web_port, Some(&read)).await;
     let polls = |s: &[gridgate_tests::web::Sample]| {
         value(
             s,
@@ -52,7 +52,7 @@ async fn metrics_move_with_readings_errors_and_dr_and_parse_as_openmetrics() {
         )
     };
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let second = scrape(web_port, &read).await;
+    let second = scrape(web_port, Some(&read)).await;
     assert!(
         polls(&second) > polls(&first),
         "polls {} then {}",
@@ -73,6 +73,44 @@ async fn metrics_move_with_readings_errors_and_dr_and_parse_as_openmetrics() {
     );
     assert!(value(&second, "gridgate_store_budget_bytes", &[]) > 0.0);
 
+    // A scan of the plant's line from the page (admin only): units 1 and 2 answer, 3 does
+    // not; the bus's polls go on afterwards.
+    let (status, body) = request(
+        web_port,
+        "POST",
+        "/api/buses/plant/scan?from=1&to=3",
+        Some(&read),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = request(
+        web_port,
+        "POST",
+        "/api/buses/plant/scan?from=1&to=3",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let found: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(
+        found["found"],
+        serde_json::json!(["unit 1: answered", "unit 2: answered"]),
+        "{body}"
+    );
+    assert!(
+        found["snippet"]
+            .as_str()
+            .is_some_and(|s| s.contains("unit = 2")),
+        "{body}"
+    );
+    let before = polls(&scrape(web_port, Some(&read)).await);
+    until("polls again after the scan", WAIT, || async {
+        polls(&scrape(web_port, Some(&read)).await) > before
+    })
+    .await;
+
     // A device stops answering: its timeouts are counted by device and kind, and it goes
     // offline.
     sims.lines[0].devices[1].set_silent(true);
@@ -80,7 +118,7 @@ async fn metrics_move_with_readings_errors_and_dr_and_parse_as_openmetrics() {
         "plant-unit2 counted offline with timeouts",
         WAIT,
         || async {
-            let s = scrape(web_port, &read).await;
+            let s = scrape(web_port, Some(&read)).await;
             value(
                 &s,
                 "gridgate_read_errors_total",
@@ -90,7 +128,7 @@ async fn metrics_move_with_readings_errors_and_dr_and_parse_as_openmetrics() {
         },
     )
     .await;
-    let s = scrape(web_port, &read).await;
+    let s = scrape(web_port, Some(&read)).await;
     assert_eq!(
         value(
             &s,
@@ -135,7 +173,7 @@ async fn metrics_move_with_readings_errors_and_dr_and_parse_as_openmetrics() {
     gw.wait_for(WAIT, "pcs at 40 %", reads("plant-unit1/setpoint", 40.0))
         .await;
     until("the acknowledgement counted", WAIT, || async {
-        let s = scrape(web_port, &read).await;
+        let s = scrape(web_port, Some(&read)).await;
         value(
             &s,
             "gridgate_dr_load_ack_latency_seconds_count",
@@ -143,7 +181,7 @@ async fn metrics_move_with_readings_errors_and_dr_and_parse_as_openmetrics() {
         ) == 1.0
     })
     .await;
-    let s = scrape(web_port, &read).await;
+    let s = scrape(web_port, Some(&read)).await;
     assert_eq!(
         value(
             &s,
@@ -187,7 +225,7 @@ async fn metrics_move_with_readings_errors_and_dr_and_parse_as_openmetrics() {
     .await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("plant-unit1/active_power"), "{body}");
-    let s = scrape(web_port, &read).await;
+    let s = scrape(web_port, Some(&read)).await;
     assert_eq!(
         value(
             &s,
@@ -420,8 +458,27 @@ async fn the_page_of_a_running_demo_shows_live_values_and_test_reads_need_the_cr
     assert!(result.contains("plant-unit1/active_power = "), "{result}");
     assert!(result.contains("[good]"), "{result}");
 
-    let shot = c.screenshot().await.expect("screenshot");
+    // On a phone's screen the page needs no sideways scrolling.
+    c.set_window_size(390, 844).await.expect("phone size");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let overflow = c
+        .execute(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+            vec![],
+        )
+        .await
+        .expect("widths");
+    let phone = c.screenshot().await.expect("phone screenshot");
     let dir = gridgate_tests::web::artifacts_dir();
+    std::fs::write(dir.join("commissioning-page-phone.png"), &phone).expect("save");
+    assert!(
+        overflow.as_i64().is_some_and(|o| o <= 1),
+        "the page is {overflow} px wider than a phone's screen"
+    );
+    c.set_window_size(1280, 900).await.expect("laptop size");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let shot = c.screenshot().await.expect("screenshot");
     let path = dir.join("commissioning-page.png");
     std::fs::write(&path, &shot).expect("save screenshot");
     eprintln!("screenshot: {}", path.display());

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::control::{
-    BusRequest, ControlError, ControlOutcome, ControlRequest, write_dlt645, write_modbus,
+    BusRequest, ControlError, ControlOutcome, ControlRequest, ScanFound, write_dlt645, write_modbus,
 };
 use super::reading::{Quality, Reading, Value, now_ms};
 use super::state::DeviceRegistry;
@@ -194,6 +194,53 @@ impl BusPoller {
         }
     }
 
+    /// Scans the line for what answers, with `gridgate scan`'s search; the bus's own
+    /// connection is closed first and reopened by the next poll.
+    async fn scan(
+        &mut self,
+        units: std::ops::RangeInclusive<u8>,
+    ) -> Result<ScanFound, ControlError> {
+        let timeout = self.bus.timing.timeout;
+        let link = self.bus.link.clone();
+        let mut snippet = Vec::new();
+        info!(bus = %self.bus.name, "line scan asked: polls wait until it ends");
+        let found = match &mut self.line {
+            Line::Dlt645(client) => {
+                *client = None;
+                crate::tools::scan::dlt645(&link, timeout, &mut snippet)
+                    .await
+                    .map(|v| v.iter().map(|a| format!("meter {a}")).collect())
+            }
+            Line::Modbus(line) => {
+                line.disconnect();
+                crate::tools::scan::modbus(
+                    &link,
+                    units,
+                    Table::HoldingRegister,
+                    0,
+                    timeout,
+                    &mut snippet,
+                )
+                .await
+                .map(|v| {
+                    v.into_iter()
+                        .map(|(u, how)| format!("unit {u}: {how}"))
+                        .collect()
+                })
+            }
+        };
+        info!(bus = %self.bus.name, "line scan ended");
+        found
+            .map(|found| ScanFound {
+                found,
+                snippet: String::from_utf8_lossy(&snippet).into_owned(),
+            })
+            .map_err(|e| ControlError::Device {
+                point: format!("bus {}", self.bus.name),
+                error: format!("{e:#}"),
+            })
+    }
+
     /// Polls until `cancel` fires, sending each device's readings to `out`.
     pub async fn run(mut self, out: mpsc::Sender<Vec<Reading>>, cancel: CancellationToken) {
         info!(bus = %self.bus.name, link = %self.bus.link, devices = self.devices.len(), "bus started");
@@ -222,6 +269,13 @@ impl BusPoller {
                                 warn!(bus = %self.bus.name, "control write failed: {e}");
                             }
                             let _ = req.reply.send(outcome);
+                        }
+                        BusRequest::Scan(req) => {
+                            let found = tokio::select! {
+                                _ = cancel.cancelled() => break,
+                                f = self.scan(req.units) => f,
+                            };
+                            let _ = req.reply.send(found);
                         }
                         BusRequest::Poll(req) => {
                             let Some(idx) = self.devices.iter().position(|d| d.cfg.name == req.device) else {

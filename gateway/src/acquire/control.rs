@@ -48,6 +48,26 @@ pub struct PollRequest {
     pub reply: oneshot::Sender<Result<Vec<super::Reading>, ControlError>>,
 }
 
+/// A scan of a bus's line for what answers on it (`gridgate scan` from the page): the bus
+/// task closes its own connection and its polls wait until the scan ends, so that the scan
+/// never talks over them.
+#[derive(Debug)]
+pub struct ScanRequest {
+    /// Modbus unit ids to probe (DL/T 645 lines search every address).
+    pub units: std::ops::RangeInclusive<u8>,
+    /// What was found.
+    pub reply: oneshot::Sender<Result<ScanFound, ControlError>>,
+}
+
+/// What a scan found.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ScanFound {
+    /// One line per meter or unit found.
+    pub found: Vec<String>,
+    /// A config snippet for them, as `gridgate scan` prints it.
+    pub snippet: String,
+}
+
 /// What a bus task is asked to do between its polls.
 #[derive(Debug)]
 pub enum BusRequest {
@@ -55,6 +75,8 @@ pub enum BusRequest {
     Write(ControlRequest),
     /// Poll a device now.
     Poll(PollRequest),
+    /// Scan the line.
+    Scan(ScanRequest),
 }
 
 /// A confirmed write.
@@ -207,6 +229,32 @@ impl Controls {
         tokio::time::timeout(within, asked)
             .await
             .unwrap_or_else(|_| Err(ControlError::Timeout(device.to_string(), within)))
+    }
+
+    /// Scans the line of `bus` through its task, waiting at most `within`.
+    pub async fn scan(
+        &self,
+        bus: &str,
+        units: std::ops::RangeInclusive<u8>,
+        within: Duration,
+    ) -> Result<ScanFound, ControlError> {
+        let gone = || ControlError::BusGone(format!("bus {bus}"));
+        let tx = self
+            .lock()
+            .buses
+            .get(bus)
+            .cloned()
+            .ok_or_else(|| ControlError::Unknown(format!("bus {bus}")))?;
+        let (reply, rx) = oneshot::channel();
+        let asked = async {
+            tx.send(BusRequest::Scan(ScanRequest { units, reply }))
+                .await
+                .map_err(|_| gone())?;
+            rx.await.map_err(|_| gone())?
+        };
+        tokio::time::timeout(within, asked)
+            .await
+            .unwrap_or_else(|_| Err(ControlError::Timeout(format!("scan of bus {bus}"), within)))
     }
 
     /// Writes `value` to a device's point and waits (at most `within`) for the read-back.

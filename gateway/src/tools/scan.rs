@@ -50,7 +50,11 @@ fn bcd(n: u8) -> u8 {
 }
 
 /// Finds the meters on a DL/T 645 line.
-pub async fn dlt645(link: &Link, timeout: Duration, out: &mut dyn Write) -> Result<Vec<Address>> {
+pub async fn dlt645(
+    link: &Link,
+    timeout: Duration,
+    out: &mut (dyn Write + Send),
+) -> Result<Vec<Address>> {
     let stream = link
         .open(SerialSettings::DLT645, timeout)
         .await
@@ -122,7 +126,7 @@ pub async fn modbus(
     table: Table,
     address: u16,
     timeout: Duration,
-    out: &mut dyn Write,
+    out: &mut (dyn Write + Send),
 ) -> Result<Vec<(u8, String)>> {
     let mut line = ModbusLine::new(link.clone(), timeout);
     line.connect()

@@ -105,7 +105,10 @@ impl Exporter {
             "Page and /metrics requests refused for want of a credential",
             i.web_refused.clone(),
         );
-        registry.register_collector(Box::new(Scrape(state)));
+        registry.register_collector(Box::new(Scrape {
+            state,
+            standing: std::sync::Mutex::new(None),
+        }));
         Exporter { registry }
     }
 
@@ -121,7 +124,23 @@ impl Exporter {
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Reads the stages' own counters at scrape time.
-struct Scrape(Arc<WebState>);
+struct Scrape {
+    state: Arc<WebState>,
+    /// Members' reputation as settlement over the replica last found it, and when.
+    standing: std::sync::Mutex<Option<(std::time::Instant, Vec<Standing>)>>,
+}
+
+/// A member's reputation, as the metrics show it.
+#[derive(Debug, Clone)]
+struct Standing {
+    member: String,
+    score: i64,
+    excluded: bool,
+}
+
+/// How long a computed reputation is shown before settlement runs again: it reads every
+/// certified entry the replica holds, which is too much for every scrape.
+const STANDING_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl std::fmt::Debug for Scrape {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -194,8 +213,58 @@ impl Collector for Scrape {
 }
 
 impl Scrape {
+    /// Reputation by member: the standing of a settlement of every certified entry this
+    /// replica holds (stored entries were checked when they arrived), computed at most
+    /// once a minute.
+    fn standings(&self, cfg: &crate::config::GatewayConfig) -> Vec<Standing> {
+        let Some(l) = &cfg.ledger else {
+            return Vec::new();
+        };
+        let mut cached = self.standing.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, v)) = cached.as_ref()
+            && at.elapsed() < STANDING_FOR
+        {
+            return v.clone();
+        }
+        let Ok(members) = crate::ledger::load_members(l) else {
+            return Vec::new();
+        };
+        let store = &self.state.store.store;
+        let mut entries = Vec::new();
+        for (origin, next) in store.ledger_heads().unwrap_or_default() {
+            let Ok(rows) =
+                store.ledger_range(&origin, 0, usize::try_from(next).unwrap_or(usize::MAX))
+            else {
+                continue;
+            };
+            for (_, bytes) in rows {
+                use prost::Message;
+                let entry = gridgate_proto::v1::CertifiedEntry::decode(bytes.as_slice())
+                    .ok()
+                    .and_then(|c| c.entry)
+                    .and_then(|e| gridgate_proto::v1::Entry::decode(e.entry.as_slice()).ok());
+                if let Some(entry) = entry {
+                    entries.push(crate::ledger::settlement::Certified { entry });
+                }
+            }
+        }
+        let now = crate::acquire::reading::now_ms();
+        let statement = crate::ledger::settlement::settle(0, now, &entries, &members, &l.terms);
+        let v: Vec<Standing> = statement
+            .standing
+            .iter()
+            .map(|(m, st)| Standing {
+                member: m.clone(),
+                score: st.score,
+                excluded: st.excluded_until_ms > now,
+            })
+            .collect();
+        *cached = Some((std::time::Instant::now(), v.clone()));
+        v
+    }
+
     fn families(&self) -> Vec<Fam> {
-        let s = &self.0;
+        let s = &self.state;
         let cfg = s.config.borrow().clone();
         let mut out = Vec::new();
 
@@ -440,6 +509,24 @@ impl Scrape {
                 GAUGE,
                 store.ledger_pending_count(&cfg.id).unwrap_or(0) as f64,
             ));
+            let mut reputation = Fam::new(
+                "gridgate_ledger_reputation",
+                "Members' reputation (0 to 1000) by settlement over this replica's certified entries",
+                GAUGE,
+            );
+            let mut excluded = Fam::new(
+                "gridgate_ledger_excluded",
+                "1 while a member is excluded from new events (reputation under the threshold, in probation)",
+                GAUGE,
+            );
+            for st in self.standings(&cfg) {
+                reputation.add(labels([("member", &st.member)]), st.score as f64);
+                excluded.add(
+                    labels([("member", &st.member)]),
+                    f64::from(u8::from(st.excluded)),
+                );
+            }
+            out.extend([reputation, excluded]);
             out.push(Fam::one(
                 "gridgate_ledger_shut_out_members",
                 "Members shut out for equivocation",

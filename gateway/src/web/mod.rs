@@ -275,6 +275,7 @@ fn router(app: App) -> Router {
         .route("/api/devices", get(devices))
         .route("/api/devices/{name}", get(device))
         .route("/api/devices/{name}/read", post(test_read))
+        .route("/api/buses/{name}/scan", post(scan))
         .route("/api/dr", get(dr))
         .route("/api/loads/{name}/override", post(set_override))
         .with_state(app)
@@ -536,6 +537,53 @@ async fn test_read(
                     "test read of {name}: {e} (MQTT devices publish by themselves and cannot be polled)"
                 ),
             )
+        }
+    }
+}
+
+/// Longest wait for a scan (a DL/T 645 address search, or 247 silent Modbus units, takes
+/// minutes).
+const SCAN_WITHIN: Duration = Duration::from_secs(20 * 60);
+
+/// `?from=1&to=247` (Modbus unit ids; a DL/T 645 line is searched whole).
+#[derive(Debug, Deserialize)]
+struct ScanQuery {
+    from: Option<u8>,
+    to: Option<u8>,
+}
+
+async fn scan(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Path(bus): Path<String>,
+    Query(q): Query<ScanQuery>,
+) -> Response {
+    if let Err(r) = check(&app, peer, &headers, Access::Admin, "scan") {
+        return r;
+    }
+    let (from, to) = (q.from.unwrap_or(1), q.to.unwrap_or(247));
+    if from == 0 || from > to || to > 247 {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Modbus unit ids run from 1 to 247: give from <= to in that range",
+        );
+    }
+    warn!(bus = %bus, by = %peer.0, from, to, "line scan from the commissioning page: the bus's polls wait until it ends");
+    match app.state.controls.scan(&bus, from..=to, SCAN_WITHIN).await {
+        Ok(found) => {
+            info!(bus = %bus, found = found.found.len(), "line scan from the commissioning page done");
+            app.state.instruments.action("scan", "done");
+            Json(found).into_response()
+        }
+        Err(e) => {
+            app.state.instruments.action("scan", "failed");
+            let status = match e {
+                crate::acquire::ControlError::Unknown(_) => StatusCode::NOT_FOUND,
+                crate::acquire::ControlError::Timeout(..) => StatusCode::GATEWAY_TIMEOUT,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            problem(status, format!("scan of {bus}: {e}"))
         }
     }
 }

@@ -93,9 +93,13 @@ function drawOverview(o) {
   tb.replaceChildren();
   for (const b of o.buses) {
     const kinds = Object.entries(b.errors_by_kind).map(([k, v]) => k + " " + v).join(", ");
-    tb.appendChild(row([b.name, b.protocol, b.link, b.devices, { text: b.online, cls: b.online < b.devices ? "offline" : "online" }, b.polls, b.errors, b.missed_polls, kinds], { "data-bus": b.name }));
+    const scanButton = el("button", "Scan");
+    scanButton.hidden = o.access !== "admin";
+    scanButton.addEventListener("click", () => scanBus(b.name));
+    tb.appendChild(row([b.name, b.protocol, b.link, b.devices, { text: b.online, cls: b.online < b.devices ? "offline" : "online" }, b.polls, b.errors, b.missed_polls, kinds, scanButton], { "data-bus": b.name }));
   }
   $("#test-read").hidden = o.access !== "admin";
+  $("#scan-box").hidden = o.access !== "admin";
   $("#login-open").hidden = o.access === "admin" || !o.writes_enabled;
 }
 
@@ -180,6 +184,21 @@ async function testRead() {
     refresh();
   } catch (e) {
     out.textContent = "test read refused or failed: " + e.message;
+    out.dataset.done = "0";
+  }
+}
+
+async function scanBus(bus) {
+  const out = $("#scan-result");
+  out.dataset.done = "";
+  out.textContent = "scanning " + bus + "… (a whole Modbus range or a DL/T 645 address search takes minutes)";
+  const q = new URLSearchParams({ from: $("#scan-from").value, to: $("#scan-to").value });
+  try {
+    const r = await api("/api/buses/" + encodeURIComponent(bus) + "/scan?" + q, { method: "POST" });
+    out.textContent = (r.found.length ? r.found.join("\n") : "nothing answered") + "\n\n" + r.snippet;
+    out.dataset.done = "1";
+  } catch (e) {
+    out.textContent = "scan refused or failed: " + e.message;
     out.dataset.done = "0";
   }
 }
