@@ -562,12 +562,9 @@ impl Pipeline {
             };
             part.tasks = crate::api::start(g, state, part.cancel.clone()).await?;
         }
-        if let Some(l) = cfg
-            .ledger
-            .as_ref()
-            .filter(|l| l.role == LedgerRole::Gateway)
-        {
-            // This gateway's own log: its claims get certified by the validators.
+        if let Some(l) = &cfg.ledger {
+            // This node's own log: a gateway's claims and batch commitments, a validator's
+            // proofs of equivocation; the validators certify them.
             let certifier = crate::ledger::certifier::Certifier {
                 store: self.store.store.clone(),
                 members: Arc::new(crate::ledger::load_members(l)?),

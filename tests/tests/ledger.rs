@@ -328,6 +328,57 @@ async fn an_equivocating_gateway_is_shut_out_and_forgeries_never_make_a_certific
     let r = v1.submit(next).await.expect("submit").into_inner();
     assert_eq!(refusal(&r), pb::VoteRefusal::ShutOut, "{r:?}");
 
+    // The proof becomes an entry of v1's own log, certified by the validators; every one of
+    // them then shuts the rogue out, v2 (which voted for B) and v3 (which saw neither)
+    // included.
+    for i in 0..4 {
+        let mut c = client_of(&validators, i).await;
+        let end = tokio::time::Instant::now() + WAIT;
+        loop {
+            let heads = c
+                .heads(pb::HeadsRequest {})
+                .await
+                .expect("heads")
+                .into_inner()
+                .heads;
+            if heads
+                .iter()
+                .any(|h| h.origin == "v1" && h.next_certified >= 1)
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < end,
+                "v{i} never held v1's certified proof: {heads:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let proof = c
+            .fetch(pb::FetchRequest {
+                origin: "v1".into(),
+                from_seq: 0,
+                max: 1,
+            })
+            .await
+            .expect("fetch")
+            .into_inner()
+            .message()
+            .await
+            .expect("stream")
+            .expect("v1's entry 0");
+        let e = pb::Entry::decode(proof.entry.expect("entry").entry.as_slice()).expect("entry");
+        assert_eq!(e.kind, pb::EntryKind::Equivocation as i32);
+    }
+    for i in [2, 3] {
+        let r = client_of(&validators, i)
+            .await
+            .submit(a.clone())
+            .await
+            .expect("submit")
+            .into_inner();
+        assert_eq!(refusal(&r), pb::VoteRefusal::ShutOut, "v{i}: {r:?}");
+    }
+
     // Two votes are not a certificate, nor are two votes and a forged third (signed by the
     // rogue, not a validator): no validator stores it.
     let forged_vote = sign_vote("v3", "rogue", 0, &entry_hash(&a), &rogue);

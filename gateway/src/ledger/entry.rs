@@ -112,6 +112,25 @@ pub fn check_entry(signed: &pb::SignedEntry, members: &Members) -> Result<pb::En
     Ok(entry)
 }
 
+/// Checks an equivocation proof: two different entries, each signed by the same member, for
+/// the same place of its log. Returns the member who equivocated. A "proof" that does not
+/// check (one entry forged, the same entry twice, two places) accuses nobody.
+pub fn check_proof(
+    proof: &pb::EquivocationProof,
+    members: &Members,
+) -> Result<String, LedgerError> {
+    let (Some(a), Some(b)) = (&proof.a, &proof.b) else {
+        return Err(LedgerError::Malformed("EquivocationProof"));
+    };
+    let (ea, eb) = (check_entry(a, members)?, check_entry(b, members)?);
+    if ea.origin != eb.origin || ea.seq != eb.seq || a.entry == b.entry {
+        return Err(LedgerError::Malformed(
+            "EquivocationProof (not two different entries for one place)",
+        ));
+    }
+    Ok(ea.origin)
+}
+
 /// A validator's vote for the entry `hash` at (origin, seq).
 pub fn sign_vote(
     validator: &str,

@@ -22,8 +22,36 @@ fn refuse(refusal: pb::VoteRefusal, detail: String, next_certified: u64) -> pb::
     }
 }
 
+/// The member an entry accuses of equivocation, with its proof: an equivocation entry of a
+/// validator whose proof checks.
+fn accusation(entry: &pb::Entry, members: &Members) -> Option<(String, Vec<u8>)> {
+    if entry.kind != pb::EntryKind::Equivocation as i32 {
+        return None;
+    }
+    let by_validator = members
+        .0
+        .get(&entry.origin)
+        .is_some_and(|m| m.role == pb::MemberRole::Validator);
+    let proof = pb::EquivocationProof::decode(entry.payload.as_slice()).ok()?;
+    let accused = super::entry::check_proof(&proof, members).ok()?;
+    by_validator.then(|| (accused, entry.payload.clone()))
+}
+
+/// Shuts `accused` out on a proof another validator found (logged once).
+fn shut_out_for(store: &Store, accused: &str, proof: &[u8]) -> Result<(), StoreError> {
+    let known = store.ledger_shut_outs()?.iter().any(|(o, _)| o == accused);
+    if !known {
+        store.ledger_shut_out(accused, proof)?;
+        warn!(
+            origin = accused,
+            "equivocation proved by another validator: origin shut out"
+        );
+    }
+    Ok(())
+}
+
 /// Checks that a payload is a valid message of the entry's kind.
-fn payload_ok(entry: &pb::Entry) -> bool {
+fn payload_ok(entry: &pb::Entry, members: &Members) -> bool {
     let p = entry.payload.as_slice();
     match pb::EntryKind::try_from(entry.kind) {
         Ok(pb::EntryKind::BatchCommitment) => {
@@ -31,7 +59,8 @@ fn payload_ok(entry: &pb::Entry) -> bool {
         }
         Ok(pb::EntryKind::DrEvent) => pb::SignedDrEvent::decode(p).is_ok(),
         Ok(pb::EntryKind::PerformanceReport) => pb::SignedPerformanceReport::decode(p).is_ok(),
-        Ok(pb::EntryKind::Equivocation) => pb::EquivocationProof::decode(p).is_ok(),
+        // Only a validator attests an equivocation, and only with a proof that checks.
+        Ok(pb::EntryKind::Equivocation) => accusation(entry, members).is_some(),
         Ok(pb::EntryKind::ProgramTerms | pb::EntryKind::Membership) => true,
         _ => false,
     }
@@ -108,7 +137,7 @@ fn check_for_vote(
             next,
         )));
     }
-    if !payload_ok(&entry) {
+    if !payload_ok(&entry, members) {
         return Ok(Err(refuse(
             pb::VoteRefusal::BadPayload,
             format!("the payload is not a valid {:?}", entry.kind),
@@ -177,21 +206,43 @@ pub fn submit_batch(
     for ((i, (origin, seq, hash, _)), lock) in to_lock.into_iter().zip(locks) {
         let next = store.ledger_next_certified(&origin)?;
         replies[i] = Some(match lock {
-            VoteLock::Fresh | VoteLock::Again => pb::SubmitReply {
-                vote: Some(sign_vote(me, &origin, seq, &hash, key)),
-                refusal: pb::VoteRefusal::Unspecified as i32,
-                detail: String::new(),
-                next_certified: next,
-            },
+            VoteLock::Fresh | VoteLock::Again => {
+                // Voting for another validator's proof of equivocation: the accused is shut
+                // out here too, though this validator never saw both entries.
+                if let Ok(e) = pb::Entry::decode(entries[i].entry.as_slice())
+                    && let Some((accused, proof)) = accusation(&e, members)
+                {
+                    shut_out_for(store, &accused, &proof)?;
+                }
+                pb::SubmitReply {
+                    vote: Some(sign_vote(me, &origin, seq, &hash, key)),
+                    refusal: pb::VoteRefusal::Unspecified as i32,
+                    detail: String::new(),
+                    next_certified: next,
+                }
+            }
             VoteLock::Other(first) => {
                 let proof = pb::EquivocationProof {
                     a: pb::SignedEntry::decode(first.as_slice()).ok(),
                     b: Some(entries[i].clone()),
                 };
-                store.ledger_shut_out(&origin, &proof.encode_to_vec())?;
+                let proof = proof.encode_to_vec();
+                store.ledger_shut_out(&origin, &proof)?;
+                // The proof goes on this validator's own log, to be certified and spread:
+                // every replica then shuts the origin out and settlement counts it.
+                let at = super::certifier::append(
+                    store,
+                    me,
+                    key,
+                    &format!("equivocation/{origin}"),
+                    pb::EntryKind::Equivocation,
+                    proof,
+                )?;
                 warn!(
                     origin,
-                    seq, "equivocation: two entries signed for one place; origin shut out"
+                    seq,
+                    proof_entry = at,
+                    "equivocation: two entries signed for one place; origin shut out, proof appended to this validator's log"
                 );
                 refuse(
                     pb::VoteRefusal::Equivocation,
@@ -271,6 +322,9 @@ pub fn push_batch(
         if !chains {
             problem = "prev_hash does not chain to the certified entry before it".into();
             break;
+        }
+        if let Some((accused, proof)) = accusation(&entry, members) {
+            shut_out_for(store, &accused, &proof)?;
         }
         heads.insert(entry.origin.clone(), (next + 1, Some(hash.to_vec())));
         last_next = next + 1;
@@ -408,5 +462,41 @@ mod tests {
         assert_eq!(proof.a.as_ref(), Some(&first));
         assert_eq!(proof.b.as_ref(), Some(&second));
         assert_eq!(refusal(&vote(&store, &first)), pb::VoteRefusal::ShutOut);
+
+        // The proof is on the validator's own log, waiting for its certificate.
+        let own = store.ledger_pending("v0").expect("own log");
+        assert_eq!(own.len(), 1);
+        let accusation = pb::SignedEntry::decode(own[0].1.as_slice()).expect("entry");
+        let e = pb::Entry::decode(accusation.entry.as_slice()).expect("entry");
+        assert_eq!(e.kind, pb::EntryKind::Equivocation as i32);
+        assert_eq!(e.payload, shut[0].1);
+
+        // A validator that never saw both entries votes for the proof and shuts gw out.
+        let other_dir = tempfile::tempdir().expect("dir");
+        let other = Store::open(other_dir.path(), "v0").expect("store");
+        assert!(vote(&other, &first).vote.is_some());
+        assert!(vote(&other, &accusation).vote.is_some());
+        assert_eq!(
+            other.ledger_shut_outs().expect("shut outs")[0].0,
+            "gw",
+            "shut out on the proof alone"
+        );
+        assert_eq!(refusal(&vote(&other, &chained)), pb::VoteRefusal::ShutOut);
+
+        // A "proof" whose entries gw never signed accuses nobody and gets no vote.
+        let forged = pb::EquivocationProof {
+            a: Some(sign_entry(&entry("gw", 5, [0; 32], b"x"), &w.stranger)),
+            b: Some(sign_entry(&entry("gw", 5, [0; 32], b"y"), &w.stranger)),
+        };
+        let mut fake = entry("v0", 0, [0; 32], b"");
+        fake.kind = pb::EntryKind::Equivocation as i32;
+        fake.payload = forged.encode_to_vec();
+        let third_dir = tempfile::tempdir().expect("dir");
+        let third = Store::open(third_dir.path(), "v0").expect("store");
+        assert_eq!(
+            refusal(&vote(&third, &sign_entry(&fake, &w.validator))),
+            pb::VoteRefusal::BadPayload
+        );
+        assert!(third.ledger_shut_outs().expect("shut outs").is_empty());
     }
 }

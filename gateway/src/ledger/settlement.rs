@@ -263,6 +263,36 @@ pub fn settle(
             event: event.clone(),
         });
     }
+    // Proofs of equivocation, attested by validators, one per proven place: each is an
+    // offence that takes the member's score to nothing and starts its probation.
+    let mut proven: BTreeSet<(String, Vec<u8>)> = BTreeSet::new();
+    let mut accusations: Vec<(i64, String)> = Vec::new();
+    for e in &sorted {
+        if e.kind != pb::EntryKind::Equivocation as i32 {
+            continue;
+        }
+        let by_validator = members
+            .0
+            .get(&e.origin)
+            .is_some_and(|m| m.role == pb::MemberRole::Validator);
+        let Ok(proof) = pb::EquivocationProof::decode(e.payload.as_slice()) else {
+            continue;
+        };
+        let Ok(accused) = super::entry::check_proof(&proof, members) else {
+            continue;
+        };
+        // The place: the accused's (origin, seq), the same in both entries of the proof.
+        let place = proof
+            .a
+            .as_ref()
+            .and_then(|a| pb::Entry::decode(a.entry.as_slice()).ok())
+            .map(|a| a.seq.to_be_bytes().to_vec())
+            .unwrap_or_default();
+        if by_validator && e.timestamp_ms < to_ms && proven.insert((accused.clone(), place)) {
+            accusations.push((e.timestamp_ms, accused));
+        }
+    }
+    let mut accusations = accusations.into_iter().peekable();
     // Reputation runs over every claim up to the period's end, in order; payments over the
     // period's events.
     let mut standing: BTreeMap<String, Standing> = members
@@ -281,7 +311,20 @@ pub fn settle(
         })
         .collect();
     let mut lines = Vec::new();
+    let convict = |standing: &mut BTreeMap<String, Standing>, at_ms: i64, accused: String| {
+        let st = standing.entry(accused).or_insert(Standing {
+            score: START_SCORE,
+            offences: 0,
+            excluded_until_ms: 0,
+        });
+        st.score = 0;
+        st.offences += 1;
+        st.excluded_until_ms = at_ms + PROBATION_BASE_MS * (1i64 << (st.offences - 1).min(20));
+    };
     for c in claims.iter().filter(|c| c.at_ms < to_ms) {
+        while let Some((at, accused)) = accusations.next_if(|(at, _)| *at <= c.at_ms) {
+            convict(&mut standing, at, accused);
+        }
         let t = terms.get(&c.report.program).cloned().unwrap_or_default();
         let (committed, delivered) = energy(c, &t);
         let late = c.at_ms > c.report.end_ms + LATE_AFTER_MS;
@@ -345,6 +388,9 @@ pub fn settle(
                 "paid"
             },
         });
+    }
+    for (at, accused) in accusations {
+        convict(&mut standing, at, accused);
     }
     lines.sort_by(|a, b| {
         (&a.issuer, &a.event_id, &a.gateway).cmp(&(&b.issuer, &b.event_id, &b.gateway))
@@ -501,6 +547,96 @@ mod tests {
         entries.reverse();
         let again = settle(10 * DAY, 11 * DAY, &entries, &w.members, &terms());
         assert_eq!(again.hash(), s.hash(), "order of arrival does not matter");
+    }
+
+    /// Two different entries signed by `key` as `gw`'s entry 7, as a validator's entry.
+    fn accusation(key: &Identity, by: &str, at_ms: i64) -> Certified {
+        let place = |payload: &[u8]| {
+            crate::ledger::entry::sign_entry(
+                &pb::Entry {
+                    origin: "gw".into(),
+                    seq: 7,
+                    payload: payload.to_vec(),
+                    ..Default::default()
+                },
+                key,
+            )
+        };
+        Certified {
+            entry: pb::Entry {
+                origin: by.into(),
+                seq: 0,
+                timestamp_ms: at_ms,
+                kind: pb::EntryKind::Equivocation as i32,
+                payload: pb::EquivocationProof {
+                    a: Some(place(b"one")),
+                    b: Some(place(b"two")),
+                }
+                .encode_to_vec(),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn a_proven_equivocation_takes_the_score_and_the_pay_and_a_forged_one_does_nothing() {
+        let mut w = world();
+        let v = Identity::generate().expect("k");
+        w.members.0.insert(
+            "v".into(),
+            Member {
+                id: "v".into(),
+                role: pb::MemberRole::Validator,
+                key: v.public(),
+            },
+        );
+        let t = 10 * DAY + 3_800_000;
+        let mut entries = claim(&w, "e1", 10 * DAY, 20.0, 25_000, 10 * DAY + 3_700_000);
+        let mut later = claim(
+            &w,
+            "e2",
+            10 * DAY + 4_000_000,
+            20.0,
+            25_000,
+            10 * DAY + 8_000_000,
+        );
+        for c in &mut later {
+            c.entry.seq += 2;
+        }
+        entries.extend(later);
+        let honest = settle(10 * DAY, 11 * DAY, &entries, &w.members, &terms());
+        assert!(honest.lines.iter().all(|l| l.note == "paid"));
+
+        // A validator's proof, between the two claims: the second is not paid.
+        let mut proven = entries.clone();
+        proven.push(accusation(&w.gw, "v", t));
+        let s = settle(10 * DAY, 11 * DAY, &proven, &w.members, &terms());
+        let note = |id: &str| {
+            s.lines
+                .iter()
+                .find(|l| l.event_id == id)
+                .map(|l| (l.note, l.payment_milli))
+        };
+        assert_eq!(note("e1"), Some(("paid", 40_000)));
+        assert_eq!(note("e2"), Some(("excluded", 0)));
+        let st = &s.standing["gw"];
+        assert!(st.score < THRESHOLD_SCORE, "{st:?}");
+        assert_eq!(
+            (st.offences, st.excluded_until_ms),
+            (1, t + PROBATION_BASE_MS)
+        );
+        // The same proof twice (two validators found it) is one offence.
+        proven.push(accusation(&w.gw, "v", t + 1));
+        let twice = settle(10 * DAY, 11 * DAY, &proven, &w.members, &terms());
+        assert_eq!(twice.standing["gw"].offences, 1);
+
+        // A "proof" of entries gw never signed, or one logged by a non-validator, is nothing.
+        for forged in [accusation(&w.operator, "v", t), accusation(&w.gw, "op", t)] {
+            let mut e = entries.clone();
+            e.push(forged);
+            let f = settle(10 * DAY, 11 * DAY, &e, &w.members, &terms());
+            assert_eq!(f.hash(), honest.hash());
+        }
     }
 
     #[test]
