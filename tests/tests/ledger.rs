@@ -1,13 +1,16 @@
-//! The consortium ledger with real processes on loopback: four validators (f = 1) and a
-//! gateway, each a `gridgate run` with its own store and key, over mutual TLS. The gateway's
-//! DR performance report becomes an entry of its log, certified by 2f+1 validators; a
-//! validator that was down catches up when it is back.
+//! The consortium ledger with real processes on loopback: four validators (f = 1) and one or
+//! two gateways, each a `gridgate run` with its own store and key, over mutual TLS. A
+//! gateway's DR performance report becomes an entry of its log, certified by 2f+1
+//! validators; a validator that was down catches up when it is back.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use gridgate_tests::dr_site::{Site, WAIT, event, keygen, plant, wait_for_port};
 use gridgate_tests::{Gateway, free_port, grpc_section, run_to_end};
+
+/// The consortium's gateways: id and site directory.
+type Gateways<'a> = &'a [(&'a str, &'a Path)];
 
 /// The validators: their directories and ports, and the consortium's PKI.
 struct Validators {
@@ -34,10 +37,11 @@ impl Validators {
         self.dir.path().join("pki")
     }
 
-    /// `[ledger]` for a node of `role` in a consortium with these validators, `gateway` (its
-    /// id and its site directory, which holds its key and the DR operator's), and the DR
-    /// operator (whose key signs the events settlement reads).
-    fn ledger_section(&self, role: &str, gateway: (&str, &Path)) -> String {
+    /// `[ledger]` for a node of `role` in a consortium with these validators, the
+    /// `gateways` (each its id and its site directory, which holds its key; the first's also
+    /// holds the DR operator's), and the DR operator (whose key signs the events settlement
+    /// reads).
+    fn ledger_section(&self, role: &str, gateways: Gateways) -> String {
         let mut members = String::new();
         for (i, port) in self.ports.iter().enumerate() {
             members.push_str(&format!(
@@ -45,11 +49,15 @@ impl Validators {
                 self.dir.path().join(format!("v{i}/identity.pub")).display()
             ));
         }
+        for (id, dir) in gateways {
+            members.push_str(&format!(
+                "  {{ id = \"{id}\", role = \"gateway\", public_key = \"{}\" }},\n",
+                dir.join("identity.pub").display(),
+            ));
+        }
         members.push_str(&format!(
-            "  {{ id = \"{}\", role = \"gateway\", public_key = \"{}\" }},\n  {{ id = \"operator\", role = \"operator\", public_key = \"{}\" }},\n",
-            gateway.0,
-            gateway.1.join("identity.pub").display(),
-            gateway.1.join("operator/identity.pub").display()
+            "  {{ id = \"operator\", role = \"operator\", public_key = \"{}\" }},\n",
+            gateways[0].1.join("operator/identity.pub").display()
         ));
         let pki = self.pki();
         format!(
@@ -60,17 +68,17 @@ impl Validators {
         )
     }
 
-    async fn start(&self, i: usize, gateway: (&str, &Path)) -> Gateway {
-        self.start_with(i, gateway, "").await
+    async fn start(&self, i: usize, gateways: Gateways<'_>) -> Gateway {
+        self.start_with(i, gateways, "").await
     }
 
     /// As [`Validators::start`], with `extra` appended to the validator's config.
-    async fn start_with(&self, i: usize, gateway: (&str, &Path), extra: &str) -> Gateway {
+    async fn start_with(&self, i: usize, gateways: Gateways<'_>, extra: &str) -> Gateway {
         let d = self.dir.path().join(format!("v{i}"));
         let config = format!(
             "[gateway]\nid = \"v{i}\"\n{}{}{extra}",
             grpc_section(self.ports[i], &self.pki()),
-            self.ledger_section("validator", gateway)
+            self.ledger_section("validator", gateways)
         );
         let gw = Gateway::start_logged(&d, &config).await;
         wait_for_port(self.ports[i]).await;
@@ -131,60 +139,84 @@ fn holds(out: &str, origin: &str, count: u64) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn validators_certify_a_gateways_dr_claims_and_a_restarted_one_catches_up() {
+async fn validators_certify_two_gateways_dr_claims_and_a_restarted_one_catches_up() {
     let validators = Validators::new(4);
     let (_sims, site, config): (_, Site, String) = plant().await;
     let d = site.dir.path().to_path_buf();
     keygen(&d);
-    let me = ("plant", d.as_path());
+    // A second gateway at another plant, trusting the same DR operator.
+    let (_sims2, site2, config2): (_, Site, String) = plant().await;
+    let d2 = site2.dir.path().to_path_buf();
+    keygen(&d2);
+    let config2 = config2
+        .replacen("id = \"plant\"", "id = \"plant2\"", 1)
+        .replace(
+            &site2.path("operator/identity.pub"),
+            &site.path("operator/identity.pub"),
+        );
+    let gateways = [("plant", d.as_path()), ("plant2", d2.as_path())];
     // The first validator also serves /metrics (anonymous reads on loopback).
     let web_port = free_port();
     let web = format!("\n[web]\nlisten = \"127.0.0.1:{web_port}\"\nanonymous_read = true\n");
-    let mut running = vec![validators.start_with(0, me, &web).await];
+    let mut running = vec![validators.start_with(0, &gateways, &web).await];
     for i in 1..3 {
-        running.push(validators.start(i, me).await);
+        running.push(validators.start(i, &gateways).await);
     }
     // The fourth validator is down for the first event.
-    let config = format!("{config}{}", validators.ledger_section("gateway", me));
-    let _gw = Gateway::start_logged(&d, &config).await;
+    let ledger = validators.ledger_section("gateway", &gateways);
+    let _gw = Gateway::start_logged(&d, &format!("{config}{ledger}")).await;
+    let _gw2 = Gateway::start_logged(&d2, &format!("{config2}{ledger}")).await;
     wait_for_port(site.port).await;
+    wait_for_port(site2.port).await;
     let operator = site.path("operator/identity.key");
     let shed = |id: &str| {
         event(id, "operator", "load = \"pcs\"\nshed_kw = 27.5")
             .replace("duration = \"15m\"", "duration = \"2s\"")
     };
-    let watch = site.watch_until_reported("claim-1");
-    let (code, out) = site.send("claim-1", &operator, &shed("claim-1")).await;
-    assert_eq!(code, 0, "{out}");
-    let (code, out, err) = watch.await.expect("watch");
-    assert_eq!(code, 0, "{out}{err}");
+    // One signed event to both gateways; each reports its own performance.
+    let both = |id: &'static str| {
+        let (site, site2, shed) = (&site, &site2, &shed);
+        let operator = operator.clone();
+        async move {
+            let watch = site.watch_until_reported(id);
+            let watch2 = site2.watch_until_reported(id);
+            let signed = site.sign(id, &operator, &shed(id)).await;
+            for s in [site, site2] {
+                let (code, out) = s.dispatch("operator", &signed).await;
+                assert_eq!(code, 0, "{out}");
+            }
+            for w in [watch, watch2] {
+                let (code, out, err) = w.await.expect("watch");
+                assert_eq!(code, 0, "{out}{err}");
+            }
+        }
+    };
+    both("claim-1").await;
 
-    // Three of four validators are a quorum (2f+1 = 3): the claim is certified and every
-    // running validator holds it.
+    // Three of four validators are a quorum (2f+1 = 3): the claims are certified and every
+    // running validator holds them.
     let gw_config = d.join("gridgate.toml");
     let out = status_until(
         &gw_config,
-        "the claim on the three running validators",
-        |o| holds(o, "plant", 2) == 3,
+        "both gateways' claims on the three running validators",
+        |o| holds(o, "plant", 2) == 3 && holds(o, "plant2", 2) == 3,
     )
     .await;
     assert!(out.contains("validator v3: unreachable"), "{out}");
 
-    // The fourth comes back; the next claim brings it up to date first (it is pushed the
-    // certificate it missed), then it votes on the new one.
-    running.push(validators.start(3, me).await);
-    let watch = site.watch_until_reported("claim-2");
-    let (code, out) = site.send("claim-2", &operator, &shed("claim-2")).await;
-    assert_eq!(code, 0, "{out}");
-    let (code, out, err) = watch.await.expect("watch");
-    assert_eq!(code, 0, "{out}{err}");
-    let out = status_until(&gw_config, "both claims on all four validators", |o| {
-        holds(o, "plant", 4) == 4
-    })
+    // The fourth comes back; the next claims bring it up to date first (it is pushed the
+    // certificates it missed), then it votes on the new ones.
+    running.push(validators.start(3, &gateways).await);
+    both("claim-2").await;
+    let out = status_until(
+        &gw_config,
+        "both claims of both gateways on all four validators",
+        |o| holds(o, "plant", 4) == 4 && holds(o, "plant2", 4) == 4,
+    )
     .await;
     assert!(!out.contains("do not check"), "{out}");
 
-    // Every validator's replica gives the same settlement statement, and the gateway is
+    // Every validator's replica gives the same settlement statement, and each gateway is
     // paid for both events.
     let out = settlement_today(&gw_config).await;
     let hashes: Vec<&str> = out
@@ -193,11 +225,16 @@ async fn validators_certify_a_gateways_dr_claims_and_a_restarted_one_catches_up(
         .collect();
     assert_eq!(hashes.len(), 4, "{out}");
     assert!(hashes.iter().all(|h| *h == hashes[0]), "{out}");
-    for id in ["claim-1", "claim-2"] {
+    for (id, gw) in [
+        ("claim-1", "plant"),
+        ("claim-2", "plant"),
+        ("claim-1", "plant2"),
+        ("claim-2", "plant2"),
+    ] {
         let line = out
             .lines()
-            .find(|l| l.starts_with(&format!("event operator {id} gateway plant")))
-            .unwrap_or_else(|| panic!("no settlement of {id}:\n{out}"));
+            .find(|l| l.starts_with(&format!("event operator {id} gateway {gw} ")))
+            .unwrap_or_else(|| panic!("no settlement of {id} with {gw}:\n{out}"));
         let payment: i64 = line
             .split("payment_milli ")
             .nth(1)
@@ -264,7 +301,7 @@ async fn an_equivocating_gateway_is_shut_out_and_forgeries_never_make_a_certific
     let me = ("rogue", rogue_dir.path());
     let mut running = Vec::new();
     for i in 0..4 {
-        running.push(validators.start(i, me).await);
+        running.push(validators.start(i, &[me]).await);
     }
     let rogue =
         gridgate::batch::Identity::load(&rogue_dir.path().join("identity.key")).expect("key");
@@ -411,7 +448,7 @@ async fn a_gateway_cut_off_for_a_whole_event_gets_its_claim_certified_when_back(
     keygen(&d);
     let me = ("plant", d.as_path());
     // No validator is reachable during the event: the claim waits in the gateway's store.
-    let config = format!("{config}{}", validators.ledger_section("gateway", me));
+    let config = format!("{config}{}", validators.ledger_section("gateway", &[me]));
     let _gw = Gateway::start_logged(&d, &config).await;
     wait_for_port(site.port).await;
     let operator = site.path("operator/identity.key");
@@ -427,7 +464,7 @@ async fn a_gateway_cut_off_for_a_whole_event_gets_its_claim_certified_when_back(
     // and every replica settles it the same way.
     let mut running = Vec::new();
     for i in 0..4 {
-        running.push(validators.start(i, me).await);
+        running.push(validators.start(i, &[me]).await);
     }
     let gw_config = d.join("gridgate.toml");
     status_until(&gw_config, "the late claim on all four validators", |o| {
