@@ -243,6 +243,43 @@ async fn validators_certify_two_gateways_dr_claims_and_a_restarted_one_catches_u
             .unwrap_or_else(|| panic!("{line}"));
         assert!(payment > 0, "{line}");
     }
+    // A log as a validator holds it, and every replica verified: certificates, chains, no
+    // fork between validators.
+    let cfg = gw_config.display().to_string();
+    let (code, log, err) = run_to_end(
+        &[
+            "ledger",
+            "log",
+            "--config",
+            &cfg,
+            "--origin",
+            "plant2",
+            "--validator",
+            "v3",
+        ],
+        WAIT,
+    )
+    .await;
+    assert_eq!(code, 0, "{log}{err}");
+    assert!(
+        log.starts_with("# plant2's log as validator v3 holds it: 4 certified entries"),
+        "{log}"
+    );
+    assert!(
+        log.contains("DR event operator/claim-1 program peak-shave"),
+        "{log}"
+    );
+    assert!(
+        log.contains("performance report of plant2 for operator/claim-2"),
+        "{log}"
+    );
+    let (code, verified, err) = run_to_end(&["ledger", "verify", "--config", &cfg], WAIT).await;
+    assert_eq!(code, 0, "{verified}{err}");
+    assert!(
+        verified.contains("8 place(s) on 2 log(s) across 4 validator(s): no fault, no fork"),
+        "{verified}"
+    );
+
     // The first validator's /metrics shows the gateway's reputation as settlement gives it.
     let metrics = gridgate_tests::web::scrape(web_port, None).await;
     let score: f64 = out

@@ -39,6 +39,34 @@ pub enum LedgerCommand {
         #[arg(long)]
         day: String,
     },
+    /// One member's log as a validator holds it: each certified entry with its time, kind,
+    /// what it says and its certificate checked.
+    ///
+    /// Example: gridgate ledger log --config /etc/gridgate/gridgate.toml --origin site-042
+    Log {
+        /// The node's config (members, validators, TLS client identity).
+        #[arg(long)]
+        config: PathBuf,
+        /// Whose log (a member id).
+        #[arg(long)]
+        origin: String,
+        /// Which validator to ask (default: the first that answers).
+        #[arg(long)]
+        validator: Option<String>,
+        /// First sequence number to show.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+    },
+    /// Checks every validator's replica: each certificate, each log's chain (gapless, every
+    /// entry naming the hash of the one before), and that no two validators hold different
+    /// entries for one place (a fork). Exit 1 on any fault.
+    ///
+    /// Example: gridgate ledger verify --config /etc/gridgate/gridgate.toml
+    Verify {
+        /// The node's config (members, validators, TLS client identity).
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 /// Runs a `gridgate ledger` command.
@@ -46,6 +74,13 @@ pub async fn run(cmd: LedgerCommand, out: &mut dyn Write) -> Result<ExitCode> {
     match cmd {
         LedgerCommand::Status { config } => status(&config, out).await,
         LedgerCommand::Settlement { config, day } => settlement(&config, &day, out).await,
+        LedgerCommand::Log {
+            config,
+            origin,
+            validator,
+            from,
+        } => log(&config, &origin, validator.as_deref(), from, out).await,
+        LedgerCommand::Verify { config } => verify(&config, out).await,
     }
 }
 
@@ -231,6 +266,264 @@ async fn status(config: &std::path::Path, out: &mut dyn Write) -> Result<ExitCod
     if answered == 0 {
         bail!("no validator answered");
     }
+    Ok(if faults == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Every certified entry of `origin` a validator holds from `from`, as sent.
+async fn fetch_log(
+    client: &mut LedgerClient<tonic::transport::Channel>,
+    origin: &str,
+    from: u64,
+) -> Result<Vec<pb::CertifiedEntry>> {
+    let mut stream = client
+        .fetch(pb::FetchRequest {
+            origin: origin.to_string(),
+            from_seq: from,
+            max: 0,
+        })
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(c) = tokio::time::timeout(Duration::from_secs(30), stream.message())
+        .await
+        .context("no entry within 30 s")??
+    {
+        out.push(c);
+    }
+    Ok(out)
+}
+
+/// A time as `2026-11-29T05:20:00Z`.
+fn utc(ms: i64) -> String {
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+/// One line on what an entry says.
+fn summary(e: &pb::Entry) -> String {
+    use prost::Message;
+    let p = e.payload.as_slice();
+    match pb::EntryKind::try_from(e.kind) {
+        Ok(pb::EntryKind::BatchCommitment) => match pb::BatchCommitment::decode(p) {
+            Ok(c) => format!(
+                "batches {}..{} root {}",
+                c.first_seq,
+                c.first_seq + c.tree_size,
+                hex::encode(&c.root)
+            ),
+            Err(_) => "batch commitment (does not decode)".into(),
+        },
+        Ok(pb::EntryKind::DrEvent) => match pb::SignedDrEvent::decode(p)
+            .ok()
+            .and_then(|s| pb::DrEvent::decode(s.event.as_slice()).ok())
+        {
+            Some(ev) => format!(
+                "DR event {}/{} program {} start {} for {} s",
+                ev.issuer,
+                ev.id,
+                ev.program,
+                utc(ev.start_ms),
+                ev.duration_s
+            ),
+            None => "DR event (does not decode)".into(),
+        },
+        Ok(pb::EntryKind::PerformanceReport) => match pb::SignedPerformanceReport::decode(p)
+            .ok()
+            .and_then(|s| pb::PerformanceReport::decode(s.report.as_slice()).ok())
+        {
+            Some(r) => format!(
+                "performance report of {} for {}/{}{}",
+                r.gateway_id,
+                r.issuer,
+                r.event_id,
+                if r.cancelled { " (cancelled)" } else { "" }
+            ),
+            None => "performance report (does not decode)".into(),
+        },
+        Ok(pb::EntryKind::Equivocation) => {
+            let accused = pb::EquivocationProof::decode(p)
+                .ok()
+                .and_then(|proof| proof.a)
+                .and_then(|a| pb::Entry::decode(a.entry.as_slice()).ok());
+            match accused {
+                Some(a) => format!(
+                    "equivocation proof: {} signed two entries at {}",
+                    a.origin, a.seq
+                ),
+                None => "equivocation proof (does not decode)".into(),
+            }
+        }
+        Ok(k) => k
+            .as_str_name()
+            .trim_start_matches("ENTRY_KIND_")
+            .to_lowercase(),
+        Err(_) => format!("unknown kind {}", e.kind),
+    }
+}
+
+async fn log(
+    config: &std::path::Path,
+    origin: &str,
+    only: Option<&str>,
+    from: u64,
+    out: &mut dyn Write,
+) -> Result<ExitCode> {
+    let (ledger, members) = consortium(config)?;
+    for v in ledger
+        .members
+        .iter()
+        .filter(|m| m.role == "validator" && only.is_none_or(|o| o == m.id))
+    {
+        let Some(endpoint) = &v.endpoint else {
+            continue;
+        };
+        let mut client = match validator(&ledger, endpoint).await {
+            Ok(c) => c,
+            Err(e) => {
+                writeln!(out, "# validator {}: unreachable ({e:#})", v.id)?;
+                continue;
+            }
+        };
+        let entries = match fetch_log(&mut client, origin, from).await {
+            Ok(e) => e,
+            Err(e) => {
+                writeln!(out, "# validator {}: {e:#}", v.id)?;
+                continue;
+            }
+        };
+        writeln!(
+            out,
+            "# {origin}'s log as validator {} holds it: {} certified entr{} from {from}",
+            v.id,
+            entries.len(),
+            if entries.len() == 1 { "y" } else { "ies" }
+        )?;
+        let mut faults = 0;
+        for c in &entries {
+            match check_certified(c, &members) {
+                Ok((e, hash)) => writeln!(
+                    out,
+                    "{:>6}  {}  {}  {} votes  {}",
+                    e.seq,
+                    utc(e.timestamp_ms),
+                    &hex::encode(hash)[..16],
+                    c.certificate.as_ref().map_or(0, |c| c.votes.len()),
+                    summary(&e)
+                )?,
+                Err(err) => {
+                    faults += 1;
+                    writeln!(out, "     ?  does not check: {err}")?;
+                }
+            }
+        }
+        return Ok(if faults == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
+    bail!("no validator answered")
+}
+
+async fn verify(config: &std::path::Path, out: &mut dyn Write) -> Result<ExitCode> {
+    let (ledger, members) = consortium(config)?;
+    // (origin, seq) -> (entry hash, the validator that first showed it).
+    let mut seen: std::collections::BTreeMap<(String, u64), ([u8; 32], String)> =
+        std::collections::BTreeMap::new();
+    let (mut answered, mut faults) = (0, 0u64);
+    for v in ledger.members.iter().filter(|m| m.role == "validator") {
+        let Some(endpoint) = &v.endpoint else {
+            continue;
+        };
+        let mut client = match validator(&ledger, endpoint).await {
+            Ok(c) => c,
+            Err(e) => {
+                writeln!(out, "validator {}: unreachable ({e:#})", v.id)?;
+                continue;
+            }
+        };
+        let heads =
+            match tokio::time::timeout(Duration::from_secs(10), client.heads(pb::HeadsRequest {}))
+                .await
+            {
+                Ok(Ok(h)) => h.into_inner().heads,
+                _ => {
+                    writeln!(out, "validator {}: no heads", v.id)?;
+                    continue;
+                }
+            };
+        answered += 1;
+        let mut entries_checked = 0u64;
+        for h in heads {
+            let entries = fetch_log(&mut client, &h.origin, 0).await?;
+            let mut prev = [0u8; 32];
+            for (want, c) in entries.iter().enumerate() {
+                let (e, hash) = match check_certified(c, &members) {
+                    Ok(v) => v,
+                    Err(err) => {
+                        faults += 1;
+                        writeln!(
+                            out,
+                            "FAULT validator {}: {} entry {want}: {err}",
+                            v.id, h.origin
+                        )?;
+                        break;
+                    }
+                };
+                if e.origin != h.origin || e.seq != want as u64 || e.prev_hash != prev {
+                    faults += 1;
+                    writeln!(
+                        out,
+                        "FAULT validator {}: {}'s log breaks at {want} (holds {}:{} naming another previous entry)",
+                        v.id, h.origin, e.origin, e.seq
+                    )?;
+                    break;
+                }
+                match seen.get(&(e.origin.clone(), e.seq)) {
+                    Some((other, by)) if *other != hash => {
+                        faults += 1;
+                        writeln!(
+                            out,
+                            "FAULT FORK: validators {by} and {} hold different entries at {}:{}",
+                            v.id, e.origin, e.seq
+                        )?;
+                    }
+                    Some(_) => {}
+                    None => {
+                        seen.insert((e.origin.clone(), e.seq), (hash, v.id.clone()));
+                    }
+                }
+                prev = hash;
+                entries_checked += 1;
+            }
+        }
+        writeln!(
+            out,
+            "validator {}: {entries_checked} certified entries checked (certificates, chains)",
+            v.id
+        )?;
+    }
+    if answered == 0 {
+        bail!("no validator answered");
+    }
+    writeln!(
+        out,
+        "{} place(s) on {} log(s) across {answered} validator(s): {}",
+        seen.len(),
+        seen.keys()
+            .map(|(o, _)| o)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        if faults == 0 {
+            "no fault, no fork".to_string()
+        } else {
+            format!("{faults} FAULT(S)")
+        }
+    )?;
     Ok(if faults == 0 {
         ExitCode::SUCCESS
     } else {
