@@ -577,6 +577,17 @@ impl Pipeline {
                 l.clone(),
                 part.cancel.clone(),
             ));
+            // And the logs it keeps, fetched from the validators (anti-entropy).
+            part.tasks.spawn(crate::ledger::sync::run(
+                crate::ledger::sync::Replica {
+                    store: self.store.store.clone(),
+                    members: Arc::new(crate::ledger::load_members(l)?),
+                    me: cfg.id.clone(),
+                    role: l.role,
+                },
+                l.clone(),
+                part.cancel.clone(),
+            ));
         }
         if let Some((d, u)) = dr_mqtt {
             // Events and cancels over the master station's broker, and the reports.

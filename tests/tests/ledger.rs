@@ -204,9 +204,13 @@ async fn validators_certify_two_gateways_dr_claims_and_a_restarted_one_catches_u
     .await;
     assert!(out.contains("validator v3: unreachable"), "{out}");
 
-    // The fourth comes back; the next claims bring it up to date first (it is pushed the
-    // certificates it missed), then it votes on the new ones.
+    // The fourth comes back and catches up by itself (it asks the others for their heads
+    // and fetches what it lacks, every certificate checked), before any new claim.
     running.push(validators.start(3, &gateways).await);
+    status_until(&gw_config, "v3 caught up by itself", |o| {
+        holds(o, "plant", 2) == 4 && holds(o, "plant2", 2) == 4
+    })
+    .await;
     both("claim-2").await;
     let out = status_until(
         &gw_config,

@@ -142,9 +142,9 @@ pub fn commit_batches(
 
 /// A validator and the channel to it.
 #[derive(Clone)]
-struct Peer {
-    id: String,
-    client: LedgerClient<Channel>,
+pub(super) struct Peer {
+    pub(super) id: String,
+    pub(super) client: LedgerClient<Channel>,
 }
 
 fn read(path: &std::path::Path) -> Result<Vec<u8>, CertifierError> {
@@ -154,7 +154,8 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, CertifierError> {
     })
 }
 
-fn peers(cfg: &LedgerConfig) -> Result<Vec<Peer>, CertifierError> {
+/// Lazy channels to every validator the config names, with its TLS client identity.
+pub(super) fn peers(cfg: &LedgerConfig) -> Result<Vec<Peer>, CertifierError> {
     let mut tls = ClientTlsConfig::new();
     if let Some(ca) = &cfg.ca_file {
         tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
@@ -197,7 +198,7 @@ pub struct Certifier {
     pub wake: Arc<Notify>,
 }
 
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Option<T> {
     match tokio::task::spawn_blocking(f).await {

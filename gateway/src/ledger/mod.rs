@@ -5,7 +5,8 @@
 //! - [`merkle`]: RFC 6962 trees for batch commitments (pure).
 //! - [`node`]: a validator's vote and a pushed certificate, against the store.
 //! - [`service`]: the `Ledger` gRPC service.
-//! - [`certifier`]: a gateway's own log: append claims, collect votes, spread certificates.
+//! - [`certifier`]: a node's own log: append claims, collect votes, spread certificates.
+//! - [`sync`]: anti-entropy: a replica fetches the certified entries it lacks.
 
 pub mod certifier;
 pub mod entry;
@@ -13,6 +14,7 @@ pub mod merkle;
 pub mod node;
 pub mod service;
 pub mod settlement;
+pub mod sync;
 
 use gridgate_proto::v1 as pb;
 use thiserror::Error;

@@ -1,0 +1,192 @@
+//! Anti-entropy: a replica asks the validators for their heads and fetches, checks and
+//! stores the certified entries it lacks, in order. So a validator that was down catches up
+//! by itself (not only when an origin next asks it to vote), and a gateway holds the logs it
+//! needs: its own, the operator's (events, programs) and the validators' (proofs of
+//! equivocation, membership).
+//!
+//! What is stored goes through [`super::node::push_batch`]: every certificate checked
+//! against the membership, every entry chained to the one before it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gridgate_proto::v1 as pb;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::Members;
+use super::certifier::{blocking, peers};
+use crate::config::ledger::{LedgerConfig, LedgerRole};
+use crate::store::Store;
+
+/// Time between rounds.
+pub const EVERY: Duration = Duration::from_secs(5);
+/// Entries fetched and stored at once.
+const CHUNK: u32 = 512;
+/// Longest wait on one validator.
+const WITHIN: Duration = Duration::from_secs(10);
+
+/// What a replica syncs.
+pub struct Replica {
+    /// Its store.
+    pub store: Arc<Store>,
+    /// The membership.
+    pub members: Arc<Members>,
+    /// This node's member id.
+    pub me: String,
+    /// Its role.
+    pub role: LedgerRole,
+}
+
+impl Replica {
+    /// Whether this node keeps `origin`'s log: a validator keeps every log; a gateway its
+    /// own, the operator's and the validators'.
+    fn wants(&self, origin: &str) -> bool {
+        match self.role {
+            LedgerRole::Validator => self.members.0.contains_key(origin),
+            LedgerRole::Gateway => {
+                origin == self.me
+                    || self.members.0.get(origin).is_some_and(|m| {
+                        matches!(m.role, pb::MemberRole::Operator | pb::MemberRole::Validator)
+                    })
+            }
+        }
+    }
+}
+
+/// Fetches what one validator holds beyond this replica, origin by origin; returns the
+/// number of entries stored.
+async fn round(r: &Replica, peer: &mut super::certifier::Peer) -> u64 {
+    let heads = match tokio::time::timeout(WITHIN, peer.client.heads(pb::HeadsRequest {})).await {
+        Ok(Ok(h)) => h.into_inner().heads,
+        Ok(Err(s)) => {
+            debug!(validator = %peer.id, "ledger sync: {}", s.message());
+            return 0;
+        }
+        Err(_) => return 0,
+    };
+    let mut stored = 0;
+    for h in heads.into_iter().filter(|h| r.wants(&h.origin)) {
+        loop {
+            let (st, o) = (r.store.clone(), h.origin.clone());
+            let Some(ours) = blocking(move || st.ledger_next_certified(&o)).await else {
+                return stored;
+            };
+            if ours >= h.next_certified {
+                break;
+            }
+            let fetch = async {
+                let mut stream = peer
+                    .client
+                    .fetch(pb::FetchRequest {
+                        origin: h.origin.clone(),
+                        from_seq: ours,
+                        max: CHUNK,
+                    })
+                    .await?
+                    .into_inner();
+                let mut got = Vec::new();
+                while let Some(c) = stream.message().await? {
+                    got.push(c);
+                }
+                Ok::<_, tonic::Status>(got)
+            };
+            let got = match tokio::time::timeout(WITHIN, fetch).await {
+                Ok(Ok(g)) if !g.is_empty() => g,
+                Ok(Ok(_)) => break,
+                Ok(Err(s)) => {
+                    debug!(validator = %peer.id, origin = %h.origin, "ledger sync fetch: {}", s.message());
+                    break;
+                }
+                Err(_) => break,
+            };
+            let n = got.len() as u64;
+            let (st, members) = (r.store.clone(), r.members.clone());
+            let Some(reply) = blocking(move || super::node::push_batch(&st, &members, &got)).await
+            else {
+                return stored;
+            };
+            if !reply.stored {
+                // A certificate that does not check, or a log that does not chain: believe
+                // nothing more from this validator this round.
+                warn!(validator = %peer.id, origin = %h.origin, "ledger sync: refused what the validator sent: {}", reply.detail);
+                break;
+            }
+            stored += n;
+        }
+    }
+    stored
+}
+
+/// Syncs until `cancel` fires: every [`EVERY`], a round with each validator but itself.
+pub async fn run(r: Replica, cfg: LedgerConfig, cancel: CancellationToken) {
+    let mut peers = match peers(&cfg) {
+        Ok(p) => p,
+        Err(e) => {
+            warn!("ledger sync: cannot reach the validators: {e}");
+            return;
+        }
+    };
+    peers.retain(|p| p.id != r.me);
+    loop {
+        for peer in &mut peers {
+            let stored = tokio::select! {
+                _ = cancel.cancelled() => return,
+                n = round(&r, peer) => n,
+            };
+            if stored > 0 {
+                info!(validator = %peer.id, entries = stored, "ledger sync: certified entries fetched and stored");
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(EVERY) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::Identity;
+    use crate::ledger::Member;
+
+    #[test]
+    fn a_gateway_keeps_its_own_the_operators_and_the_validators_logs_a_validator_every_one() {
+        let mut members = Members::default();
+        for (id, role) in [
+            ("v0", pb::MemberRole::Validator),
+            ("gw", pb::MemberRole::Gateway),
+            ("gw2", pb::MemberRole::Gateway),
+            ("op", pb::MemberRole::Operator),
+            ("watcher", pb::MemberRole::Observer),
+        ] {
+            let key = Identity::generate().expect("key").public();
+            members.0.insert(
+                id.into(),
+                Member {
+                    id: id.into(),
+                    role,
+                    key,
+                },
+            );
+        }
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Arc::new(Store::open(dir.path(), "gw").expect("store"));
+        let replica = |role| Replica {
+            store: store.clone(),
+            members: Arc::new(members.clone()),
+            me: "gw".into(),
+            role,
+        };
+        let gw = replica(LedgerRole::Gateway);
+        let kept: Vec<&str> = ["v0", "gw", "gw2", "op", "watcher", "stranger"]
+            .into_iter()
+            .filter(|o| gw.wants(o))
+            .collect();
+        assert_eq!(kept, ["v0", "gw", "op"]);
+        let v = replica(LedgerRole::Validator);
+        assert!(["v0", "gw", "gw2", "op", "watcher"].iter().all(|o| v.wants(o)));
+        assert!(!v.wants("stranger"));
+    }
+}
