@@ -1006,11 +1006,20 @@ async fn reload(pipeline: &mut Pipeline, config_path: &Path) {
 pub async fn demo(
     duration: Option<Duration>,
     dr_after: Duration,
+    dr_for: Duration,
+    web_port: u16,
     echo: Box<dyn ReadingSink>,
     mut status: Box<dyn std::io::Write + Send>,
 ) -> Result<(), DaemonError> {
     let work = std::env::temp_dir().join(format!("gridgate-demo-{}", std::process::id()));
-    let result = demo_in(&work, duration, dr_after, echo, &mut status).await;
+    let result = demo_in(
+        &work,
+        duration,
+        (dr_after, dr_for, web_port),
+        echo,
+        &mut status,
+    )
+    .await;
     let _ = std::fs::remove_dir_all(&work);
     result
 }
@@ -1024,7 +1033,7 @@ fn free_port() -> std::io::Result<u16> {
 async fn demo_in(
     work: &Path,
     duration: Option<Duration>,
-    dr_after: Duration,
+    (dr_after, dr_for, web_port): (Duration, Duration, u16),
     echo: Box<dyn ReadingSink>,
     status: &mut Box<dyn std::io::Write + Send>,
 ) -> Result<(), DaemonError> {
@@ -1066,9 +1075,12 @@ topic = "gridgate/demo-site/batches"
     text.push_str(&crate::dr::demo::prepare(work, grpc_port)?);
     // The commissioning page, on 8080 when that is free: read-only views need nothing on
     // this machine, write actions the admin credential made here.
-    let web_port = std::net::TcpListener::bind("127.0.0.1:8080")
-        .map(drop)
-        .map_or_else(|_| free_port(), |_| Ok(8080))?;
+    let web_port = match web_port {
+        0 => 0,
+        p if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() => p,
+        // Taken: any free port (the address is printed below).
+        _ => 0,
+    };
     let token_file = work.join("web-admin.token");
     let token =
         crate::web::auth::new_token().map_err(|e| DaemonError::Sink(std::io::Error::other(e)))?;
@@ -1077,8 +1089,18 @@ topic = "gridgate/demo-site/batches"
         "\n[web]\nlisten = \"127.0.0.1:{web_port}\"\nadmin_token_file = \"{}\"\nanonymous_read = true\n",
         token_file.display()
     ));
-    let cfg = crate::config::parse(&text, Path::new("<demo config>"))?;
+    // The consortium: four validators in this process; the gateway's claims go to them.
     let identity = Identity::generate()?;
+    let (gateway_pub, operator_pub) = (work.join("identity.pub"), work.join("operator.pub"));
+    identity.save(&work.join("identity.key"), &gateway_pub)?;
+    let consortium = crate::ledger::demo::Consortium::prepare(work)?;
+    let members = (
+        ("demo-site", gateway_pub.as_path()),
+        ("demo-operator", operator_pub.as_path()),
+    );
+    text.push_str(&consortium.ledger_section("gateway", members.0, members.1));
+    let cfg = crate::config::parse(&text, Path::new("<demo config>"))?;
+    let validators = consortium.start(members.0, members.1).await?;
     let _ = writeln!(
         status,
         "gridgate demo: simulated meters, Modbus devices and an MQTT sensor, polled and stored by the gateway.\n{}\
@@ -1089,7 +1111,12 @@ topic = "gridgate/demo-site/batches"
         hex::encode(identity.public().to_bytes()),
         crate::dr::demo::LOAD,
         humantime::format_duration(dr_after),
-        crate::dr::demo::EVENT_LENGTH.as_secs()
+        dr_for.as_secs()
+    );
+    let _ = writeln!(
+        status,
+        "  consortium ledger: {} validators in this process (any 3 certify); the gateway's signed performance report is certified and settled",
+        crate::ledger::demo::VALIDATORS
     );
     for l in &sims.lines {
         let _ = writeln!(
@@ -1132,12 +1159,15 @@ topic = "gridgate/demo-site/batches"
             _ = &mut stop => break,
             _ = &mut dr_at, if !dispatched => {
                 dispatched = true;
-                let said = crate::dr::demo::dispatch(work, grpc_port).await;
+                let said = crate::dr::demo::dispatch(work, grpc_port, dr_for).await;
                 let _ = writeln!(status, "-- {}", said.unwrap_or_else(|e| format!("DR event not sent: {e}")));
             }
             _ = tick.tick() => {
                 let _ = writeln!(status, "-- {}", pipeline.status_line());
                 if let Some(line) = crate::dr::demo::status_line(&pipeline.store.store) {
+                    let _ = writeln!(status, "-- {line}");
+                }
+                if let Some(line) = crate::ledger::demo::status_line(&pipeline.store.store, &pipeline.config()) {
                     let _ = writeln!(status, "-- {line}");
                 }
             }
@@ -1160,6 +1190,11 @@ topic = "gridgate/demo-site/batches"
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+    }
+    for v in validators {
+        if let Err(e) = v.stop().await {
+            let _ = writeln!(status, "validator did not stop cleanly: {e}");
+        }
     }
     drop(sims);
     result

@@ -41,6 +41,14 @@ enum Command {
         /// first unit for 20 s, then restores it).
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         dr_after: Duration,
+        /// How long the demo's DR event lasts; its signed performance report follows about
+        /// ten seconds after its end, and is certified on the demo's ledger.
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        dr_for: Duration,
+        /// Port of the commissioning page on 127.0.0.1 (0: any free one; a taken port also
+        /// falls back to a free one, and the first lines say which).
+        #[arg(long, default_value_t = 8080)]
+        web_port: u16,
     },
     /// Run the gateway daemon with a config file.
     ///
@@ -325,13 +333,23 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             duration,
             json,
             dr_after,
+            dr_for,
+            web_port,
         } => {
             let s = if json {
                 sink(Format::Json)
             } else {
                 sink(Format::Text)
             };
-            daemon::demo(duration, dr_after, s, Box::new(std::io::stderr())).await?;
+            daemon::demo(
+                duration,
+                dr_after,
+                dr_for,
+                web_port,
+                s,
+                Box::new(std::io::stderr()),
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { config, echo } => {

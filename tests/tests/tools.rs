@@ -322,7 +322,11 @@ async fn check_config_names_file_line_and_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_runs_with_no_arguments_and_shows_readings() {
-    let (code, out, err) = run_to_end(&["demo", "--duration", "4s", "--json"], LIMIT).await;
+    let (code, out, err) = run_to_end(
+        &["demo", "--duration", "4s", "--json", "--web-port", "0"],
+        LIMIT,
+    )
+    .await;
     assert_eq!(code, 0, "{err}");
     let v = json_lines(&out);
     let good = |prefix: &str| {
@@ -338,7 +342,16 @@ async fn demo_runs_with_no_arguments_and_shows_readings() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_sends_a_signed_dr_event_and_the_load_comes_off() {
     let (code, out, err) = run_to_end(
-        &["demo", "--duration", "9s", "--dr-after", "1s", "--json"],
+        &[
+            "demo",
+            "--duration",
+            "9s",
+            "--dr-after",
+            "1s",
+            "--json",
+            "--web-port",
+            "0",
+        ],
         LIMIT,
     )
     .await;
@@ -363,4 +376,41 @@ async fn the_demo_sends_a_signed_dr_event_and_the_load_comes_off() {
         power[0] > 50.0 && power[power.len() - 1] < 30.0,
         "{power:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_settles_its_dr_claim_on_four_in_process_validators() {
+    let (code, out, err) = run_to_end(
+        &[
+            "demo",
+            "--duration",
+            "30s",
+            "--dr-after",
+            "1s",
+            "--dr-for",
+            "3s",
+            "--json",
+            "--web-port",
+            "0",
+        ],
+        LIMIT,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.is_empty());
+    assert!(
+        err.contains("4 validator(s), 3 votes certify (tolerates 1 faulty)"),
+        "{err}"
+    );
+    // The event and the signed report, both on the gateway's log, certified; and the
+    // settlement of the day pays the claim.
+    let settled = err
+        .lines()
+        .find(|l| l.contains("ledger: 2 own entries certified by the 4 validators, 0 waiting"))
+        .unwrap_or_else(|| panic!("the claim was never certified:\n{err}"));
+    assert!(
+        settled.contains("; settlement of today: demo-"),
+        "{settled}"
+    );
+    assert!(!settled.contains("paid 0.000"), "{settled}");
 }

@@ -286,7 +286,15 @@ async fn the_page_of_a_running_demo_shows_live_values_and_test_reads_need_the_cr
         "the browser test needs Debian's chromium and chromium-driver (scripts/test.sh installs them)"
     );
     let mut demo = tokio::process::Command::new(gridgate_tests::gridgate_bin())
-        .args(["demo", "--duration", "240s", "--dr-after", "600s"])
+        .args([
+            "demo",
+            "--duration",
+            "240s",
+            "--dr-after",
+            "600s",
+            "--web-port",
+            "0",
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)

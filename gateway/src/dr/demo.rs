@@ -14,8 +14,6 @@ use crate::store::Store;
 
 /// The demo's load: the simulated plant's first unit (55 kW), on its setpoint register.
 pub const LOAD: &str = "plant-pcs";
-/// How long the demo's event lasts.
-pub const EVENT_LENGTH: Duration = Duration::from_secs(20);
 
 /// Why the demo's DR set-up failed.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +24,9 @@ pub enum DemoError {
     /// The site PKI.
     #[error(transparent)]
     Pki(#[from] crate::api::pki::PkiError),
+    /// A file or port of the demo.
+    #[error("demo set-up: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// Makes the operator key and the PKI in `work` and returns the config text to append
@@ -58,9 +59,9 @@ max_setpoint = 100.0
     ))
 }
 
-/// Signs and dispatches the demo's event (shed 27.5 of 55 kW for [`EVENT_LENGTH`]) over
-/// the gateway's API; returns the gateway's answer as a sentence.
-pub async fn dispatch(work: &Path, port: u16) -> Result<String, String> {
+/// Signs and dispatches the demo's event (shed 27.5 of 55 kW for `length`) over the
+/// gateway's API; returns the gateway's answer as a sentence.
+pub async fn dispatch(work: &Path, port: u16, length: Duration) -> Result<String, String> {
     let operator = Identity::load(&work.join("operator.key")).map_err(|e| e.to_string())?;
     let pki = work.join("pki");
     let channel = crate::tools::pull::connect(
@@ -81,7 +82,7 @@ pub async fn dispatch(work: &Path, port: u16) -> Result<String, String> {
             action: Some(pb::load_target::Action::ShedKw(27.5)),
         }],
         start_ms: 0,
-        duration_s: EVENT_LENGTH.as_secs() as u32,
+        duration_s: length.as_secs().max(1) as u32,
         expires_ms: now + 60_000,
         issued_ms: now,
         ..Default::default()

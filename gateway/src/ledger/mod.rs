@@ -6,9 +6,11 @@
 //! - [`node`]: a validator's vote and a pushed certificate, against the store.
 //! - [`service`]: the `Ledger` gRPC service.
 //! - [`certifier`]: a node's own log: append claims, collect votes, spread certificates.
+//! - [`demo`]: the four in-process validators of `gridgate demo`.
 //! - [`sync`]: anti-entropy: a replica fetches the certified entries it lacks.
 
 pub mod certifier;
+pub mod demo;
 pub mod entry;
 pub mod merkle;
 pub mod node;

@@ -186,7 +186,11 @@ mod tests {
             .collect();
         assert_eq!(kept, ["v0", "gw", "op"]);
         let v = replica(LedgerRole::Validator);
-        assert!(["v0", "gw", "gw2", "op", "watcher"].iter().all(|o| v.wants(o)));
+        assert!(
+            ["v0", "gw", "gw2", "op", "watcher"]
+                .iter()
+                .all(|o| v.wants(o))
+        );
         assert!(!v.wants("stranger"));
     }
 }

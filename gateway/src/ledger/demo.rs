@@ -1,0 +1,142 @@
+//! The ledger part of `gridgate demo`: a consortium of four validators (f = 1) run in this
+//! process beside the demo gateway, each a full [`crate::daemon::Pipeline`] with its own
+//! store, key and gRPC listener over mutual TLS, so that the whole way (a DR event, the
+//! gateway's signed performance report, its certificate, the settlement) is visible on one
+//! machine.
+
+use std::path::{Path, PathBuf};
+
+use crate::batch::Identity;
+use crate::daemon::{DaemonError, Pipeline};
+
+/// Validators in the demo's consortium.
+pub const VALIDATORS: usize = 4;
+
+/// The demo consortium's files and ports.
+pub struct Consortium {
+    dir: PathBuf,
+    ports: Vec<u16>,
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Consortium {
+    /// Makes the consortium's PKI and the validators' keys in `work/consortium`, and picks
+    /// their ports.
+    pub fn prepare(work: &Path) -> Result<Consortium, DaemonError> {
+        let dir = work.join("consortium");
+        crate::api::pki::make_site_pki(&dir.join("pki"), "demo-consortium", &[])
+            .map_err(crate::dr::demo::DemoError::from)?;
+        let mut ports = Vec::new();
+        for i in 0..VALIDATORS {
+            let d = dir.join(format!("v{i}"));
+            std::fs::create_dir_all(&d).map_err(crate::dr::demo::DemoError::from)?;
+            Identity::generate()
+                .and_then(|k| k.save(&d.join("identity.key"), &d.join("identity.pub")))
+                .map_err(crate::dr::demo::DemoError::from)?;
+            ports.push(free_port().map_err(crate::dr::demo::DemoError::from)?);
+        }
+        Ok(Consortium { dir, ports })
+    }
+
+    /// `[ledger]` for a node of `role`, with the demo gateway (`gateway_id`, `gateway_pub`)
+    /// and the DR operator (`operator`, `operator_pub`) as members.
+    pub fn ledger_section(
+        &self,
+        role: &str,
+        gateway: (&str, &Path),
+        operator: (&str, &Path),
+    ) -> String {
+        let mut members = String::new();
+        for (i, port) in self.ports.iter().enumerate() {
+            members.push_str(&format!(
+                "  {{ id = \"v{i}\", role = \"validator\", public_key = \"{}\", endpoint = \"https://localhost:{port}\" }},\n",
+                self.dir.join(format!("v{i}/identity.pub")).display()
+            ));
+        }
+        members.push_str(&format!(
+            "  {{ id = \"{}\", role = \"gateway\", public_key = \"{}\" }},\n  {{ id = \"{}\", role = \"operator\", public_key = \"{}\" }},\n",
+            gateway.0,
+            gateway.1.display(),
+            operator.0,
+            operator.1.display()
+        ));
+        let pki = self.dir.join("pki");
+        format!(
+            "\n[ledger]\nrole = \"{role}\"\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\nmembers = [\n{members}]\n\n[[ledger.program]]\nname = \"demo\"\nprice_milli_per_kwh = 1500\n",
+            ca = pki.join("ca.pem").display(),
+            cert = pki.join("client-validator.pem").display(),
+            key = pki.join("client-validator.key").display(),
+        )
+    }
+
+    /// Starts the validators, each a pipeline with only its gRPC API and its ledger.
+    pub async fn start(
+        &self,
+        gateway: (&str, &Path),
+        operator: (&str, &Path),
+    ) -> Result<Vec<Pipeline>, DaemonError> {
+        let pki = self.dir.join("pki");
+        let mut running = Vec::new();
+        for (i, port) in self.ports.iter().enumerate() {
+            let d = self.dir.join(format!("v{i}"));
+            let text = format!(
+                "[gateway]\nid = \"v{i}\"\ndata_dir = \"{data}\"\nidentity = \"{key}\"\n\n[grpc]\nlisten = \"127.0.0.1:{port}\"\ncert_file = \"{pki}/server.pem\"\nkey_file = \"{pki}/server.key\"\nclient_ca_file = \"{pki}/ca.pem\"\n{ledger}",
+                data = d.join("data").display(),
+                key = d.join("identity.key").display(),
+                pki = pki.display(),
+                ledger = self.ledger_section("validator", gateway, operator),
+            );
+            let cfg = crate::config::parse(&text, Path::new("<demo validator>"))?;
+            let identity = Identity::load(&d.join("identity.key"))?;
+            running.push(Pipeline::start(&cfg, identity, None).await?);
+        }
+        Ok(running)
+    }
+}
+
+/// One line on the demo gateway's own ledger log, and the settlement of today once a claim
+/// is certified; `None` before anything was logged.
+pub fn status_line(
+    store: &crate::store::Store,
+    cfg: &crate::config::GatewayConfig,
+) -> Option<String> {
+    use gridgate_proto::v1 as pb;
+    use prost::Message;
+    let l = cfg.ledger.as_ref()?;
+    let certified = store.ledger_next_certified(&cfg.id).ok()?;
+    let pending = store.ledger_pending_count(&cfg.id).ok()?;
+    if certified + pending == 0 {
+        return None;
+    }
+    let mut line = format!(
+        "ledger: {certified} own entr{} certified by the {VALIDATORS} validators, {pending} waiting",
+        if certified == 1 { "y" } else { "ies" }
+    );
+    let entries: Vec<super::settlement::Certified> = store
+        .ledger_range(&cfg.id, 0, usize::MAX)
+        .ok()?
+        .into_iter()
+        .filter_map(|(_, b)| pb::CertifiedEntry::decode(b.as_slice()).ok()?.entry)
+        .filter_map(|s| pb::Entry::decode(s.entry.as_slice()).ok())
+        .map(|entry| super::settlement::Certified { entry })
+        .collect();
+    let members = super::load_members(l).ok()?;
+    let now = crate::acquire::reading::now_ms();
+    let day = now - now.rem_euclid(86_400_000);
+    let s = super::settlement::settle(day, day + 86_400_000, &entries, &members, &l.terms);
+    if let Some(paid) = s.lines.iter().find(|x| x.gateway == cfg.id) {
+        line.push_str(&format!(
+            "; settlement of today: {} delivered {:.3} kWh, paid {:.3} (statement {})",
+            paid.event_id,
+            paid.delivered_mwh as f64 / 1_000_000.0,
+            s.lines.iter().map(|x| x.payment_milli).sum::<i64>() as f64 / 1000.0,
+            &hex::encode(s.hash())[..16]
+        ));
+    }
+    Some(line)
+}
