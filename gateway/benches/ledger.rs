@@ -84,6 +84,8 @@ async fn main() {
             me: format!("v{i}"),
             key: key.clone(),
             role: LedgerRole::Validator,
+            // Plain HTTP on loopback: this measures signatures and storage, not TLS.
+            callers: gridgate::ledger::service::Callers::Unchecked,
         };
         let port = common::free_port();
         let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();

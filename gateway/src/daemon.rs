@@ -556,6 +556,7 @@ impl Pipeline {
                         me: cfg.id.clone(),
                         key: self.identity.clone(),
                         role: l.role,
+                        callers: crate::ledger::service::Callers::Members,
                     })),
                     None => None,
                 },
@@ -1098,7 +1099,13 @@ topic = "gridgate/demo-site/batches"
         ("demo-site", gateway_pub.as_path()),
         ("demo-operator", operator_pub.as_path()),
     );
-    text.push_str(&consortium.ledger_section("gateway", members.0, members.1));
+    let me = ("demo-site", work.join("identity.key"));
+    text.push_str(&consortium.ledger_section(
+        "gateway",
+        (me.0, me.1.as_path()),
+        members.0,
+        members.1,
+    )?);
     let cfg = crate::config::parse(&text, Path::new("<demo config>"))?;
     let validators = consortium.start(members.0, members.1).await?;
     let _ = writeln!(

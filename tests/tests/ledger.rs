@@ -41,7 +41,21 @@ impl Validators {
     /// `gateways` (each its id and its site directory, which holds its key; the first's also
     /// holds the DR operator's), and the DR operator (whose key signs the events settlement
     /// reads).
-    fn ledger_section(&self, role: &str, gateways: Gateways) -> String {
+    ///
+    /// `node` is the node's own id and directory: its identity key there gets a member
+    /// certificate of the consortium's CA, its TLS client identity.
+    fn ledger_section(&self, role: &str, gateways: Gateways, node: (&str, &Path)) -> String {
+        let cert = node.1.join("member.pem");
+        if !cert.exists() {
+            let pem = gridgate::api::pki::member_cert(
+                &self.pki(),
+                &node.1.join("identity.pub"),
+                node.0,
+                &[],
+            )
+            .expect("member certificate");
+            std::fs::write(&cert, pem).expect("write certificate");
+        }
         let mut members = String::new();
         for (i, port) in self.ports.iter().enumerate() {
             members.push_str(&format!(
@@ -63,8 +77,8 @@ impl Validators {
         format!(
             "\n[ledger]\nrole = \"{role}\"\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\nmembers = [\n{members}]\n\n[[ledger.program]]\nname = \"peak-shave\"\nprice_milli_per_kwh = 1500\n",
             ca = pki.join("ca.pem").display(),
-            cert = pki.join("client-validator.pem").display(),
-            key = pki.join("client-validator.key").display(),
+            cert = cert.display(),
+            key = node.1.join("identity.key").display(),
         )
     }
 
@@ -78,7 +92,7 @@ impl Validators {
         let config = format!(
             "[gateway]\nid = \"v{i}\"\n{}{}{extra}",
             grpc_section(self.ports[i], &self.pki()),
-            self.ledger_section("validator", gateways)
+            self.ledger_section("validator", gateways, (&format!("v{i}"), &d))
         );
         let gw = Gateway::start_logged(&d, &config).await;
         wait_for_port(self.ports[i]).await;
@@ -163,9 +177,10 @@ async fn validators_certify_two_gateways_dr_claims_and_a_restarted_one_catches_u
         running.push(validators.start(i, &gateways).await);
     }
     // The fourth validator is down for the first event.
-    let ledger = validators.ledger_section("gateway", &gateways);
+    let ledger = validators.ledger_section("gateway", &gateways, gateways[0]);
+    let ledger2 = validators.ledger_section("gateway", &gateways, gateways[1]);
     let _gw = Gateway::start_logged(&d, &format!("{config}{ledger}")).await;
-    let _gw2 = Gateway::start_logged(&d2, &format!("{config2}{ledger}")).await;
+    let _gw2 = Gateway::start_logged(&d2, &format!("{config2}{ledger2}")).await;
     wait_for_port(site.port).await;
     wait_for_port(site2.port).await;
     let operator = site.path("operator/identity.key");
@@ -311,21 +326,32 @@ async fn validators_certify_two_gateways_dr_claims_and_a_restarted_one_catches_u
     }
 }
 
-/// A client of validator `i` with the consortium's client certificate.
-async fn client_of(
+/// A client of validator `i` that presents `cert` and `key`.
+async fn client_as(
     v: &Validators,
     i: usize,
+    cert: &PathBuf,
+    key: &PathBuf,
 ) -> gridgate_proto::v1::ledger_client::LedgerClient<tonic::transport::Channel> {
-    let pki = v.pki();
     let channel = gridgate::tools::pull::connect(
         &format!("https://localhost:{}", v.ports[i]),
-        Some(&pki.join("ca.pem")),
-        Some(&pki.join("client-validator.pem")),
-        Some(&pki.join("client-validator.key")),
+        Some(&v.pki().join("ca.pem")),
+        Some(cert),
+        Some(key),
     )
     .await
     .expect("connect");
     gridgate_proto::v1::ledger_client::LedgerClient::new(channel)
+}
+
+/// A client of validator `i` as member v0 (any member may relay entries and certificates:
+/// they carry their own signatures).
+async fn client_of(
+    v: &Validators,
+    i: usize,
+) -> gridgate_proto::v1::ledger_client::LedgerClient<tonic::transport::Channel> {
+    let v0 = v.dir.path().join("v0");
+    client_as(v, i, &v0.join("member.pem"), &v0.join("identity.key")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -360,6 +386,23 @@ async fn an_equivocating_gateway_is_shut_out_and_forgeries_never_make_a_certific
         .encode_to_vec(),
     };
     let refusal = |r: &pb::SubmitReply| pb::VoteRefusal::try_from(r.refusal).unwrap_or_default();
+
+    // A caller whose certificate the consortium's CA signed, but for a key that is no
+    // member's, is refused before anything it sends is read.
+    let pki = validators.pki();
+    let mut outsider = client_as(
+        &validators,
+        0,
+        &pki.join("client-validator.pem"),
+        &pki.join("client-validator.key"),
+    )
+    .await;
+    let refused = outsider
+        .heads(pb::HeadsRequest {})
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("member"), "{refused:?}");
 
     // Forgeries are refused with their reason at every validator.
     let mut v0 = client_of(&validators, 0).await;
@@ -489,7 +532,10 @@ async fn a_gateway_cut_off_for_a_whole_event_gets_its_claim_certified_when_back(
     keygen(&d);
     let me = ("plant", d.as_path());
     // No validator is reachable during the event: the claim waits in the gateway's store.
-    let config = format!("{config}{}", validators.ledger_section("gateway", &[me]));
+    let config = format!(
+        "{config}{}",
+        validators.ledger_section("gateway", &[me], me)
+    );
     let _gw = Gateway::start_logged(&d, &config).await;
     wait_for_port(site.port).await;
     let operator = site.path("operator/identity.key");

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 use thiserror::Error;
 
@@ -20,6 +20,14 @@ pub enum PkiError {
     /// A file cannot be written.
     #[error("{path}: {source}")]
     Io {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A file cannot be read.
+    #[error("{path}: {source}")]
+    Read {
         /// File.
         path: PathBuf,
         /// Cause.
@@ -138,4 +146,81 @@ pub fn make_site_pki(dir: &Path, gateway_id: &str, hosts: &[String]) -> Result<W
         )?;
     }
     Ok(out)
+}
+
+fn read_text(path: &Path) -> Result<String, PkiError> {
+    std::fs::read_to_string(path).map_err(|source| PkiError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A consortium member's certificate for its Ed25519 identity key (`identity.pub`, the
+/// public half of what signs its ledger entries and votes: the CA never needs the private
+/// key), issued by the CA in `ca_dir` (`ca.pem`, `ca.key`, as `gridgate keygen --pki` makes
+/// them). The Ledger service knows its callers by this key; `hosts` are the names a
+/// validator serves under (its certificate is also good as its server certificate).
+/// Returns the PEM.
+pub fn member_cert(
+    ca_dir: &Path,
+    identity_pub: &Path,
+    id: &str,
+    hosts: &[String],
+) -> Result<String, PkiError> {
+    let ca_key = KeyPair::from_pem(&read_text(&ca_dir.join("ca.key"))?)?;
+    let issuer = Issuer::from_ca_cert_pem(&read_text(&ca_dir.join("ca.pem"))?, ca_key)?;
+    let key = rcgen::SubjectPublicKeyInfo::from_pem(&read_text(identity_pub)?)?;
+    let mut names: Vec<String> = hosts.to_vec();
+    names.extend(["localhost".to_string(), "127.0.0.1".to_string()]);
+    names.dedup();
+    let mut p = CertificateParams::new(names)?;
+    p.distinguished_name
+        .push(DnType::CommonName, id.to_string());
+    p.distinguished_name
+        .push(DnType::OrganizationalUnitName, "member");
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ClientAuth,
+        ExtendedKeyUsagePurpose::ServerAuth,
+    ];
+    let now = time::OffsetDateTime::now_utc();
+    p.not_before = now - days(1);
+    p.not_after = now + days(825);
+    Ok(p.signed_by(&key, &issuer)?.pem())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_member_certificate_carries_the_members_identity_key() {
+        let dir = tempfile::tempdir().expect("dir");
+        make_site_pki(&dir.path().join("pki"), "consortium", &[]).expect("pki");
+        let id = crate::batch::Identity::generate().expect("key");
+        let key = dir.path().join("identity.key");
+        id.save(&key, &dir.path().join("identity.pub"))
+            .expect("save");
+        let public = dir.path().join("identity.pub");
+        let pem = member_cert(
+            &dir.path().join("pki"),
+            &public,
+            "v1",
+            &["v1.example".into()],
+        )
+        .expect("certificate");
+        use rustls_pki_types::pem::PemObject;
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).expect("PEM");
+        let (_, cert) = X509Certificate::from_der(der.as_ref()).expect("DER");
+        assert_eq!(
+            cert.public_key().subject_public_key.data.as_ref(),
+            id.public().to_bytes().as_slice()
+        );
+        assert!(
+            member_cert(&dir.path().join("nowhere"), &public, "v1", &[])
+                .unwrap_err()
+                .to_string()
+                .contains("ca.key")
+        );
+    }
 }

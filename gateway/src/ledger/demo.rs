@@ -43,14 +43,21 @@ impl Consortium {
         Ok(Consortium { dir, ports })
     }
 
-    /// `[ledger]` for a node of `role`, with the demo gateway (`gateway_id`, `gateway_pub`)
-    /// and the DR operator (`operator`, `operator_pub`) as members.
+    /// `[ledger]` for the node `node` (its id and identity key: the member certificate of
+    /// that key, issued here, is its TLS client identity) of `role`, with the demo gateway
+    /// (id, public key) and the DR operator (id, public key) as members.
     pub fn ledger_section(
         &self,
         role: &str,
+        node: (&str, &Path),
         gateway: (&str, &Path),
         operator: (&str, &Path),
-    ) -> String {
+    ) -> Result<String, DaemonError> {
+        let pki = self.dir.join("pki");
+        let cert = self.dir.join(format!("{}-member.pem", node.0));
+        let pem = crate::api::pki::member_cert(&pki, &node.1.with_extension("pub"), node.0, &[])
+            .map_err(crate::dr::demo::DemoError::from)?;
+        std::fs::write(&cert, pem).map_err(crate::dr::demo::DemoError::from)?;
         let mut members = String::new();
         for (i, port) in self.ports.iter().enumerate() {
             members.push_str(&format!(
@@ -65,13 +72,12 @@ impl Consortium {
             operator.0,
             operator.1.display()
         ));
-        let pki = self.dir.join("pki");
-        format!(
+        Ok(format!(
             "\n[ledger]\nrole = \"{role}\"\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\nmembers = [\n{members}]\n\n[[ledger.program]]\nname = \"demo\"\nprice_milli_per_kwh = 1500\n",
             ca = pki.join("ca.pem").display(),
-            cert = pki.join("client-validator.pem").display(),
-            key = pki.join("client-validator.key").display(),
-        )
+            cert = cert.display(),
+            key = node.1.display(),
+        ))
     }
 
     /// Starts the validators, each a pipeline with only its gRPC API and its ledger.
@@ -89,7 +95,12 @@ impl Consortium {
                 data = d.join("data").display(),
                 key = d.join("identity.key").display(),
                 pki = pki.display(),
-                ledger = self.ledger_section("validator", gateway, operator),
+                ledger = self.ledger_section(
+                    "validator",
+                    (&format!("v{i}"), &d.join("identity.key")),
+                    gateway,
+                    operator
+                )?,
             );
             let cfg = crate::config::parse(&text, Path::new("<demo validator>"))?;
             let identity = Identity::load(&d.join("identity.key"))?;

@@ -1,7 +1,8 @@
 //! The `Ledger` gRPC service: validators vote and take certificates; every replica serves
-//! its certified entries and heads. Entries, votes and certificates carry their own
-//! signatures, so any peer with a certificate of the consortium's CA may call it: what it
-//! sends is believed only as far as its signatures go.
+//! its certified entries and heads. Callers are members: the TLS layer checks their
+//! certificate against the consortium's CA, and this service that the certificate's key is
+//! a member's Ed25519 key (the member certificate `gridgate ledger member-cert` issues for
+//! its identity key). What a member sends is believed only as far as its signatures go.
 
 use std::sync::Arc;
 
@@ -11,7 +12,6 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::Members;
-use crate::api::auth::role_of;
 use crate::batch::Identity;
 use crate::config::ledger::LedgerRole;
 use crate::store::Store;
@@ -42,6 +42,62 @@ pub struct LedgerService {
     pub key: Identity,
     /// Its role.
     pub role: LedgerRole,
+    /// Who may call.
+    pub callers: Callers,
+}
+
+/// Who may call the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Callers {
+    /// Members only, by the key of their TLS client certificate (the daemon, always).
+    Members,
+    /// Anyone who reaches the listener: only for an in-process benchmark on loopback
+    /// without TLS, which measures signatures and storage.
+    Unchecked,
+}
+
+/// The Ed25519 key of a DER certificate, if that is its key type.
+fn ed25519_key(der: &[u8]) -> Option<[u8; 32]> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let spki = cert.public_key();
+    if spki.algorithm.algorithm.to_id_string() != "1.3.101.112" {
+        return None;
+    }
+    spki.subject_public_key.data.as_ref().try_into().ok()
+}
+
+impl LedgerService {
+    /// The calling member, by its TLS client certificate's key.
+    #[allow(clippy::result_large_err)]
+    fn caller<T>(&self, req: &Request<T>) -> Result<Option<String>, Status> {
+        if self.callers == Callers::Unchecked {
+            return Ok(None);
+        }
+        let leaf = req
+            .peer_certs()
+            .and_then(|c| c.first().map(|l| l.as_ref().to_vec()))
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "the Ledger service takes members only: call it over TLS with your member certificate ([ledger] cert_file)",
+                )
+            })?;
+        let key = ed25519_key(&leaf).ok_or_else(|| {
+            Status::permission_denied(
+                "your certificate's key is not an Ed25519 member key: use the member certificate of your identity key (gridgate ledger member-cert)",
+            )
+        })?;
+        self.members
+            .0
+            .values()
+            .find(|m| m.key.to_bytes() == key)
+            .map(|m| Some(m.id.clone()))
+            .ok_or_else(|| {
+                Status::permission_denied(
+                    "your certificate's key is no member's key in this node's membership",
+                )
+            })
+    }
 }
 
 async fn blocking<T: Send + 'static>(
@@ -61,7 +117,7 @@ impl Ledger for LedgerService {
         &self,
         req: Request<pb::SignedEntry>,
     ) -> Result<Response<pb::SubmitReply>, Status> {
-        role_of(&req)?;
+        self.caller(&req)?;
         if self.role != LedgerRole::Validator {
             return Err(Status::failed_precondition("this node is not a validator"));
         }
@@ -81,7 +137,7 @@ impl Ledger for LedgerService {
         &self,
         req: Request<pb::SignedEntries>,
     ) -> Result<Response<pb::SubmitReplies>, Status> {
-        role_of(&req)?;
+        self.caller(&req)?;
         if self.role != LedgerRole::Validator {
             return Err(Status::failed_precondition("this node is not a validator"));
         }
@@ -102,7 +158,7 @@ impl Ledger for LedgerService {
         &self,
         req: Request<pb::CertifiedEntries>,
     ) -> Result<Response<pb::PushReply>, Status> {
-        role_of(&req)?;
+        self.caller(&req)?;
         let entries = req.into_inner().entries;
         batch_size(entries.len())?;
         let (store, members) = (self.store.clone(), self.members.clone());
@@ -115,7 +171,7 @@ impl Ledger for LedgerService {
         &self,
         req: Request<pb::CertifiedEntry>,
     ) -> Result<Response<pb::PushReply>, Status> {
-        role_of(&req)?;
+        self.caller(&req)?;
         let c = req.into_inner();
         let (store, members) = (self.store.clone(), self.members.clone());
         blocking(move || super::node::push(&store, &members, &c))
@@ -127,7 +183,7 @@ impl Ledger for LedgerService {
         &self,
         req: Request<pb::FetchRequest>,
     ) -> Result<Response<Self::FetchStream>, Status> {
-        role_of(&req)?;
+        self.caller(&req)?;
         let r = req.into_inner();
         let store = self.store.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
@@ -171,7 +227,7 @@ impl Ledger for LedgerService {
         &self,
         req: Request<pb::HeadsRequest>,
     ) -> Result<Response<pb::HeadsReply>, Status> {
-        role_of(&req)?;
+        self.caller(&req)?;
         let store = self.store.clone();
         let heads = blocking(move || store.ledger_heads()).await?;
         Ok(Response::new(pb::HeadsReply {

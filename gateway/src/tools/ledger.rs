@@ -57,6 +57,29 @@ pub enum LedgerCommand {
         #[arg(long, default_value_t = 0)]
         from: u64,
     },
+    /// Issues a member's TLS certificate for its identity key, signed by the consortium's
+    /// CA: the Ledger service knows its callers by this key. Run where the CA key is kept.
+    ///
+    /// Example: gridgate ledger member-cert --pki /etc/gridgate/consortium --public-key
+    /// members/site-042.pub --id site-042 --out site-042-member.pem
+    MemberCert {
+        /// The consortium CA's directory (ca.pem and ca.key, from gridgate keygen --pki).
+        #[arg(long)]
+        pki: PathBuf,
+        /// The member's public identity key (identity.pub, from gridgate keygen on the
+        /// member's machine; the private key never leaves it).
+        #[arg(long)]
+        public_key: PathBuf,
+        /// The member's id.
+        #[arg(long)]
+        id: String,
+        /// Names a validator serves under, besides localhost (repeatable).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Where to write the certificate (never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Checks every validator's replica: each certificate, each log's chain (gapless, every
     /// entry naming the hash of the one before), and that no two validators hold different
     /// entries for one place (a fork). Exit 1 on any fault.
@@ -81,6 +104,28 @@ pub async fn run(cmd: LedgerCommand, out: &mut dyn Write) -> Result<ExitCode> {
             from,
         } => log(&config, &origin, validator.as_deref(), from, out).await,
         LedgerCommand::Verify { config } => verify(&config, out).await,
+        LedgerCommand::MemberCert {
+            pki,
+            public_key,
+            id,
+            hosts,
+            out: path,
+        } => {
+            if path.exists() {
+                bail!(
+                    "{} exists; a certificate is never overwritten",
+                    path.display()
+                );
+            }
+            let pem = crate::api::pki::member_cert(&pki, &public_key, &id, &hosts)?;
+            std::fs::write(&path, pem).with_context(|| format!("writing {}", path.display()))?;
+            writeln!(
+                out,
+                "wrote {} for member {id:?}: its [ledger] cert_file, with its identity.key as key_file",
+                path.display(),
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
