@@ -153,7 +153,7 @@ fn holds(out: &str, origin: &str, count: u64) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn validators_certify_two_gateways_dr_claims_and_a_restarted_one_catches_up() {
+async fn validators_certify_two_gateways_dr_claims_and_a_killed_one_catches_up() {
     let validators = Validators::new(4);
     let (_sims, site, config): (_, Site, String) = plant().await;
     let d = site.dir.path().to_path_buf();
@@ -226,7 +226,19 @@ async fn validators_certify_two_gateways_dr_claims_and_a_restarted_one_catches_u
         holds(o, "plant", 2) == 4 && holds(o, "plant2", 2) == 4
     })
     .await;
+
+    // Validator v2 is killed (SIGKILL, no clean stop) before the next claims: the other
+    // three still certify them; restarted on its store, it catches up by itself.
+    let v2 = running.remove(2);
+    v2.kill9().await;
     both("claim-2").await;
+    status_until(
+        &gw_config,
+        "the second claims certified with v2 killed",
+        |o| holds(o, "plant", 4) == 3 && holds(o, "plant2", 4) == 3,
+    )
+    .await;
+    running.push(validators.start(2, &gateways).await);
     let out = status_until(
         &gw_config,
         "both claims of both gateways on all four validators",
