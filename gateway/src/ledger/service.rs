@@ -161,8 +161,8 @@ impl Ledger for LedgerService {
         self.caller(&req)?;
         let entries = req.into_inner().entries;
         batch_size(entries.len())?;
-        let (store, members) = (self.store.clone(), self.members.clone());
-        blocking(move || super::node::push_batch(&store, &members, &entries))
+        let (store, members, me) = (self.store.clone(), self.members.clone(), self.me.clone());
+        blocking(move || super::node::push_batch(&store, &members, &me, &entries))
             .await
             .map(Response::new)
     }
@@ -173,8 +173,8 @@ impl Ledger for LedgerService {
     ) -> Result<Response<pb::PushReply>, Status> {
         self.caller(&req)?;
         let c = req.into_inner();
-        let (store, members) = (self.store.clone(), self.members.clone());
-        blocking(move || super::node::push(&store, &members, &c))
+        let (store, members, me) = (self.store.clone(), self.members.clone(), self.me.clone());
+        blocking(move || super::node::push(&store, &members, &me, &c))
             .await
             .map(Response::new)
     }

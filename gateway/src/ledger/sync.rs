@@ -101,8 +101,9 @@ async fn round(r: &Replica, peer: &mut super::certifier::Peer) -> u64 {
                 Err(_) => break,
             };
             let n = got.len() as u64;
-            let (st, members) = (r.store.clone(), r.members.clone());
-            let Some(reply) = blocking(move || super::node::push_batch(&st, &members, &got)).await
+            let (st, members, me) = (r.store.clone(), r.members.clone(), r.me.clone());
+            let Some(reply) =
+                blocking(move || super::node::push_batch(&st, &members, &me, &got)).await
             else {
                 return stored;
             };
