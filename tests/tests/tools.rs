@@ -384,7 +384,7 @@ async fn the_demo_settles_its_dr_claim_on_four_in_process_validators() {
         &[
             "demo",
             "--duration",
-            "30s",
+            "40s",
             "--dr-after",
             "1s",
             "--dr-for",
