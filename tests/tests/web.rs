@@ -495,3 +495,40 @@ async fn the_page_of_a_running_demo_shows_live_values_and_test_reads_need_the_cr
     drop(browser);
     let _ = demo.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_page_over_https_with_the_site_certificate_and_gridgate_status_through_it() {
+    let (_sims, site, mut config) = plant().await;
+    let d = site.dir.path();
+    let (read_file, _) = web_token(d, "web-read.token").await;
+    let web_port = free_port();
+    config.push_str(&format!(
+        "\n[web]\nlisten = \"127.0.0.1:{web_port}\"\ncert_file = \"{pki}/server.pem\"\nkey_file = \"{pki}/server.key\"\nread_token_file = \"{read_file}\"\n",
+        pki = site.path("pki")
+    ));
+    let mut gw = Gateway::start_in(d, &config).await;
+    wait_for_port(web_port).await;
+    gw.wait_for(WAIT, "a reading", reads("plant-unit1/setpoint", 100.0))
+        .await;
+    // Plain HTTP to the HTTPS port gets no page.
+    let plain = tokio::time::timeout(
+        Duration::from_secs(10),
+        gridgate_tests::web::try_request(web_port, "/api/overview"),
+    )
+    .await
+    .expect("an answer or a closed connection within 10 s");
+    assert!(plain.is_err(), "plain HTTP was served: {plain:?}");
+    // gridgate status finds the address, the scheme and the credential in the config and
+    // checks the page's certificate against the site CA.
+    let cfg_path = d.join("gridgate.toml").display().to_string();
+    let ca = site.path("pki/ca.pem");
+    let (code, out, err) = run_to_end(&["status", "--config", &cfg_path, "--ca", &ca], WAIT).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("gateway plant"), "{out}");
+    assert!(out.contains("plant-unit1"), "{out}");
+    // Without the CA it says what is missing.
+    let (code, out, err) = run_to_end(&["status", "--config", &cfg_path], WAIT).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("--ca"), "{err}");
+    assert_eq!(gw.stop().await, Some(0));
+}
