@@ -540,6 +540,11 @@ impl Pipeline {
             wake: self.dr_wake.clone(),
             updates: self.dr_updates.clone(),
         });
+        // The membership's keys, read once for the service, the certifier and the sync.
+        let members = match &cfg.ledger {
+            Some(l) => Some(Arc::new(crate::ledger::load_members(l)?)),
+            None => None,
+        };
         if let Some(g) = &cfg.grpc {
             let state = crate::api::ApiState {
                 cfg: self.config.subscribe(),
@@ -549,26 +554,29 @@ impl Pipeline {
                 public_key: self.public_key,
                 uplink: self.uplink.clone(),
                 dr: dr.clone(),
-                ledger: match &cfg.ledger {
-                    Some(l) => Some(Arc::new(crate::ledger::service::LedgerService {
-                        store: self.store.store.clone(),
-                        members: Arc::new(crate::ledger::load_members(l)?),
-                        me: cfg.id.clone(),
-                        key: self.identity.clone(),
-                        role: l.role,
-                        callers: crate::ledger::service::Callers::Members,
-                    })),
-                    None => None,
-                },
+                ledger: cfg
+                    .ledger
+                    .as_ref()
+                    .zip(members.as_ref())
+                    .map(|(l, members)| {
+                        Arc::new(crate::ledger::service::LedgerService {
+                            store: self.store.store.clone(),
+                            members: members.clone(),
+                            me: cfg.id.clone(),
+                            key: self.identity.clone(),
+                            role: l.role,
+                            callers: crate::ledger::service::Callers::Members,
+                        })
+                    }),
             };
             part.tasks = crate::api::start(g, state, part.cancel.clone()).await?;
         }
-        if let Some(l) = &cfg.ledger {
+        if let Some((l, members)) = cfg.ledger.as_ref().zip(members) {
             // This node's own log: a gateway's claims and batch commitments, a validator's
             // proofs of equivocation; the validators certify them.
             let certifier = crate::ledger::certifier::Certifier {
                 store: self.store.store.clone(),
-                members: Arc::new(crate::ledger::load_members(l)?),
+                members: members.clone(),
                 me: cfg.id.clone(),
                 key: self.identity.clone(),
                 wake: self.ledger_wake.clone(),
@@ -582,7 +590,7 @@ impl Pipeline {
             part.tasks.spawn(crate::ledger::sync::run(
                 crate::ledger::sync::Replica {
                     store: self.store.store.clone(),
-                    members: Arc::new(crate::ledger::load_members(l)?),
+                    members,
                     me: cfg.id.clone(),
                     role: l.role,
                 },
@@ -1025,7 +1033,8 @@ pub async fn demo(
     result
 }
 
-fn free_port() -> std::io::Result<u16> {
+/// A free TCP port on loopback (for the demo's listeners).
+pub(crate) fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())

@@ -35,6 +35,23 @@ fn file_err(path: &Path, reason: impl ToString) -> TlsError {
     }
 }
 
+/// A PEM certificate chain (at least one certificate).
+pub fn cert_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_err(path, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_err(path, e))?;
+    if chain.is_empty() {
+        return Err(file_err(path, "no certificate in it"));
+    }
+    Ok(chain)
+}
+
+/// A PEM private key.
+pub fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| file_err(path, e))
+}
+
 /// A rustls client config that trusts `ca` and, with `client`, authenticates with that
 /// certificate chain and key.
 pub fn client_tls(
@@ -58,17 +75,7 @@ pub fn client_tls(
     .with_root_certificates(roots);
     Ok(match client {
         None => builder.with_no_client_auth(),
-        Some((cert, key)) => {
-            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-                .map_err(|e| file_err(cert, e))?
-                .collect::<Result<_, _>>()
-                .map_err(|e| file_err(cert, e))?;
-            if chain.is_empty() {
-                return Err(file_err(cert, "no certificate in it"));
-            }
-            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, e))?;
-            builder.with_client_auth_cert(chain, key_der)?
-        }
+        Some((cert, key)) => builder.with_client_auth_cert(cert_chain(cert)?, private_key(key)?)?,
     })
 }
 

@@ -18,12 +18,6 @@ pub struct Consortium {
     ports: Vec<u16>,
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 impl Consortium {
     /// Makes the consortium's PKI and the validators' keys in `work/consortium`, and picks
     /// their ports.
@@ -38,7 +32,7 @@ impl Consortium {
             Identity::generate()
                 .and_then(|k| k.save(&d.join("identity.key"), &d.join("identity.pub")))
                 .map_err(crate::dr::demo::DemoError::from)?;
-            ports.push(free_port().map_err(crate::dr::demo::DemoError::from)?);
+            ports.push(crate::daemon::free_port().map_err(crate::dr::demo::DemoError::from)?);
         }
         Ok(Consortium { dir, ports })
     }

@@ -147,15 +147,7 @@ async fn fetch_all(
     let heads = client.heads(pb::HeadsRequest {}).await?.into_inner().heads;
     let mut out = Vec::new();
     for h in heads {
-        let mut stream = client
-            .fetch(pb::FetchRequest {
-                origin: h.origin.clone(),
-                from_seq: 0,
-                max: 0,
-            })
-            .await?
-            .into_inner();
-        while let Some(c) = stream.message().await? {
+        for c in fetch_log(client, &h.origin, 0).await? {
             let (entry, _) = check_certified(&c, members)
                 .map_err(|e| anyhow::anyhow!("{} entry does not check: {e}", h.origin))?;
             out.push(crate::ledger::settlement::Certified { entry });
@@ -191,22 +183,51 @@ async fn validator(
     Ok(LedgerClient::new(channel))
 }
 
+/// A client of validator `v`, or `None` after saying on `out` why it cannot be reached
+/// (each line starts with `prefix`).
+async fn reach(
+    ledger: &crate::config::ledger::LedgerConfig,
+    v: &crate::config::ledger::MemberConfig,
+    out: &mut dyn Write,
+    prefix: &str,
+) -> Result<Option<LedgerClient<tonic::transport::Channel>>> {
+    let Some(endpoint) = &v.endpoint else {
+        writeln!(out, "{prefix}validator {}: no endpoint in the config", v.id)?;
+        return Ok(None);
+    };
+    match validator(ledger, endpoint).await {
+        Ok(c) => Ok(Some(c)),
+        Err(e) => {
+            writeln!(out, "{prefix}validator {}: unreachable ({e:#})", v.id)?;
+            Ok(None)
+        }
+    }
+}
+
+/// A validator's heads, or why not (within 10 s).
+async fn heads_of(
+    client: &mut LedgerClient<tonic::transport::Channel>,
+) -> std::result::Result<Vec<pb::Head>, String> {
+    match tokio::time::timeout(Duration::from_secs(10), client.heads(pb::HeadsRequest {})).await {
+        Ok(Ok(h)) => Ok(h.into_inner().heads),
+        Ok(Err(s)) => Err(s.message().to_string()),
+        Err(_) => Err("no answer within 10 s".into()),
+    }
+}
+
 async fn settlement(config: &std::path::Path, day: &str, out: &mut dyn Write) -> Result<ExitCode> {
     let from = day_start_ms(day)?;
     let (ledger, members) = consortium(config)?;
     let mut hashes: Vec<(String, String)> = Vec::new();
     let mut statement = None;
     for v in ledger.members.iter().filter(|m| m.role == "validator") {
-        let Some(endpoint) = &v.endpoint else {
+        let Some(mut client) = reach(&ledger, v, out, "").await? else {
             continue;
         };
-        let got = async {
-            let mut client = validator(&ledger, endpoint).await?;
-            tokio::time::timeout(Duration::from_secs(30), fetch_all(&mut client, &members))
-                .await
-                .context("no answer within 30 s")?
-        }
-        .await;
+        let got = tokio::time::timeout(Duration::from_secs(30), fetch_all(&mut client, &members))
+            .await
+            .context("no answer within 30 s")
+            .and_then(|r| r);
         match got {
             Ok(entries) => {
                 let s = crate::ledger::settlement::settle(
@@ -249,46 +270,25 @@ async fn status(config: &std::path::Path, out: &mut dyn Write) -> Result<ExitCod
     let mut answered = 0;
     let mut faults = 0;
     for v in ledger.members.iter().filter(|m| m.role == "validator") {
-        let Some(endpoint) = &v.endpoint else {
-            writeln!(out, "validator {}: no endpoint in the config", v.id)?;
+        let Some(mut client) = reach(&ledger, v, out, "").await? else {
             continue;
         };
-        let mut client = match validator(&ledger, endpoint).await {
-            Ok(c) => c,
-            Err(e) => {
-                writeln!(out, "validator {}: unreachable ({e:#})", v.id)?;
+        let heads = match heads_of(&mut client).await {
+            Ok(h) => h,
+            Err(why) => {
+                writeln!(out, "validator {}: {why}", v.id)?;
                 continue;
             }
         };
-        let heads =
-            match tokio::time::timeout(Duration::from_secs(10), client.heads(pb::HeadsRequest {}))
-                .await
-            {
-                Ok(Ok(h)) => h.into_inner().heads,
-                Ok(Err(s)) => {
-                    writeln!(out, "validator {}: {}", v.id, s.message())?;
-                    continue;
-                }
-                Err(_) => {
-                    writeln!(out, "validator {}: no answer within 10 s", v.id)?;
-                    continue;
-                }
-            };
         answered += 1;
         writeln!(out, "validator {}: {} log(s)", v.id, heads.len())?;
         for h in heads {
-            let mut stream = client
-                .fetch(pb::FetchRequest {
-                    origin: h.origin.clone(),
-                    from_seq: 0,
-                    max: 0,
-                })
+            let entries = fetch_log(&mut client, &h.origin, 0)
                 .await
-                .with_context(|| format!("fetch {} from {}", h.origin, v.id))?
-                .into_inner();
+                .with_context(|| format!("fetch {} from {}", h.origin, v.id))?;
             let (mut good, mut bad) = (0u64, Vec::new());
-            while let Some(c) = stream.message().await? {
-                match check_certified(&c, &members) {
+            for c in &entries {
+                match check_certified(c, &members) {
                     Ok(_) => good += 1,
                     Err(e) => bad.push(e.to_string()),
                 }
@@ -423,15 +423,8 @@ async fn log(
         .iter()
         .filter(|m| m.role == "validator" && only.is_none_or(|o| o == m.id))
     {
-        let Some(endpoint) = &v.endpoint else {
+        let Some(mut client) = reach(&ledger, v, out, "# ").await? else {
             continue;
-        };
-        let mut client = match validator(&ledger, endpoint).await {
-            Ok(c) => c,
-            Err(e) => {
-                writeln!(out, "# validator {}: unreachable ({e:#})", v.id)?;
-                continue;
-            }
         };
         let entries = match fetch_log(&mut client, origin, from).await {
             Ok(e) => e,
@@ -481,26 +474,16 @@ async fn verify(config: &std::path::Path, out: &mut dyn Write) -> Result<ExitCod
         std::collections::BTreeMap::new();
     let (mut answered, mut faults) = (0, 0u64);
     for v in ledger.members.iter().filter(|m| m.role == "validator") {
-        let Some(endpoint) = &v.endpoint else {
+        let Some(mut client) = reach(&ledger, v, out, "").await? else {
             continue;
         };
-        let mut client = match validator(&ledger, endpoint).await {
-            Ok(c) => c,
-            Err(e) => {
-                writeln!(out, "validator {}: unreachable ({e:#})", v.id)?;
+        let heads = match heads_of(&mut client).await {
+            Ok(h) => h,
+            Err(why) => {
+                writeln!(out, "validator {}: {why}", v.id)?;
                 continue;
             }
         };
-        let heads =
-            match tokio::time::timeout(Duration::from_secs(10), client.heads(pb::HeadsRequest {}))
-                .await
-            {
-                Ok(Ok(h)) => h.into_inner().heads,
-                _ => {
-                    writeln!(out, "validator {}: no heads", v.id)?;
-                    continue;
-                }
-            };
         answered += 1;
         let mut entries_checked = 0u64;
         for h in heads {

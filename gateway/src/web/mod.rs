@@ -158,26 +158,15 @@ fn server_tls(
     cert: &std::path::Path,
     key: &std::path::Path,
 ) -> Result<rustls::ServerConfig, crate::mqtt::TlsError> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let file = |p: &std::path::Path, e: &dyn std::fmt::Display| crate::mqtt::TlsError::File {
-        path: p.to_path_buf(),
-        reason: e.to_string(),
-    };
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| file(cert, &e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| file(cert, &e))?;
-    if chain.is_empty() {
-        return Err(file(cert, &"no certificate in it"));
-    }
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| file(key, &e))?;
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()?
     .with_no_client_auth()
-    .with_single_cert(chain, key_der)?;
+    .with_single_cert(
+        crate::mqtt::cert_chain(cert)?,
+        crate::mqtt::private_key(key)?,
+    )?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
@@ -377,6 +366,15 @@ fn check(
     })
 }
 
+/// The HTTP status of a bus task's refusal.
+fn control_status(e: &crate::acquire::ControlError) -> StatusCode {
+    match e {
+        crate::acquire::ControlError::Unknown(_) => StatusCode::NOT_FOUND,
+        crate::acquire::ControlError::Timeout(..) => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
 /// Runs a store read off the async threads.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
@@ -526,11 +524,7 @@ async fn test_read(
         Err(e) => {
             warn!(device = %name, by = %peer.0, "test read from the commissioning page failed: {e}");
             app.state.instruments.action("test_read", "failed");
-            let status = match e {
-                crate::acquire::ControlError::Unknown(_) => StatusCode::NOT_FOUND,
-                crate::acquire::ControlError::Timeout(..) => StatusCode::GATEWAY_TIMEOUT,
-                _ => StatusCode::SERVICE_UNAVAILABLE,
-            };
+            let status = control_status(&e);
             problem(
                 status,
                 format!(
@@ -578,11 +572,7 @@ async fn scan(
         }
         Err(e) => {
             app.state.instruments.action("scan", "failed");
-            let status = match e {
-                crate::acquire::ControlError::Unknown(_) => StatusCode::NOT_FOUND,
-                crate::acquire::ControlError::Timeout(..) => StatusCode::GATEWAY_TIMEOUT,
-                _ => StatusCode::SERVICE_UNAVAILABLE,
-            };
+            let status = control_status(&e);
             problem(status, format!("scan of {bus}: {e}"))
         }
     }
