@@ -60,6 +60,7 @@ async fn main() {
                 id,
                 role,
                 key: key.public(),
+                removed: false,
             },
         );
     };
@@ -70,7 +71,7 @@ async fn main() {
     for (i, k) in probes.iter().enumerate() {
         member(format!("probe-{i}"), pb::MemberRole::Gateway, k);
     }
-    let members = Arc::new(members);
+    let state = Arc::new(gridgate::ledger::state::LedgerState::new(members));
 
     // Four validators, each with its own store and port.
     let mut ports = Vec::new();
@@ -80,12 +81,15 @@ async fn main() {
         );
         let service = LedgerService {
             store,
-            members: members.clone(),
+            state: Arc::new(gridgate::ledger::state::LedgerState::new(
+                state.genesis().clone(),
+            )),
             me: format!("v{i}"),
             key: key.clone(),
             role: LedgerRole::Validator,
             // Plain HTTP on loopback: this measures signatures and storage, not TLS.
             callers: gridgate::ledger::service::Callers::Unchecked,
+            shutdown: Default::default(),
         };
         let port = common::free_port();
         let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
@@ -132,7 +136,7 @@ async fn main() {
     let cancel = tokio_util::sync::CancellationToken::new();
     let certifier = gridgate::ledger::certifier::Certifier {
         store: gw_store.clone(),
-        members: members.clone(),
+        state: state.clone(),
         me: "gw".into(),
         key: gw_key.clone(),
         wake: Arc::default(),

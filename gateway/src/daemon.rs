@@ -18,7 +18,6 @@ use tracing::{error, info, warn};
 
 use crate::acquire::{self, DeviceRegistry, Reading, ReadingSink};
 use crate::batch::{Identity, IdentityError};
-use crate::config::ledger::LedgerRole;
 use crate::config::{BusConfig, ConfigError, GatewayConfig};
 use crate::ingest::{self, IngestStats};
 use crate::store::writer::{self, StoreHandle, Submission, WriterConfig};
@@ -129,10 +128,7 @@ pub fn summary(cfg: &GatewayConfig) -> String {
         let f = validators.saturating_sub(1) / 3;
         s.push_str(&format!(
             "  ledger: {} of a consortium of {} member(s); {validators} validator(s), {} votes certify (tolerates {f} faulty)\n",
-            match l.role {
-                LedgerRole::Gateway => "gateway",
-                LedgerRole::Validator => "validator",
-            },
+            l.role.as_str(),
             l.members.len(),
             validators - f,
         ));
@@ -540,9 +536,20 @@ impl Pipeline {
             wake: self.dr_wake.clone(),
             updates: self.dr_updates.clone(),
         });
-        // The membership's keys, read once for the service, the certifier and the sync.
+        // The membership's keys, read once; the changes this node holds certified applied
+        // (one state for the service, the certifier and the sync).
         let members = match &cfg.ledger {
-            Some(l) => Some(Arc::new(crate::ledger::load_members(l)?)),
+            Some(l) => {
+                let state = Arc::new(crate::ledger::state::LedgerState::new(
+                    crate::ledger::load_members(l)?,
+                ));
+                // A short read at start (only operators' and validators' logs carry changes).
+                let n = state.recover(&self.store.store)?;
+                if n > 0 {
+                    info!(changes = n, "ledger membership: certified changes applied");
+                }
+                Some(state)
+            }
             None => None,
         };
         if let Some(g) = &cfg.grpc {
@@ -561,13 +568,15 @@ impl Pipeline {
                     .map(|(l, members)| {
                         Arc::new(crate::ledger::service::LedgerService {
                             store: self.store.store.clone(),
-                            members: members.clone(),
+                            state: members.clone(),
                             me: cfg.id.clone(),
                             key: self.identity.clone(),
                             role: l.role,
                             callers: crate::ledger::service::Callers::Members,
+                            shutdown: part.cancel.clone(),
                         })
                     }),
+                shutdown: part.cancel.clone(),
             };
             part.tasks = crate::api::start(g, state, part.cancel.clone()).await?;
         }
@@ -576,7 +585,7 @@ impl Pipeline {
             // proofs of equivocation; the validators certify them.
             let certifier = crate::ledger::certifier::Certifier {
                 store: self.store.store.clone(),
-                members: members.clone(),
+                state: members.clone(),
                 me: cfg.id.clone(),
                 key: self.identity.clone(),
                 wake: self.ledger_wake.clone(),
@@ -590,7 +599,7 @@ impl Pipeline {
             part.tasks.spawn(crate::ledger::sync::run(
                 crate::ledger::sync::Replica {
                     store: self.store.store.clone(),
-                    members,
+                    state: members,
                     me: cfg.id.clone(),
                     role: l.role,
                 },

@@ -74,6 +74,15 @@ async fn signed_events_are_accepted_once_and_everything_else_is_refused_with_its
             event("e-7", "operator", "load = \"pcs\"\nsetpoint = 120.0"),
             "REFUSAL_LIMIT",
         ),
+        (
+            "elsewhere",
+            operator.as_str(),
+            event("e-9", "operator", "load = \"pcs\"\nshed_kw = 5.0").replace(
+                "\n[[target]]",
+                "gateways = [\"site-elsewhere\"]\n\n[[target]]",
+            ),
+            "REFUSAL_NOT_ADDRESSED",
+        ),
     ];
     for (name, key, text, reason) in &cases {
         let signed = site.sign(name, key, text).await;

@@ -580,3 +580,284 @@ async fn a_gateway_cut_off_for_a_whole_event_gets_its_claim_certified_when_back(
         assert_eq!(v.stop().await, Some(0));
     }
 }
+
+/// `gridgate <args>`, which must exit 0; its output.
+async fn ok(args: &[&str]) -> String {
+    let (code, out, err) = run_to_end(args, Duration::from_secs(90)).await;
+    assert_eq!(code, 0, "gridgate {args:?}:\n{out}{err}");
+    out
+}
+
+/// A UTC time `days` days before now, as RFC 3339.
+fn days_ago(days: u64) -> String {
+    let t = std::time::SystemTime::now() - Duration::from_secs(days * 86_400);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_logs_terms_events_and_membership_changes_and_named_gateways_miss_events() {
+    use gridgate_proto::v1 as pb;
+    use prost::Message;
+
+    let validators = Validators::new(4);
+    let sites: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("dir")).collect();
+    for s in &sites {
+        keygen(s.path());
+    }
+    let op = sites[0].path().join("operator");
+    std::fs::create_dir_all(&op).expect("dir");
+    keygen(&op);
+    let gws = [("gw-a", sites[0].path()), ("gw-b", sites[1].path())];
+    let mut running = Vec::new();
+    for i in 0..4 {
+        running.push(validators.start(i, &gws).await);
+    }
+    let op_config = op.join("gridgate.toml");
+    std::fs::write(
+        &op_config,
+        format!(
+            "[gateway]\nid = \"operator\"\ndata_dir = \"{}\"\nidentity = \"{}\"\n{}",
+            op.join("data").display(),
+            op.join("identity.key").display(),
+            validators.ledger_section("operator", &gws, ("operator", &op))
+        ),
+    )
+    .expect("operator config");
+    let op_config = op_config.display().to_string();
+    let file = |name: &str, text: &str| {
+        let p = op.join(name);
+        std::fs::write(&p, text).expect("write");
+        p.display().to_string()
+    };
+
+    // Terms for the program from four days ago: 2.500 per kWh (the genesis says 1.500).
+    let terms = file(
+        "terms.toml",
+        &format!(
+            "program = \"peak-shave\"\nprice_milli_per_kwh = 2500\neffective = \"{}\"\n",
+            days_ago(4)
+        ),
+    );
+    let out = ok(&[
+        "ledger", "publish", "--config", &op_config, "--terms", &terms,
+    ])
+    .await;
+    assert!(out.contains("certified in"), "{out}");
+
+    // An event 26 hours ago (an hour long, so a day has passed since its end) for gw-a and
+    // gw-b, which neither reported on.
+    let start = humantime::format_rfc3339_seconds(
+        std::time::SystemTime::now() - Duration::from_secs(26 * 3600),
+    )
+    .to_string();
+    let event = file(
+        "old-1.toml",
+        &format!(
+            "id = \"old-1\"\nissuer = \"operator\"\nprogram = \"peak-shave\"\nstart = \"{start}\"\nduration = \"1h\"\nexpires = \"10m\"\ngateways = [\"gw-a\", \"gw-b\"]\n\n[[target]]\nload = \"pcs\"\nshed_kw = 10.0\n"
+        ),
+    );
+    let signed = op.join("old-1.signed").display().to_string();
+    let key = op.join("identity.key").display().to_string();
+    ok(&["dr", "sign", "--key", &key, &event, "--out", &signed]).await;
+    let out = ok(&[
+        "ledger", "publish", "--config", &op_config, "--event", &signed,
+    ])
+    .await;
+    assert!(out.contains("entry 1"), "{out}");
+
+    // A third gateway joins by a change two validators approved: not enough, and publish
+    // says so before anything is logged; with a third approval it is certified.
+    let newcomer = sites[2].path();
+    let change = op.join("add-gw-c.change").display().to_string();
+    let add = format!("gw-c:gateway:{}", newcomer.join("identity.pub").display());
+    ok(&[
+        "ledger", "propose", "--id", "add-gw-c", "--add", &add, "--out", &change,
+    ])
+    .await;
+    let validator_config = |i: usize| {
+        validators
+            .dir
+            .path()
+            .join(format!("v{i}/gridgate.toml"))
+            .display()
+            .to_string()
+    };
+    for i in 0..2 {
+        let out = ok(&[
+            "ledger",
+            "approve",
+            "--config",
+            &validator_config(i),
+            &change,
+        ])
+        .await;
+        assert!(
+            out.contains(&format!("{} of the 3 approvals", i + 1)),
+            "{out}"
+        );
+    }
+    let (code, out, err) = run_to_end(
+        &[
+            "ledger",
+            "publish",
+            "--config",
+            &op_config,
+            "--membership",
+            &change,
+        ],
+        WAIT,
+    )
+    .await;
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains("2 valid validator approvals, 3 needed"),
+        "{err}"
+    );
+    ok(&[
+        "ledger",
+        "approve",
+        "--config",
+        &validator_config(2),
+        &change,
+    ])
+    .await;
+
+    // Before it is published, gw-c's member certificate is no member's.
+    let gw_c_cert = newcomer.join("member.pem");
+    let pem = gridgate::api::pki::member_cert(
+        &validators.pki(),
+        &newcomer.join("identity.pub"),
+        "gw-c",
+        &[],
+    )
+    .expect("certificate");
+    std::fs::write(&gw_c_cert, pem).expect("write");
+    let gw_c_key = newcomer.join("identity.key");
+    let mut as_c = client_as(&validators, 1, &gw_c_cert, &gw_c_key).await;
+    let refused = as_c
+        .heads(pb::HeadsRequest {})
+        .await
+        .expect_err("not a member yet");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+
+    // A replica watching the operator's log sees the change as it is stored.
+    let mut watch = client_of(&validators, 3)
+        .await
+        .watch(pb::WatchRequest {
+            origins: vec!["operator".into()],
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let out = ok(&[
+        "ledger",
+        "publish",
+        "--config",
+        &op_config,
+        "--membership",
+        &change,
+    ])
+    .await;
+    assert!(out.contains("entry 2"), "{out}");
+    let seen = tokio::time::timeout(Duration::from_secs(20), watch.message())
+        .await
+        .expect("the change reaches the watcher")
+        .expect("stream")
+        .expect("an entry");
+    let seen = pb::Entry::decode(seen.entry.expect("entry").entry.as_slice()).expect("entry");
+    assert_eq!((seen.origin.as_str(), seen.seq), ("operator", 2));
+    assert_eq!(seen.kind, pb::EntryKind::Membership as i32);
+
+    // Now every validator takes gw-c's calls and votes for its entries.
+    let c_key = gridgate::batch::Identity::load(&gw_c_key).expect("key");
+    let entry = gridgate::ledger::entry::sign_entry(
+        &pb::Entry {
+            origin: "gw-c".into(),
+            seq: 0,
+            prev_hash: vec![0; 32],
+            timestamp_ms: 1,
+            kind: pb::EntryKind::BatchCommitment as i32,
+            payload: pb::BatchCommitment {
+                first_seq: 0,
+                tree_size: 1,
+                root: vec![7; 32],
+            }
+            .encode_to_vec(),
+        },
+        &c_key,
+    );
+    for i in 0..4 {
+        let mut client = client_as(&validators, i, &gw_c_cert, &gw_c_key).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            // A validator the certificate was not pushed to learns it by anti-entropy.
+            match client.submit(entry.clone()).await {
+                Ok(r) if r.get_ref().vote.is_some() => break,
+                other if tokio::time::Instant::now() >= deadline => {
+                    panic!("validator v{i} never voted for gw-c: {other:?}")
+                }
+                _ => tokio::time::sleep(Duration::from_millis(300)).await,
+            }
+        }
+    }
+
+    // The operator's log, as the validators hold it.
+    let out = ok(&[
+        "ledger", "log", "--config", &op_config, "--origin", "operator",
+    ])
+    .await;
+    assert!(
+        out.contains("program terms peak-shave: 2500 milli/kWh"),
+        "{out}"
+    );
+    assert!(
+        out.contains("DR event operator/old-1 program peak-shave"),
+        "{out}"
+    );
+    assert!(out.contains("for gw-a, gw-b"), "{out}");
+    assert!(
+        out.contains("membership change add-gw-c: add [gw-c (gateway)]"),
+        "{out}"
+    );
+
+    // The event's day: both named gateways missed it, on every validator alike; gw-c is a
+    // member in good standing.
+    let out = ok(&[
+        "ledger",
+        "settlement",
+        "--config",
+        &op_config,
+        "--day",
+        &start[..10],
+    ])
+    .await;
+    for g in ["gw-a", "gw-b"] {
+        assert!(
+            out.lines().any(
+                |l| l.starts_with(&format!("event operator old-1 gateway {g} "))
+                    && l.ends_with(" missed")
+            ),
+            "{out}"
+        );
+        assert!(out.contains(&format!("member {g} score 450 ")), "{out}");
+    }
+    assert!(out.contains("member gw-c score 500 "), "{out}");
+    let statements: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("validator "))
+        .filter_map(|l| l.split("statement ").nth(1))
+        .collect();
+    assert_eq!(statements.len(), 4, "{out}");
+    assert!(statements.iter().all(|h| *h == statements[0]), "{out}");
+    assert!(
+        out.contains("provisional: the day's statement closes at"),
+        "{out}"
+    );
+    for (i, v) in running.into_iter().enumerate() {
+        let log = validators.dir.path().join(format!("v{i}/gridgate.log"));
+        let code = v.stop().await;
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(8).collect();
+        assert_eq!(code, Some(0), "v{i}: {tail:#?}");
+    }
+}

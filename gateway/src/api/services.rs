@@ -37,6 +37,9 @@ pub struct ApiState {
     pub dr: Arc<crate::dr::service::DrState>,
     /// The ledger service, when the config has `[ledger]`.
     pub ledger: Option<Arc<crate::ledger::service::LedgerService>>,
+    /// Fires when the API stops: open streams end then (a graceful shutdown waits for
+    /// every open call, and a stream never ends by itself).
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl ApiState {
@@ -180,6 +183,7 @@ impl Telemetry for TelemetryService {
         role_of(&req)?;
         let prefix = req.into_inner().point_prefix;
         let mut live = self.s.live.subscribe();
+        let shutdown = self.s.shutdown.clone();
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(async move {
             let mut dropped = 0u64;
@@ -187,6 +191,7 @@ impl Telemetry for TelemetryService {
                 let reading = tokio::select! {
                     r = live.recv() => r,
                     _ = tx.closed() => return,
+                    _ = shutdown.cancelled() => return,
                 };
                 match reading {
                     Ok(r) if r.point.starts_with(&prefix) => {

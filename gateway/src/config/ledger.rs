@@ -50,6 +50,20 @@ pub enum LedgerRole {
     Gateway,
     /// Stores, checks and votes; serves sync.
     Validator,
+    /// The DR operator: a replica and its own log (events and program terms, which
+    /// `gridgate ledger publish` appends), like a gateway without devices.
+    Operator,
+}
+
+impl LedgerRole {
+    /// As the config writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LedgerRole::Gateway => "gateway",
+            LedgerRole::Validator => "validator",
+            LedgerRole::Operator => "operator",
+        }
+    }
 }
 
 /// A member of the genesis membership.
@@ -100,11 +114,12 @@ impl Checker<'_> {
         let role = match r.role.get_ref().as_str() {
             "gateway" => LedgerRole::Gateway,
             "validator" => LedgerRole::Validator,
+            "operator" => LedgerRole::Operator,
             other => {
                 self.problem(
                     &r.role,
                     "ledger.role".into(),
-                    format!("{other:?} is not a node role: write \"gateway\" or \"validator\""),
+                    format!("{other:?} is not a node role: write \"gateway\", \"validator\" or \"operator\""),
                 );
                 LedgerRole::Gateway
             }
@@ -137,11 +152,12 @@ impl Checker<'_> {
                 );
             }
             let endpoint = m.endpoint.as_ref().map(|e| e.get_ref().clone());
-            if mrole == "validator" && role == LedgerRole::Gateway && endpoint.is_none() {
+            if mrole == "validator" && role != LedgerRole::Validator && endpoint.is_none() {
                 self.problem(
                     &m.id,
                     format!("ledger.members[{i}].endpoint"),
-                    "a validator needs its endpoint (https://host:port) for this gateway to reach it".into(),
+                    "a validator needs its endpoint (https://host:port) for this node to reach it"
+                        .into(),
                 );
             }
             members.push(MemberConfig {
@@ -151,11 +167,7 @@ impl Checker<'_> {
                 endpoint,
             });
         }
-        let mine = if role == LedgerRole::Validator {
-            "validator"
-        } else {
-            "gateway"
-        };
+        let mine = role.as_str();
         if !members.iter().any(|m| m.id == id && m.role == mine) {
             self.problem(
                 &r.members,

@@ -57,6 +57,14 @@ pub enum Refused {
     /// The event's program is not one the config lists.
     #[error("program {0:?} is not one this gateway measures ([[dr.program]])")]
     UnknownProgram(String),
+    /// The event names its gateways and this one is not among them.
+    #[error("the event is for {named} only, not this gateway ({me:?})")]
+    NotAddressed {
+        /// This gateway's id.
+        me: String,
+        /// The gateways it names, listed.
+        named: String,
+    },
     /// A target breaks a load's limit.
     #[error("load {load:?}: {why}")]
     Limit {
@@ -79,6 +87,7 @@ impl Refused {
             Refused::UnknownLoad(_) => pb::Refusal::UnknownLoad,
             Refused::Limit { .. } => pb::Refusal::Limit,
             Refused::UnknownProgram(_) => pb::Refusal::UnknownProgram,
+            Refused::NotAddressed { .. } => pb::Refusal::NotAddressed,
         }
     }
 
@@ -93,6 +102,7 @@ impl Refused {
             Refused::UnknownLoad(_) => "unknown_load",
             Refused::Limit { .. } => "limit",
             Refused::UnknownProgram(_) => "unknown_program",
+            Refused::NotAddressed { .. } => "not_addressed",
         }
     }
 }

@@ -198,6 +198,14 @@ impl Desk {
             let r = Refused::UnknownProgram(checked.event.program.clone());
             return Ok(self.refuse(&r, event_id));
         }
+        let gateways = &checked.event.gateways;
+        if !gateways.is_empty() && !gateways.contains(&cfg.id) {
+            let r = Refused::NotAddressed {
+                me: cfg.id.clone(),
+                named: gateways.join(", "),
+            };
+            return Ok(self.refuse(&r, event_id));
+        }
         let key = event_key(&checked.event.issuer, &event_id);
         let status = pb::EventStatus {
             signed: Some(signed),
@@ -387,6 +395,7 @@ impl DemandResponse for DemandResponseService {
         // Subscribe before reading the store, so that no change falls between the two.
         let mut updates = self.dr.updates.subscribe();
         let store = self.api.store.store.clone();
+        let shutdown = self.api.shutdown.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             let wanted = |u: &pb::EventUpdate| issuer.is_empty() || u.issuer == issuer;
@@ -417,6 +426,7 @@ impl DemandResponse for DemandResponseService {
                 let next = tokio::select! {
                     u = updates.recv() => u,
                     _ = tx.closed() => return,
+                    _ = shutdown.cancelled() => return,
                 };
                 match next {
                     Ok(u) if wanted(&u) => {

@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
 use tracing::{info, warn};
 
-use super::Members;
 use super::entry::{check_vote, entry_hash, sign_entry, votes_check_batch};
+use super::state::LedgerState;
 use crate::acquire::reading::now_ms;
 use crate::batch::Identity;
 use crate::config::ledger::LedgerConfig;
@@ -188,8 +188,8 @@ pub(super) fn peers(cfg: &LedgerConfig) -> Result<Vec<Peer>, CertifierError> {
 pub struct Certifier {
     /// The store.
     pub store: Arc<Store>,
-    /// The membership.
-    pub members: Arc<Members>,
+    /// The membership in force and the feed of stored entries.
+    pub state: Arc<LedgerState>,
     /// This node's member id.
     pub me: String,
     /// Its key.
@@ -309,7 +309,8 @@ pub async fn run(c: Certifier, cfg: LedgerConfig, cancel: CancellationToken) {
             return;
         }
     };
-    let quorum = c.members.quorum();
+    // The validator set (and so the quorum) is the genesis one: changes never move it.
+    let quorum = c.state.genesis().quorum();
     let mut backoff = Duration::from_millis(500);
     // The first range of batches not yet committed (found again from the claims at start).
     let mut next_range = 0u64;
@@ -379,6 +380,7 @@ pub async fn run(c: Certifier, cfg: LedgerConfig, cancel: CancellationToken) {
         // Certify the longest prefix of the window with a quorum of valid votes. Each
         // validator's votes are checked in one batch; one by one only if that fails.
         let hashes: Vec<[u8; 32]> = window.iter().map(entry_hash).collect();
+        let members = c.state.members();
         // Once a quorum of validators voted for the whole window with good signatures, the
         // rest are not checked at all (the certificate takes a quorum, no more).
         let mut all_good = vec![false; answers.len()];
@@ -387,7 +389,7 @@ pub async fn run(c: Certifier, cfg: LedgerConfig, cancel: CancellationToken) {
             if whole >= quorum {
                 break;
             }
-            all_good[k] = votes_check_batch(v, &c.members, &c.me, first, &hashes);
+            all_good[k] = votes_check_batch(v, &members, &c.me, first, &hashes);
             if all_good[k] && v.iter().all(Option::is_some) {
                 whole += 1;
             }
@@ -403,7 +405,7 @@ pub async fn run(c: Certifier, cfg: LedgerConfig, cancel: CancellationToken) {
                 .iter()
                 .zip(&all_good)
                 .filter_map(|((_, v, _), good)| Some((v.get(i).cloned().flatten()?, *good)))
-                .filter(|(v, good)| *good || check_vote(v, &c.members, &c.me, seq, &hash).is_ok())
+                .filter(|(v, good)| *good || check_vote(v, &members, &c.me, seq, &hash).is_ok())
                 .map(|(v, _)| v)
                 .take(quorum)
                 .collect();
@@ -447,6 +449,7 @@ pub async fn run(c: Certifier, cfg: LedgerConfig, cancel: CancellationToken) {
             entries = certified.len(),
             "own ledger entries certified"
         );
+        c.state.stored(&certified);
         // Spread them: validators that voted take them as final; the others catch up later.
         let pushes = peers.iter().map(|p| {
             let mut client = p.client.clone();

@@ -133,7 +133,8 @@ pub fn status_line(
     let members = super::load_members(l).ok()?;
     let now = crate::acquire::reading::now_ms();
     let day = now - now.rem_euclid(86_400_000);
-    let s = super::settlement::settle(day, day + 86_400_000, &entries, &members, &l.terms);
+    let s =
+        super::settlement::settle_as_of(day, day + 86_400_000, now, &entries, &members, &l.terms);
     if let Some(paid) = s.lines.iter().find(|x| x.gateway == cfg.id) {
         line.push_str(&format!(
             "; settlement of today: {} delivered {:.3} kWh, paid {:.3} (statement {})",

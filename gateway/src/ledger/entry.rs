@@ -24,6 +24,9 @@ pub struct Member {
     pub role: pb::MemberRole,
     /// Its Ed25519 key.
     pub key: VerifyingKey,
+    /// Removed by a membership change: what it logged before still checks, but nothing new
+    /// of it is voted for, and it may no longer call.
+    pub removed: bool,
 }
 
 /// The membership in force.
@@ -335,6 +338,7 @@ mod tests {
             id: id.into(),
             role,
             key: key.public(),
+            removed: false,
         };
         (key, m)
     }

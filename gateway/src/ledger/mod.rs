@@ -8,14 +8,20 @@
 //! - [`certifier`]: a node's own log: append claims, collect votes, spread certificates.
 //! - [`demo`]: the four in-process validators of `gridgate demo`.
 //! - [`sync`]: anti-entropy: a replica fetches the certified entries it lacks.
+//! - [`membership`]: membership changes approved by a quorum of validators (pure).
+//! - [`state`]: what a node's ledger parts share: the membership in force, the feed of
+//!   newly stored certified entries.
+//! - [`settlement`]: settlement and reputation over certified entries (pure).
 
 pub mod certifier;
 pub mod demo;
 pub mod entry;
+pub mod membership;
 pub mod merkle;
 pub mod node;
 pub mod service;
 pub mod settlement;
+pub mod state;
 pub mod sync;
 
 use gridgate_proto::v1 as pb;
@@ -56,6 +62,7 @@ pub fn load_members(cfg: &LedgerConfig) -> Result<Members, MembersError> {
                 id: m.id.clone(),
                 role,
                 key,
+                removed: false,
             },
         );
     }

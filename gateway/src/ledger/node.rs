@@ -61,7 +61,20 @@ fn payload_ok(entry: &pb::Entry, members: &Members) -> bool {
         Ok(pb::EntryKind::PerformanceReport) => pb::SignedPerformanceReport::decode(p).is_ok(),
         // Only a validator attests an equivocation, and only with a proof that checks.
         Ok(pb::EntryKind::Equivocation) => accusation(entry, members).is_some(),
-        Ok(pb::EntryKind::ProgramTerms | pb::EntryKind::Membership) => true,
+        // Terms come from an operator, and must make sense.
+        Ok(pb::EntryKind::ProgramTerms) => {
+            let operator = members
+                .0
+                .get(&entry.origin)
+                .is_some_and(|m| m.role == pb::MemberRole::Operator);
+            operator
+                && pb::ProgramTerms::decode(p)
+                    .is_ok_and(|t| super::settlement::terms_of(&t).is_some())
+        }
+        // A quorum of validators approved it, and an operator or a validator logs it.
+        Ok(pb::EntryKind::Membership) => {
+            super::membership::check_entry_payload(entry, members).is_ok()
+        }
         _ => false,
     }
 }
@@ -130,6 +143,13 @@ fn check_for_vote(
     };
     let origin = entry.origin.as_str();
     let next = store.ledger_next_certified(origin)?;
+    if members.0.get(origin).is_some_and(|m| m.removed) {
+        return Ok(Err(refuse(
+            pb::VoteRefusal::UnknownMember,
+            format!("{origin:?} was removed from the membership"),
+            next,
+        )));
+    }
     if shut_out.contains(origin) {
         return Ok(Err(refuse(
             pb::VoteRefusal::ShutOut,
@@ -273,8 +293,20 @@ pub fn push_batch(
     me: &str,
     batch: &[pb::CertifiedEntry],
 ) -> Result<pb::PushReply, StoreError> {
+    push_batch_stored(store, members, me, batch).map(|(reply, _)| reply)
+}
+
+/// [`push_batch`], with the positions in `batch` of the entries it stored (not those it
+/// held already), for [`super::state::LedgerState::stored`].
+pub fn push_batch_stored(
+    store: &Store,
+    members: &Members,
+    me: &str,
+    batch: &[pb::CertifiedEntry],
+) -> Result<(pb::PushReply, Vec<usize>), StoreError> {
     let mut heads: BTreeMap<String, (u64, Option<Vec<u8>>)> = BTreeMap::new();
     let mut keep = Vec::new();
+    let mut kept = Vec::new();
     let mut problem = String::new();
     let mut last_next = 0;
     // One batch verification for the whole window; one by one only when that fails.
@@ -340,16 +372,18 @@ pub fn push_batch(
         heads.insert(entry.origin.clone(), (next + 1, Some(hash.to_vec())));
         last_next = next + 1;
         keep.push((entry.origin.clone(), entry.seq, c.encode_to_vec()));
+        kept.push(k);
     }
     if !keep.is_empty() {
         store.ledger_put_certified_many(&keep)?;
         info!(entries = keep.len(), "certified entries stored");
     }
-    Ok(pb::PushReply {
+    let reply = pb::PushReply {
         stored: problem.is_empty(),
         detail: problem,
         next_certified: last_next,
-    })
+    };
+    Ok((reply, kept))
 }
 
 #[cfg(test)]
@@ -381,6 +415,7 @@ mod tests {
                     id: id.into(),
                     role,
                     key: key.public(),
+                    removed: false,
                 },
             );
         }

@@ -11,7 +11,7 @@ use gridgate_proto::v1::ledger_server::Ledger;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::Members;
+use super::state::LedgerState;
 use crate::batch::Identity;
 use crate::config::ledger::LedgerRole;
 use crate::store::Store;
@@ -34,8 +34,8 @@ fn batch_size(n: usize) -> Result<(), Status> {
 pub struct LedgerService {
     /// The store.
     pub store: Arc<Store>,
-    /// The membership.
-    pub members: Arc<Members>,
+    /// The membership in force and the feed of stored entries.
+    pub state: Arc<LedgerState>,
     /// This node's id and key (a validator signs votes with it).
     pub me: String,
     /// Its key.
@@ -44,6 +44,8 @@ pub struct LedgerService {
     pub role: LedgerRole,
     /// Who may call.
     pub callers: Callers,
+    /// Fires when the service stops: open `Watch` streams end then.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// Who may call the service.
@@ -87,16 +89,35 @@ impl LedgerService {
                 "your certificate's key is not an Ed25519 member key: use the member certificate of your identity key (gridgate ledger member-cert)",
             )
         })?;
-        self.members
+        self.state
+            .members()
             .0
             .values()
-            .find(|m| m.key.to_bytes() == key)
+            .find(|m| m.key.to_bytes() == key && !m.removed)
             .map(|m| Some(m.id.clone()))
             .ok_or_else(|| {
                 Status::permission_denied(
                     "your certificate's key is no member's key in this node's membership",
                 )
             })
+    }
+}
+
+impl LedgerService {
+    /// Stores pushed certificates and hands what was stored to the node's state.
+    async fn push(&self, entries: Vec<pb::CertifiedEntry>) -> Result<pb::PushReply, Status> {
+        let (store, members, me) = (self.store.clone(), self.state.members(), self.me.clone());
+        let (reply, stored, entries) = blocking(move || {
+            super::node::push_batch_stored(&store, &members, &me, &entries)
+                .map(|(reply, stored)| (reply, stored, entries))
+        })
+        .await?;
+        if !stored.is_empty() {
+            let stored: Vec<pb::CertifiedEntry> =
+                stored.into_iter().map(|k| entries[k].clone()).collect();
+            self.state.stored(&stored);
+        }
+        Ok(reply)
     }
 }
 
@@ -112,6 +133,48 @@ async fn blocking<T: Send + 'static>(
 #[tonic::async_trait]
 impl Ledger for LedgerService {
     type FetchStream = crate::api::Stream_<pb::CertifiedEntry>;
+    type WatchStream = crate::api::Stream_<pb::CertifiedEntry>;
+
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        self.caller(&req)?;
+        let only: std::collections::BTreeSet<String> =
+            req.into_inner().origins.into_iter().collect();
+        let mut feed = self.state.watch();
+        let shutdown = self.shutdown.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    c = feed.recv() => c,
+                    _ = tx.closed() => return,
+                    _ = shutdown.cancelled() => return,
+                };
+                let c = match next {
+                    Ok(c) => c,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        let _ = tx
+                            .send(Err(Status::out_of_range(format!(
+                                "this watcher fell {n} certified entries behind: catch up with Heads and Fetch, then watch again"
+                            ))))
+                            .await;
+                        return;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                let wanted = only.is_empty()
+                    || super::state::place(&c).is_some_and(|(origin, _)| only.contains(&origin));
+                if wanted && tx.send(Ok((*c).clone())).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
 
     async fn submit(
         &self,
@@ -124,7 +187,7 @@ impl Ledger for LedgerService {
         let signed = req.into_inner();
         let (store, members, me, key) = (
             self.store.clone(),
-            self.members.clone(),
+            self.state.members(),
             self.me.clone(),
             self.key.clone(),
         );
@@ -145,7 +208,7 @@ impl Ledger for LedgerService {
         batch_size(entries.len())?;
         let (store, members, me, key) = (
             self.store.clone(),
-            self.members.clone(),
+            self.state.members(),
             self.me.clone(),
             self.key.clone(),
         );
@@ -161,10 +224,7 @@ impl Ledger for LedgerService {
         self.caller(&req)?;
         let entries = req.into_inner().entries;
         batch_size(entries.len())?;
-        let (store, members, me) = (self.store.clone(), self.members.clone(), self.me.clone());
-        blocking(move || super::node::push_batch(&store, &members, &me, &entries))
-            .await
-            .map(Response::new)
+        self.push(entries).await.map(Response::new)
     }
 
     async fn push_certificate(
@@ -172,11 +232,7 @@ impl Ledger for LedgerService {
         req: Request<pb::CertifiedEntry>,
     ) -> Result<Response<pb::PushReply>, Status> {
         self.caller(&req)?;
-        let c = req.into_inner();
-        let (store, members, me) = (self.store.clone(), self.members.clone(), self.me.clone());
-        blocking(move || super::node::push(&store, &members, &me, &c))
-            .await
-            .map(Response::new)
+        self.push(vec![req.into_inner()]).await.map(Response::new)
     }
 
     async fn fetch(

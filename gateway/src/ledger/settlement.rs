@@ -1,10 +1,12 @@
 //! Settlement and reputation: deterministic functions over certified entries, in integer
 //! arithmetic, so that every replica computes the same statement and the same hash.
 //!
-//! Inputs: DR events (signed by their issuer, an operator member; a gateway puts the event it
-//! acted on into its log before its report), performance reports (signed by the gateway that
-//! measured, and carried in that gateway's own log), and the programs' terms from the genesis
-//! config (the same on every node). Units: watts, milliwatt-hours, milli-units of currency.
+//! Inputs: DR events (signed by their issuer, an operator member; the operator logs them in
+//! its own log, and a gateway puts the event it acted on into its log before its report),
+//! performance reports (signed by the gateway that measured, and carried in that gateway's
+//! own log), the programs' terms (an operator's certified `ProgramTerms`, or else the genesis
+//! config's, the same on every node), and membership changes. Units: watts, milliwatt-hours,
+//! milli-units of currency.
 //!
 //! Per event and gateway, per interval of the report's finest series: the paid reduction is
 //! the measured reduction held within 0 and the committed load times the program's cap; the
@@ -12,7 +14,8 @@
 //! threshold of the committed energy pays a penalty on the shortfall.
 //!
 //! Reputation (0 to 1000, from 500): +10 for a report on time that met its threshold, -30
-//! for a shortfall, -20 for a report more than an hour late. Below 300 a member is excluded:
+//! for a shortfall, -20 for a report more than an hour late, -50 for an event that named the
+//! gateway and got no report from it within a day of its end. Below 300 a member is excluded:
 //! its claims are not paid and the event is recorded as such. Its n-th offence keeps it out
 //! for a day times 2^(n-1); it returns (at 300) only after that, and only if nothing
 //! counted against it in the meantime.
@@ -52,6 +55,15 @@ impl Default for Terms {
 
 /// A report is late after this long past its event's end.
 pub const LATE_AFTER_MS: i64 = 3_600_000;
+/// A gateway an event names has missed it when no report of its is logged this long after
+/// the event's end.
+pub const MISSED_AFTER_MS: i64 = 86_400_000;
+/// What a missed event costs.
+pub const MISSED_DELTA: i64 = -50;
+/// A period's statement closes this long after the period's end: reports logged until then
+/// count (any event of the period is due by then: events last at most a day), and its
+/// standing is the one at the close. Before the close a statement is provisional.
+pub const CLOSES_AFTER_MS: i64 = MISSED_AFTER_MS + 86_400_000;
 /// Reputation at the start.
 pub const START_SCORE: i64 = 500;
 /// Below this a member is excluded.
@@ -105,6 +117,8 @@ pub struct Statement {
     pub from_ms: i64,
     /// Period end (ms, exclusive).
     pub to_ms: i64,
+    /// What was logged before this moment counts: the close, or earlier (provisional).
+    pub as_of_ms: i64,
     /// By (issuer, event, gateway).
     pub lines: Vec<Line>,
     /// By member.
@@ -114,7 +128,10 @@ pub struct Statement {
 impl Statement {
     /// The canonical text: the same bytes on every replica for the same inputs.
     pub fn canonical(&self) -> String {
-        let mut s = format!("gridgate settlement v1 {}..{}\n", self.from_ms, self.to_ms);
+        let mut s = format!(
+            "gridgate settlement v1 {}..{} as of {}\n",
+            self.from_ms, self.to_ms, self.as_of_ms
+        );
         for l in &self.lines {
             s.push_str(&format!(
                 "event {} {} gateway {} committed_mwh {} delivered_mwh {} payment_milli {} penalty_milli {} {}\n",
@@ -196,19 +213,132 @@ fn verify(members: &Members, who: &str, bytes: &[u8], signature: &[u8]) -> bool 
     Signature::from_slice(signature).is_ok_and(|s| m.key.verify(bytes, &s).is_ok())
 }
 
-/// Settles the period `[from_ms, to_ms)` (events by their start) from certified entries
-/// (any order; they are sorted here), with the programs' terms.
+/// The terms a `ProgramTerms` entry sets, if they make sense (cap 0..=1000 %, threshold
+/// 0..=100 %, no negative price or penalty, a program named).
+pub fn terms_of(t: &pb::ProgramTerms) -> Option<Terms> {
+    let sane = !t.program.is_empty()
+        && (0..=1000).contains(&t.cap_percent)
+        && (0..=100).contains(&t.threshold_percent)
+        && t.price_milli_per_kwh >= 0
+        && t.penalty_milli_per_kwh >= 0;
+    sane.then_some(Terms {
+        price_milli_per_kwh: t.price_milli_per_kwh,
+        cap_percent: t.cap_percent,
+        threshold_percent: t.threshold_percent,
+        penalty_milli_per_kwh: t.penalty_milli_per_kwh,
+    })
+}
+
+/// An event's start: its `start_ms`, or when it was issued for "as soon as accepted".
+fn event_start(e: &pb::DrEvent) -> i64 {
+    if e.start_ms == 0 {
+        e.issued_ms
+    } else {
+        e.start_ms
+    }
+}
+
+/// What moves a member's reputation, in time order.
+enum Happening<'a> {
+    /// A validator's certified proof that the member equivocated.
+    Accused(&'a str),
+    /// A gateway's claim.
+    Claimed(&'a Claim),
+    /// A gateway the event named that had not reported on it when its time ran out.
+    Missed(&'a pb::DrEvent, &'a str),
+}
+
+impl Happening<'_> {
+    /// Order within one millisecond (so that every replica walks the same way).
+    fn rank(&self) -> (u8, String, String) {
+        match self {
+            Happening::Accused(m) => (0, m.to_string(), String::new()),
+            Happening::Claimed(c) => (1, c.gateway.clone(), c.event.id.clone()),
+            Happening::Missed(e, g) => (2, g.to_string(), e.id.clone()),
+        }
+    }
+}
+
+fn fresh() -> Standing {
+    Standing {
+        score: START_SCORE,
+        offences: 0,
+        excluded_until_ms: 0,
+    }
+}
+
+/// Counts an offence at `at_ms`: the member is out for a day x 2^(offences - 1).
+fn offence(st: &mut Standing, at_ms: i64) {
+    st.offences += 1;
+    st.excluded_until_ms = at_ms + PROBATION_BASE_MS * (1i64 << (st.offences - 1).min(20));
+}
+
+/// The closed statement of the period `[from_ms, to_ms)`: [`settle_as_of`] at the close.
 pub fn settle(
     from_ms: i64,
     to_ms: i64,
     entries: &[Certified],
-    members: &Members,
+    genesis: &Members,
     terms: &BTreeMap<String, Terms>,
 ) -> Statement {
+    let close = to_ms.saturating_add(CLOSES_AFTER_MS);
+    settle_as_of(from_ms, to_ms, close, entries, genesis, terms)
+}
+
+/// Settles the period `[from_ms, to_ms)` (events by their start) from certified entries
+/// (any order; they are sorted here), with the genesis membership and programs' terms, from
+/// what was logged before `as_of_ms` (at most the close: [`CLOSES_AFTER_MS`]).
+///
+/// The membership is the genesis one with the certified membership changes logged by then;
+/// a program's terms are the last certified `ProgramTerms` of an operator logged by then and
+/// in force at the event's start, or else the genesis ones.
+pub fn settle_as_of(
+    from_ms: i64,
+    to_ms: i64,
+    as_of_ms: i64,
+    entries: &[Certified],
+    genesis: &Members,
+    terms: &BTreeMap<String, Terms>,
+) -> Statement {
+    let as_of_ms = as_of_ms.min(to_ms.saturating_add(CLOSES_AFTER_MS));
     let mut sorted: Vec<&pb::Entry> = entries.iter().map(|c| &c.entry).collect();
     sorted.sort_by(|a, b| {
         (a.timestamp_ms, &a.origin, a.seq).cmp(&(b.timestamp_ms, &b.origin, b.seq))
     });
+    let members = &super::membership::apply(
+        genesis,
+        super::membership::changes_in(
+            sorted.iter().copied().filter(|e| e.timestamp_ms < as_of_ms),
+            genesis,
+        )
+        .iter(),
+    );
+    let is = |who: &str, role: pb::MemberRole| members.0.get(who).is_some_and(|m| m.role == role);
+    // Program terms from the operators, in the order they take effect.
+    let mut announced: Vec<(i64, String, Terms)> = Vec::new();
+    for e in sorted.iter().filter(|e| e.timestamp_ms < as_of_ms) {
+        if e.kind != pb::EntryKind::ProgramTerms as i32 || !is(&e.origin, pb::MemberRole::Operator)
+        {
+            continue;
+        }
+        let Ok(t) = pb::ProgramTerms::decode(e.payload.as_slice()) else {
+            continue;
+        };
+        if let Some(terms) = terms_of(&t) {
+            announced.push((t.effective_ms, t.program, terms));
+        }
+    }
+    // Stable: among equal effective times the later entry wins.
+    announced.sort_by_key(|a| a.0);
+    let terms_for = |program: &str, at_ms: i64| {
+        announced
+            .iter()
+            .rev()
+            .find(|(eff, p, _)| p == program && *eff <= at_ms)
+            .map(|(_, _, t)| t.clone())
+            .or_else(|| terms.get(program).cloned())
+            .unwrap_or_default()
+    };
     // Events, by the hash of their signed bytes, believed only with their issuer's
     // signature (an operator member's).
     let mut events: BTreeMap<Vec<u8>, pb::DrEvent> = BTreeMap::new();
@@ -222,11 +352,9 @@ pub fn settle(
         let Ok(event) = pb::DrEvent::decode(signed.event.as_slice()) else {
             continue;
         };
-        let operator = members
-            .0
-            .get(&event.issuer)
-            .is_some_and(|m| m.role == pb::MemberRole::Operator);
-        if operator && verify(members, &event.issuer, &signed.event, &signed.signature) {
+        if is(&event.issuer, pb::MemberRole::Operator)
+            && verify(members, &event.issuer, &signed.event, &signed.signature)
+        {
             events.insert(sha256(&signed.event).to_vec(), event);
         }
     }
@@ -263,18 +391,18 @@ pub fn settle(
             event: event.clone(),
         });
     }
+    let mut timeline: Vec<(i64, Happening)> = Vec::new();
     // Proofs of equivocation, attested by validators, one per proven place: each is an
     // offence that takes the member's score to nothing and starts its probation.
-    let mut proven: BTreeSet<(String, Vec<u8>)> = BTreeSet::new();
-    let mut accusations: Vec<(i64, String)> = Vec::new();
+    let mut proven: BTreeSet<(String, u64)> = BTreeSet::new();
+    let mut accused_ids: Vec<(i64, String)> = Vec::new();
     for e in &sorted {
-        if e.kind != pb::EntryKind::Equivocation as i32 {
+        if e.kind != pb::EntryKind::Equivocation as i32
+            || !is(&e.origin, pb::MemberRole::Validator)
+            || e.timestamp_ms >= as_of_ms
+        {
             continue;
         }
-        let by_validator = members
-            .0
-            .get(&e.origin)
-            .is_some_and(|m| m.role == pb::MemberRole::Validator);
         let Ok(proof) = pb::EquivocationProof::decode(e.payload.as_slice()) else {
             continue;
         };
@@ -282,115 +410,168 @@ pub fn settle(
             continue;
         };
         // The place: the accused's (origin, seq), the same in both entries of the proof.
-        let place = proof
+        let seq = proof
             .a
             .as_ref()
             .and_then(|a| pb::Entry::decode(a.entry.as_slice()).ok())
-            .map(|a| a.seq.to_be_bytes().to_vec())
-            .unwrap_or_default();
-        if by_validator && e.timestamp_ms < to_ms && proven.insert((accused.clone(), place)) {
-            accusations.push((e.timestamp_ms, accused));
+            .map_or(0, |a| a.seq);
+        if proven.insert((accused.clone(), seq)) {
+            accused_ids.push((e.timestamp_ms, accused));
         }
     }
-    let mut accusations = accusations.into_iter().peekable();
-    // Reputation runs over every claim up to the period's end, in order; payments over the
+    for (at, who) in &accused_ids {
+        timeline.push((*at, Happening::Accused(who)));
+    }
+    for c in claims.iter().filter(|c| c.at_ms < as_of_ms) {
+        timeline.push((c.at_ms, Happening::Claimed(c)));
+    }
+    // Misses: a gateway an event named, with no report logged within MISSED_AFTER_MS of the
+    // event's end (a report after that counts as missed too).
+    let reported: BTreeMap<(&str, &str, &str), i64> = claims
+        .iter()
+        .filter(|c| c.at_ms < as_of_ms)
+        .map(|c| {
+            (
+                (
+                    c.event.issuer.as_str(),
+                    c.event.id.as_str(),
+                    c.gateway.as_str(),
+                ),
+                c.at_ms,
+            )
+        })
+        .collect();
+    for event in events.values() {
+        let end = event_start(event).saturating_add(i64::from(event.duration_s) * 1000);
+        let due = end.saturating_add(MISSED_AFTER_MS);
+        if due >= as_of_ms {
+            continue;
+        }
+        let named: BTreeSet<&str> = event.gateways.iter().map(String::as_str).collect();
+        for g in named {
+            if !is(g, pb::MemberRole::Gateway) {
+                continue;
+            }
+            let on_time = reported
+                .get(&(event.issuer.as_str(), event.id.as_str(), g))
+                .is_some_and(|at| *at <= due);
+            if !on_time {
+                timeline.push((due, Happening::Missed(event, g)));
+            }
+        }
+    }
+    timeline.sort_by_key(|(at, h)| (*at, h.rank()));
+
+    // Reputation runs over everything up to the period's end, in order; lines are the
     // period's events.
     let mut standing: BTreeMap<String, Standing> = members
         .0
         .values()
         .filter(|m| m.role == pb::MemberRole::Gateway)
-        .map(|m| {
-            (
-                m.id.clone(),
-                Standing {
-                    score: START_SCORE,
-                    offences: 0,
-                    excluded_until_ms: 0,
-                },
-            )
-        })
+        .map(|m| (m.id.clone(), fresh()))
         .collect();
     let mut lines = Vec::new();
-    let convict = |standing: &mut BTreeMap<String, Standing>, at_ms: i64, accused: String| {
-        let st = standing.entry(accused).or_insert(Standing {
-            score: START_SCORE,
-            offences: 0,
-            excluded_until_ms: 0,
-        });
-        st.score = 0;
-        st.offences += 1;
-        st.excluded_until_ms = at_ms + PROBATION_BASE_MS * (1i64 << (st.offences - 1).min(20));
-    };
-    for c in claims.iter().filter(|c| c.at_ms < to_ms) {
-        while let Some((at, accused)) = accusations.next_if(|(at, _)| *at <= c.at_ms) {
-            convict(&mut standing, at, accused);
+    for (at, h) in &timeline {
+        let at = *at;
+        let who = match h {
+            Happening::Accused(m) => m,
+            Happening::Claimed(c) => c.gateway.as_str(),
+            Happening::Missed(_, g) => g,
+        };
+        let st = standing.entry(who.to_string()).or_insert_with(fresh);
+        if let Happening::Accused(_) = h {
+            st.score = 0;
+            offence(st, at);
+            continue;
         }
-        let t = terms.get(&c.report.program).cloned().unwrap_or_default();
-        let (committed, delivered) = energy(c, &t);
-        let late = c.at_ms > c.report.end_ms + LATE_AFTER_MS;
-        let shortfall =
-            delivered.saturating_mul(100) < committed.saturating_mul(t.threshold_percent);
-        let st = standing.entry(c.gateway.clone()).or_insert(Standing {
-            score: START_SCORE,
-            offences: 0,
-            excluded_until_ms: 0,
-        });
         // Back from probation once it is over (nothing counted against it meanwhile, or it
         // would have been extended).
-        if st.excluded_until_ms > 0 && c.at_ms >= st.excluded_until_ms {
+        if st.excluded_until_ms > 0 && at >= st.excluded_until_ms {
             st.excluded_until_ms = 0;
             st.score = st.score.max(THRESHOLD_SCORE);
         }
         let excluded = st.excluded_until_ms > 0;
-        let delta = if shortfall {
-            -30
-        } else if late {
-            -20
-        } else {
-            10
+        let (line, delta) = match h {
+            Happening::Claimed(c) => {
+                let t = terms_for(&c.report.program, c.report.start_ms);
+                let (committed, delivered) = energy(c, &t);
+                let missed = c.at_ms > c.report.end_ms.saturating_add(MISSED_AFTER_MS)
+                    && !c.event.gateways.is_empty();
+                let late = c.at_ms > c.report.end_ms + LATE_AFTER_MS;
+                let shortfall =
+                    delivered.saturating_mul(100) < committed.saturating_mul(t.threshold_percent);
+                let paid = !excluded && !missed;
+                let note = if excluded {
+                    "excluded"
+                } else if missed {
+                    "missed"
+                } else if shortfall {
+                    "shortfall"
+                } else if late {
+                    "late"
+                } else {
+                    "paid"
+                };
+                let delta = if missed {
+                    MISSED_DELTA
+                } else if shortfall {
+                    -30
+                } else if late {
+                    -20
+                } else {
+                    10
+                };
+                let line = Line {
+                    issuer: c.event.issuer.clone(),
+                    event_id: c.event.id.clone(),
+                    gateway: c.gateway.clone(),
+                    committed_mwh: committed,
+                    delivered_mwh: if paid { delivered } else { 0 },
+                    payment_milli: if paid {
+                        delivered.saturating_mul(t.price_milli_per_kwh) / 1_000_000
+                    } else {
+                        0
+                    },
+                    penalty_milli: if shortfall && !missed {
+                        (committed.saturating_mul(t.threshold_percent) / 100 - delivered)
+                            .saturating_mul(t.penalty_milli_per_kwh)
+                            / 1_000_000
+                    } else {
+                        0
+                    },
+                    note,
+                };
+                let in_period = c.report.start_ms >= from_ms && c.report.start_ms < to_ms;
+                (in_period.then_some(line), delta)
+            }
+            Happening::Missed(event, g) => {
+                // Already listed when its (too late) report is in the period.
+                let start = event_start(event);
+                let listed = reported.contains_key(&(event.issuer.as_str(), event.id.as_str(), g));
+                let line = Line {
+                    issuer: event.issuer.clone(),
+                    event_id: event.id.clone(),
+                    gateway: g.to_string(),
+                    committed_mwh: 0,
+                    delivered_mwh: 0,
+                    payment_milli: 0,
+                    penalty_milli: 0,
+                    note: "missed",
+                };
+                let in_period = start >= from_ms && start < to_ms && !listed;
+                // A late report already counted the miss.
+                (
+                    in_period.then_some(line),
+                    if listed { 0 } else { MISSED_DELTA },
+                )
+            }
+            Happening::Accused(_) => (None, 0),
         };
         st.score = (st.score + delta).clamp(0, 1000);
         if delta < 0 && (excluded || st.score < THRESHOLD_SCORE) {
-            st.offences += 1;
-            st.excluded_until_ms =
-                c.at_ms + PROBATION_BASE_MS * (1i64 << (st.offences - 1).min(20));
+            offence(st, at);
         }
-        let in_period = c.report.start_ms >= from_ms && c.report.start_ms < to_ms;
-        if !in_period {
-            continue;
-        }
-        let paid = !excluded;
-        lines.push(Line {
-            issuer: c.event.issuer.clone(),
-            event_id: c.event.id.clone(),
-            gateway: c.gateway.clone(),
-            committed_mwh: committed,
-            delivered_mwh: if paid { delivered } else { 0 },
-            payment_milli: if paid {
-                delivered.saturating_mul(t.price_milli_per_kwh) / 1_000_000
-            } else {
-                0
-            },
-            penalty_milli: if shortfall {
-                (committed.saturating_mul(t.threshold_percent) / 100 - delivered)
-                    .saturating_mul(t.penalty_milli_per_kwh)
-                    / 1_000_000
-            } else {
-                0
-            },
-            note: if excluded {
-                "excluded"
-            } else if shortfall {
-                "shortfall"
-            } else if late {
-                "late"
-            } else {
-                "paid"
-            },
-        });
-    }
-    for (at, accused) in accusations {
-        convict(&mut standing, at, accused);
+        lines.extend(line);
     }
     lines.sort_by(|a, b| {
         (&a.issuer, &a.event_id, &a.gateway).cmp(&(&b.issuer, &b.event_id, &b.gateway))
@@ -398,6 +579,7 @@ pub fn settle(
     Statement {
         from_ms,
         to_ms,
+        as_of_ms,
         lines,
         standing,
     }
@@ -431,6 +613,7 @@ mod tests {
                     id: id.into(),
                     role,
                     key: k.public(),
+                    removed: false,
                 },
             );
         }
@@ -451,8 +634,33 @@ mod tests {
         reduction_w: i64,
         at_ms: i64,
     ) -> Vec<Certified> {
+        claim_by(
+            w,
+            ("gw", &w.gw),
+            &[],
+            id,
+            start,
+            shed_kw,
+            reduction_w,
+            at_ms,
+        )
+    }
+
+    /// [`claim`] by another gateway, of an event that names `gateways`.
+    #[allow(clippy::too_many_arguments)]
+    fn claim_by(
+        w: &World,
+        (gw_id, gw_key): (&str, &Identity),
+        gateways: &[&str],
+        id: &str,
+        start: i64,
+        shed_kw: f64,
+        reduction_w: i64,
+        at_ms: i64,
+    ) -> Vec<Certified> {
         let event = pb::DrEvent {
             id: id.into(),
+            gateways: gateways.iter().map(|g| g.to_string()).collect(),
             issuer: "op".into(),
             program: "peak".into(),
             targets: vec![pb::LoadTarget {
@@ -474,7 +682,7 @@ mod tests {
             complete: true,
         };
         let report = pb::PerformanceReport {
-            gateway_id: "gw".into(),
+            gateway_id: gw_id.into(),
             issuer: "op".into(),
             event_id: id.into(),
             event_hash: sha256(&signed.event).to_vec(),
@@ -491,11 +699,11 @@ mod tests {
             }],
             ..Default::default()
         };
-        let signed_report = crate::dr::report::sign(&w.gw, &report);
+        let signed_report = crate::dr::report::sign(gw_key, &report);
         vec![
             Certified {
                 entry: pb::Entry {
-                    origin: "gw".into(),
+                    origin: gw_id.into(),
                     seq: 0,
                     timestamp_ms: at_ms,
                     kind: pb::EntryKind::DrEvent as i32,
@@ -505,7 +713,7 @@ mod tests {
             },
             Certified {
                 entry: pb::Entry {
-                    origin: "gw".into(),
+                    origin: gw_id.into(),
                     seq: 1,
                     timestamp_ms: at_ms,
                     kind: pb::EntryKind::PerformanceReport as i32,
@@ -588,6 +796,7 @@ mod tests {
                 id: "v".into(),
                 role: pb::MemberRole::Validator,
                 key: v.public(),
+                removed: false,
             },
         );
         let t = 10 * DAY + 3_800_000;
@@ -694,5 +903,229 @@ mod tests {
                 .lines
                 .is_empty()
         );
+    }
+
+    /// An entry of the operator's own log.
+    fn operator_entry(seq: u64, at_ms: i64, kind: pb::EntryKind, payload: Vec<u8>) -> Certified {
+        Certified {
+            entry: pb::Entry {
+                origin: "op".into(),
+                seq,
+                timestamp_ms: at_ms,
+                kind: kind as i32,
+                payload,
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn the_operators_certified_terms_settle_the_events_that_start_after_they_take_effect() {
+        let w = world();
+        let mut entries = claim(&w, "e1", 10 * DAY, 20.0, 25_000, 10 * DAY + 3_700_000);
+        entries.extend(claim(
+            &w,
+            "e2",
+            12 * DAY,
+            20.0,
+            25_000,
+            12 * DAY + 3_700_000,
+        ));
+        for c in entries.iter_mut().skip(2) {
+            c.entry.seq += 2;
+        }
+        // New terms for events from day 11: 3.000 per kWh instead of the genesis 2.000.
+        let terms_entry = |origin_role_ok: bool, price| {
+            let mut e = operator_entry(
+                0,
+                9 * DAY,
+                pb::EntryKind::ProgramTerms,
+                pb::ProgramTerms {
+                    program: "peak".into(),
+                    price_milli_per_kwh: price,
+                    cap_percent: 100,
+                    threshold_percent: 80,
+                    penalty_milli_per_kwh: 1_000,
+                    effective_ms: 11 * DAY,
+                }
+                .encode_to_vec(),
+            );
+            if !origin_role_ok {
+                e.entry.origin = "gw".into();
+            }
+            e
+        };
+        let paid = |entries: &[Certified], day: i64| {
+            settle(day * DAY, (day + 1) * DAY, entries, &w.members, &terms()).lines[0].payment_milli
+        };
+        let mut with_terms = entries.clone();
+        with_terms.push(terms_entry(true, 3_000));
+        assert_eq!(paid(&with_terms, 10), 40_000, "before they take effect");
+        assert_eq!(paid(&with_terms, 12), 60_000, "after");
+        // Terms a gateway logs, or nonsense terms, are not the program's.
+        let mut from_gateway = entries.clone();
+        from_gateway.push(terms_entry(false, 3_000));
+        assert_eq!(paid(&from_gateway, 12), 40_000);
+        let mut negative = entries.clone();
+        negative.push(terms_entry(true, -1));
+        assert_eq!(paid(&negative, 12), 40_000);
+    }
+
+    #[test]
+    fn a_named_gateway_that_never_reports_has_missed_the_event_once_a_day_has_passed() {
+        let mut w = world();
+        let gw2 = Identity::generate().expect("k");
+        w.members.0.insert(
+            "gw2".into(),
+            Member {
+                id: "gw2".into(),
+                role: pb::MemberRole::Gateway,
+                key: gw2.public(),
+                removed: false,
+            },
+        );
+        let start = 10 * DAY;
+        // The event names both; gw reports, gw2 does not.
+        let entries = claim_by(
+            &w,
+            ("gw", &w.gw),
+            &["gw", "gw2"],
+            "e1",
+            start,
+            20.0,
+            25_000,
+            start + 3_700_000,
+        );
+        let end = start + 3_600_000;
+        // The day of the event, settled before the day after its end has passed: no miss yet.
+        let early = settle_as_of(
+            start,
+            start + DAY,
+            end + MISSED_AFTER_MS - 1,
+            &entries,
+            &w.members,
+            &terms(),
+        );
+        assert_eq!(early.lines.len(), 1);
+        assert_eq!(early.standing["gw2"].score, START_SCORE);
+        let s = settle(start, 12 * DAY, &entries, &w.members, &terms());
+        let line = |g: &str| s.lines.iter().find(|l| l.gateway == g).map(|l| l.note);
+        assert_eq!(line("gw"), Some("paid"));
+        assert_eq!(line("gw2"), Some("missed"));
+        assert_eq!(s.standing["gw2"].score, START_SCORE + MISSED_DELTA);
+        assert_eq!(s.standing["gw"].score, START_SCORE + 10);
+        // A report two days late is a miss too: listed once, not paid.
+        let mut late = entries.clone();
+        let mut gw2_report = claim_by(
+            &w,
+            ("gw2", &gw2),
+            &["gw", "gw2"],
+            "e1",
+            start,
+            20.0,
+            25_000,
+            start + 2 * DAY,
+        );
+        late.push(gw2_report.remove(1));
+        let s = settle(start, 13 * DAY, &late, &w.members, &terms());
+        let gw2_lines: Vec<_> = s.lines.iter().filter(|l| l.gateway == "gw2").collect();
+        assert_eq!(gw2_lines.len(), 1);
+        assert_eq!(
+            (gw2_lines[0].note, gw2_lines[0].payment_milli),
+            ("missed", 0)
+        );
+        assert_eq!(s.standing["gw2"].score, START_SCORE + MISSED_DELTA);
+        // An event that names nobody is missed by nobody.
+        let unnamed = claim(&w, "e2", start, 20.0, 25_000, start + 3_700_000);
+        let s = settle(start, 13 * DAY, &unnamed, &w.members, &terms());
+        assert_eq!(s.standing["gw2"].score, START_SCORE);
+    }
+
+    #[test]
+    fn a_gateway_added_by_a_certified_change_is_settled_and_a_change_without_quorum_is_not() {
+        let mut w = world();
+        let validators: Vec<Identity> = (0..4).map(|_| Identity::generate().expect("k")).collect();
+        for (i, v) in validators.iter().enumerate() {
+            w.members.0.insert(
+                format!("v{i}"),
+                Member {
+                    id: format!("v{i}"),
+                    role: pb::MemberRole::Validator,
+                    key: v.public(),
+                    removed: false,
+                },
+            );
+        }
+        let newcomer = Identity::generate().expect("k");
+        let change = pb::MembershipChange {
+            id: "add-gw9".into(),
+            add: vec![pb::MemberRecord {
+                id: "gw9".into(),
+                role: pb::MemberRole::Gateway as i32,
+                public_key: newcomer.public().to_bytes().to_vec(),
+            }],
+            remove: vec![],
+            proposed_ms: 9 * DAY,
+        }
+        .encode_to_vec();
+        let signed = |approvers: usize| pb::SignedMembershipChange {
+            approvals: (0..approvers)
+                .map(|i| {
+                    crate::ledger::membership::approve(&change, &format!("v{i}"), &validators[i])
+                })
+                .collect(),
+            change: change.clone(),
+        };
+        let start = 10 * DAY;
+        let claim9 = claim_by(
+            &w,
+            ("gw9", &newcomer),
+            &[],
+            "e1",
+            start,
+            20.0,
+            25_000,
+            start + 3_700_000,
+        );
+        let settle_with = |approvers: usize| {
+            let mut e = claim9.clone();
+            e.push(operator_entry(
+                5,
+                9 * DAY,
+                pb::EntryKind::Membership,
+                signed(approvers).encode_to_vec(),
+            ));
+            settle(start, start + DAY, &e, &w.members, &terms())
+        };
+        let s = settle_with(3);
+        assert_eq!(s.lines.len(), 1);
+        assert_eq!(
+            (s.lines[0].gateway.as_str(), s.lines[0].note),
+            ("gw9", "paid")
+        );
+        assert_eq!(s.standing["gw9"].score, START_SCORE + 10);
+        let s = settle_with(2);
+        assert!(
+            s.lines.is_empty(),
+            "two approvals of four validators add nobody"
+        );
+        assert!(!s.standing.contains_key("gw9"));
+    }
+
+    #[test]
+    fn a_report_logged_after_midnight_settles_on_the_day_its_event_started() {
+        let w = world();
+        let start = 10 * DAY + 23 * 3_600_000;
+        let entries = claim(&w, "e1", start, 20.0, 25_000, 11 * DAY + 1_800_000);
+        let closed = settle(10 * DAY, 11 * DAY, &entries, &w.members, &terms());
+        assert_eq!(closed.lines.len(), 1);
+        assert_eq!(closed.lines[0].note, "paid");
+        // Settled at midnight, before the report was logged: provisional, without it.
+        let early = settle_as_of(10 * DAY, 11 * DAY, 11 * DAY, &entries, &w.members, &terms());
+        assert!(early.lines.is_empty());
+        assert_ne!(early.hash(), closed.hash());
+        // Past the close, nothing logged later changes the statement.
+        let late = settle_as_of(10 * DAY, 11 * DAY, 20 * DAY, &entries, &w.members, &terms());
+        assert_eq!(late.hash(), closed.hash());
     }
 }

@@ -14,8 +14,8 @@ use gridgate_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::Members;
 use super::certifier::{blocking, peers};
+use super::state::LedgerState;
 use crate::config::ledger::{LedgerConfig, LedgerRole};
 use crate::store::Store;
 
@@ -30,8 +30,8 @@ const WITHIN: Duration = Duration::from_secs(10);
 pub struct Replica {
     /// Its store.
     pub store: Arc<Store>,
-    /// The membership.
-    pub members: Arc<Members>,
+    /// The membership in force and the feed of stored entries.
+    pub state: Arc<LedgerState>,
     /// This node's member id.
     pub me: String,
     /// Its role.
@@ -39,14 +39,15 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// Whether this node keeps `origin`'s log: a validator keeps every log; a gateway its
-    /// own, the operator's and the validators'.
+    /// Whether this node keeps `origin`'s log: a validator keeps every log; a gateway (or an
+    /// operator) its own, the operators' and the validators'.
     fn wants(&self, origin: &str) -> bool {
+        let members = self.state.members();
         match self.role {
-            LedgerRole::Validator => self.members.0.contains_key(origin),
-            LedgerRole::Gateway => {
+            LedgerRole::Validator => members.0.contains_key(origin),
+            LedgerRole::Gateway | LedgerRole::Operator => {
                 origin == self.me
-                    || self.members.0.get(origin).is_some_and(|m| {
+                    || members.0.get(origin).is_some_and(|m| {
                         matches!(m.role, pb::MemberRole::Operator | pb::MemberRole::Validator)
                     })
             }
@@ -100,13 +101,21 @@ async fn round(r: &Replica, peer: &mut super::certifier::Peer) -> u64 {
                 }
                 Err(_) => break,
             };
-            let n = got.len() as u64;
-            let (st, members, me) = (r.store.clone(), r.members.clone(), r.me.clone());
-            let Some(reply) =
-                blocking(move || super::node::push_batch(&st, &members, &me, &got)).await
+            let (st, members, me) = (r.store.clone(), r.state.members(), r.me.clone());
+            let Some((reply, kept, got)) = blocking(move || {
+                super::node::push_batch_stored(&st, &members, &me, &got)
+                    .map(|(reply, kept)| (reply, kept, got))
+            })
+            .await
             else {
                 return stored;
             };
+            let n = kept.len() as u64;
+            if n > 0 {
+                let kept: Vec<pb::CertifiedEntry> =
+                    kept.into_iter().map(|k| got[k].clone()).collect();
+                r.state.stored(&kept);
+            }
             if !reply.stored {
                 // A certificate that does not check, or a log that does not chain: believe
                 // nothing more from this validator this round.
@@ -150,7 +159,7 @@ pub async fn run(r: Replica, cfg: LedgerConfig, cancel: CancellationToken) {
 mod tests {
     use super::*;
     use crate::batch::Identity;
-    use crate::ledger::Member;
+    use crate::ledger::{Member, Members};
 
     #[test]
     fn a_gateway_keeps_its_own_the_operators_and_the_validators_logs_a_validator_every_one() {
@@ -169,6 +178,7 @@ mod tests {
                     id: id.into(),
                     role,
                     key,
+                    removed: false,
                 },
             );
         }
@@ -176,7 +186,7 @@ mod tests {
         let store = Arc::new(Store::open(dir.path(), "gw").expect("store"));
         let replica = |role| Replica {
             store: store.clone(),
-            members: Arc::new(members.clone()),
+            state: Arc::new(LedgerState::new(members.clone())),
             me: "gw".into(),
             role,
         };

@@ -13,6 +13,8 @@
 //! duration = "15m"
 //! expires = "10m"              # after signing; or a UTC time
 //! priority = 0                 # optional; ramp = "2m", randomize = "30s" also optional
+//! gateways = ["site-042"]      # optional: the gateways it is for (others refuse it; on the
+//!                              # ledger, a named gateway that never reports has missed it)
 //!
 //! [[target]]
 //! load = "chiller-1"
@@ -195,6 +197,8 @@ struct EventFile {
     priority: i32,
     ramp: Option<String>,
     randomize: Option<String>,
+    #[serde(default)]
+    gateways: Vec<String>,
     target: Vec<TargetFile>,
 }
 
@@ -280,6 +284,7 @@ fn read_event(path: &Path, now: SystemTime) -> Result<pb::DrEvent> {
         expires_ms,
         issued_ms: unix_ms(now),
         priority: f.priority,
+        gateways: f.gateways,
     })
 }
 

@@ -90,6 +90,53 @@ pub enum LedgerCommand {
         #[arg(long)]
         config: PathBuf,
     },
+    /// The DR operator appends a signed DR event, program terms or an approved membership
+    /// change to its own log and waits until the validators certify it.
+    ///
+    /// Example: gridgate ledger publish --config /etc/gridgate/operator.toml --event
+    /// event.signed
+    Publish {
+        /// The operator's config ([gateway] id an operator member, data_dir its log, identity
+        /// its key, [ledger] the validators).
+        #[arg(long)]
+        config: PathBuf,
+        /// What to append.
+        #[command(flatten)]
+        what: super::ledger_write::WhatToPublish,
+        /// How long to wait for the certificate.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+    },
+    /// Writes a membership change (members added or removed) for the validators to approve.
+    ///
+    /// Example: gridgate ledger propose --id add-site-043 --add
+    /// site-043:gateway:members/site-043.pub --out add-site-043.change
+    Propose {
+        /// The change's id, unique for all time.
+        #[arg(long)]
+        id: String,
+        /// A member to add: ID:ROLE:PUBLIC_KEY_FILE (role gateway, operator or observer;
+        /// repeatable).
+        #[arg(long)]
+        add: Vec<String>,
+        /// A member id to remove (repeatable).
+        #[arg(long)]
+        remove: Vec<String>,
+        /// Where to write it (never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Adds this validator's approval (a signature with its identity key) to a membership
+    /// change file, in place. 2f+1 validators approve before it is published.
+    ///
+    /// Example: gridgate ledger approve --config /etc/gridgate/gridgate.toml add-site-043.change
+    Approve {
+        /// The validator's config ([gateway] id and identity).
+        #[arg(long)]
+        config: PathBuf,
+        /// The change (from gridgate ledger propose).
+        change: PathBuf,
+    },
 }
 
 /// Runs a `gridgate ledger` command.
@@ -104,6 +151,18 @@ pub async fn run(cmd: LedgerCommand, out: &mut dyn Write) -> Result<ExitCode> {
             from,
         } => log(&config, &origin, validator.as_deref(), from, out).await,
         LedgerCommand::Verify { config } => verify(&config, out).await,
+        LedgerCommand::Publish { config, what, wait } => {
+            super::ledger_write::publish(&config, &what, wait, out).await
+        }
+        LedgerCommand::Propose {
+            id,
+            add,
+            remove,
+            out: path,
+        } => super::ledger_write::propose(&id, &add, &remove, &path, out),
+        LedgerCommand::Approve { config, change } => {
+            super::ledger_write::approve(&config, &change, out)
+        }
         LedgerCommand::MemberCert {
             pki,
             public_key,
@@ -139,11 +198,36 @@ fn day_start_ms(day: &str) -> Result<i64> {
     Ok(d.as_millis() as i64)
 }
 
-/// Every certified entry a validator holds, each certificate checked.
+/// The membership a validator's replica puts in force: the genesis one with the certified
+/// membership changes in its operators' and validators' logs (each certificate checked
+/// against the genesis membership) applied.
+async fn members_held(
+    client: &mut LedgerClient<tonic::transport::Channel>,
+    genesis: &crate::ledger::Members,
+) -> Result<crate::ledger::Members> {
+    let mut entries = Vec::new();
+    for m in genesis
+        .0
+        .values()
+        .filter(|m| matches!(m.role, pb::MemberRole::Operator | pb::MemberRole::Validator))
+    {
+        for c in fetch_log(client, &m.id, 0).await? {
+            if let Ok((e, _)) = check_certified(&c, genesis) {
+                entries.push(e);
+            }
+        }
+    }
+    let changes = crate::ledger::membership::changes_in(entries.iter(), genesis);
+    Ok(crate::ledger::membership::apply(genesis, changes.iter()))
+}
+
+/// Every certified entry a validator holds, each certificate checked (against the
+/// membership its replica puts in force).
 async fn fetch_all(
     client: &mut LedgerClient<tonic::transport::Channel>,
-    members: &crate::ledger::Members,
+    genesis: &crate::ledger::Members,
 ) -> Result<Vec<crate::ledger::settlement::Certified>> {
+    let members = &members_held(client, genesis).await?;
     let heads = client.heads(pb::HeadsRequest {}).await?.into_inner().heads;
     let mut out = Vec::new();
     for h in heads {
@@ -217,6 +301,9 @@ async fn heads_of(
 
 async fn settlement(config: &std::path::Path, day: &str, out: &mut dyn Write) -> Result<ExitCode> {
     let from = day_start_ms(day)?;
+    let to = from + 86_400_000;
+    // One moment for every validator's statement, so that their hashes compare.
+    let as_of = crate::acquire::reading::now_ms();
     let (ledger, members) = consortium(config)?;
     let mut hashes: Vec<(String, String)> = Vec::new();
     let mut statement = None;
@@ -230,9 +317,10 @@ async fn settlement(config: &std::path::Path, day: &str, out: &mut dyn Write) ->
             .and_then(|r| r);
         match got {
             Ok(entries) => {
-                let s = crate::ledger::settlement::settle(
+                let s = crate::ledger::settlement::settle_as_of(
                     from,
-                    from + 86_400_000,
+                    to,
+                    as_of,
                     &entries,
                     &members,
                     &ledger.terms,
@@ -253,6 +341,14 @@ async fn settlement(config: &std::path::Path, day: &str, out: &mut dyn Write) ->
     let Some(s) = statement else {
         bail!("no validator answered");
     };
+    let close = to + crate::ledger::settlement::CLOSES_AFTER_MS;
+    if s.as_of_ms < close {
+        writeln!(
+            out,
+            "provisional: the day's statement closes at {} (reports logged until then count)",
+            utc(close)
+        )?;
+    }
     write!(out, "{}", s.canonical())?;
     let agree = hashes.windows(2).all(|w| w[0].1 == w[1].1);
     if !agree {
@@ -266,7 +362,7 @@ async fn settlement(config: &std::path::Path, day: &str, out: &mut dyn Write) ->
 }
 
 async fn status(config: &std::path::Path, out: &mut dyn Write) -> Result<ExitCode> {
-    let (ledger, members) = consortium(config)?;
+    let (ledger, genesis) = consortium(config)?;
     let mut answered = 0;
     let mut faults = 0;
     for v in ledger.members.iter().filter(|m| m.role == "validator") {
@@ -281,6 +377,7 @@ async fn status(config: &std::path::Path, out: &mut dyn Write) -> Result<ExitCod
             }
         };
         answered += 1;
+        let members = members_held(&mut client, &genesis).await?;
         writeln!(out, "validator {}: {} log(s)", v.id, heads.len())?;
         for h in heads {
             let entries = fetch_log(&mut client, &h.origin, 0)
@@ -367,12 +464,17 @@ fn summary(e: &pb::Entry) -> String {
             .and_then(|s| pb::DrEvent::decode(s.event.as_slice()).ok())
         {
             Some(ev) => format!(
-                "DR event {}/{} program {} start {} for {} s",
+                "DR event {}/{} program {} start {} for {} s{}",
                 ev.issuer,
                 ev.id,
                 ev.program,
                 utc(ev.start_ms),
-                ev.duration_s
+                ev.duration_s,
+                if ev.gateways.is_empty() {
+                    String::new()
+                } else {
+                    format!(" for {}", ev.gateways.join(", "))
+                }
             ),
             None => "DR event (does not decode)".into(),
         },
@@ -402,6 +504,44 @@ fn summary(e: &pb::Entry) -> String {
                 None => "equivocation proof (does not decode)".into(),
             }
         }
+        Ok(pb::EntryKind::ProgramTerms) => match pb::ProgramTerms::decode(p) {
+            Ok(t) => format!(
+                "program terms {}: {} milli/kWh, cap {} %, threshold {} %, penalty {} milli/kWh, from {}",
+                t.program,
+                t.price_milli_per_kwh,
+                t.cap_percent,
+                t.threshold_percent,
+                t.penalty_milli_per_kwh,
+                utc(t.effective_ms)
+            ),
+            Err(_) => "program terms (do not decode)".into(),
+        },
+        Ok(pb::EntryKind::Membership) => {
+            match pb::SignedMembershipChange::decode(p).ok().and_then(|s| {
+                pb::MembershipChange::decode(s.change.as_slice())
+                    .ok()
+                    .map(|c| (c, s.approvals.len()))
+            }) {
+                Some((c, approvals)) => format!(
+                    "membership change {}: add [{}] remove [{}], {approvals} approvals",
+                    c.id,
+                    c.add
+                        .iter()
+                        .map(|a| format!(
+                            "{} ({})",
+                            a.id,
+                            pb::MemberRole::try_from(a.role)
+                                .map_or("?", |r| r.as_str_name())
+                                .trim_start_matches("MEMBER_ROLE_")
+                                .to_lowercase()
+                        ))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    c.remove.join(", ")
+                ),
+                None => "membership change (does not decode)".into(),
+            }
+        }
         Ok(k) => k
             .as_str_name()
             .trim_start_matches("ENTRY_KIND_")
@@ -417,7 +557,7 @@ async fn log(
     from: u64,
     out: &mut dyn Write,
 ) -> Result<ExitCode> {
-    let (ledger, members) = consortium(config)?;
+    let (ledger, genesis) = consortium(config)?;
     for v in ledger
         .members
         .iter()
@@ -426,7 +566,13 @@ async fn log(
         let Some(mut client) = reach(&ledger, v, out, "# ").await? else {
             continue;
         };
-        let entries = match fetch_log(&mut client, origin, from).await {
+        let fetched = match members_held(&mut client, &genesis).await {
+            Ok(members) => fetch_log(&mut client, origin, from)
+                .await
+                .map(|e| (members, e)),
+            Err(e) => Err(e),
+        };
+        let (members, entries) = match fetched {
             Ok(e) => e,
             Err(e) => {
                 writeln!(out, "# validator {}: {e:#}", v.id)?;
@@ -468,7 +614,7 @@ async fn log(
 }
 
 async fn verify(config: &std::path::Path, out: &mut dyn Write) -> Result<ExitCode> {
-    let (ledger, members) = consortium(config)?;
+    let (ledger, genesis) = consortium(config)?;
     // (origin, seq) -> (entry hash, the validator that first showed it).
     let mut seen: std::collections::BTreeMap<(String, u64), ([u8; 32], String)> =
         std::collections::BTreeMap::new();
@@ -485,6 +631,7 @@ async fn verify(config: &std::path::Path, out: &mut dyn Write) -> Result<ExitCod
             }
         };
         answered += 1;
+        let members = members_held(&mut client, &genesis).await?;
         let mut entries_checked = 0u64;
         for h in heads {
             let entries = fetch_log(&mut client, &h.origin, 0).await?;

@@ -249,7 +249,8 @@ impl Scrape {
             }
         }
         let now = crate::acquire::reading::now_ms();
-        let statement = crate::ledger::settlement::settle(0, now, &entries, &members, &l.terms);
+        let statement =
+            crate::ledger::settlement::settle_as_of(0, now, now, &entries, &members, &l.terms);
         let v: Vec<Standing> = statement
             .standing
             .iter()

@@ -333,10 +333,7 @@ pub fn overview(s: &WebState, access: super::auth::Access) -> Result<Overview, S
     };
     let ledger = match &cfg.ledger {
         Some(l) => Some(LedgerView {
-            role: match l.role {
-                crate::config::ledger::LedgerRole::Gateway => "gateway".into(),
-                crate::config::ledger::LedgerRole::Validator => "validator".into(),
-            },
+            role: l.role.as_str().into(),
             certified: store
                 .ledger_heads()?
                 .into_iter()
