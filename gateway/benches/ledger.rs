@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use gridgate::batch::Identity;
 use gridgate::config::ledger::{LedgerConfig, LedgerRole, MemberConfig};
 use gridgate::ledger::entry::{Member, Members, sign_entry};
+use gridgate::ledger::node::VoteForm;
 use gridgate::ledger::service::LedgerService;
 use gridgate::store::Store;
 use gridgate_proto::v1 as pb;
@@ -38,12 +39,52 @@ fn payload() -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// What one consortium measured.
+struct Measured {
+    appended: f64,
+    certified_s: f64,
+    rate: f64,
+    p50: f64,
+    p99: f64,
+}
+
 #[tokio::main]
 async fn main() {
     let entries: u64 = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(2000);
+    println!(
+        "ledger: {VALIDATORS} validators (quorum 3) on loopback, each a gRPC service on its own redb store"
+    );
+    // Side by side in one run: validators that sign one vote per entry, then one per window.
+    let per_entry = measure(entries, VoteForm::PerEntry).await;
+    let window = measure(entries, VoteForm::Window).await;
+    for (name, m) in [
+        ("one vote per entry", &per_entry),
+        ("window votes", &window),
+    ] {
+        println!("{name}:");
+        println!(
+            "  append {entries} own entries (signed, durable): {:.0} entries/s",
+            m.appended
+        );
+        println!(
+            "  certify the backlog of {entries} (votes from each, certificate stored, pushed to each): {:.1} s, {:.0} certified entries/s",
+            m.certified_s, m.rate
+        );
+        println!(
+            "  vote latency (one Submit, {LATENCY_SAMPLES} samples): p50 {:.2} ms, p99 {:.2} ms",
+            m.p50, m.p99
+        );
+    }
+    println!(
+        "window votes / one vote per entry: {:.2}x certified entries/s",
+        window.rate / per_entry.rate
+    );
+}
+
+async fn measure(entries: u64, form: VoteForm) -> Measured {
     let dir = tempfile::tempdir().expect("dir");
     let gw_key = Identity::generate().expect("key");
     let keys: Vec<Identity> = (0..VALIDATORS)
@@ -90,6 +131,7 @@ async fn main() {
             // Plain HTTP on loopback: this measures signatures and storage, not TLS.
             callers: gridgate::ledger::service::Callers::Unchecked,
             shutdown: Default::default(),
+            vote_form: form,
         };
         let port = common::free_port();
         let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
@@ -181,23 +223,11 @@ async fn main() {
         assert!(reply.vote.is_some(), "{reply:?}");
     }
     lat.sort_by(f64::total_cmp);
-
-    println!(
-        "ledger: {VALIDATORS} validators (quorum 3) on loopback, each a gRPC service on its own redb store"
-    );
-    println!(
-        "append {entries} own entries (signed, durable): {:.0} entries/s",
-        entries as f64 / appended.as_secs_f64()
-    );
-    println!(
-        "certify the backlog of {entries} (vote from each, certificate stored, pushed to each): {:.1} s, {:.0} certified entries/s",
-        certified.as_secs_f64(),
-        entries as f64 / certified.as_secs_f64()
-    );
-    println!(
-        "vote latency (one Submit, {} samples): p50 {:.2} ms, p99 {:.2} ms",
-        lat.len(),
-        percentile(&lat, 0.5),
-        percentile(&lat, 0.99)
-    );
+    Measured {
+        appended: entries as f64 / appended.as_secs_f64(),
+        certified_s: certified.as_secs_f64(),
+        rate: entries as f64 / certified.as_secs_f64(),
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+    }
 }

@@ -574,6 +574,7 @@ impl Pipeline {
                             role: l.role,
                             callers: crate::ledger::service::Callers::Members,
                             shutdown: part.cancel.clone(),
+                            vote_form: crate::ledger::node::VoteForm::Window,
                         })
                     }),
                 shutdown: part.cancel.clone(),

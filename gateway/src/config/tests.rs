@@ -162,6 +162,15 @@ fn the_site_examples_are_valid() {
         4
     );
     assert!(validator.buses.is_empty() && validator.grpc.is_some());
+    let operator = parse(
+        include_str!("../../../deploy/operator.toml"),
+        Path::new("deploy/operator.toml"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let ol = operator.ledger.expect("ledger");
+    assert_eq!(ol.role, ledger::LedgerRole::Operator);
+    assert_eq!(ol.members, l.members);
+    assert!(operator.buses.is_empty() && operator.grpc.is_none());
 }
 
 #[test]

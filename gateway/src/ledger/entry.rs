@@ -147,12 +147,83 @@ pub fn sign_vote(
         origin: origin.into(),
         seq,
         entry_hash: hash.to_vec(),
+        count: 0,
     }
     .encode_to_vec();
     pb::Vote {
         signature: key.sign(&body).to_vec(),
         body,
+        path: Vec::new(),
     }
+}
+
+/// A validator's one vote for a run of entries of `origin` from `first` (their hashes, in
+/// order): one signature over the RFC 6962 root of the hashes, and for each entry a copy
+/// with its audit path, so that each entry's certificate still stands on its own. One entry
+/// gets a plain vote.
+pub fn sign_window_vote(
+    validator: &str,
+    origin: &str,
+    first: u64,
+    hashes: &[[u8; 32]],
+    key: &Identity,
+) -> Vec<pb::Vote> {
+    if hashes.len() <= 1 {
+        return hashes
+            .iter()
+            .map(|h| sign_vote(validator, origin, first, h, key))
+            .collect();
+    }
+    let leaves: Vec<[u8; 32]> = hashes.iter().map(|h| super::merkle::leaf(h)).collect();
+    let (root, paths) = super::merkle::root_and_paths(&leaves);
+    let body = pb::VoteBody {
+        validator: validator.into(),
+        origin: origin.into(),
+        seq: first,
+        entry_hash: root.to_vec(),
+        count: hashes.len() as u64,
+    }
+    .encode_to_vec();
+    let signature = key.sign(&body).to_vec();
+    paths
+        .into_iter()
+        .map(|p| pb::Vote {
+            body: body.clone(),
+            signature: signature.clone(),
+            path: p.into_iter().map(|h| h.to_vec()).collect(),
+        })
+        .collect()
+}
+
+/// Whether a vote's body (with the vote's path) is for the entry `hash` at (origin, seq):
+/// the very entry, or a window of that origin's log whose root the path proves it in.
+fn covers(body: &pb::VoteBody, path: &[Vec<u8>], origin: &str, seq: u64, hash: &[u8; 32]) -> bool {
+    if body.origin != origin {
+        return false;
+    }
+    if body.count <= 1 {
+        return path.is_empty() && body.seq == seq && body.entry_hash == hash.as_slice();
+    }
+    let Some(index) = seq.checked_sub(body.seq).filter(|i| *i < body.count) else {
+        return false;
+    };
+    let Ok(root) = <[u8; 32]>::try_from(body.entry_hash.as_slice()) else {
+        return false;
+    };
+    let mut hashes = Vec::with_capacity(path.len());
+    for p in path {
+        let Ok(h) = <[u8; 32]>::try_from(p.as_slice()) else {
+            return false;
+        };
+        hashes.push(h);
+    }
+    super::merkle::verify_inclusion(
+        &super::merkle::leaf(hash),
+        index,
+        body.count,
+        &hashes,
+        &root,
+    )
 }
 
 /// Checks one vote: a validator's, signed, for exactly this entry and place.
@@ -171,7 +242,7 @@ pub fn check_vote(
         .filter(|m| m.role == pb::MemberRole::Validator)
         .ok_or_else(|| LedgerError::UnknownMember(body.validator.clone()))?;
     verify(&m.key, &vote.body, &vote.signature, &body.validator)?;
-    if body.origin != origin || body.seq != seq || body.entry_hash != hash.as_slice() {
+    if !covers(&body, &vote.path, origin, seq, hash) {
         return Err(LedgerError::WrongVote);
     }
     Ok(body.validator)
@@ -208,16 +279,21 @@ pub fn check_certified(
     Ok((entry, hash))
 }
 
-/// Signatures gathered for one batch verification.
+/// Signatures gathered for one batch verification. A signature met again over the same
+/// message (a validator's one vote over a window, in each entry's certificate) is checked once.
 #[derive(Default)]
 struct Batch<'a> {
     messages: Vec<&'a [u8]>,
     signatures: Vec<Signature>,
     keys: Vec<VerifyingKey>,
+    seen: std::collections::HashSet<(&'a [u8], &'a [u8])>,
 }
 
 impl<'a> Batch<'a> {
-    fn push(&mut self, key: VerifyingKey, message: &'a [u8], signature: &[u8]) -> Option<()> {
+    fn push(&mut self, key: VerifyingKey, message: &'a [u8], signature: &'a [u8]) -> Option<()> {
+        if !self.seen.insert((message, signature)) {
+            return Some(());
+        }
         self.signatures.push(Signature::from_slice(signature).ok()?);
         self.messages.push(message);
         self.keys.push(key);
@@ -274,9 +350,7 @@ pub fn check_certified_batch_knowing(
                 .0
                 .get(&body.validator)
                 .filter(|m| m.role == pb::MemberRole::Validator)?;
-            if body.origin != entry.origin
-                || body.seq != entry.seq
-                || body.entry_hash != hash.as_slice()
+            if !covers(&body, &v.path, &entry.origin, entry.seq, &hash)
                 || !voters.insert(body.validator.clone())
             {
                 return None;
@@ -316,11 +390,9 @@ pub fn votes_check_batch(
         else {
             return false;
         };
-        let ok_place = body.origin == origin
-            && body.seq == first + i as u64
-            && hashes
-                .get(i)
-                .is_some_and(|h| body.entry_hash == h.as_slice());
+        let ok_place = hashes
+            .get(i)
+            .is_some_and(|h| covers(&body, &v.path, origin, first + i as u64, h));
         if !ok_place || batch.push(m.key, &v.body, &v.signature).is_none() {
             return false;
         }
@@ -442,5 +514,91 @@ mod tests {
         let mut tampered = signed.clone();
         tampered.entry[0] ^= 1;
         assert!(check_entry(&tampered, &members).is_err());
+    }
+
+    #[test]
+    fn one_vote_over_a_window_certifies_each_entry_in_it_and_no_other() {
+        let vals: Vec<(Identity, Member)> = (0..4)
+            .map(|i| node(&format!("v{i}"), pb::MemberRole::Validator))
+            .collect();
+        let (gw_key, gw) = node("gw", pb::MemberRole::Gateway);
+        let mut members = Members::default();
+        for (_, m) in vals.iter() {
+            members.0.insert(m.id.clone(), m.clone());
+        }
+        members.0.insert("gw".into(), gw);
+        // Five entries from seq 10 (the chain does not matter to a certificate).
+        let signed: Vec<pb::SignedEntry> = (0..5u64)
+            .map(|k| {
+                sign_entry(
+                    &pb::Entry {
+                        origin: "gw".into(),
+                        seq: 10 + k,
+                        payload: vec![k as u8],
+                        ..Default::default()
+                    },
+                    &gw_key,
+                )
+            })
+            .collect();
+        let hashes: Vec<[u8; 32]> = signed.iter().map(entry_hash).collect();
+        let windows: Vec<Vec<pb::Vote>> = (0..3)
+            .map(|i| sign_window_vote(&vals[i].1.id, "gw", 10, &hashes, &vals[i].0))
+            .collect();
+        // One signature per validator for the five.
+        assert!(
+            windows[0]
+                .iter()
+                .all(|v| v.signature == windows[0][0].signature)
+        );
+        let certified: Vec<pb::CertifiedEntry> = (0..5)
+            .map(|k| pb::CertifiedEntry {
+                entry: Some(signed[k].clone()),
+                certificate: Some(pb::Certificate {
+                    votes: windows.iter().map(|w| w[k].clone()).collect(),
+                }),
+            })
+            .collect();
+        for c in &certified {
+            assert!(check_certified(c, &members).is_ok());
+        }
+        assert!(check_certified_batch(&certified, &members).is_some());
+        let own: Vec<Option<pb::Vote>> = windows[1].iter().cloned().map(Some).collect();
+        assert!(votes_check_batch(&own, &members, "gw", 10, &hashes));
+        // A window vote's copy moved to another entry of the window, or the window
+        // claimed for another place, or a path cut short: no vote for that entry.
+        let v = &windows[0][2];
+        for (seq, hash) in [
+            (11, hashes[2]),
+            (12, hashes[1]),
+            (15, hashes[2]),
+            (9, hashes[2]),
+        ] {
+            assert_eq!(
+                check_vote(v, &members, "gw", seq, &hash),
+                Err(LedgerError::WrongVote),
+                "seq {seq}"
+            );
+        }
+        assert_eq!(
+            check_vote(v, &members, "other", 12, &hashes[2]),
+            Err(LedgerError::WrongVote)
+        );
+        let mut short = v.clone();
+        short.path.pop();
+        assert_eq!(
+            check_vote(&short, &members, "gw", 12, &hashes[2]),
+            Err(LedgerError::WrongVote)
+        );
+        assert!(check_vote(v, &members, "gw", 12, &hashes[2]).is_ok());
+        // A forged window signature fails every entry's certificate it is in.
+        let mut forged = certified.clone();
+        for c in &mut forged {
+            if let Some(cert) = c.certificate.as_mut() {
+                cert.votes[0].signature[5] ^= 1;
+            }
+        }
+        assert!(check_certified_batch(&forged, &members).is_none());
+        assert!(forged.iter().all(|c| check_certified(c, &members).is_err()));
     }
 }

@@ -8,7 +8,7 @@ use gridgate_proto::v1 as pb;
 use prost::Message;
 use tracing::{info, warn};
 
-use super::entry::{Members, check_certified, check_entry, entry_hash, sign_vote};
+use super::entry::{Members, check_certified, check_entry, entry_hash};
 use crate::batch::Identity;
 use crate::store::ledger::VoteLock;
 use crate::store::{Store, StoreError};
@@ -193,8 +193,33 @@ fn check_for_vote(
     Ok(Ok((entry.origin.clone(), entry.seq, entry_hash(signed))))
 }
 
-/// Votes on several entries, in order, with one durable write for every vote lock.
+/// An entry of a batch locked for a vote: its index in the batch, its seq and hash.
+type Locked = (usize, u64, [u8; 32]);
+
+/// How a validator signs the votes of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VoteForm {
+    /// One signature per run of an origin's consecutive entries (a window vote).
+    Window,
+    /// One signature per entry (the first form; kept to measure the window's gain).
+    PerEntry,
+}
+
+/// Votes on several entries, in order, with one durable write for every vote lock, and one
+/// signature per run of an origin's consecutive entries.
 pub fn submit_batch(
+    store: &Store,
+    members: &Members,
+    me: &str,
+    key: &Identity,
+    entries: &[pb::SignedEntry],
+) -> Result<Vec<pb::SubmitReply>, StoreError> {
+    submit_batch_as(VoteForm::Window, store, members, me, key, entries)
+}
+
+/// [`submit_batch`] with the votes signed in `form`.
+pub fn submit_batch_as(
+    form: VoteForm,
     store: &Store,
     members: &Members,
     me: &str,
@@ -223,9 +248,13 @@ pub fn submit_batch(
     }
     let items: Vec<_> = to_lock.iter().map(|(_, it)| it.clone()).collect();
     let locks = store.ledger_lock_votes(&items)?;
+    // Entries locked for a vote, in runs of one origin's consecutive entries: one signature
+    // per run (a window vote), not per entry.
+    let mut runs: Vec<(String, Vec<Locked>)> = Vec::new();
+    // False where a refusal broke the run.
+    let mut open_run = false;
     for ((i, (origin, seq, hash, _)), lock) in to_lock.into_iter().zip(locks) {
-        let next = store.ledger_next_certified(&origin)?;
-        replies[i] = Some(match lock {
+        match lock {
             VoteLock::Fresh | VoteLock::Again => {
                 // Voting for another validator's proof of equivocation: the accused is shut
                 // out here too, though this validator never saw both entries.
@@ -234,14 +263,21 @@ pub fn submit_batch(
                 {
                     shut_out_for(store, &accused, &proof)?;
                 }
-                pb::SubmitReply {
-                    vote: Some(sign_vote(me, &origin, seq, &hash, key)),
-                    refusal: pb::VoteRefusal::Unspecified as i32,
-                    detail: String::new(),
-                    next_certified: next,
+                match runs.last_mut() {
+                    Some((o, run))
+                        if open_run
+                            && form == VoteForm::Window
+                            && *o == origin
+                            && run.last().is_some_and(|(_, s, _)| *s + 1 == seq) =>
+                    {
+                        run.push((i, seq, hash));
+                    }
+                    _ => runs.push((origin, vec![(i, seq, hash)])),
                 }
+                open_run = true;
             }
             VoteLock::Other(first) => {
+                let next = store.ledger_next_certified(&origin)?;
                 let proof = pb::EquivocationProof {
                     a: pb::SignedEntry::decode(first.as_slice()).ok(),
                     b: Some(entries[i].clone()),
@@ -264,13 +300,30 @@ pub fn submit_batch(
                     proof_entry = at,
                     "equivocation: two entries signed for one place; origin shut out, proof appended to this validator's log"
                 );
-                refuse(
+                replies[i] = Some(refuse(
                     pb::VoteRefusal::Equivocation,
                     format!("{origin:?} signed another entry at {seq}: equivocation, shut out"),
                     next,
-                )
+                ));
+                open_run = false;
             }
-        });
+        }
+    }
+    for (origin, run) in runs {
+        let Some(&(_, first, _)) = run.first() else {
+            continue;
+        };
+        let next = store.ledger_next_certified(&origin)?;
+        let hashes: Vec<[u8; 32]> = run.iter().map(|(_, _, h)| *h).collect();
+        let votes = super::entry::sign_window_vote(me, &origin, first, &hashes, key);
+        for ((i, _, _), vote) in run.into_iter().zip(votes) {
+            replies[i] = Some(pb::SubmitReply {
+                vote: Some(vote),
+                refusal: pb::VoteRefusal::Unspecified as i32,
+                detail: String::new(),
+                next_certified: next,
+            });
+        }
     }
     Ok(replies.into_iter().map(Option::unwrap_or_default).collect())
 }

@@ -46,6 +46,8 @@ pub struct LedgerService {
     pub callers: Callers,
     /// Fires when the service stops: open `Watch` streams end then.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// How this validator signs its votes (window votes; the other form only to measure).
+    pub vote_form: super::node::VoteForm,
 }
 
 /// Who may call the service.
@@ -191,9 +193,13 @@ impl Ledger for LedgerService {
             self.me.clone(),
             self.key.clone(),
         );
-        blocking(move || super::node::submit(&store, &members, &me, &key, &signed))
-            .await
-            .map(Response::new)
+        let form = self.vote_form;
+        blocking(move || {
+            super::node::submit_batch_as(form, &store, &members, &me, &key, &[signed])
+                .map(|mut r| r.pop().unwrap_or_default())
+        })
+        .await
+        .map(Response::new)
     }
 
     async fn submit_batch(
@@ -212,7 +218,8 @@ impl Ledger for LedgerService {
             self.me.clone(),
             self.key.clone(),
         );
-        blocking(move || super::node::submit_batch(&store, &members, &me, &key, &entries))
+        let form = self.vote_form;
+        blocking(move || super::node::submit_batch_as(form, &store, &members, &me, &key, &entries))
             .await
             .map(|replies| Response::new(pb::SubmitReplies { replies }))
     }
