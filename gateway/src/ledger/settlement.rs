@@ -15,7 +15,8 @@
 //!
 //! Reputation (0 to 1000, from 500): +10 for a report on time that met its threshold, -30
 //! for a shortfall, -20 for a report more than an hour late, -50 for an event that named the
-//! gateway and got no report from it within a day of its end. Below 300 a member is excluded:
+//! gateway and got no report from it within a day of its end, -200 and a probation for a
+//! report or an operator's event in its log whose signature does not verify. Below 300 a member is excluded:
 //! its claims are not paid and the event is recorded as such. Its n-th offence keeps it out
 //! for a day times 2^(n-1); it returns (at 300) only after that, and only if nothing
 //! counted against it in the meantime.
@@ -58,6 +59,9 @@ pub const LATE_AFTER_MS: i64 = 3_600_000;
 /// A gateway an event names has missed it when no report of its is logged this long after
 /// the event's end.
 pub const MISSED_AFTER_MS: i64 = 86_400_000;
+/// What a gateway's entry with a forged report or event signature in it costs (and it
+/// starts a probation).
+pub const FORGED_DELTA: i64 = -200;
 /// What a missed event costs.
 pub const MISSED_DELTA: i64 = -50;
 /// A period's statement closes this long after the period's end: reports logged until then
@@ -246,6 +250,9 @@ enum Happening<'a> {
     Claimed(&'a Claim),
     /// A gateway the event named that had not reported on it when its time ran out.
     Missed(&'a pb::DrEvent, &'a str),
+    /// A gateway logged a report or an operator's event whose signature does not verify
+    /// (it signed the entry, so it answers for what is in it).
+    Forged(&'a str),
 }
 
 impl Happening<'_> {
@@ -253,6 +260,7 @@ impl Happening<'_> {
     fn rank(&self) -> (u8, String, String) {
         match self {
             Happening::Accused(m) => (0, m.to_string(), String::new()),
+            Happening::Forged(m) => (0, m.to_string(), "forged".into()),
             Happening::Claimed(c) => (1, c.gateway.clone(), c.event.id.clone()),
             Happening::Missed(e, g) => (2, g.to_string(), e.id.clone()),
         }
@@ -339,6 +347,9 @@ pub fn settle_as_of(
             .or_else(|| terms.get(program).cloned())
             .unwrap_or_default()
     };
+    // Gateways' entries carrying a forged signature: each an offence at the entry's time.
+    let mut forged: Vec<(i64, &str)> = Vec::new();
+    let by_gateway = |e: &pb::Entry| is(&e.origin, pb::MemberRole::Gateway);
     // Events, by the hash of their signed bytes, believed only with their issuer's
     // signature (an operator member's).
     let mut events: BTreeMap<Vec<u8>, pb::DrEvent> = BTreeMap::new();
@@ -352,10 +363,13 @@ pub fn settle_as_of(
         let Ok(event) = pb::DrEvent::decode(signed.event.as_slice()) else {
             continue;
         };
-        if is(&event.issuer, pb::MemberRole::Operator)
-            && verify(members, &event.issuer, &signed.event, &signed.signature)
-        {
+        if !is(&event.issuer, pb::MemberRole::Operator) {
+            continue;
+        }
+        if verify(members, &event.issuer, &signed.event, &signed.signature) {
             events.insert(sha256(&signed.event).to_vec(), event);
+        } else if by_gateway(e) && e.timestamp_ms < as_of_ms {
+            forged.push((e.timestamp_ms, e.origin.as_str()));
         }
     }
     // Claims: reports signed by the gateway whose log carries them, for a known event; one
@@ -369,15 +383,15 @@ pub fn settle_as_of(
         let Ok(signed) = pb::SignedPerformanceReport::decode(e.payload.as_slice()) else {
             continue;
         };
-        if !verify(members, &e.origin, &signed.report, &signed.signature) {
-            continue;
-        }
-        let Ok(report) = pb::PerformanceReport::decode(signed.report.as_slice()) else {
+        let report = pb::PerformanceReport::decode(signed.report.as_slice()).ok();
+        let own = verify(members, &e.origin, &signed.report, &signed.signature)
+            && report.as_ref().is_some_and(|r| r.gateway_id == e.origin);
+        let Some(report) = report.filter(|_| own) else {
+            if by_gateway(e) && e.timestamp_ms < as_of_ms {
+                forged.push((e.timestamp_ms, e.origin.as_str()));
+            }
             continue;
         };
-        if report.gateway_id != e.origin {
-            continue;
-        }
         let Some(event) = events.get(&report.event_hash) else {
             continue;
         };
@@ -421,6 +435,9 @@ pub fn settle_as_of(
     }
     for (at, who) in &accused_ids {
         timeline.push((*at, Happening::Accused(who)));
+    }
+    for (at, who) in forged {
+        timeline.push((at, Happening::Forged(who)));
     }
     for c in claims.iter().filter(|c| c.at_ms < as_of_ms) {
         timeline.push((c.at_ms, Happening::Claimed(c)));
@@ -474,15 +491,23 @@ pub fn settle_as_of(
     for (at, h) in &timeline {
         let at = *at;
         let who = match h {
-            Happening::Accused(m) => m,
+            Happening::Accused(m) | Happening::Forged(m) => m,
             Happening::Claimed(c) => c.gateway.as_str(),
             Happening::Missed(_, g) => g,
         };
         let st = standing.entry(who.to_string()).or_insert_with(fresh);
-        if let Happening::Accused(_) = h {
-            st.score = 0;
-            offence(st, at);
-            continue;
+        match h {
+            Happening::Accused(_) => {
+                st.score = 0;
+                offence(st, at);
+                continue;
+            }
+            Happening::Forged(_) => {
+                st.score = (st.score + FORGED_DELTA).max(0);
+                offence(st, at);
+                continue;
+            }
+            _ => {}
         }
         // Back from probation once it is over (nothing counted against it meanwhile, or it
         // would have been extended).
@@ -565,7 +590,7 @@ pub fn settle_as_of(
                     if listed { 0 } else { MISSED_DELTA },
                 )
             }
-            Happening::Accused(_) => (None, 0),
+            Happening::Accused(_) | Happening::Forged(_) => (None, 0),
         };
         st.score = (st.score + delta).clamp(0, 1000);
         if delta < 0 && (excluded || st.score < THRESHOLD_SCORE) {
@@ -1127,5 +1152,50 @@ mod tests {
         // Past the close, nothing logged later changes the statement.
         let late = settle_as_of(10 * DAY, 11 * DAY, 20 * DAY, &entries, &w.members, &terms());
         assert_eq!(late.hash(), closed.hash());
+    }
+
+    #[test]
+    fn a_gateway_that_logs_a_forged_signature_falls_hard_and_sits_out_a_probation() {
+        let w = world();
+        // Its report of e1 re-signed by another key, in its own (signed) log entry.
+        let mut entries = claim(&w, "e1", 10 * DAY, 20.0, 25_000, 10 * DAY + 3_700_000);
+        let report =
+            pb::SignedPerformanceReport::decode(entries[1].entry.payload.as_slice()).expect("r");
+        let stranger = Identity::generate().expect("k");
+        let resigned = crate::dr::report::sign(
+            &stranger,
+            &pb::PerformanceReport::decode(report.report.as_slice()).expect("r"),
+        );
+        entries[1].entry.payload = resigned.encode_to_vec();
+        // An honest claim two hours later.
+        let mut later = claim(
+            &w,
+            "e2",
+            10 * DAY + 7_200_000,
+            20.0,
+            25_000,
+            10 * DAY + 11_000_000,
+        );
+        for c in &mut later {
+            c.entry.seq += 2;
+        }
+        entries.extend(later);
+        let s = settle(10 * DAY, 11 * DAY, &entries, &w.members, &terms());
+        let st = &s.standing["gw"];
+        assert_eq!(st.offences, 1, "{st:?}");
+        assert_eq!(
+            st.excluded_until_ms,
+            10 * DAY + 3_700_000 + PROBATION_BASE_MS
+        );
+        assert_eq!(s.lines.len(), 1, "the forged claim is no claim");
+        assert_eq!(
+            (s.lines[0].event_id.as_str(), s.lines[0].note),
+            ("e2", "excluded")
+        );
+        // The same entries from the operator's log are nobody's offence.
+        let mut from_operator = entries.clone();
+        from_operator[1].entry.origin = "op".into();
+        let s = settle(10 * DAY, 11 * DAY, &from_operator, &w.members, &terms());
+        assert_eq!(s.standing["gw"].offences, 0);
     }
 }
