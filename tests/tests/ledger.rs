@@ -749,6 +749,32 @@ async fn the_operator_logs_terms_events_and_membership_changes_and_named_gateway
         .await
         .expect("watch")
         .into_inner();
+    // And so does `gridgate ledger watch`, an operator's view of it.
+    let mut follower = gridgate_tests::gridgate()
+        .args([
+            "ledger",
+            "watch",
+            "--config",
+            &op_config,
+            "--origin",
+            "operator",
+            "--validator",
+            "v2",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("gridgate ledger watch");
+    let mut followed = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+        follower.stdout.take().expect("stdout"),
+    ));
+    let header = tokio::time::timeout(Duration::from_secs(20), followed.next_line())
+        .await
+        .expect("the watch starts")
+        .expect("read");
+    assert!(
+        header.is_some_and(|h| h.starts_with("# following what validator v2 certifies")),
+        "watch did not start"
+    );
     let out = ok(&[
         "ledger",
         "publish",
@@ -759,6 +785,17 @@ async fn the_operator_logs_terms_events_and_membership_changes_and_named_gateway
     ])
     .await;
     assert!(out.contains("entry 2"), "{out}");
+    let line = tokio::time::timeout(Duration::from_secs(20), followed.next_line())
+        .await
+        .expect("the change reaches gridgate ledger watch")
+        .expect("read")
+        .unwrap_or_default();
+    assert!(
+        line.starts_with("operator       2  ")
+            && line.contains("3 votes  membership change add-gw-c: add [gw-c (gateway)]"),
+        "{line}"
+    );
+    let _ = follower.kill().await;
     let seen = tokio::time::timeout(Duration::from_secs(20), watch.message())
         .await
         .expect("the change reaches the watcher")

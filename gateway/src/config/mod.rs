@@ -913,7 +913,9 @@ fn link_default_protocol(b: &RawBus) -> Option<Protocol> {
     }
 }
 
-fn valid_name(s: &str) -> bool {
+/// Whether `s` may name a device, bus, load or ledger member: 1 to 64 letters, digits, '-',
+/// '_' or '.'.
+pub(crate) fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.chars()

@@ -35,20 +35,11 @@ pub enum ChangeError {
     WrongOrigin(String),
 }
 
-/// Whether `id` may name a member (as `[ledger] members` ids).
-fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-}
-
 /// Decodes a change and checks its fields (not its approvals).
 pub fn decode_change(bytes: &[u8]) -> Result<pb::MembershipChange, ChangeError> {
     let c = pb::MembershipChange::decode(bytes)
         .map_err(|e| ChangeError::Malformed(format!("not a MembershipChange: {e}")))?;
-    if !valid_id(&c.id) {
+    if !crate::config::valid_name(&c.id) {
         return Err(ChangeError::Malformed(format!(
             "id {:?}: use letters, digits, '-', '_' or '.'",
             c.id
@@ -61,7 +52,7 @@ pub fn decode_change(bytes: &[u8]) -> Result<pb::MembershipChange, ChangeError> 
         )));
     }
     for a in &c.add {
-        if !valid_id(&a.id) {
+        if !crate::config::valid_name(&a.id) {
             return Err(ChangeError::Malformed(format!("member id {:?}", a.id)));
         }
         match pb::MemberRole::try_from(a.role) {

@@ -90,6 +90,21 @@ pub enum LedgerCommand {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Follows the certified entries a validator stores from now on (all logs, or --origin
+    /// only), each checked and printed as `gridgate ledger log` does, until interrupted.
+    ///
+    /// Example: gridgate ledger watch --config /etc/gridgate/gridgate.toml --origin dr-operator
+    Watch {
+        /// The node's config (members, validators, TLS client identity).
+        #[arg(long)]
+        config: PathBuf,
+        /// Only these logs (repeatable).
+        #[arg(long)]
+        origin: Vec<String>,
+        /// Which validator to follow (default: the first that answers).
+        #[arg(long)]
+        validator: Option<String>,
+    },
     /// The DR operator appends a signed DR event, program terms or an approved membership
     /// change to its own log and waits until the validators certify it.
     ///
@@ -151,6 +166,11 @@ pub async fn run(cmd: LedgerCommand, out: &mut dyn Write) -> Result<ExitCode> {
             from,
         } => log(&config, &origin, validator.as_deref(), from, out).await,
         LedgerCommand::Verify { config } => verify(&config, out).await,
+        LedgerCommand::Watch {
+            config,
+            origin,
+            validator,
+        } => watch(&config, origin, validator.as_deref(), out).await,
         LedgerCommand::Publish { config, what, wait } => {
             super::ledger_write::publish(&config, &what, wait, out).await
         }
@@ -588,27 +608,102 @@ async fn log(
         )?;
         let mut faults = 0;
         for c in &entries {
-            match check_certified(c, &members) {
-                Ok((e, hash)) => writeln!(
-                    out,
-                    "{:>6}  {}  {}  {} votes  {}",
-                    e.seq,
-                    utc(e.timestamp_ms),
-                    &hex::encode(hash)[..16],
-                    c.certificate.as_ref().map_or(0, |c| c.votes.len()),
-                    summary(&e)
-                )?,
-                Err(err) => {
-                    faults += 1;
-                    writeln!(out, "     ?  does not check: {err}")?;
-                }
-            }
+            let (line, good) = entry_line(c, &members);
+            faults += usize::from(!good);
+            writeln!(out, "{line}")?;
         }
         return Ok(if faults == 0 {
             ExitCode::SUCCESS
         } else {
             ExitCode::from(1)
         });
+    }
+    bail!("no validator answered")
+}
+
+/// One certified entry as `log` and `watch` print it, and whether it checks.
+fn entry_line(c: &pb::CertifiedEntry, members: &crate::ledger::Members) -> (String, bool) {
+    match check_certified(c, members) {
+        Ok((e, hash)) => (
+            format!(
+                "{:>6}  {}  {}  {} votes  {}",
+                e.seq,
+                utc(e.timestamp_ms),
+                &hex::encode(hash)[..16],
+                c.certificate.as_ref().map_or(0, |c| c.votes.len()),
+                summary(&e)
+            ),
+            true,
+        ),
+        Err(err) => (format!("     ?  does not check: {err}"), false),
+    }
+}
+
+async fn watch(
+    config: &std::path::Path,
+    origins: Vec<String>,
+    only: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<ExitCode> {
+    let (ledger, genesis) = consortium(config)?;
+    for v in ledger
+        .members
+        .iter()
+        .filter(|m| m.role == "validator" && only.is_none_or(|o| o == m.id))
+    {
+        let Some(mut client) = reach(&ledger, v, out, "# ").await? else {
+            continue;
+        };
+        let mut members = match members_held(&mut client, &genesis).await {
+            Ok(m) => m,
+            Err(e) => {
+                writeln!(out, "# validator {}: {e:#}", v.id)?;
+                continue;
+            }
+        };
+        let mut stream = match client
+            .watch(pb::WatchRequest {
+                origins: origins.clone(),
+            })
+            .await
+        {
+            Ok(s) => s.into_inner(),
+            Err(s) => {
+                writeln!(out, "# validator {}: {}", v.id, s.message())?;
+                continue;
+            }
+        };
+        writeln!(
+            out,
+            "# following what validator {} certifies{} (Ctrl-C to stop)",
+            v.id,
+            if origins.is_empty() {
+                String::new()
+            } else {
+                format!(" of {}", origins.join(", "))
+            }
+        )?;
+        out.flush()?;
+        while let Some(c) = stream.message().await? {
+            let origin = crate::ledger::state::place(&c)
+                .map(|(o, _)| o)
+                .unwrap_or_default();
+            writeln!(out, "{origin}  {}", entry_line(&c, &members).0)?;
+            out.flush()?;
+            // A membership change takes effect for what follows it.
+            let is_change = c
+                .entry
+                .as_ref()
+                .and_then(|s| {
+                    use prost::Message;
+                    pb::Entry::decode(s.entry.as_slice()).ok()
+                })
+                .is_some_and(|e| e.kind == pb::EntryKind::Membership as i32);
+            if is_change {
+                members = members_held(&mut client, &genesis).await?;
+            }
+        }
+        bail!("validator {} ended the stream (it is stopping)", v.id);
     }
     bail!("no validator answered")
 }
