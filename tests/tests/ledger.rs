@@ -898,3 +898,129 @@ async fn the_operator_logs_terms_events_and_membership_changes_and_named_gateway
         assert_eq!(code, Some(0), "v{i}: {tail:#?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_master_station_proves_pulled_batches_against_the_certified_commitments() {
+    let validators = Validators::new(4);
+    let (_sims, site, config) = plant().await;
+    let d = site.dir.path().to_path_buf();
+    keygen(&d);
+    let me = ("plant", d.as_path());
+    let mut running = Vec::new();
+    for i in 0..4 {
+        running.push(validators.start(i, &[me]).await);
+    }
+    // Batches close every 200 ms and are committed three at a time.
+    let config = format!(
+        "{config}\n[store]\nbatch_interval = \"200ms\"\n{}",
+        validators.ledger_section("gateway", &[me], me).replace(
+            "role = \"gateway\"\n",
+            "role = \"gateway\"\ncommit_batches = 3\n"
+        )
+    );
+    let gw = Gateway::start_logged(&d, &config).await;
+    wait_for_port(site.port).await;
+    let gw_config = d.join("gridgate.toml").display().to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, out, _) = run_to_end(
+            &["ledger", "log", "--config", &gw_config, "--origin", "plant"],
+            WAIT,
+        )
+        .await;
+        if code == 0 && out.matches("  batches ").count() >= 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never saw two certified commitments:\n{out}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // The master station pulls the first six batches, verified, as it always does.
+    let pulled = tempfile::tempdir().expect("dir");
+    let pulled_dir = pulled.path().display().to_string();
+    let (code, out, err) = run_to_end(
+        &[
+            "pull",
+            "--endpoint",
+            &format!("https://localhost:{}", site.port),
+            "--ca",
+            &site.path("pki/ca.pem"),
+            "--cert",
+            &site.path("pki/client-master.pem"),
+            "--key",
+            &site.path("pki/client-master.key"),
+            "--consumer",
+            "auditor",
+            "--from",
+            "0",
+            "--max",
+            "6",
+            "--out",
+            &pulled_dir,
+        ],
+        WAIT,
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+
+    // Both ranges' roots recompute to the certified ones; batch 4 is leaf 1 of the second.
+    let prove = |batch: &'static str| {
+        let (config, dir) = (gw_config.clone(), pulled_dir.clone());
+        async move {
+            run_to_end(
+                &[
+                    "ledger",
+                    "prove",
+                    "--config",
+                    &config,
+                    "--gateway",
+                    "plant",
+                    "--batches",
+                    &dir,
+                    "--batch",
+                    batch,
+                ],
+                WAIT,
+            )
+            .await
+        }
+    };
+    let (code, out, err) = prove("4").await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("6 signed batch(es)"), "{out}");
+    for range in ["batches 0..3 ", "batches 3..6 "] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(range) && l.ends_with(" matches")),
+            "{range}: {out}"
+        );
+    }
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("batch 4: leaf 1 of 3") && l.ends_with(": included")),
+        "{out}"
+    );
+
+    // A batch changed after the pull is not the gateway's, and proves nothing.
+    let file = pulled.path().join("batch-0000000004.pb");
+    let mut bytes = std::fs::read(&file).expect("batch");
+    let last = bytes.len() - 70;
+    bytes[last] ^= 1;
+    std::fs::write(&file, bytes).expect("write");
+    let (code, out, _) = prove("4").await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("its signature is not the gateway's"), "{out}");
+    assert!(
+        out.contains("batches 3..6 ") && out.contains("2 of 3 here"),
+        "{out}"
+    );
+    assert!(out.contains("batch 4: no certified commitment"), "{out}");
+
+    assert_eq!(gw.stop().await, Some(0));
+    for v in running {
+        assert_eq!(v.stop().await, Some(0));
+    }
+}

@@ -90,6 +90,30 @@ pub enum LedgerCommand {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Checks batches pulled from a gateway (`gridgate pull --out DIR`) against its certified
+    /// batch commitments: each range's RFC 6962 root recomputed, the ranges following one
+    /// another, and with --batch one batch's audit path. Exit 1 on a mismatch, or when the
+    /// batch asked for is not proved.
+    ///
+    /// Example: gridgate ledger prove --config /etc/gridgate/gridgate.toml --gateway site-042
+    /// --batches pulled/ --batch 1234
+    Prove {
+        /// The node's config (members, validators, TLS client identity).
+        #[arg(long)]
+        config: PathBuf,
+        /// The gateway (its member id).
+        #[arg(long)]
+        gateway: String,
+        /// Where the pulled batches are (batch-<seq>.pb files).
+        #[arg(long)]
+        batches: PathBuf,
+        /// Show this batch's inclusion proof.
+        #[arg(long)]
+        batch: Option<u64>,
+        /// Which validator to ask (default: the first that answers).
+        #[arg(long)]
+        validator: Option<String>,
+    },
     /// Follows the certified entries a validator stores from now on (all logs, or --origin
     /// only), each checked and printed as `gridgate ledger log` does, until interrupted.
     ///
@@ -166,6 +190,23 @@ pub async fn run(cmd: LedgerCommand, out: &mut dyn Write) -> Result<ExitCode> {
             from,
         } => log(&config, &origin, validator.as_deref(), from, out).await,
         LedgerCommand::Verify { config } => verify(&config, out).await,
+        LedgerCommand::Prove {
+            config,
+            gateway,
+            batches,
+            batch,
+            validator,
+        } => {
+            super::ledger_prove::prove(
+                &config,
+                &gateway,
+                &batches,
+                batch,
+                validator.as_deref(),
+                out,
+            )
+            .await
+        }
         LedgerCommand::Watch {
             config,
             origin,
@@ -221,7 +262,7 @@ fn day_start_ms(day: &str) -> Result<i64> {
 /// The membership a validator's replica puts in force: the genesis one with the certified
 /// membership changes in its operators' and validators' logs (each certificate checked
 /// against the genesis membership) applied.
-async fn members_held(
+pub(super) async fn members_held(
     client: &mut LedgerClient<tonic::transport::Channel>,
     genesis: &crate::ledger::Members,
 ) -> Result<crate::ledger::Members> {
@@ -261,7 +302,7 @@ async fn fetch_all(
 }
 
 /// The config's `[ledger]` and its membership with the keys read.
-fn consortium(
+pub(super) fn consortium(
     config: &std::path::Path,
 ) -> Result<(crate::config::ledger::LedgerConfig, crate::ledger::Members)> {
     let cfg = crate::config::load(config)?;
@@ -289,7 +330,7 @@ async fn validator(
 
 /// A client of validator `v`, or `None` after saying on `out` why it cannot be reached
 /// (each line starts with `prefix`).
-async fn reach(
+pub(super) async fn reach(
     ledger: &crate::config::ledger::LedgerConfig,
     v: &crate::config::ledger::MemberConfig,
     out: &mut dyn Write,
@@ -436,7 +477,7 @@ async fn status(config: &std::path::Path, out: &mut dyn Write) -> Result<ExitCod
 }
 
 /// Every certified entry of `origin` a validator holds from `from`, as sent.
-async fn fetch_log(
+pub(super) async fn fetch_log(
     client: &mut LedgerClient<tonic::transport::Channel>,
     origin: &str,
     from: u64,
@@ -460,7 +501,7 @@ async fn fetch_log(
 }
 
 /// A time as `2026-11-29T05:20:00Z`.
-fn utc(ms: i64) -> String {
+pub(super) fn utc(ms: i64) -> String {
     let at = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
     humantime::format_rfc3339_seconds(at).to_string()
 }

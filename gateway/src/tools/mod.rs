@@ -2,6 +2,7 @@
 
 pub mod dr;
 pub mod ledger;
+pub mod ledger_prove;
 pub mod ledger_write;
 pub mod pull;
 pub mod read;
