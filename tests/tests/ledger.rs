@@ -531,6 +531,24 @@ async fn an_equivocating_gateway_is_shut_out_and_forgeries_never_make_a_certific
             .into_inner();
         assert!(!r.stored && r.detail.contains("valid votes"), "{r:?}");
     }
+
+    // Every validator's settlement counts the proven equivocation: the rogue's score is gone
+    // and it sits out its first probation (a day), whatever it claims meanwhile.
+    let out = settlement_today(&validators.dir.path().join("v0/gridgate.toml")).await;
+    let standing = out
+        .lines()
+        .find(|l| l.starts_with("member rogue "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        standing.starts_with("member rogue score 0 offences 1 excluded_until "),
+        "{out}"
+    );
+    let until: i64 = standing
+        .rsplit(' ')
+        .next()
+        .and_then(|t| t.parse().ok())
+        .expect("excluded_until");
+    assert!(until > gridgate::acquire::reading::now_ms(), "{out}");
     for v in running {
         assert_eq!(v.stop().await, Some(0));
     }
