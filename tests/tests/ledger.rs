@@ -985,7 +985,7 @@ async fn the_master_station_proves_pulled_batches_against_the_certified_commitme
     assert_eq!(code, 0, "{out}{err}");
 
     // Both ranges' roots recompute to the certified ones; batch 4 is leaf 1 of the second.
-    let prove = |batch: &'static str| {
+    let prove = |what: [String; 2]| {
         let (config, dir) = (gw_config.clone(), pulled_dir.clone());
         async move {
             run_to_end(
@@ -998,15 +998,16 @@ async fn the_master_station_proves_pulled_batches_against_the_certified_commitme
                     "plant",
                     "--batches",
                     &dir,
-                    "--batch",
-                    batch,
+                    &what[0],
+                    &what[1],
                 ],
                 WAIT,
             )
             .await
         }
     };
-    let (code, out, err) = prove("4").await;
+    let batch4 = || ["--batch".to_string(), "4".to_string()];
+    let (code, out, err) = prove(batch4()).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("6 signed batch(es)"), "{out}");
     for range in ["batches 0..3 ", "batches 3..6 "] {
@@ -1022,13 +1023,34 @@ async fn the_master_station_proves_pulled_batches_against_the_certified_commitme
         "{out}"
     );
 
-    // A batch changed after the pull is not the gateway's, and proves nothing.
+    // One reading: found in its batch, and that batch proved.
     let file = pulled.path().join("batch-0000000004.pb");
+    let signed = {
+        use prost::Message;
+        gridgate_proto::v1::SignedBatch::decode(std::fs::read(&file).expect("batch").as_slice())
+            .expect("signed batch")
+    };
+    let reading = {
+        use prost::Message;
+        gridgate_proto::v1::Batch::decode(signed.batch.as_slice())
+            .expect("batch")
+            .readings
+            .pop()
+            .expect("a reading")
+    };
+    let spec = format!("{}@{}", reading.point, reading.ts_ms);
+    let (code, out, err) = prove(["--reading".into(), spec.clone()]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("reading {spec}: reading ")), "{out}");
+    assert!(out.contains(" of batch 4 (signed by plant)"), "{out}");
+    assert!(out.contains(": included"), "{out}");
+
+    // A batch changed after the pull is not the gateway's, and proves nothing.
     let mut bytes = std::fs::read(&file).expect("batch");
     let last = bytes.len() - 70;
     bytes[last] ^= 1;
     std::fs::write(&file, bytes).expect("write");
-    let (code, out, _) = prove("4").await;
+    let (code, out, _) = prove(batch4()).await;
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("its signature is not the gateway's"), "{out}");
     assert!(

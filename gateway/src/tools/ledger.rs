@@ -92,8 +92,8 @@ pub enum LedgerCommand {
     },
     /// Checks batches pulled from a gateway (`gridgate pull --out DIR`) against its certified
     /// batch commitments: each range's RFC 6962 root recomputed, the ranges following one
-    /// another, and with --batch one batch's audit path. Exit 1 on a mismatch, or when the
-    /// batch asked for is not proved.
+    /// another, and with --batch (or --reading) one batch's audit path. Exit 1 on a mismatch,
+    /// or when the batch asked for is not proved.
     ///
     /// Example: gridgate ledger prove --config /etc/gridgate/gridgate.toml --gateway site-042
     /// --batches pulled/ --batch 1234
@@ -108,8 +108,11 @@ pub enum LedgerCommand {
         #[arg(long)]
         batches: PathBuf,
         /// Show this batch's inclusion proof.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "reading")]
         batch: Option<u64>,
+        /// Show the inclusion proof of the batch that holds this reading: POINT@TS_MS.
+        #[arg(long)]
+        reading: Option<String>,
         /// Which validator to ask (default: the first that answers).
         #[arg(long)]
         validator: Option<String>,
@@ -195,13 +198,19 @@ pub async fn run(cmd: LedgerCommand, out: &mut dyn Write) -> Result<ExitCode> {
             gateway,
             batches,
             batch,
+            reading,
             validator,
         } => {
+            let reading = reading
+                .as_deref()
+                .map(super::ledger_prove::parse_reading)
+                .transpose()?;
             super::ledger_prove::prove(
                 &config,
                 &gateway,
                 &batches,
                 batch,
+                reading,
                 validator.as_deref(),
                 out,
             )

@@ -70,9 +70,45 @@ fn pulled_batches(
             )?;
             continue;
         }
+        let named = pb::Batch::decode(signed.batch.as_slice()).map(|b| b.seq);
+        if named != Ok(seq) {
+            writeln!(
+                out,
+                "skipped {}: the batch in it is not batch {seq}",
+                path.display()
+            )?;
+            continue;
+        }
         batches.insert(seq, signed.batch);
     }
     Ok(batches)
+}
+
+/// A reading to find: `POINT@TS_MS`.
+pub fn parse_reading(spec: &str) -> Result<(String, i64)> {
+    let Some((point, ts)) = spec.rsplit_once('@') else {
+        bail!("--reading {spec:?}: write POINT@TS_MS, e.g. meter-1/energy_import@1795910400000");
+    };
+    let ts = ts
+        .parse()
+        .with_context(|| format!("--reading {spec:?}: {ts:?} is not a time in ms"))?;
+    Ok((point.to_string(), ts))
+}
+
+/// The pulled batch that holds the reading of `point` at `ts_ms`, and its place in it.
+fn batch_of_reading(
+    batches: &BTreeMap<u64, Vec<u8>>,
+    point: &str,
+    ts_ms: i64,
+) -> Option<(u64, usize)> {
+    batches.iter().find_map(|(seq, bytes)| {
+        let b = pb::Batch::decode(bytes.as_slice()).ok()?;
+        let i = b
+            .readings
+            .iter()
+            .position(|r| r.point == point && r.ts_ms == ts_ms)?;
+        Some((*seq, i))
+    })
 }
 
 /// `gridgate ledger prove`.
@@ -80,7 +116,8 @@ pub async fn prove(
     config: &Path,
     gateway: &str,
     dir: &Path,
-    batch: Option<u64>,
+    mut batch: Option<u64>,
+    reading: Option<(String, i64)>,
     only: Option<&str>,
     out: &mut dyn Write,
 ) -> Result<ExitCode> {
@@ -138,6 +175,21 @@ pub async fn prove(
         batches.len(),
         dir.display()
     )?;
+    if let Some((point, ts)) = &reading {
+        match batch_of_reading(&batches, point, *ts) {
+            Some((seq, i)) => {
+                writeln!(
+                    out,
+                    "reading {point}@{ts}: reading {i} of batch {seq} (signed by {gateway})"
+                )?;
+                batch = Some(seq);
+            }
+            None => {
+                writeln!(out, "reading {point}@{ts}: in none of the batches here")?;
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
     let mut faults = 0;
     let mut end: Option<u64> = None;
     let mut proved = batch.is_none();
