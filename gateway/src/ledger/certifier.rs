@@ -103,6 +103,16 @@ pub fn commitment(
     }))
 }
 
+/// The range after the last one this node's log claimed a commitment for (`batches/<range>`).
+pub fn first_uncommitted_range(store: &Store) -> Result<u64, StoreError> {
+    Ok(store
+        .ledger_claims("batches/")?
+        .iter()
+        .filter_map(|(claim, _)| claim.strip_prefix("batches/")?.parse::<u64>().ok())
+        .max()
+        .map_or(0, |k| k + 1))
+}
+
 /// Appends the commitments of every whole range of `per` batches closed so far, from range
 /// `*next` on (each once: the claim is `batches/<range>`); moves `*next` past them.
 pub fn commit_batches(
@@ -312,8 +322,13 @@ pub async fn run(c: Certifier, cfg: LedgerConfig, cancel: CancellationToken) {
     // The validator set (and so the quorum) is the genesis one: changes never move it.
     let quorum = c.state.genesis().quorum();
     let mut backoff = Duration::from_millis(500);
-    // The first range of batches not yet committed (found again from the claims at start).
-    let mut next_range = 0u64;
+    // The first range of batches not yet committed: after the last one claimed before a
+    // restart (not from 0: ranges that retention dropped since would each be read and
+    // warned about at every start).
+    let st = c.store.clone();
+    let mut next_range = blocking(move || first_uncommitted_range(&st))
+        .await
+        .unwrap_or(0);
     loop {
         if cfg.commit_batches > 0 {
             let (st, me, key, per) = (
@@ -495,6 +510,8 @@ mod tests {
             commit_batches(&store, "gw", &id, 2, &mut next).expect("again"),
             0
         );
+        // After a restart the next range is found from the claims.
+        assert_eq!(first_uncommitted_range(&store).expect("claims"), 2);
         let mut from_zero = 0;
         commit_batches(&store, "gw", &id, 2, &mut from_zero).expect("restart");
         assert_eq!(

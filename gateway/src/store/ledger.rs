@@ -265,6 +265,22 @@ impl Store {
         Ok(out)
     }
 
+    /// The claims of this node's own log that start with `prefix` (as `batches/`), with the
+    /// sequence number each was appended at.
+    pub fn ledger_claims(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let t = txn.open_table(CLAIMS).map_err(db)?;
+        let mut out = Vec::new();
+        for e in t.range(prefix..).map_err(db)? {
+            let (k, v) = e.map_err(db)?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            out.push((k.value().to_string(), v.value()));
+        }
+        Ok(out)
+    }
+
     /// Appends an entry to this node's own log, once per `claim`: `make(seq, prev_hash)`
     /// builds the signed entry at the log's next place. Returns the sequence number (the
     /// existing one when the claim was appended before).
