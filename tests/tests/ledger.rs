@@ -856,6 +856,15 @@ async fn the_operator_logs_terms_events_and_membership_changes_and_named_gateway
         }
     }
 
+    // Every validator's replica puts the change in force.
+    let out = ok(&["ledger", "status", "--config", &op_config]).await;
+    assert_eq!(
+        out.matches("  membership: 8 member(s), changed since genesis: gw-c added")
+            .count(),
+        4,
+        "{out}"
+    );
+
     // The operator's log, as the validators hold it.
     let out = ok(&[
         "ledger", "log", "--config", &op_config, "--origin", "operator",

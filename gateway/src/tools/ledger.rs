@@ -449,6 +449,26 @@ async fn status(config: &std::path::Path, out: &mut dyn Write) -> Result<ExitCod
         answered += 1;
         let members = members_held(&mut client, &genesis).await?;
         writeln!(out, "validator {}: {} log(s)", v.id, heads.len())?;
+        if members != genesis {
+            let now: Vec<String> = members
+                .0
+                .values()
+                .filter(|m| !genesis.0.contains_key(&m.id) || m.removed)
+                .map(|m| {
+                    if m.removed {
+                        format!("{} removed", m.id)
+                    } else {
+                        format!("{} added", m.id)
+                    }
+                })
+                .collect();
+            writeln!(
+                out,
+                "  membership: {} member(s), changed since genesis: {}",
+                members.0.values().filter(|m| !m.removed).count(),
+                now.join(", ")
+            )?;
+        }
         for h in heads {
             let entries = fetch_log(&mut client, &h.origin, 0)
                 .await
