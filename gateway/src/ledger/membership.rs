@@ -107,7 +107,7 @@ pub fn check_change(
             continue;
         };
         let good = Signature::from_slice(&a.signature)
-            .is_ok_and(|s| m.key.verify(&signed.change, &s).is_ok());
+            .is_ok_and(|s| m.key.verify(&approval_message(&signed.change), &s).is_ok());
         if good {
             approved.insert(a.validator.as_str());
         }
@@ -139,11 +139,22 @@ pub fn check_entry_payload(
     check_change(&signed, members)
 }
 
+/// What an approval signs: a fixed prefix, then the change's bytes. The key that approves also
+/// signs votes and entries; the prefix keeps an approval from ever being one of those.
+fn approval_message(change: &[u8]) -> Vec<u8> {
+    let mut m = APPROVAL_DOMAIN.to_vec();
+    m.extend_from_slice(change);
+    m
+}
+
+/// The prefix of what an approval signs.
+pub const APPROVAL_DOMAIN: &[u8] = b"gridgate.v1 membership approval\0";
+
 /// A validator's approval of the change `bytes` (an encoded `MembershipChange`).
 pub fn approve(bytes: &[u8], validator: &str, key: &Identity) -> pb::Approval {
     pb::Approval {
         validator: validator.to_string(),
-        signature: key.sign(bytes).to_vec(),
+        signature: key.sign(&approval_message(bytes)).to_vec(),
     }
 }
 
@@ -300,6 +311,27 @@ mod tests {
         assert!(matches!(
             check_change(&forged, &w.members),
             Err(ChangeError::NoQuorum { have: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn an_approval_is_a_signature_over_the_prefixed_change_and_nothing_else() {
+        let w = world();
+        let gw = Identity::generate().expect("key");
+        let bytes = change(&[("gw-9", pb::MemberRole::Gateway, &gw)], &[]);
+        // Signatures of the bare change bytes (as a vote or an entry is signed) do not count.
+        let bare = pb::SignedMembershipChange {
+            approvals: (0..3)
+                .map(|i| pb::Approval {
+                    validator: format!("v{i}"),
+                    signature: w.validators[i].sign(&bytes).to_vec(),
+                })
+                .collect(),
+            change: bytes.clone(),
+        };
+        assert!(matches!(
+            check_change(&bare, &w.members),
+            Err(ChangeError::NoQuorum { have: 0, .. })
         ));
     }
 
