@@ -86,6 +86,203 @@ pub fn root_and_paths(leaves: &[Hash]) -> (Hash, Vec<Vec<Hash>>) {
     }
 }
 
+/// The sizes of a tree's maximal perfect subtrees, left to right: the binary digits of
+/// `size`, largest first.
+fn frontier_sizes(size: u64) -> Vec<u64> {
+    (0..64)
+        .rev()
+        .map(|b| 1u64 << b)
+        .filter(|bit| size & bit != 0)
+        .collect()
+}
+
+/// The frontier of a tree of `size` leaves after `leaves` are appended to a tree of `size`
+/// leaves with frontier `frontier` (the roots of its maximal perfect subtrees, left to right:
+/// all it takes to go on growing the tree and to prove the next tree consistent with it).
+pub fn frontier_extend(frontier: &[Hash], size: u64, leaves: &[Hash]) -> Vec<Hash> {
+    let mut stack: Vec<(u64, Hash)> = frontier_sizes(size)
+        .into_iter()
+        .zip(frontier.iter().copied())
+        .collect();
+    for l in leaves {
+        stack.push((1, *l));
+        while stack.len() >= 2 && stack[stack.len() - 1].0 == stack[stack.len() - 2].0 {
+            let (s, right) = stack.pop().unwrap_or_default();
+            let (_, left) = stack.pop().unwrap_or_default();
+            stack.push((2 * s, node(&left, &right)));
+        }
+    }
+    stack.into_iter().map(|(_, h)| h).collect()
+}
+
+/// The root of the tree whose frontier this is (RFC 6962: a tree splits at the largest power
+/// of two below its size, which is its first maximal perfect subtree).
+pub fn frontier_root(frontier: &[Hash]) -> Hash {
+    let mut it = frontier.iter().rev();
+    let Some(last) = it.next() else {
+        return Sha256::digest([]).into();
+    };
+    it.fold(*last, |r, h| node(h, &r))
+}
+
+/// What is known of a tree of `n` leaves: the frontier of its first `m` and the leaves after
+/// them. Any subtree the RFC 6962 proofs ask for that reaches past `m` is computed from these.
+struct Known<'a> {
+    m: u64,
+    old: Vec<((u64, u64), Hash)>,
+    leaves: &'a [Hash],
+}
+
+impl<'a> Known<'a> {
+    fn new(m: u64, frontier: &[Hash], leaves: &'a [Hash]) -> Option<Known<'a>> {
+        let sizes = frontier_sizes(m);
+        if sizes.len() != frontier.len() {
+            return None;
+        }
+        let mut lo = 0;
+        let mut old = Vec::new();
+        for (s, h) in sizes.into_iter().zip(frontier) {
+            old.push(((lo, lo + s), *h));
+            lo += s;
+        }
+        Some(Known { m, old, leaves })
+    }
+
+    /// MTH of leaves `[lo, hi)`.
+    fn mth(&self, lo: u64, hi: u64) -> Option<Hash> {
+        if hi <= self.m {
+            return self
+                .old
+                .iter()
+                .find(|(r, _)| *r == (lo, hi))
+                .map(|(_, h)| *h);
+        }
+        if lo >= self.m {
+            let (a, b) = ((lo - self.m) as usize, (hi - self.m) as usize);
+            return self.leaves.get(a..b).map(root);
+        }
+        let k = split((hi - lo) as usize) as u64;
+        Some(node(&self.mth(lo, lo + k)?, &self.mth(lo + k, hi)?))
+    }
+
+    /// RFC 9162 2.1.4.1 SUBPROOF(m, D[lo:hi], b), with `m` relative to `lo`.
+    fn subproof(&self, m: u64, lo: u64, hi: u64, whole: bool) -> Option<Vec<Hash>> {
+        let n = hi - lo;
+        if m == n {
+            return Some(if whole {
+                Vec::new()
+            } else {
+                vec![self.mth(lo, hi)?]
+            });
+        }
+        let k = split(n as usize) as u64;
+        let mut p;
+        if m <= k {
+            p = self.subproof(m, lo, lo + k, whole)?;
+            p.push(self.mth(lo + k, hi)?);
+        } else {
+            p = self.subproof(m - k, lo + k, hi, false)?;
+            p.push(self.mth(lo, lo + k)?);
+        }
+        Some(p)
+    }
+
+    /// RFC 6962 audit path of leaf `index` (>= m) in the tree `[lo, hi)`.
+    fn path(&self, index: u64, lo: u64, hi: u64) -> Option<Vec<Hash>> {
+        if hi - lo <= 1 {
+            return Some(Vec::new());
+        }
+        let k = split((hi - lo) as usize) as u64;
+        let mut p;
+        if index < lo + k {
+            p = self.path(index, lo, lo + k)?;
+            p.push(self.mth(lo + k, hi)?);
+        } else {
+            p = self.path(index, lo + k, hi)?;
+            p.push(self.mth(lo, lo + k)?);
+        }
+        Some(p)
+    }
+}
+
+/// The RFC 9162 consistency proof that the tree of `m` leaves (with this frontier) is a prefix
+/// of the tree grown from it by `leaves`. `None` if the frontier does not fit `m`. Empty when
+/// `m` is 0 or nothing was added.
+pub fn consistency_proof(m: u64, frontier: &[Hash], leaves: &[Hash]) -> Option<Vec<Hash>> {
+    let n = m + leaves.len() as u64;
+    if m == 0 || m == n {
+        return Some(Vec::new());
+    }
+    Known::new(m, frontier, leaves)?.subproof(m, 0, n, true)
+}
+
+/// The audit path of leaf `index` (at or after `m`) of the tree grown from a tree of `m`
+/// leaves (with this frontier) by `leaves`: what proves one new leaf with only the leaves
+/// added since the tree of `m` and that tree's frontier.
+pub fn audit_path_after(
+    m: u64,
+    frontier: &[Hash],
+    leaves: &[Hash],
+    index: u64,
+) -> Option<Vec<Hash>> {
+    let n = m + leaves.len() as u64;
+    if index < m || index >= n {
+        return None;
+    }
+    Known::new(m, frontier, leaves)?.path(index, 0, n)
+}
+
+/// Checks an RFC 9162 (2.1.4.2) consistency proof: the tree of `m` leaves with root
+/// `old_root` is a prefix of the tree of `n` leaves with root `new_root`.
+pub fn verify_consistency(
+    m: u64,
+    n: u64,
+    old_root: &Hash,
+    new_root: &Hash,
+    proof: &[Hash],
+) -> bool {
+    if m == 0 || m > n {
+        return false;
+    }
+    if m == n {
+        return proof.is_empty() && old_root == new_root;
+    }
+    let mut path: Vec<Hash> = Vec::with_capacity(proof.len() + 1);
+    if m.is_power_of_two() {
+        path.push(*old_root);
+    }
+    path.extend_from_slice(proof);
+    let Some((first, rest)) = path.split_first() else {
+        return false;
+    };
+    let (mut fn_, mut sn) = (m - 1, n - 1);
+    while fn_ & 1 == 1 {
+        fn_ >>= 1;
+        sn >>= 1;
+    }
+    let (mut fr, mut sr) = (*first, *first);
+    for c in rest {
+        if sn == 0 {
+            return false;
+        }
+        if fn_ & 1 == 1 || fn_ == sn {
+            fr = node(c, &fr);
+            sr = node(c, &sr);
+            if fn_ & 1 == 0 {
+                while fn_ & 1 == 0 && fn_ != 0 {
+                    fn_ >>= 1;
+                    sn >>= 1;
+                }
+            }
+        } else {
+            sr = node(&sr, c);
+        }
+        fn_ >>= 1;
+        sn >>= 1;
+    }
+    sn == 0 && fr == *old_root && sr == *new_root
+}
+
 /// Checks that `leaf_hash` is leaf `index` of the tree of `size` leaves with root `root`
 /// (RFC 9162, 2.1.3.2).
 pub fn verify_inclusion(
@@ -201,6 +398,81 @@ mod tests {
                 assert_eq!(*p, audit_path(&leaves, i), "n = {n}, leaf {i}");
                 assert!(verify_inclusion(&leaves[i], i as u64, n as u64, p, &r));
             }
+        }
+    }
+
+    #[test]
+    fn a_grown_tree_is_proved_consistent_with_every_smaller_one_from_its_frontier_alone() {
+        let leaves: Vec<Hash> = (0..40u64).map(|i| leaf(&i.to_be_bytes())).collect();
+        for n in 1..=leaves.len() {
+            let new_root = root(&leaves[..n]);
+            let grown = frontier_extend(&[], 0, &leaves[..n]);
+            assert_eq!(frontier_root(&grown), new_root, "n = {n}");
+            for m in 1..=n {
+                let frontier = frontier_extend(&[], 0, &leaves[..m]);
+                let old_root = root(&leaves[..m]);
+                // Growing the frontier of m by the rest is the frontier of n.
+                assert_eq!(frontier_extend(&frontier, m as u64, &leaves[m..n]), grown);
+                let proof = consistency_proof(m as u64, &frontier, &leaves[m..n]).expect("proof");
+                assert!(
+                    verify_consistency(m as u64, n as u64, &old_root, &new_root, &proof),
+                    "m = {m}, n = {n}"
+                );
+                if m < n {
+                    // Another old tree, another new tree, or a changed hash: not consistent.
+                    let other = leaf(b"other");
+                    assert!(!verify_consistency(
+                        m as u64, n as u64, &other, &new_root, &proof
+                    ));
+                    assert!(!verify_consistency(
+                        m as u64, n as u64, &old_root, &other, &proof
+                    ));
+                    if let Some(first) = proof.first() {
+                        let mut bad = proof.clone();
+                        bad[0] = node(first, first);
+                        assert!(!verify_consistency(
+                            m as u64, n as u64, &old_root, &new_root, &bad
+                        ));
+                    }
+                }
+                // Every new leaf's audit path, from the frontier of m and the new leaves.
+                for i in m..n {
+                    let p = audit_path_after(m as u64, &frontier, &leaves[m..n], i as u64)
+                        .expect("path");
+                    assert_eq!(p, audit_path(&leaves[..n], i), "m = {m}, n = {n}, i = {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn consistency_proofs_match_the_rfc_6962_example_tree() {
+        // RFC 6962 2.1.3: the tree of 7 leaves d0..d6 (a..f their leaf hashes and j d6's;
+        // g = (a, b), h = (c, d), i = (e, f), k = (g, h), l = (i, j)):
+        // PROOF(3, D[7]) = [c, d, g, l], PROOF(4, D[7]) = [l], PROOF(6, D[7]) = [i, j, k].
+        let d: Vec<Hash> = (0..7u8).map(|i| leaf(&[i])).collect();
+        let g = node(&d[0], &d[1]);
+        let h = node(&d[2], &d[3]);
+        let i = node(&d[4], &d[5]);
+        let j = d[6];
+        let k = node(&g, &h);
+        let l = node(&i, &j);
+        let proof = |m: usize| {
+            consistency_proof(m as u64, &frontier_extend(&[], 0, &d[..m]), &d[m..]).expect("p")
+        };
+        assert_eq!(proof(3), vec![d[2], d[3], g, l]);
+        assert_eq!(proof(4), vec![l]);
+        assert_eq!(proof(6), vec![i, j, k]);
+        let whole = node(&k, &l);
+        assert_eq!(root(&d), whole);
+        for m in [3usize, 4, 6] {
+            assert!(verify_consistency(
+                m as u64,
+                7,
+                &root(&d[..m]),
+                &whole,
+                &proof(m)
+            ));
         }
     }
 }
