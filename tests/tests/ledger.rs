@@ -832,11 +832,11 @@ async fn the_operator_logs_terms_events_and_membership_changes_and_named_gateway
             prev_hash: vec![0; 32],
             timestamp_ms: 1,
             kind: pb::EntryKind::BatchCommitment as i32,
-            payload: pb::BatchCommitment {
-                first_seq: 0,
-                tree_size: 1,
-                root: vec![7; 32],
-            }
+            payload: gridgate::ledger::commitment::next(
+                None,
+                0,
+                &[gridgate::ledger::merkle::leaf(b"batch 0")],
+            )
             .encode_to_vec(),
         },
         &c_key,
@@ -993,7 +993,8 @@ async fn the_master_station_proves_pulled_batches_against_the_certified_commitme
     .await;
     assert_eq!(code, 0, "{out}{err}");
 
-    // Both ranges' roots recompute to the certified ones; batch 4 is leaf 1 of the second.
+    // The second commitment extends the first (its consistency proof); the batches each
+    // added grow the tree to its certified root; batch 4 is leaf 4 of the tree of six.
     let prove = |what: [String; 2]| {
         let (config, dir) = (gw_config.clone(), pulled_dir.clone());
         async move {
@@ -1019,6 +1020,10 @@ async fn the_master_station_proves_pulled_batches_against_the_certified_commitme
     let (code, out, err) = prove(batch4()).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("6 signed batch(es)"), "{out}");
+    assert!(
+        out.contains("entry 1 extends entry 0: its consistency proof checks"),
+        "{out}"
+    );
     for range in ["batches 0..3 ", "batches 3..6 "] {
         assert!(
             out.lines()
@@ -1027,8 +1032,10 @@ async fn the_master_station_proves_pulled_batches_against_the_certified_commitme
         );
     }
     assert!(
-        out.lines()
-            .any(|l| l.starts_with("batch 4: leaf 1 of 3") && l.ends_with(": included")),
+        out.lines().any(
+            |l| l.starts_with("batch 4: leaf 4 of 6 in the tree of entry 1")
+                && l.ends_with(": included")
+        ),
         "{out}"
     );
 
@@ -1066,7 +1073,7 @@ async fn the_master_station_proves_pulled_batches_against_the_certified_commitme
         out.contains("batches 3..6 ") && out.contains("2 of 3 here"),
         "{out}"
     );
-    assert!(out.contains("batch 4: no certified commitment"), "{out}");
+    assert!(out.contains("batch 4: not proved"), "{out}");
 
     assert_eq!(gw.stop().await, Some(0));
     for v in running {

@@ -72,16 +72,16 @@ pub fn append(
     })
 }
 
-/// The commitment of batches `[first, first + size)`: the RFC 6962 root over their
-/// canonical bytes (`SignedBatch.batch`, what each batch's signature and chain cover).
-/// `None` when one of them is no longer stored (retention dropped it) or does not decode.
-pub fn commitment(
+/// The leaf hashes of batches `[first, first + n)` (RFC 6962 leaves over each batch's
+/// canonical bytes, `SignedBatch.batch`, what its signature and chain cover). `None` when one
+/// of them is no longer stored (retention dropped it) or does not decode.
+pub fn batch_leaves(
     store: &Store,
     first: u64,
-    size: u64,
-) -> Result<Option<pb::BatchCommitment>, StoreError> {
-    let batches = store.batches_from(first, size as usize)?;
-    if batches.len() as u64 != size
+    n: u64,
+) -> Result<Option<Vec<super::merkle::Hash>>, StoreError> {
+    let batches = store.batches_from(first, n as usize)?;
+    if batches.len() as u64 != n
         || batches
             .iter()
             .enumerate()
@@ -96,56 +96,88 @@ pub fn commitment(
         };
         leaves.push(super::merkle::leaf(&signed.batch));
     }
-    Ok(Some(pb::BatchCommitment {
-        first_seq: first,
-        tree_size: size,
-        root: super::merkle::root(&leaves).to_vec(),
-    }))
+    Ok(Some(leaves))
 }
 
-/// The range after the last one this node's log claimed a commitment for (`batches/<range>`).
-pub fn first_uncommitted_range(store: &Store) -> Result<u64, StoreError> {
-    Ok(store
+/// Where this node's batch tree stands: its last commitment (`None`: no tree yet) and the
+/// number of the next one (the claim is `batches/<number>`).
+#[derive(Debug, Clone, Default)]
+pub struct Tree {
+    /// The last commitment appended.
+    pub last: Option<pb::BatchCommitment>,
+    /// The next commitment's number.
+    pub next: u64,
+}
+
+/// The tree as this node's own log left it (after a restart: its last claimed commitment).
+pub fn tree_of(store: &Store, me: &str) -> Result<Tree, StoreError> {
+    let last = store
         .ledger_claims("batches/")?
-        .iter()
-        .filter_map(|(claim, _)| claim.strip_prefix("batches/")?.parse::<u64>().ok())
-        .max()
-        .map_or(0, |k| k + 1))
+        .into_iter()
+        .filter_map(|(claim, seq)| {
+            Some((claim.strip_prefix("batches/")?.parse::<u64>().ok()?, seq))
+        })
+        .max();
+    let Some((number, seq)) = last else {
+        return Ok(Tree::default());
+    };
+    let commitment = store
+        .ledger_own_entry(me, seq)?
+        .and_then(|b| pb::SignedEntry::decode(b.as_slice()).ok())
+        .and_then(|s| pb::Entry::decode(s.entry.as_slice()).ok())
+        .and_then(|e| pb::BatchCommitment::decode(e.payload.as_slice()).ok());
+    Ok(Tree {
+        last: commitment,
+        next: number + 1,
+    })
 }
 
-/// Appends the commitments of every whole range of `per` batches closed so far, from range
-/// `*next` on (each once: the claim is `batches/<range>`); moves `*next` past them.
+/// Grows this node's batch tree by every `per` batches closed since its last commitment,
+/// one commitment (with its consistency proof and frontier) per `per` batches; when batches
+/// the tree needs were dropped by retention before their commitment, a new tree starts at
+/// the oldest batch still stored. Returns the commitments appended.
 pub fn commit_batches(
     store: &Store,
     me: &str,
     key: &Identity,
     per: u64,
-    next: &mut u64,
+    tree: &mut Tree,
 ) -> Result<u64, StoreError> {
     if per == 0 {
         return Ok(0);
     }
-    let closed = store.stats()?.next_seq;
+    let stats = store.stats()?;
     let mut appended = 0;
-    while (*next + 1) * per <= closed {
-        match commitment(store, *next * per, per)? {
-            Some(c) => {
-                append(
-                    store,
-                    me,
-                    key,
-                    &format!("batches/{}", *next),
-                    pb::EntryKind::BatchCommitment,
-                    c.encode_to_vec(),
-                )?;
-                appended += 1;
-            }
-            None => warn!(
-                first = *next * per,
-                per, "batches no longer stored (retention dropped them before their commitment)"
-            ),
-        }
-        *next += 1;
+    // Where the batches not yet in a tree start.
+    let mut from = tree
+        .last
+        .as_ref()
+        .map_or(stats.first_seq, |c| c.first_seq + c.tree_size);
+    while from + per <= stats.next_seq {
+        let Some(leaves) = batch_leaves(store, from, per)? else {
+            let restart = stats.first_seq.max(from + 1);
+            warn!(
+                from,
+                restart,
+                "batches no longer stored (retention dropped them before their commitment): a new tree starts"
+            );
+            tree.last = None;
+            from = restart;
+            continue;
+        };
+        let c = super::commitment::next(tree.last.as_ref(), from, &leaves);
+        append(
+            store,
+            me,
+            key,
+            &format!("batches/{}", tree.next),
+            pb::EntryKind::BatchCommitment,
+            c.encode_to_vec(),
+        )?;
+        from = c.first_seq + c.tree_size;
+        tree.last = Some(c);
+        tree.next += 1;
+        appended += 1;
     }
     Ok(appended)
 }
@@ -322,13 +354,12 @@ pub async fn run(c: Certifier, cfg: LedgerConfig, cancel: CancellationToken) {
     // The validator set (and so the quorum) is the genesis one: changes never move it.
     let quorum = c.state.genesis().quorum();
     let mut backoff = Duration::from_millis(500);
-    // The first range of batches not yet committed: after the last one claimed before a
-    // restart (not from 0: ranges that retention dropped since would each be read and
-    // warned about at every start).
-    let st = c.store.clone();
-    let mut next_range = blocking(move || first_uncommitted_range(&st))
+    // The batch tree as the log left it (not rebuilt from batch 0: retention drops old
+    // batches, and the last commitment's frontier is all it takes to grow the tree).
+    let (st, me) = (c.store.clone(), c.me.clone());
+    let mut tree = blocking(move || tree_of(&st, &me))
         .await
-        .unwrap_or(0);
+        .unwrap_or_default();
     loop {
         if cfg.commit_batches > 0 {
             let (st, me, key, per) = (
@@ -337,16 +368,17 @@ pub async fn run(c: Certifier, cfg: LedgerConfig, cancel: CancellationToken) {
                 c.key.clone(),
                 cfg.commit_batches,
             );
-            let from = next_range;
-            if let Some((n, moved)) = blocking(move || {
-                let mut at = from;
-                commit_batches(&st, &me, &key, per, &mut at).map(|n| (n, at))
-            })
-            .await
+            let mut t = tree.clone();
+            if let Some((n, grown)) =
+                blocking(move || commit_batches(&st, &me, &key, per, &mut t).map(|n| (n, t))).await
             {
-                next_range = moved;
+                tree = grown;
                 if n > 0 {
-                    info!(ranges = n, "batch commitments recorded in the ledger log");
+                    info!(
+                        commitments = n,
+                        batches = tree.last.as_ref().map_or(0, |c| c.tree_size),
+                        "batch commitments recorded in the ledger log"
+                    );
                 }
             }
         }
@@ -486,57 +518,76 @@ mod tests {
     use super::*;
 
     #[test]
-    fn whole_ranges_of_batches_are_committed_once_with_a_root_that_proves_each_batch() {
+    fn the_batch_tree_grows_by_whole_steps_once_each_and_goes_on_after_a_restart() {
         let dir = tempfile::tempdir().expect("dir");
         let store = Store::open(dir.path(), "gw").expect("store");
         let id = Identity::generate().expect("key");
         let sealer = |seq, prev, rs| crate::batch::seal(&id, "gw", seq, prev, 1000, rs);
-        for i in 0..5 {
-            let r = pb::Reading {
-                point: "m/p".into(),
-                ts_ms: i,
-                ..Default::default()
-            };
-            store.commit(&[r], &[], Some(&sealer)).expect("batch");
-        }
-        let mut next = 0;
-        // Five batches in ranges of two: ranges 0 and 1 now, range 2 when it is whole.
+        let close = |n: i64| {
+            for i in 0..n {
+                let r = pb::Reading {
+                    point: "m/p".into(),
+                    ts_ms: i,
+                    ..Default::default()
+                };
+                store.commit(&[r], &[], Some(&sealer)).expect("batch");
+            }
+        };
+        close(5);
+        let mut tree = Tree::default();
+        // Five batches, two per step: trees of 2 and 4 now, 6 when batch 5 is closed.
         assert_eq!(
-            commit_batches(&store, "gw", &id, 2, &mut next).expect("commit"),
+            commit_batches(&store, "gw", &id, 2, &mut tree).expect("commit"),
             2
         );
-        assert_eq!(next, 2);
         assert_eq!(
-            commit_batches(&store, "gw", &id, 2, &mut next).expect("again"),
+            commit_batches(&store, "gw", &id, 2, &mut tree).expect("again"),
             0
         );
-        // After a restart the next range is found from the claims.
-        assert_eq!(first_uncommitted_range(&store).expect("claims"), 2);
-        let mut from_zero = 0;
-        commit_batches(&store, "gw", &id, 2, &mut from_zero).expect("restart");
+        // After a restart the tree is found again from the log: nothing appended twice.
+        let mut again = tree_of(&store, "gw").expect("tree");
+        assert_eq!(again.next, 2);
+        assert_eq!(again.last, tree.last);
+        close(1);
         assert_eq!(
-            store.ledger_pending("gw").expect("pending").len(),
-            2,
-            "each range once"
+            commit_batches(&store, "gw", &id, 2, &mut again).expect("grow"),
+            1
         );
-
-        let pending = store.ledger_pending("gw").expect("pending");
-        let signed = pb::SignedEntry::decode(pending[1].1.as_slice()).expect("entry");
-        let entry = pb::Entry::decode(signed.entry.as_slice()).expect("entry");
-        let c = pb::BatchCommitment::decode(entry.payload.as_slice()).expect("commitment");
-        assert_eq!((c.first_seq, c.tree_size), (2, 2));
-        // Batch 3 is leaf 1 of that tree: its audit path proves it.
-        let batches = store.batches_from(2, 2).expect("batches");
-        let leaves: Vec<_> = batches
-            .iter()
-            .map(|(_, b)| {
-                super::super::merkle::leaf(&pb::SignedBatch::decode(b.as_slice()).expect("b").batch)
+        let logged: Vec<super::super::commitment::Logged> = store
+            .ledger_pending("gw")
+            .expect("pending")
+            .into_iter()
+            .map(|(seq, b)| {
+                let signed = pb::SignedEntry::decode(b.as_slice()).expect("entry");
+                let entry = pb::Entry::decode(signed.entry.as_slice()).expect("entry");
+                super::super::commitment::Logged {
+                    entry: seq,
+                    c: pb::BatchCommitment::decode(entry.payload.as_slice()).expect("c"),
+                }
             })
             .collect();
-        let root: [u8; 32] = c.root.as_slice().try_into().expect("32");
-        let path = super::super::merkle::audit_path(&leaves, 1);
-        assert!(super::super::merkle::verify_inclusion(
-            &leaves[1], 1, 2, &path, &root
-        ));
+        let sizes: Vec<(u64, u64)> = logged
+            .iter()
+            .map(|l| (l.c.previous_size, l.c.tree_size))
+            .collect();
+        assert_eq!(sizes, vec![(0, 2), (2, 4), (4, 6)]);
+        // Each extends the one before, and the stored batches grow the tree to each root.
+        let leaves = batch_leaves(&store, 0, 6)
+            .expect("read")
+            .expect("all stored");
+        let leaf = |s: u64| leaves.get(s as usize).copied();
+        let found = super::super::commitment::audit(&logged, &leaf);
+        assert!(
+            !found
+                .iter()
+                .any(|f| matches!(f, super::super::commitment::Finding::Fault { .. })),
+            "{found:?}"
+        );
+        assert_eq!(
+            logged[2].c.root,
+            super::super::merkle::root(&leaves).to_vec()
+        );
+        let p = super::super::commitment::prove(&logged, &leaf, 3).expect("batch 3");
+        assert_eq!((p.entry, p.index, p.size), (1, 3, 4));
     }
 }

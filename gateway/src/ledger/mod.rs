@@ -3,6 +3,7 @@
 //!
 //! - [`entry`]: signing and checking entries, votes and certificates (pure).
 //! - [`merkle`]: RFC 6962 trees for batch commitments (pure).
+//! - [`commitment`]: batch commitments as one growing tree, and their audit (pure).
 //! - [`node`]: a validator's vote and a pushed certificate, against the store.
 //! - [`service`]: the `Ledger` gRPC service.
 //! - [`certifier`]: a node's own log: append claims, collect votes, spread certificates.
@@ -14,6 +15,7 @@
 //! - [`settlement`]: settlement and reputation over certified entries (pure).
 
 pub mod certifier;
+pub mod commitment;
 pub mod demo;
 pub mod entry;
 pub mod membership;

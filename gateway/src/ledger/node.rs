@@ -55,7 +55,7 @@ fn payload_ok(entry: &pb::Entry, members: &Members) -> bool {
     let p = entry.payload.as_slice();
     match pb::EntryKind::try_from(entry.kind) {
         Ok(pb::EntryKind::BatchCommitment) => {
-            pb::BatchCommitment::decode(p).is_ok_and(|c| c.root.len() == 32 && c.tree_size > 0)
+            pb::BatchCommitment::decode(p).is_ok_and(|c| super::commitment::shape_ok(&c))
         }
         Ok(pb::EntryKind::DrEvent) => pb::SignedDrEvent::decode(p).is_ok(),
         Ok(pb::EntryKind::PerformanceReport) => pb::SignedPerformanceReport::decode(p).is_ok(),

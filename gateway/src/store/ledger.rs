@@ -265,6 +265,27 @@ impl Store {
         Ok(out)
     }
 
+    /// The signed entry at `seq` of this node's own log, pending or certified.
+    pub fn ledger_own_entry(&self, origin: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        if let Some(v) = txn
+            .open_table(PENDING)
+            .map_err(db)?
+            .get((origin, seq))
+            .map_err(db)?
+        {
+            return Ok(Some(v.value().to_vec()));
+        }
+        let certified = txn.open_table(CERTIFIED).map_err(db)?;
+        let entry = certified
+            .get((origin, seq))
+            .map_err(db)?
+            .and_then(|v| pb::CertifiedEntry::decode(v.value()).ok())
+            .and_then(|c| c.entry)
+            .map(|e| e.encode_to_vec());
+        Ok(entry)
+    }
+
     /// The claims of this node's own log that start with `prefix` (as `batches/`), with the
     /// sequence number each was appended at.
     pub fn ledger_claims(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {

@@ -542,9 +542,11 @@ fn summary(e: &pb::Entry) -> String {
     match pb::EntryKind::try_from(e.kind) {
         Ok(pb::EntryKind::BatchCommitment) => match pb::BatchCommitment::decode(p) {
             Ok(c) => format!(
-                "batches {}..{} root {}",
-                c.first_seq,
+                "batches {}..{} (tree of {} from batch {}) root {}",
+                c.first_seq + c.previous_size,
                 c.first_seq + c.tree_size,
+                c.tree_size,
+                c.first_seq,
                 hex::encode(&c.root)
             ),
             Err(_) => "batch commitment (does not decode)".into(),

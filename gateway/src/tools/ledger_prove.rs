@@ -1,11 +1,8 @@
 //! `gridgate ledger prove`: what the master station checks of the batches it pulled against
-//! the gateway's certified batch commitments. Each commitment is the RFC 6962 root over a
-//! range of the gateway's signed batches (their canonical bytes, `SignedBatch.batch`); with
-//! every batch of a range at hand the root is recomputed, and one batch's inclusion is shown
-//! as its audit path. The commitments must follow one another: each starts where the one
-//! before it ended (a gap is a range retention dropped before its commitment; an overlap is a
-//! fault). Together with the certified, hash-chained log, a newer commitment extends the
-//! older ones.
+//! the gateway's certified batch commitments ([`crate::ledger::commitment`]): that each
+//! commitment extends the one before it (its RFC 9162 consistency proof), that the batches it
+//! added, where all are at hand, grow the tree to its root, and one batch's (or one reading's)
+//! inclusion as its audit path.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -18,19 +15,9 @@ use gridgate_proto::v1 as pb;
 use prost::Message;
 
 use super::ledger::{consortium, fetch_log, members_held, reach, utc};
+use crate::ledger::commitment::{self, Finding, Logged};
 use crate::ledger::entry::check_certified;
 use crate::ledger::merkle;
-
-/// One certified commitment of the gateway's log.
-struct Commitment {
-    /// Its place in the gateway's log.
-    entry_seq: u64,
-    /// When the gateway logged it.
-    at_ms: i64,
-    /// Votes in its certificate.
-    votes: usize,
-    c: pb::BatchCommitment,
-}
 
 /// The canonical bytes of the batches in `dir` (`batch-<seq>.pb`, as `gridgate pull --out`
 /// writes them), by sequence number, each signature checked with the gateway's key.
@@ -152,6 +139,7 @@ pub async fn prove(
         bail!("{gateway:?} is not a member of the consortium");
     };
     let mut commitments = Vec::new();
+    let mut when: BTreeMap<u64, (i64, usize)> = BTreeMap::new();
     for c in &log {
         let (e, _) = check_certified(c, &members)
             .map_err(|e| anyhow::anyhow!("{gateway}'s log does not check: {e}"))?;
@@ -160,10 +148,15 @@ pub async fn prove(
         }
         let bc = pb::BatchCommitment::decode(e.payload.as_slice())
             .with_context(|| format!("{gateway}'s entry {} is not a commitment", e.seq))?;
-        commitments.push(Commitment {
-            entry_seq: e.seq,
-            at_ms: e.timestamp_ms,
-            votes: c.certificate.as_ref().map_or(0, |c| c.votes.len()),
+        when.insert(
+            e.seq,
+            (
+                e.timestamp_ms,
+                c.certificate.as_ref().map_or(0, |c| c.votes.len()),
+            ),
+        );
+        commitments.push(Logged {
+            entry: e.seq,
             c: bc,
         });
     }
@@ -190,83 +183,73 @@ pub async fn prove(
             }
         }
     }
+    let leaf = |seq: u64| batches.get(&seq).map(|b| merkle::leaf(b));
+    let stamp = |entry: u64| {
+        when.get(&entry)
+            .map(|(at, votes)| format!("entry {entry}, {}, {votes} votes", utc(*at)))
+            .unwrap_or_else(|| format!("entry {entry}"))
+    };
     let mut faults = 0;
-    let mut end: Option<u64> = None;
-    let mut proved = batch.is_none();
-    for k in &commitments {
-        let (first, size) = (k.c.first_seq, k.c.tree_size);
-        let last = first + size;
-        match end {
-            Some(e) if first < e => {
-                faults += 1;
-                writeln!(
-                    out,
-                    "FAULT commitment at entry {} (batches {first}..{last}) overlaps the one before it (which ended at {e})",
-                    k.entry_seq
-                )?;
-            }
-            Some(e) if first > e => writeln!(
+    for f in commitment::audit(&commitments, &leaf) {
+        match f {
+            Finding::Extends { entry, previous } => writeln!(
                 out,
-                "note: batches {e}..{first} have no commitment (dropped by retention before it)"
+                "entry {entry} extends entry {previous}: its consistency proof checks"
             )?,
-            _ => {}
-        }
-        end = Some(last);
-        let leaves: Option<Vec<merkle::Hash>> = (first..last)
-            .map(|s| batches.get(&s).map(|b| merkle::leaf(b)))
-            .collect();
-        let Some(leaves) = leaves else {
-            let have = (first..last).filter(|s| batches.contains_key(s)).count();
-            writeln!(
+            Finding::NewTree { entry, from, first } if from < first => writeln!(
                 out,
-                "batches {first}..{last} (entry {}, {}): {have} of {size} here, root not recomputed",
-                k.entry_seq,
-                utc(k.at_ms)
-            )?;
-            continue;
-        };
-        let root = merkle::root(&leaves);
-        if root.as_slice() != k.c.root.as_slice() {
-            faults += 1;
-            writeln!(
+                "note: entry {entry} starts a new tree at batch {first}; batches {from}..{first} have no commitment (retention dropped them before it)"
+            )?,
+            Finding::NewTree { entry, first, .. } => {
+                writeln!(out, "entry {entry} starts the tree at batch {first}")?
+            }
+            Finding::Matches { entry, from, to } => writeln!(
                 out,
-                "FAULT batches {first}..{last} (entry {}): the root over them is {}, the certified commitment says {}",
-                k.entry_seq,
-                hex::encode(root),
-                hex::encode(&k.c.root)
-            )?;
-            continue;
-        }
-        writeln!(
-            out,
-            "batches {first}..{last} (entry {}, {}, {} votes): root {} matches",
-            k.entry_seq,
-            utc(k.at_ms),
-            k.votes,
-            &hex::encode(root)[..16]
-        )?;
-        if let Some(n) = batch.filter(|n| (first..last).contains(n)) {
-            let index = (n - first) as usize;
-            let path = merkle::audit_path(&leaves, index);
-            let ok = merkle::verify_inclusion(&leaves[index], index as u64, size, &path, &root);
-            writeln!(
+                "batches {from}..{to} ({}): they grow the tree to its certified root: matches",
+                stamp(entry)
+            )?,
+            Finding::Partial {
+                entry,
+                from,
+                to,
+                have,
+            } => writeln!(
                 out,
-                "batch {n}: leaf {index} of {size}, leaf hash {}, audit path [{}] to root {}: {}",
-                hex::encode(leaves[index]),
-                path.iter().map(hex::encode).collect::<Vec<_>>().join(", "),
-                hex::encode(root),
-                if ok { "included" } else { "NOT included" }
-            )?;
-            proved = ok;
+                "batches {from}..{to} ({}): {have} of {} here, root not recomputed",
+                stamp(entry),
+                to - from
+            )?,
+            Finding::Fault { entry, what } => {
+                faults += 1;
+                writeln!(out, "FAULT entry {entry}: {what}")?;
+            }
         }
     }
-    if let Some(n) = batch
-        && !proved
-    {
-        writeln!(
-            out,
-            "batch {n}: no certified commitment with all of its range here proves it"
-        )?;
+    let mut proved = batch.is_none();
+    if let Some(n) = batch {
+        match commitment::prove(&commitments, &leaf, n) {
+            Some(p) => {
+                writeln!(
+                    out,
+                    "batch {n}: leaf {} of {} in the tree of entry {}, leaf hash {}, audit path [{}] to root {}: included",
+                    p.index,
+                    p.size,
+                    p.entry,
+                    hex::encode(p.leaf),
+                    p.path
+                        .iter()
+                        .map(hex::encode)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    hex::encode(p.root)
+                )?;
+                proved = true;
+            }
+            None => writeln!(
+                out,
+                "batch {n}: not proved (no certified commitment added it, or the batches it added are not all here)"
+            )?,
+        }
     }
     Ok(if faults == 0 && proved {
         ExitCode::SUCCESS
