@@ -532,6 +532,35 @@ async fn an_equivocating_gateway_is_shut_out_and_forgeries_never_make_a_certific
         assert!(!r.stored && r.detail.contains("valid votes"), "{r:?}");
     }
 
+    // A Byzantine validator (v3's own key) votes for a forged entry and signs garbage for a
+    // real one: with the honest validators' votes neither makes a certificate.
+    let v3_key = gridgate::batch::Identity::load(&validators.dir.path().join("v3/identity.key"))
+        .expect("v3's key");
+    let forged_entry = sign_entry(&entry(0, vec![0; 32], b"claim F"), &stranger);
+    let byzantine = sign_vote("v3", "rogue", 0, &entry_hash(&forged_entry), &v3_key);
+    let mut garbage = sign_vote("v3", "rogue", 0, &entry_hash(&a), &v3_key);
+    garbage.signature = vec![0x5a; 64];
+    let cases = [
+        (
+            forged_entry,
+            vec![votes_a[0].clone(), votes_a[1].clone(), byzantine],
+        ),
+        (a.clone(), [votes_a.clone(), vec![garbage]].concat()),
+    ];
+    for (entry, votes) in cases {
+        let c = pb::CertifiedEntry {
+            entry: Some(entry),
+            certificate: Some(pb::Certificate { votes }),
+        };
+        let r = client_of(&validators, 2)
+            .await
+            .push_certificate(c)
+            .await
+            .expect("push")
+            .into_inner();
+        assert!(!r.stored, "{r:?}");
+    }
+
     // Every validator's settlement counts the proven equivocation: the rogue's score is gone
     // and it sits out its first probation (a day), whatever it claims meanwhile.
     let out = settlement_today(&validators.dir.path().join("v0/gridgate.toml")).await;
@@ -914,7 +943,27 @@ async fn the_operator_logs_terms_events_and_membership_changes_and_named_gateway
     assert_eq!(statements.len(), 4, "{out}");
     assert!(statements.iter().all(|h| *h == statements[0]), "{out}");
     assert!(
-        out.contains("provisional: the day's statement closes at"),
+        out.contains("provisional: the statement closes at"),
+        "{out}"
+    );
+    // A period of several days says the same of the event.
+    let later = humantime::format_rfc3339_seconds(
+        std::time::SystemTime::now() + Duration::from_secs(2 * 86_400),
+    )
+    .to_string();
+    let period = format!("{}..{}", &start[..10], &later[..10]);
+    let out = ok(&[
+        "ledger",
+        "settlement",
+        "--config",
+        &op_config,
+        "--period",
+        &period,
+    ])
+    .await;
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("event operator old-1 gateway gw-a ") && l.ends_with(" missed")),
         "{out}"
     );
     for (i, v) in running.into_iter().enumerate() {

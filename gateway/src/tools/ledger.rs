@@ -36,8 +36,11 @@ pub enum LedgerCommand {
         #[arg(long)]
         config: PathBuf,
         /// The day, UTC (YYYY-MM-DD); events settle on the day they start.
+        #[arg(long, required_unless_present = "period", conflicts_with = "period")]
+        day: Option<String>,
+        /// Several days, UTC: FROM..TO (YYYY-MM-DD..YYYY-MM-DD, TO not included).
         #[arg(long)]
-        day: String,
+        period: Option<String>,
     },
     /// One member's log as a validator holds it: each certified entry with its time, kind,
     /// what it says and its certificate checked.
@@ -185,7 +188,30 @@ pub enum LedgerCommand {
 pub async fn run(cmd: LedgerCommand, out: &mut dyn Write) -> Result<ExitCode> {
     match cmd {
         LedgerCommand::Status { config } => status(&config, out).await,
-        LedgerCommand::Settlement { config, day } => settlement(&config, &day, out).await,
+        LedgerCommand::Settlement {
+            config,
+            day,
+            period,
+        } => {
+            let (from, to) = match (day, period) {
+                (Some(d), _) => {
+                    let from = day_start_ms(&d)?;
+                    (from, from + 86_400_000)
+                }
+                (None, Some(p)) => {
+                    let Some((a, b)) = p.split_once("..") else {
+                        bail!("--period {p:?}: write FROM..TO, e.g. 2026-11-01..2026-12-01");
+                    };
+                    let (from, to) = (day_start_ms(a)?, day_start_ms(b)?);
+                    if to <= from {
+                        bail!("--period {p:?}: TO must come after FROM");
+                    }
+                    (from, to)
+                }
+                (None, None) => bail!("give --day or --period"),
+            };
+            settlement(&config, from, to, out).await
+        }
         LedgerCommand::Log {
             config,
             origin,
@@ -369,9 +395,12 @@ async fn heads_of(
     }
 }
 
-async fn settlement(config: &std::path::Path, day: &str, out: &mut dyn Write) -> Result<ExitCode> {
-    let from = day_start_ms(day)?;
-    let to = from + 86_400_000;
+async fn settlement(
+    config: &std::path::Path,
+    from: i64,
+    to: i64,
+    out: &mut dyn Write,
+) -> Result<ExitCode> {
     // One moment for every validator's statement, so that their hashes compare.
     let as_of = crate::acquire::reading::now_ms();
     let (ledger, members) = consortium(config)?;
@@ -415,7 +444,7 @@ async fn settlement(config: &std::path::Path, day: &str, out: &mut dyn Write) ->
     if s.as_of_ms < close {
         writeln!(
             out,
-            "provisional: the day's statement closes at {} (reports logged until then count)",
+            "provisional: the statement closes at {} (reports logged until then count)",
             utc(close)
         )?;
     }
