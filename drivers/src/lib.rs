@@ -6,6 +6,9 @@
 //! - [`modbus`]: Modbus data types, read planner, client with timeouts, simulated devices.
 //! - [`sim`]: what the simulators share (loads, line timing, pseudo-terminals).
 #![forbid(unsafe_code)]
+// No unwrap()/expect() outside tests: bad input gets an error, never a panic (clippy
+// enforces it; test code may still use them).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs)]
 
 pub mod dlt645;

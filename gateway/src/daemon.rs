@@ -538,7 +538,7 @@ impl Pipeline {
         });
         // The membership's keys, read once; the changes this node holds certified applied
         // (one state for the service, the certifier and the sync).
-        let members = match &cfg.ledger {
+        let ledger_state = match &cfg.ledger {
             Some(l) => {
                 let state = Arc::new(crate::ledger::state::LedgerState::new(
                     crate::ledger::load_members(l)?,
@@ -553,40 +553,39 @@ impl Pipeline {
             None => None,
         };
         if let Some(g) = &cfg.grpc {
-            let state = crate::api::ApiState {
-                cfg: self.config.subscribe(),
-                store: self.store.clone(),
-                registry: self.registry.clone(),
-                live: self.live.clone(),
-                public_key: self.public_key,
-                uplink: self.uplink.clone(),
-                dr: dr.clone(),
-                ledger: cfg
-                    .ledger
-                    .as_ref()
-                    .zip(members.as_ref())
-                    .map(|(l, members)| {
-                        Arc::new(crate::ledger::service::LedgerService {
-                            store: self.store.store.clone(),
-                            state: members.clone(),
-                            me: cfg.id.clone(),
-                            key: self.identity.clone(),
-                            role: l.role,
-                            callers: crate::ledger::service::Callers::Members,
-                            shutdown: part.cancel.clone(),
-                            vote_form: crate::ledger::node::VoteForm::Window,
-                        })
-                    }),
-                shutdown: part.cancel.clone(),
-            };
+            let state =
+                crate::api::ApiState {
+                    cfg: self.config.subscribe(),
+                    store: self.store.clone(),
+                    registry: self.registry.clone(),
+                    live: self.live.clone(),
+                    public_key: self.public_key,
+                    uplink: self.uplink.clone(),
+                    dr: dr.clone(),
+                    ledger: cfg.ledger.as_ref().zip(ledger_state.as_ref()).map(
+                        |(l, ledger_state)| {
+                            Arc::new(crate::ledger::service::LedgerService {
+                                store: self.store.store.clone(),
+                                state: ledger_state.clone(),
+                                me: cfg.id.clone(),
+                                key: self.identity.clone(),
+                                role: l.role,
+                                callers: crate::ledger::service::Callers::Members,
+                                shutdown: part.cancel.clone(),
+                                vote_form: crate::ledger::node::VoteForm::Window,
+                            })
+                        },
+                    ),
+                    shutdown: part.cancel.clone(),
+                };
             part.tasks = crate::api::start(g, state, part.cancel.clone()).await?;
         }
-        if let Some((l, members)) = cfg.ledger.as_ref().zip(members) {
+        if let Some((l, ledger_state)) = cfg.ledger.as_ref().zip(ledger_state) {
             // This node's own log: a gateway's claims and batch commitments, a validator's
             // proofs of equivocation; the validators certify them.
             let certifier = crate::ledger::certifier::Certifier {
                 store: self.store.store.clone(),
-                state: members.clone(),
+                state: ledger_state.clone(),
                 me: cfg.id.clone(),
                 key: self.identity.clone(),
                 wake: self.ledger_wake.clone(),
@@ -600,7 +599,7 @@ impl Pipeline {
             part.tasks.spawn(crate::ledger::sync::run(
                 crate::ledger::sync::Replica {
                     store: self.store.store.clone(),
-                    state: members,
+                    state: ledger_state,
                     me: cfg.id.clone(),
                     role: l.role,
                 },

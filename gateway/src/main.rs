@@ -1,4 +1,7 @@
 //! The `gridgate` command. Parses the command line and calls into the library.
+// No unwrap()/expect() outside tests: bad input gets an error, never a panic (clippy
+// enforces it; test code may still use them).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 use std::io::Write;
 use std::path::PathBuf;

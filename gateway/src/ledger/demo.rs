@@ -110,8 +110,6 @@ pub fn status_line(
     store: &crate::store::Store,
     cfg: &crate::config::GatewayConfig,
 ) -> Option<String> {
-    use gridgate_proto::v1 as pb;
-    use prost::Message;
     let l = cfg.ledger.as_ref()?;
     let certified = store.ledger_next_certified(&cfg.id).ok()?;
     let pending = store.ledger_pending_count(&cfg.id).ok()?;
@@ -122,12 +120,9 @@ pub fn status_line(
         "ledger: {certified} own entr{} certified by the {VALIDATORS} validators, {pending} waiting",
         if certified == 1 { "y" } else { "ies" }
     );
-    let entries: Vec<super::settlement::Certified> = store
-        .ledger_range(&cfg.id, 0, usize::MAX)
+    let entries: Vec<super::settlement::Certified> = super::held_entries(store, &cfg.id)
         .ok()?
         .into_iter()
-        .filter_map(|(_, b)| pb::CertifiedEntry::decode(b.as_slice()).ok()?.entry)
-        .filter_map(|s| pb::Entry::decode(s.entry.as_slice()).ok())
         .map(|entry| super::settlement::Certified { entry })
         .collect();
     let members = super::load_members(l).ok()?;

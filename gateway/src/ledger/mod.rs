@@ -43,6 +43,29 @@ pub struct MembersError {
     pub source: crate::batch::IdentityError,
 }
 
+/// Every certified entry of `origin`'s log this node's store holds, decoded, in order (read a
+/// chunk at a time). Entries that do not decode are left out: what the store holds was
+/// checked when it was stored.
+pub fn held_entries(
+    store: &crate::store::Store,
+    origin: &str,
+) -> Result<Vec<pb::Entry>, crate::store::StoreError> {
+    use prost::Message;
+    let mut out = Vec::new();
+    let mut from = 0;
+    loop {
+        let chunk = store.ledger_range(origin, from, 512)?;
+        let Some(last) = chunk.last().map(|c| c.0) else {
+            return Ok(out);
+        };
+        from = last + 1;
+        out.extend(chunk.into_iter().filter_map(|(_, bytes)| {
+            let c = pb::CertifiedEntry::decode(bytes.as_slice()).ok()?;
+            pb::Entry::decode(c.entry?.entry.as_slice()).ok()
+        }));
+    }
+}
+
 /// The genesis membership the config lists, with the members' keys read.
 pub fn load_members(cfg: &LedgerConfig) -> Result<Members, MembersError> {
     let mut out = Members::default();

@@ -79,19 +79,6 @@ fn payload_ok(entry: &pb::Entry, members: &Members) -> bool {
     }
 }
 
-/// A validator's answer to `Submit`: its vote, or why not. The vote lock is on disk before
-/// the vote is signed.
-pub fn submit(
-    store: &Store,
-    members: &Members,
-    me: &str,
-    key: &Identity,
-    signed: &pb::SignedEntry,
-) -> Result<pb::SubmitReply, StoreError> {
-    let mut replies = submit_batch(store, members, me, key, std::slice::from_ref(signed))?;
-    Ok(replies.pop().unwrap_or_default())
-}
-
 /// The hash of the entry at (origin, seq) this validator may chain to: the certified one, or
 /// the one it voted for (on disk, or earlier in this batch).
 fn chain_hash(
@@ -205,20 +192,10 @@ pub enum VoteForm {
     PerEntry,
 }
 
-/// Votes on several entries, in order, with one durable write for every vote lock, and one
-/// signature per run of an origin's consecutive entries.
+/// A validator's answers to `Submit` (one entry) and `SubmitBatch`: a vote for each entry,
+/// or why not, in order, with one durable write for every vote lock (on disk before any vote
+/// is signed), signed in `form`.
 pub fn submit_batch(
-    store: &Store,
-    members: &Members,
-    me: &str,
-    key: &Identity,
-    entries: &[pb::SignedEntry],
-) -> Result<Vec<pb::SubmitReply>, StoreError> {
-    submit_batch_as(VoteForm::Window, store, members, me, key, entries)
-}
-
-/// [`submit_batch`] with the votes signed in `form`.
-pub fn submit_batch_as(
     form: VoteForm,
     store: &Store,
     members: &Members,
@@ -328,30 +305,11 @@ pub fn submit_batch_as(
     Ok(replies.into_iter().map(Option::unwrap_or_default).collect())
 }
 
-/// Stores a pushed certificate if it checks and extends the log this node holds.
-pub fn push(
-    store: &Store,
-    members: &Members,
-    me: &str,
-    c: &pb::CertifiedEntry,
-) -> Result<pb::PushReply, StoreError> {
-    push_batch(store, members, me, std::slice::from_ref(c))
-}
-
 /// Stores pushed certificates, in order, in one durable write: each must check and extend the
-/// certified log (held, or earlier in the batch). Stops at the first that does not.
+/// certified log (held, or earlier in the batch). Stops at the first that does not. Returns
+/// the reply and the positions in `batch` of the entries it stored (not those it held
+/// already), for [`super::state::LedgerState::stored`].
 pub fn push_batch(
-    store: &Store,
-    members: &Members,
-    me: &str,
-    batch: &[pb::CertifiedEntry],
-) -> Result<pb::PushReply, StoreError> {
-    push_batch_stored(store, members, me, batch).map(|(reply, _)| reply)
-}
-
-/// [`push_batch`], with the positions in `batch` of the entries it stored (not those it
-/// held already), for [`super::state::LedgerState::stored`].
-pub fn push_batch_stored(
     store: &Store,
     members: &Members,
     me: &str,
@@ -505,7 +463,17 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let store = Store::open(dir.path(), "v0").expect("store");
         let vote = |s: &Store, e: &pb::SignedEntry| {
-            submit(s, &w.members, "v0", &w.validator, e).expect("submit")
+            submit_batch(
+                VoteForm::Window,
+                s,
+                &w.members,
+                "v0",
+                &w.validator,
+                std::slice::from_ref(e),
+            )
+            .expect("submit")
+            .pop()
+            .expect("one reply")
         };
 
         let first = sign_entry(&entry("gw", 0, [0; 32], b"a"), &w.gateway);

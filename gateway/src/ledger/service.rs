@@ -110,7 +110,7 @@ impl LedgerService {
     async fn push(&self, entries: Vec<pb::CertifiedEntry>) -> Result<pb::PushReply, Status> {
         let (store, members, me) = (self.store.clone(), self.state.members(), self.me.clone());
         let (reply, stored, entries) = blocking(move || {
-            super::node::push_batch_stored(&store, &members, &me, &entries)
+            super::node::push_batch(&store, &members, &me, &entries)
                 .map(|(reply, stored)| (reply, stored, entries))
         })
         .await?;
@@ -195,7 +195,7 @@ impl Ledger for LedgerService {
         );
         let form = self.vote_form;
         blocking(move || {
-            super::node::submit_batch_as(form, &store, &members, &me, &key, &[signed])
+            super::node::submit_batch(form, &store, &members, &me, &key, &[signed])
                 .map(|mut r| r.pop().unwrap_or_default())
         })
         .await
@@ -219,7 +219,7 @@ impl Ledger for LedgerService {
             self.key.clone(),
         );
         let form = self.vote_form;
-        blocking(move || super::node::submit_batch_as(form, &store, &members, &me, &key, &entries))
+        blocking(move || super::node::submit_batch(form, &store, &members, &me, &key, &entries))
             .await
             .map(|replies| Response::new(pb::SubmitReplies { replies }))
     }

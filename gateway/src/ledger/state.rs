@@ -63,19 +63,7 @@ impl LedgerState {
             .collect();
         let mut found = Vec::new();
         for origin in loggers {
-            let mut from = 0;
-            loop {
-                let chunk = store.ledger_range(&origin, from, 512)?;
-                let Some(last) = chunk.last().map(|c| c.0) else {
-                    break;
-                };
-                from = last + 1;
-                for (_, bytes) in chunk {
-                    if let Some(e) = decode(&bytes) {
-                        found.push(e);
-                    }
-                }
-            }
+            found.extend(super::held_entries(store, &origin)?);
         }
         let changes = membership::changes_in(found.iter(), &self.genesis);
         let n = changes.len();
@@ -118,11 +106,6 @@ impl LedgerState {
     pub fn watch(&self) -> broadcast::Receiver<Arc<pb::CertifiedEntry>> {
         self.feed.subscribe()
     }
-}
-
-fn decode(bytes: &[u8]) -> Option<pb::Entry> {
-    let c = pb::CertifiedEntry::decode(bytes).ok()?;
-    pb::Entry::decode(c.entry?.entry.as_slice()).ok()
 }
 
 /// The origin and sequence of a certified entry (for a watcher's filter).

@@ -103,7 +103,7 @@ async fn round(r: &Replica, peer: &mut super::certifier::Peer) -> u64 {
             };
             let (st, members, me) = (r.store.clone(), r.state.members(), r.me.clone());
             let Some((reply, kept, got)) = blocking(move || {
-                super::node::push_batch_stored(&st, &members, &me, &got)
+                super::node::push_batch(&st, &members, &me, &got)
                     .map(|(reply, kept)| (reply, kept, got))
             })
             .await

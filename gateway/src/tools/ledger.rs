@@ -460,23 +460,43 @@ async fn settlement(
     })
 }
 
+/// A validator that answers with its heads, and the membership its replica puts in force;
+/// `None` after saying on `out` why not.
+async fn answering(
+    ledger: &crate::config::ledger::LedgerConfig,
+    genesis: &crate::ledger::Members,
+    v: &crate::config::ledger::MemberConfig,
+    out: &mut dyn Write,
+) -> Result<
+    Option<(
+        LedgerClient<tonic::transport::Channel>,
+        Vec<pb::Head>,
+        crate::ledger::Members,
+    )>,
+> {
+    let Some(mut client) = reach(ledger, v, out, "").await? else {
+        return Ok(None);
+    };
+    let heads = match heads_of(&mut client).await {
+        Ok(h) => h,
+        Err(why) => {
+            writeln!(out, "validator {}: {why}", v.id)?;
+            return Ok(None);
+        }
+    };
+    let members = members_held(&mut client, genesis).await?;
+    Ok(Some((client, heads, members)))
+}
+
 async fn status(config: &std::path::Path, out: &mut dyn Write) -> Result<ExitCode> {
     let (ledger, genesis) = consortium(config)?;
     let mut answered = 0;
     let mut faults = 0;
     for v in ledger.members.iter().filter(|m| m.role == "validator") {
-        let Some(mut client) = reach(&ledger, v, out, "").await? else {
+        let Some((mut client, heads, members)) = answering(&ledger, &genesis, v, out).await? else {
             continue;
         };
-        let heads = match heads_of(&mut client).await {
-            Ok(h) => h,
-            Err(why) => {
-                writeln!(out, "validator {}: {why}", v.id)?;
-                continue;
-            }
-        };
         answered += 1;
-        let members = members_held(&mut client, &genesis).await?;
         writeln!(out, "validator {}: {} log(s)", v.id, heads.len())?;
         if members != genesis {
             let now: Vec<String> = members
@@ -671,6 +691,55 @@ fn summary(e: &pb::Entry) -> String {
     }
 }
 
+/// A member's log as one validator holds it, with the membership that validator's replica
+/// puts in force.
+pub(super) struct HeldLog {
+    /// The validator.
+    pub validator: String,
+    /// Its membership in force.
+    pub members: crate::ledger::Members,
+    /// The log's certified entries, as sent.
+    pub entries: Vec<pb::CertifiedEntry>,
+}
+
+/// `origin`'s log from `from` as the validator named by `only` (or the first that answers)
+/// holds it; `None` after saying on `out` why each validator could not give it.
+pub(super) async fn log_of(
+    ledger: &crate::config::ledger::LedgerConfig,
+    genesis: &crate::ledger::Members,
+    origin: &str,
+    from: u64,
+    only: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<Option<HeldLog>> {
+    for v in ledger
+        .members
+        .iter()
+        .filter(|m| m.role == "validator" && only.is_none_or(|o| o == m.id))
+    {
+        let Some(mut client) = reach(ledger, v, out, "# ").await? else {
+            continue;
+        };
+        let fetched = match members_held(&mut client, genesis).await {
+            Ok(members) => fetch_log(&mut client, origin, from)
+                .await
+                .map(|e| (members, e)),
+            Err(e) => Err(e),
+        };
+        match fetched {
+            Ok((members, entries)) => {
+                return Ok(Some(HeldLog {
+                    validator: v.id.clone(),
+                    members,
+                    entries,
+                }));
+            }
+            Err(e) => writeln!(out, "# validator {}: {e:#}", v.id)?,
+        }
+    }
+    Ok(None)
+}
+
 async fn log(
     config: &std::path::Path,
     origin: &str,
@@ -679,47 +748,28 @@ async fn log(
     out: &mut dyn Write,
 ) -> Result<ExitCode> {
     let (ledger, genesis) = consortium(config)?;
-    for v in ledger
-        .members
-        .iter()
-        .filter(|m| m.role == "validator" && only.is_none_or(|o| o == m.id))
-    {
-        let Some(mut client) = reach(&ledger, v, out, "# ").await? else {
-            continue;
-        };
-        let fetched = match members_held(&mut client, &genesis).await {
-            Ok(members) => fetch_log(&mut client, origin, from)
-                .await
-                .map(|e| (members, e)),
-            Err(e) => Err(e),
-        };
-        let (members, entries) = match fetched {
-            Ok(e) => e,
-            Err(e) => {
-                writeln!(out, "# validator {}: {e:#}", v.id)?;
-                continue;
-            }
-        };
-        writeln!(
-            out,
-            "# {origin}'s log as validator {} holds it: {} certified entr{} from {from}",
-            v.id,
-            entries.len(),
-            if entries.len() == 1 { "y" } else { "ies" }
-        )?;
-        let mut faults = 0;
-        for c in &entries {
-            let (line, good) = entry_line(c, &members);
-            faults += usize::from(!good);
-            writeln!(out, "{line}")?;
-        }
-        return Ok(if faults == 0 {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(1)
-        });
+    let Some(held) = log_of(&ledger, &genesis, origin, from, only, out).await? else {
+        bail!("no validator answered")
+    };
+    let entries = &held.entries;
+    writeln!(
+        out,
+        "# {origin}'s log as validator {} holds it: {} certified entr{} from {from}",
+        held.validator,
+        entries.len(),
+        if entries.len() == 1 { "y" } else { "ies" }
+    )?;
+    let mut faults = 0;
+    for c in entries {
+        let (line, good) = entry_line(c, &held.members);
+        faults += usize::from(!good);
+        writeln!(out, "{line}")?;
     }
-    bail!("no validator answered")
+    Ok(if faults == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// One certified entry as `log` and `watch` print it, and whether it checks.
@@ -816,18 +866,10 @@ async fn verify(config: &std::path::Path, out: &mut dyn Write) -> Result<ExitCod
         std::collections::BTreeMap::new();
     let (mut answered, mut faults) = (0, 0u64);
     for v in ledger.members.iter().filter(|m| m.role == "validator") {
-        let Some(mut client) = reach(&ledger, v, out, "").await? else {
+        let Some((mut client, heads, members)) = answering(&ledger, &genesis, v, out).await? else {
             continue;
         };
-        let heads = match heads_of(&mut client).await {
-            Ok(h) => h,
-            Err(why) => {
-                writeln!(out, "validator {}: {why}", v.id)?;
-                continue;
-            }
-        };
         answered += 1;
-        let members = members_held(&mut client, &genesis).await?;
         let mut entries_checked = 0u64;
         for h in heads {
             let entries = fetch_log(&mut client, &h.origin, 0).await?;

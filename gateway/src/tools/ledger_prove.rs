@@ -14,7 +14,7 @@ use ed25519_dalek::{Signature, Verifier};
 use gridgate_proto::v1 as pb;
 use prost::Message;
 
-use super::ledger::{consortium, fetch_log, members_held, reach, utc};
+use super::ledger::{consortium, log_of, utc};
 use crate::ledger::commitment::{self, Finding, Logged};
 use crate::ledger::entry::check_certified;
 use crate::ledger::merkle;
@@ -109,32 +109,10 @@ pub async fn prove(
     out: &mut dyn Write,
 ) -> Result<ExitCode> {
     let (ledger, genesis) = consortium(config)?;
-    let mut found = None;
-    for v in ledger
-        .members
-        .iter()
-        .filter(|m| m.role == "validator" && only.is_none_or(|o| o == m.id))
-    {
-        let Some(mut client) = reach(&ledger, v, out, "# ").await? else {
-            continue;
-        };
-        let fetched = match members_held(&mut client, &genesis).await {
-            Ok(members) => fetch_log(&mut client, gateway, 0)
-                .await
-                .map(|log| (members, log)),
-            Err(e) => Err(e),
-        };
-        match fetched {
-            Ok(f) => {
-                found = Some((v.id.clone(), f));
-                break;
-            }
-            Err(e) => writeln!(out, "# validator {}: {e:#}", v.id)?,
-        }
-    }
-    let Some((validator, (members, log))) = found else {
+    let Some(held) = log_of(&ledger, &genesis, gateway, 0, only, out).await? else {
         bail!("no validator answered");
     };
+    let (validator, members, log) = (held.validator, held.members, held.entries);
     let Some(member) = members.0.get(gateway) else {
         bail!("{gateway:?} is not a member of the consortium");
     };

@@ -17,6 +17,7 @@ use gridgate_proto::v1 as pb;
 use prost::Message;
 use serde::Deserialize;
 
+use crate::acquire::reading::now_ms;
 use crate::batch::Identity;
 use crate::ledger::state::LedgerState;
 
@@ -47,10 +48,6 @@ struct TermsFile {
     penalty_milli_per_kwh: Option<i64>,
     /// "now" or an RFC 3339 UTC time.
     effective: String,
-}
-
-fn now_ms() -> i64 {
-    crate::acquire::reading::now_ms()
 }
 
 /// The entry `publish` appends: (claim key, kind, payload).

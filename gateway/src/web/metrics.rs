@@ -231,22 +231,12 @@ impl Scrape {
         };
         let store = &self.state.store.store;
         let mut entries = Vec::new();
-        for (origin, next) in store.ledger_heads().unwrap_or_default() {
-            let Ok(rows) =
-                store.ledger_range(&origin, 0, usize::try_from(next).unwrap_or(usize::MAX))
-            else {
-                continue;
-            };
-            for (_, bytes) in rows {
-                use prost::Message;
-                let entry = gridgate_proto::v1::CertifiedEntry::decode(bytes.as_slice())
-                    .ok()
-                    .and_then(|c| c.entry)
-                    .and_then(|e| gridgate_proto::v1::Entry::decode(e.entry.as_slice()).ok());
-                if let Some(entry) = entry {
-                    entries.push(crate::ledger::settlement::Certified { entry });
-                }
-            }
+        for (origin, _) in store.ledger_heads().unwrap_or_default() {
+            let held = crate::ledger::held_entries(store, &origin).unwrap_or_default();
+            entries.extend(
+                held.into_iter()
+                    .map(|entry| crate::ledger::settlement::Certified { entry }),
+            );
         }
         let now = crate::acquire::reading::now_ms();
         let statement =
