@@ -177,7 +177,7 @@ meter = "plant-unit1/active_power"
 control = "plant-unit1/setpoint"
 rated_kw = 55.0
 max_shed_kw = 30.0
-min_setpoint = 0.0
+min_setpoint = 20.0
 max_setpoint = 100.0
 
 [[load]]

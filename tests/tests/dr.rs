@@ -75,6 +75,18 @@ async fn signed_events_are_accepted_once_and_everything_else_is_refused_with_its
             "REFUSAL_LIMIT",
         ),
         (
+            "off-below-minimum",
+            operator.as_str(),
+            event("e-10", "operator", "load = \"pcs\"\non = false"),
+            "on = false writes 0, outside the allowed range 20..=100",
+        ),
+        (
+            "setpoint-to-a-switch",
+            operator.as_str(),
+            event("e-11", "operator", "load = \"pump\"\nsetpoint = 50.0"),
+            "only on = true or false moves it",
+        ),
+        (
             "elsewhere",
             operator.as_str(),
             event("e-9", "operator", "load = \"pcs\"\nshed_kw = 5.0").replace(
@@ -814,6 +826,53 @@ async fn a_load_that_never_acknowledges_is_retried_and_reported_failed() {
     // The pump never moved; the one that answered was restored.
     assert!(sims.lines[0].devices[1].load.lock().on);
     assert_eq!(setpoint(&sims.lines[0].devices[0]), 100.0);
+}
+
+/// A device that takes the write but runs at its own floor (as an inverter's local limit
+/// does): the read-back never shows the target, so the load ends FAILED; the write moved it
+/// all the same, so the end of the event still puts it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_moved_by_an_unconfirmed_write_is_restored_at_the_end() {
+    let (sims, site, config) = plant().await;
+    let d = site.dir.path();
+    let _gw = Gateway::start_in(d, &config).await;
+    wait_for_port(site.port).await;
+    let pcs = &sims.lines[0].devices[0];
+    pcs.set_floor_pct(70.0);
+    let operator = site.path("operator/identity.key");
+    let watch = site.watch_until_reported("floor-1");
+    let (code, out) = site
+        .send(
+            "floor",
+            &operator,
+            &event("floor-1", "operator", "load = \"pcs\"\nsetpoint = 40.0")
+                .replace("duration = \"15m\"", "duration = \"4s\""),
+        )
+        .await;
+    assert_eq!(code, 0, "{out}");
+    until("the device runs at its floor", || setpoint(pcs) == 70.0).await;
+    let (code, watched, err) = watch.await.expect("watch");
+    assert_eq!(code, 0, "{watched}{err}");
+    assert!(watched.contains("pcs=FAILED"), "{watched}");
+    assert_eq!(setpoint(pcs), 100.0, "put back to what it ran at before");
+    let (code, out) = site
+        .dr(
+            "operator",
+            &[
+                "report", "--issuer", "operator", "--id", "floor-1", "--json",
+            ],
+        )
+        .await;
+    assert_eq!(code, 0, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let load = &report["loads"][0];
+    assert_eq!(load["state"], "LOAD_STATE_FAILED", "{report}");
+    assert!(
+        load["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("wrote 40, the device shows 70")),
+        "{report}"
+    );
 }
 
 /// Messages received: (topic, payload).

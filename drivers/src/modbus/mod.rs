@@ -118,6 +118,23 @@ impl DataType {
         }
     }
 
+    /// The smallest and largest raw value a write can put in the type unchanged (a bool
+    /// takes 0 and 1; `encode_registers` clamps anything outside).
+    pub fn raw_range(self) -> (f64, f64) {
+        match self {
+            DataType::Bool => (0.0, 1.0),
+            DataType::U16 => (0.0, f64::from(u16::MAX)),
+            DataType::I16 => (f64::from(i16::MIN), f64::from(i16::MAX)),
+            DataType::U32 => (0.0, f64::from(u32::MAX)),
+            DataType::I32 => (f64::from(i32::MIN), f64::from(i32::MAX)),
+            // Past 2^53 an f64 no longer holds every integer; no setpoint is that large.
+            DataType::U64 => (0.0, 9_007_199_254_740_992.0),
+            DataType::I64 => (-9_007_199_254_740_992.0, 9_007_199_254_740_992.0),
+            DataType::F32 => (f64::from(f32::MIN), f64::from(f32::MAX)),
+            DataType::F64 => (f64::MIN, f64::MAX),
+        }
+    }
+
     /// Name as written in configs.
     pub fn name(self) -> &'static str {
         match self {
@@ -235,6 +252,17 @@ impl PointSpec {
     /// One past its last address, as u32 so that 65535 + 1 does not wrap.
     pub fn end(&self) -> u32 {
         u32::from(self.address) + u32::from(self.len())
+    }
+
+    /// The engineering values a write can put in the point (`raw * scale + offset` over
+    /// the type's raw range), lowest first; a bit takes 0 and 1.
+    pub fn writable_range(&self) -> (f64, f64) {
+        if self.table.is_bits() {
+            return (0.0, 1.0);
+        }
+        let (lo, hi) = self.data_type.raw_range();
+        let (a, b) = (lo * self.scale + self.offset, hi * self.scale + self.offset);
+        (a.min(b), a.max(b))
     }
 
     /// Decodes the point from `data`, the result of a read that began at `start`.
@@ -448,6 +476,26 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn a_value_inside_the_writable_range_survives_the_write(
+            ty in any_type(),
+            frac in 0.0f64..=1.0,
+            scale in prop_oneof![Just(1.0), Just(0.1), Just(-0.5)],
+        ) {
+            let mut spec = PointSpec::new(Table::HoldingRegister, 0, ty);
+            spec.scale = scale;
+            let (lo, hi) = spec.writable_range();
+            // Stay within 32 bits' worth so the f64 arithmetic below is exact enough.
+            let (lo, hi) = (lo.max(-1e9), hi.min(1e9));
+            let v = lo + (hi - lo) * frac;
+            let raw = (v - spec.offset) / spec.scale;
+            let regs = encode_registers(raw, ty, Order::Big, Order::Big);
+            let back = decode_registers(&regs, ty, Order::Big, Order::Big) * spec.scale + spec.offset;
+            let step = if matches!(ty, DataType::F32) { v.abs() * 1e-6 + 1e-6 } else { scale.abs() / 2.0 + 1e-6 };
+            let step = if ty == DataType::Bool { 1.0 } else { step };
+            prop_assert!((back - v).abs() <= step, "{ty:?} {v} came back as {back}");
+        }
+
         #[test]
         fn encode_then_decode_is_identity(
             ty in any_type(),

@@ -26,7 +26,7 @@ use std::future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -50,6 +50,8 @@ pub struct SimDevice {
     pub load: SharedLoad,
     silent: Arc<AtomicBool>,
     inhibit: Arc<AtomicBool>,
+    /// Tenths of a percent the device never runs below, 0 for none.
+    floor: Arc<AtomicU16>,
 }
 
 impl SimDevice {
@@ -60,7 +62,26 @@ impl SimDevice {
             load,
             silent: Arc::new(AtomicBool::new(false)),
             inhibit: Arc::new(AtomicBool::new(false)),
+            floor: Arc::new(AtomicU16::new(0)),
         }
+    }
+
+    /// Gives the device a local minimum setpoint, as an inverter's own limit: it takes a
+    /// lower write but runs at the floor, so the value read back is not the one written.
+    pub fn set_floor_pct(&self, pct: f64) {
+        self.floor.store(
+            (pct * 10.0).round().clamp(0.0, 1000.0) as u16,
+            Ordering::SeqCst,
+        );
+    }
+
+    fn set_setpoint(&self, raw: u16) -> Result<(), ExceptionCode> {
+        if raw > 1000 {
+            return Err(ExceptionCode::IllegalDataValue);
+        }
+        let raw = raw.max(self.floor.load(Ordering::SeqCst));
+        self.load.lock().setpoint_pct = f64::from(raw) / 10.0;
+        Ok(())
     }
 
     /// Turns the local "DR inhibit" key switch (discrete input 1) on or off.
@@ -155,17 +176,11 @@ impl SimDevice {
                 })
             }
             Request::WriteSingleRegister(a, v) if a == SETPOINT_REGISTER => {
-                if v > 1000 {
-                    return Err(ExceptionCode::IllegalDataValue);
-                }
-                self.load.lock().setpoint_pct = f64::from(v) / 10.0;
+                self.set_setpoint(v)?;
                 Ok(Response::WriteSingleRegister(a, v))
             }
             Request::WriteMultipleRegisters(a, ref v) if a == SETPOINT_REGISTER && v.len() == 1 => {
-                if v[0] > 1000 {
-                    return Err(ExceptionCode::IllegalDataValue);
-                }
-                self.load.lock().setpoint_pct = f64::from(v[0]) / 10.0;
+                self.set_setpoint(v[0])?;
                 Ok(Response::WriteMultipleRegisters(a, 1))
             }
             Request::WriteSingleCoil(a, on) if a == SWITCH_COIL => {

@@ -114,6 +114,20 @@ pub enum ControlError {
         wrote: f64,
         /// Value read back.
         read: f64,
+        /// The value before the write, where it was read: what the end of the event puts
+        /// back, since the write may have moved the load all the same.
+        previous: Option<f64>,
+    },
+    /// The write was sent but went wrong after that (no reply to it, or no read-back): the
+    /// load may have moved.
+    #[error("{point}: {error}")]
+    AfterWrite {
+        /// Point.
+        point: String,
+        /// What the device or line said.
+        error: String,
+        /// The value before the write.
+        previous: f64,
     },
     /// The bus task is gone (stopping, or reloading).
     #[error("bus for {0} is not running")]
@@ -122,6 +136,17 @@ pub enum ControlError {
     /// the device is slow).
     #[error("{0}: not confirmed within {1:?}")]
     Timeout(String, Duration),
+}
+
+impl ControlError {
+    /// The control's value before a write that may have moved it, where one was read.
+    pub fn previous(&self) -> Option<f64> {
+        match self {
+            ControlError::NotConfirmed { previous, .. } => *previous,
+            ControlError::AfterWrite { previous, .. } => Some(*previous),
+            _ => None,
+        }
+    }
 }
 
 /// Where to send writes: the running bus tasks, by bus name, and which bus each device is on.
@@ -342,24 +367,34 @@ pub async fn write_modbus(
         .await
         .map_err(device_error)?;
     let previous = read(&before)?;
+    // From here the load may have moved whatever goes wrong: every error carries the value
+    // to put back.
+    let after_write = |e: ControlError| ControlError::AfterWrite {
+        point: name.clone(),
+        error: match e {
+            ControlError::Device { error, .. } => error,
+            other => other.to_string(),
+        },
+        previous,
+    };
     match spec.table {
         Table::Coil => line
             .write_coil(unit, spec.address, req.value != 0.0)
             .await
-            .map_err(device_error)?,
+            .map_err(|e| after_write(device_error(e)))?,
         _ => {
             let raw = (req.value - spec.offset) / spec.scale;
             let words =
                 modbus::encode_registers(raw, spec.data_type, spec.byte_order, spec.word_order);
             line.write_registers(unit, spec.address, &words)
                 .await
-                .map_err(device_error)?
+                .map_err(|e| after_write(device_error(e)))?
         }
     }
     let after = read_modbus(line, unit, spec.table, spec.address, len, timing)
         .await
-        .map_err(device_error)?;
-    let confirmed = read(&after)?;
+        .map_err(|e| after_write(device_error(e)))?;
+    let confirmed = read(&after).map_err(after_write)?;
     // Registers hold whole raw steps: the value read back is the written one rounded to
     // a step of `scale`.
     let step = if spec.table == Table::Coil {
@@ -372,6 +407,7 @@ pub async fn write_modbus(
             point: name,
             wrote: req.value,
             read: confirmed,
+            previous: Some(previous),
         });
     }
     Ok(ControlOutcome {
@@ -446,20 +482,25 @@ pub async fn write_dlt645(
         },
         valid_until: MeterTime::from_unix(now_s + REMOTE_VALID_S),
     };
+    let as_value = |closed: bool| if closed { 1.0 } else { 0.0 };
+    let after_write = |error: String| ControlError::AfterWrite {
+        point: name.clone(),
+        error,
+        previous: as_value(before),
+    };
     client
         .remote_control(address, &rc)
         .await
-        .map_err(|e| ControlError::Device {
-            point: name.clone(),
-            error: e.to_string(),
-        })?;
-    let after = relay_closed(client, address, timing, &name).await?;
-    let as_value = |closed: bool| if closed { 1.0 } else { 0.0 };
+        .map_err(|e| after_write(e.to_string()))?;
+    let after = relay_closed(client, address, timing, &name)
+        .await
+        .map_err(|e| after_write(e.to_string()))?;
     if after != close {
         return Err(ControlError::NotConfirmed {
             point: name,
             wrote: as_value(close),
             read: as_value(after),
+            previous: Some(as_value(before)),
         });
     }
     Ok(ControlOutcome {

@@ -66,6 +66,7 @@ fn outcome(ack: &Ack, load: &str, value: f64) -> Result<ControlOutcome, ControlE
             point: load.to_string(),
             wrote: value,
             read: confirmed,
+            previous: ack.previous.filter(|p| p.is_finite()),
         });
     }
     let previous = ack.previous.filter(|p| p.is_finite()).ok_or_else(|| {

@@ -210,6 +210,17 @@ fn four_bytes(text: &str) -> Option<[u8; 4]> {
     b.try_into().ok()
 }
 
+/// The values a load's control can be written, from its point's table and type.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Accepts {
+    /// A switch (a Modbus coil or `bool` register, a DL/T 645 meter's relay): only `on`
+    /// moves it, writing 1 or 0.
+    Switch,
+    /// A number from the first bound to the second, inclusive: what the register's type and
+    /// scale can hold unchanged (any finite number for an MQTT command).
+    Range(f64, f64),
+}
+
 /// `[[load]]`: a load DR events may move, and its safety limits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadConfig {
@@ -219,8 +230,10 @@ pub struct LoadConfig {
     pub meter: String,
     /// Allowed setpoints, inclusive.
     pub setpoint_range: (f64, f64),
-    /// Largest shed an event may ask for, kW.
+    /// Largest shed an event may ask for, kW (`rated_kw` when the config does not say).
     pub max_shed_kw: f64,
+    /// What its control can be written (a switch, or numbers within a range).
+    pub accepts: Accepts,
     /// Events that may move it per UTC day.
     pub max_events_per_day: u32,
     /// What moves it (a Modbus coil or holding register, a DL/T 645 meter's `relay`, or an
@@ -457,7 +470,7 @@ impl Checker<'_> {
         &mut self,
         raw: &[RawLoad],
         points: &[String],
-        writable: &[String],
+        writable: &[(String, Accepts)],
         mqtt_broker: bool,
     ) -> Vec<LoadConfig> {
         let mut loads: Vec<LoadConfig> = Vec::new();
@@ -498,18 +511,6 @@ impl Checker<'_> {
                     );
                 }
             }
-            let max_shed_kw = match &l.max_shed_kw {
-                Some(v) if !(*v.get_ref() > 0.0 && v.get_ref().is_finite()) => {
-                    self.problem(
-                        v,
-                        format!("load[{i}].max_shed_kw"),
-                        "must be a positive number of kW".into(),
-                    );
-                    0.0
-                }
-                Some(v) => *v.get_ref(),
-                None => f64::MAX,
-            };
             let auth = match (&l.password, &l.operator) {
                 (None, _) => None,
                 (Some(p), o) => {
@@ -528,12 +529,16 @@ impl Checker<'_> {
                     }
                 }
             };
+            let mut accepts = Accepts::Range(f64::MIN, f64::MAX);
             let control = match &l.control {
                 None => None,
                 Some(c) if c.get_ref() == MQTT_CONTROL => {
                     self.check_mqtt_control(i, l, c, &name, mqtt_broker)
                 }
-                Some(c) if writable.contains(c.get_ref()) => {
+                Some(c) if writable.iter().any(|(w, _)| w == c.get_ref()) => {
+                    if let Some((_, a)) = writable.iter().find(|(w, _)| w == c.get_ref()) {
+                        accepts = *a;
+                    }
                     let (device, point) = c.get_ref().split_once('/').unwrap_or(("", ""));
                     if point == RELAY_POINT && auth.is_none() {
                         self.problem(
@@ -571,6 +576,30 @@ impl Checker<'_> {
                 }
                 v => v.as_ref().map(|v| *v.get_ref()),
             };
+            let max_shed_kw = match &l.max_shed_kw {
+                Some(v) if !(*v.get_ref() > 0.0 && v.get_ref().is_finite()) => {
+                    self.problem(
+                        v,
+                        format!("load[{i}].max_shed_kw"),
+                        "must be a positive number of kW".into(),
+                    );
+                    0.0
+                }
+                Some(v) if rated_kw.is_some_and(|r| *v.get_ref() > r) => {
+                    self.problem(
+                        v,
+                        format!("load[{i}].max_shed_kw"),
+                        format!(
+                            "{} kW is more than the load's rated_kw ({} kW): a load cannot shed more than it draws",
+                            v.get_ref(),
+                            rated_kw.unwrap_or_default()
+                        ),
+                    );
+                    0.0
+                }
+                Some(v) => *v.get_ref(),
+                None => rated_kw.unwrap_or(f64::MAX),
+            };
             let min_on = self.optional_duration(&l.min_on, format!("load[{i}].min_on"));
             let min_off = self.optional_duration(&l.min_off, format!("load[{i}].min_off"));
             let override_point = match &l.override_point {
@@ -592,6 +621,7 @@ impl Checker<'_> {
                 meter,
                 setpoint_range: (lo, hi),
                 max_shed_kw,
+                accepts,
                 max_events_per_day: l
                     .max_events_per_day
                     .as_ref()

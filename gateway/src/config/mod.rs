@@ -21,8 +21,8 @@ use gridgate_drivers::modbus::{self, DataType, Order, PointSpec, ReadPlan, Table
 use thiserror::Error;
 
 pub use dr::{
-    BaselineConfig, Control, ControlPoint, DrConfig, LoadConfig, MqttControl, ProgramConfig,
-    RemoteAuth,
+    Accepts, BaselineConfig, Control, ControlPoint, DrConfig, LoadConfig, MqttControl,
+    ProgramConfig, RemoteAuth,
 };
 pub use raw::RawConfig;
 use raw::{RawBus, RawDevice, RawPoint};
@@ -499,7 +499,7 @@ impl Checker<'_> {
                     .flat_map(|d| d.points.iter().map(move |(p, _)| format!("{}/{p}", d.name))),
             )
             .collect();
-        let writable: Vec<String> = buses
+        let writable: Vec<(String, dr::Accepts)> = buses
             .iter()
             .flat_map(|b| &b.devices)
             .flat_map(|d| {
@@ -507,7 +507,13 @@ impl Checker<'_> {
                     PointSource::Modbus(s)
                         if matches!(s.table, Table::Coil | Table::HoldingRegister) =>
                     {
-                        Some(format!("{}/{}", d.name, p.name))
+                        let accepts = if s.table == Table::Coil || s.data_type == DataType::Bool {
+                            dr::Accepts::Switch
+                        } else {
+                            let (lo, hi) = s.writable_range();
+                            dr::Accepts::Range(lo, hi)
+                        };
+                        Some((format!("{}/{}", d.name, p.name), accepts))
                     }
                     _ => None,
                 })
@@ -517,7 +523,12 @@ impl Checker<'_> {
                     .iter()
                     .flat_map(|b| &b.devices)
                     .filter(|d| matches!(d.kind, DeviceKind::Dlt645 { .. }))
-                    .map(|d| format!("{}/{}", d.name, dr::RELAY_POINT)),
+                    .map(|d| {
+                        (
+                            format!("{}/{}", d.name, dr::RELAY_POINT),
+                            dr::Accepts::Switch,
+                        )
+                    }),
             )
             .collect();
         let dr = self.check_dr(raw.dr.as_ref(), &id);

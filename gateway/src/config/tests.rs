@@ -199,6 +199,8 @@ fn loads_are_bound_to_writable_controls_with_their_credentials() {
     let Some(Control::Point(control)) = cfg.loads[0].control.clone() else {
         panic!("a point control")
     };
+    // A meter's relay is a switch: only `on` moves it.
+    assert_eq!(cfg.loads[0].accepts, crate::config::Accepts::Switch);
     assert_eq!(
         (control.device.as_str(), control.point.as_str()),
         ("meter-1", "relay")
@@ -231,6 +233,11 @@ fn loads_are_bound_to_writable_controls_with_their_credentials() {
             "meter = \"nowhere/p\"",
             "load[0].meter",
             "not a point of this gateway",
+        ),
+        (
+            "control = \"meter-1/relay\"\npassword = \"02123456\"\nrated_kw = 55.0\nmax_shed_kw = 80.0",
+            "load[0].max_shed_kw",
+            "more than the load's rated_kw",
         ),
     ] {
         let meter = if load.starts_with("meter") {

@@ -11,7 +11,7 @@ use prost::Message;
 use thiserror::Error;
 
 use crate::batch::Identity;
-use crate::config::LoadConfig;
+use crate::config::{Accepts, LoadConfig};
 
 /// The issuers whose events the gateway accepts, by name.
 #[derive(Debug, Clone, Default)]
@@ -207,47 +207,84 @@ pub fn check(
 }
 
 fn check_target(load: &LoadConfig, t: &pb::LoadTarget) -> Result<(), Refused> {
-    let limit = |why: String| Refused::Limit {
-        load: load.name.clone(),
-        why,
-    };
     if load.control.is_none() {
-        return Err(limit(
-            "it has no control to write ([[load]] control = \"device/point\")".into(),
-        ));
+        return Err(Refused::Limit {
+            load: load.name.clone(),
+            why: "it has no control to write ([[load]] control = \"device/point\")".into(),
+        });
     }
-    if matches!(t.action, Some(pb::load_target::Action::ShedKw(_))) && load.rated_kw.is_none() {
-        return Err(limit(
-            "shed_kw needs the load's rated_kw to map it onto a setpoint".into(),
-        ));
-    }
-    match t.action {
-        None => Err(Refused::Malformed(format!(
+    let Some(action) = &t.action else {
+        return Err(Refused::Malformed(format!(
             "load {:?} has no action (shed_kw, setpoint or on)",
             t.load
-        ))),
-        Some(pb::load_target::Action::Setpoint(v)) => {
-            let (lo, hi) = load.setpoint_range;
-            if !v.is_finite() || v < lo || v > hi {
-                Err(limit(format!(
-                    "setpoint {v} is outside the allowed range {lo}..={hi}"
-                )))
+        )));
+    };
+    written_value(load, action)
+        .map(drop)
+        .map_err(|why| Refused::Limit {
+            load: load.name.clone(),
+            why,
+        })
+}
+
+/// The value an action writes to `load`'s control, or why the load may not take it: an
+/// action its control does not support (a setpoint to a switch), a shed beyond
+/// `max_shed_kw` or the rated power, or a value outside the load's setpoint range or what
+/// its register can hold. The acceptance and the relay both ask this, so no target is
+/// written that the limits refuse, whichever way the event came and whatever was reloaded.
+pub fn written_value(load: &LoadConfig, action: &pb::load_target::Action) -> Result<f64, String> {
+    use pb::load_target::Action;
+    let value = match (*action, load.accepts) {
+        (Action::On(on), _) => {
+            if on {
+                1.0
             } else {
-                Ok(())
+                0.0
             }
         }
-        Some(pb::load_target::Action::ShedKw(kw)) => {
-            if !kw.is_finite() || kw <= 0.0 || kw > load.max_shed_kw {
-                Err(limit(format!(
-                    "shed_kw {kw} is outside 0..={} (max_shed_kw)",
-                    load.max_shed_kw
-                )))
-            } else {
-                Ok(())
-            }
+        (Action::Setpoint(_) | Action::ShedKw(_), Accepts::Switch) => {
+            return Err(
+                "its control is a switch (a coil, a bool register or a meter's relay): only on = true or false moves it"
+                    .into(),
+            );
         }
-        Some(pb::load_target::Action::On(_)) => Ok(()),
+        (Action::Setpoint(v), Accepts::Range(..)) => v,
+        (Action::ShedKw(kw), Accepts::Range(..)) => {
+            let Some(rated) = load.rated_kw else {
+                return Err("shed_kw needs the load's rated_kw to map it onto a setpoint".into());
+            };
+            let most = load.max_shed_kw.min(rated);
+            if !kw.is_finite() || kw <= 0.0 || kw > most {
+                return Err(format!(
+                    "shed_kw {kw} is outside 0..={most} (max_shed_kw, at most rated_kw)"
+                ));
+            }
+            // A shed caps the load at rated - shed, in percent of its rated power.
+            (rated - kw) / rated * 100.0
+        }
+    };
+    if !value.is_finite() {
+        return Err(format!("{value} is not a number to write"));
     }
+    if let Accepts::Range(lo, hi) = load.accepts {
+        let (min, max) = load.setpoint_range;
+        let written = match action {
+            Action::On(on) => format!("on = {on} writes {value}"),
+            Action::ShedKw(kw) => format!("shed_kw {kw} writes a setpoint of {value:.2} %"),
+            Action::Setpoint(_) => format!("setpoint {value}"),
+        };
+        if value < min || value > max {
+            return Err(format!(
+                "{written}, outside the allowed range {min}..={max} (min_setpoint, max_setpoint)"
+            ));
+        }
+        if value < lo || value > hi {
+            return Err(format!(
+                "{written}, which its register cannot hold ({lo}..={hi} with its type and scale)"
+            ));
+        }
+    }
+    Ok(value)
 }
 
 /// Checks a signed cancel: decodable, from a trusted issuer, signature valid.
@@ -296,6 +333,8 @@ mod tests {
             meter: format!("{name}/active_power"),
             setpoint_range: (0.0, 100.0),
             max_shed_kw: 50.0,
+            // A u16 holding register.
+            accepts: Accepts::Range(0.0, 65535.0),
             max_events_per_day: 2,
             control: Some(crate::config::Control::Point(crate::config::ControlPoint {
                 device: name.into(),
@@ -436,6 +475,70 @@ mod tests {
 
         let r = check(&signed, NOW, &f.trust, &f.loads, |_, _| false, |_| 2).unwrap_err();
         assert!(r.to_string().contains("max_events_per_day = 2"), "{r}");
+    }
+
+    /// What each load is asked, as one target, and the refusal's sentence (or the value).
+    fn ask(load: &LoadConfig, action: pb::load_target::Action) -> Result<f64, String> {
+        written_value(load, &action)
+    }
+
+    #[test]
+    fn a_target_its_control_cannot_take_or_its_limits_forbid_moves_nothing() {
+        use pb::load_target::Action;
+        // A setpoint register that must stay between 40 and 100 %.
+        let mut setpoint = load("chiller");
+        setpoint.setpoint_range = (40.0, 100.0);
+        setpoint.rated_kw = Some(55.0);
+        setpoint.max_shed_kw = 55.0;
+        let off = ask(&setpoint, Action::On(false)).unwrap_err();
+        assert!(
+            off.contains("on = false writes 0") && off.contains("40..=100"),
+            "{off}"
+        );
+        assert!(
+            ask(&setpoint, Action::On(true)).is_err(),
+            "on = true would write 1 %"
+        );
+        assert_eq!(ask(&setpoint, Action::Setpoint(40.0)), Ok(40.0));
+        // A shed past the load's rated power, or one that leaves it under its minimum.
+        let much = ask(&setpoint, Action::ShedKw(80.0)).unwrap_err();
+        assert!(much.contains("0..=55"), "{much}");
+        let deep = ask(&setpoint, Action::ShedKw(55.0)).unwrap_err();
+        assert!(
+            deep.contains("shed_kw 55 writes a setpoint of 0.00 %"),
+            "{deep}"
+        );
+        assert_eq!(ask(&setpoint, Action::ShedKw(27.5)), Ok(50.0));
+        // max_shed_kw never lets a shed pass rated_kw.
+        setpoint.max_shed_kw = f64::MAX;
+        assert!(ask(&setpoint, Action::ShedKw(56.0)).is_err());
+
+        // A value the register's type cannot hold (-5 into a u16) is refused, not clamped.
+        let mut wide = load("pump");
+        wide.setpoint_range = (-10.0, 100.0);
+        let neg = ask(&wide, Action::Setpoint(-5.0)).unwrap_err();
+        assert!(
+            neg.contains("cannot hold") && neg.contains("0..=65535"),
+            "{neg}"
+        );
+        assert!(ask(&wide, Action::Setpoint(f64::NAN)).is_err());
+
+        // A switch takes on/off only.
+        let mut switch = load("pump");
+        switch.accepts = Accepts::Switch;
+        assert_eq!(ask(&switch, Action::On(false)), Ok(0.0));
+        assert_eq!(ask(&switch, Action::On(true)), Ok(1.0));
+        let sp = ask(&switch, Action::Setpoint(50.0)).unwrap_err();
+        assert!(sp.contains("switch"), "{sp}");
+        assert!(ask(&switch, Action::ShedKw(10.0)).is_err());
+
+        // And through the whole acceptance, as REFUSAL_LIMIT.
+        let mut f = fixture();
+        f.loads[0] = setpoint;
+        let mut e = event("e1");
+        e.targets[0].action = Some(Action::On(false));
+        let r = run(&f, &sign_event(&e, &f.operator)).unwrap_err();
+        assert_eq!(r.code(), pb::Refusal::Limit, "{r}");
     }
 
     #[test]

@@ -26,7 +26,8 @@ use crate::acquire::reading::now_ms;
 use crate::acquire::{ControlError, ControlOutcome, Controls, Reading, Value};
 use crate::batch::Identity;
 use crate::config::ledger::LedgerRole;
-use crate::config::{Control, GatewayConfig, LoadConfig};
+use crate::config::{Control, GatewayConfig};
+use crate::dr::event::written_value;
 use crate::store::Store;
 use crate::store::samples::SAMPLE_RETENTION_MS;
 
@@ -38,21 +39,6 @@ const WRITE_WITHIN: Duration = Duration::from_secs(5);
 const RETRY_MAX: Duration = Duration::from_secs(10);
 /// How often meter samples past their retention are dropped.
 const SAMPLE_PRUNE_EVERY: Duration = Duration::from_secs(3600);
-
-/// The value to write for a target on `load`. `shed_kw` caps the load at
-/// `rated_kw - shed_kw`, as a setpoint in percent of rated power.
-pub fn target_value(load: &LoadConfig, action: &pb::load_target::Action) -> Option<f64> {
-    use pb::load_target::Action;
-    let (lo, hi) = load.setpoint_range;
-    match *action {
-        Action::Setpoint(v) => Some(v),
-        Action::On(on) => Some(if on { 1.0 } else { 0.0 }),
-        Action::ShedKw(kw) => {
-            let rated = load.rated_kw?;
-            Some(((rated - kw) / rated * 100.0).clamp(lo.max(0.0), hi.min(100.0)))
-        }
-    }
-}
 
 /// Event changes, for `WatchEvents` and the MQTT report topic: every write of an event's
 /// record is announced here after it is stored.
@@ -310,13 +296,20 @@ fn apply_one(status: &mut pb::EventStatus, id: &str, pacing: &mut Pacing, done: 
         }
         (Purpose::Drive, Err(e)) => {
             ls.attempts += 1;
+            if ls.previous.is_none() {
+                ls.previous = e.previous();
+            }
             ls.last_error = e.to_string();
             let wait = backoff(ls.attempts);
             pacing.retry_at.insert(slot, Instant::now() + wait);
             warn!(event = %id, load = %ls.load, attempts = ls.attempts, retry_in = ?wait, "load did not take its DR target: {e}");
         }
         (Purpose::Restore, Ok(_)) => {
-            ls.state = pb::LoadState::Restored as i32;
+            // A load that never confirmed its target stays FAILED in the report; that it
+            // was put back shows in restored_ms.
+            if ls.state != pb::LoadState::Failed as i32 {
+                ls.state = pb::LoadState::Restored as i32;
+            }
             ls.restored_ms = done.at_ms;
             pacing.retry_at.remove(&slot);
         }
@@ -477,16 +470,32 @@ async fn pass(
             .iter()
             .zip(due)
             .map(|(t, due_ms)| {
-                let load = cfg.loads.iter().find(|l| l.name == t.load);
-                let target = load
-                    .zip(t.action.as_ref())
-                    .and_then(|(l, a)| target_value(l, a));
-                pb::LoadStatus {
-                    load: t.load.clone(),
-                    state: pb::LoadState::Pending as i32,
-                    target: target.unwrap_or(f64::NAN),
-                    due_ms,
-                    ..Default::default()
+                // Accepted under the config then in force; a reload since may have taken
+                // the load away or narrowed its limits: then it is not moved at all.
+                let target = match (cfg.loads.iter().find(|l| l.name == t.load), &t.action) {
+                    (Some(l), Some(a)) => written_value(l, a),
+                    (None, _) => Err("the load is no longer in the config".into()),
+                    (_, None) => Err("no action".into()),
+                };
+                match target {
+                    Ok(target) => pb::LoadStatus {
+                        load: t.load.clone(),
+                        state: pb::LoadState::Pending as i32,
+                        target,
+                        due_ms,
+                        ..Default::default()
+                    },
+                    Err(why) => {
+                        warn!(event = %e.event.id, load = %t.load, "load not moved: {why}");
+                        pb::LoadStatus {
+                            load: t.load.clone(),
+                            state: pb::LoadState::Failed as i32,
+                            target: f64::NAN,
+                            due_ms,
+                            last_error: why,
+                            ..Default::default()
+                        }
+                    }
                 }
             })
             .collect();
@@ -646,9 +655,9 @@ fn end(
         if ls.state == pb::LoadState::Pending as i32 {
             warn!(event = %entries[i].event.id, load = %ls.load, attempts = ls.attempts, "load never acknowledged its DR target: {}", ls.last_error);
             entries[i].status.loads[li].state = pb::LoadState::Failed as i32;
-            continue;
         }
-        if ls.state != pb::LoadState::Acknowledged as i32 {
+        let ls = entries[i].status.loads[li].clone();
+        if !needs_restore(&ls) {
             continue;
         }
         let min_off = cfg
@@ -681,7 +690,9 @@ fn end(
             }
             heir.state = pb::LoadState::Pending as i32;
             let mine = &mut entries[i].status.loads[li];
-            mine.state = pb::LoadState::Restored as i32;
+            if mine.state != pb::LoadState::Failed as i32 {
+                mine.state = pb::LoadState::Restored as i32;
+            }
             mine.restored_ms = now;
             mine.last_error = format!("handed to event {them:?}");
             info!(event = %entries[i].event.id, load = %ls.load, to = %them, "load handed to the next event");
@@ -706,10 +717,11 @@ fn end(
         }
     }
     let e = &mut entries[i];
-    let left = e.status.loads.iter().any(|l| {
-        l.state == pb::LoadState::Acknowledged as i32
-            || pacing.in_flight.contains(&(key.clone(), l.load.clone()))
-    });
+    let left = e
+        .status
+        .loads
+        .iter()
+        .any(|l| needs_restore(l) || pacing.in_flight.contains(&(key.clone(), l.load.clone())));
     if !left {
         e.status.state = if e.status.cancelled {
             pb::EventState::Cancelled as i32
@@ -718,6 +730,15 @@ fn end(
         };
         info!(event = %e.event.id, cancelled = e.status.cancelled, "DR event ended; loads restored");
     }
+}
+
+/// Whether the end of its event still has to put `ls` back: it took its target, or a write
+/// that may have moved it failed after the value before it was read.
+fn needs_restore(ls: &pb::LoadStatus) -> bool {
+    ls.state == pb::LoadState::Acknowledged as i32
+        || (ls.state == pb::LoadState::Failed as i32
+            && ls.previous.is_some()
+            && ls.restored_ms == 0)
 }
 
 /// Asks for every pending load of a running event whose time has come.
