@@ -114,6 +114,22 @@ async fn signed_events_are_accepted_once_and_everything_else_is_refused_with_its
     let (code, out) = site.dispatch("viewer", &fresh).await;
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("may not call Dispatch"), "{out}");
+    // Nor read DR: events, their reports and their changes are for the operator and the
+    // master station.
+    for (rpc, args) in [
+        (
+            "GetReport",
+            ["report", "--issuer", "operator", "--id", "e-1"],
+        ),
+        (
+            "WatchEvents",
+            ["watch", "--until-reported", "e-1", "--issuer", "operator"],
+        ),
+    ] {
+        let (code, out) = site.dr("viewer", &args).await;
+        assert_ne!(code, 0, "{out}");
+        assert!(out.contains(&format!("may not call {rpc}")), "{rpc}: {out}");
+    }
 
     // Accepted events are stored durably: after a restart the first is still a replay.
     assert_eq!(gw.stop().await, Some(0));
