@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use gridgate::acquire::{JsonLinesSink, ReadingSink, TextSink};
-use gridgate::{config, daemon, tools};
+use gridgate::{daemon, tools};
 use gridgate_drivers::dlt645::{Address, DataId};
 use gridgate_drivers::link::Link;
 use gridgate_drivers::modbus::{DataType, Order, Table};
@@ -122,11 +122,16 @@ enum Command {
         #[arg(long)]
         list: bool,
     },
-    /// Check a config file: exit 0 with a summary, or list every problem with its line.
+    /// Check a config file and every file it names (keys, certificates, credentials): exit
+    /// 0 with a summary, or list every problem as FILE:LINE:COL: key: what is wrong.
     CheckConfig {
         /// Config file (TOML).
         #[arg(long, short)]
         config: PathBuf,
+        /// Check the config alone, without opening the files it names (for an example, or
+        /// a config written before its keys exist).
+        #[arg(long)]
+        no_files: bool,
     },
     /// Read values once, for commissioning.
     #[command(subcommand)]
@@ -401,21 +406,9 @@ in the config: [gateway] identity = \"{}\"",
             pubkey,
             list,
         } => tools::verify::run(&data_dir, &pubkey, list, &mut stdout),
-        Command::CheckConfig { config } => match config::load(&config) {
-            Ok(cfg) => {
-                write!(
-                    stdout,
-                    "{}: OK\n{}",
-                    config.display(),
-                    daemon::summary(&cfg)
-                )?;
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                Ok(ExitCode::FAILURE)
-            }
-        },
+        Command::CheckConfig { config, no_files } => {
+            tools::check_config::run(&config, !no_files, &mut stdout)
+        }
         Command::Read(ReadCommand::Dlt645(a)) => {
             tools::read::dlt645(
                 tools::read::Dlt645Read {

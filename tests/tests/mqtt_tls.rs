@@ -148,7 +148,12 @@ topic = "gridgate/tls/batches"
     )
     .expect("write");
     let (code, _, err) = run_to_end(
-        &["check-config", "--config", cfg2.to_str().expect("path")],
+        &[
+            "check-config",
+            "--no-files",
+            "--config",
+            cfg2.to_str().expect("path"),
+        ],
         WAIT,
     )
     .await;

@@ -311,6 +311,23 @@ async fn check_config_names_file_line_and_key() {
             .replace("\"nope\"", "\"b\""),
     )
     .expect("write");
+    // Its rules hold; the identity key it names by default is not there.
+    let (code, out, err) = run_to_end(&["check-config", "--no-files", "--config", p], LIMIT).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("1 bus(es), 1 device(s), 1 point(s)"), "{out}");
+    let key = dir.path().join("identity.key");
+    gridgate::batch::Identity::generate()
+        .expect("key")
+        .save(&key, &dir.path().join("identity.pub"))
+        .expect("save");
+    std::fs::write(
+        &path,
+        std::fs::read_to_string(&path).expect("read").replace(
+            "id = \"s1\"\n",
+            &format!("id = \"s1\"\nidentity = \"{}\"\n", key.display()),
+        ),
+    )
+    .expect("write");
     let (code, out, err) = run_to_end(&["check-config", "--config", p], LIMIT).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("1 bus(es), 1 device(s), 1 point(s)"), "{out}");
@@ -318,6 +335,62 @@ async fn check_config_names_file_line_and_key() {
         run_to_end(&["check-config", "--config", "/nonexistent/x.toml"], LIMIT).await;
     assert_eq!(code, 1);
     assert!(err.contains("/nonexistent/x.toml: cannot read"), "{err}");
+}
+
+/// check-config opens every file the config names, as the daemon will: the unit's
+/// ExecStartPre runs it, so each of these would otherwise fail only at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_opens_and_parses_every_file_the_config_names() {
+    let dir = tempfile::tempdir().expect("dir");
+    let d = dir.path();
+    let garbage = d.join("garbage.key");
+    std::fs::write(&garbage, "not a key\n").expect("write");
+    let short = d.join("short.token");
+    std::fs::write(&short, "0123456789\n").expect("write");
+    let config = format!(
+        "[gateway]\nid = \"s1\"\nidentity = \"{garbage}\"\n\n[grpc]\nlisten = \"127.0.0.1:50051\"\ncert_file = \"{missing_cert}\"\nkey_file = \"{dir}\"\nclient_ca_file = \"{garbage}\"\n\n[dr]\nissuers = [{{ name = \"operator\", public_key = \"{missing_pub}\" }}]\n\n[web]\nadmin_token_file = \"{short}\"\n",
+        garbage = garbage.display(),
+        missing_cert = d.join("server.pem").display(),
+        dir = d.display(),
+        missing_pub = d.join("operator.pub").display(),
+        short = short.display(),
+    );
+    let path = d.join("site.toml");
+    std::fs::write(&path, &config).expect("write");
+    let p = path.to_str().expect("utf-8 path");
+    let (code, _, err) = run_to_end(&["check-config", "--config", p], LIMIT).await;
+    assert_eq!(code, 1, "{err}");
+    for (line, key, says) in [
+        (3, "gateway.identity", "not an Ed25519 private key"),
+        (7, "grpc.cert_file", "No such file"),
+        (8, "grpc.key_file", "is a directory"),
+        (9, "grpc.client_ca_file", "no certificate in it"),
+        (12, "dr.issuers[0].public_key", "No such file"),
+        (15, "web.admin_token_file", "at least 32 characters"),
+    ] {
+        let at = format!("{p}:{line}:");
+        assert!(
+            err.lines().any(|l| l.starts_with(&at)
+                && l.contains(&format!(": {key}: "))
+                && l.contains(says)),
+            "{key} ({says}) at line {line}: {err}"
+        );
+    }
+    // Each cause said once, not repeated after itself.
+    assert!(
+        !err.contains("(os error 2): No such file"),
+        "a repeated cause: {err}"
+    );
+    // A missing identity key (the default path) is reported too, without a line.
+    std::fs::write(&path, "[gateway]\nid = \"s1\"\n").expect("write");
+    let (code, _, err) = run_to_end(&["check-config", "--config", p], LIMIT).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "{p}:0:0: gateway.identity: /etc/gridgate/identity.key"
+        )),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

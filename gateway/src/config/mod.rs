@@ -5,6 +5,7 @@
 //! with links parsed, durations resolved, defaults applied and Modbus reads planned.
 
 pub mod dr;
+pub mod files;
 pub mod ledger;
 mod raw;
 pub mod services;
@@ -270,6 +271,15 @@ pub fn parse(text: &str, path: &Path) -> Result<GatewayConfig, ConfigError> {
         let mut problems = checker.problems;
         problems.sort_by_key(|p| (p.line, p.column));
         Err(invalid(problems))
+    }
+}
+
+/// Every file `text` names (keys, certificates, credentials) with where it names it;
+/// `cfg` is what `text` parsed to. A text that does not parse names none.
+pub fn named_files(text: &str, cfg: &GatewayConfig) -> Vec<files::NamedFile> {
+    match toml::from_str::<RawConfig>(text) {
+        Ok(raw) => files::named(text, &raw, &cfg.identity),
+        Err(_) => Vec::new(),
     }
 }
 

@@ -44,7 +44,8 @@ pub struct TokenError {
     pub reason: String,
 }
 
-fn load_token(path: &Path) -> Result<String, TokenError> {
+/// Reads one credential file: one word of at least [`MIN_TOKEN_LEN`] characters.
+pub fn load_token(path: &Path) -> Result<String, TokenError> {
     let err = |reason: String| TokenError {
         path: path.to_path_buf(),
         reason,
