@@ -410,6 +410,121 @@ points = [{{ name = "temperature", unit = "°C" }}, {{ name = "door" }}]
     );
 }
 
+/// A message far over the client's packet limit, held by the broker's persistent session:
+/// the gateway used to drop the connection on it, get it again at every reconnect, and
+/// store nothing more from that broker. It is refused once, acknowledged, and ingest goes
+/// on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_oversized_message_is_refused_once_and_ingest_goes_on() {
+    let broker = Mosquitto::start().await;
+    let port = broker.port;
+    let dir = tempfile::tempdir().expect("dir");
+    let config = format!(
+        r#"
+[gateway]
+id = "poison"
+
+[store]
+batch_readings = 1000
+batch_interval = "200ms"
+
+[ingest]
+broker = "mqtt://127.0.0.1:{port}"
+topics = ["field/#"]
+max_payload = "4KiB"
+
+[[ingest.device]]
+name = "sensor"
+topic = "field/sensor"
+points = [{{ name = "temperature" }}]
+"#
+    );
+    let gw = Gateway::start_logged(dir.path(), &config).await;
+    let mut opts = rumqttc::MqttOptions::new("poison-device", "127.0.0.1", port);
+    opts.set_max_packet_size(16 << 20, 16 << 20);
+    let (client, mut ev) = rumqttc::AsyncClient::new(opts, 64);
+    let pump = tokio::spawn(async move {
+        loop {
+            if ev.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    let log = dir.path().join("gridgate.log");
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !log_text().contains("ingest connected") {
+        assert!(tokio::time::Instant::now() < deadline, "{}", log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let t0 = now_ms() - 10_000;
+    let reading = |i: i64| {
+        format!(
+            r#"{{"point":"temperature","value":{i},"ts_ms":{}}}"#,
+            t0 + i
+        )
+    };
+    // The subscription follows the CONNACK at once; the session keeps what comes after.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    client
+        .publish("field/sensor", rumqttc::QoS::AtLeastOnce, false, reading(1))
+        .await
+        .expect("publish");
+    // 5 MiB: over the 4 MiB that ingest reads (4 x max_payload, at least 4 MiB).
+    let poison = format!(
+        r#"{{"point":"temperature","value":0,"pad":"{}"}}"#,
+        "x".repeat(5 << 20)
+    );
+    client
+        .publish("field/sensor", rumqttc::QoS::AtLeastOnce, false, poison)
+        .await
+        .expect("publish");
+    for i in 2..=4 {
+        client
+            .publish("field/sensor", rumqttc::QoS::AtLeastOnce, false, reading(i))
+            .await
+            .expect("publish");
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !log_text().contains("payload refused") {
+        assert!(tokio::time::Instant::now() < deadline, "{}", log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The readings after it: committed within a batch interval.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(gw.stop().await, Some(0));
+    pump.abort();
+    let stored: Vec<f64> = readings_of(&stored_batches(&dir.path().join("data")))
+        .iter()
+        .filter_map(|r| match r.value {
+            Some(pb::reading::Value::Number(n)) => Some(n),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        stored,
+        vec![1.0, 2.0, 3.0, 4.0],
+        "every good reading, before and after the big one: {}",
+        log_text()
+    );
+    let text = log_text();
+    assert_eq!(
+        text.matches("reading it once to refuse").count(),
+        1,
+        "read once: {text}"
+    );
+    assert_eq!(
+        text.matches("payload refused").count(),
+        1,
+        "refused and acknowledged once: {text}"
+    );
+    assert!(text.contains("over the 4096-byte limit"), "{text}");
+    assert!(
+        text.matches("ingest connected").count() <= 3,
+        "no reconnect storm: {text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tiny_disk_budget_drops_the_oldest_batches_and_says_so() {
     let s = sims(ONE_METER_SITE).await;

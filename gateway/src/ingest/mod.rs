@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, Packet, Publish, QoS};
+use rumqttc::{AsyncClient, ConnectionError, Event, Packet, Publish, QoS, StateError};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -35,6 +35,36 @@ pub struct IngestStats {
     pub unknown_topic: AtomicU64,
     /// Refused payloads by reason.
     pub malformed: Mutex<BTreeMap<&'static str, u64>>,
+    /// What the log has said of refused payloads.
+    refusals_logged: Mutex<Quieted>,
+}
+
+/// A log line for the first refusal of a stretch, then at most one summary per
+/// [`SUMMARY_EVERY`]: a device that publishes garbage flat out must not flood the log (the
+/// counters have every one).
+#[derive(Debug, Default)]
+struct Quieted {
+    since: Option<std::time::Instant>,
+    unlogged: u64,
+}
+
+/// Longest stretch of refusals summed up in one log line.
+const SUMMARY_EVERY: Duration = Duration::from_secs(10);
+
+impl Quieted {
+    /// Whether to log this refusal, and how many refusals since the last line were not.
+    fn note(&mut self, now: std::time::Instant) -> Option<u64> {
+        match self.since {
+            Some(t) if now.duration_since(t) < SUMMARY_EVERY => {
+                self.unlogged += 1;
+                None
+            }
+            _ => {
+                self.since = Some(now);
+                Some(std::mem::take(&mut self.unlogged))
+            }
+        }
+    }
 }
 
 impl IngestStats {
@@ -73,6 +103,10 @@ pub async fn run(
         return;
     };
     let mut backoff = Duration::from_millis(200);
+    let normal_limit = cfg.max_payload.max(1 << 20) * 4;
+    // Raised for one session when the broker holds a message larger than we read (see
+    // below); back to normal on the next.
+    let mut packet_limit = normal_limit;
     loop {
         let creds = cfg.username.as_deref().zip(cfg.password.as_deref());
         let keep_alive = Duration::from_secs(30);
@@ -88,12 +122,15 @@ pub async fn run(
         };
         opts.set_manual_acks(true);
         opts.set_clean_session(false);
-        // Read any packet the broker sends; our own limit, applied after, refuses big
-        // payloads with an acknowledgement instead of a dropped connection that would bring
-        // the same message back forever.
-        opts.set_max_packet_size(cfg.max_payload.max(1 << 20) * 4, 1 << 20);
+        // Packets up to four times max_payload are read and refused by our own limit, with
+        // an acknowledgement. A larger one makes the client drop the connection before it
+        // is read, and a persistent session would bring it back at every reconnect: that
+        // one session reads it (its size is known from the header) to refuse it.
+        opts.set_max_packet_size(packet_limit, 1 << 20);
+        packet_limit = normal_limit;
         let (client, mut eventloop) = AsyncClient::new(opts, 1024);
         let mut pending: VecDeque<(Publish, Ack)> = VecDeque::new();
+        let mut connected_at: Option<tokio::time::Instant> = None;
         let ended = loop {
             // Acknowledge, in order, every message at the front that is done.
             while let Some((p, state)) = pending.front() {
@@ -122,7 +159,7 @@ pub async fn run(
                 event = eventloop.poll() => match event {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         info!(broker = %broker, topics = ?cfg.topics, "ingest connected");
-                        backoff = Duration::from_millis(200);
+                        connected_at = Some(tokio::time::Instant::now());
                         for t in &cfg.topics {
                             if let Err(e) = client.try_subscribe(t.clone(), QoS::AtLeastOnce) {
                                 warn!(topic = %t, "cannot subscribe: {e}");
@@ -137,6 +174,13 @@ pub async fn run(
                         pending.push_back((p, state));
                     }
                     Ok(_) => {}
+                    Err(ConnectionError::MqttState(StateError::Deserialization(
+                        rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(size),
+                    ))) if size <= MQTT_MAX_PACKET => {
+                        warn!(broker = %broker, size, max_payload = cfg.max_payload, "the broker holds a message of {size} bytes for ingest, over its limit: reading it once to refuse and acknowledge it");
+                        packet_limit = size;
+                        break Some(format!("a {size}-byte message over the limit"));
+                    }
                     Err(e) => break Some(e.to_string()),
                 },
             }
@@ -146,16 +190,33 @@ pub async fn run(
         match ended {
             None => return,
             Some(e) => {
+                // Only a connection that lasted counts as a recovery: a broker that accepts
+                // and then drops at once (a bad session, a poison message) is retried with
+                // the backoff still growing.
+                if connected_at.is_some_and(|t| t.elapsed() >= STABLE_AFTER) {
+                    backoff = Duration::from_millis(200);
+                }
+                if packet_limit != normal_limit {
+                    backoff = Duration::ZERO;
+                }
                 warn!(broker = %broker, retry_in = ?backoff, "ingest connection lost: {e}");
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                backoff = (backoff * 2)
+                    .max(Duration::from_millis(200))
+                    .min(Duration::from_secs(30));
             }
         }
     }
 }
+
+/// MQTT's largest packet: a remaining length of 268,435,455 bytes.
+const MQTT_MAX_PACKET: usize = 268_435_455;
+
+/// A connection that lasts this long resets the reconnect backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
 
 /// Waits for the front message's commit; true when its readings are durable.
 async fn wait_front(pending: &mut VecDeque<(Publish, Ack)>) -> bool {
@@ -206,8 +267,42 @@ async fn handle(
             if let Ok(mut m) = stats.malformed.lock() {
                 *m.entry(e.kind()).or_default() += 1;
             }
-            warn!(topic = %p.topic, device = %device.name, reason = %e, "payload refused; acknowledged so it is not resent, nothing stored");
+            let log = stats
+                .refusals_logged
+                .lock()
+                .ok()
+                .and_then(|mut q| q.note(std::time::Instant::now()));
+            match log {
+                Some(0) => {
+                    warn!(topic = %p.topic, device = %device.name, reason = %e, "payload refused; acknowledged so it is not resent, nothing stored")
+                }
+                Some(more) => {
+                    warn!(topic = %p.topic, device = %device.name, reason = %e, "payload refused; acknowledged so it is not resent, nothing stored ({more} more refused in the last {}s, not logged one by one; see gridgate_mqtt_refused_total)", SUMMARY_EVERY.as_secs())
+                }
+                None => {}
+            }
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_logged_first_then_summed_up_at_most_every_ten_seconds() {
+        let mut q = Quieted::default();
+        let t = std::time::Instant::now();
+        assert_eq!(q.note(t), Some(0), "the first is logged");
+        for i in 1..=500 {
+            assert_eq!(q.note(t + Duration::from_millis(i)), None);
+        }
+        assert_eq!(
+            q.note(t + SUMMARY_EVERY),
+            Some(500),
+            "then one line says how many were not"
+        );
+        assert_eq!(q.note(t + SUMMARY_EVERY * 3), Some(0));
     }
 }
