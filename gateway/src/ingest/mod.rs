@@ -132,8 +132,17 @@ pub async fn run(
         let mut pending: VecDeque<(Publish, Ack)> = VecDeque::new();
         let mut connected_at: Option<tokio::time::Instant> = None;
         let ended = loop {
-            // Acknowledge, in order, every message at the front that is done.
-            while let Some((p, state)) = pending.front() {
+            // Acknowledge, in order, every message at the front that is done: one commit
+            // answers many messages at once, and their PUBACKs go out together rather than
+            // one per turn of this loop (which let them lag the commits by hundreds).
+            while let Some((p, state)) = pending.front_mut() {
+                if let Ack::Waiting(rx) = state {
+                    *state = match rx.try_recv() {
+                        Err(oneshot::error::TryRecvError::Empty) => break,
+                        Ok(Ok(())) => Ack::Ready,
+                        _ => Ack::Failed,
+                    };
+                }
                 match state {
                     Ack::Waiting(_) => break,
                     Ack::Failed => {
