@@ -369,7 +369,7 @@ impl Pipeline {
         check_mqtt_tls(cfg)?;
         let public_key = identity.public().to_bytes();
         let report_identity = identity.clone();
-        let store = Store::open(&cfg.data_dir, &cfg.id)?;
+        let store = Store::open_with(&cfg.data_dir, &cfg.id, cfg.store.dedupe_window)?;
         store.set_metered(cfg.loads.iter().map(|l| l.meter.clone()));
         let stats = store.stats()?;
         info!(

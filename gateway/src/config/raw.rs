@@ -56,6 +56,7 @@ pub struct RawStore {
     pub batch_interval: Option<Spanned<String>>,
     pub budget: Option<Spanned<String>>,
     pub required_consumers: Option<Spanned<Vec<String>>>,
+    pub dedupe_window: Option<Spanned<u64>>,
 }
 
 /// `[uplink]`

@@ -20,6 +20,9 @@ pub struct StoreConfig {
     pub budget: u64,
     /// Consumers retention waits for.
     pub required_consumers: Vec<String>,
+    /// How many of the last readings stored with a device timestamp a redelivered message
+    /// is checked against (kept in the store, so pruned batches do not shorten it).
+    pub dedupe_window: usize,
 }
 
 /// An MQTT broker address: `mqtt://host:port`, or `mqtts://host:port` with TLS.
@@ -274,6 +277,7 @@ impl Checker<'_> {
                 batch_interval: Duration::from_secs(10),
                 budget: 1 << 30,
                 required_consumers: default_required,
+                dedupe_window: crate::store::DEDUPE_RECENT,
             };
         };
         let batch_readings = match &r.batch_readings {
@@ -288,7 +292,20 @@ impl Checker<'_> {
                 1000
             }
         };
+        let dedupe_window = match &r.dedupe_window {
+            None => crate::store::DEDUPE_RECENT,
+            Some(n) if (1_000..=10_000_000).contains(n.get_ref()) => *n.get_ref() as usize,
+            Some(n) => {
+                self.problem(
+                    n,
+                    "store.dedupe_window".into(),
+                    "use 1000..10000000 readings (about 60 bytes of memory each; at least a broker's in-flight window times the readings a message carries)".into(),
+                );
+                crate::store::DEDUPE_RECENT
+            }
+        };
         StoreConfig {
+            dedupe_window,
             batch_readings,
             batch_interval: self.duration(
                 &r.batch_interval,

@@ -31,10 +31,15 @@ const BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("batches");
 const BATCH_SIZES: TableDefinition<u64, (u64, u64)> = TableDefinition::new("batch_sizes");
 /// Consumer → next batch it needs (everything below is acknowledged).
 const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
-/// How many of the most recently stored readings a redelivery is checked against. Brokers
-/// and devices resend their in-flight messages (a few hundred at most) right after a
-/// reconnect; an older redelivery is stored again (at least once, never lost).
+/// How many of the most recently stored readings that carry a device timestamp a
+/// redelivery is checked against, when `[store] dedupe_window` does not say. Brokers and
+/// devices resend their in-flight messages right after a reconnect; an older redelivery is
+/// stored again (at least once, never lost). The window is kept in the store itself
+/// ([`DEDUPE`]), so it survives retention pruning the batches the readings went out in.
 pub const DEDUPE_RECENT: usize = 200_000;
+/// The de-duplication window as stored: a running number (oldest first) to the reading's
+/// fingerprint and the hash of its value. Written in the commit that stores the readings.
+const DEDUPE: TableDefinition<u64, (u128, u64)> = TableDefinition::new("dedupe_recent");
 /// Counters and positions.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Hashes and the gateway id.
@@ -43,6 +48,7 @@ const META_BYTES: TableDefinition<&str, &[u8]> = TableDefinition::new("meta_byte
 const NEXT_SEQ: &str = "next_seq";
 const FIRST_SEQ: &str = "first_seq";
 const NEXT_READING: &str = "next_reading_id";
+const NEXT_DEDUPE: &str = "next_dedupe";
 const DROPPED_READINGS: &str = "dropped_readings";
 const DROPPED_BATCHES: &str = "dropped_batches";
 const STORED_BYTES: &str = "stored_bytes";
@@ -124,6 +130,9 @@ pub struct Committed {
     /// Readings dropped as duplicates (the same point and device timestamp as one of the
     /// most recently stored readings: a message delivered again).
     pub duplicates: usize,
+    /// Of those, the points whose dropped reading said something else than the one stored
+    /// for that time (a device that reuses timestamps, or a clock gone back).
+    pub conflicting: Vec<String>,
     /// Batch closed by this commit: (seq, readings).
     pub closed: Option<(u64, usize)>,
 }
@@ -147,6 +156,8 @@ pub struct Store {
     gateway_id: String,
     /// Fingerprints of the most recently stored readings, rebuilt from the store on open.
     recent: std::sync::Mutex<recent::Recent>,
+    /// How many of them [`DEDUPE`] keeps.
+    dedupe_window: u64,
     /// Points whose samples are kept for DR measurement ([`samples`]).
     metered: std::sync::RwLock<std::collections::BTreeSet<String>>,
 }
@@ -158,6 +169,16 @@ pub type Sealer<'a> = &'a dyn Fn(u64, [u8; 32], Vec<pb::Reading>) -> Sealed;
 impl Store {
     /// Opens (or creates) the store in `data_dir` for `gateway_id`, and checks it.
     pub fn open(data_dir: &Path, gateway_id: &str) -> Result<Store, StoreError> {
+        Store::open_with(data_dir, gateway_id, DEDUPE_RECENT)
+    }
+
+    /// As [`Store::open`], checking redeliveries against the last `dedupe_window` readings
+    /// that carried a device timestamp.
+    pub fn open_with(
+        data_dir: &Path,
+        gateway_id: &str,
+        dedupe_window: usize,
+    ) -> Result<Store, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Dir {
             path: data_dir.to_path_buf(),
             source,
@@ -177,7 +198,8 @@ impl Store {
             db: database,
             path,
             gateway_id: gateway_id.to_string(),
-            recent: std::sync::Mutex::new(recent::Recent::new(DEDUPE_RECENT)),
+            recent: std::sync::Mutex::new(recent::Recent::new(dedupe_window)),
+            dedupe_window: dedupe_window as u64,
             metered: std::sync::RwLock::default(),
         };
         store.init_and_check()?;
@@ -209,6 +231,7 @@ impl Store {
             txn.open_table(ledger::SHUT_OUT).map_err(db)?;
             txn.open_table(ledger::CLAIMS).map_err(db)?;
             txn.open_table(samples::SAMPLES).map_err(db)?;
+            txn.open_table(DEDUPE).map_err(db)?;
             let mut bytes = txn.open_table(META_BYTES).map_err(db)?;
             let found = bytes
                 .get(GATEWAY_ID)
@@ -287,18 +310,26 @@ impl Store {
             let mut sampled = txn.open_table(samples::SAMPLES).map_err(db)?;
             let metered = self.metered.read().unwrap_or_else(|p| p.into_inner());
             let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            let mut window = txn.open_table(DEDUPE).map_err(db)?;
             let mut next_id = get(&meta, NEXT_READING)?;
+            let mut next_dedupe = get(&meta, NEXT_DEDUPE)?;
             let mut stored = get(&meta, STORED_BYTES)?;
             let mut buf = Vec::with_capacity(128);
             for (i, r) in readings.iter().enumerate() {
                 if dedupe.get(i).copied().unwrap_or(false) {
                     let f = recent::fingerprint(&r.point, r.ts_ms);
-                    if recent.contains(f) {
+                    let value = recent::value_hash(r);
+                    if let Some(stored_value) = recent.get(f) {
                         out.duplicates += 1;
+                        if stored_value != value {
+                            out.conflicting.push(r.point.clone());
+                        }
                         continue;
                     }
-                    recent.insert(f);
+                    recent.insert(f, value);
                     provisional.push(f);
+                    window.insert(next_dedupe, (f, value)).map_err(db)?;
+                    next_dedupe += 1;
                 }
                 out.appended += 1;
                 buf.clear();
@@ -312,6 +343,11 @@ impl Store {
                 next_id += 1;
             }
             meta.insert(NEXT_READING, next_id).map_err(db)?;
+            if next_dedupe > get(&meta, NEXT_DEDUPE)? {
+                meta.insert(NEXT_DEDUPE, next_dedupe).map_err(db)?;
+                let keep_from = next_dedupe.saturating_sub(self.dedupe_window);
+                window.retain_in(..keep_from, |_, _| false).map_err(db)?;
+            }
             if let Some(seal) = seal {
                 let mut batched = Vec::with_capacity(open.len().map_err(db)? as usize);
                 let mut open_bytes = 0u64;
@@ -501,17 +537,32 @@ impl Store {
         Ok((first, hash_of(&hashes, ANCHOR_HASH)?))
     }
 
-    /// Fills the recent-readings fingerprints from what is stored: the open readings and the
-    /// newest batches, oldest first, up to [`DEDUPE_RECENT`].
+    /// Fills the recent-readings fingerprints from the stored window ([`DEDUPE`]); a store
+    /// written before the window was kept falls back to the open readings and the newest
+    /// batches, oldest first.
     fn rebuild_recent(&self) -> Result<(), StoreError> {
         let txn = self.db.begin_read().map_err(db)?;
+        let window = txn.open_table(DEDUPE).map_err(db)?;
+        if !window.is_empty().map_err(db)? {
+            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            // Oldest first, so the cap keeps the newest.
+            for e in window.iter().map_err(db)? {
+                let (_, v) = e.map_err(db)?;
+                let (f, value) = v.value();
+                recent.insert(f, value);
+            }
+            return Ok(());
+        }
         let open = txn.open_table(OPEN).map_err(db)?;
         let batches = txn.open_table(BATCHES).map_err(db)?;
-        let mut newest_first: Vec<u128> = Vec::new();
+        let mut newest_first: Vec<(u128, u64)> = Vec::new();
         for e in open.iter().map_err(db)?.rev() {
             let (_, v) = e.map_err(db)?;
             if let Ok(r) = pb::Reading::decode(v.value()) {
-                newest_first.push(recent::fingerprint(&r.point, r.ts_ms));
+                newest_first.push((
+                    recent::fingerprint(&r.point, r.ts_ms),
+                    recent::value_hash(&r),
+                ));
             }
             if newest_first.len() >= DEDUPE_RECENT {
                 break;
@@ -529,12 +580,15 @@ impl Store {
                 continue;
             };
             for r in batch.readings.iter().rev() {
-                newest_first.push(recent::fingerprint(&r.point, r.ts_ms));
+                newest_first.push((
+                    recent::fingerprint(&r.point, r.ts_ms),
+                    recent::value_hash(r),
+                ));
             }
         }
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        for f in newest_first.into_iter().rev() {
-            recent.insert(f);
+        for (f, value) in newest_first.into_iter().rev() {
+            recent.insert(f, value);
         }
         Ok(())
     }
@@ -573,6 +627,7 @@ pub fn open_for_verify(data_dir: &Path) -> Result<Store, StoreError> {
         path,
         gateway_id,
         recent: std::sync::Mutex::new(recent::Recent::new(0)),
+        dedupe_window: 0,
         metered: std::sync::RwLock::default(),
     })
 }

@@ -1,9 +1,10 @@
 //! Fingerprints of the most recently stored readings, bounded in number: what a redelivered
 //! message is checked against. 128-bit fingerprints of (point, device time) keep it small
-//! (about 50 bytes an entry) while a false match stays out of reach (about 1 in 10^28 for
-//! the window's size).
+//! (about 60 bytes an entry) while a false match stays out of reach (about 1 in 10^28 for
+//! the window's size). Each carries a hash of the value stored, so a device that sends a
+//! *different* value for a time already stored is told apart from a plain redelivery.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 
 /// A reading's fingerprint.
@@ -18,10 +19,23 @@ pub fn fingerprint(point: &str, ts_ms: i64) -> u128 {
     (u128::from(half(1)) << 64) | u128::from(half(2))
 }
 
-/// The last `cap` fingerprints inserted.
+/// A hash of what a reading says (value and quality), to compare two readings of one time.
+pub fn value_hash(r: &gridgate_proto::v1::Reading) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    r.quality.hash(&mut h);
+    match &r.value {
+        None => 0u8.hash(&mut h),
+        Some(gridgate_proto::v1::reading::Value::Number(n)) => (1u8, n.to_bits()).hash(&mut h),
+        Some(gridgate_proto::v1::reading::Value::Flag(b)) => (2u8, *b).hash(&mut h),
+        Some(gridgate_proto::v1::reading::Value::Text(t)) => (3u8, t).hash(&mut h),
+    }
+    h.finish()
+}
+
+/// The last `cap` fingerprints inserted, each with its value's hash.
 #[derive(Debug)]
 pub struct Recent {
-    set: HashSet<u128>,
+    set: HashMap<u128, u64>,
     order: VecDeque<u128>,
     cap: usize,
 }
@@ -30,20 +44,20 @@ impl Recent {
     /// Remembers at most `cap`.
     pub fn new(cap: usize) -> Self {
         Recent {
-            set: HashSet::new(),
+            set: HashMap::new(),
             order: VecDeque::new(),
             cap,
         }
     }
 
-    /// Seen recently?
-    pub fn contains(&self, f: u128) -> bool {
-        self.set.contains(&f)
+    /// The value hash stored with `f`, if it was seen recently.
+    pub fn get(&self, f: u128) -> Option<u64> {
+        self.set.get(&f).copied()
     }
 
-    /// Remembers `f`, forgetting the oldest beyond the cap.
-    pub fn insert(&mut self, f: u128) {
-        if self.cap == 0 || !self.set.insert(f) {
+    /// Remembers `f` with its value's hash, forgetting the oldest beyond the cap.
+    pub fn insert(&mut self, f: u128, value: u64) {
+        if self.cap == 0 || self.set.insert(f, value).is_some() {
             return;
         }
         self.order.push_back(f);
@@ -56,7 +70,7 @@ impl Recent {
 
     /// Forgets `f` (its commit failed).
     pub fn remove(&mut self, f: u128) {
-        if self.set.remove(&f) {
+        if self.set.remove(&f).is_some() {
             if let Some(pos) = self.order.iter().rposition(|x| *x == f) {
                 self.order.remove(pos);
             }

@@ -151,3 +151,53 @@ fn redelivered_device_readings_are_stored_once() {
     let c = store.commit(&again, &[], None).unwrap();
     assert_eq!((c.appended, c.duplicates), (5, 0));
 }
+
+#[test]
+fn redeliveries_are_dropped_after_their_batches_are_pruned_and_the_store_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = Identity::generate().unwrap();
+    let s = sealer(&id);
+    let rs: Vec<_> = (0..40).map(reading).collect();
+    let device_time = vec![true; rs.len()];
+    {
+        let store = Store::open_with(dir.path(), "gw-1", 1_000).unwrap();
+        let c = store.commit(&rs, &device_time, Some(&s)).unwrap();
+        assert_eq!((c.appended, c.duplicates), (40, 0));
+        // Delivered and pruned: no batch holds these readings any more.
+        store.set_cursor("uplink", 1).unwrap();
+        store.prune(&["uplink".to_string()], 1 << 30).unwrap();
+        assert_eq!(store.stats().unwrap().first_seq, 1);
+    }
+    // A crash, then the broker sends the same messages again, one with another value.
+    let store = Store::open_with(dir.path(), "gw-1", 1_000).unwrap();
+    let mut again = rs.clone();
+    again[7].value = Some(pb::reading::Value::Number(-1.0));
+    let c = store.commit(&again, &device_time, Some(&s)).unwrap();
+    assert_eq!((c.appended, c.duplicates), (0, 40), "stored once");
+    assert_eq!(c.conflicting, vec!["m/p1".to_string()], "told apart");
+    // A new time of the same point is stored.
+    let c = store.commit(&[reading(40)], &[true], None).unwrap();
+    assert_eq!(c.appended, 1);
+}
+
+#[test]
+fn the_stored_window_keeps_only_the_newest_readings() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open_with(dir.path(), "gw-1", 1_000).unwrap();
+        for chunk in 0..5 {
+            let rs: Vec<_> = (chunk * 500..chunk * 500 + 500).map(reading).collect();
+            store.commit(&rs, &vec![true; 500], None).unwrap();
+        }
+    }
+    let store = Store::open_with(dir.path(), "gw-1", 1_000).unwrap();
+    // The oldest 1,500 fell out of the window: a redelivery of one is stored again (at
+    // least once, never lost); one of the newest 1,000 is not.
+    let old = store.commit(&[reading(10)], &[true], None).unwrap();
+    assert_eq!(old.appended, 1);
+    let new = store.commit(&[reading(2_400)], &[true], None).unwrap();
+    assert_eq!(new.duplicates, 1);
+    let txn = store.db.begin_read().unwrap();
+    let window = txn.open_table(DEDUPE).unwrap();
+    assert!(window.len().unwrap() <= 1_001, "{}", window.len().unwrap());
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 use gridgate_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 
 use super::{Store, StoreError};
 use crate::acquire::reading::now_ms;
@@ -52,6 +52,39 @@ pub struct StoreHandle {
     pub store: Arc<Store>,
     /// Readings committed since start.
     pub committed: Arc<std::sync::atomic::AtomicU64>,
+    /// Redelivered readings dropped since start, and of those the ones whose value differed
+    /// from the one stored for that point and time.
+    pub redelivered: Arc<Redelivered>,
+}
+
+/// Readings dropped as already stored.
+#[derive(Debug, Default)]
+pub struct Redelivered {
+    /// The same point and device time as a reading stored before.
+    pub dropped: std::sync::atomic::AtomicU64,
+    /// Of those, a different value than the one stored.
+    pub conflicting: std::sync::atomic::AtomicU64,
+    /// Devices already warned about (once each, the counter has the rest).
+    warned: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl Redelivered {
+    fn note(&self, c: &super::Committed) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.dropped.fetch_add(c.duplicates as u64, Relaxed);
+        self.conflicting
+            .fetch_add(c.conflicting.len() as u64, Relaxed);
+        if c.conflicting.is_empty() {
+            return;
+        }
+        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        for point in &c.conflicting {
+            let device = point.split('/').next().unwrap_or(point);
+            if warned.insert(device.to_string()) {
+                warn!(device, point = %point, "a reading repeats the time of one already stored with another value; the first is kept (a device clock gone back, or timestamps reused?); further ones are only counted (gridgate_readings_conflicting_total)");
+            }
+        }
+    }
 }
 
 impl StoreHandle {
@@ -87,6 +120,7 @@ pub fn start(
     let (tx, rx) = mpsc::channel(QUEUE);
     let (head_tx, head) = watch::channel(stats.next_seq);
     let committed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let redelivered = Arc::new(Redelivered::default());
     let task = tokio::spawn(run(
         store.clone(),
         identity,
@@ -94,7 +128,7 @@ pub fn start(
         rx,
         head_tx,
         stats.open_readings as usize,
-        committed.clone(),
+        (committed.clone(), redelivered.clone()),
     ));
     Ok((
         StoreHandle {
@@ -102,6 +136,7 @@ pub fn start(
             head,
             store,
             committed,
+            redelivered,
         },
         task,
     ))
@@ -114,7 +149,7 @@ async fn run(
     mut rx: mpsc::Receiver<Submission>,
     head: watch::Sender<u64>,
     mut open: usize,
-    committed: Arc<std::sync::atomic::AtomicU64>,
+    (committed, redelivered): (Arc<std::sync::atomic::AtomicU64>, Arc<Redelivered>),
 ) {
     let group_max = cfg.batch_readings.max(1);
     let mut open_since = (open > 0).then(Instant::now);
@@ -187,6 +222,7 @@ async fn run(
                 committed.fetch_add(c.appended as u64, std::sync::atomic::Ordering::Relaxed);
                 if c.duplicates > 0 {
                     debug!(duplicates = c.duplicates, "redelivered readings dropped");
+                    redelivered.note(&c);
                 }
                 match c.closed {
                     Some((seq, count)) => {

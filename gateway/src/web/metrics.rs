@@ -340,6 +340,18 @@ impl Scrape {
             s.store.committed.load(Ordering::Relaxed) as f64,
         ));
         out.push(Fam::one(
+            "gridgate_readings_redelivered",
+            "Readings dropped as already stored (the same point and device time: a message delivered again)",
+            COUNTER,
+            s.store.redelivered.dropped.load(Ordering::Relaxed) as f64,
+        ));
+        out.push(Fam::one(
+            "gridgate_readings_conflicting",
+            "Of the redelivered, readings whose value differed from the one stored for that time (the first is kept)",
+            COUNTER,
+            s.store.redelivered.conflicting.load(Ordering::Relaxed) as f64,
+        ));
+        out.push(Fam::one(
             "gridgate_store_budget_bytes",
             "Disk budget of the store",
             GAUGE,
