@@ -549,6 +549,99 @@ points = [{{ name = "temperature" }}]
     );
 }
 
+/// A small filesystem of its own for the data directory, unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `size` at `at`: the full-disk test needs a disk it can fill
+    /// without filling the machine's (scripts/test.sh and CI run as root).
+    fn mount(at: &std::path::Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(at).expect("mount point");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "mounting a {size} tmpfs at {} failed: the full-disk test needs root (run scripts/test.sh as root, as CI does)",
+            at.display()
+        );
+        SmallDisk(at.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A full disk: commits fail, nothing is acknowledged, the log says so without flooding;
+/// once space is back the store is reopened by itself and acknowledging resumes, with the
+/// chain intact. (redb refuses every commit after one I/O error until it is reopened.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_storing_and_storing_resumes_when_space_is_back() {
+    let s = sims(ONE_METER_SITE).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    let _disk = SmallDisk::mount(&data, "16m");
+    let mut config = s.gateway_config("full", "50ms");
+    config.push_str("\n[store]\nbatch_readings = 50\nbatch_interval = \"200ms\"\n");
+    let mut gw = Gateway::start_logged(dir.path(), &config).await;
+    gw.wait_for(WAIT, "a good polled reading", |v| has_quality(v, "good"))
+        .await;
+    let log = dir.path().join("gridgate.log");
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    // Fill the disk.
+    let filler = data.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).expect("filler");
+        let chunk = vec![0u8; 64 << 10];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !log_text().contains("store commit failed") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no failed commit on a full disk: {}",
+            log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let text = log_text();
+    let errors = text.lines().filter(|l| l.contains("ERROR")).count();
+    assert!(errors <= 2, "a failing store floods the log: {text}");
+    // Space is back: the gateway takes commits again without a restart.
+    std::fs::remove_file(&filler).expect("free space");
+    let freed = now_ms();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !log_text().contains("store takes commits again") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never recovered: {}",
+            log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(gw.stop().await, Some(0), "clean stop");
+    let readings = readings_of(&stored_batches(&data));
+    assert!(
+        readings.iter().any(|r| r.ts_ms > freed + 500),
+        "readings polled after space came back are stored: {}",
+        log_text()
+    );
+    let (code, out, err) = verify_chain(&data, &dir.path().join("identity.pub"), WAIT).await;
+    assert_eq!(code, 0, "{out}{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tiny_disk_budget_drops_the_oldest_batches_and_says_so() {
     let s = sims(ONE_METER_SITE).await;

@@ -1,7 +1,7 @@
 //! Accepted DR events, by (issuer, id): kept durably before the gateway answers the issuer,
 //! so that an accepted event survives a restart and a replay is refused for all time.
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 
 use super::{Store, StoreError, db};
 
@@ -23,7 +23,7 @@ impl Store {
     /// Stores an event's signed performance report (once; a second one for the same event is
     /// ignored, so a report once offered never changes).
     pub fn dr_put_report(&self, key: &str, report: &[u8]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db)?;
+        let txn = self.begin_write()?;
         {
             let mut t = txn.open_table(DR_REPORTS).map_err(db)?;
             if t.get(key).map_err(db)?.is_none() {
@@ -35,14 +35,14 @@ impl Store {
 
     /// An event's signed performance report, once written.
     pub fn dr_report(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
+        let txn = self.begin_read()?;
         let t = txn.open_table(DR_REPORTS).map_err(db)?;
         Ok(t.get(key).map_err(db)?.map(|v| v.value().to_vec()))
     }
 
     /// Sets (with its reason) or clears a load's manual override, durably.
     pub fn dr_set_override(&self, load: &str, reason: Option<&str>) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db)?;
+        let txn = self.begin_write()?;
         {
             let mut t = txn.open_table(DR_OVERRIDES).map_err(db)?;
             match reason {
@@ -59,7 +59,7 @@ impl Store {
 
     /// The loads under manual override.
     pub fn dr_overrides(&self) -> Result<std::collections::BTreeSet<String>, StoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
+        let txn = self.begin_read()?;
         let t = txn.open_table(DR_OVERRIDES).map_err(db)?;
         let mut out = std::collections::BTreeSet::new();
         for entry in t.iter().map_err(db)? {
@@ -72,7 +72,7 @@ impl Store {
     /// Stores an event unless one with the same key is there, in one durable transaction;
     /// false when it was there (a replay, even one racing this call).
     pub fn dr_insert_new(&self, key: &str, record: &[u8]) -> Result<bool, StoreError> {
-        let txn = self.db.begin_write().map_err(db)?;
+        let txn = self.begin_write()?;
         {
             let mut t = txn.open_table(DR_EVENTS).map_err(db)?;
             if t.get(key).map_err(db)?.is_some() {
@@ -90,7 +90,7 @@ impl Store {
 
     /// Replaces an event's record (its state moved).
     pub fn dr_update(&self, key: &str, record: &[u8]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db)?;
+        let txn = self.begin_write()?;
         {
             let mut t = txn.open_table(DR_EVENTS).map_err(db)?;
             t.insert(key, record).map_err(db)?;
@@ -100,7 +100,7 @@ impl Store {
 
     /// Marks events open (`open`) or done with (`!open`): the relay's working set.
     pub fn dr_set_open(&self, keys: &[String], open: bool) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db)?;
+        let txn = self.begin_write()?;
         {
             let mut t = txn.open_table(DR_OPEN).map_err(db)?;
             for k in keys {
@@ -116,7 +116,7 @@ impl Store {
 
     /// The records of the open events, in key order.
     pub fn dr_open_events(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
+        let txn = self.begin_read()?;
         let open = txn.open_table(DR_OPEN).map_err(db)?;
         let t = txn.open_table(DR_EVENTS).map_err(db)?;
         let mut out = Vec::new();
@@ -131,14 +131,14 @@ impl Store {
 
     /// One event's record.
     pub fn dr_event(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
+        let txn = self.begin_read()?;
         let t = txn.open_table(DR_EVENTS).map_err(db)?;
         Ok(t.get(key).map_err(db)?.map(|v| v.value().to_vec()))
     }
 
     /// Every event's record, in key order.
     pub fn dr_events(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
+        let txn = self.begin_read()?;
         let t = txn.open_table(DR_EVENTS).map_err(db)?;
         let mut out = Vec::new();
         for entry in t.iter().map_err(db)? {

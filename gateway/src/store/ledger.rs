@@ -5,7 +5,7 @@
 
 use gridgate_proto::v1 as pb;
 use prost::Message;
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 
 use super::{Store, StoreError, db};
 
@@ -51,13 +51,13 @@ fn next_in(
 impl Store {
     /// The next sequence number of `origin` this node has no certified entry for.
     pub fn ledger_next_certified(&self, origin: &str) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
+        let txn = self.begin_read()?;
         next_in(&txn.open_table(CERTIFIED).map_err(db)?, origin)
     }
 
     /// A certified entry.
     pub fn ledger_certified(&self, origin: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
+        let txn = self.begin_read()?;
         let t = txn.open_table(CERTIFIED).map_err(db)?;
         Ok(t.get((origin, seq))
             .map_err(db)?
@@ -71,7 +71,7 @@ impl Store {
         from: u64,
         max: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
+        let txn = self.begin_read()?;
         let t = txn.open_table(CERTIFIED).map_err(db)?;
         let mut out = Vec::new();
         for e in t.range((origin, from)..=(origin, u64::MAX)).map_err(db)? {
@@ -86,7 +86,7 @@ impl Store {
 
     /// Every origin with certified entries, and its next sequence number.
     pub fn ledger_heads(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
+        let txn = self.begin_read()?;
         let t = txn.open_table(CERTIFIED).map_err(db)?;
         let mut out: Vec<(String, u64)> = Vec::new();
         for e in t.iter().map_err(db)? {
@@ -107,7 +107,7 @@ impl Store {
         seq: u64,
         certified: &[u8],
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db)?;
+        let txn = self.begin_write()?;
         {
             let mut t = txn.open_table(CERTIFIED).map_err(db)?;
             t.insert((origin, seq), certified).map_err(db)?;
@@ -119,7 +119,7 @@ impl Store {
 
     /// The hash this node voted for at (origin, seq), if it voted there.
     pub fn ledger_voted(&self, origin: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
+        let txn = self.begin_read()?;
         let t = txn.open_table(VOTED).map_err(db)?;
         Ok(t.get((origin, seq))
             .map_err(db)?
@@ -133,7 +133,7 @@ impl Store {
         &self,
         items: &[(String, u64, [u8; 32], Vec<u8>)],
     ) -> Result<Vec<VoteLock>, StoreError> {
-        let txn = self.db.begin_write().map_err(db)?;
+        let txn = self.begin_write()?;
         let mut out = Vec::with_capacity(items.len());
         {
             let mut voted = txn.open_table(VOTED).map_err(db)?;
@@ -179,7 +179,7 @@ impl Store {
         &self,
         items: &[(String, u64, Vec<u8>)],
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db)?;
+        let txn = self.begin_write()?;
         {
             let mut t = txn.open_table(CERTIFIED).map_err(db)?;
             let mut p = txn.open_table(PENDING).map_err(db)?;
@@ -194,7 +194,7 @@ impl Store {
 
     /// Shuts `origin` out with its proof (kept once).
     pub fn ledger_shut_out(&self, origin: &str, proof: &[u8]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db)?;
+        let txn = self.begin_write()?;
         {
             let mut t = txn.open_table(SHUT_OUT).map_err(db)?;
             if t.get(origin).map_err(db)?.is_none() {
@@ -206,7 +206,7 @@ impl Store {
 
     /// The origins shut out, with their proofs.
     pub fn ledger_shut_outs(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
+        let txn = self.begin_read()?;
         let t = txn.open_table(SHUT_OUT).map_err(db)?;
         let mut out = Vec::new();
         for e in t.iter().map_err(db)? {
@@ -224,7 +224,7 @@ impl Store {
     /// How many of them there are (they are contiguous: from the first not certified to
     /// the last appended), without reading them.
     pub fn ledger_pending_count(&self, origin: &str) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
+        let txn = self.begin_read()?;
         let t = txn.open_table(PENDING).map_err(db)?;
         let mut range = t.range((origin, 0)..=(origin, u64::MAX)).map_err(db)?;
         let first = range
@@ -251,7 +251,7 @@ impl Store {
         origin: &str,
         max: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
+        let txn = self.begin_read()?;
         let t = txn.open_table(PENDING).map_err(db)?;
         let mut out = Vec::new();
         for e in t
@@ -267,7 +267,7 @@ impl Store {
 
     /// The signed entry at `seq` of this node's own log, pending or certified.
     pub fn ledger_own_entry(&self, origin: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
+        let txn = self.begin_read()?;
         if let Some(v) = txn
             .open_table(PENDING)
             .map_err(db)?
@@ -289,7 +289,7 @@ impl Store {
     /// The claims of this node's own log that start with `prefix` (as `batches/`), with the
     /// sequence number each was appended at.
     pub fn ledger_claims(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
+        let txn = self.begin_read()?;
         let t = txn.open_table(CLAIMS).map_err(db)?;
         let mut out = Vec::new();
         for e in t.range(prefix..).map_err(db)? {
@@ -311,7 +311,7 @@ impl Store {
         claim: &str,
         make: impl FnOnce(u64, [u8; 32]) -> Vec<u8>,
     ) -> Result<u64, StoreError> {
-        let txn = self.db.begin_write().map_err(db)?;
+        let txn = self.begin_write()?;
         let seq = {
             let mut claims = txn.open_table(CLAIMS).map_err(db)?;
             if let Some(s) = claims.get(claim).map_err(db)? {

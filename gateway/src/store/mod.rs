@@ -151,7 +151,8 @@ pub struct Pruned {
 /// The gateway's store.
 #[derive(Debug)]
 pub struct Store {
-    db: Database,
+    /// The database; `None` only while [`Store::reopen`] replaces it.
+    db: std::sync::RwLock<Option<Database>>,
     path: PathBuf,
     gateway_id: String,
     /// Fingerprints of the most recently stored readings, rebuilt from the store on open.
@@ -184,18 +185,9 @@ impl Store {
             source,
         })?;
         let path = data_dir.join(FILE_NAME);
-        // redb's page cache defaults to 1 GiB; a gateway box has little memory and the
-        // store is mostly written once and read once (by the uplink), so keep it small.
-        let database = match Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(&path)
-        {
-            Ok(d) => d,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::Busy(path)),
-            Err(e) => return Err(db(e)),
-        };
+        let database = create(&path)?;
         let store = Store {
-            db: database,
+            db: std::sync::RwLock::new(Some(database)),
             path,
             gateway_id: gateway_id.to_string(),
             recent: std::sync::Mutex::new(recent::Recent::new(dedupe_window)),
@@ -212,8 +204,68 @@ impl Store {
         &self.path
     }
 
+    fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
+        let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+        guard
+            .as_ref()
+            .ok_or_else(|| self.reopening())?
+            .begin_write()
+            .map_err(db)
+    }
+
+    fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
+        let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+        guard
+            .as_ref()
+            .ok_or_else(|| self.reopening())?
+            .begin_read()
+            .map_err(db)
+    }
+
+    fn reopening(&self) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            problem: "the database is being reopened after an I/O error".into(),
+        }
+    }
+
+    /// Closes the database and opens it again. After an I/O error (a full disk, say) redb
+    /// refuses every later transaction ("Previous I/O error occurred") even once the cause
+    /// is gone; a fresh open recovers from the last durable commit, which is all that was
+    /// ever acknowledged. Fails (and is tried again later) while the cause persists or a
+    /// reader still holds the old file.
+    pub fn reopen(&self) -> Result<(), StoreError> {
+        let mut guard = self.db.write().unwrap_or_else(|p| p.into_inner());
+        // The old handle must go first: it holds the file's lock.
+        *guard = None;
+        let fresh = create(&self.path);
+        match fresh {
+            Ok(d) => {
+                *guard = Some(d);
+                drop(guard);
+                // Readings whose commit failed were taken back from the window already;
+                // start from what is durable.
+                self.recent
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
+                self.rebuild_recent()
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether a failed commit calls for [`Store::reopen`]: an I/O error, or redb's refusal
+    /// after one.
+    pub fn needs_reopen(e: &StoreError) -> bool {
+        matches!(
+            e,
+            StoreError::Db(redb::Error::Io(_) | redb::Error::PreviousIo)
+        ) || matches!(e, StoreError::Corrupt { problem, .. } if problem.starts_with("the database is being reopened"))
+    }
+
     fn init_and_check(&self) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db)?;
+        let txn = self.begin_write()?;
         {
             // Create every table so that readers never meet a missing one.
             txn.open_table(OPEN).map_err(db)?;
@@ -302,7 +354,7 @@ impl Store {
         seal: Option<Sealer<'_>>,
         provisional: &mut Vec<u128>,
     ) -> Result<Committed, StoreError> {
-        let txn = self.db.begin_write().map_err(db)?;
+        let txn = self.begin_write()?;
         let mut out = Committed::default();
         {
             let mut open = txn.open_table(OPEN).map_err(db)?;
@@ -390,7 +442,7 @@ impl Store {
 
     /// Up to `max` batches from `from` on: (seq, encoded `SignedBatch`).
     pub fn batches_from(&self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
+        let txn = self.begin_read()?;
         let t = txn.open_table(BATCHES).map_err(db)?;
         let mut out = Vec::new();
         for entry in t.range(from..).map_err(db)?.take(max) {
@@ -402,14 +454,14 @@ impl Store {
 
     /// The next batch `consumer` needs (0 for a consumer never seen).
     pub fn cursor(&self, consumer: &str) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
+        let txn = self.begin_read()?;
         let t = txn.open_table(CURSORS).map_err(db)?;
         Ok(t.get(consumer).map_err(db)?.map_or(0, |v| v.value()))
     }
 
     /// Every consumer's cursor.
     pub fn cursors(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
+        let txn = self.begin_read()?;
         let t = txn.open_table(CURSORS).map_err(db)?;
         let mut out = Vec::new();
         for entry in t.iter().map_err(db)? {
@@ -422,7 +474,7 @@ impl Store {
     /// Records durably that `consumer` has every batch below `next`. A cursor never moves
     /// back, and never past the last closed batch.
     pub fn set_cursor(&self, consumer: &str, next: u64) -> Result<u64, StoreError> {
-        let txn = self.db.begin_write().map_err(db)?;
+        let txn = self.begin_write()?;
         let value;
         {
             let meta = txn.open_table(META).map_err(db)?;
@@ -440,7 +492,7 @@ impl Store {
     /// while the store holds more than `budget` bytes, the oldest batches whether delivered or
     /// not, counting what that drops.
     pub fn prune(&self, required: &[String], budget: u64) -> Result<Pruned, StoreError> {
-        let txn = self.db.begin_write().map_err(db)?;
+        let txn = self.begin_write()?;
         let mut out = Pruned::default();
         {
             let cursors = txn.open_table(CURSORS).map_err(db)?;
@@ -512,7 +564,7 @@ impl Store {
 
     /// Positions and counters.
     pub fn stats(&self) -> Result<StoreStats, StoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
+        let txn = self.begin_read()?;
         let meta = txn.open_table(META).map_err(db)?;
         let open = txn.open_table(OPEN).map_err(db)?;
         let g = |k| -> Result<u64, StoreError> {
@@ -530,7 +582,7 @@ impl Store {
 
     /// Where the stored chain starts: (first seq, hash of the batch before it).
     pub fn anchor(&self) -> Result<(u64, [u8; 32]), StoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
+        let txn = self.begin_read()?;
         let meta = txn.open_table(META).map_err(db)?;
         let hashes = txn.open_table(META_BYTES).map_err(db)?;
         let first = meta.get(FIRST_SEQ).map_err(db)?.map_or(0, |v| v.value());
@@ -541,7 +593,7 @@ impl Store {
     /// written before the window was kept falls back to the open readings and the newest
     /// batches, oldest first.
     fn rebuild_recent(&self) -> Result<(), StoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
+        let txn = self.begin_read()?;
         let window = txn.open_table(DEDUPE).map_err(db)?;
         if !window.is_empty().map_err(db)? {
             let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
@@ -623,13 +675,24 @@ pub fn open_for_verify(data_dir: &Path) -> Result<Store, StoreError> {
             .unwrap_or_default()
     };
     Ok(Store {
-        db: database,
+        db: std::sync::RwLock::new(Some(database)),
         path,
         gateway_id,
         recent: std::sync::Mutex::new(recent::Recent::new(0)),
         dedupe_window: 0,
         metered: std::sync::RwLock::default(),
     })
+}
+
+/// Opens or creates the database file. redb's page cache defaults to 1 GiB; a gateway box
+/// has little memory and the store is mostly written once and read once (by the uplink), so
+/// it is kept small.
+fn create(path: &Path) -> Result<Database, StoreError> {
+    match Database::builder().set_cache_size(CACHE_BYTES).create(path) {
+        Ok(d) => Ok(d),
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(StoreError::Busy(path.to_path_buf())),
+        Err(e) => Err(db(e)),
+    }
 }
 
 fn get(t: &impl ReadableTable<&'static str, u64>, key: &str) -> Result<u64, StoreError> {

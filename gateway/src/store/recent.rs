@@ -68,6 +68,12 @@ impl Recent {
         }
     }
 
+    /// Forgets everything.
+    pub fn clear(&mut self) {
+        self.set.clear();
+        self.order.clear();
+    }
+
     /// Forgets `f` (its commit failed).
     pub fn remove(&mut self, f: u128) {
         if self.set.remove(&f).is_some() {

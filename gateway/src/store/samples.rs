@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 
 use gridgate_proto::v1 as pb;
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 
 use super::{Store, StoreError, db};
 
@@ -50,7 +50,7 @@ impl Store {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<(i64, f64)>, StoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
+        let txn = self.begin_read()?;
         let t = txn.open_table(SAMPLES).map_err(db)?;
         let mut out = Vec::new();
         for entry in t.range((point, from_ms)..(point, to_ms)).map_err(db)? {
@@ -63,7 +63,7 @@ impl Store {
     /// Drops samples older than `before_ms`; returns how many.
     pub fn prune_samples(&self, before_ms: i64) -> Result<u64, StoreError> {
         let points: Vec<String> = {
-            let txn = self.db.begin_read().map_err(db)?;
+            let txn = self.begin_read()?;
             let t = txn.open_table(SAMPLES).map_err(db)?;
             let mut points = Vec::new();
             // Walk the distinct points by jumping past each one's samples.
@@ -85,7 +85,7 @@ impl Store {
             }
             points
         };
-        let txn = self.db.begin_write().map_err(db)?;
+        let txn = self.begin_write()?;
         let mut removed = 0u64;
         {
             let mut t = txn.open_table(SAMPLES).map_err(db)?;

@@ -197,7 +197,7 @@ fn the_stored_window_keeps_only_the_newest_readings() {
     assert_eq!(old.appended, 1);
     let new = store.commit(&[reading(2_400)], &[true], None).unwrap();
     assert_eq!(new.duplicates, 1);
-    let txn = store.db.begin_read().unwrap();
+    let txn = store.begin_read().unwrap();
     let window = txn.open_table(DEDUPE).unwrap();
     assert!(window.len().unwrap() <= 1_001, "{}", window.len().unwrap());
 }

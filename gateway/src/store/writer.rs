@@ -55,7 +55,39 @@ pub struct StoreHandle {
     /// Redelivered readings dropped since start, and of those the ones whose value differed
     /// from the one stored for that point and time.
     pub redelivered: Arc<Redelivered>,
+    /// Whether commits succeed.
+    pub health: Arc<Health>,
 }
+
+/// Whether the store takes commits, for the status, the watchdog's log and `/metrics`.
+#[derive(Debug)]
+pub struct Health {
+    /// The last commit succeeded.
+    pub writable: std::sync::atomic::AtomicBool,
+    /// Commits that failed since start.
+    pub failed_commits: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            writable: std::sync::atomic::AtomicBool::new(true),
+            failed_commits: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+/// A stretch of failed commits: logged at its start, summed up at most once a minute while
+/// it lasts, and its end said once (a full disk made 5 ERROR lines a second).
+#[derive(Debug, Default)]
+struct Failing {
+    since: Option<Instant>,
+    failed: u64,
+    last_said: Option<Instant>,
+}
+
+/// How often a stretch of failed commits is summed up in the log.
+const FAILING_SAID_EVERY: Duration = Duration::from_secs(60);
 
 /// Readings dropped as already stored.
 #[derive(Debug, Default)]
@@ -121,6 +153,7 @@ pub fn start(
     let (head_tx, head) = watch::channel(stats.next_seq);
     let committed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let redelivered = Arc::new(Redelivered::default());
+    let health = Arc::new(Health::default());
     let task = tokio::spawn(run(
         store.clone(),
         identity,
@@ -128,7 +161,7 @@ pub fn start(
         rx,
         head_tx,
         stats.open_readings as usize,
-        (committed.clone(), redelivered.clone()),
+        (committed.clone(), redelivered.clone(), health.clone()),
     ));
     Ok((
         StoreHandle {
@@ -137,6 +170,7 @@ pub fn start(
             store,
             committed,
             redelivered,
+            health,
         },
         task,
     ))
@@ -149,8 +183,13 @@ async fn run(
     mut rx: mpsc::Receiver<Submission>,
     head: watch::Sender<u64>,
     mut open: usize,
-    (committed, redelivered): (Arc<std::sync::atomic::AtomicU64>, Arc<Redelivered>),
+    (committed, redelivered, health): (
+        Arc<std::sync::atomic::AtomicU64>,
+        Arc<Redelivered>,
+        Arc<Health>,
+    ),
 ) {
+    let mut failing = Failing::default();
     let group_max = cfg.batch_readings.max(1);
     let mut open_since = (open > 0).then(Instant::now);
     let mut closing = false;
@@ -240,11 +279,50 @@ async fn run(
                 }
                 Ok(())
             }
-            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Err(e)) => {
+                if Store::needs_reopen(&e) {
+                    let st = store.clone();
+                    match tokio::task::spawn_blocking(move || st.reopen()).await {
+                        Ok(Ok(())) => debug!("store reopened after an I/O error"),
+                        Ok(Err(again)) => debug!("store not reopened yet: {again}"),
+                        Err(j) => debug!("store reopen task failed: {j}"),
+                    }
+                }
+                Err(e.to_string())
+            }
             Err(e) => Err(format!("store writer task failed: {e}")),
         };
-        if let Err(e) = &outcome {
-            error!("store commit failed, readings not acknowledged (sources will resend): {e}");
+        use std::sync::atomic::Ordering::Relaxed;
+        match &outcome {
+            Err(e) => {
+                health.writable.store(false, Relaxed);
+                health.failed_commits.fetch_add(1, Relaxed);
+                let now = Instant::now();
+                failing.failed += 1;
+                if failing.since.is_none() {
+                    failing.since = Some(now);
+                    failing.last_said = Some(now);
+                    error!(
+                        "store commit failed, readings not acknowledged (sources will resend); retrying, and reopening the store after an I/O error: {e}"
+                    );
+                } else if failing
+                    .last_said
+                    .is_some_and(|t| now - t >= FAILING_SAID_EVERY)
+                {
+                    failing.last_said = Some(now);
+                    error!(
+                        failed_commits = failing.failed,
+                        "store still refuses commits (a full disk? free space, the gateway resumes by itself): {e}"
+                    );
+                }
+            }
+            Ok(()) => {
+                if let Some(since) = failing.since.take() {
+                    warn!(failed_commits = failing.failed, after = ?since.elapsed(), "store takes commits again; acknowledging resumes");
+                    failing = Failing::default();
+                }
+                health.writable.store(true, Relaxed);
+            }
         }
         for s in group {
             if let Some(done) = s.done {

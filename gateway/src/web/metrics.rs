@@ -340,6 +340,18 @@ impl Scrape {
             s.store.committed.load(Ordering::Relaxed) as f64,
         ));
         out.push(Fam::one(
+            "gridgate_store_writable",
+            "1 while the store takes commits, 0 after a failed one (a full disk) until one succeeds",
+            GAUGE,
+            f64::from(u8::from(s.store.health.writable.load(Ordering::Relaxed))),
+        ));
+        out.push(Fam::one(
+            "gridgate_store_commit_failures",
+            "Commits that failed (readings not acknowledged; sources resend them)",
+            COUNTER,
+            s.store.health.failed_commits.load(Ordering::Relaxed) as f64,
+        ));
+        out.push(Fam::one(
             "gridgate_readings_redelivered",
             "Readings dropped as already stored (the same point and device time: a message delivered again)",
             COUNTER,
