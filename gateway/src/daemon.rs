@@ -498,8 +498,22 @@ impl Pipeline {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| DaemonError::Listen { addr, source: e })?;
-            part.tasks.spawn(ingest::listener::serve(
+            let tls = match &i.listen_tls {
+                None => None,
+                Some(t) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+                    crate::mqtt::server_tls(&t.cert, &t.key, t.client_ca.as_deref(), b"")?,
+                ))),
+            };
+            let field = ingest::listener::FieldListener {
                 listener,
+                tls,
+                admission: self
+                    .instruments
+                    .listeners
+                    .get("mqtt-field", crate::admission::FIELD_MAX),
+            };
+            part.tasks.spawn(ingest::listener::serve(
+                field,
                 Arc::new(i.clone()),
                 self.store.clone(),
                 self.ingest.clone(),
@@ -578,7 +592,9 @@ impl Pipeline {
                     ),
                     shutdown: part.cancel.clone(),
                 };
-            part.tasks = crate::api::start(g, state, part.cancel.clone()).await?;
+            part.tasks =
+                crate::api::start(g, state, &self.instruments.listeners, part.cancel.clone())
+                    .await?;
         }
         if let Some((l, ledger_state)) = cfg.ledger.as_ref().zip(ledger_state) {
             // This node's own log: a gateway's claims and batch commitments, a validator's

@@ -79,6 +79,50 @@ pub fn client_tls(
     })
 }
 
+/// A rustls server config with the certificate chain `cert` and its `key`; with
+/// `client_ca`, every client must present a certificate that chains to it. `alpn` names the
+/// protocol offered (empty: none).
+pub fn server_tls(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+    alpn: &[u8],
+) -> Result<rustls::ServerConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in cert_chain(ca)? {
+                roots.add(c).map_err(|e| file_err(ca, e))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| file_err(ca, e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(cert_chain(cert)?, private_key(key)?)?;
+    if !alpn.is_empty() {
+        config.alpn_protocols = vec![alpn.to_vec()];
+    }
+    Ok(config)
+}
+
+/// Compares two secrets without an early exit, so that the time taken does not tell how
+/// much of a guess was right.
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Options for a client `client_id` of `broker`.
 pub fn options(
     broker: &MqttBroker,

@@ -166,3 +166,155 @@ topic = "gridgate/tls/batches"
     assert_ne!(code, 0);
     assert!(err.contains("nope.pem"), "{err}");
 }
+
+/// What one field device's attempt came to.
+#[derive(Debug, PartialEq)]
+enum Attempt {
+    /// Connected, published, got its PUBACK.
+    Stored,
+    /// CONNACK refused the connection with this code.
+    Refused(rumqttc::ConnectReturnCode),
+    /// The connection failed before any CONNACK (the TLS handshake).
+    Failed,
+}
+
+/// A device that connects over TLS (with a client certificate when `cert` is given), logs in
+/// with `login`, and publishes one reading.
+async fn device(
+    port: u16,
+    d: &std::path::Path,
+    cert: bool,
+    login: Option<(&str, &str)>,
+    value: i64,
+) -> Attempt {
+    let mut opts = rumqttc::MqttOptions::new(format!("field-{value}"), "127.0.0.1", port);
+    if let Some((u, p)) = login {
+        opts.set_credentials(u, p);
+    }
+    let client = (d.join("client.pem"), d.join("client.key"));
+    let tls = gridgate::mqtt::client_tls(
+        &d.join("ca.pem"),
+        cert.then_some((client.0.as_path(), client.1.as_path())),
+    )
+    .expect("client tls");
+    opts.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(tls)),
+    ));
+    let (c, mut ev) = rumqttc::AsyncClient::new(opts, 8);
+    let payload = format!(r#"{{"point":"t","value":{value},"ts_ms":1795000000{value:03}}}"#);
+    let attempt = async {
+        loop {
+            match ev.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                    c.try_publish(
+                        "field/sensor",
+                        rumqttc::QoS::AtLeastOnce,
+                        false,
+                        payload.clone(),
+                    )
+                    .expect("publish");
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => return Attempt::Stored,
+                Ok(_) => {}
+                Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
+                    return Attempt::Refused(code);
+                }
+                Err(_) => return Attempt::Failed,
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, attempt)
+        .await
+        .expect("an answer in time")
+}
+
+/// The durable field listener over TLS with client certificates and a password: a device
+/// needs both; the others are refused (CONNACK "not authorised", or no handshake), counted,
+/// and nothing of theirs is stored. check-config refuses a listener off loopback that asks
+/// for neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_field_listener_takes_only_devices_that_authenticate() {
+    let dir = tempfile::tempdir().expect("dir");
+    let d = dir.path();
+    let p = pki();
+    for (name, text) in [
+        ("ca.pem", &p.ca),
+        ("server.pem", &p.server.0),
+        ("server.key", &p.server.1),
+        ("client.pem", &p.client.0),
+        ("client.key", &p.client.1),
+    ] {
+        std::fs::write(d.join(name), text).expect("write");
+    }
+    let port = free_port();
+    let config = format!(
+        "[gateway]\nid = \"field-tls\"\n\n[store]\nbatch_interval = \"200ms\"\n\n[ingest]\nlisten = \"mqtts://127.0.0.1:{port}\"\nlisten_cert_file = \"{0}/server.pem\"\nlisten_key_file = \"{0}/server.key\"\nlisten_client_ca_file = \"{0}/ca.pem\"\nusername = \"device\"\npassword = \"s3cret\"\n\n[[ingest.device]]\nname = \"sensor\"\ntopic = \"field/sensor\"\npoints = [{{ name = \"t\" }}]\n",
+        d.display()
+    );
+    let gw = Gateway::start_logged(d, &config).await;
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        device(port, d, true, Some(("device", "s3cret")), 1).await,
+        Attempt::Stored
+    );
+    assert_eq!(
+        device(port, d, true, Some(("device", "guess")), 2).await,
+        Attempt::Refused(rumqttc::ConnectReturnCode::NotAuthorized)
+    );
+    assert_eq!(
+        device(port, d, true, None, 3).await,
+        Attempt::Refused(rumqttc::ConnectReturnCode::NotAuthorized)
+    );
+    assert_eq!(
+        device(port, d, false, Some(("device", "s3cret")), 4).await,
+        Attempt::Failed,
+        "no client certificate, no handshake"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(gw.stop().await, Some(0));
+    let log = std::fs::read_to_string(d.join("gridgate.log")).expect("log");
+    assert_eq!(log.matches("field device refused").count(), 2, "{log}");
+    let stored: Vec<f64> = gridgate_tests::stored_batches(&d.join("data"))
+        .iter()
+        .flat_map(|(_, bytes)| {
+            use prost::Message;
+            let signed = gridgate_proto::v1::SignedBatch::decode(bytes.as_slice()).expect("signed");
+            gridgate_proto::v1::Batch::decode(signed.batch.as_slice())
+                .expect("batch")
+                .readings
+        })
+        .filter_map(|r| match r.value {
+            Some(gridgate_proto::v1::reading::Value::Number(n)) => Some(n),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stored, vec![1.0], "only the device that authenticated");
+
+    // Off loopback, a listener that asks for neither a password nor certificates is refused.
+    let open = d.join("open.toml");
+    std::fs::write(
+        &open,
+        "[gateway]\nid = \"open\"\n\n[ingest]\nlisten = \"0.0.0.0:1884\"\n\n[[ingest.device]]\nname = \"sensor\"\ntopic = \"field/sensor\"\npoints = [{ name = \"t\" }]\n",
+    )
+    .expect("write");
+    let (code, _, err) = run_to_end(
+        &[
+            "check-config",
+            "--no-files",
+            "--config",
+            open.to_str().expect("path"),
+        ],
+        WAIT,
+    )
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("ingest.listen: 0.0.0.0:1884 is reachable from the network"),
+        "{err}"
+    );
+}

@@ -66,9 +66,11 @@ pub fn live_channel() -> broadcast::Sender<Arc<crate::acquire::Reading>> {
 pub async fn start(
     cfg: &GrpcConfig,
     state: ApiState,
+    listeners: &crate::admission::Listeners,
     cancel: CancellationToken,
 ) -> Result<tokio::task::JoinSet<()>, ApiError> {
     let tls = ServerTlsConfig::new()
+        .timeout(crate::admission::HANDSHAKE_WITHIN)
         .identity(TlsIdentity::from_pem(
             read(&cfg.cert_file)?,
             read(&cfg.key_file)?,
@@ -86,14 +88,23 @@ pub async fn start(
     set.spawn(serve(
         router,
         state.clone(),
-        listener,
+        (listener, listeners.get("grpc", crate::admission::GRPC_MAX)),
         cancel.clone(),
         cfg.listen,
     ));
     if let Some(addr) = cfg.plaintext_listen {
         let listener = bind(addr).await?;
         info!(listen = %addr, "gRPC API plaintext listener on loopback (callers are viewers)");
-        set.spawn(serve(Server::builder(), state, listener, cancel, addr));
+        set.spawn(serve(
+            Server::builder(),
+            state,
+            (
+                listener,
+                listeners.get("grpc-plaintext", crate::admission::GRPC_MAX),
+            ),
+            cancel,
+            addr,
+        ));
     }
     Ok(set)
 }
@@ -107,13 +118,23 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ApiError> {
         })
 }
 
+/// A connection that sends nothing for this long is closed. The server pings every
+/// [`PING_EVERY`], and a live client answers, so a quiet stream (a Subscribe with no
+/// readings) stays open while a client that never speaks HTTP/2 does not.
+const IDLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
+/// HTTP/2 keep-alive ping interval.
+const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
+
 async fn serve(
-    mut builder: Server,
+    builder: Server,
     state: ApiState,
-    listener: tokio::net::TcpListener,
+    (listener, admission): (tokio::net::TcpListener, Arc<crate::admission::Admission>),
     cancel: CancellationToken,
     addr: SocketAddr,
 ) {
+    let mut builder = builder
+        .http2_keepalive_interval(Some(PING_EVERY))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)));
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<TelemetryServer<services::TelemetryService>>()
@@ -149,11 +170,41 @@ async fn serve(
             router
         }
     };
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = admitted(listener, admission);
     if let Err(e) = router
         .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
         .await
     {
         tracing::error!(%addr, "gRPC server stopped: {e}");
     }
+}
+
+/// The listener's connections that fit under its cap, each closed after [`IDLE_WITHIN`] of
+/// silence; the others are closed at once (and counted). An accept error (out of file
+/// descriptors, say) waits a moment instead of spinning.
+fn admitted(
+    listener: tokio::net::TcpListener,
+    admission: Arc<crate::admission::Admission>,
+) -> impl futures::Stream<Item = std::io::Result<crate::admission::Guarded<tokio::net::TcpStream>>>
++ Send
++ 'static {
+    futures::stream::unfold((listener, admission), |(listener, admission)| async move {
+        loop {
+            match listener.accept().await {
+                Ok((tcp, _)) => {
+                    let Some(permit) = admission.admit() else {
+                        drop(tcp);
+                        continue;
+                    };
+                    let _ = tcp.set_nodelay(true);
+                    let conn = admission.guard(tcp, permit, IDLE_WITHIN);
+                    return Some((Ok(conn), (listener, admission)));
+                }
+                Err(e) => {
+                    tracing::warn!("gRPC accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    })
 }

@@ -105,6 +105,19 @@ pub(super) fn named(text: &str, raw: &RawConfig, identity: &std::path::Path) -> 
             i.key_file.as_ref(),
             &mut add,
         );
+        if let Some(v) = &i.listen_cert_file {
+            add("ingest.listen_cert_file".into(), v, FileKind::Certificates);
+        }
+        if let Some(v) = &i.listen_key_file {
+            add("ingest.listen_key_file".into(), v, FileKind::TlsKey);
+        }
+        if let Some(v) = &i.listen_client_ca_file {
+            add(
+                "ingest.listen_client_ca_file".into(),
+                v,
+                FileKind::Certificates,
+            );
+        }
     }
     if let Some(g) = &raw.grpc {
         add(

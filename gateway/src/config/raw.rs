@@ -81,6 +81,9 @@ pub struct RawUplink {
 pub struct RawIngest {
     pub broker: Option<Spanned<String>>,
     pub listen: Option<Spanned<String>>,
+    pub listen_cert_file: Option<Spanned<String>>,
+    pub listen_key_file: Option<Spanned<String>>,
+    pub listen_client_ca_file: Option<Spanned<String>>,
     pub ca_file: Option<Spanned<String>>,
     pub cert_file: Option<Spanned<String>>,
     pub key_file: Option<Spanned<String>>,

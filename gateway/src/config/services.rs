@@ -120,6 +120,8 @@ pub struct IngestConfig {
     /// The durable field listener: devices publish to the gateway itself, PUBACK after the
     /// commit.
     pub listen: Option<SocketAddr>,
+    /// TLS on the field listener (`listen = "mqtts://..."`).
+    pub listen_tls: Option<ListenTls>,
     /// Topic filters to subscribe to.
     pub topics: Vec<String>,
     /// MQTT client id.
@@ -132,6 +134,18 @@ pub struct IngestConfig {
     pub max_payload: usize,
     /// Devices by topic.
     pub devices: Vec<MqttDevice>,
+}
+
+/// The field listener's TLS: its certificate and key, and the CA that field devices'
+/// client certificates must chain to (when given, a device without one is refused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenTls {
+    /// Server certificate chain (PEM).
+    pub cert: std::path::PathBuf,
+    /// Its key (PEM).
+    pub key: std::path::PathBuf,
+    /// CA of the devices' client certificates (PEM).
+    pub client_ca: Option<std::path::PathBuf>,
 }
 
 /// `[grpc]`: the master station's API over mutual TLS.
@@ -388,20 +402,7 @@ impl Checker<'_> {
             .broker
             .as_ref()
             .map(|b| self.broker_url(b, "ingest.broker", [&r.ca_file, &r.cert_file, &r.key_file]));
-        let listen = match &r.listen {
-            None => None,
-            Some(l) => match l.get_ref().parse::<SocketAddr>() {
-                Ok(a) => Some(a),
-                Err(_) => {
-                    self.problem(
-                        l,
-                        "ingest.listen".into(),
-                        "write an address and port, e.g. 0.0.0.0:1884".into(),
-                    );
-                    None
-                }
-            },
-        };
+        let (listen, listen_tls) = self.check_field_listener(r);
         let mut devices = Vec::new();
         let mut names = BTreeSet::new();
         let mut topics = BTreeSet::new();
@@ -483,6 +484,7 @@ impl Checker<'_> {
         Some(IngestConfig {
             broker,
             listen,
+            listen_tls,
             topics: filters,
             client_id: r
                 .client_id
@@ -494,6 +496,97 @@ impl Checker<'_> {
             max_payload: self.size(&r.max_payload, "ingest.max_payload", 256 << 10) as usize,
             devices,
         })
+    }
+
+    /// `[ingest] listen` (`HOST:PORT`, `mqtt://HOST:PORT` or `mqtts://HOST:PORT`) and its
+    /// TLS files. Off loopback the listener must authenticate its devices: a password or
+    /// client certificates; anyone on the plant network could otherwise publish readings
+    /// the gateway signs as its own.
+    fn check_field_listener(&mut self, r: &RawIngest) -> (Option<SocketAddr>, Option<ListenTls>) {
+        let Some(l) = &r.listen else {
+            for f in [
+                &r.listen_cert_file,
+                &r.listen_key_file,
+                &r.listen_client_ca_file,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                self.problem(
+                    f,
+                    "ingest.listen".into(),
+                    "listen_* files belong to a field listener: give listen = \"mqtts://0.0.0.0:8883\"".into(),
+                );
+            }
+            return (None, None);
+        };
+        let text = l.get_ref().as_str();
+        let (tls, addr) = match text.split_once("://") {
+            None => (false, text),
+            Some(("mqtt" | "tcp", rest)) => (false, rest),
+            Some(("mqtts" | "ssl", rest)) => (true, rest),
+            Some(_) => {
+                self.problem(
+                    l,
+                    "ingest.listen".into(),
+                    "write HOST:PORT, mqtt://HOST:PORT or mqtts://HOST:PORT, e.g. mqtts://0.0.0.0:8883".into(),
+                );
+                return (None, None);
+            }
+        };
+        let Ok(addr) = addr.trim_end_matches('/').parse::<SocketAddr>() else {
+            self.problem(
+                l,
+                "ingest.listen".into(),
+                "write an address and port, e.g. 0.0.0.0:1884 or mqtts://0.0.0.0:8883".into(),
+            );
+            return (None, None);
+        };
+        let path =
+            |v: &Option<Spanned<String>>| v.as_ref().map(|p| std::path::PathBuf::from(p.get_ref()));
+        let listen_tls = if tls {
+            match (path(&r.listen_cert_file), path(&r.listen_key_file)) {
+                (Some(cert), Some(key)) => Some(ListenTls {
+                    cert,
+                    key,
+                    client_ca: path(&r.listen_client_ca_file),
+                }),
+                _ => {
+                    self.problem(
+                        l,
+                        "ingest.listen_cert_file".into(),
+                        "mqtts:// needs listen_cert_file and listen_key_file (the gateway's certificate for field devices)".into(),
+                    );
+                    None
+                }
+            }
+        } else {
+            for f in [
+                &r.listen_cert_file,
+                &r.listen_key_file,
+                &r.listen_client_ca_file,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                self.problem(
+                    f,
+                    "ingest.listen".into(),
+                    "TLS files need listen = \"mqtts://HOST:PORT\"".into(),
+                );
+            }
+            None
+        };
+        let password = r.username.is_some() && r.password.is_some();
+        let client_certs = listen_tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        if !addr.ip().is_loopback() && !password && !client_certs {
+            self.problem(
+                l,
+                "ingest.listen".into(),
+                format!("{addr} is reachable from the network, and anyone there could publish readings this gateway signs as its own: set [ingest] username and password (devices must send them), or listen = \"mqtts://{addr}\" with listen_client_ca_file (devices need a certificate), or listen on 127.0.0.1"),
+            );
+        }
+        (Some(addr), listen_tls)
     }
 
     pub(super) fn check_grpc(&mut self, raw: Option<&RawGrpc>) -> Option<GrpcConfig> {

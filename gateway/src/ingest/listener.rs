@@ -6,6 +6,11 @@
 //! It takes publishes only (CONNECT, PUBLISH QoS 0/1, PINGREQ, DISCONNECT); a SUBSCRIBE is
 //! answered with failure codes, QoS 2 closes the connection with a log line saying why. The
 //! packet codec is rumqttc's (`mqttbytes::v4`).
+//!
+//! Devices authenticate: with `[ingest] username`/`password` a CONNECT must carry them, and
+//! with `listen = "mqtts://..."` and `listen_client_ca_file` the TLS handshake takes only
+//! devices whose certificate chains to that CA; a refused device gets CONNACK "not
+//! authorised", counted. The listener holds at most [`FIELD_MAX`] devices at once.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,26 +21,44 @@ use rumqttc::mqttbytes::v4::{
     ConnAck, ConnectReturnCode, Packet, PubAck, SubAck, SubscribeReasonCode,
 };
 use rumqttc::mqttbytes::{Error as CodecError, QoS};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use std::sync::atomic::Ordering;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{IngestStats, Live, handle};
+use crate::admission::{Admission, HANDSHAKE_WITHIN};
 use crate::config::IngestConfig;
 use crate::store::writer::StoreHandle;
 
+/// Where the listener accepts devices, and how.
+pub struct FieldListener {
+    /// The bound socket.
+    pub listener: TcpListener,
+    /// TLS, for `mqtts://`.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Its connection cap.
+    pub admission: Arc<Admission>,
+}
+
 /// Serves field devices on `listener` until `cancel` fires.
 pub async fn serve(
-    listener: TcpListener,
+    field: FieldListener,
     cfg: Arc<IngestConfig>,
     store: StoreHandle,
     stats: Arc<IngestStats>,
     live: Live,
     cancel: CancellationToken,
 ) {
+    let FieldListener {
+        listener,
+        tls,
+        admission,
+    } = field;
     if let Ok(a) = listener.local_addr() {
-        info!(listen = %a, "durable MQTT field listener: PUBACK only after the readings are on disk");
+        info!(listen = %a, tls = tls.is_some(), password = cfg.username.is_some(), "durable MQTT field listener: PUBACK only after the readings are on disk");
     }
     let mut conns = tokio::task::JoinSet::new();
     loop {
@@ -51,20 +74,44 @@ pub async fn serve(
                 continue;
             }
         };
+        while conns.try_join_next().is_some() {}
+        let Some(permit) = admission.admit() else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let (cfg, store, stats, live, cancel) = (
+        let (cfg, store, stats, live, cancel, tls, admission) = (
             cfg.clone(),
             store.clone(),
             stats.clone(),
             live.clone(),
             cancel.clone(),
+            tls.clone(),
+            admission.clone(),
         );
         conns.spawn(async move {
-            if let Err(e) = connection(stream, peer, &cfg, &store, &stats, &live, &cancel).await {
+            let _held = permit;
+            let ended = match tls {
+                None => connection(stream, peer, &cfg, &store, &stats, &live, &cancel).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_WITHIN, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => {
+                            connection(s, peer, &cfg, &store, &stats, &live, &cancel).await
+                        }
+                        Ok(Err(e)) => {
+                            stats.not_authorised.fetch_add(1, Ordering::Relaxed);
+                            Err(format!("TLS handshake refused: {e}"))
+                        }
+                        Err(_) => {
+                            admission.timed_out();
+                            Err("TLS handshake timed out".into())
+                        }
+                    }
+                }
+            };
+            if let Err(e) = ended {
                 debug!(%peer, "field device connection ended: {e}");
             }
         });
-        while conns.try_join_next().is_some() {}
     }
     conns.abort_all();
 }
@@ -75,8 +122,8 @@ struct Waiting {
     done: Option<tokio::sync::oneshot::Receiver<Result<(), String>>>,
 }
 
-async fn connection(
-    mut stream: TcpStream,
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     peer: SocketAddr,
     cfg: &IngestConfig,
     store: &StoreHandle,
@@ -122,6 +169,15 @@ async fn connection(
                 Packet::Connect(c) => {
                     if connected {
                         return Err("second CONNECT".into());
+                    }
+                    if !authorised(cfg, &c) {
+                        stats.not_authorised.fetch_add(1, Ordering::Relaxed);
+                        warn!(%peer, client = %c.client_id, "field device refused: wrong or missing username/password ([ingest] username, password)");
+                        ConnAck::new(ConnectReturnCode::NotAuthorized, false)
+                            .write(&mut out)
+                            .map_err(|e| e.to_string())?;
+                        stream.write_all(&out).await.map_err(|e| e.to_string())?;
+                        return Err("not authorised".into());
                     }
                     connected = true;
                     if c.keep_alive > 0 {
@@ -177,6 +233,19 @@ async fn connection(
             },
         }
     }
+}
+
+/// Whether a CONNECT carries the credentials the config asks for (any, when it asks none).
+fn authorised(cfg: &IngestConfig, c: &rumqttc::mqttbytes::v4::Connect) -> bool {
+    let Some((user, pass)) = cfg.username.as_deref().zip(cfg.password.as_deref()) else {
+        return true;
+    };
+    c.login.as_ref().is_some_and(|l| {
+        // Both compared in full, whatever the first says.
+        let u = crate::mqtt::same_secret(l.username.as_bytes(), user.as_bytes());
+        let p = crate::mqtt::same_secret(l.password.as_bytes(), pass.as_bytes());
+        u & p
+    })
 }
 
 /// Resolves once the front publish's commit has finished (successfully or not); the result

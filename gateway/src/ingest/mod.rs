@@ -33,6 +33,8 @@ pub struct IngestStats {
     pub readings: AtomicU64,
     /// Messages on a topic no device owns.
     pub unknown_topic: AtomicU64,
+    /// Field devices the listener refused: wrong credentials, or no acceptable certificate.
+    pub not_authorised: AtomicU64,
     /// Refused payloads by reason.
     pub malformed: Mutex<BTreeMap<&'static str, u64>>,
     /// What the log has said of refused payloads.

@@ -85,15 +85,6 @@ impl std::fmt::Debug for Gate {
     }
 }
 
-/// Compares without an early exit, so that the time taken does not tell how much of a
-/// guess was right.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Loopback, or an address that only reaches the local link.
 pub fn on_local_link(ip: IpAddr) -> bool {
     match ip {
@@ -132,13 +123,13 @@ impl Gate {
                 if self
                     .admin
                     .as_deref()
-                    .is_some_and(|a| same(a.as_bytes(), t.as_bytes()))
+                    .is_some_and(|a| crate::mqtt::same_secret(a.as_bytes(), t.as_bytes()))
                 {
                     Access::Admin
                 } else if self
                     .read
                     .as_deref()
-                    .is_some_and(|r| same(r.as_bytes(), t.as_bytes()))
+                    .is_some_and(|r| crate::mqtt::same_secret(r.as_bytes(), t.as_bytes()))
                 {
                     Access::Read
                 } else {

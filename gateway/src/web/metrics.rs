@@ -44,6 +44,8 @@ pub struct Instruments {
     pub web_actions: Family<Labels, Counter>,
     /// Requests refused for want of a credential, by what was asked.
     pub web_refused: Family<Labels, Counter>,
+    /// Every listener's connection cap and counters.
+    pub listeners: crate::admission::Listeners,
 }
 
 impl Default for Instruments {
@@ -52,6 +54,7 @@ impl Default for Instruments {
             dr_ack_latency: Family::new_with_constructor(latency_histogram),
             web_actions: Family::default(),
             web_refused: Family::default(),
+            listeners: Default::default(),
         }
     }
 }
@@ -330,6 +333,41 @@ impl Scrape {
                 }
             }
             out.push(refused);
+            out.push(Fam::one(
+                "gridgate_mqtt_not_authorised",
+                "Field devices the durable listener refused (wrong or missing credentials, or no acceptable client certificate)",
+                COUNTER,
+                s.ingest.not_authorised.load(Ordering::Relaxed) as f64,
+            ));
+        }
+
+        // Every listener's connections.
+        let listeners = s.instruments.listeners.all();
+        if !listeners.is_empty() {
+            let mut open = Fam::new(
+                "gridgate_connections_open",
+                "Connections a listener holds now",
+                GAUGE,
+            );
+            let mut refused = Fam::new(
+                "gridgate_connections_refused",
+                "Connections refused because the listener held as many as it may",
+                COUNTER,
+            );
+            let mut timed_out = Fam::new(
+                "gridgate_connections_timed_out",
+                "Connections closed after a stretch of silence or a TLS handshake past its deadline (the page's header deadline and gRPC's own handshake deadline close theirs uncounted)",
+                COUNTER,
+            );
+            for a in &listeners {
+                let l = labels([("listener", a.name())]);
+                open.add(l.clone(), a.open() as f64);
+                refused.add(l.clone(), a.refused() as f64);
+                timed_out.add(l, a.timeouts() as f64);
+            }
+            out.push(open);
+            out.push(refused);
+            out.push(timed_out);
         }
 
         // The store.

@@ -23,8 +23,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
@@ -108,9 +108,9 @@ pub async fn start(
     cancel: CancellationToken,
 ) -> Result<(JoinSet<()>, SocketAddr), WebError> {
     let tls = match &cfg.tls {
-        Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(server_tls(
-            cert, key,
-        )?))),
+        Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+            crate::mqtt::server_tls(cert, key, None, b"http/1.1")?,
+        ))),
         None => None,
     };
     let listener = TcpListener::bind(cfg.listen)
@@ -124,26 +124,17 @@ pub async fn start(
         source,
     })?;
     let state = Arc::new(state);
+    let admission = state
+        .instruments
+        .listeners
+        .get("web", crate::admission::WEB_MAX);
     let app = App {
         exporter: Arc::new(metrics::Exporter::new(state.clone())),
         state,
     };
     let router = router(app);
     let mut tasks = JoinSet::new();
-    let (tx, rx) = mpsc::channel(64);
-    tasks.spawn(accept(listener, tls, tx, cancel.clone()));
-    let incoming = Incoming { rx, local };
-    tasks.spawn(async move {
-        let served = axum::serve(
-            incoming,
-            router.into_make_service_with_connect_info::<Peer>(),
-        )
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await;
-        if let Err(e) = served {
-            warn!("commissioning page stopped: {e}");
-        }
-    });
+    tasks.spawn(accept(listener, tls, router, admission, cancel.clone()));
     info!(
         listen = %local,
         https = cfg.tls.is_some(),
@@ -153,38 +144,28 @@ pub async fn start(
     Ok((tasks, local))
 }
 
-/// The HTTPS server config from a PEM chain and key.
-fn server_tls(
-    cert: &std::path::Path,
-    key: &std::path::Path,
-) -> Result<rustls::ServerConfig, crate::mqtt::TlsError> {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(
-        crate::mqtt::cert_chain(cert)?,
-        crate::mqtt::private_key(key)?,
-    )?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
-}
+/// A connection that sends nothing for this long is closed (an idle keep-alive, or a client
+/// that connected and went quiet).
+const IDLE_WITHIN: Duration = Duration::from_secs(30);
+/// A request's headers must arrive whole within this (a client that trickles them holds a
+/// connection for no use).
+const HEADERS_WITHIN: Duration = Duration::from_secs(10);
 
-type Conn = Either<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>;
-
-/// Accepts connections and does the TLS handshakes, each on its own task (a slow or
-/// silent client must not hold up the others), handing ready streams to the server.
+/// Accepts connections under the listener's cap and serves each on its own task: the TLS
+/// handshake within [`crate::admission::HANDSHAKE_WITHIN`], then HTTP/1.1 with
+/// [`HEADERS_WITHIN`] for each request's headers and [`IDLE_WITHIN`] of silence at most.
 async fn accept(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    ready: mpsc::Sender<(Conn, SocketAddr)>,
+    router: Router,
+    admission: Arc<crate::admission::Admission>,
     cancel: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(10);
+    let mut conns = JoinSet::new();
     loop {
         let (tcp, peer) = tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => break,
             r = listener.accept() => match r {
                 Ok(c) => { backoff = Duration::from_millis(10); c }
                 Err(e) => {
@@ -196,63 +177,80 @@ async fn accept(
                 }
             },
         };
+        while conns.try_join_next().is_some() {}
+        let Some(permit) = admission.admit() else {
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
-        match &tls {
-            None => {
-                if ready.send((Either::Left(tcp), peer)).await.is_err() {
-                    return;
-                }
-            }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                let ready = ready.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+        let io = admission.guard(tcp, permit, IDLE_WITHIN);
+        let (tls, router, admission, cancel) = (
+            tls.clone(),
+            router.clone(),
+            admission.clone(),
+            cancel.clone(),
+        );
+        conns.spawn(async move {
+            let io = match tls {
+                None => Either::Left(io),
+                Some(acceptor) => {
+                    match tokio::time::timeout(
+                        crate::admission::HANDSHAKE_WITHIN,
+                        acceptor.accept(io),
+                    )
+                    .await
                     {
-                        Ok(Ok(s)) => {
-                            let _ = ready.send((Either::Right(s), peer)).await;
+                        Ok(Ok(s)) => Either::Right(s),
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, "page TLS handshake failed: {e}");
+                            return;
                         }
-                        Ok(Err(e)) => tracing::debug!(%peer, "page TLS handshake failed: {e}"),
-                        Err(_) => tracing::debug!(%peer, "page TLS handshake timed out"),
+                        Err(_) => {
+                            admission.timed_out();
+                            tracing::debug!(%peer, "page TLS handshake timed out");
+                            return;
+                        }
                     }
-                });
+                }
+            };
+            serve_one(io, peer, router, cancel).await;
+        });
+    }
+    // Open requests finish (a graceful shutdown of each connection); then they are gone.
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+}
+
+/// Serves one connection until it closes, times out, or the page stops.
+async fn serve_one<I>(io: I, peer: SocketAddr, router: Router, cancel: CancellationToken)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    // The handlers learn the caller's address as axum's ConnectInfo.
+    let app = router.layer(axum::Extension(ConnectInfo(Peer(peer))));
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADERS_WITHIN)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, "page connection ended: {e}");
             }
         }
-    }
-}
-
-/// Connections ready for HTTP.
-struct Incoming {
-    rx: mpsc::Receiver<(Conn, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl axum::serve::Listener for Incoming {
-    type Io = Conn;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(c) => c,
-            // The acceptor stopped: so does the server (graceful shutdown comes first).
-            None => std::future::pending().await,
+        _ = cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
         }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
     }
 }
 
 /// The caller's address.
 #[derive(Debug, Clone, Copy)]
 struct Peer(SocketAddr);
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Incoming>> for Peer {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, Incoming>) -> Self {
-        Peer(*stream.remote_addr())
-    }
-}
 
 fn router(app: App) -> Router {
     Router::new()
