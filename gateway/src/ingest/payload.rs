@@ -199,9 +199,9 @@ fn decode_json(payload: &[u8]) -> Result<Vec<Raw>, PayloadError> {
                     Some(f) => Some(Value::Number(f)),
                     None => return Err(bad(format!("value {n} is not a finite number"))),
                 },
-                serde_json::Value::String(s) if s.len() <= 256 => Some(Value::Text(s)),
+                serde_json::Value::String(s) if s.len() <= MAX_TEXT => Some(Value::Text(s)),
                 serde_json::Value::String(_) => {
-                    return Err(bad("text value longer than 256 bytes".into()));
+                    return Err(bad(format!("text value longer than {MAX_TEXT} bytes")));
                 }
                 other => {
                     return Err(bad(format!(
@@ -214,29 +214,37 @@ fn decode_json(payload: &[u8]) -> Result<Vec<Raw>, PayloadError> {
         .collect()
 }
 
+/// Longest text value, bytes: a reading is a measurement, not a document, and both
+/// encodings are held to it.
+const MAX_TEXT: usize = 256;
+
 fn decode_protobuf(payload: &[u8]) -> Result<Vec<Raw>, PayloadError> {
     let list =
         pb::ReadingList::decode(payload).map_err(|e| PayloadError::Protobuf(e.to_string()))?;
-    Ok(list
-        .readings
+    list.readings
         .into_iter()
-        .map(|r| {
+        .enumerate()
+        .map(|(index, r)| {
+            let bad = |reason: String| PayloadError::Bad { index, reason };
             let quality = match r.quality.as_ref() {
                 None => Quality::Good,
                 Some(q) => Quality::from_pb(Some(q)),
             };
-            let value = r.value.map(|v| match v {
-                pb::reading::Value::Number(n) => Value::Number(n),
-                pb::reading::Value::Flag(b) => Value::Bool(b),
-                pb::reading::Value::Text(t) => Value::Text(t),
-            });
-            let value = match value {
-                Some(Value::Number(n)) if !n.is_finite() => None,
-                v => v,
+            let value = match r.value {
+                None => None,
+                Some(pb::reading::Value::Number(n)) if n.is_finite() => Some(Value::Number(n)),
+                Some(pb::reading::Value::Number(n)) => {
+                    return Err(bad(format!("value {n} is not a finite number")));
+                }
+                Some(pb::reading::Value::Flag(b)) => Some(Value::Bool(b)),
+                Some(pb::reading::Value::Text(t)) if t.len() <= MAX_TEXT => Some(Value::Text(t)),
+                Some(pb::reading::Value::Text(_)) => {
+                    return Err(bad(format!("text value longer than {MAX_TEXT} bytes")));
+                }
             };
-            (r.point, value, (r.ts_ms != 0).then_some(r.ts_ms), quality)
+            Ok((r.point, value, (r.ts_ms != 0).then_some(r.ts_ms), quality))
         })
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]
@@ -310,6 +318,20 @@ mod tests {
         let r = ok(&list.encode_to_vec());
         assert_eq!(r[0].value, Some(Value::Number(19.0)));
         assert_eq!(r[0].ts_ms, NOW);
+        // Held to the same limits as JSON: a long text and a NaN are refused, not stored.
+        for value in [
+            pb::reading::Value::Text("x".repeat(1_000)),
+            pb::reading::Value::Number(f64::NAN),
+        ] {
+            let list = pb::ReadingList {
+                readings: vec![pb::Reading {
+                    point: "temperature".into(),
+                    value: Some(value),
+                    ..Default::default()
+                }],
+            };
+            assert_eq!(err(&list.encode_to_vec()).kind(), "bad_value");
+        }
     }
 
     #[test]
