@@ -322,13 +322,14 @@ fn problem(status: StatusCode, error: impl Into<String>) -> Response {
         .into_response()
 }
 
+/// The credential in `Authorization: Bearer ...`; the scheme's name is case-insensitive
+/// (RFC 9110 section 11.1).
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, credential) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credential.trim())
 }
 
 /// The caller's access, or the refusal to send back when it is less than `need`.
@@ -648,6 +649,26 @@ async fn set_override(
         Err(r) => {
             app.state.instruments.action("override", "failed");
             r
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_matched_whatever_its_case() {
+        for (header, want) in [
+            ("Bearer abc", Some("abc")),
+            ("bearer abc", Some("abc")),
+            ("BEARER  abc ", Some("abc")),
+            ("Basic abc", None),
+            ("Bearerabc", None),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, HeaderValue::from_static(header));
+            assert_eq!(bearer(&h), want, "{header}");
         }
     }
 }
