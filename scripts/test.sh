@@ -18,6 +18,8 @@ step "packages the tests need"
 need=""
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need="$need mosquitto"
 command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"
+# The identity key test reads the key back with OpenSSL, as an operator would.
+command -v openssl >/dev/null 2>&1 || need="$need openssl"
 # The commissioning page's browser test drives the distribution's Chromium, headless.
 [ -x /usr/bin/chromium ] || need="$need chromium"
 [ -x /usr/bin/chromedriver ] || need="$need chromium-driver"

@@ -706,12 +706,32 @@ async fn the_daemon_refuses_to_start_without_its_identity_key() {
         err.contains("missing.key") && err.contains("gridgate keygen"),
         "{err}"
     );
+    assert_eq!(
+        err.matches("No such file or directory").count(),
+        1,
+        "the cause said once: {err}"
+    );
     // keygen makes one, and refuses to overwrite it.
     let keys = dir.path().join("keys");
     let k = keys.to_str().expect("path");
     let (code, out, _) = run_to_end(&["keygen", "--out", k], WAIT).await;
     assert_eq!(code, 0);
     assert!(out.contains("public key:"), "{out}");
+    // The key is one OpenSSL reads (as its comment in the docs says), to the same public key.
+    let derived = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(keys.join("identity.key"))
+        .output()
+        .expect("openssl (scripts/test.sh installs it)");
+    assert!(
+        derived.status.success(),
+        "{}",
+        String::from_utf8_lossy(&derived.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&derived.stdout),
+        std::fs::read_to_string(keys.join("identity.pub")).expect("pub")
+    );
     let (code, _, err) = run_to_end(&["keygen", "--out", k], WAIT).await;
     assert_ne!(code, 0);
     assert!(err.contains("refusing to overwrite"), "{err}");

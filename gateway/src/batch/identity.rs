@@ -86,10 +86,15 @@ impl Identity {
             let path = path.to_path_buf();
             move |source| IdentityError::Io { path, source }
         };
-        let pem = self
-            .key
-            .to_pkcs8_pem(LineEnding::LF)
-            .map_err(|e| IdentityError::Random(e.to_string()))?;
+        // PKCS#8 v1 (RFC 8410's PrivateKeyInfo, the seed alone): OpenSSL 3.0 refuses the
+        // v2 form with the public key inside that ed25519-dalek writes by default, and an
+        // operator should be able to look at the key with `openssl pkey`.
+        let pem = ed25519_dalek::pkcs8::KeypairBytes {
+            secret_key: self.key.to_bytes(),
+            public_key: None,
+        }
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| IdentityError::Random(e.to_string()))?;
         if let Some(dir) = private.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io(dir))?;
         }
