@@ -325,7 +325,7 @@ fn main() -> ExitCode {
     let code = match runtime.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("gridgate: {e:#}");
+            eprintln!("gridgate: {}", causes_once(&e));
             ExitCode::FAILURE
         }
     };
@@ -495,5 +495,41 @@ in the config: [gateway] identity = \"{}\"",
             daemon::stop_signal().await;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// The error and its causes, each said once: many errors already put their cause in their
+/// own message, and printing the chain after it repeated it ("No such file or directory (os
+/// error 2): No such file or directory (os error 2)").
+fn causes_once(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let said = cause.to_string();
+        if !out.contains(&said) {
+            out.push_str(": ");
+            out.push_str(&said);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_said_again() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let e = anyhow::Error::new(gridgate::batch::identity::IdentityError::Io {
+            path: "/etc/gridgate/identity.key".into(),
+            source: io,
+        })
+        .context("cannot start");
+        let text = causes_once(&e);
+        assert_eq!(text.matches("entity not found").count(), 1, "{text}");
+        assert!(
+            text.starts_with("cannot start: /etc/gridgate/identity.key"),
+            "{text}"
+        );
     }
 }
