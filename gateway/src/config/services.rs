@@ -504,20 +504,10 @@ impl Checker<'_> {
     /// the gateway signs as its own.
     fn check_field_listener(&mut self, r: &RawIngest) -> (Option<SocketAddr>, Option<ListenTls>) {
         let Some(l) = &r.listen else {
-            for f in [
-                &r.listen_cert_file,
-                &r.listen_key_file,
-                &r.listen_client_ca_file,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                self.problem(
-                    f,
-                    "ingest.listen".into(),
-                    "listen_* files belong to a field listener: give listen = \"mqtts://0.0.0.0:8883\"".into(),
-                );
-            }
+            self.stray_listener_files(
+                r,
+                "listen_* files belong to a field listener: give listen = \"mqtts://0.0.0.0:8883\"",
+            );
             return (None, None);
         };
         let text = l.get_ref().as_str();
@@ -561,20 +551,7 @@ impl Checker<'_> {
                 }
             }
         } else {
-            for f in [
-                &r.listen_cert_file,
-                &r.listen_key_file,
-                &r.listen_client_ca_file,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                self.problem(
-                    f,
-                    "ingest.listen".into(),
-                    "TLS files need listen = \"mqtts://HOST:PORT\"".into(),
-                );
-            }
+            self.stray_listener_files(r, "TLS files need listen = \"mqtts://HOST:PORT\"");
             None
         };
         let password = r.username.is_some() && r.password.is_some();
@@ -587,6 +564,20 @@ impl Checker<'_> {
             );
         }
         (Some(addr), listen_tls)
+    }
+
+    /// A problem at each listener TLS file written where no TLS listener takes it.
+    fn stray_listener_files(&mut self, r: &RawIngest, why: &str) {
+        for f in [
+            &r.listen_cert_file,
+            &r.listen_key_file,
+            &r.listen_client_ca_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            self.problem(f, "ingest.listen".into(), why.into());
+        }
     }
 
     pub(super) fn check_grpc(&mut self, raw: Option<&RawGrpc>) -> Option<GrpcConfig> {
