@@ -225,7 +225,9 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             _ = wait_front(&mut waiting), if front_waiting => {}
-            r = tokio::time::timeout(idle, stream.read_buf(&mut buf)) => match r {
+            // A device with this many publishes unacknowledged is read no further until its
+            // oldest are stored: memory holds what the bound allows, whatever it sends.
+            r = tokio::time::timeout(idle, stream.read_buf(&mut buf)), if waiting.len() < super::MAX_UNACKED => match r {
                 Err(_) => return Err("keep-alive expired".into()),
                 Ok(Ok(0)) => return Ok(()),
                 Ok(Ok(_)) => {}

@@ -373,7 +373,7 @@ impl Store {
                     let value = recent::value_hash(r);
                     if let Some(stored_value) = recent.get(f) {
                         out.duplicates += 1;
-                        if stored_value != value {
+                        if stored_value != value as u32 {
                             out.conflicting.push(r.point.clone());
                         }
                         continue;
