@@ -1,12 +1,14 @@
 //! End-to-end ingest: an MQTT publisher on loopback → Mosquitto → the real `gridgate run`
 //! (durable store, group commit, signed batches) → uplink back through Mosquitto to this
-//! process, with 10,000 points configured. Beside it, in the same run, a bare redb loop
-//! inserting and committing the same encoded readings in groups of the same size, with the
-//! same durability: the ratio says what the pipeline costs over the storage engine alone.
+//! process, with 10,000 points configured. The publisher is this process (rumqttc), then,
+//! in the same run, a paho-mqtt (Python) script as a field integrator would write it
+//! (`tests/python/paho_publisher.py`). Beside them, a bare redb loop inserting and
+//! committing the same encoded readings in groups of the same size, with the same
+//! durability: the ratio says what the pipeline costs over the storage engine alone.
 //!
 //!     cargo bench -p gridgate --bench ingest [-- READINGS]
 //!
-//! Needs `mosquitto` (scripts/test.sh installs it).
+//! Needs `mosquitto` and Python's `paho-mqtt` (scripts/test.sh installs both).
 
 mod common;
 
@@ -35,7 +37,13 @@ fn main() {
         .expect("runtime");
     let dir = tempfile::tempdir().expect("dir");
     let bare = bare_redb(dir.path(), total);
-    let (pipeline, rss_kib, batches) = rt.block_on(pipeline(dir.path(), total));
+    let (rust, rss_kib, batches) = rt.block_on(pipeline(
+        &dir.path().join("rust"),
+        total,
+        Publisher::Rumqttc,
+    ));
+    let (paho, paho_rss_kib, paho_batches) =
+        rt.block_on(pipeline(&dir.path().join("paho"), total, Publisher::Paho));
     println!(
         "ingest: {total} readings in messages of {PER_MESSAGE}, {POINTS} points configured, batches of {BATCH}"
     );
@@ -44,17 +52,26 @@ fn main() {
         bare
     );
     println!(
-        "  MQTT -> gridgate store -> signed batches -> uplink  {:>9.0} readings/s ({batches} batches)",
-        pipeline
-    );
-    println!(
-        "  ratio pipeline / bare redb                          {:>9.2}",
-        pipeline / bare
-    );
-    println!(
-        "  gridgate peak RSS (VmHWM)                           {:>9.1} MiB",
+        "  rumqttc -> gridgate store -> batches -> uplink      {:>9.0} readings/s ({batches} batches), ratio to bare {:.2}, peak RSS {:.1} MiB",
+        rust,
+        rust / bare,
         rss_kib as f64 / 1024.0
     );
+    println!(
+        "  paho-mqtt -> gridgate store -> batches -> uplink    {:>9.0} readings/s ({paho_batches} batches), ratio to bare {:.2}, peak RSS {:.1} MiB",
+        paho,
+        paho / bare,
+        paho_rss_kib as f64 / 1024.0
+    );
+}
+
+/// Who publishes the readings.
+#[derive(Clone, Copy, PartialEq)]
+enum Publisher {
+    /// This process, with rumqttc.
+    Rumqttc,
+    /// A Python script with paho-mqtt, QoS 1, as a field integrator would feed the gateway.
+    Paho,
 }
 
 fn reading(i: usize, base: i64) -> pb::Reading {
@@ -95,7 +112,8 @@ fn bare_redb(dir: &Path, total: usize) -> f64 {
     total as f64 / started.elapsed().as_secs_f64()
 }
 
-async fn pipeline(dir: &Path, total: usize) -> (f64, u64, u64) {
+async fn pipeline(dir: &Path, total: usize, publisher_kind: Publisher) -> (f64, u64, u64) {
+    std::fs::create_dir_all(dir).expect("dir");
     let port = common::free_port();
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
@@ -218,32 +236,100 @@ window = 16
     let (publ, mut pub_ev) = rumqttc::AsyncClient::new(opts, 256);
     let count = messages.len() as u64;
     let started = Instant::now();
-    let publisher = tokio::spawn(async move {
-        tokio::spawn(async move {
-            for m in messages {
-                if publ
-                    .publish("field/dev", rumqttc::QoS::AtLeastOnce, false, m)
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
+    let elapsed = if publisher_kind == Publisher::Paho {
+        drop(messages);
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/paho_publisher.py");
+        let mut child = tokio::process::Command::new("python3")
+            .arg(script)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--readings",
+                &total.to_string(),
+            ])
+            .args([
+                "--per-message",
+                &PER_MESSAGE.to_string(),
+                "--points",
+                &POINTS.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 with paho-mqtt (pip install -r tests/python/requirements.txt)");
+        // The clock starts once Python has built its payloads and connected.
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let ready = lines.next_line().await.ok().flatten();
+        assert_eq!(
+            ready.as_deref(),
+            Some("ready"),
+            "paho publisher did not start"
+        );
+        let started = Instant::now();
+        let waited = wait_uplinked(&uplinked, total, started).await;
+        match tokio::time::timeout(Duration::from_secs(5), lines.next_line()).await {
+            Ok(Ok(Some(line))) => {
+                eprintln!("  paho publisher: {line}; last batch uplinked after {waited:.2} s")
             }
-        });
-        // Keep the connection going until the broker has acknowledged every message.
-        let mut acked = 0u64;
-        while acked < count {
-            match pub_ev.poll().await {
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => acked += 1,
-                Ok(_) => {}
-                Err(e) => {
-                    eprintln!("publisher: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
+            other => eprintln!("  paho publisher said nothing more: {other:?}"),
         }
-        started.elapsed()
-    });
+        let _ = child.wait().await;
+        waited
+    } else {
+        let publisher = tokio::spawn(async move {
+            tokio::spawn(async move {
+                for m in messages {
+                    if publ
+                        .publish("field/dev", rumqttc::QoS::AtLeastOnce, false, m)
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+            // Keep the connection going until the broker has acknowledged every message.
+            let mut acked = 0u64;
+            while acked < count {
+                match pub_ev.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => acked += 1,
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("publisher: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            started.elapsed()
+        });
+        let elapsed = wait_uplinked(&uplinked, total, started).await;
+        if let Ok(Ok(p)) = tokio::time::timeout(Duration::from_secs(1), publisher).await {
+            eprintln!(
+                "  publisher done after {:.2} s; last batch uplinked after {elapsed:.2} s",
+                p.as_secs_f64()
+            );
+        }
+        elapsed
+    };
+    let rss = peak_rss(pid);
+    collector.abort();
+    let _ = gw.start_kill();
+    let _ = gw.wait().await;
+    let _ = broker.kill();
+    let _ = broker.wait();
+    (
+        uplinked.load(Ordering::SeqCst) as f64 / elapsed,
+        rss,
+        batches.load(Ordering::SeqCst),
+    )
+}
+
+/// Waits until every reading is back in an uplinked batch (at most 10 minutes, with a
+/// progress line every 5 s); returns the seconds since `started`.
+async fn wait_uplinked(uplinked: &AtomicU64, total: usize, started: Instant) -> f64 {
     let target = (total / PER_MESSAGE * PER_MESSAGE) as u64;
     let mut last_report = Instant::now();
     while uplinked.load(Ordering::SeqCst) < target {
@@ -260,29 +346,17 @@ window = 16
             break;
         }
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    if let Ok(Ok(p)) = tokio::time::timeout(Duration::from_secs(1), publisher).await {
-        eprintln!(
-            "  publisher done after {:.2} s; last batch uplinked after {elapsed:.2} s",
-            p.as_secs_f64()
-        );
-    }
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+    started.elapsed().as_secs_f64()
+}
+
+/// The process's peak resident set (VmHWM), KiB.
+fn peak_rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
                 .find(|l| l.starts_with("VmHWM:"))
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
-        .unwrap_or(0);
-    collector.abort();
-    let _ = gw.start_kill();
-    let _ = gw.wait().await;
-    let _ = broker.kill();
-    let _ = broker.wait();
-    (
-        uplinked.load(Ordering::SeqCst) as f64 / elapsed,
-        rss,
-        batches.load(Ordering::SeqCst),
-    )
+        .unwrap_or(0)
 }
