@@ -9,6 +9,11 @@ use gridgate_tests::dr_site::{WAIT, event, plant, reads, wait_for_port};
 use gridgate_tests::web::{get_json, request, scrape, value, web_token};
 use gridgate_tests::{Gateway, free_port, run_to_end};
 
+/// The idle-connections test opens 450 client sockets, each taking an ephemeral port: a port
+/// another test of this file has just picked as free could be taken before its gateway
+/// binds it. That test runs alone; the others share.
+static PORTS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 async fn until<F, Fut>(what: &str, limit: Duration, mut f: F)
 where
     F: FnMut() -> Fut,
@@ -26,6 +31,7 @@ where
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_move_with_readings_errors_and_dr_and_parse_as_openmetrics() {
+    let _ports = PORTS.read().await;
     let (sims, site, mut config) = plant().await;
     let d = site.dir.path();
     let (admin_file, admin) = web_token(d, "web-admin.token").await;
@@ -241,6 +247,7 @@ async fn metrics_move_with_readings_errors_and_dr_and_parse_as_openmetrics() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_device_list_pages_through_a_thousand_devices() {
+    let _ports = PORTS.read().await;
     let dir = tempfile::tempdir().expect("dir");
     let (admin_file, admin) = web_token(dir.path(), "web-admin.token").await;
     let (web_port, mqtt_port) = (free_port(), free_port());
@@ -277,6 +284,7 @@ async fn the_device_list_pages_through_a_thousand_devices() {
 /// read; a screenshot in target/test-artifacts.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_page_of_a_running_demo_shows_live_values_and_test_reads_need_the_credential() {
+    let _ports = PORTS.read().await;
     use fantoccini::{ClientBuilder, Locator};
     use tokio::io::AsyncBufReadExt;
 
@@ -500,6 +508,7 @@ async fn the_page_of_a_running_demo_shows_live_values_and_test_reads_need_the_cr
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_page_over_https_with_the_site_certificate_and_gridgate_status_through_it() {
+    let _ports = PORTS.read().await;
     let (_sims, site, mut config) = plant().await;
     let d = site.dir.path();
     let (read_file, _) = web_token(d, "web-read.token").await;
@@ -541,6 +550,7 @@ async fn the_page_over_https_with_the_site_certificate_and_gridgate_status_throu
 /// 1,100 such connections used to take every descriptor and stop the gateway.
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_connections_are_capped_and_cut_off_while_the_gateway_goes_on() {
+    let _ports = PORTS.write().await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (_sims, site, mut config) = plant().await;
     let d = site.dir.path();
