@@ -144,12 +144,14 @@ pub async fn start(
     Ok((tasks, local))
 }
 
-/// A connection that sends nothing for this long is closed (an idle keep-alive, or a client
-/// that connected and went quiet).
-const IDLE_WITHIN: Duration = Duration::from_secs(30);
-/// A request's headers must arrive whole within this (a client that trickles them holds a
-/// connection for no use).
+/// A request's headers must arrive whole within this, counted from when the server starts
+/// waiting for them: a client that connects and says nothing, keeps an idle keep-alive, or
+/// trickles its headers is closed after it.
 const HEADERS_WITHIN: Duration = Duration::from_secs(10);
+/// A connection that sends nothing at all for this long is closed whatever it is doing (a
+/// request body that stalls). Longer than the longest answer a request may wait for (a
+/// scan), since the server may watch the connection while the answer is being made.
+const IDLE_WITHIN: Duration = Duration::from_secs(SCAN_WITHIN.as_secs() + 60);
 
 /// Accepts connections under the listener's cap and serves each on its own task: the TLS
 /// handshake within [`crate::admission::HANDSHAKE_WITHIN`], then HTTP/1.1 with
