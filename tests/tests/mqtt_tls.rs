@@ -36,20 +36,26 @@ fn pki() -> Pki {
     }
 }
 
+impl Pki {
+    /// Writes ca.pem, server.pem/.key and client.pem/.key into `d`.
+    fn write(&self, d: &std::path::Path) {
+        for (name, text) in [
+            ("ca.pem", &self.ca),
+            ("server.pem", &self.server.0),
+            ("server.key", &self.server.1),
+            ("client.pem", &self.client.0),
+            ("client.key", &self.client.1),
+        ] {
+            std::fs::write(d.join(name), text).expect("write");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uplink_and_ingest_over_tls_with_a_client_certificate_and_a_password() {
     let dir = tempfile::tempdir().expect("dir");
     let d = dir.path();
-    let p = pki();
-    for (name, text) in [
-        ("ca.pem", &p.ca),
-        ("server.pem", &p.server.0),
-        ("server.key", &p.server.1),
-        ("client.pem", &p.client.0),
-        ("client.key", &p.client.1),
-    ] {
-        std::fs::write(d.join(name), text).expect("write");
-    }
+    pki().write(d);
     let passwd = d.join("passwd");
     let status = std::process::Command::new("mosquitto_passwd")
         .args(["-c", "-b"])
@@ -236,16 +242,7 @@ async fn device(
 async fn the_field_listener_takes_only_devices_that_authenticate() {
     let dir = tempfile::tempdir().expect("dir");
     let d = dir.path();
-    let p = pki();
-    for (name, text) in [
-        ("ca.pem", &p.ca),
-        ("server.pem", &p.server.0),
-        ("server.key", &p.server.1),
-        ("client.pem", &p.client.0),
-        ("client.key", &p.client.1),
-    ] {
-        std::fs::write(d.join(name), text).expect("write");
-    }
+    pki().write(d);
     let port = free_port();
     let config = format!(
         "[gateway]\nid = \"field-tls\"\n\n[store]\nbatch_interval = \"200ms\"\n\n[ingest]\nlisten = \"mqtts://127.0.0.1:{port}\"\nlisten_cert_file = \"{0}/server.pem\"\nlisten_key_file = \"{0}/server.key\"\nlisten_client_ca_file = \"{0}/ca.pem\"\nusername = \"device\"\npassword = \"s3cret\"\n\n[[ingest.device]]\nname = \"sensor\"\ntopic = \"field/sensor\"\npoints = [{{ name = \"t\" }}]\n",
