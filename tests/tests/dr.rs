@@ -802,8 +802,10 @@ async fn a_load_that_never_acknowledges_is_retried_and_reported_failed() {
         .send(
             "dead",
             &operator,
+            // Long enough for the answering load to be confirmed while the line is busy
+            // timing out on the silent device, even on a loaded machine (10 s was not, once).
             &event("dead-1", "operator", targets)
-                .replace("duration = \"15m\"", "duration = \"10s\""),
+                .replace("duration = \"15m\"", "duration = \"20s\""),
         )
         .await;
     assert_eq!(code, 0, "{out}");
@@ -827,7 +829,7 @@ async fn a_load_that_never_acknowledges_is_retried_and_reported_failed() {
     let report: serde_json::Value = serde_json::from_str(&out).expect("json");
     let pump = &report["loads"][1];
     assert_eq!(pump["state"], "LOAD_STATE_FAILED", "{report}");
-    // Retried within the 10 s event (each attempt waits up to 5 s for the line, which is
+    // Retried within the 20 s event (each attempt waits up to 5 s for the line, which is
     // busy timing out on the silent device's polls), and the reason kept.
     assert!(
         pump["attempts"].as_u64().is_some_and(|n| n >= 2),
