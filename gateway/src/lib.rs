@@ -1,6 +1,6 @@
 //! gridgate: the demand-response edge gateway.
 //!
-//! Modules follow the data's way through the gateway (see DESIGN.md):
+//! Modules follow the data's way through the gateway (see docs/dev/architecture.md):
 //! [`config`] → [`acquire`] (buses, polling, device state, readings, sinks). [`tools`] holds
 //! the field engineer's one-off commands (read, scan, simulators) and [`daemon`] the
 //! long-running jobs (run, demo). `main.rs` only parses the command line.

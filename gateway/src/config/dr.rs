@@ -106,7 +106,7 @@ pub struct ProgramConfig {
     pub intervals: Vec<Duration>,
 }
 
-/// Baseline methods (DESIGN.md, DR).
+/// Baseline methods (docs/dr-operator.md).
 #[derive(Debug, Clone, PartialEq)]
 pub enum BaselineConfig {
     /// Meter-before/meter-after: the average over `before` just before the start.

@@ -1,4 +1,4 @@
-//! `[ledger]`: this node's part in the consortium ledger (DESIGN.md, Ledger): its role, the
+//! `[ledger]`: this node's part in the consortium ledger (docs/ledger.md): its role, the
 //! genesis membership, and the TLS client identity it reaches validators with.
 
 use std::path::PathBuf;

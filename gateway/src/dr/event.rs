@@ -1,6 +1,6 @@
 //! The acceptance rules for a signed DR event. An event moves a load only if it is signed by
 //! an issuer key the config trusts, is inside its validity window, was never accepted before
-//! and every target names a known load within that load's limits (DESIGN.md, Guarantees).
+//! and every target names a known load within that load's limits (docs/dev/architecture.md, dr).
 //! Each refusal says exactly why, as a [`pb::Refusal`] code and a sentence.
 
 use std::collections::BTreeMap;

@@ -7,7 +7,7 @@
 //!   bus tasks, confirmed by read-back), retries, restores at the end, survives restarts.
 //!
 //! Measuring the reduction against a baseline and the performance report build on these
-//! (DESIGN.md, DR).
+//! (docs/dr-operator.md).
 
 pub mod demo;
 pub mod event;

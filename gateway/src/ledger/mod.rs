@@ -1,4 +1,4 @@
-//! The consortium ledger replica (DESIGN.md, Ledger): every member appends only to its own
+//! The consortium ledger replica (docs/ledger.md): every member appends only to its own
 //! log; validators vote at most once per (origin, seq) and 2f+1 votes make an entry final.
 //!
 //! - [`entry`]: signing and checking entries, votes and certificates (pure).

@@ -1,5 +1,5 @@
 //! The store: readings not yet batched, closed batches, consumers' cursors and the chain's
-//! state, in one redb file (DESIGN.md says why redb and not sled).
+//! state, in one redb file (redb: a pure-Rust, ACID store with durable commits).
 //!
 //! Every change is one redb write transaction, committed with an fsync before the caller is
 //! told it is done, so a crash at any moment leaves the last commit: never half a batch, never
