@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use gridgate::batch::Identity;
+use gridgate_core::Identity;
 use gridgate_proto::v1 as pb;
 use gridgate_proto::v1::demand_response_client::DemandResponseClient;
 use tokio_modbus::client::{Writer, tcp};
@@ -133,7 +133,7 @@ async fn run(events: usize) {
             ..Default::default()
         };
         let reply = client
-            .dispatch(gridgate::dr::sign_event(&event, &operator))
+            .dispatch(gridgate_core::signed::sign_event(&event, &operator))
             .await
             .expect("dispatch")
             .into_inner();

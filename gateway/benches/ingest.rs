@@ -137,7 +137,7 @@ async fn pipeline(dir: &Path, total: usize, publisher_kind: Publisher) -> (f64, 
     }
 
     let site = dir.join("site");
-    gridgate::batch::Identity::generate()
+    gridgate_core::Identity::generate()
         .expect("key")
         .save(&site.join("id.key"), &site.join("id.pub"))
         .expect("save");

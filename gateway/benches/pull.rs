@@ -9,8 +9,9 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use gridgate::batch::{Identity, seal};
+use gridgate::batch::seal;
 use gridgate::store::Store;
+use gridgate_core::Identity;
 use gridgate_proto::v1 as pb;
 use gridgate_proto::v1::telemetry_client::TelemetryClient;
 use prost::Message;

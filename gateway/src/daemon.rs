@@ -16,14 +16,15 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::acquire::{self, DeviceRegistry, Reading, ReadingSink};
-use crate::batch::{Identity, IdentityError};
+use crate::acquire::{self, DeviceRegistry, ReadingSink};
 use crate::config::{BusConfig, ConfigError, GatewayConfig};
 use crate::ingest::{self, IngestStats};
 use crate::store::writer::{self, StoreHandle, Submission, WriterConfig};
 use crate::store::{Store, StoreError};
 use crate::tools::sim;
 use crate::uplink::{self, UplinkStats};
+use gridgate_core::Reading;
+use gridgate_core::{Identity, IdentityError};
 
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, Error)]
@@ -50,7 +51,7 @@ pub enum DaemonError {
     Broker(#[from] ingest::broker::BrokerError),
     /// TLS files for a broker unusable.
     #[error(transparent)]
-    Tls(#[from] crate::mqtt::TlsError),
+    Tls(#[from] gridgate_core::tls::TlsError),
     /// The field listener cannot bind.
     #[error("field listener cannot listen on {addr}: {source}")]
     Listen {
@@ -289,7 +290,7 @@ pub struct Pipeline {
     /// Every point's last reading (the page).
     pub latest: crate::web::latest::Latest,
     /// Metrics updated where things happen.
-    pub instruments: Arc<crate::web::metrics::Instruments>,
+    pub instruments: Arc<gridgate_core::instruments::Instruments>,
     started: std::time::Instant,
     /// Where pollers send readings (kept to start pollers after a reload).
     readings: mpsc::Sender<Vec<Reading>>,
@@ -347,7 +348,7 @@ fn restart_only_changes(old: &GatewayConfig, new: &GatewayConfig) -> Vec<&'stati
 
 /// TLS material of the MQTT links, checked before anything starts, so that a wrong path is
 /// an error at start-up (or a refused reload), not a retry loop in the log.
-fn check_mqtt_tls(cfg: &GatewayConfig) -> Result<(), crate::mqtt::TlsError> {
+fn check_mqtt_tls(cfg: &GatewayConfig) -> Result<(), gridgate_core::tls::TlsError> {
     if let Some(u) = &cfg.uplink {
         crate::mqtt::options(&u.broker, &u.client_id, u.keep_alive, None)?;
     }
@@ -395,7 +396,7 @@ impl Pipeline {
         }
         let cancel = CancellationToken::new();
         let (tx, rx) = mpsc::channel(acquire::QUEUE_DEPTH);
-        let live = crate::api::live_channel();
+        let live = gridgate_core::live_channel();
         let forwarder = tokio::spawn(forward(rx, handle.clone(), echo, live.clone()));
         let mut p = Pipeline {
             config: tokio::sync::watch::Sender::new(Arc::new(cfg.clone())),
@@ -501,7 +502,7 @@ impl Pipeline {
             let tls = match &i.listen_tls {
                 None => None,
                 Some(t) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
-                    crate::mqtt::server_tls(&t.cert, &t.key, t.client_ca.as_deref(), b"")?,
+                    gridgate_core::tls::server_tls(&t.cert, &t.key, t.client_ca.as_deref(), b"")?,
                 ))),
             };
             let field = ingest::listener::FieldListener {
@@ -510,7 +511,7 @@ impl Pipeline {
                 admission: self
                     .instruments
                     .listeners
-                    .get("mqtt-field", crate::admission::FIELD_MAX),
+                    .get("mqtt-field", gridgate_core::admission::FIELD_MAX),
             };
             part.tasks.spawn(ingest::listener::serve(
                 field,

@@ -10,7 +10,6 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod acquire;
-pub mod admission;
 pub mod api;
 pub mod batch;
 pub mod config;

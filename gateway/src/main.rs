@@ -387,7 +387,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                 writeln!(stdout, "{} exists; kept it", private.display())?;
                 return Ok(ExitCode::SUCCESS);
             }
-            let id = gridgate::batch::Identity::generate()?;
+            let id = gridgate_core::Identity::generate()?;
             id.save(&private, &public)?;
             writeln!(
                 stdout,
@@ -520,7 +520,7 @@ mod tests {
     #[test]
     fn a_cause_already_in_the_message_is_not_said_again() {
         let io = std::io::Error::from(std::io::ErrorKind::NotFound);
-        let e = anyhow::Error::new(gridgate::batch::identity::IdentityError::Io {
+        let e = anyhow::Error::new(gridgate_core::identity::IdentityError::Io {
             path: "/etc/gridgate/identity.key".into(),
             source: io,
         })

@@ -143,7 +143,7 @@ pub fn switched(point: &'static str, on: bool) -> impl Fn(&serde_json::Value) ->
 }
 
 pub fn keygen(dir: &Path) {
-    gridgate::batch::Identity::generate()
+    gridgate_core::Identity::generate()
         .expect("key")
         .save(&dir.join("identity.key"), &dir.join("identity.pub"))
         .expect("save");

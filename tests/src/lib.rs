@@ -94,7 +94,7 @@ pub struct Gateway {
 pub fn with_site(dir: &Path, config: &str) -> String {
     let key = dir.join("identity.key");
     if !key.exists() {
-        gridgate::batch::Identity::generate()
+        gridgate_core::Identity::generate()
             .expect("key")
             .save(&key, &dir.join("identity.pub"))
             .expect("save key");

@@ -1008,7 +1008,7 @@ async fn events_arrive_over_mqtt_and_the_signed_report_goes_back_over_mqtt() {
     let ops =
         MqttOperator::connect(broker.port, &[reply_topic, "gridgate/plant/dr/reports/#"]).await;
 
-    let operator = gridgate::batch::Identity::load(&d.join("operator/identity.key")).expect("key");
+    let operator = gridgate_core::Identity::load(&d.join("operator/identity.key")).expect("key");
     let now = unix_now_ms();
     let event = pb::DrEvent {
         id: "m-1".into(),
@@ -1028,7 +1028,7 @@ async fn events_arrive_over_mqtt_and_the_signed_report_goes_back_over_mqtt() {
         command: Some(pb::dr_command::Command::Event(signed)),
     };
     // A forged copy first: refused, nothing moves.
-    let mut forged = gridgate::dr::sign_event(&event, &operator);
+    let mut forged = gridgate_core::signed::sign_event(&event, &operator);
     forged.signature[0] ^= 1;
     // The gateway subscribes when it connects; send until the first answer comes.
     let mut first = None;
@@ -1055,7 +1055,7 @@ async fn events_arrive_over_mqtt_and_the_signed_report_goes_back_over_mqtt() {
 
     ops.send(
         "ops/plant/dr",
-        command(gridgate::dr::sign_event(&event, &operator)),
+        command(gridgate_core::signed::sign_event(&event, &operator)),
     )
     .await;
     let reply =
@@ -1074,8 +1074,8 @@ async fn events_arrive_over_mqtt_and_the_signed_report_goes_back_over_mqtt() {
     // The report comes out retained on its own topic, signed by the gateway.
     let signed = pb::SignedPerformanceReport::decode(ops.nth(report_topic, 0).await.as_slice())
         .expect("report");
-    let key = gridgate::batch::identity::load_public(&d.join("identity.pub")).expect("pub");
-    let report = gridgate::dr::report::verify(&key, &signed).expect("signature");
+    let key = gridgate_core::identity::load_public(&d.join("identity.pub")).expect("pub");
+    let report = gridgate_core::signed::verify_report(&key, &signed).expect("signature");
     assert_eq!(report.event_id, "m-1");
     assert_eq!(report.gateway_id, "plant");
     assert_eq!(report.loads.len(), 1);

@@ -382,9 +382,8 @@ async fn an_equivocating_gateway_is_shut_out_and_forgeries_never_make_a_certific
     for i in 0..4 {
         running.push(validators.start(i, &[me]).await);
     }
-    let rogue =
-        gridgate::batch::Identity::load(&rogue_dir.path().join("identity.key")).expect("key");
-    let stranger = gridgate::batch::Identity::generate().expect("key");
+    let rogue = gridgate_core::Identity::load(&rogue_dir.path().join("identity.key")).expect("key");
+    let stranger = gridgate_core::Identity::generate().expect("key");
     let entry = |seq: u64, prev: Vec<u8>, claim: &[u8]| pb::Entry {
         origin: "rogue".into(),
         seq,
@@ -534,7 +533,7 @@ async fn an_equivocating_gateway_is_shut_out_and_forgeries_never_make_a_certific
 
     // A Byzantine validator (v3's own key) votes for a forged entry and signs garbage for a
     // real one: with the honest validators' votes neither makes a certificate.
-    let v3_key = gridgate::batch::Identity::load(&validators.dir.path().join("v3/identity.key"))
+    let v3_key = gridgate_core::Identity::load(&validators.dir.path().join("v3/identity.key"))
         .expect("v3's key");
     let forged_entry = sign_entry(&entry(0, vec![0; 32], b"claim F"), &stranger);
     let byzantine = sign_vote("v3", "rogue", 0, &entry_hash(&forged_entry), &v3_key);
@@ -577,7 +576,7 @@ async fn an_equivocating_gateway_is_shut_out_and_forgeries_never_make_a_certific
         .next()
         .and_then(|t| t.parse().ok())
         .expect("excluded_until");
-    assert!(until > gridgate::acquire::reading::now_ms(), "{out}");
+    assert!(until > gridgate_core::reading::now_ms(), "{out}");
     for v in running {
         assert_eq!(v.stop().await, Some(0));
     }
@@ -853,7 +852,7 @@ async fn the_operator_logs_terms_events_and_membership_changes_and_named_gateway
     assert_eq!(seen.kind, pb::EntryKind::Membership as i32);
 
     // Now every validator takes gw-c's calls and votes for its entries.
-    let c_key = gridgate::batch::Identity::load(&gw_c_key).expect("key");
+    let c_key = gridgate_core::Identity::load(&gw_c_key).expect("key");
     let entry = gridgate::ledger::entry::sign_entry(
         &pb::Entry {
             origin: "gw-c".into(),

@@ -164,7 +164,7 @@ topic = "gridgate/tls/batches"
     )
     .await;
     assert_eq!(code, 0, "the config itself is well-formed: {err}");
-    gridgate::batch::Identity::generate()
+    gridgate_core::Identity::generate()
         .expect("key")
         .save(&d.join("nokey"), &d.join("nokey.pub"))
         .expect("save");
@@ -198,7 +198,7 @@ async fn device(
         opts.set_credentials(u, p);
     }
     let client = (d.join("client.pem"), d.join("client.key"));
-    let tls = gridgate::mqtt::client_tls(
+    let tls = gridgate_core::tls::client_tls(
         &d.join("ca.pem"),
         cert.then_some((client.0.as_path(), client.1.as_path())),
     )

@@ -674,7 +674,7 @@ required_consumers = ["master-station"]
     // Another key: the first batch is named as the fault.
     let other = tempfile::tempdir().expect("dir");
     let (okey, opub) = (other.path().join("k"), other.path().join("k.pub"));
-    gridgate::batch::Identity::generate()
+    gridgate_core::Identity::generate()
         .expect("key")
         .save(&okey, &opub)
         .expect("save");

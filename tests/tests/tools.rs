@@ -316,7 +316,7 @@ async fn check_config_names_file_line_and_key() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("1 bus(es), 1 device(s), 1 point(s)"), "{out}");
     let key = dir.path().join("identity.key");
-    gridgate::batch::Identity::generate()
+    gridgate_core::Identity::generate()
         .expect("key")
         .save(&key, &dir.path().join("identity.pub"))
         .expect("save");

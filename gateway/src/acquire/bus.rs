@@ -14,9 +14,9 @@ use tracing::{debug, info, warn};
 use super::control::{
     BusRequest, ControlError, ControlOutcome, ControlRequest, ScanFound, write_dlt645, write_modbus,
 };
-use super::reading::{Quality, Reading, Value, now_ms};
 use super::state::DeviceRegistry;
 use crate::config::{BusConfig, BusTiming, DeviceConfig, DeviceKind, PointSource, Protocol};
+use gridgate_core::reading::{Quality, Reading, Value, now_ms};
 
 /// Maps a DL/T 645 failure to a reading quality.
 pub fn dlt645_quality(e: &Dlt645Error) -> Quality {

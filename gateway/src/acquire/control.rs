@@ -471,7 +471,7 @@ pub async fn write_dlt645(
     let close = req.value != 0.0;
     // Meters keep their own clock; the validity window is generous so that a meter a few
     // minutes off still takes the command.
-    let now_s = super::reading::now_ms() / 1000;
+    let now_s = gridgate_core::now_ms() / 1000;
     let rc = RemoteControl {
         password: auth.password,
         operator: auth.operator,

@@ -4,13 +4,12 @@
 pub mod bus;
 pub mod control;
 pub mod mqtt_command;
-pub mod reading;
 pub mod sink;
 pub mod state;
 
 pub use bus::BusPoller;
 pub use control::{ControlError, ControlOutcome, Controls};
-pub use reading::{Quality, Reading, Value};
+pub use gridgate_core::reading::{Quality, Reading, Value};
 pub use sink::{JsonLinesSink, ReadingSink, TextSink};
 pub use state::{DeviceRegistry, DeviceStatus};
 

@@ -5,7 +5,7 @@ use std::io::{self, Write};
 
 use tokio::sync::mpsc;
 
-use super::reading::Reading;
+use gridgate_core::reading::Reading;
 
 /// Takes readings in the order they were acquired.
 pub trait ReadingSink: Send {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::reading::Reading;
+use gridgate_core::reading::Reading;
 
 /// What is known of one device.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -66,11 +66,11 @@ pub fn live_channel() -> broadcast::Sender<Arc<crate::acquire::Reading>> {
 pub async fn start(
     cfg: &GrpcConfig,
     state: ApiState,
-    listeners: &crate::admission::Listeners,
+    listeners: &gridgate_core::admission::Listeners,
     cancel: CancellationToken,
 ) -> Result<tokio::task::JoinSet<()>, ApiError> {
     let tls = ServerTlsConfig::new()
-        .timeout(crate::admission::HANDSHAKE_WITHIN)
+        .timeout(gridgate_core::admission::HANDSHAKE_WITHIN)
         .identity(TlsIdentity::from_pem(
             read(&cfg.cert_file)?,
             read(&cfg.key_file)?,
@@ -88,7 +88,10 @@ pub async fn start(
     set.spawn(serve(
         router,
         state.clone(),
-        (listener, listeners.get("grpc", crate::admission::GRPC_MAX)),
+        (
+            listener,
+            listeners.get("grpc", gridgate_core::admission::GRPC_MAX),
+        ),
         cancel.clone(),
         cfg.listen,
     ));
@@ -100,7 +103,7 @@ pub async fn start(
             state,
             (
                 listener,
-                listeners.get("grpc-plaintext", crate::admission::GRPC_MAX),
+                listeners.get("grpc-plaintext", gridgate_core::admission::GRPC_MAX),
             ),
             cancel,
             addr,
@@ -128,7 +131,10 @@ const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
 async fn serve(
     builder: Server,
     state: ApiState,
-    (listener, admission): (tokio::net::TcpListener, Arc<crate::admission::Admission>),
+    (listener, admission): (
+        tokio::net::TcpListener,
+        Arc<gridgate_core::admission::Admission>,
+    ),
     cancel: CancellationToken,
     addr: SocketAddr,
 ) {
@@ -184,9 +190,10 @@ async fn serve(
 /// descriptors, say) waits a moment instead of spinning.
 fn admitted(
     listener: tokio::net::TcpListener,
-    admission: Arc<crate::admission::Admission>,
-) -> impl futures::Stream<Item = std::io::Result<crate::admission::Guarded<tokio::net::TcpStream>>>
-+ Send
+    admission: Arc<gridgate_core::admission::Admission>,
+) -> impl futures::Stream<
+    Item = std::io::Result<gridgate_core::admission::Guarded<tokio::net::TcpStream>>,
+> + Send
 + 'static {
     futures::stream::unfold((listener, admission), |(listener, admission)| async move {
         loop {

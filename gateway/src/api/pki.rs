@@ -196,7 +196,7 @@ mod tests {
     fn a_member_certificate_carries_the_members_identity_key() {
         let dir = tempfile::tempdir().expect("dir");
         make_site_pki(&dir.path().join("pki"), "consortium", &[]).expect("pki");
-        let id = crate::batch::Identity::generate().expect("key");
+        let id = gridgate_core::Identity::generate().expect("key");
         let key = dir.path().join("identity.key");
         id.save(&key, &dir.path().join("identity.pub"))
             .expect("save");

@@ -13,10 +13,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::auth::{Role, require, role_of};
-use crate::acquire::{DeviceRegistry, Reading};
+use crate::acquire::DeviceRegistry;
 use crate::config::{DeviceKind, GatewayConfig, PointSource};
 use crate::store::writer::StoreHandle;
 use crate::uplink::UplinkStats;
+use gridgate_core::Reading;
 
 /// What the services read.
 #[derive(Clone)]

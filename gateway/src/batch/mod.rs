@@ -5,25 +5,15 @@
 //! (`gridgate.v1`); `SignedBatch` carries those exact bytes and an Ed25519 signature over
 //! them. A batch's hash is SHA-256 of the same bytes; batch 0 follows 32 zero bytes.
 
-pub mod identity;
 pub mod verify;
 
 use gridgate_proto::v1 as pb;
 use prost::Message;
-use sha2::{Digest, Sha256};
 
-pub use identity::{Identity, IdentityError};
+use gridgate_core::{Identity, sha256};
 
 /// Hash before the first batch.
 pub const GENESIS_HASH: [u8; 32] = [0; 32];
-
-/// SHA-256 of `bytes`.
-pub fn sha256(bytes: &[u8]) -> [u8; 32] {
-    let d = Sha256::digest(bytes);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(&d);
-    out
-}
 
 /// A closed, signed batch ready to store and send.
 #[derive(Debug, Clone, PartialEq, Eq)]

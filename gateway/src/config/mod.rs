@@ -16,6 +16,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use gridgate_core::names::valid_name;
 use gridgate_drivers::dlt645::{Address, DataId, di};
 use gridgate_drivers::link::{Framing, Link};
 use gridgate_drivers::modbus::{self, DataType, Order, PointSpec, ReadPlan, Table};
@@ -932,15 +933,6 @@ fn link_default_protocol(b: &RawBus) -> Option<Protocol> {
     } else {
         None
     }
-}
-
-/// Whether `s` may name a device, bus, load or ledger member: 1 to 64 letters, digits, '-',
-/// '_' or '.'.
-pub(crate) fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
 }
 
 #[cfg(test)]

@@ -9,8 +9,8 @@ use gridgate_proto::v1 as pb;
 use gridgate_proto::v1::demand_response_client::DemandResponseClient;
 use prost::Message;
 
-use crate::batch::{Identity, IdentityError};
 use crate::store::Store;
+use gridgate_core::{Identity, IdentityError};
 
 /// The demo's load: the simulated plant's first unit (55 kW), on its setpoint register.
 pub const LOAD: &str = "plant-pcs";
@@ -72,7 +72,7 @@ pub async fn dispatch(work: &Path, port: u16, length: Duration) -> Result<String
     )
     .await
     .map_err(|e| e.to_string())?;
-    let now = crate::acquire::reading::now_ms();
+    let now = gridgate_core::reading::now_ms();
     let event = pb::DrEvent {
         id: format!("demo-{now}"),
         issuer: "demo-operator".into(),
@@ -88,7 +88,7 @@ pub async fn dispatch(work: &Path, port: u16, length: Duration) -> Result<String
         ..Default::default()
     };
     let reply = DemandResponseClient::new(channel)
-        .dispatch(crate::dr::sign_event(&event, &operator))
+        .dispatch(gridgate_core::signed::sign_event(&event, &operator))
         .await
         .map_err(|s| s.message().to_string())?
         .into_inner();

@@ -10,7 +10,6 @@ use gridgate_proto::v1 as pb;
 use prost::Message;
 use thiserror::Error;
 
-use crate::batch::Identity;
 use crate::config::{Accepts, LoadConfig};
 
 /// The issuers whose events the gateway accepts, by name.
@@ -302,28 +301,11 @@ pub fn check_cancel(signed: &pb::SignedDrCancel, trust: &Trust) -> Result<pb::Dr
     Ok(cancel)
 }
 
-/// Encodes and signs a cancel with `key`.
-pub fn sign_cancel(cancel: &pb::DrCancel, key: &Identity) -> pb::SignedDrCancel {
-    let bytes = cancel.encode_to_vec();
-    pb::SignedDrCancel {
-        signature: key.sign(&bytes).to_vec(),
-        cancel: bytes,
-    }
-}
-
-/// Encodes and signs `event` with `key`: what `gridgate dr sign` and the DR operator do.
-pub fn sign_event(event: &pb::DrEvent, key: &Identity) -> pb::SignedDrEvent {
-    let bytes = event.encode_to_vec();
-    let signature = key.sign(&bytes).to_vec();
-    pb::SignedDrEvent {
-        event: bytes,
-        signature,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gridgate_core::Identity;
+    use gridgate_core::signed::sign_event;
 
     const NOW: i64 = 1_795_000_000_000;
 

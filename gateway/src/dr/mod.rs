@@ -17,4 +17,4 @@ pub mod relay;
 pub mod report;
 pub mod service;
 
-pub use event::{Checked, Refused, Trust, check, check_cancel, event_key, sign_cancel, sign_event};
+pub use event::{Checked, Refused, Trust, check, check_cancel, event_key};

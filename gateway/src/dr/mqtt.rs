@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::service::Desk;
-use crate::acquire::reading::now_ms;
 use crate::config::{DrConfig, UplinkConfig};
+use gridgate_core::reading::now_ms;
 
 /// Reports published again after a reconnect: those of events that ended this recently.
 const REPUBLISH_WITHIN_MS: i64 = 86_400_000;

@@ -22,14 +22,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::acquire::reading::now_ms;
-use crate::acquire::{ControlError, ControlOutcome, Controls, Reading, Value};
-use crate::batch::Identity;
+use crate::acquire::{ControlError, ControlOutcome, Controls};
 use crate::config::ledger::LedgerRole;
 use crate::config::{Control, GatewayConfig};
 use crate::dr::event::written_value;
 use crate::store::Store;
 use crate::store::samples::SAMPLE_RETENTION_MS;
+use gridgate_core::Identity;
+use gridgate_core::reading::now_ms;
+use gridgate_core::{Reading, Value};
 
 /// How often the relay looks at the events when nothing wakes it.
 const TICK: Duration = Duration::from_millis(200);
@@ -77,7 +78,7 @@ pub struct Relay {
     /// Every reading acquired (for the loads' local override switches).
     pub live: broadcast::Receiver<Arc<Reading>>,
     /// Acknowledgement latencies go to /metrics.
-    pub instruments: Arc<crate::web::metrics::Instruments>,
+    pub instruments: Arc<gridgate_core::instruments::Instruments>,
 }
 
 /// Why a write was asked.
@@ -111,7 +112,7 @@ struct Pacing {
     /// Local override switches: point → on.
     switches: BTreeMap<String, bool>,
     done: mpsc::UnboundedSender<Done>,
-    instruments: Arc<crate::web::metrics::Instruments>,
+    instruments: Arc<gridgate_core::instruments::Instruments>,
 }
 
 /// Runs the relay until `cancel` fires.
@@ -836,7 +837,7 @@ async fn write_report(
     let k = key.to_string();
     let made = blocking(store, move |st| {
         let report = super::report::build(st, &c, &s, &event, now_ms())?;
-        let signed = super::report::sign(&id, &report);
+        let signed = gridgate_core::signed::sign_report(&id, &report);
         st.dr_put_report(&k, &signed.encode_to_vec())?;
         // A gateway on the ledger claims its performance there (once per event), after the
         // operator-signed event it acted on, which settlement reads the commitment from.

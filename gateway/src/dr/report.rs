@@ -3,30 +3,16 @@
 //! with each load's acknowledgement and timing; signed with the gateway's identity key, so
 //! the master station and the ledger can check who claims it.
 
-use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use gridgate_proto::v1 as pb;
-use prost::Message;
-use thiserror::Error;
 
 use super::measure::{self, DAY_MS, watts};
-use crate::batch::{Identity, sha256};
 use crate::config::{BaselineConfig, GatewayConfig, ProgramConfig};
 use crate::store::{Store, StoreError};
+use gridgate_core::sha256;
 
 /// Samples fetched beyond a window's edges, so that its first and last moments are shaped
 /// by the polls around them.
 const MARGIN_MS: i64 = 60_000;
-
-/// A signed report that does not check.
-#[derive(Debug, Error)]
-pub enum ReportError {
-    /// Not a decodable report.
-    #[error("not a gridgate.v1.PerformanceReport: {0}")]
-    Decode(#[from] prost::DecodeError),
-    /// The signature does not verify with the gateway's key.
-    #[error("the report's signature does not verify with the gateway's key")]
-    Signature,
-}
 
 /// The baseline of one load over the event.
 enum Baseline {
@@ -240,25 +226,4 @@ pub fn mean_reduction_w(report: &pb::PerformanceReport) -> i64 {
             .sum();
         if ms > 0 { wms / ms } else { 0 }
     })
-}
-
-/// Signs a report with the gateway's identity.
-pub fn sign(identity: &Identity, report: &pb::PerformanceReport) -> pb::SignedPerformanceReport {
-    let bytes = report.encode_to_vec();
-    let signature = identity.sign(&bytes).to_vec();
-    pb::SignedPerformanceReport {
-        report: bytes,
-        signature,
-    }
-}
-
-/// Checks a signed report against the gateway's public key and decodes it.
-pub fn verify(
-    key: &VerifyingKey,
-    signed: &pb::SignedPerformanceReport,
-) -> Result<pb::PerformanceReport, ReportError> {
-    let sig = Signature::from_slice(&signed.signature).map_err(|_| ReportError::Signature)?;
-    key.verify(&signed.report, &sig)
-        .map_err(|_| ReportError::Signature)?;
-    Ok(pb::PerformanceReport::decode(signed.report.as_slice())?)
 }

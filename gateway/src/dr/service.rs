@@ -14,16 +14,16 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use super::event::{Refused, Trust, check, check_cancel, event_key};
-use crate::acquire::reading::now_ms;
 use crate::api::ApiState;
 use crate::api::auth::{Role, require};
+use gridgate_core::reading::now_ms;
 
 /// Who may read DR events, their changes and reports: the operator who dispatches them and
 /// the master station that settles them. Which loads move when is not for every viewer
 /// (nor for the plaintext loopback listener, whose callers are viewers).
 const DR_READERS: &[Role] = &[Role::Operator, Role::Master];
-use crate::batch::IdentityError;
 use crate::config::DrConfig;
+use gridgate_core::IdentityError;
 
 /// An issuer's key file is unusable.
 #[derive(Debug, Error)]
@@ -39,7 +39,7 @@ pub struct TrustError {
 pub fn load_trust(cfg: Option<&DrConfig>) -> Result<Trust, TrustError> {
     let mut trust = Trust::default();
     for (name, path) in cfg.map_or(&[][..], |d| d.issuers.as_slice()) {
-        let key = crate::batch::identity::load_public(path).map_err(|source| TrustError {
+        let key = gridgate_core::identity::load_public(path).map_err(|source| TrustError {
             issuer: name.clone(),
             source,
         })?;

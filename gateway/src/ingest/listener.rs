@@ -29,9 +29,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{IngestStats, Live, handle};
-use crate::admission::{Admission, HANDSHAKE_WITHIN};
 use crate::config::IngestConfig;
 use crate::store::writer::StoreHandle;
+use gridgate_core::admission::{Admission, HANDSHAKE_WITHIN};
 
 /// Where the listener accepts devices, and how.
 pub struct FieldListener {
@@ -244,8 +244,8 @@ fn authorised(cfg: &IngestConfig, c: &rumqttc::mqttbytes::v4::Connect) -> bool {
     };
     c.login.as_ref().is_some_and(|l| {
         // Both compared in full, whatever the first says.
-        let u = crate::mqtt::same_secret(l.username.as_bytes(), user.as_bytes());
-        let p = crate::mqtt::same_secret(l.password.as_bytes(), pass.as_bytes());
+        let u = gridgate_core::tls::same_secret(l.username.as_bytes(), user.as_bytes());
+        let p = gridgate_core::tls::same_secret(l.password.as_bytes(), pass.as_bytes());
         u & p
     })
 }

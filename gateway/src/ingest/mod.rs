@@ -20,9 +20,9 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::acquire::reading::now_ms;
 use crate::config::IngestConfig;
 use crate::store::writer::{StoreHandle, Submission};
+use gridgate_core::reading::now_ms;
 
 /// What ingest has seen.
 #[derive(Debug, Default)]

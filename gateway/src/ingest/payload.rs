@@ -20,8 +20,8 @@ use prost::Message;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::acquire::{Quality, Reading, Value};
 use crate::config::MqttDevice;
+use gridgate_core::{Quality, Reading, Value};
 
 /// Why a payload was refused.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]

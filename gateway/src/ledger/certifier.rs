@@ -18,10 +18,10 @@ use tracing::{info, warn};
 
 use super::entry::{check_vote, entry_hash, sign_entry, votes_check_batch};
 use super::state::LedgerState;
-use crate::acquire::reading::now_ms;
-use crate::batch::Identity;
 use crate::config::ledger::LedgerConfig;
 use crate::store::{Store, StoreError};
+use gridgate_core::Identity;
+use gridgate_core::reading::now_ms;
 
 /// Longest wait for one validator's answer.
 const ASK_WITHIN: Duration = Duration::from_secs(5);

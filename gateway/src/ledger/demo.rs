@@ -6,8 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::batch::Identity;
 use crate::daemon::{DaemonError, Pipeline};
+use gridgate_core::Identity;
 
 /// Validators in the demo's consortium.
 pub const VALIDATORS: usize = 4;
@@ -126,7 +126,7 @@ pub fn status_line(
         .map(|entry| super::settlement::Certified { entry })
         .collect();
     let members = super::load_members(l).ok()?;
-    let now = crate::acquire::reading::now_ms();
+    let now = gridgate_core::reading::now_ms();
     let day = now - now.rem_euclid(86_400_000);
     let s =
         super::settlement::settle_as_of(day, day + 86_400_000, now, &entries, &members, &l.terms);

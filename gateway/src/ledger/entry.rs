@@ -13,7 +13,7 @@ use gridgate_proto::v1 as pb;
 use prost::Message;
 use thiserror::Error;
 
-use crate::batch::{Identity, sha256};
+use gridgate_core::{Identity, sha256};
 
 /// A member of the consortium.
 #[derive(Debug, Clone, PartialEq, Eq)]

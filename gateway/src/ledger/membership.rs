@@ -12,7 +12,7 @@ use gridgate_proto::v1 as pb;
 use prost::Message;
 
 use super::entry::{Member, Members};
-use crate::batch::Identity;
+use gridgate_core::Identity;
 
 /// Why a membership change does not hold.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,7 +39,7 @@ pub enum ChangeError {
 pub fn decode_change(bytes: &[u8]) -> Result<pb::MembershipChange, ChangeError> {
     let c = pb::MembershipChange::decode(bytes)
         .map_err(|e| ChangeError::Malformed(format!("not a MembershipChange: {e}")))?;
-    if !crate::config::valid_name(&c.id) {
+    if !gridgate_core::names::valid_name(&c.id) {
         return Err(ChangeError::Malformed(format!(
             "id {:?}: use letters, digits, '-', '_' or '.'",
             c.id
@@ -52,7 +52,7 @@ pub fn decode_change(bytes: &[u8]) -> Result<pb::MembershipChange, ChangeError> 
         )));
     }
     for a in &c.add {
-        if !crate::config::valid_name(&a.id) {
+        if !gridgate_core::names::valid_name(&a.id) {
             return Err(ChangeError::Malformed(format!("member id {:?}", a.id)));
         }
         match pb::MemberRole::try_from(a.role) {

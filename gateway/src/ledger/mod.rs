@@ -40,7 +40,7 @@ pub struct MembersError {
     /// The member.
     pub member: String,
     /// Why.
-    pub source: crate::batch::IdentityError,
+    pub source: gridgate_core::IdentityError,
 }
 
 /// Every certified entry of `origin`'s log this node's store holds, decoded, in order (read a
@@ -71,7 +71,7 @@ pub fn load_members(cfg: &LedgerConfig) -> Result<Members, MembersError> {
     let mut out = Members::default();
     for m in &cfg.members {
         let key =
-            crate::batch::identity::load_public(&m.public_key).map_err(|source| MembersError {
+            gridgate_core::identity::load_public(&m.public_key).map_err(|source| MembersError {
                 member: m.id.clone(),
                 source,
             })?;

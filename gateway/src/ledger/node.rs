@@ -9,9 +9,9 @@ use prost::Message;
 use tracing::{info, warn};
 
 use super::entry::{Members, check_certified, check_entry, entry_hash};
-use crate::batch::Identity;
 use crate::store::ledger::VoteLock;
 use crate::store::{Store, StoreError};
+use gridgate_core::Identity;
 
 fn refuse(refusal: pb::VoteRefusal, detail: String, next_certified: u64) -> pb::SubmitReply {
     pb::SubmitReply {

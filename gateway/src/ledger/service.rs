@@ -12,9 +12,9 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::state::LedgerState;
-use crate::batch::Identity;
 use crate::config::ledger::LedgerRole;
 use crate::store::Store;
+use gridgate_core::Identity;
 
 /// Certified entries streamed per read of the store.
 const FETCH_CHUNK: usize = 256;

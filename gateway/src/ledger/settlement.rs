@@ -28,7 +28,7 @@ use gridgate_proto::v1 as pb;
 use prost::Message;
 
 use super::Members;
-use crate::batch::sha256;
+use gridgate_core::sha256;
 
 /// A program's settlement terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -613,8 +613,8 @@ pub fn settle_as_of(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::Identity;
     use crate::ledger::Member;
+    use gridgate_core::Identity;
 
     struct World {
         members: Members,
@@ -696,7 +696,7 @@ mod tests {
             duration_s: 3600,
             ..Default::default()
         };
-        let signed = crate::dr::sign_event(&event, &w.operator);
+        let signed = gridgate_core::signed::sign_event(&event, &w.operator);
         let interval = |k: i64| pb::IntervalPerformance {
             start_ms: start + k * 900_000,
             end_ms: start + (k + 1) * 900_000,
@@ -724,7 +724,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let signed_report = crate::dr::report::sign(gw_key, &report);
+        let signed_report = gridgate_core::signed::sign_report(gw_key, &report);
         vec![
             Certified {
                 entry: pb::Entry {
@@ -918,7 +918,7 @@ mod tests {
         let mut forged = claim(&w, "f", 10 * DAY, 20.0, 25_000, 10 * DAY + 1);
         let report =
             pb::SignedPerformanceReport::decode(forged[1].entry.payload.as_slice()).expect("r");
-        let resigned = crate::dr::report::sign(
+        let resigned = gridgate_core::signed::sign_report(
             &w.operator,
             &pb::PerformanceReport::decode(report.report.as_slice()).expect("r"),
         );
@@ -1162,7 +1162,7 @@ mod tests {
         let report =
             pb::SignedPerformanceReport::decode(entries[1].entry.payload.as_slice()).expect("r");
         let stranger = Identity::generate().expect("k");
-        let resigned = crate::dr::report::sign(
+        let resigned = gridgate_core::signed::sign_report(
             &stranger,
             &pb::PerformanceReport::decode(report.report.as_slice()).expect("r"),
         );

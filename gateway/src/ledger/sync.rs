@@ -158,8 +158,8 @@ pub async fn run(r: Replica, cfg: LedgerConfig, cancel: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::Identity;
     use crate::ledger::{Member, Members};
+    use gridgate_core::Identity;
 
     #[test]
     fn a_gateway_keeps_its_own_the_operators_and_the_validators_logs_a_validator_every_one() {

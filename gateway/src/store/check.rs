@@ -11,7 +11,7 @@ use super::{
     ANCHOR_HASH, BATCH_SIZES, BATCHES, CURSORS, FIRST_SEQ, LAST_HASH, META, META_BYTES, NEXT_SEQ,
     OPEN, STORED_BYTES, StoreError, db, get, hash_of,
 };
-use crate::batch::sha256;
+use gridgate_core::sha256;
 
 /// Checks the store inside `txn`; returns the repairs made.
 pub(super) fn check(txn: &WriteTransaction, path: &Path) -> Result<Vec<String>, StoreError> {

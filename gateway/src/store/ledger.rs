@@ -334,7 +334,7 @@ impl Store {
                         .unwrap_or_default(),
                 };
                 let signed = pb::SignedEntry::decode(bytes.as_slice()).unwrap_or_default();
-                crate::batch::sha256(&signed.entry)
+                gridgate_core::sha256(&signed.entry)
             };
             let signed = make(next, prev);
             pending
@@ -388,7 +388,7 @@ mod tests {
         let second = pb::Entry::decode(second.entry.as_slice()).expect("entry");
         assert_eq!(
             second.prev_hash,
-            crate::batch::sha256(&first.entry).to_vec()
+            gridgate_core::sha256(&first.entry).to_vec()
         );
         store
             .ledger_put_certified("gw", 0, b"cert")

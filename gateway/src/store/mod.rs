@@ -21,7 +21,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use thiserror::Error;
 use tracing::{info, warn};
 
-use crate::batch::{GENESIS_HASH, Sealed, sha256};
+use crate::batch::{GENESIS_HASH, Sealed};
+use gridgate_core::sha256;
 
 /// Readings handed to the store and not yet in a batch: id → encoded `Reading`.
 const OPEN: TableDefinition<u64, &[u8]> = TableDefinition::new("open_readings");

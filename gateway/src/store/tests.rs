@@ -1,6 +1,7 @@
 use super::*;
+use crate::batch::seal;
 use crate::batch::verify::ChainVerifier;
-use crate::batch::{Identity, seal};
+use gridgate_core::Identity;
 
 fn reading(i: i64) -> pb::Reading {
     pb::Reading {

@@ -11,8 +11,9 @@ use tokio::time::Instant;
 use tracing::{debug, error, warn};
 
 use super::{Store, StoreError};
-use crate::acquire::reading::now_ms;
-use crate::batch::{Identity, seal};
+use crate::batch::seal;
+use gridgate_core::Identity;
+use gridgate_core::reading::now_ms;
 
 /// Readings handed to the writer; `done` hears once they are on disk.
 #[derive(Debug)]

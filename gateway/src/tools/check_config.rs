@@ -65,16 +65,16 @@ fn check_file(f: &NamedFile) -> Result<(), String> {
         return Err(format!("{} is a directory, not a file", p.display()));
     }
     let result = match f.kind {
-        FileKind::IdentityKey => crate::batch::Identity::load(p)
+        FileKind::IdentityKey => gridgate_core::Identity::load(p)
             .map(drop)
             .map_err(|e| e.to_string()),
-        FileKind::PublicKey => crate::batch::identity::load_public(p)
+        FileKind::PublicKey => gridgate_core::identity::load_public(p)
             .map(drop)
             .map_err(|e| e.to_string()),
-        FileKind::Certificates => crate::mqtt::cert_chain(p)
+        FileKind::Certificates => gridgate_core::tls::cert_chain(p)
             .map(drop)
             .map_err(|e| e.to_string()),
-        FileKind::TlsKey => crate::mqtt::private_key(p)
+        FileKind::TlsKey => gridgate_core::tls::private_key(p)
             .map(drop)
             .map_err(|e| e.to_string()),
         FileKind::Token => crate::web::auth::load_token(p)

@@ -32,8 +32,8 @@ use gridgate_proto::v1::demand_response_client::DemandResponseClient;
 use prost::Message;
 use serde::Deserialize;
 
-use crate::batch::Identity;
-use crate::dr::sign_event;
+use gridgate_core::Identity;
+use gridgate_core::signed::sign_event;
 
 /// `gridgate dr ...`
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -346,7 +346,7 @@ pub async fn run(cmd: DrCommand, out: &mut dyn Write) -> Result<ExitCode> {
             let mut client = client(&gateway).await?;
             let reply = tokio::time::timeout(
                 Duration::from_secs(30),
-                client.cancel(crate::dr::sign_cancel(&cancel, &signer)),
+                client.cancel(gridgate_core::signed::sign_cancel(&cancel, &signer)),
             )
             .await
             .context("no answer from the gateway within 30 s")?
@@ -408,7 +408,7 @@ pub async fn run(cmd: DrCommand, out: &mut dyn Write) -> Result<ExitCode> {
             .map_err(rpc_error)?
             .into_inner();
             let (key, whose) = match gateway_key {
-                Some(path) => (crate::batch::identity::load_public(&path)?, "pinned key"),
+                Some(path) => (gridgate_core::identity::load_public(&path)?, "pinned key"),
                 None => {
                     let id = gridgate_proto::v1::admin_client::AdminClient::new(channel)
                         .get_identity(pb::GetIdentityRequest {})
@@ -427,7 +427,7 @@ pub async fn run(cmd: DrCommand, out: &mut dyn Write) -> Result<ExitCode> {
                     )
                 }
             };
-            let report = crate::dr::report::verify(&key, &signed)?;
+            let report = gridgate_core::signed::verify_report(&key, &signed)?;
             if let Some(path) = save {
                 std::fs::write(&path, signed.encode_to_vec())
                     .with_context(|| format!("cannot write {}", path.display()))?;

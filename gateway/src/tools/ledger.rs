@@ -402,7 +402,7 @@ async fn settlement(
     out: &mut dyn Write,
 ) -> Result<ExitCode> {
     // One moment for every validator's statement, so that their hashes compare.
-    let as_of = crate::acquire::reading::now_ms();
+    let as_of = gridgate_core::reading::now_ms();
     let (ledger, members) = consortium(config)?;
     let mut hashes: Vec<(String, String)> = Vec::new();
     let mut statement = None;

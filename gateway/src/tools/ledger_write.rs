@@ -17,9 +17,9 @@ use gridgate_proto::v1 as pb;
 use prost::Message;
 use serde::Deserialize;
 
-use crate::acquire::reading::now_ms;
-use crate::batch::Identity;
 use crate::ledger::state::LedgerState;
+use gridgate_core::Identity;
+use gridgate_core::reading::now_ms;
 
 /// What `publish` appends.
 #[derive(Debug, Clone, clap::Args)]
@@ -105,7 +105,7 @@ fn entry_of(what: &WhatToPublish, me: &str) -> Result<(String, pb::EntryKind, Ve
         let claim = format!(
             "terms/{}/{}",
             t.program,
-            hex::encode(crate::batch::sha256(&bytes))
+            hex::encode(gridgate_core::sha256(&bytes))
         );
         return Ok((claim, pb::EntryKind::ProgramTerms, bytes));
     }
@@ -227,7 +227,7 @@ fn member_record(spec: &str) -> Result<pb::MemberRecord> {
         ),
         other => bail!("--add {spec:?}: {other:?} is not gateway, operator or observer"),
     };
-    let key = crate::batch::identity::load_public(Path::new(path))?;
+    let key = gridgate_core::identity::load_public(Path::new(path))?;
     Ok(pb::MemberRecord {
         id: id.to_string(),
         role: role as i32,

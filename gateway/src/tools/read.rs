@@ -11,7 +11,7 @@ use gridgate_drivers::modbus::{DataType, ModbusLine, Order, PointSpec, Table};
 use serde_json::json;
 
 use crate::acquire::bus::{dlt645_quality, dlt645_value, modbus_quality};
-use crate::acquire::{Quality, Value};
+use gridgate_core::{Quality, Value};
 
 /// What `read dlt645` needs.
 #[derive(Debug, Clone)]

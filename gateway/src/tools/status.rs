@@ -129,7 +129,7 @@ async fn get<T: serde::de::DeserializeOwned>(t: &Target, path: &str) -> Result<T
         let ca = t.ca.as_deref().context(
             "the page is HTTPS: give --ca with the CA that signed its certificate (the site PKI's ca.pem)",
         )?;
-        let tls = crate::mqtt::client_tls(ca, None)?;
+        let tls = gridgate_core::tls::client_tls(ca, None)?;
         let name = rustls_pki_types::ServerName::try_from(t.host.clone())
             .with_context(|| format!("{:?} is not a host name", t.host))?;
         let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
@@ -359,7 +359,7 @@ pub fn make_token(out_path: &Path, out: &mut dyn Write) -> Result<ExitCode> {
         );
     }
     let token = crate::web::auth::new_token().context("no randomness from the system")?;
-    crate::batch::identity::write_private(out_path, format!("{token}\n").as_bytes())
+    gridgate_core::identity::write_private(out_path, format!("{token}\n").as_bytes())
         .with_context(|| format!("writing {}", out_path.display()))?;
     writeln!(
         out,

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
-use crate::batch::identity::load_public;
 use crate::batch::verify::ChainVerifier;
 use crate::store;
+use gridgate_core::identity::load_public;
 
 /// Verifies every stored batch; prints counts and the first fault.
 pub fn run(data_dir: &Path, pubkey: &Path, list: bool, out: &mut dyn Write) -> Result<ExitCode> {

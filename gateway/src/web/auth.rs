@@ -123,13 +123,13 @@ impl Gate {
                 if self
                     .admin
                     .as_deref()
-                    .is_some_and(|a| crate::mqtt::same_secret(a.as_bytes(), t.as_bytes()))
+                    .is_some_and(|a| gridgate_core::tls::same_secret(a.as_bytes(), t.as_bytes()))
                 {
                     Access::Admin
                 } else if self
                     .read
                     .as_deref()
-                    .is_some_and(|r| crate::mqtt::same_secret(r.as_bytes(), t.as_bytes()))
+                    .is_some_and(|r| gridgate_core::tls::same_secret(r.as_bytes(), t.as_bytes()))
                 {
                     Access::Read
                 } else {

@@ -80,7 +80,7 @@ pub async fn follow(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::acquire::reading::{Quality, Value};
+    use gridgate_core::reading::{Quality, Value};
 
     #[test]
     fn a_bad_reading_keeps_the_last_good_value() {

@@ -55,7 +55,7 @@ pub enum WebError {
     Token(#[from] auth::TokenError),
     /// The HTTPS certificate or key is unusable.
     #[error("[web] {0}")]
-    Tls(#[from] crate::mqtt::TlsError),
+    Tls(#[from] gridgate_core::tls::TlsError),
 }
 
 /// What the page reads and acts on: the running gateway's parts.
@@ -83,7 +83,7 @@ pub struct WebState {
     /// The gateway's public key.
     pub public_key: [u8; 32],
     /// Metrics updated where things happen.
-    pub instruments: Arc<metrics::Instruments>,
+    pub instruments: Arc<gridgate_core::instruments::Instruments>,
     /// When the gateway started.
     pub started: Instant,
     /// The credentials in force.
@@ -109,7 +109,7 @@ pub async fn start(
 ) -> Result<(JoinSet<()>, SocketAddr), WebError> {
     let tls = match &cfg.tls {
         Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
-            crate::mqtt::server_tls(cert, key, None, b"http/1.1")?,
+            gridgate_core::tls::server_tls(cert, key, None, b"http/1.1")?,
         ))),
         None => None,
     };
@@ -127,7 +127,7 @@ pub async fn start(
     let admission = state
         .instruments
         .listeners
-        .get("web", crate::admission::WEB_MAX);
+        .get("web", gridgate_core::admission::WEB_MAX);
     let app = App {
         exporter: Arc::new(metrics::Exporter::new(state.clone())),
         state,
@@ -154,13 +154,13 @@ const HEADERS_WITHIN: Duration = Duration::from_secs(10);
 const IDLE_WITHIN: Duration = Duration::from_secs(SCAN_WITHIN.as_secs() + 60);
 
 /// Accepts connections under the listener's cap and serves each on its own task: the TLS
-/// handshake within [`crate::admission::HANDSHAKE_WITHIN`], then HTTP/1.1 with
+/// handshake within [`gridgate_core::admission::HANDSHAKE_WITHIN`], then HTTP/1.1 with
 /// [`HEADERS_WITHIN`] for each request's headers and [`IDLE_WITHIN`] of silence at most.
 async fn accept(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     router: Router,
-    admission: Arc<crate::admission::Admission>,
+    admission: Arc<gridgate_core::admission::Admission>,
     cancel: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(10);
@@ -196,7 +196,7 @@ async fn accept(
                 None => Either::Left(io),
                 Some(acceptor) => {
                     match tokio::time::timeout(
-                        crate::admission::HANDSHAKE_WITHIN,
+                        gridgate_core::admission::HANDSHAKE_WITHIN,
                         acceptor.accept(io),
                     )
                     .await

@@ -10,9 +10,9 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use super::WebState;
-use crate::acquire::reading::now_ms;
 use crate::config::{DeviceKind, PointSource};
 use crate::store::StoreError;
+use gridgate_core::reading::now_ms;
 
 /// The overview: who the gateway is and how every stage is doing.
 #[derive(Debug, Clone, Serialize, Deserialize)]

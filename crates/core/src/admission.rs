@@ -219,6 +219,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     }
 }
 
+// The gRPC server asks each connection for its peer address; only the api crate turns this
+// on, so nothing else links tonic's server side.
+#[cfg(feature = "grpc")]
 impl tonic::transport::server::Connected for Guarded<tokio::net::TcpStream> {
     type ConnectInfo = tonic::transport::server::TcpConnectInfo;
 

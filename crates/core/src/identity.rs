@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 /// Why a key cannot be made, read or written.
@@ -124,7 +125,7 @@ impl Identity {
 
 /// Writes a secret file: created new (never over an existing one), owner-only, flushed.
 #[cfg(unix)]
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
@@ -137,7 +138,7 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 #[cfg(not(unix))]
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::write(path, bytes)
 }
 
@@ -152,6 +153,14 @@ pub fn load_public(path: &Path) -> Result<VerifyingKey, IdentityError> {
         what: "public key",
         reason: e.to_string(),
     })
+}
+
+/// SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let d = Sha256::digest(bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&d);
+    out
 }
 
 #[cfg(test)]
