@@ -368,7 +368,7 @@ async fn client_of(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_equivocating_gateway_is_shut_out_and_forgeries_never_make_a_certificate() {
-    use gridgate::ledger::entry::{entry_hash, sign_entry, sign_vote};
+    use gridgate_ledger::entry::{entry_hash, sign_entry, sign_vote};
     use gridgate_proto::v1 as pb;
     use prost::Message;
 
@@ -853,17 +853,17 @@ async fn the_operator_logs_terms_events_and_membership_changes_and_named_gateway
 
     // Now every validator takes gw-c's calls and votes for its entries.
     let c_key = gridgate_core::Identity::load(&gw_c_key).expect("key");
-    let entry = gridgate::ledger::entry::sign_entry(
+    let entry = gridgate_ledger::entry::sign_entry(
         &pb::Entry {
             origin: "gw-c".into(),
             seq: 0,
             prev_hash: vec![0; 32],
             timestamp_ms: 1,
             kind: pb::EntryKind::BatchCommitment as i32,
-            payload: gridgate::ledger::commitment::next(
+            payload: gridgate_ledger::commitment::next(
                 None,
                 0,
-                &[gridgate::ledger::merkle::leaf(b"batch 0")],
+                &[gridgate_ledger::merkle::leaf(b"batch 0")],
             )
             .encode_to_vec(),
         },

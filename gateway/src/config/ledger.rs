@@ -96,7 +96,7 @@ pub struct LedgerConfig {
     /// range; 0: no commitments).
     pub commit_batches: u64,
     /// Settlement terms by program (genesis: the same on every node).
-    pub terms: std::collections::BTreeMap<String, crate::ledger::settlement::Terms>,
+    pub terms: std::collections::BTreeMap<String, gridgate_ledger::settlement::Terms>,
 }
 
 /// Batches per commitment when the config does not say.
@@ -184,11 +184,11 @@ impl Checker<'_> {
         }
         let mut terms = std::collections::BTreeMap::new();
         for (i, p) in r.program.iter().enumerate() {
-            let d = crate::ledger::settlement::Terms::default();
+            let d = gridgate_ledger::settlement::Terms::default();
             let pct = |v: &Option<Spanned<i64>>, default: i64| {
                 v.as_ref().map_or(default, |v| *v.get_ref())
             };
-            let t = crate::ledger::settlement::Terms {
+            let t = gridgate_ledger::settlement::Terms {
                 price_milli_per_kwh: *p.price_milli_per_kwh.get_ref(),
                 cap_percent: pct(&p.cap_percent, d.cap_percent),
                 threshold_percent: pct(&p.threshold_percent, d.threshold_percent),

@@ -16,12 +16,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
 use tracing::{info, warn};
 
-use super::entry::{check_vote, entry_hash, sign_entry, votes_check_batch};
 use super::state::LedgerState;
 use crate::config::ledger::LedgerConfig;
 use crate::store::{Store, StoreError};
 use gridgate_core::Identity;
 use gridgate_core::reading::now_ms;
+use gridgate_ledger::entry::{check_vote, entry_hash, sign_entry, votes_check_batch};
 
 /// Longest wait for one validator's answer.
 const ASK_WITHIN: Duration = Duration::from_secs(5);
@@ -79,7 +79,7 @@ pub fn batch_leaves(
     store: &Store,
     first: u64,
     n: u64,
-) -> Result<Option<Vec<super::merkle::Hash>>, StoreError> {
+) -> Result<Option<Vec<gridgate_ledger::merkle::Hash>>, StoreError> {
     let batches = store.batches_from(first, n as usize)?;
     if batches.len() as u64 != n
         || batches
@@ -94,7 +94,7 @@ pub fn batch_leaves(
         let Ok(signed) = pb::SignedBatch::decode(bytes.as_slice()) else {
             return Ok(None);
         };
-        leaves.push(super::merkle::leaf(&signed.batch));
+        leaves.push(gridgate_ledger::merkle::leaf(&signed.batch));
     }
     Ok(Some(leaves))
 }
@@ -165,7 +165,7 @@ pub fn commit_batches(
             from = restart;
             continue;
         };
-        let c = super::commitment::next(tree.last.as_ref(), from, &leaves);
+        let c = gridgate_ledger::commitment::next(tree.last.as_ref(), from, &leaves);
         append(
             store,
             me,
@@ -553,14 +553,14 @@ mod tests {
             commit_batches(&store, "gw", &id, 2, &mut again).expect("grow"),
             1
         );
-        let logged: Vec<super::super::commitment::Logged> = store
+        let logged: Vec<gridgate_ledger::commitment::Logged> = store
             .ledger_pending("gw")
             .expect("pending")
             .into_iter()
             .map(|(seq, b)| {
                 let signed = pb::SignedEntry::decode(b.as_slice()).expect("entry");
                 let entry = pb::Entry::decode(signed.entry.as_slice()).expect("entry");
-                super::super::commitment::Logged {
+                gridgate_ledger::commitment::Logged {
                     entry: seq,
                     c: pb::BatchCommitment::decode(entry.payload.as_slice()).expect("c"),
                 }
@@ -576,18 +576,18 @@ mod tests {
             .expect("read")
             .expect("all stored");
         let leaf = |s: u64| leaves.get(s as usize).copied();
-        let found = super::super::commitment::audit(&logged, &leaf);
+        let found = gridgate_ledger::commitment::audit(&logged, &leaf);
         assert!(
             !found
                 .iter()
-                .any(|f| matches!(f, super::super::commitment::Finding::Fault { .. })),
+                .any(|f| matches!(f, gridgate_ledger::commitment::Finding::Fault { .. })),
             "{found:?}"
         );
         assert_eq!(
             logged[2].c.root,
-            super::super::merkle::root(&leaves).to_vec()
+            gridgate_ledger::merkle::root(&leaves).to_vec()
         );
-        let p = super::super::commitment::prove(&logged, &leaf, 3).expect("batch 3");
+        let p = gridgate_ledger::commitment::prove(&logged, &leaf, 3).expect("batch 3");
         assert_eq!((p.entry, p.index, p.size), (1, 3, 4));
     }
 }

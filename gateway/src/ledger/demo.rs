@@ -120,16 +120,22 @@ pub fn status_line(
         "ledger: {certified} own entr{} certified by the {VALIDATORS} validators, {pending} waiting",
         if certified == 1 { "y" } else { "ies" }
     );
-    let entries: Vec<super::settlement::Certified> = super::held_entries(store, &cfg.id)
+    let entries: Vec<gridgate_ledger::settlement::Certified> = super::held_entries(store, &cfg.id)
         .ok()?
         .into_iter()
-        .map(|entry| super::settlement::Certified { entry })
+        .map(|entry| gridgate_ledger::settlement::Certified { entry })
         .collect();
     let members = super::load_members(l).ok()?;
     let now = gridgate_core::reading::now_ms();
     let day = now - now.rem_euclid(86_400_000);
-    let s =
-        super::settlement::settle_as_of(day, day + 86_400_000, now, &entries, &members, &l.terms);
+    let s = gridgate_ledger::settlement::settle_as_of(
+        day,
+        day + 86_400_000,
+        now,
+        &entries,
+        &members,
+        &l.terms,
+    );
     if let Some(paid) = s.lines.iter().find(|x| x.gateway == cfg.id) {
         line.push_str(&format!(
             "; settlement of today: {} delivered {:.3} kWh, paid {:.3} (statement {})",

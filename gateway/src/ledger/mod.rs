@@ -1,35 +1,28 @@
 //! The consortium ledger replica (docs/ledger.md): every member appends only to its own
 //! log; validators vote at most once per (origin, seq) and 2f+1 votes make an entry final.
 //!
-//! - [`entry`]: signing and checking entries, votes and certificates (pure).
-//! - [`merkle`]: RFC 6962 trees for batch commitments (pure).
-//! - [`commitment`]: batch commitments as one growing tree, and their audit (pure).
 //! - [`node`]: a validator's vote and a pushed certificate, against the store.
 //! - [`service`]: the `Ledger` gRPC service.
 //! - [`certifier`]: a node's own log: append claims, collect votes, spread certificates.
 //! - [`demo`]: the four in-process validators of `gridgate demo`.
 //! - [`sync`]: anti-entropy: a replica fetches the certified entries it lacks.
-//! - [`membership`]: membership changes approved by a quorum of validators (pure).
+//! The pure rules (entries, Merkle trees, commitments, membership, settlement) are
+//! `gridgate-ledger`.
+//!
 //! - [`state`]: what a node's ledger parts share: the membership in force, the feed of
 //!   newly stored certified entries.
-//! - [`settlement`]: settlement and reputation over certified entries (pure).
 
 pub mod certifier;
-pub mod commitment;
 pub mod demo;
-pub mod entry;
-pub mod membership;
-pub mod merkle;
 pub mod node;
 pub mod service;
-pub mod settlement;
 pub mod state;
 pub mod sync;
 
 use gridgate_proto::v1 as pb;
 use thiserror::Error;
 
-pub use entry::{Member, Members};
+pub use gridgate_ledger::{Member, Members};
 
 use crate::config::ledger::LedgerConfig;
 

@@ -8,10 +8,10 @@ use gridgate_proto::v1 as pb;
 use prost::Message;
 use tracing::{info, warn};
 
-use super::entry::{Members, check_certified, check_entry, entry_hash};
 use crate::store::ledger::VoteLock;
 use crate::store::{Store, StoreError};
 use gridgate_core::Identity;
+use gridgate_ledger::entry::{Members, check_certified, check_entry, entry_hash};
 
 fn refuse(refusal: pb::VoteRefusal, detail: String, next_certified: u64) -> pb::SubmitReply {
     pb::SubmitReply {
@@ -33,7 +33,7 @@ fn accusation(entry: &pb::Entry, members: &Members) -> Option<(String, Vec<u8>)>
         .get(&entry.origin)
         .is_some_and(|m| m.role == pb::MemberRole::Validator);
     let proof = pb::EquivocationProof::decode(entry.payload.as_slice()).ok()?;
-    let accused = super::entry::check_proof(&proof, members).ok()?;
+    let accused = gridgate_ledger::entry::check_proof(&proof, members).ok()?;
     by_validator.then(|| (accused, entry.payload.clone()))
 }
 
@@ -55,7 +55,7 @@ fn payload_ok(entry: &pb::Entry, members: &Members) -> bool {
     let p = entry.payload.as_slice();
     match pb::EntryKind::try_from(entry.kind) {
         Ok(pb::EntryKind::BatchCommitment) => {
-            pb::BatchCommitment::decode(p).is_ok_and(|c| super::commitment::shape_ok(&c))
+            pb::BatchCommitment::decode(p).is_ok_and(|c| gridgate_ledger::commitment::shape_ok(&c))
         }
         Ok(pb::EntryKind::DrEvent) => pb::SignedDrEvent::decode(p).is_ok(),
         Ok(pb::EntryKind::PerformanceReport) => pb::SignedPerformanceReport::decode(p).is_ok(),
@@ -69,11 +69,11 @@ fn payload_ok(entry: &pb::Entry, members: &Members) -> bool {
                 .is_some_and(|m| m.role == pb::MemberRole::Operator);
             operator
                 && pb::ProgramTerms::decode(p)
-                    .is_ok_and(|t| super::settlement::terms_of(&t).is_some())
+                    .is_ok_and(|t| gridgate_ledger::settlement::terms_of(&t).is_some())
         }
         // A quorum of validators approved it, and an operator or a validator logs it.
         Ok(pb::EntryKind::Membership) => {
-            super::membership::check_entry_payload(entry, members).is_ok()
+            gridgate_ledger::membership::check_entry_payload(entry, members).is_ok()
         }
         _ => false,
     }
@@ -113,7 +113,7 @@ fn check_for_vote(
 ) -> Result<Result<Place, pb::SubmitReply>, StoreError> {
     let entry = match check_entry(signed, members) {
         Ok(e) => e,
-        Err(super::entry::LedgerError::BadSignature(o)) => {
+        Err(gridgate_ledger::entry::LedgerError::BadSignature(o)) => {
             return Ok(Err(refuse(
                 pb::VoteRefusal::BadSignature,
                 format!("the entry's signature does not verify with {o:?}'s member key"),
@@ -292,7 +292,7 @@ pub fn submit_batch(
         };
         let next = store.ledger_next_certified(&origin)?;
         let hashes: Vec<[u8; 32]> = run.iter().map(|(_, _, h)| *h).collect();
-        let votes = super::entry::sign_window_vote(me, &origin, first, &hashes, key);
+        let votes = gridgate_ledger::entry::sign_window_vote(me, &origin, first, &hashes, key);
         for ((i, _, _), vote) in run.into_iter().zip(votes) {
             replies[i] = Some(pb::SubmitReply {
                 vote: Some(vote),
@@ -330,7 +330,7 @@ pub fn push_batch(
             .flatten()
             .is_some_and(|h| h == hash.as_slice())
     };
-    let fast = super::entry::check_certified_batch_knowing(batch, members, &voted, me);
+    let fast = gridgate_ledger::entry::check_certified_batch_knowing(batch, members, &voted, me);
     for (k, c) in batch.iter().enumerate() {
         let checked = match &fast {
             Some(all) => Ok(all[k].clone()),
@@ -400,7 +400,7 @@ pub fn push_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::entry::{Member, sign_entry};
+    use gridgate_ledger::entry::{Member, sign_entry};
 
     struct World {
         members: Members,

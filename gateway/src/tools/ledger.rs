@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use gridgate_proto::v1 as pb;
 use gridgate_proto::v1::ledger_client::LedgerClient;
 
-use crate::ledger::entry::check_certified;
+use gridgate_ledger::entry::check_certified;
 
 /// `gridgate ledger ...`
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -313,8 +313,8 @@ pub(super) async fn members_held(
             }
         }
     }
-    let changes = crate::ledger::membership::changes_in(entries.iter(), genesis);
-    Ok(crate::ledger::membership::apply(genesis, changes.iter()))
+    let changes = gridgate_ledger::membership::changes_in(entries.iter(), genesis);
+    Ok(gridgate_ledger::membership::apply(genesis, changes.iter()))
 }
 
 /// Every certified entry a validator holds, each certificate checked (against the
@@ -322,7 +322,7 @@ pub(super) async fn members_held(
 async fn fetch_all(
     client: &mut LedgerClient<tonic::transport::Channel>,
     genesis: &crate::ledger::Members,
-) -> Result<Vec<crate::ledger::settlement::Certified>> {
+) -> Result<Vec<gridgate_ledger::settlement::Certified>> {
     let members = &members_held(client, genesis).await?;
     let heads = client.heads(pb::HeadsRequest {}).await?.into_inner().heads;
     let mut out = Vec::new();
@@ -330,7 +330,7 @@ async fn fetch_all(
         for c in fetch_log(client, &h.origin, 0).await? {
             let (entry, _) = check_certified(&c, members)
                 .map_err(|e| anyhow::anyhow!("{} entry does not check: {e}", h.origin))?;
-            out.push(crate::ledger::settlement::Certified { entry });
+            out.push(gridgate_ledger::settlement::Certified { entry });
         }
     }
     Ok(out)
@@ -416,7 +416,7 @@ async fn settlement(
             .and_then(|r| r);
         match got {
             Ok(entries) => {
-                let s = crate::ledger::settlement::settle_as_of(
+                let s = gridgate_ledger::settlement::settle_as_of(
                     from,
                     to,
                     as_of,
@@ -440,7 +440,7 @@ async fn settlement(
     let Some(s) = statement else {
         bail!("no validator answered");
     };
-    let close = to + crate::ledger::settlement::CLOSES_AFTER_MS;
+    let close = to + gridgate_ledger::settlement::CLOSES_AFTER_MS;
     if s.as_of_ms < close {
         writeln!(
             out,

@@ -15,9 +15,9 @@ use gridgate_proto::v1 as pb;
 use prost::Message;
 
 use super::ledger::{consortium, log_of, utc};
-use crate::ledger::commitment::{self, Finding, Logged};
-use crate::ledger::entry::check_certified;
-use crate::ledger::merkle;
+use gridgate_ledger::commitment::{self, Finding, Logged};
+use gridgate_ledger::entry::check_certified;
+use gridgate_ledger::merkle;
 
 /// The canonical bytes of the batches in `dir` (`batch-<seq>.pb`, as `gridgate pull --out`
 /// writes them), by sequence number, each signature checked with the gateway's key.

@@ -76,7 +76,7 @@ fn entry_of(what: &WhatToPublish, me: &str) -> Result<(String, pb::EntryKind, Ve
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let f: TermsFile =
             toml::from_str(&text).with_context(|| format!("{} is not terms", path.display()))?;
-        let d = crate::ledger::settlement::Terms::default();
+        let d = gridgate_ledger::settlement::Terms::default();
         let effective_ms = if f.effective == "now" {
             now_ms()
         } else {
@@ -95,7 +95,7 @@ fn entry_of(what: &WhatToPublish, me: &str) -> Result<(String, pb::EntryKind, Ve
             penalty_milli_per_kwh: f.penalty_milli_per_kwh.unwrap_or(d.penalty_milli_per_kwh),
             effective_ms,
         };
-        if crate::ledger::settlement::terms_of(&t).is_none() {
+        if gridgate_ledger::settlement::terms_of(&t).is_none() {
             bail!(
                 "{}: prices are not negative, cap_percent is 0..=1000 and threshold_percent 0..=100",
                 path.display()
@@ -113,7 +113,7 @@ fn entry_of(what: &WhatToPublish, me: &str) -> Result<(String, pb::EntryKind, Ve
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let signed = pb::SignedMembershipChange::decode(bytes.as_slice())
             .with_context(|| format!("{} is not a membership change", path.display()))?;
-        let change = crate::ledger::membership::decode_change(&signed.change)?;
+        let change = gridgate_ledger::membership::decode_change(&signed.change)?;
         return Ok((
             format!("membership/{}", change.id),
             pb::EntryKind::Membership,
@@ -145,7 +145,7 @@ pub async fn publish(
     let (claim, kind, payload) = entry_of(what, &cfg.id)?;
     if kind == pb::EntryKind::Membership {
         let signed = pb::SignedMembershipChange::decode(payload.as_slice())?;
-        crate::ledger::membership::check_change(&signed, &genesis)
+        gridgate_ledger::membership::check_change(&signed, &genesis)
             .context("the validators would not vote for it")?;
     }
     let key = Identity::load(&cfg.identity)?;
@@ -256,7 +256,7 @@ pub fn propose(
         proposed_ms: now_ms(),
     };
     let bytes = change.encode_to_vec();
-    crate::ledger::membership::decode_change(&bytes)?;
+    gridgate_ledger::membership::decode_change(&bytes)?;
     let signed = pb::SignedMembershipChange {
         change: bytes,
         approvals: Vec::new(),
@@ -289,10 +289,10 @@ pub fn approve(config: &Path, path: &Path, out: &mut dyn Write) -> Result<ExitCo
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let mut signed = pb::SignedMembershipChange::decode(bytes.as_slice())
         .with_context(|| format!("{} is not a membership change", path.display()))?;
-    let change = crate::ledger::membership::decode_change(&signed.change)?;
+    let change = gridgate_ledger::membership::decode_change(&signed.change)?;
     let key = Identity::load(&cfg.identity)?;
     signed.approvals.retain(|a| a.validator != cfg.id);
-    signed.approvals.push(crate::ledger::membership::approve(
+    signed.approvals.push(gridgate_ledger::membership::approve(
         &signed.change,
         &cfg.id,
         &key,
@@ -302,9 +302,9 @@ pub fn approve(config: &Path, path: &Path, out: &mut dyn Write) -> Result<ExitCo
         .and_then(|()| std::fs::rename(&tmp, path))
         .with_context(|| format!("writing {}", path.display()))?;
     let need = genesis.quorum();
-    let have = match crate::ledger::membership::check_change(&signed, &genesis) {
+    let have = match gridgate_ledger::membership::check_change(&signed, &genesis) {
         Ok(_) => need,
-        Err(crate::ledger::membership::ChangeError::NoQuorum { have, .. }) => have,
+        Err(gridgate_ledger::membership::ChangeError::NoQuorum { have, .. }) => have,
         Err(e) => return Err(e.into()),
     };
     writeln!(

@@ -176,12 +176,12 @@ impl Scrape {
             let held = crate::ledger::held_entries(store, &origin).unwrap_or_default();
             entries.extend(
                 held.into_iter()
-                    .map(|entry| crate::ledger::settlement::Certified { entry }),
+                    .map(|entry| gridgate_ledger::settlement::Certified { entry }),
             );
         }
         let now = gridgate_core::reading::now_ms();
         let statement =
-            crate::ledger::settlement::settle_as_of(0, now, now, &entries, &members, &l.terms);
+            gridgate_ledger::settlement::settle_as_of(0, now, now, &entries, &members, &l.terms);
         let v: Vec<Standing> = statement
             .standing
             .iter()

@@ -174,8 +174,8 @@ pub fn sign_window_vote(
             .map(|h| sign_vote(validator, origin, first, h, key))
             .collect();
     }
-    let leaves: Vec<[u8; 32]> = hashes.iter().map(|h| super::merkle::leaf(h)).collect();
-    let (root, paths) = super::merkle::root_and_paths(&leaves);
+    let leaves: Vec<[u8; 32]> = hashes.iter().map(|h| crate::merkle::leaf(h)).collect();
+    let (root, paths) = crate::merkle::root_and_paths(&leaves);
     let body = pb::VoteBody {
         validator: validator.into(),
         origin: origin.into(),
@@ -217,8 +217,8 @@ fn covers(body: &pb::VoteBody, path: &[Vec<u8>], origin: &str, seq: u64, hash: &
         };
         hashes.push(h);
     }
-    super::merkle::verify_inclusion(
-        &super::merkle::leaf(hash),
+    crate::merkle::verify_inclusion(
+        &crate::merkle::leaf(hash),
         index,
         body.count,
         &hashes,

@@ -10,7 +10,7 @@
 
 use gridgate_proto::v1 as pb;
 
-use super::merkle::{self, Hash};
+use crate::merkle::{self, Hash};
 
 fn hashes(v: &[Vec<u8>]) -> Option<Vec<Hash>> {
     v.iter().map(|h| h.as_slice().try_into().ok()).collect()

@@ -27,7 +27,7 @@ use ed25519_dalek::{Signature, Verifier};
 use gridgate_proto::v1 as pb;
 use prost::Message;
 
-use super::Members;
+use crate::Members;
 use gridgate_core::sha256;
 
 /// A program's settlement terms.
@@ -313,9 +313,9 @@ pub fn settle_as_of(
     sorted.sort_by(|a, b| {
         (a.timestamp_ms, &a.origin, a.seq).cmp(&(b.timestamp_ms, &b.origin, b.seq))
     });
-    let members = &super::membership::apply(
+    let members = &crate::membership::apply(
         genesis,
-        super::membership::changes_in(
+        crate::membership::changes_in(
             sorted.iter().copied().filter(|e| e.timestamp_ms < as_of_ms),
             genesis,
         )
@@ -420,7 +420,7 @@ pub fn settle_as_of(
         let Ok(proof) = pb::EquivocationProof::decode(e.payload.as_slice()) else {
             continue;
         };
-        let Ok(accused) = super::entry::check_proof(&proof, members) else {
+        let Ok(accused) = crate::entry::check_proof(&proof, members) else {
             continue;
         };
         // The place: the accused's (origin, seq), the same in both entries of the proof.
@@ -613,7 +613,7 @@ pub fn settle_as_of(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::Member;
+    use crate::Member;
     use gridgate_core::Identity;
 
     struct World {
@@ -785,7 +785,7 @@ mod tests {
     /// Two different entries signed by `key` as `gw`'s entry 7, as a validator's entry.
     fn accusation(key: &Identity, by: &str, at_ms: i64) -> Certified {
         let place = |payload: &[u8]| {
-            crate::ledger::entry::sign_entry(
+            crate::entry::sign_entry(
                 &pb::Entry {
                     origin: "gw".into(),
                     seq: 7,
@@ -1095,9 +1095,7 @@ mod tests {
         .encode_to_vec();
         let signed = |approvers: usize| pb::SignedMembershipChange {
             approvals: (0..approvers)
-                .map(|i| {
-                    crate::ledger::membership::approve(&change, &format!("v{i}"), &validators[i])
-                })
+                .map(|i| crate::membership::approve(&change, &format!("v{i}"), &validators[i]))
                 .collect(),
             change: change.clone(),
         };
