@@ -12,10 +12,10 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gridgate::config::ledger::{LedgerConfig, LedgerRole, MemberConfig};
 use gridgate::ledger::node::VoteForm;
 use gridgate::ledger::service::LedgerService;
 use gridgate::store::Store;
+use gridgate_config::ledger::{LedgerConfig, LedgerRole, MemberConfig};
 use gridgate_core::Identity;
 use gridgate_ledger::entry::{Member, Members, sign_entry};
 use gridgate_proto::v1 as pb;

@@ -62,7 +62,7 @@ async fn run(window: Duration) {
             points.join(", ")
         ));
     }
-    let cfg = gridgate::config::parse(&config, Path::new("<bench>")).expect("config");
+    let cfg = gridgate_config::parse(&config, Path::new("<bench>")).expect("config");
     let (tx, mut rx) = mpsc::channel::<Vec<Reading>>(1024);
     let cancel = CancellationToken::new();
     let mut pollers = acquire::start(&cfg, tx, DeviceRegistry::default(), cancel.clone());

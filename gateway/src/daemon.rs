@@ -17,12 +17,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::acquire::{self, DeviceRegistry, ReadingSink};
-use crate::config::{BusConfig, ConfigError, GatewayConfig};
 use crate::ingest::{self, IngestStats};
 use crate::store::writer::{self, StoreHandle, Submission, WriterConfig};
 use crate::store::{Store, StoreError};
 use crate::tools::sim;
 use crate::uplink::{self, UplinkStats};
+use gridgate_config::{BusConfig, ConfigError, GatewayConfig};
 use gridgate_core::Reading;
 use gridgate_core::{Identity, IdentityError};
 
@@ -75,73 +75,6 @@ pub enum DaemonError {
     /// The echo output failed (stdout closed).
     #[error("output failed: {0}")]
     Sink(#[from] std::io::Error),
-}
-
-/// A one-paragraph summary of a config, as `check-config` prints it.
-pub fn summary(cfg: &GatewayConfig) -> String {
-    let mut s = format!(
-        "gateway {}: {} bus(es), {} device(s), {} point(s)\n",
-        cfg.id,
-        cfg.buses.len(),
-        cfg.devices().count() + cfg.ingest.as_ref().map_or(0, |i| i.devices.len()),
-        cfg.point_count()
-    );
-    for b in &cfg.buses {
-        s.push_str(&format!(
-            "  bus {} ({}) on {}: {} device(s)\n",
-            b.name,
-            b.protocol,
-            b.link,
-            b.devices.len()
-        ));
-        for d in &b.devices {
-            s.push_str(&format!(
-                "    {} every {}: {} point(s)\n",
-                d.name,
-                humantime::format_duration(d.poll),
-                d.points.len()
-            ));
-        }
-    }
-    if let Some(i) = &cfg.ingest {
-        if let Some(b) = &i.broker {
-            s.push_str(&format!(
-                "  MQTT ingest from {b} ({} device(s))\n",
-                i.devices.len()
-            ));
-        }
-        if let Some(l) = i.listen {
-            s.push_str(&format!(
-                "  durable MQTT field listener on {l} ({} device(s))\n",
-                i.devices.len()
-            ));
-        }
-    }
-    if let Some(b) = &cfg.broker {
-        s.push_str(&format!("  embedded MQTT broker on {}\n", b.listen));
-    }
-    match &cfg.uplink {
-        Some(u) => s.push_str(&format!("  uplink to {} topic {}\n", u.broker, u.topic)),
-        None => s.push_str("  no uplink: batches stay in the store for gRPC pullers\n"),
-    }
-    if let Some(l) = &cfg.ledger {
-        let validators = l.members.iter().filter(|m| m.role == "validator").count();
-        let f = validators.saturating_sub(1) / 3;
-        s.push_str(&format!(
-            "  ledger: {} of a consortium of {} member(s); {validators} validator(s), {} votes certify (tolerates {f} faulty)\n",
-            l.role.as_str(),
-            l.members.len(),
-            validators - f,
-        ));
-    }
-    s.push_str(&format!(
-        "  store in {}: batches of {} readings or {}, budget {} MiB\n",
-        cfg.data_dir.display(),
-        cfg.store.batch_readings,
-        humantime::format_duration(cfg.store.batch_interval),
-        cfg.store.budget >> 20
-    ));
-    s
 }
 
 /// SIGTERM and SIGINT (stop) and SIGHUP (reload), caught from the moment this is made: a
@@ -953,7 +886,7 @@ pub async fn run(
     echo: Option<Box<dyn ReadingSink>>,
 ) -> Result<(), DaemonError> {
     let mut signals = Signals::install();
-    let cfg = crate::config::load(config_path)?;
+    let cfg = gridgate_config::load(config_path)?;
     let identity = Identity::load(&cfg.identity)?;
     info!(
         gateway = %cfg.id,
@@ -1019,7 +952,7 @@ fn start_watchdog(pipeline: &Pipeline) -> tokio::task::JoinHandle<()> {
 /// force.
 async fn reload(pipeline: &mut Pipeline, config_path: &Path) {
     info!(config = %config_path.display(), "reload requested (SIGHUP)");
-    let new = match crate::config::load(config_path) {
+    let new = match gridgate_config::load(config_path) {
         Ok(new) => new,
         Err(e) => {
             error!("reload refused, the running config stays in force: {e}");
@@ -1141,7 +1074,7 @@ topic = "gridgate/demo-site/batches"
         members.0,
         members.1,
     )?);
-    let cfg = crate::config::parse(&text, Path::new("<demo config>"))?;
+    let cfg = gridgate_config::parse(&text, Path::new("<demo config>"))?;
     let validators = consortium.start(members.0, members.1).await?;
     let _ = writeln!(
         status,
@@ -1149,7 +1082,7 @@ topic = "gridgate/demo-site/batches"
          identity (made for this demo): {}\n\
          A signed DR event sheds half of {} (plant-unit1) {} after the start, for {} s.\n\
          Readings follow (time UTC, point, value, unit, quality); a status line every 5 s. Ctrl-C stops.\n",
-        summary(&cfg),
+        gridgate_config::summary(&cfg),
         hex::encode(identity.public().to_bytes()),
         crate::dr::demo::LOAD,
         humantime::format_duration(dr_after),

@@ -12,7 +12,6 @@
 pub mod acquire;
 pub mod api;
 pub mod batch;
-pub mod config;
 pub mod daemon;
 pub mod dr;
 pub mod ingest;

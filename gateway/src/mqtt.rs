@@ -7,7 +7,7 @@ use std::time::Duration;
 use gridgate_core::tls::{TlsError, client_tls};
 use rumqttc::{MqttOptions, TlsConfiguration, Transport};
 
-use crate::config::MqttBroker;
+use gridgate_config::MqttBroker;
 
 /// Options for a client `client_id` of `broker`.
 pub fn options(

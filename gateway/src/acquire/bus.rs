@@ -15,7 +15,7 @@ use super::control::{
     BusRequest, ControlError, ControlOutcome, ControlRequest, ScanFound, write_dlt645, write_modbus,
 };
 use super::state::DeviceRegistry;
-use crate::config::{BusConfig, BusTiming, DeviceConfig, DeviceKind, PointSource, Protocol};
+use gridgate_config::{BusConfig, BusTiming, DeviceConfig, DeviceKind, PointSource, Protocol};
 use gridgate_core::reading::{Quality, Reading, Value, now_ms};
 
 /// Maps a DL/T 645 failure to a reading quality.

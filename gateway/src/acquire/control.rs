@@ -13,8 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::bus::read_modbus;
 use super::mqtt_command::CommandRequest;
-use crate::config::dr::RELAY_POINT;
-use crate::config::{
+use gridgate_config::dr::RELAY_POINT;
+use gridgate_config::{
     BusTiming, Control, ControlPoint, DeviceConfig, DeviceKind, PointSource, RemoteAuth,
 };
 use gridgate_drivers::dlt645::{self, Client, DataId, MeterTime, RemoteCommand, RemoteControl};

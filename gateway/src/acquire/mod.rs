@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::GatewayConfig;
+use gridgate_config::GatewayConfig;
 
 /// Readings waiting between the buses and the sink; a slow sink slows polling rather than
 /// growing memory.

@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::control::{ControlError, ControlOutcome};
-use crate::config::dr::Control;
-use crate::config::{GatewayConfig, MqttBroker, MqttControl};
+use gridgate_config::dr::Control;
+use gridgate_config::{GatewayConfig, MqttBroker, MqttControl};
 
 /// Commands that may wait for the connection.
 pub const COMMAND_QUEUE: usize = 64;

@@ -25,7 +25,7 @@ use tracing::info;
 pub use services::ApiState;
 pub(crate) use services::Stream_;
 
-use crate::config::GrpcConfig;
+use gridgate_config::GrpcConfig;
 
 /// Why the API server could not start.
 #[derive(Debug, Error)]

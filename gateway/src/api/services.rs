@@ -14,9 +14,9 @@ use tonic::{Request, Response, Status};
 
 use super::auth::{Role, require, role_of};
 use crate::acquire::DeviceRegistry;
-use crate::config::{DeviceKind, GatewayConfig, PointSource};
 use crate::store::writer::StoreHandle;
 use crate::uplink::UplinkStats;
+use gridgate_config::{DeviceKind, GatewayConfig, PointSource};
 use gridgate_core::Reading;
 
 /// What the services read.

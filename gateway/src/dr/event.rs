@@ -10,7 +10,7 @@ use gridgate_proto::v1 as pb;
 use prost::Message;
 use thiserror::Error;
 
-use crate::config::{Accepts, LoadConfig};
+use gridgate_config::{Accepts, LoadConfig};
 
 /// The issuers whose events the gateway accepts, by name.
 #[derive(Debug, Clone, Default)]
@@ -318,11 +318,13 @@ mod tests {
             // A u16 holding register.
             accepts: Accepts::Range(0.0, 65535.0),
             max_events_per_day: 2,
-            control: Some(crate::config::Control::Point(crate::config::ControlPoint {
-                device: name.into(),
-                point: "setpoint".into(),
-                auth: None,
-            })),
+            control: Some(gridgate_config::Control::Point(
+                gridgate_config::ControlPoint {
+                    device: name.into(),
+                    point: "setpoint".into(),
+                    auth: None,
+                },
+            )),
             rated_kw: Some(100.0),
             min_on: std::time::Duration::ZERO,
             min_off: std::time::Duration::ZERO,

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::service::Desk;
-use crate::config::{DrConfig, UplinkConfig};
+use gridgate_config::{DrConfig, UplinkConfig};
 use gridgate_core::reading::now_ms;
 
 /// Reports published again after a reconnect: those of events that ended this recently.

@@ -23,11 +23,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::acquire::{ControlError, ControlOutcome, Controls};
-use crate::config::ledger::LedgerRole;
-use crate::config::{Control, GatewayConfig};
 use crate::dr::event::written_value;
 use crate::store::Store;
 use crate::store::samples::SAMPLE_RETENTION_MS;
+use gridgate_config::ledger::LedgerRole;
+use gridgate_config::{Control, GatewayConfig};
 use gridgate_core::Identity;
 use gridgate_core::reading::now_ms;
 use gridgate_core::{Reading, Value};

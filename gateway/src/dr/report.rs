@@ -6,8 +6,8 @@
 use gridgate_proto::v1 as pb;
 
 use super::measure::{self, DAY_MS, watts};
-use crate::config::{BaselineConfig, GatewayConfig, ProgramConfig};
 use crate::store::{Store, StoreError};
+use gridgate_config::{BaselineConfig, GatewayConfig, ProgramConfig};
 use gridgate_core::sha256;
 
 /// Samples fetched beyond a window's edges, so that its first and last moments are shaped
@@ -63,7 +63,7 @@ fn baseline(
                 end,
                 *x,
                 *y,
-                crate::config::dr::MAX_LOOKBACK_DAYS,
+                gridgate_config::dr::MAX_LOOKBACK_DAYS,
                 adjust,
                 today,
                 |back| {

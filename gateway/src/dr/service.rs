@@ -22,7 +22,7 @@ use gridgate_core::reading::now_ms;
 /// the master station that settles them. Which loads move when is not for every viewer
 /// (nor for the plaintext loopback listener, whose callers are viewers).
 const DR_READERS: &[Role] = &[Role::Operator, Role::Master];
-use crate::config::DrConfig;
+use gridgate_config::DrConfig;
 use gridgate_core::IdentityError;
 
 /// An issuer's key file is unusable.
@@ -123,7 +123,7 @@ pub struct Desk {
     /// The store.
     pub store: Arc<crate::store::Store>,
     /// The config in force.
-    pub config: tokio::sync::watch::Receiver<Arc<crate::config::GatewayConfig>>,
+    pub config: tokio::sync::watch::Receiver<Arc<gridgate_config::GatewayConfig>>,
     /// Trust, counters, the record lock, the relay's wake-up and the updates.
     pub dr: Arc<DrState>,
 }

@@ -29,8 +29,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{IngestStats, Live, handle};
-use crate::config::IngestConfig;
 use crate::store::writer::StoreHandle;
+use gridgate_config::IngestConfig;
 use gridgate_core::admission::{Admission, HANDSHAKE_WITHIN};
 
 /// Where the listener accepts devices, and how.

@@ -20,8 +20,8 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::IngestConfig;
 use crate::store::writer::{StoreHandle, Submission};
+use gridgate_config::IngestConfig;
 use gridgate_core::reading::now_ms;
 
 /// What ingest has seen.

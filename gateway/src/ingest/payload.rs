@@ -20,7 +20,7 @@ use prost::Message;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::config::MqttDevice;
+use gridgate_config::MqttDevice;
 use gridgate_core::{Quality, Reading, Value};
 
 /// Why a payload was refused.

@@ -17,8 +17,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tracing::{info, warn};
 
 use super::state::LedgerState;
-use crate::config::ledger::LedgerConfig;
 use crate::store::{Store, StoreError};
+use gridgate_config::ledger::LedgerConfig;
 use gridgate_core::Identity;
 use gridgate_core::reading::now_ms;
 use gridgate_ledger::entry::{check_vote, entry_hash, sign_entry, votes_check_batch};

@@ -96,7 +96,7 @@ impl Consortium {
                     operator
                 )?,
             );
-            let cfg = crate::config::parse(&text, Path::new("<demo validator>"))?;
+            let cfg = gridgate_config::parse(&text, Path::new("<demo validator>"))?;
             let identity = Identity::load(&d.join("identity.key"))?;
             running.push(Pipeline::start(&cfg, identity, None).await?);
         }
@@ -108,7 +108,7 @@ impl Consortium {
 /// is certified; `None` before anything was logged.
 pub fn status_line(
     store: &crate::store::Store,
-    cfg: &crate::config::GatewayConfig,
+    cfg: &gridgate_config::GatewayConfig,
 ) -> Option<String> {
     let l = cfg.ledger.as_ref()?;
     let certified = store.ledger_next_certified(&cfg.id).ok()?;

@@ -24,7 +24,7 @@ use thiserror::Error;
 
 pub use gridgate_ledger::{Member, Members};
 
-use crate::config::ledger::LedgerConfig;
+use gridgate_config::ledger::LedgerConfig;
 
 /// A member's key file is unusable.
 #[derive(Debug, Error)]

@@ -12,8 +12,8 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::state::LedgerState;
-use crate::config::ledger::LedgerRole;
 use crate::store::Store;
+use gridgate_config::ledger::LedgerRole;
 use gridgate_core::Identity;
 
 /// Certified entries streamed per read of the store.

@@ -22,6 +22,7 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 use crate::batch::{GENESIS_HASH, Sealed};
+use gridgate_config::DEDUPE_RECENT;
 use gridgate_core::sha256;
 
 /// Readings handed to the store and not yet in a batch: id → encoded `Reading`.
@@ -32,12 +33,6 @@ const BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("batches");
 const BATCH_SIZES: TableDefinition<u64, (u64, u64)> = TableDefinition::new("batch_sizes");
 /// Consumer → next batch it needs (everything below is acknowledged).
 const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
-/// How many of the most recently stored readings that carry a device timestamp a
-/// redelivery is checked against, when `[store] dedupe_window` does not say. Brokers and
-/// devices resend their in-flight messages right after a reconnect; an older redelivery is
-/// stored again (at least once, never lost). The window is kept in the store itself
-/// ([`DEDUPE`]), so it survives retention pruning the batches the readings went out in.
-pub const DEDUPE_RECENT: usize = 200_000;
 /// The de-duplication window as stored: a running number (oldest first) to the reading's
 /// fingerprint and the hash of its value. Written in the commit that stores the readings.
 const DEDUPE: TableDefinition<u64, (u128, u64)> = TableDefinition::new("dedupe_recent");

@@ -7,8 +7,8 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::config::files::{FileKind, NamedFile};
-use crate::config::{self, ConfigError, Problem};
+use gridgate_config::files::{FileKind, NamedFile};
+use gridgate_config::{self as config, ConfigError, Problem};
 
 /// Checks the config at `path`; with `files`, also every file it names.
 pub fn run(path: &Path, files: bool, out: &mut impl Write) -> anyhow::Result<ExitCode> {
@@ -53,7 +53,7 @@ pub fn run(path: &Path, files: bool, out: &mut impl Write) -> anyhow::Result<Exi
         } else {
             " (the files it names were not opened)"
         },
-        crate::daemon::summary(&cfg)
+        gridgate_config::summary(&cfg)
     )?;
     Ok(ExitCode::SUCCESS)
 }

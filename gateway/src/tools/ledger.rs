@@ -339,8 +339,11 @@ async fn fetch_all(
 /// The config's `[ledger]` and its membership with the keys read.
 pub(super) fn consortium(
     config: &std::path::Path,
-) -> Result<(crate::config::ledger::LedgerConfig, crate::ledger::Members)> {
-    let cfg = crate::config::load(config)?;
+) -> Result<(
+    gridgate_config::ledger::LedgerConfig,
+    crate::ledger::Members,
+)> {
+    let cfg = gridgate_config::load(config)?;
     let Some(ledger) = cfg.ledger else {
         bail!("{} has no [ledger] table", config.display());
     };
@@ -350,7 +353,7 @@ pub(super) fn consortium(
 
 /// A client of the validator at `endpoint`, with the config's TLS client identity.
 async fn validator(
-    ledger: &crate::config::ledger::LedgerConfig,
+    ledger: &gridgate_config::ledger::LedgerConfig,
     endpoint: &str,
 ) -> Result<LedgerClient<tonic::transport::Channel>> {
     let channel = super::pull::connect(
@@ -366,8 +369,8 @@ async fn validator(
 /// A client of validator `v`, or `None` after saying on `out` why it cannot be reached
 /// (each line starts with `prefix`).
 pub(super) async fn reach(
-    ledger: &crate::config::ledger::LedgerConfig,
-    v: &crate::config::ledger::MemberConfig,
+    ledger: &gridgate_config::ledger::LedgerConfig,
+    v: &gridgate_config::ledger::MemberConfig,
     out: &mut dyn Write,
     prefix: &str,
 ) -> Result<Option<LedgerClient<tonic::transport::Channel>>> {
@@ -463,9 +466,9 @@ async fn settlement(
 /// A validator that answers with its heads, and the membership its replica puts in force;
 /// `None` after saying on `out` why not.
 async fn answering(
-    ledger: &crate::config::ledger::LedgerConfig,
+    ledger: &gridgate_config::ledger::LedgerConfig,
     genesis: &crate::ledger::Members,
-    v: &crate::config::ledger::MemberConfig,
+    v: &gridgate_config::ledger::MemberConfig,
     out: &mut dyn Write,
 ) -> Result<
     Option<(
@@ -705,7 +708,7 @@ pub(super) struct HeldLog {
 /// `origin`'s log from `from` as the validator named by `only` (or the first that answers)
 /// holds it; `None` after saying on `out` why each validator could not give it.
 pub(super) async fn log_of(
-    ledger: &crate::config::ledger::LedgerConfig,
+    ledger: &gridgate_config::ledger::LedgerConfig,
     genesis: &crate::ledger::Members,
     origin: &str,
     from: u64,

@@ -130,7 +130,7 @@ pub async fn publish(
     wait: Duration,
     out: &mut dyn Write,
 ) -> Result<ExitCode> {
-    let cfg = crate::config::load(config)?;
+    let cfg = gridgate_config::load(config)?;
     let Some(ledger) = cfg.ledger.clone() else {
         bail!("{} has no [ledger] table", config.display());
     };
@@ -275,7 +275,7 @@ pub fn propose(
 
 /// `gridgate ledger approve`: adds this validator's approval to the file, in place.
 pub fn approve(config: &Path, path: &Path, out: &mut dyn Write) -> Result<ExitCode> {
-    let cfg = crate::config::load(config)?;
+    let cfg = gridgate_config::load(config)?;
     let Some(ledger) = cfg.ledger.as_ref() else {
         bail!("{} has no [ledger] table", config.display());
     };

@@ -582,7 +582,7 @@ mod tests {
     async fn the_printed_config_is_a_valid_gateway_config() {
         let sims = start(&default_spec(None)).await.unwrap();
         let text = sims.gateway_config("demo", "5s");
-        let cfg = crate::config::parse(&text, Path::new("<sim>")).unwrap();
+        let cfg = gridgate_config::parse(&text, Path::new("<sim>")).unwrap();
         assert_eq!(cfg.buses.len(), 2);
         assert_eq!(cfg.devices().count(), 5);
     }

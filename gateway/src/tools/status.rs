@@ -49,7 +49,7 @@ struct Target {
 
 fn target(a: &StatusArgs) -> Result<Target> {
     let cfg = if a.url.is_none() || a.token_file.is_none() {
-        Some(crate::config::load(&a.config).with_context(|| {
+        Some(gridgate_config::load(&a.config).with_context(|| {
             format!(
                 "reading {} (give --url and --token-file to do without it)",
                 a.config.display()

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::config::web::WebConfig;
+use gridgate_config::web::WebConfig;
 
 /// Shortest credential accepted: 128 bits as hex.
 pub const MIN_TOKEN_LEN: usize = 32;

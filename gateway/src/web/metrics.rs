@@ -157,7 +157,7 @@ impl Scrape {
     /// Reputation by member: the standing of a settlement of every certified entry this
     /// replica holds (stored entries were checked when they arrived), computed at most
     /// once a minute.
-    fn standings(&self, cfg: &crate::config::GatewayConfig) -> Vec<Standing> {
+    fn standings(&self, cfg: &gridgate_config::GatewayConfig) -> Vec<Standing> {
         let Some(l) = &cfg.ledger else {
             return Vec::new();
         };

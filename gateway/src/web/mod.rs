@@ -31,13 +31,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::acquire::{Controls, DeviceRegistry};
-use crate::config::GatewayConfig;
-use crate::config::web::WebConfig;
 use crate::dr::service::DrStats;
 use crate::ingest::IngestStats;
 use crate::store::writer::StoreHandle;
 use crate::uplink::UplinkStats;
 use auth::{Access, Gate};
+use gridgate_config::GatewayConfig;
+use gridgate_config::web::WebConfig;
 
 /// Why the page would not start.
 #[derive(Debug, Error)]

@@ -10,8 +10,8 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use super::WebState;
-use crate::config::{DeviceKind, PointSource};
 use crate::store::StoreError;
+use gridgate_config::{DeviceKind, PointSource};
 use gridgate_core::reading::now_ms;
 
 /// The overview: who the gateway is and how every stage is doing.
@@ -469,8 +469,8 @@ pub fn dr(s: &WebState) -> Result<DrView, StoreError> {
         .map(|l| LoadView {
             name: l.name.clone(),
             control: match &l.control {
-                Some(crate::config::Control::Point(p)) => format!("{}/{}", p.device, p.point),
-                Some(crate::config::Control::Mqtt(m)) => format!("mqtt {}", m.command_topic),
+                Some(gridgate_config::Control::Point(p)) => format!("{}/{}", p.device, p.point),
+                Some(gridgate_config::Control::Mqtt(m)) => format!("mqtt {}", m.command_topic),
                 None => "none (measured only)".into(),
             },
             overridden: overrides.contains(&l.name),
@@ -488,7 +488,7 @@ struct Described {
     points: Vec<(String, String, String)>,
 }
 
-fn described(cfg: &crate::config::GatewayConfig) -> Vec<Described> {
+fn described(cfg: &gridgate_config::GatewayConfig) -> Vec<Described> {
     let mut out: Vec<Described> = cfg
         .devices()
         .map(|(b, d)| Described {

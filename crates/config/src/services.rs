@@ -7,6 +7,13 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::Checker;
+
+/// How many of the most recently stored readings that carry a device timestamp a
+/// redelivery is checked against, when `[store] dedupe_window` does not say. Brokers and
+/// devices resend their in-flight messages right after a reconnect; an older redelivery is
+/// stored again (at least once, never lost). The window is kept in the store itself
+/// (its `dedupe_recent` table), so it survives retention pruning the batches the readings went out in.
+pub const DEDUPE_RECENT: usize = 200_000;
 use super::raw::{RawBroker, RawGrpc, RawIngest, RawStore, RawUplink};
 
 /// `[store]`: batching and retention.
@@ -291,7 +298,7 @@ impl Checker<'_> {
                 batch_interval: Duration::from_secs(10),
                 budget: 1 << 30,
                 required_consumers: default_required,
-                dedupe_window: crate::store::DEDUPE_RECENT,
+                dedupe_window: DEDUPE_RECENT,
             };
         };
         let batch_readings = match &r.batch_readings {
@@ -307,7 +314,7 @@ impl Checker<'_> {
             }
         };
         let dedupe_window = match &r.dedupe_window {
-            None => crate::store::DEDUPE_RECENT,
+            None => DEDUPE_RECENT,
             Some(n) if (1_000..=10_000_000).contains(n.get_ref()) => *n.get_ref() as usize,
             Some(n) => {
                 self.problem(
@@ -315,7 +322,7 @@ impl Checker<'_> {
                     "store.dedupe_window".into(),
                     "use 1000..10000000 readings (about 60 bytes of memory each; at least a broker's in-flight window times the readings a message carries)".into(),
                 );
-                crate::store::DEDUPE_RECENT
+                DEDUPE_RECENT
             }
         };
         StoreConfig {

@@ -9,6 +9,7 @@ pub mod files;
 pub mod ledger;
 mod raw;
 pub mod services;
+mod summary;
 pub mod web;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,9 +30,10 @@ pub use dr::{
 pub use raw::RawConfig;
 use raw::{RawBus, RawDevice, RawPoint};
 pub use services::{
-    BrokerConfig, GrpcConfig, IngestConfig, MqttBroker, MqttDevice, MqttTls, StoreConfig,
-    UPLINK_CONSUMER, UplinkConfig,
+    BrokerConfig, DEDUPE_RECENT, GrpcConfig, IngestConfig, MqttBroker, MqttDevice, MqttTls,
+    StoreConfig, UPLINK_CONSUMER, UplinkConfig,
 };
+pub use summary::summary;
 use toml::Spanned;
 
 /// A problem found in a config file, located to its line and key.

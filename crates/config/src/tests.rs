@@ -200,7 +200,7 @@ fn loads_are_bound_to_writable_controls_with_their_credentials() {
         panic!("a point control")
     };
     // A meter's relay is a switch: only `on` moves it.
-    assert_eq!(cfg.loads[0].accepts, crate::config::Accepts::Switch);
+    assert_eq!(cfg.loads[0].accepts, crate::Accepts::Switch);
     assert_eq!(
         (control.device.as_str(), control.point.as_str()),
         ("meter-1", "relay")
@@ -411,7 +411,7 @@ fn the_page_is_https_off_loopback_and_someone_must_be_able_to_open_it() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         cfg.web.expect("web").listen.to_string(),
-        crate::config::web::DEFAULT_LISTEN
+        crate::web::DEFAULT_LISTEN
     );
 
     let plain_lan = problems(&format!(

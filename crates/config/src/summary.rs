@@ -1,0 +1,70 @@
+//! What `check-config` prints of a config that passed: buses, devices, services, store.
+
+use crate::GatewayConfig;
+
+/// A one-paragraph summary of a config, as `check-config` prints it.
+pub fn summary(cfg: &GatewayConfig) -> String {
+    let mut s = format!(
+        "gateway {}: {} bus(es), {} device(s), {} point(s)\n",
+        cfg.id,
+        cfg.buses.len(),
+        cfg.devices().count() + cfg.ingest.as_ref().map_or(0, |i| i.devices.len()),
+        cfg.point_count()
+    );
+    for b in &cfg.buses {
+        s.push_str(&format!(
+            "  bus {} ({}) on {}: {} device(s)\n",
+            b.name,
+            b.protocol,
+            b.link,
+            b.devices.len()
+        ));
+        for d in &b.devices {
+            s.push_str(&format!(
+                "    {} every {}: {} point(s)\n",
+                d.name,
+                humantime::format_duration(d.poll),
+                d.points.len()
+            ));
+        }
+    }
+    if let Some(i) = &cfg.ingest {
+        if let Some(b) = &i.broker {
+            s.push_str(&format!(
+                "  MQTT ingest from {b} ({} device(s))\n",
+                i.devices.len()
+            ));
+        }
+        if let Some(l) = i.listen {
+            s.push_str(&format!(
+                "  durable MQTT field listener on {l} ({} device(s))\n",
+                i.devices.len()
+            ));
+        }
+    }
+    if let Some(b) = &cfg.broker {
+        s.push_str(&format!("  embedded MQTT broker on {}\n", b.listen));
+    }
+    match &cfg.uplink {
+        Some(u) => s.push_str(&format!("  uplink to {} topic {}\n", u.broker, u.topic)),
+        None => s.push_str("  no uplink: batches stay in the store for gRPC pullers\n"),
+    }
+    if let Some(l) = &cfg.ledger {
+        let validators = l.members.iter().filter(|m| m.role == "validator").count();
+        let f = validators.saturating_sub(1) / 3;
+        s.push_str(&format!(
+            "  ledger: {} of a consortium of {} member(s); {validators} validator(s), {} votes certify (tolerates {f} faulty)\n",
+            l.role.as_str(),
+            l.members.len(),
+            validators - f,
+        ));
+    }
+    s.push_str(&format!(
+        "  store in {}: batches of {} readings or {}, budget {} MiB\n",
+        cfg.data_dir.display(),
+        cfg.store.batch_readings,
+        humantime::format_duration(cfg.store.batch_interval),
+        cfg.store.budget >> 20
+    ));
+    s
+}
