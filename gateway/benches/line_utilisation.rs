@@ -10,8 +10,9 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use gridgate::acquire::{self, DeviceRegistry, Reading};
 use gridgate::tools::sim;
+use gridgate_acquire::{self as acquire, DeviceRegistry};
+use gridgate_core::Reading;
 use gridgate_drivers::link::SerialSettings;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

@@ -16,12 +16,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::acquire::{self, DeviceRegistry, ReadingSink};
 use crate::ingest::{self, IngestStats};
 use crate::store::writer::{self, StoreHandle, Submission, WriterConfig};
 use crate::store::{Store, StoreError};
 use crate::tools::sim;
 use crate::uplink::{self, UplinkStats};
+use gridgate_acquire::{self as acquire, DeviceRegistry, ReadingSink};
 use gridgate_config::{BusConfig, ConfigError, GatewayConfig};
 use gridgate_core::Reading;
 use gridgate_core::{Identity, IdentityError};
@@ -283,11 +283,11 @@ fn restart_only_changes(old: &GatewayConfig, new: &GatewayConfig) -> Vec<&'stati
 /// an error at start-up (or a refused reload), not a retry loop in the log.
 fn check_mqtt_tls(cfg: &GatewayConfig) -> Result<(), gridgate_core::tls::TlsError> {
     if let Some(u) = &cfg.uplink {
-        crate::mqtt::options(&u.broker, &u.client_id, u.keep_alive, None)?;
+        gridgate_acquire::broker::options(&u.broker, &u.client_id, u.keep_alive, None)?;
     }
     if let Some(b) = cfg.ingest.as_ref().and_then(|i| i.broker.as_ref()) {
         let id = cfg.ingest.as_ref().map_or("", |i| i.client_id.as_str());
-        crate::mqtt::options(b, id, Duration::from_secs(30), None)?;
+        gridgate_acquire::broker::options(b, id, Duration::from_secs(30), None)?;
     }
     Ok(())
 }

@@ -9,14 +9,12 @@
 // enforces it; test code may still use them).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
-pub mod acquire;
 pub mod api;
 pub mod batch;
 pub mod daemon;
 pub mod dr;
 pub mod ingest;
 pub mod ledger;
-pub mod mqtt;
 pub mod service;
 pub mod store;
 pub mod tools;

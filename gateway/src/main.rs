@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use gridgate::acquire::{JsonLinesSink, ReadingSink, TextSink};
 use gridgate::{daemon, tools};
+use gridgate_acquire::{JsonLinesSink, ReadingSink, TextSink};
 use gridgate_drivers::dlt645::{Address, DataId};
 use gridgate_drivers::link::Link;
 use gridgate_drivers::modbus::{DataType, Order, Table};

@@ -57,7 +57,7 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, ApiError> {
 
 /// Live readings fan out through a broadcast channel: a slow subscriber lags and is told how
 /// many it missed; senders never wait.
-pub fn live_channel() -> broadcast::Sender<Arc<crate::acquire::Reading>> {
+pub fn live_channel() -> broadcast::Sender<Arc<gridgate_core::Reading>> {
     broadcast::channel(4096).0
 }
 

@@ -13,9 +13,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::auth::{Role, require, role_of};
-use crate::acquire::DeviceRegistry;
 use crate::store::writer::StoreHandle;
 use crate::uplink::UplinkStats;
+use gridgate_acquire::DeviceRegistry;
 use gridgate_config::{DeviceKind, GatewayConfig, PointSource};
 use gridgate_core::Reading;
 

@@ -109,8 +109,12 @@ pub async fn run(
     loop {
         let creds = uplink.username.as_deref().zip(uplink.password.as_deref());
         let client_id = format!("{}-dr", uplink.client_id);
-        let opts = match crate::mqtt::options(&uplink.broker, &client_id, uplink.keep_alive, creds)
-        {
+        let opts = match gridgate_acquire::broker::options(
+            &uplink.broker,
+            &client_id,
+            uplink.keep_alive,
+            creds,
+        ) {
             Ok(o) => o,
             Err(e) => {
                 warn!(broker = %uplink.broker, "DR over MQTT cannot set up its connection: {e}");

@@ -22,10 +22,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::acquire::{ControlError, ControlOutcome, Controls};
 use crate::dr::event::written_value;
 use crate::store::Store;
 use crate::store::samples::SAMPLE_RETENTION_MS;
+use gridgate_acquire::{ControlError, ControlOutcome, Controls};
 use gridgate_config::ledger::LedgerRole;
 use gridgate_config::{Control, GatewayConfig};
 use gridgate_core::Identity;

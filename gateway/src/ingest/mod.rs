@@ -77,7 +77,7 @@ impl IngestStats {
 }
 
 /// Where live readings go (gRPC Subscribe).
-pub type Live = tokio::sync::broadcast::Sender<Arc<crate::acquire::Reading>>;
+pub type Live = tokio::sync::broadcast::Sender<Arc<gridgate_core::Reading>>;
 
 /// A received message waiting for its acknowledgement.
 enum Ack {
@@ -112,16 +112,17 @@ pub async fn run(
     loop {
         let creds = cfg.username.as_deref().zip(cfg.password.as_deref());
         let keep_alive = Duration::from_secs(30);
-        let mut opts = match crate::mqtt::options(&broker, &cfg.client_id, keep_alive, creds) {
-            Ok(o) => o,
-            Err(e) => {
-                warn!(broker = %broker, "ingest cannot set up its connection: {e}");
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(30)) => continue,
+        let mut opts =
+            match gridgate_acquire::broker::options(&broker, &cfg.client_id, keep_alive, creds) {
+                Ok(o) => o,
+                Err(e) => {
+                    warn!(broker = %broker, "ingest cannot set up its connection: {e}");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(30)) => continue,
+                    }
                 }
-            }
-        };
+            };
         opts.set_manual_acks(true);
         opts.set_clean_session(false);
         // Packets up to four times max_payload are read and refused by our own limit, with

@@ -10,7 +10,7 @@ use gridgate_drivers::link::{Link, SerialSettings};
 use gridgate_drivers::modbus::{DataType, ModbusLine, Order, PointSpec, Table};
 use serde_json::json;
 
-use crate::acquire::bus::{dlt645_quality, dlt645_value, modbus_quality};
+use gridgate_acquire::bus::{dlt645_quality, dlt645_value, modbus_quality};
 use gridgate_core::{Quality, Value};
 
 /// What `read dlt645` needs.

@@ -75,8 +75,9 @@ async fn session(
         .map_err(|e| e.to_string())?;
     stats.cursor.store(cursor, Ordering::Relaxed);
     let creds = cfg.username.as_deref().zip(cfg.password.as_deref());
-    let mut opts = crate::mqtt::options(&cfg.broker, &cfg.client_id, cfg.keep_alive, creds)
-        .map_err(|e| e.to_string())?;
+    let mut opts =
+        gridgate_acquire::broker::options(&cfg.broker, &cfg.client_id, cfg.keep_alive, creds)
+            .map_err(|e| e.to_string())?;
     opts.set_clean_session(true);
     opts.set_inflight(cfg.window as u16);
     opts.set_max_packet_size(1 << 20, 64 << 20);

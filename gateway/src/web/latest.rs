@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::acquire::Reading;
+use gridgate_core::Reading;
 
 /// A point's last reading, and its last good one when that was earlier.
 #[derive(Debug, Clone)]

@@ -30,12 +30,12 @@ use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::acquire::{Controls, DeviceRegistry};
 use crate::dr::service::DrStats;
 use crate::ingest::IngestStats;
 use crate::store::writer::StoreHandle;
 use crate::uplink::UplinkStats;
 use auth::{Access, Gate};
+use gridgate_acquire::{Controls, DeviceRegistry};
 use gridgate_config::GatewayConfig;
 use gridgate_config::web::WebConfig;
 
@@ -368,10 +368,10 @@ fn check(
 }
 
 /// The HTTP status of a bus task's refusal.
-fn control_status(e: &crate::acquire::ControlError) -> StatusCode {
+fn control_status(e: &gridgate_acquire::ControlError) -> StatusCode {
     match e {
-        crate::acquire::ControlError::Unknown(_) => StatusCode::NOT_FOUND,
-        crate::acquire::ControlError::Timeout(..) => StatusCode::GATEWAY_TIMEOUT,
+        gridgate_acquire::ControlError::Unknown(_) => StatusCode::NOT_FOUND,
+        gridgate_acquire::ControlError::Timeout(..) => StatusCode::GATEWAY_TIMEOUT,
         _ => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
@@ -497,7 +497,7 @@ pub struct TestRead {
     /// Milliseconds the poll took, queue included.
     pub took_ms: u64,
     /// The readings (stored like any poll's).
-    pub readings: Vec<crate::acquire::Reading>,
+    pub readings: Vec<gridgate_core::Reading>,
 }
 
 async fn test_read(

@@ -568,7 +568,7 @@ pub fn device(s: &WebState, name: &str) -> Option<DeviceView> {
 
 fn device_view(
     s: &WebState,
-    snap: &BTreeMap<String, crate::acquire::state::DeviceStatus>,
+    snap: &BTreeMap<String, gridgate_acquire::state::DeviceStatus>,
     d: Described,
     now: i64,
 ) -> DeviceView {

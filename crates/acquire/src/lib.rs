@@ -1,15 +1,19 @@
 //! Acquisition: buses, polling, device state. One task per bus owns its line; each device is
-//! polled on its own schedule; every outcome, good or bad, becomes a [`Reading`].
+//! polled on its own schedule; every outcome, good or bad, becomes a
+//! [`Reading`](gridgate_core::Reading). Controls write through the bus task that owns the
+//! line, or to a field device over MQTT. Acquisition knows no store: readings leave through
+//! a channel.
 
+pub mod broker;
 pub mod bus;
 pub mod control;
 pub mod mqtt_command;
+pub mod scan;
 pub mod sink;
 pub mod state;
 
 pub use bus::BusPoller;
 pub use control::{ControlError, ControlOutcome, Controls};
-pub use gridgate_core::reading::{Quality, Reading, Value};
 pub use sink::{JsonLinesSink, ReadingSink, TextSink};
 pub use state::{DeviceRegistry, DeviceStatus};
 
@@ -18,6 +22,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use gridgate_config::GatewayConfig;
+use gridgate_core::Reading;
 
 /// Readings waiting between the buses and the sink; a slow sink slows polling rather than
 /// growing memory.

@@ -141,19 +141,23 @@ pub async fn run(
             .credentials
             .as_ref()
             .map(|(u, p)| (u.as_str(), p.as_str()));
-        let opts =
-            match crate::mqtt::options(&broker, &conn.client_id, Duration::from_secs(30), creds) {
-                Ok(o) => o,
-                Err(e) => {
-                    warn!(broker = %broker, "DR commands cannot set up their MQTT connection: {e}");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = config.changed() => {}
-                        _ = tokio::time::sleep(Duration::from_secs(30)) => {}
-                    }
-                    continue;
+        let opts = match crate::broker::options(
+            &broker,
+            &conn.client_id,
+            Duration::from_secs(30),
+            creds,
+        ) {
+            Ok(o) => o,
+            Err(e) => {
+                warn!(broker = %broker, "DR commands cannot set up their MQTT connection: {e}");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = config.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(30)) => {}
                 }
-            };
+                continue;
+            }
+        };
         let (client, mut eventloop) = AsyncClient::new(opts, COMMAND_QUEUE);
         let mut subscribed: BTreeSet<String> = BTreeSet::new();
         let mut waiting: HashMap<String, Waiting> = HashMap::new();

@@ -45,7 +45,7 @@ pub struct PollRequest {
     /// Device name.
     pub device: String,
     /// Where the readings go.
-    pub reply: oneshot::Sender<Result<Vec<super::Reading>, ControlError>>,
+    pub reply: oneshot::Sender<Result<Vec<gridgate_core::Reading>, ControlError>>,
 }
 
 /// A scan of a bus's line for what answers on it (`gridgate scan` from the page): the bus
@@ -228,7 +228,7 @@ impl Controls {
         &self,
         device: &str,
         within: Duration,
-    ) -> Result<Vec<super::Reading>, ControlError> {
+    ) -> Result<Vec<gridgate_core::Reading>, ControlError> {
         let tx = {
             let m = self.lock();
             let bus = m

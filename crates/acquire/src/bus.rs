@@ -202,39 +202,33 @@ impl BusPoller {
     ) -> Result<ScanFound, ControlError> {
         let timeout = self.bus.timing.timeout;
         let link = self.bus.link.clone();
-        let mut snippet = Vec::new();
         info!(bus = %self.bus.name, "line scan asked: polls wait until it ends");
         let found = match &mut self.line {
             Line::Dlt645(client) => {
                 *client = None;
-                crate::tools::scan::dlt645(&link, timeout, &mut snippet)
-                    .await
-                    .map(|v| v.iter().map(|a| format!("meter {a}")).collect())
+                super::scan::dlt645(&link, timeout).await.map(|v| {
+                    let snippet = super::scan::dlt645_snippet(&link, &v);
+                    (v.iter().map(|a| format!("meter {a}")).collect(), snippet)
+                })
             }
             Line::Modbus(line) => {
                 line.disconnect();
-                crate::tools::scan::modbus(
-                    &link,
-                    units,
-                    Table::HoldingRegister,
-                    0,
-                    timeout,
-                    &mut snippet,
-                )
-                .await
-                .map(|v| {
-                    v.into_iter()
-                        .map(|(u, how)| format!("unit {u}: {how}"))
-                        .collect()
-                })
+                super::scan::modbus(&link, units, Table::HoldingRegister, 0, timeout)
+                    .await
+                    .map(|v| {
+                        let snippet =
+                            super::scan::modbus_snippet(&link, Table::HoldingRegister, 0, &v);
+                        let found = v
+                            .into_iter()
+                            .map(|(u, how)| format!("unit {u}: {how}"))
+                            .collect();
+                        (found, snippet)
+                    })
             }
         };
         info!(bus = %self.bus.name, "line scan ended");
         found
-            .map(|found| ScanFound {
-                found,
-                snippet: String::from_utf8_lossy(&snippet).into_owned(),
-            })
+            .map(|(found, snippet)| ScanFound { found, snippet })
             .map_err(|e| ControlError::Device {
                 point: format!("bus {}", self.bus.name),
                 error: format!("{e:#}"),
