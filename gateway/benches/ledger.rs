@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 
 use gridgate::ledger::node::VoteForm;
 use gridgate::ledger::service::LedgerService;
-use gridgate::store::Store;
 use gridgate_config::ledger::{LedgerConfig, LedgerRole, MemberConfig};
 use gridgate_core::Identity;
 use gridgate_ledger::entry::{Member, Members, sign_entry};
 use gridgate_proto::v1 as pb;
 use gridgate_proto::v1::ledger_client::LedgerClient;
 use gridgate_proto::v1::ledger_server::LedgerServer;
+use gridgate_store::Store;
 use prost::Message;
 
 const VALIDATORS: usize = 4;

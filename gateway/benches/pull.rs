@@ -9,11 +9,11 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use gridgate::batch::seal;
-use gridgate::store::Store;
 use gridgate_core::Identity;
 use gridgate_proto::v1 as pb;
 use gridgate_proto::v1::telemetry_client::TelemetryClient;
+use gridgate_store::Store;
+use gridgate_store::batch::seal;
 use prost::Message;
 
 const PER_BATCH: usize = 1000;

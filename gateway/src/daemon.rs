@@ -17,14 +17,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::ingest::{self, IngestStats};
-use crate::store::writer::{self, StoreHandle, Submission, WriterConfig};
-use crate::store::{Store, StoreError};
 use crate::tools::sim;
 use crate::uplink::{self, UplinkStats};
 use gridgate_acquire::{self as acquire, DeviceRegistry, ReadingSink};
 use gridgate_config::{BusConfig, ConfigError, GatewayConfig};
 use gridgate_core::Reading;
 use gridgate_core::{Identity, IdentityError};
+use gridgate_store::writer::{self, StoreHandle, Submission, WriterConfig};
+use gridgate_store::{Store, StoreError};
 
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, Error)]

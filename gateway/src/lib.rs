@@ -10,13 +10,11 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod api;
-pub mod batch;
 pub mod daemon;
 pub mod dr;
 pub mod ingest;
 pub mod ledger;
 pub mod service;
-pub mod store;
 pub mod tools;
 pub mod uplink;
 pub mod web;

@@ -11,8 +11,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::store::writer::{StoreHandle, Submission};
 use gridgate_acquire::DeviceRegistry;
+use gridgate_store::writer::{StoreHandle, Submission};
 
 fn send(states: &[NotifyState]) {
     if std::env::var_os("NOTIFY_SOCKET").is_some() {

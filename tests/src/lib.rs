@@ -389,6 +389,6 @@ pub fn collect_batches(port: u16, topic: &str) -> (Received, tokio::task::JoinHa
 
 /// Every batch stored in `data_dir` (the gateway must be stopped): (seq, bytes).
 pub fn stored_batches(data_dir: &Path) -> Vec<(u64, Vec<u8>)> {
-    let store = gridgate::store::open_for_verify(data_dir).expect("open store");
+    let store = gridgate_store::open_for_verify(data_dir).expect("open store");
     store.batches_from(0, usize::MAX).expect("read batches")
 }

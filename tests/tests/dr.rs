@@ -239,7 +239,7 @@ async fn an_event_sheds_two_loads_and_restores_them_even_across_a_kill_9() {
     assert_eq!(gw.stop().await, Some(0));
 
     // The records: both events completed, every load acknowledged then restored.
-    let store = gridgate::store::Store::open(&d.join("data"), "plant").expect("store");
+    let store = gridgate_store::Store::open(&d.join("data"), "plant").expect("store");
     for id in ["shed-1", "shed-2"] {
         use prost::Message;
         let bytes = store
@@ -383,7 +383,7 @@ async fn a_cancelled_event_restores_its_loads_at_once() {
     assert_eq!(gw.stop().await, Some(0));
 
     use prost::Message;
-    let store = gridgate::store::Store::open(&d.join("data"), "plant").expect("store");
+    let store = gridgate_store::Store::open(&d.join("data"), "plant").expect("store");
     let bytes = store
         .dr_event(&gridgate::dr::event_key("operator", "long-1"))
         .expect("read")
@@ -482,7 +482,7 @@ async fn manual_override_wins_over_any_event() {
     assert_eq!(gw.stop().await, Some(0));
 
     use prost::Message;
-    let store = gridgate::store::Store::open(&d.join("data"), "plant").expect("store");
+    let store = gridgate_store::Store::open(&d.join("data"), "plant").expect("store");
     let bytes = store
         .dr_event(&gridgate::dr::event_key("operator", "ov-1"))
         .expect("read")

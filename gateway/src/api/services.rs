@@ -13,11 +13,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::auth::{Role, require, role_of};
-use crate::store::writer::StoreHandle;
 use crate::uplink::UplinkStats;
 use gridgate_acquire::DeviceRegistry;
 use gridgate_config::{DeviceKind, GatewayConfig, PointSource};
 use gridgate_core::Reading;
+use gridgate_store::writer::StoreHandle;
 
 /// What the services read.
 #[derive(Clone)]
@@ -327,7 +327,7 @@ impl Admin for AdminService {
         role_of(&req)?;
         let store = self.s.store.store.clone();
         let (stats, cursors) = tokio::task::spawn_blocking(move || {
-            Ok::<_, crate::store::StoreError>((store.stats()?, store.cursors()?))
+            Ok::<_, gridgate_store::StoreError>((store.stats()?, store.cursors()?))
         })
         .await
         .map_err(internal)?

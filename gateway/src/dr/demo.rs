@@ -9,8 +9,8 @@ use gridgate_proto::v1 as pb;
 use gridgate_proto::v1::demand_response_client::DemandResponseClient;
 use prost::Message;
 
-use crate::store::Store;
 use gridgate_core::{Identity, IdentityError};
+use gridgate_store::Store;
 
 /// The demo's load: the simulated plant's first unit (55 kW), on its setpoint register.
 pub const LOAD: &str = "plant-pcs";

@@ -23,14 +23,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::dr::event::written_value;
-use crate::store::Store;
-use crate::store::samples::SAMPLE_RETENTION_MS;
 use gridgate_acquire::{ControlError, ControlOutcome, Controls};
 use gridgate_config::ledger::LedgerRole;
 use gridgate_config::{Control, GatewayConfig};
 use gridgate_core::Identity;
 use gridgate_core::reading::now_ms;
 use gridgate_core::{Reading, Value};
+use gridgate_store::Store;
+use gridgate_store::samples::SAMPLE_RETENTION_MS;
 
 /// How often the relay looks at the events when nothing wakes it.
 const TICK: Duration = Duration::from_millis(200);
@@ -218,7 +218,7 @@ fn event_of(status: &pb::EventStatus) -> Option<pb::DrEvent> {
 /// Runs `f` on the store off the async threads.
 async fn blocking<T: Send + 'static>(
     store: &Arc<Store>,
-    f: impl FnOnce(&Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+    f: impl FnOnce(&Store) -> Result<T, gridgate_store::StoreError> + Send + 'static,
 ) -> Option<T> {
     let st = store.clone();
     match tokio::task::spawn_blocking(move || f(&st)).await {

@@ -6,9 +6,9 @@
 use gridgate_proto::v1 as pb;
 
 use super::measure::{self, DAY_MS, watts};
-use crate::store::{Store, StoreError};
 use gridgate_config::{BaselineConfig, GatewayConfig, ProgramConfig};
 use gridgate_core::sha256;
+use gridgate_store::{Store, StoreError};
 
 /// Samples fetched beyond a window's edges, so that its first and last moments are shaped
 /// by the polls around them.

@@ -101,7 +101,7 @@ pub enum DeskError {
     NoDr,
     /// The store failed.
     #[error("store: {0}")]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] gridgate_store::StoreError),
     /// A blocking task failed.
     #[error("{0}")]
     Internal(String),
@@ -121,7 +121,7 @@ impl From<DeskError> for Status {
 #[derive(Clone)]
 pub struct Desk {
     /// The store.
-    pub store: Arc<crate::store::Store>,
+    pub store: Arc<gridgate_store::Store>,
     /// The config in force.
     pub config: tokio::sync::watch::Receiver<Arc<gridgate_config::GatewayConfig>>,
     /// Trust, counters, the record lock, the relay's wake-up and the updates.

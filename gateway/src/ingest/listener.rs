@@ -29,9 +29,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{IngestStats, Live, handle};
-use crate::store::writer::StoreHandle;
 use gridgate_config::IngestConfig;
 use gridgate_core::admission::{Admission, HANDSHAKE_WITHIN};
+use gridgate_store::writer::StoreHandle;
 
 /// Where the listener accepts devices, and how.
 pub struct FieldListener {

@@ -20,9 +20,9 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::store::writer::{StoreHandle, Submission};
 use gridgate_config::IngestConfig;
 use gridgate_core::reading::now_ms;
+use gridgate_store::writer::{StoreHandle, Submission};
 
 /// What ingest has seen.
 #[derive(Debug, Default)]

@@ -17,11 +17,11 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tracing::{info, warn};
 
 use super::state::LedgerState;
-use crate::store::{Store, StoreError};
 use gridgate_config::ledger::LedgerConfig;
 use gridgate_core::Identity;
 use gridgate_core::reading::now_ms;
 use gridgate_ledger::entry::{check_vote, entry_hash, sign_entry, votes_check_batch};
+use gridgate_store::{Store, StoreError};
 
 /// Longest wait for one validator's answer.
 const ASK_WITHIN: Duration = Duration::from_secs(5);
@@ -522,7 +522,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let store = Store::open(dir.path(), "gw").expect("store");
         let id = Identity::generate().expect("key");
-        let sealer = |seq, prev, rs| crate::batch::seal(&id, "gw", seq, prev, 1000, rs);
+        let sealer = |seq, prev, rs| gridgate_store::batch::seal(&id, "gw", seq, prev, 1000, rs);
         let close = |n: i64| {
             for i in 0..n {
                 let r = pb::Reading {

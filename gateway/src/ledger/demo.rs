@@ -107,7 +107,7 @@ impl Consortium {
 /// One line on the demo gateway's own ledger log, and the settlement of today once a claim
 /// is certified; `None` before anything was logged.
 pub fn status_line(
-    store: &crate::store::Store,
+    store: &gridgate_store::Store,
     cfg: &gridgate_config::GatewayConfig,
 ) -> Option<String> {
     let l = cfg.ledger.as_ref()?;

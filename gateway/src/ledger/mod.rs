@@ -40,9 +40,9 @@ pub struct MembersError {
 /// chunk at a time). Entries that do not decode are left out: what the store holds was
 /// checked when it was stored.
 pub fn held_entries(
-    store: &crate::store::Store,
+    store: &gridgate_store::Store,
     origin: &str,
-) -> Result<Vec<pb::Entry>, crate::store::StoreError> {
+) -> Result<Vec<pb::Entry>, gridgate_store::StoreError> {
     use prost::Message;
     let mut out = Vec::new();
     let mut from = 0;

@@ -12,9 +12,9 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::state::LedgerState;
-use crate::store::Store;
 use gridgate_config::ledger::LedgerRole;
 use gridgate_core::Identity;
+use gridgate_store::Store;
 
 /// Certified entries streamed per read of the store.
 const FETCH_CHUNK: usize = 256;
@@ -124,7 +124,7 @@ impl LedgerService {
 }
 
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+    f: impl FnOnce() -> Result<T, gridgate_store::StoreError> + Send + 'static,
 ) -> Result<T, Status> {
     tokio::task::spawn_blocking(f)
         .await

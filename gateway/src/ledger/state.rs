@@ -12,8 +12,8 @@ use tokio::sync::broadcast;
 use tracing::info;
 
 use super::Members;
-use crate::store::{Store, StoreError};
 use gridgate_ledger::membership;
+use gridgate_store::{Store, StoreError};
 
 /// Certified entries a `Watch` stream may lag behind before it is told to catch up.
 const FEED_DEPTH: usize = 4096;

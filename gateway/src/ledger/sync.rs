@@ -16,8 +16,8 @@ use tracing::{debug, info, warn};
 
 use super::certifier::{blocking, peers};
 use super::state::LedgerState;
-use crate::store::Store;
 use gridgate_config::ledger::{LedgerConfig, LedgerRole};
+use gridgate_store::Store;
 
 /// Time between rounds.
 pub const EVERY: Duration = Duration::from_secs(5);

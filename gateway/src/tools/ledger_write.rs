@@ -150,7 +150,7 @@ pub async fn publish(
     }
     let key = Identity::load(&cfg.identity)?;
     let store = Arc::new(
-        crate::store::Store::open(&cfg.data_dir, &cfg.id).with_context(|| {
+        gridgate_store::Store::open(&cfg.data_dir, &cfg.id).with_context(|| {
             format!(
                 "opening this operator's log in {} (is `gridgate run` using it? stop it first)",
                 cfg.data_dir.display()

@@ -13,8 +13,8 @@ use gridgate_proto::v1::admin_client::AdminClient;
 use gridgate_proto::v1::telemetry_client::TelemetryClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-use crate::batch::verify::ChainVerifier;
 use gridgate_core::identity::load_public;
+use gridgate_store::batch::verify::ChainVerifier;
 
 /// What `pull` needs (also its command-line arguments).
 #[derive(Debug, Clone, clap::Args)]

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
-use crate::batch::verify::ChainVerifier;
-use crate::store;
 use gridgate_core::identity::load_public;
+use gridgate_store as store;
+use gridgate_store::batch::verify::ChainVerifier;
 
 /// Verifies every stored batch; prints counts and the first fault.
 pub fn run(data_dir: &Path, pubkey: &Path, list: bool, out: &mut dyn Write) -> Result<ExitCode> {
@@ -56,7 +56,7 @@ pub fn run(data_dir: &Path, pubkey: &Path, list: bool, out: &mut dyn Write) -> R
         }
     }
     if fault.is_none() && next != stats.next_seq {
-        fault = Some(crate::batch::verify::Fault::Gap {
+        fault = Some(gridgate_store::batch::verify::Fault::Gap {
             expected: next,
             found: stats.next_seq,
         });

@@ -18,8 +18,8 @@ use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::store::writer::StoreHandle;
 use gridgate_config::{UPLINK_CONSUMER, UplinkConfig};
+use gridgate_store::writer::StoreHandle;
 
 /// What the uplink has done.
 #[derive(Debug, Default)]

@@ -32,12 +32,12 @@ use tracing::{info, warn};
 
 use crate::dr::service::DrStats;
 use crate::ingest::IngestStats;
-use crate::store::writer::StoreHandle;
 use crate::uplink::UplinkStats;
 use auth::{Access, Gate};
 use gridgate_acquire::{Controls, DeviceRegistry};
 use gridgate_config::GatewayConfig;
 use gridgate_config::web::WebConfig;
+use gridgate_store::writer::StoreHandle;
 
 /// Why the page would not start.
 #[derive(Debug, Error)]
@@ -378,7 +378,7 @@ fn control_status(e: &gridgate_acquire::ControlError) -> StatusCode {
 
 /// Runs a store read off the async threads.
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+    f: impl FnOnce() -> Result<T, gridgate_store::StoreError> + Send + 'static,
 ) -> Result<T, Response> {
     match tokio::task::spawn_blocking(f).await {
         Ok(Ok(v)) => Ok(v),

@@ -10,9 +10,9 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use super::WebState;
-use crate::store::StoreError;
 use gridgate_config::{DeviceKind, PointSource};
 use gridgate_core::reading::now_ms;
+use gridgate_store::StoreError;
 
 /// The overview: who the gateway is and how every stage is doing.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -384,7 +384,11 @@ pub fn overview(s: &WebState, access: super::auth::Access) -> Result<Overview, S
 }
 
 /// Seconds since the batch at `cursor` was closed (0 when the consumer is up to date).
-pub fn batch_age_s(store: &crate::store::Store, cursor: u64, next: u64) -> Result<u64, StoreError> {
+pub fn batch_age_s(
+    store: &gridgate_store::Store,
+    cursor: u64,
+    next: u64,
+) -> Result<u64, StoreError> {
     if cursor >= next {
         return Ok(0);
     }
@@ -400,7 +404,7 @@ pub fn batch_age_s(store: &crate::store::Store, cursor: u64, next: u64) -> Resul
     }))
 }
 
-fn decode_events(store: &crate::store::Store) -> Result<Vec<pb::EventStatus>, StoreError> {
+fn decode_events(store: &gridgate_store::Store) -> Result<Vec<pb::EventStatus>, StoreError> {
     Ok(store
         .dr_events()?
         .into_iter()

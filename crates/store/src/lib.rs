@@ -4,8 +4,10 @@
 //! Every change is one redb write transaction, committed with an fsync before the caller is
 //! told it is done, so a crash at any moment leaves the last commit: never half a batch, never
 //! a broken chain. The module is narrow on purpose (append and close, read from a sequence,
-//! move a cursor, prune) so that the engine stays this file's concern.
+//! move a cursor, prune) so that the engine stays this file's concern. [`batch`] seals a group
+//! of readings into a signed, hash-chained batch and checks a chain offline.
 
+pub mod batch;
 mod check;
 mod dr;
 pub mod ledger;
@@ -21,7 +23,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use thiserror::Error;
 use tracing::{info, warn};
 
-use crate::batch::{GENESIS_HASH, Sealed};
+use batch::{GENESIS_HASH, Sealed};
 use gridgate_config::DEDUPE_RECENT;
 use gridgate_core::sha256;
 

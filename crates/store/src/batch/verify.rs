@@ -157,8 +157,9 @@ impl ChainVerifier {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Identity, seal};
+    use super::super::seal;
     use super::*;
+    use gridgate_core::Identity;
 
     fn chain(id: &Identity, n: u64) -> Vec<Vec<u8>> {
         let mut prev = GENESIS_HASH;
