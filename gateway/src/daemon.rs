@@ -16,13 +16,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::ingest::{self, IngestStats};
 use crate::tools::sim;
-use crate::uplink::{self, UplinkStats};
 use gridgate_acquire::{self as acquire, DeviceRegistry, ReadingSink};
 use gridgate_config::{BusConfig, ConfigError, GatewayConfig};
 use gridgate_core::Reading;
 use gridgate_core::{Identity, IdentityError};
+use gridgate_mqtt::ingest::{self, IngestStats};
+use gridgate_mqtt::uplink::{self, UplinkStats};
 use gridgate_store::writer::{self, StoreHandle, Submission, WriterConfig};
 use gridgate_store::{Store, StoreError};
 

@@ -12,9 +12,7 @@
 pub mod api;
 pub mod daemon;
 pub mod dr;
-pub mod ingest;
 pub mod ledger;
 pub mod service;
 pub mod tools;
-pub mod uplink;
 pub mod web;

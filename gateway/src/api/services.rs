@@ -13,10 +13,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::auth::{Role, require, role_of};
-use crate::uplink::UplinkStats;
 use gridgate_acquire::DeviceRegistry;
 use gridgate_config::{DeviceKind, GatewayConfig, PointSource};
 use gridgate_core::Reading;
+use gridgate_mqtt::uplink::UplinkStats;
 use gridgate_store::writer::StoreHandle;
 
 /// What the services read.

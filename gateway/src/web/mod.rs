@@ -31,12 +31,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::dr::service::DrStats;
-use crate::ingest::IngestStats;
-use crate::uplink::UplinkStats;
 use auth::{Access, Gate};
 use gridgate_acquire::{Controls, DeviceRegistry};
 use gridgate_config::GatewayConfig;
 use gridgate_config::web::WebConfig;
+use gridgate_mqtt::ingest::IngestStats;
+use gridgate_mqtt::uplink::UplinkStats;
 use gridgate_store::writer::StoreHandle;
 
 /// Why the page would not start.
