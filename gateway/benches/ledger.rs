@@ -12,11 +12,11 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gridgate::ledger::node::VoteForm;
-use gridgate::ledger::service::LedgerService;
+use gridgate::api::ledger::LedgerService;
 use gridgate_config::ledger::{LedgerConfig, LedgerRole, MemberConfig};
 use gridgate_core::Identity;
 use gridgate_ledger::entry::{Member, Members, sign_entry};
+use gridgate_ledger_node::node::VoteForm;
 use gridgate_proto::v1 as pb;
 use gridgate_proto::v1::ledger_client::LedgerClient;
 use gridgate_proto::v1::ledger_server::LedgerServer;
@@ -112,7 +112,7 @@ async fn measure(entries: u64, form: VoteForm) -> Measured {
     for (i, k) in probes.iter().enumerate() {
         member(format!("probe-{i}"), pb::MemberRole::Gateway, k);
     }
-    let state = Arc::new(gridgate::ledger::state::LedgerState::new(members));
+    let state = Arc::new(gridgate_ledger_node::state::LedgerState::new(members));
 
     // Four validators, each with its own store and port.
     let mut ports = Vec::new();
@@ -122,14 +122,14 @@ async fn measure(entries: u64, form: VoteForm) -> Measured {
         );
         let service = LedgerService {
             store,
-            state: Arc::new(gridgate::ledger::state::LedgerState::new(
+            state: Arc::new(gridgate_ledger_node::state::LedgerState::new(
                 state.genesis().clone(),
             )),
             me: format!("v{i}"),
             key: key.clone(),
             role: LedgerRole::Validator,
             // Plain HTTP on loopback: this measures signatures and storage, not TLS.
-            callers: gridgate::ledger::service::Callers::Unchecked,
+            callers: gridgate::api::ledger::Callers::Unchecked,
             shutdown: Default::default(),
             vote_form: form,
         };
@@ -147,7 +147,7 @@ async fn measure(entries: u64, form: VoteForm) -> Measured {
     let gw_store = Arc::new(Store::open(&dir.path().join("gw"), "gw").expect("store"));
     let started = Instant::now();
     for n in 0..entries {
-        gridgate::ledger::certifier::append(
+        gridgate_ledger_node::certifier::append(
             &gw_store,
             "gw",
             &gw_key,
@@ -176,7 +176,7 @@ async fn measure(entries: u64, form: VoteForm) -> Measured {
         terms: Default::default(),
     };
     let cancel = tokio_util::sync::CancellationToken::new();
-    let certifier = gridgate::ledger::certifier::Certifier {
+    let certifier = gridgate_ledger_node::certifier::Certifier {
         store: gw_store.clone(),
         state: state.clone(),
         me: "gw".into(),
@@ -184,7 +184,7 @@ async fn measure(entries: u64, form: VoteForm) -> Measured {
         wake: Arc::default(),
     };
     let started = Instant::now();
-    let task = tokio::spawn(gridgate::ledger::certifier::run(
+    let task = tokio::spawn(gridgate_ledger_node::certifier::run(
         certifier,
         cfg,
         cancel.clone(),

@@ -37,7 +37,7 @@ pub enum DaemonError {
     Sim(#[from] sim::SimError),
     /// A ledger member's key is unusable.
     #[error(transparent)]
-    Members(#[from] crate::ledger::MembersError),
+    Members(#[from] gridgate_ledger_node::MembersError),
     /// Identity key missing or unreadable.
     #[error(
         "{0}\nThe daemon signs every batch with the gateway's identity key: make one with `gridgate keygen --out /etc/gridgate` and point [gateway] identity at it."
@@ -68,7 +68,7 @@ pub enum DaemonError {
     Api(#[from] crate::api::ApiError),
     /// The demo's DR set-up failed.
     #[error(transparent)]
-    DrDemo(#[from] crate::dr::demo::DemoError),
+    DrDemo(#[from] crate::demo::dr::DemoError),
     /// A trusted DR issuer's key is unusable.
     #[error(transparent)]
     Trust(#[from] crate::dr::service::TrustError),
@@ -488,8 +488,8 @@ impl Pipeline {
         // (one state for the service, the certifier and the sync).
         let ledger_state = match &cfg.ledger {
             Some(l) => {
-                let state = Arc::new(crate::ledger::state::LedgerState::new(
-                    crate::ledger::load_members(l)?,
+                let state = Arc::new(gridgate_ledger_node::state::LedgerState::new(
+                    gridgate_ledger_node::load_members(l)?,
                 ));
                 // A short read at start (only operators' and validators' logs carry changes).
                 let n = state.recover(&self.store.store)?;
@@ -512,15 +512,15 @@ impl Pipeline {
                     dr: dr.clone(),
                     ledger: cfg.ledger.as_ref().zip(ledger_state.as_ref()).map(
                         |(l, ledger_state)| {
-                            Arc::new(crate::ledger::service::LedgerService {
+                            Arc::new(crate::api::ledger::LedgerService {
                                 store: self.store.store.clone(),
                                 state: ledger_state.clone(),
                                 me: cfg.id.clone(),
                                 key: self.identity.clone(),
                                 role: l.role,
-                                callers: crate::ledger::service::Callers::Members,
+                                callers: crate::api::ledger::Callers::Members,
                                 shutdown: part.cancel.clone(),
-                                vote_form: crate::ledger::node::VoteForm::Window,
+                                vote_form: gridgate_ledger_node::node::VoteForm::Window,
                             })
                         },
                     ),
@@ -533,21 +533,21 @@ impl Pipeline {
         if let Some((l, ledger_state)) = cfg.ledger.as_ref().zip(ledger_state) {
             // This node's own log: a gateway's claims and batch commitments, a validator's
             // proofs of equivocation; the validators certify them.
-            let certifier = crate::ledger::certifier::Certifier {
+            let certifier = gridgate_ledger_node::certifier::Certifier {
                 store: self.store.store.clone(),
                 state: ledger_state.clone(),
                 me: cfg.id.clone(),
                 key: self.identity.clone(),
                 wake: self.ledger_wake.clone(),
             };
-            part.tasks.spawn(crate::ledger::certifier::run(
+            part.tasks.spawn(gridgate_ledger_node::certifier::run(
                 certifier,
                 l.clone(),
                 part.cancel.clone(),
             ));
             // And the logs it keeps, fetched from the validators (anti-entropy).
-            part.tasks.spawn(crate::ledger::sync::run(
-                crate::ledger::sync::Replica {
+            part.tasks.spawn(gridgate_ledger_node::sync::run(
+                gridgate_ledger_node::sync::Replica {
                     store: self.store.store.clone(),
                     state: ledger_state,
                     me: cfg.id.clone(),
@@ -1041,7 +1041,7 @@ topic = "gridgate/demo-site/batches"
 "#
     ));
     let grpc_port = free_port()?;
-    text.push_str(&crate::dr::demo::prepare(work, grpc_port)?);
+    text.push_str(&crate::demo::dr::prepare(work, grpc_port)?);
     // The commissioning page, on 8080 when that is free: read-only views need nothing on
     // this machine, write actions the admin credential made here.
     let web_port = match web_port {
@@ -1062,7 +1062,7 @@ topic = "gridgate/demo-site/batches"
     let identity = Identity::generate()?;
     let (gateway_pub, operator_pub) = (work.join("identity.pub"), work.join("operator.pub"));
     identity.save(&work.join("identity.key"), &gateway_pub)?;
-    let consortium = crate::ledger::demo::Consortium::prepare(work)?;
+    let consortium = crate::demo::ledger::Consortium::prepare(work)?;
     let members = (
         ("demo-site", gateway_pub.as_path()),
         ("demo-operator", operator_pub.as_path()),
@@ -1084,14 +1084,14 @@ topic = "gridgate/demo-site/batches"
          Readings follow (time UTC, point, value, unit, quality); a status line every 5 s. Ctrl-C stops.\n",
         gridgate_config::summary(&cfg),
         hex::encode(identity.public().to_bytes()),
-        crate::dr::demo::LOAD,
+        crate::demo::dr::LOAD,
         humantime::format_duration(dr_after),
         dr_for.as_secs()
     );
     let _ = writeln!(
         status,
         "  consortium ledger: {} validators in this process (any 3 certify); the gateway's signed performance report is certified and settled",
-        crate::ledger::demo::VALIDATORS
+        crate::demo::ledger::VALIDATORS
     );
     for l in &sims.lines {
         let _ = writeln!(
@@ -1134,15 +1134,15 @@ topic = "gridgate/demo-site/batches"
             _ = &mut stop => break,
             _ = &mut dr_at, if !dispatched => {
                 dispatched = true;
-                let said = crate::dr::demo::dispatch(work, grpc_port, dr_for).await;
+                let said = crate::demo::dr::dispatch(work, grpc_port, dr_for).await;
                 let _ = writeln!(status, "-- {}", said.unwrap_or_else(|e| format!("DR event not sent: {e}")));
             }
             _ = tick.tick() => {
                 let _ = writeln!(status, "-- {}", pipeline.status_line());
-                if let Some(line) = crate::dr::demo::status_line(&pipeline.store.store) {
+                if let Some(line) = crate::demo::dr::status_line(&pipeline.store.store) {
                     let _ = writeln!(status, "-- {line}");
                 }
-                if let Some(line) = crate::ledger::demo::status_line(&pipeline.store.store, &pipeline.config()) {
+                if let Some(line) = crate::demo::ledger::status_line(&pipeline.store.store, &pipeline.config()) {
                     let _ = writeln!(status, "-- {line}");
                 }
             }

@@ -11,8 +11,8 @@
 
 pub mod api;
 pub mod daemon;
+pub mod demo;
 pub mod dr;
-pub mod ledger;
 pub mod service;
 pub mod tools;
 pub mod web;

@@ -7,6 +7,7 @@
 //! reflection are served beside, so grpcurl and grpc_health_probe work.
 
 pub mod auth;
+pub mod ledger;
 pub mod pki;
 mod services;
 

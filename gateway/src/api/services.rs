@@ -37,7 +37,7 @@ pub struct ApiState {
     /// Trusted DR issuers and DR counters.
     pub dr: Arc<crate::dr::service::DrState>,
     /// The ledger service, when the config has `[ledger]`.
-    pub ledger: Option<Arc<crate::ledger::service::LedgerService>>,
+    pub ledger: Option<Arc<crate::api::ledger::LedgerService>>,
     /// Fires when the API stops: open streams end then (a graceful shutdown waits for
     /// every open call, and a stream never ends by itself).
     pub shutdown: tokio_util::sync::CancellationToken,

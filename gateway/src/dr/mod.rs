@@ -9,7 +9,6 @@
 //! Measuring the reduction against a baseline and the performance report build on these
 //! (docs/dr-operator.md).
 
-pub mod demo;
 pub mod event;
 pub mod measure;
 pub mod mqtt;

@@ -846,7 +846,7 @@ async fn write_report(
             .is_some_and(|l| l.role == LedgerRole::Gateway)
         {
             if let Some(event) = &s.signed {
-                crate::ledger::certifier::append(
+                gridgate_ledger_node::certifier::append(
                     st,
                     &c.id,
                     &id,
@@ -855,7 +855,7 @@ async fn write_report(
                     event.encode_to_vec(),
                 )?;
             }
-            crate::ledger::certifier::append(
+            gridgate_ledger_node::certifier::append(
                 st,
                 &c.id,
                 &id,

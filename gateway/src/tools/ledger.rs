@@ -299,8 +299,8 @@ fn day_start_ms(day: &str) -> Result<i64> {
 /// against the genesis membership) applied.
 pub(super) async fn members_held(
     client: &mut LedgerClient<tonic::transport::Channel>,
-    genesis: &crate::ledger::Members,
-) -> Result<crate::ledger::Members> {
+    genesis: &gridgate_ledger::Members,
+) -> Result<gridgate_ledger::Members> {
     let mut entries = Vec::new();
     for m in genesis
         .0
@@ -321,7 +321,7 @@ pub(super) async fn members_held(
 /// membership its replica puts in force).
 async fn fetch_all(
     client: &mut LedgerClient<tonic::transport::Channel>,
-    genesis: &crate::ledger::Members,
+    genesis: &gridgate_ledger::Members,
 ) -> Result<Vec<gridgate_ledger::settlement::Certified>> {
     let members = &members_held(client, genesis).await?;
     let heads = client.heads(pb::HeadsRequest {}).await?.into_inner().heads;
@@ -341,13 +341,13 @@ pub(super) fn consortium(
     config: &std::path::Path,
 ) -> Result<(
     gridgate_config::ledger::LedgerConfig,
-    crate::ledger::Members,
+    gridgate_ledger::Members,
 )> {
     let cfg = gridgate_config::load(config)?;
     let Some(ledger) = cfg.ledger else {
         bail!("{} has no [ledger] table", config.display());
     };
-    let members = crate::ledger::load_members(&ledger)?;
+    let members = gridgate_ledger_node::load_members(&ledger)?;
     Ok((ledger, members))
 }
 
@@ -467,14 +467,14 @@ async fn settlement(
 /// `None` after saying on `out` why not.
 async fn answering(
     ledger: &gridgate_config::ledger::LedgerConfig,
-    genesis: &crate::ledger::Members,
+    genesis: &gridgate_ledger::Members,
     v: &gridgate_config::ledger::MemberConfig,
     out: &mut dyn Write,
 ) -> Result<
     Option<(
         LedgerClient<tonic::transport::Channel>,
         Vec<pb::Head>,
-        crate::ledger::Members,
+        gridgate_ledger::Members,
     )>,
 > {
     let Some(mut client) = reach(ledger, v, out, "").await? else {
@@ -700,7 +700,7 @@ pub(super) struct HeldLog {
     /// The validator.
     pub validator: String,
     /// Its membership in force.
-    pub members: crate::ledger::Members,
+    pub members: gridgate_ledger::Members,
     /// The log's certified entries, as sent.
     pub entries: Vec<pb::CertifiedEntry>,
 }
@@ -709,7 +709,7 @@ pub(super) struct HeldLog {
 /// holds it; `None` after saying on `out` why each validator could not give it.
 pub(super) async fn log_of(
     ledger: &gridgate_config::ledger::LedgerConfig,
-    genesis: &crate::ledger::Members,
+    genesis: &gridgate_ledger::Members,
     origin: &str,
     from: u64,
     only: Option<&str>,
@@ -776,7 +776,7 @@ async fn log(
 }
 
 /// One certified entry as `log` and `watch` print it, and whether it checks.
-fn entry_line(c: &pb::CertifiedEntry, members: &crate::ledger::Members) -> (String, bool) {
+fn entry_line(c: &pb::CertifiedEntry, members: &gridgate_ledger::Members) -> (String, bool) {
     match check_certified(c, members) {
         Ok((e, hash)) => (
             format!(
@@ -839,7 +839,7 @@ async fn watch(
         )?;
         out.flush()?;
         while let Some(c) = stream.message().await? {
-            let origin = crate::ledger::state::place(&c)
+            let origin = gridgate_ledger_node::state::place(&c)
                 .map(|(o, _)| o)
                 .unwrap_or_default();
             writeln!(out, "{origin}  {}", entry_line(&c, &members).0)?;

@@ -1,5 +1,5 @@
 //! `gridgate ledger prove`: what the master station checks of the batches it pulled against
-//! the gateway's certified batch commitments ([`crate::ledger::commitment`]): that each
+//! the gateway's certified batch commitments ([`gridgate_ledger_node::commitment`]): that each
 //! commitment extends the one before it (its RFC 9162 consistency proof), that the batches it
 //! added, where all are at hand, grow the tree to its root, and one batch's (or one reading's)
 //! inclusion as its audit path.

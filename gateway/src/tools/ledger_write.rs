@@ -17,9 +17,9 @@ use gridgate_proto::v1 as pb;
 use prost::Message;
 use serde::Deserialize;
 
-use crate::ledger::state::LedgerState;
 use gridgate_core::Identity;
 use gridgate_core::reading::now_ms;
+use gridgate_ledger_node::state::LedgerState;
 
 /// What `publish` appends.
 #[derive(Debug, Clone, clap::Args)]
@@ -134,7 +134,7 @@ pub async fn publish(
     let Some(ledger) = cfg.ledger.clone() else {
         bail!("{} has no [ledger] table", config.display());
     };
-    let genesis = crate::ledger::load_members(&ledger)?;
+    let genesis = gridgate_ledger_node::load_members(&ledger)?;
     let role = genesis.0.get(&cfg.id).map(|m| m.role);
     if role != Some(pb::MemberRole::Operator) {
         bail!(
@@ -159,7 +159,8 @@ pub async fn publish(
     );
     let state = Arc::new(LedgerState::new(genesis));
     state.recover(&store)?;
-    let seq = crate::ledger::certifier::append(&store, &cfg.id, &key, &claim, kind, payload)?;
+    let seq =
+        gridgate_ledger_node::certifier::append(&store, &cfg.id, &key, &claim, kind, payload)?;
     let quorum = state.genesis().quorum();
     writeln!(
         out,
@@ -168,14 +169,14 @@ pub async fn publish(
         kind.as_str_name()
     )?;
     let cancel = tokio_util::sync::CancellationToken::new();
-    let certifier = crate::ledger::certifier::Certifier {
+    let certifier = gridgate_ledger_node::certifier::Certifier {
         store: store.clone(),
         state,
         me: cfg.id.clone(),
         key,
         wake: Arc::default(),
     };
-    let task = tokio::spawn(crate::ledger::certifier::run(
+    let task = tokio::spawn(gridgate_ledger_node::certifier::run(
         certifier,
         ledger,
         cancel.clone(),
@@ -279,7 +280,7 @@ pub fn approve(config: &Path, path: &Path, out: &mut dyn Write) -> Result<ExitCo
     let Some(ledger) = cfg.ledger.as_ref() else {
         bail!("{} has no [ledger] table", config.display());
     };
-    let genesis = crate::ledger::load_members(ledger)?;
+    let genesis = gridgate_ledger_node::load_members(ledger)?;
     if !genesis.validators().contains(cfg.id.as_str()) {
         bail!(
             "{:?} ([gateway] id) is not a validator: only validators approve membership changes",

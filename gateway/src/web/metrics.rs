@@ -71,13 +71,7 @@ struct Scrape {
     standing: std::sync::Mutex<Option<(std::time::Instant, Vec<Standing>)>>,
 }
 
-/// A member's reputation, as the metrics show it.
-#[derive(Debug, Clone)]
-struct Standing {
-    member: String,
-    score: i64,
-    excluded: bool,
-}
+use gridgate_ledger_node::Standing;
 
 /// How long a computed reputation is shown before settlement runs again: it reads every
 /// certified entry the replica holds, which is too much for every scrape.
@@ -154,9 +148,7 @@ impl Collector for Scrape {
 }
 
 impl Scrape {
-    /// Reputation by member: the standing of a settlement of every certified entry this
-    /// replica holds (stored entries were checked when they arrived), computed at most
-    /// once a minute.
+    /// Reputation by member, as the ledger node settles it, at most once a minute.
     fn standings(&self, cfg: &gridgate_config::GatewayConfig) -> Vec<Standing> {
         let Some(l) = &cfg.ledger else {
             return Vec::new();
@@ -167,30 +159,8 @@ impl Scrape {
         {
             return v.clone();
         }
-        let Ok(members) = crate::ledger::load_members(l) else {
-            return Vec::new();
-        };
-        let store = &self.state.store.store;
-        let mut entries = Vec::new();
-        for (origin, _) in store.ledger_heads().unwrap_or_default() {
-            let held = crate::ledger::held_entries(store, &origin).unwrap_or_default();
-            entries.extend(
-                held.into_iter()
-                    .map(|entry| gridgate_ledger::settlement::Certified { entry }),
-            );
-        }
-        let now = gridgate_core::reading::now_ms();
-        let statement =
-            gridgate_ledger::settlement::settle_as_of(0, now, now, &entries, &members, &l.terms);
-        let v: Vec<Standing> = statement
-            .standing
-            .iter()
-            .map(|(m, st)| Standing {
-                member: m.clone(),
-                score: st.score,
-                excluded: st.excluded_until_ms > now,
-            })
-            .collect();
+        let now = gridgate_core::now_ms();
+        let v = gridgate_ledger_node::standings(&self.state.store.store, l, now);
         *cached = Some((std::time::Instant::now(), v.clone()));
         v
     }

@@ -1,21 +1,16 @@
-//! The consortium ledger replica (docs/ledger.md): every member appends only to its own
-//! log; validators vote at most once per (origin, seq) and 2f+1 votes make an entry final.
+//! A consortium ledger replica (docs/ledger.md) over the pure rules of `gridgate-ledger`:
+//! every member appends only to its own log; validators vote at most once per (origin, seq)
+//! and 2f+1 votes make an entry final. This crate holds what runs: votes against the store,
+//! the node's own log, anti-entropy and the membership in force.
 //!
 //! - [`node`]: a validator's vote and a pushed certificate, against the store.
-//! - [`service`]: the `Ledger` gRPC service.
 //! - [`certifier`]: a node's own log: append claims, collect votes, spread certificates.
-//! - [`demo`]: the four in-process validators of `gridgate demo`.
 //! - [`sync`]: anti-entropy: a replica fetches the certified entries it lacks.
-//! The pure rules (entries, Merkle trees, commitments, membership, settlement) are
-//! `gridgate-ledger`.
-//!
 //! - [`state`]: what a node's ledger parts share: the membership in force, the feed of
 //!   newly stored certified entries.
 
 pub mod certifier;
-pub mod demo;
 pub mod node;
-pub mod service;
 pub mod state;
 pub mod sync;
 
@@ -25,6 +20,8 @@ use thiserror::Error;
 pub use gridgate_ledger::{Member, Members};
 
 use gridgate_config::ledger::LedgerConfig;
+use gridgate_ledger::settlement::{Certified, settle_as_of};
+use gridgate_store::Store;
 
 /// A member's key file is unusable.
 #[derive(Debug, Error)]
@@ -85,4 +82,38 @@ pub fn load_members(cfg: &LedgerConfig) -> Result<Members, MembersError> {
         );
     }
     Ok(out)
+}
+
+/// A member's reputation now, as the metrics show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Standing {
+    /// The member.
+    pub member: String,
+    /// Its reputation score.
+    pub score: i64,
+    /// Whether it is excluded at `now`.
+    pub excluded: bool,
+}
+
+/// Every member's standing at `now`: the settlement of every certified entry this replica
+/// holds (stored entries were checked when they arrived). Reads every entry, so callers that
+/// ask often keep the answer a while.
+pub fn standings(store: &Store, cfg: &LedgerConfig, now: i64) -> Vec<Standing> {
+    let Ok(members) = load_members(cfg) else {
+        return Vec::new();
+    };
+    let mut entries = Vec::new();
+    for (origin, _) in store.ledger_heads().unwrap_or_default() {
+        let held = held_entries(store, &origin).unwrap_or_default();
+        entries.extend(held.into_iter().map(|entry| Certified { entry }));
+    }
+    settle_as_of(0, now, now, &entries, &members, &cfg.terms)
+        .standing
+        .iter()
+        .map(|(m, st)| Standing {
+            member: m.clone(),
+            score: st.score,
+            excluded: st.excluded_until_ms > now,
+        })
+        .collect()
 }

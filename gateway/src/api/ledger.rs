@@ -11,9 +11,9 @@ use gridgate_proto::v1::ledger_server::Ledger;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::state::LedgerState;
 use gridgate_config::ledger::LedgerRole;
 use gridgate_core::Identity;
+use gridgate_ledger_node::state::LedgerState;
 use gridgate_store::Store;
 
 /// Certified entries streamed per read of the store.
@@ -47,7 +47,7 @@ pub struct LedgerService {
     /// Fires when the service stops: open `Watch` streams end then.
     pub shutdown: tokio_util::sync::CancellationToken,
     /// How this validator signs its votes (window votes; the other form only to measure).
-    pub vote_form: super::node::VoteForm,
+    pub vote_form: gridgate_ledger_node::node::VoteForm,
 }
 
 /// Who may call the service.
@@ -110,7 +110,7 @@ impl LedgerService {
     async fn push(&self, entries: Vec<pb::CertifiedEntry>) -> Result<pb::PushReply, Status> {
         let (store, members, me) = (self.store.clone(), self.state.members(), self.me.clone());
         let (reply, stored, entries) = blocking(move || {
-            super::node::push_batch(&store, &members, &me, &entries)
+            gridgate_ledger_node::node::push_batch(&store, &members, &me, &entries)
                 .map(|(reply, stored)| (reply, stored, entries))
         })
         .await?;
@@ -167,7 +167,8 @@ impl Ledger for LedgerService {
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 };
                 let wanted = only.is_empty()
-                    || super::state::place(&c).is_some_and(|(origin, _)| only.contains(&origin));
+                    || gridgate_ledger_node::state::place(&c)
+                        .is_some_and(|(origin, _)| only.contains(&origin));
                 if wanted && tx.send(Ok((*c).clone())).await.is_err() {
                     return;
                 }
@@ -195,7 +196,7 @@ impl Ledger for LedgerService {
         );
         let form = self.vote_form;
         blocking(move || {
-            super::node::submit_batch(form, &store, &members, &me, &key, &[signed])
+            gridgate_ledger_node::node::submit_batch(form, &store, &members, &me, &key, &[signed])
                 .map(|mut r| r.pop().unwrap_or_default())
         })
         .await
@@ -219,9 +220,11 @@ impl Ledger for LedgerService {
             self.key.clone(),
         );
         let form = self.vote_form;
-        blocking(move || super::node::submit_batch(form, &store, &members, &me, &key, &entries))
-            .await
-            .map(|replies| Response::new(pb::SubmitReplies { replies }))
+        blocking(move || {
+            gridgate_ledger_node::node::submit_batch(form, &store, &members, &me, &key, &entries)
+        })
+        .await
+        .map(|replies| Response::new(pb::SubmitReplies { replies }))
     }
 
     async fn push_batch(

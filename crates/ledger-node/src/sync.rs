@@ -158,7 +158,7 @@ pub async fn run(r: Replica, cfg: LedgerConfig, cancel: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::{Member, Members};
+    use crate::{Member, Members};
     use gridgate_core::Identity;
 
     #[test]

@@ -24,15 +24,15 @@ impl Consortium {
     pub fn prepare(work: &Path) -> Result<Consortium, DaemonError> {
         let dir = work.join("consortium");
         crate::api::pki::make_site_pki(&dir.join("pki"), "demo-consortium", &[])
-            .map_err(crate::dr::demo::DemoError::from)?;
+            .map_err(crate::demo::dr::DemoError::from)?;
         let mut ports = Vec::new();
         for i in 0..VALIDATORS {
             let d = dir.join(format!("v{i}"));
-            std::fs::create_dir_all(&d).map_err(crate::dr::demo::DemoError::from)?;
+            std::fs::create_dir_all(&d).map_err(crate::demo::dr::DemoError::from)?;
             Identity::generate()
                 .and_then(|k| k.save(&d.join("identity.key"), &d.join("identity.pub")))
-                .map_err(crate::dr::demo::DemoError::from)?;
-            ports.push(crate::daemon::free_port().map_err(crate::dr::demo::DemoError::from)?);
+                .map_err(crate::demo::dr::DemoError::from)?;
+            ports.push(crate::daemon::free_port().map_err(crate::demo::dr::DemoError::from)?);
         }
         Ok(Consortium { dir, ports })
     }
@@ -50,8 +50,8 @@ impl Consortium {
         let pki = self.dir.join("pki");
         let cert = self.dir.join(format!("{}-member.pem", node.0));
         let pem = crate::api::pki::member_cert(&pki, &node.1.with_extension("pub"), node.0, &[])
-            .map_err(crate::dr::demo::DemoError::from)?;
-        std::fs::write(&cert, pem).map_err(crate::dr::demo::DemoError::from)?;
+            .map_err(crate::demo::dr::DemoError::from)?;
+        std::fs::write(&cert, pem).map_err(crate::demo::dr::DemoError::from)?;
         let mut members = String::new();
         for (i, port) in self.ports.iter().enumerate() {
             members.push_str(&format!(
@@ -120,12 +120,13 @@ pub fn status_line(
         "ledger: {certified} own entr{} certified by the {VALIDATORS} validators, {pending} waiting",
         if certified == 1 { "y" } else { "ies" }
     );
-    let entries: Vec<gridgate_ledger::settlement::Certified> = super::held_entries(store, &cfg.id)
-        .ok()?
-        .into_iter()
-        .map(|entry| gridgate_ledger::settlement::Certified { entry })
-        .collect();
-    let members = super::load_members(l).ok()?;
+    let entries: Vec<gridgate_ledger::settlement::Certified> =
+        gridgate_ledger_node::held_entries(store, &cfg.id)
+            .ok()?
+            .into_iter()
+            .map(|entry| gridgate_ledger::settlement::Certified { entry })
+            .collect();
+    let members = gridgate_ledger_node::load_members(l).ok()?;
     let now = gridgate_core::reading::now_ms();
     let day = now - now.rem_euclid(86_400_000);
     let s = gridgate_ledger::settlement::settle_as_of(
