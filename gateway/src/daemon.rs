@@ -71,7 +71,7 @@ pub enum DaemonError {
     DrDemo(#[from] crate::demo::dr::DemoError),
     /// A trusted DR issuer's key is unusable.
     #[error(transparent)]
-    Trust(#[from] crate::dr::service::TrustError),
+    Trust(#[from] gridgate_dr::desk::TrustError),
     /// The echo output failed (stdout closed).
     #[error("output failed: {0}")]
     Sink(#[from] std::io::Error),
@@ -239,15 +239,10 @@ pub struct Pipeline {
     pub uplink: Arc<UplinkStats>,
     /// Live readings (what gRPC Subscribe serves).
     pub live: tokio::sync::broadcast::Sender<Arc<Reading>>,
-    /// DR dispatch counters.
-    pub dr: Arc<crate::dr::service::DrStats>,
+    /// What the DR parts share: counters, the record lock, the relay's wake-up, updates.
+    pub dr: gridgate_dr::desk::DrShared,
     /// Writes to field devices, through the bus tasks.
     pub controls: acquire::Controls,
-    dr_wake: Arc<tokio::sync::Notify>,
-    /// Held for every read-modify-write of a DR event's record (dispatch, cancel, relay).
-    dr_records: Arc<tokio::sync::Mutex<()>>,
-    /// DR event changes (WatchEvents, MQTT reports).
-    pub dr_updates: crate::dr::relay::Updates,
     relay: Part,
     /// Signs DR reports, votes and ledger entries (the writer holds its own copy for batches).
     identity: Identity,
@@ -352,11 +347,8 @@ impl Pipeline {
             ingest: Arc::new(IngestStats::default()),
             uplink: Arc::new(UplinkStats::default()),
             live,
-            dr: Arc::default(),
+            dr: gridgate_dr::desk::DrShared::default(),
             controls: acquire::Controls::default(),
-            dr_wake: Arc::default(),
-            dr_records: Arc::default(),
-            dr_updates: tokio::sync::broadcast::Sender::new(crate::dr::relay::UPDATES_DEPTH),
             identity: report_identity.clone(),
             ledger_wake: Arc::default(),
             public_key,
@@ -387,15 +379,13 @@ impl Pipeline {
         ));
         // The relay runs whatever the config: events accepted before a restart still end
         // and restore their loads.
-        p.relay.tasks.spawn(crate::dr::relay::run(
-            crate::dr::relay::Relay {
+        p.relay.tasks.spawn(gridgate_dr::relay::run(
+            gridgate_dr::relay::Relay {
                 store: p.store.store.clone(),
                 config: p.config.subscribe(),
                 controls: p.controls.clone(),
-                wake: p.dr_wake.clone(),
-                record_lock: p.dr_records.clone(),
+                shared: p.dr.clone(),
                 identity: report_identity,
-                updates: p.dr_updates.clone(),
                 live: p.live.subscribe(),
                 instruments: p.instruments.clone(),
             },
@@ -477,12 +467,9 @@ impl Pipeline {
         if cfg.grpc.is_none() && dr_mqtt.is_none() && cfg.ledger.is_none() {
             return Ok(part);
         }
-        let dr = Arc::new(crate::dr::service::DrState {
-            trust: crate::dr::service::load_trust(cfg.dr.as_ref())?,
-            stats: self.dr.clone(),
-            serial: self.dr_records.clone(),
-            wake: self.dr_wake.clone(),
-            updates: self.dr_updates.clone(),
+        let dr = Arc::new(gridgate_dr::desk::DrState {
+            trust: gridgate_dr::desk::load_trust(cfg.dr.as_ref())?,
+            shared: self.dr.clone(),
         });
         // The membership's keys, read once; the changes this node holds certified applied
         // (one state for the service, the certifier and the sync).
@@ -559,16 +546,16 @@ impl Pipeline {
         }
         if let Some((d, u)) = dr_mqtt {
             // Events and cancels over the master station's broker, and the reports.
-            let desk = crate::dr::service::Desk {
+            let desk = gridgate_dr::desk::Desk {
                 store: self.store.store.clone(),
                 config: self.config.subscribe(),
                 dr,
             };
-            part.tasks.spawn(crate::dr::mqtt::run(
+            part.tasks.spawn(gridgate_dr::mqtt::run(
                 desk,
                 u.clone(),
                 d.clone(),
-                self.dr_updates.subscribe(),
+                self.dr.updates.subscribe(),
                 part.cancel.clone(),
             ));
         }
@@ -590,8 +577,6 @@ impl Pipeline {
             ingest: self.ingest.clone(),
             dr: self.dr.clone(),
             controls: self.controls.clone(),
-            dr_wake: self.dr_wake.clone(),
-            dr_records: self.dr_records.clone(),
             public_key: self.public_key,
             instruments: self.instruments.clone(),
             started: self.started,

@@ -12,7 +12,6 @@
 pub mod api;
 pub mod daemon;
 pub mod demo;
-pub mod dr;
 pub mod service;
 pub mod tools;
 pub mod web;

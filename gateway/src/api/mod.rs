@@ -7,6 +7,7 @@
 //! reflection are served beside, so grpcurl and grpc_health_probe work.
 
 pub mod auth;
+pub mod dr;
 pub mod ledger;
 pub mod pki;
 mod services;
@@ -150,7 +151,7 @@ async fn serve(
         .set_serving::<AdminServer<services::AdminService>>()
         .await;
     health
-        .set_serving::<DemandResponseServer<crate::dr::service::DemandResponseService>>()
+        .set_serving::<DemandResponseServer<crate::api::dr::DemandResponseService>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(gridgate_proto::FILE_DESCRIPTOR_SET)
@@ -161,7 +162,7 @@ async fn serve(
             state.clone(),
         )))
         .add_service(DemandResponseServer::new(
-            crate::dr::service::DemandResponseService::new(state.clone(), state.dr.clone()),
+            crate::api::dr::DemandResponseService::new(state.clone(), state.dr.clone()),
         ))
         .add_service(AdminServer::new(services::AdminService::new(state.clone())))
         .add_optional_service(

@@ -35,7 +35,7 @@ pub struct ApiState {
     /// Uplink counters.
     pub uplink: Arc<UplinkStats>,
     /// Trusted DR issuers and DR counters.
-    pub dr: Arc<crate::dr::service::DrState>,
+    pub dr: Arc<gridgate_dr::desk::DrState>,
     /// The ledger service, when the config has `[ledger]`.
     pub ledger: Option<Arc<crate::api::ledger::LedgerService>>,
     /// Fires when the API stops: open streams end then (a graceful shutdown waits for

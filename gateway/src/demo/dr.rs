@@ -137,7 +137,7 @@ pub fn status_line(store: &Store) -> Option<String> {
         .map_or(String::new(), |r| {
             format!(
                 "; signed report: {:.1} kW off on average against the {} baseline",
-                crate::dr::report::mean_reduction_w(&r) as f64 / 1000.0,
+                gridgate_dr::report::mean_reduction_w(&r) as f64 / 1000.0,
                 pb::BaselineMethod::try_from(r.baseline).map_or("?", |m| {
                     m.as_str_name().trim_start_matches("BASELINE_METHOD_")
                 })

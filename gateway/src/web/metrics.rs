@@ -430,9 +430,9 @@ impl Scrape {
         );
         dispatches.add(
             labels([("outcome", "accepted")]),
-            s.dr.accepted.load(Ordering::Relaxed) as f64,
+            s.dr.stats.accepted.load(Ordering::Relaxed) as f64,
         );
-        if let Ok(m) = s.dr.refused.lock() {
+        if let Ok(m) = s.dr.stats.refused.lock() {
             for (kind, n) in m.iter() {
                 dispatches.add(labels([("outcome", kind)]), *n as f64);
             }

@@ -24,17 +24,17 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::dr::service::DrStats;
 use auth::{Access, Gate};
 use gridgate_acquire::{Controls, DeviceRegistry};
 use gridgate_config::GatewayConfig;
 use gridgate_config::web::WebConfig;
+use gridgate_dr::desk::{DeskError, DrShared};
 use gridgate_mqtt::ingest::IngestStats;
 use gridgate_mqtt::uplink::UplinkStats;
 use gridgate_store::writer::StoreHandle;
@@ -72,14 +72,10 @@ pub struct WebState {
     pub uplink: Arc<UplinkStats>,
     /// MQTT ingest counters.
     pub ingest: Arc<IngestStats>,
-    /// DR dispatch counters.
-    pub dr: Arc<DrStats>,
+    /// What DR parts share: the dispatch counters, the record lock, the relay's wake-up.
+    pub dr: DrShared,
     /// Bus tasks (test reads).
     pub controls: Controls,
-    /// Wakes the DR relay after an override changed.
-    pub dr_wake: Arc<Notify>,
-    /// Held for every change of DR records.
-    pub dr_records: Arc<tokio::sync::Mutex<()>>,
     /// The gateway's public key.
     pub public_key: [u8; 32],
     /// Metrics updated where things happen.
@@ -605,19 +601,6 @@ async fn set_override(
             "send {\"active\": true|false, \"reason\": \"...\"} as JSON",
         );
     };
-    if !app
-        .state
-        .config
-        .borrow()
-        .loads
-        .iter()
-        .any(|l| l.name == load)
-    {
-        return problem(
-            StatusCode::NOT_FOUND,
-            format!("load {load:?} is not controlled by this gateway ([[load]])"),
-        );
-    }
     if body.active && body.reason.trim().is_empty() {
         return problem(
             StatusCode::BAD_REQUEST,
@@ -625,32 +608,26 @@ async fn set_override(
         );
     }
     let reason = format!("{} (commissioning page, {})", body.reason.trim(), peer.0);
-    let changed = {
-        let _one_at_a_time = app.state.dr_records.lock().await;
-        let store = app.state.store.store.clone();
-        let l = load.clone();
-        blocking(move || {
-            store.dr_set_override(&l, body.active.then_some(reason.as_str()))?;
-            store.dr_overrides()
-        })
-        .await
-    };
+    let config = app.state.config.borrow().clone();
+    let changed = gridgate_dr::desk::set_override(
+        app.state.store.store.clone(),
+        &config,
+        &app.state.dr,
+        &load,
+        body.active,
+        &reason,
+        "the commissioning page",
+    )
+    .await;
     match changed {
         Ok(loads) => {
-            warn!(
-                load = %load,
-                active = body.active,
-                by = %peer.0,
-                "manual override {} from the commissioning page",
-                if body.active { "set: no DR event moves this load" } else { "cleared" }
-            );
             app.state.instruments.action("override", "done");
-            app.state.dr_wake.notify_one();
             Json(loads.into_iter().collect::<Vec<_>>()).into_response()
         }
-        Err(r) => {
+        Err(e @ DeskError::NotALoad(_)) => problem(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e) => {
             app.state.instruments.action("override", "failed");
-            r
+            problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
         }
     }
 }

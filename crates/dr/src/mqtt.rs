@@ -15,7 +15,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::service::Desk;
+use crate::desk::Desk;
 use gridgate_config::{DrConfig, UplinkConfig};
 use gridgate_core::reading::now_ms;
 
@@ -128,7 +128,7 @@ pub async fn run(
                 u = updates.recv() => match u {
                     Ok(u) => {
                         if let Some(st) = u.status.as_ref().filter(|s| s.reported) {
-                            let key = super::event_key(&u.issuer, &u.event_id);
+                            let key = crate::event_key(&u.issuer, &u.event_id);
                             publish_report(&desk, &dr, &client, &key, st).await;
                         }
                     }

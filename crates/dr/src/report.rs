@@ -5,7 +5,7 @@
 
 use gridgate_proto::v1 as pb;
 
-use super::measure::{self, DAY_MS, watts};
+use crate::measure::{self, DAY_MS, watts};
 use gridgate_config::{BaselineConfig, GatewayConfig, ProgramConfig};
 use gridgate_core::sha256;
 use gridgate_store::{Store, StoreError};

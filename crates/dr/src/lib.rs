@@ -2,18 +2,20 @@
 //!
 //! - [`event`]: the acceptance rules (trusted issuer, signature, validity window, replay,
 //!   known loads and their limits), pure and without I/O, so every refusal is testable.
-//! - [`service`]: the `DemandResponse` gRPC service: check, store durably, answer.
+//! - [`desk`]: where events, cancels and overrides are decided, whichever way they came:
+//!   check, store durably, answer.
+//! - [`mqtt`]: events and cancels over the master station's broker, and the reports.
 //! - [`relay`]: drives each accepted event's loads through their controls (written by the
 //!   bus tasks, confirmed by read-back), retries, restores at the end, survives restarts.
 //!
-//! Measuring the reduction against a baseline and the performance report build on these
-//! (docs/dr-operator.md).
+//! - [`measure`] and [`report`]: the reduction against a baseline, and the signed
+//!   performance report (docs/dr-operator.md).
 
+pub mod desk;
 pub mod event;
 pub mod measure;
 pub mod mqtt;
 pub mod relay;
 pub mod report;
-pub mod service;
 
 pub use event::{Checked, Refused, Trust, check, check_cancel, event_key};

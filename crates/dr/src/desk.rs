@@ -1,5 +1,7 @@
-//! `DemandResponse` over gRPC: the operator dispatches a signed event; the gateway checks it
-//! ([`super::event::check`]), stores it durably, and only then answers "accepted".
+//! The DR desk: where a signed event or cancel is decided and a manual override is set,
+//! whichever way it came (gRPC, MQTT, the commissioning page). An event is checked
+//! ([`crate::event::check`]), stored durably, and only then answered "accepted"; every change
+//! of an event's record is made under the one record lock the relay also holds.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -7,21 +9,13 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use gridgate_proto::v1 as pb;
-use gridgate_proto::v1::demand_response_server::DemandResponse;
 use prost::Message;
 use thiserror::Error;
-use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use super::event::{Refused, Trust, check, check_cancel, event_key};
-use crate::api::ApiState;
-use crate::api::auth::{Role, require};
+use crate::event::{Refused, Trust, check, check_cancel, event_key};
 use gridgate_core::reading::now_ms;
 
-/// Who may read DR events, their changes and reports: the operator who dispatches them and
-/// the master station that settles them. Which loads move when is not for every viewer
-/// (nor for the plaintext loopback listener, whose callers are viewers).
-const DR_READERS: &[Role] = &[Role::Operator, Role::Master];
 use gridgate_config::DrConfig;
 use gridgate_core::IdentityError;
 
@@ -57,40 +51,42 @@ pub struct DrStats {
     pub refused: Mutex<BTreeMap<&'static str, u64>>,
 }
 
-/// What the service needs beyond the API's state.
+/// The record lock: held for every read-modify-write of an event's record and of the
+/// overrides, by the desk and the relay alike, so that the replay and per-day checks and the
+/// insert are one step and a cancel is never lost to the relay.
+pub type RecordLock = Arc<tokio::sync::Mutex<()>>;
+
+/// What every DR part shares, made once when the gateway starts and kept across reloads.
+#[derive(Clone)]
+pub struct DrShared {
+    /// The record lock.
+    pub records: RecordLock,
+    /// Wakes the relay when an event was accepted, cancelled or overridden.
+    pub wake: Arc<tokio::sync::Notify>,
+    /// Where stored changes are announced (WatchEvents, MQTT).
+    pub updates: crate::relay::Updates,
+    /// Dispatches seen, by outcome.
+    pub stats: Arc<DrStats>,
+}
+
+impl Default for DrShared {
+    fn default() -> Self {
+        DrShared {
+            records: RecordLock::default(),
+            wake: Arc::default(),
+            updates: tokio::sync::broadcast::Sender::new(crate::relay::UPDATES_DEPTH),
+            stats: Arc::default(),
+        }
+    }
+}
+
+/// What deciding events needs beyond the store and config: the issuers trusted by the config
+/// in force, and what every DR part shares.
 pub struct DrState {
     /// Trusted issuers.
     pub trust: Trust,
-    /// Counters.
-    pub stats: Arc<DrStats>,
-    /// One change of the event records at a time (shared with the relay): the replay and
-    /// per-day checks and the insert are one step, and a cancel is never lost to the relay.
-    pub serial: Arc<tokio::sync::Mutex<()>>,
-    /// Wakes the relay when an event was accepted.
-    pub wake: Arc<tokio::sync::Notify>,
-    /// Where stored changes are announced (WatchEvents).
-    pub updates: super::relay::Updates,
-}
-
-/// The service.
-pub struct DemandResponseService {
-    api: ApiState,
-    dr: Arc<DrState>,
-}
-
-impl DemandResponseService {
-    /// A service over `api`'s store and config.
-    pub fn new(api: ApiState, dr: Arc<DrState>) -> Self {
-        DemandResponseService { api, dr }
-    }
-
-    fn desk(&self) -> Desk {
-        Desk {
-            store: self.api.store.store.clone(),
-            config: self.api.cfg.clone(),
-            dr: self.dr.clone(),
-        }
-    }
+    /// The record lock, the relay's wake-up, the updates and the counters.
+    pub shared: DrShared,
 }
 
 /// Why a dispatch or cancel could not be decided (a refusal is an answer, not this).
@@ -99,22 +95,15 @@ pub enum DeskError {
     /// The config has no `[dr]`.
     #[error("this gateway accepts no DR events: its config has no [dr] issuers")]
     NoDr,
+    /// An override names a load the config does not control.
+    #[error("load {0:?} is not controlled by this gateway ([[load]])")]
+    NotALoad(String),
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] gridgate_store::StoreError),
     /// A blocking task failed.
     #[error("{0}")]
     Internal(String),
-}
-
-impl From<DeskError> for Status {
-    fn from(e: DeskError) -> Status {
-        match e {
-            DeskError::NoDr => Status::failed_precondition(e.to_string()),
-            DeskError::Store(_) => Status::unavailable(e.to_string()),
-            DeskError::Internal(_) => Status::internal(e.to_string()),
-        }
-    }
 }
 
 /// Where signed events and cancels are decided, whichever way they came (gRPC or MQTT).
@@ -130,7 +119,7 @@ pub struct Desk {
 
 impl Desk {
     fn refuse(&self, r: &Refused, event_id: String) -> pb::DispatchReply {
-        if let Ok(mut m) = self.dr.stats.refused.lock() {
+        if let Ok(mut m) = self.dr.shared.stats.refused.lock() {
             *m.entry(r.kind()).or_default() += 1;
         }
         warn!(event = %event_id, reason = r.kind(), "DR event refused: {r}");
@@ -151,7 +140,7 @@ impl Desk {
         if cfg.dr.is_none() {
             return Err(DeskError::NoDr);
         }
-        let _one_at_a_time = self.dr.serial.lock().await;
+        let _one_at_a_time = self.dr.shared.records.lock().await;
         let store = self.store.clone();
         let records = tokio::task::spawn_blocking(move || store.dr_events())
             .await
@@ -235,9 +224,13 @@ impl Desk {
             };
             return Ok(self.refuse(&r, event_id));
         }
-        self.dr.stats.accepted.fetch_add(1, Ordering::Relaxed);
-        super::relay::announce(&self.dr.updates, &status);
-        self.dr.wake.notify_one();
+        self.dr
+            .shared
+            .stats
+            .accepted
+            .fetch_add(1, Ordering::Relaxed);
+        crate::relay::announce(&self.dr.shared.updates, &status);
+        self.dr.shared.wake.notify_one();
         info!(
             event = %event_id,
             issuer = %checked.event.issuer,
@@ -266,7 +259,7 @@ impl Desk {
             Ok(c) => c,
             Err(r) => return Ok(self.refuse(&r, String::new())),
         };
-        let _one_at_a_time = self.dr.serial.lock().await;
+        let _one_at_a_time = self.dr.shared.records.lock().await;
         let key = event_key(&cancel.issuer, &cancel.event_id);
         let store = self.store.clone();
         let k = key.clone();
@@ -307,8 +300,8 @@ impl Desk {
             .await
             .map_err(|e| DeskError::Internal(e.to_string()))?
             .map_err(DeskError::Store)?;
-        super::relay::announce(&self.dr.updates, &status);
-        self.dr.wake.notify_one();
+        crate::relay::announce(&self.dr.shared.updates, &status);
+        self.dr.shared.wake.notify_one();
         info!(event = %cancel.event_id, issuer = %cancel.issuer, "DR event cancelled");
         Ok(pb::DispatchReply {
             accepted: true,
@@ -352,7 +345,8 @@ fn events_today(records: &[(String, Vec<u8>)], now_ms: i64) -> BTreeMap<String, 
     out
 }
 
-fn update_of(status: pb::EventStatus) -> Option<pb::EventUpdate> {
+/// The update a watcher is sent for a stored event record.
+pub fn update_of(status: pb::EventStatus) -> Option<pb::EventUpdate> {
     let event = status
         .signed
         .as_ref()
@@ -364,171 +358,44 @@ fn update_of(status: pb::EventStatus) -> Option<pb::EventUpdate> {
     })
 }
 
-#[tonic::async_trait]
-impl DemandResponse for DemandResponseService {
-    type WatchEventsStream = crate::api::Stream_<pb::EventUpdate>;
-
-    async fn get_report(
-        &self,
-        req: Request<pb::GetEventRequest>,
-    ) -> Result<Response<pb::SignedPerformanceReport>, Status> {
-        require(&req, "GetReport", DR_READERS)?;
-        let r = req.into_inner();
-        let key = event_key(&r.issuer, &r.event_id);
-        let store = self.api.store.store.clone();
-        let found = tokio::task::spawn_blocking(move || store.dr_report(&key))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::unavailable(format!("store: {e}")))?;
-        let bytes = found.ok_or_else(|| {
-            Status::not_found(format!(
-                "no performance report for event {:?} of issuer {:?} (yet): it is written a few seconds after the event ends",
-                r.event_id, r.issuer
-            ))
-        })?;
-        pb::SignedPerformanceReport::decode(bytes.as_slice())
-            .map(Response::new)
-            .map_err(|e| Status::data_loss(format!("stored report does not decode: {e}")))
+/// Sets (`active`, with `reason` kept and shown) or clears `load`'s manual override under
+/// the record lock, and wakes the relay, which gives the load back before anything else
+/// moves it. `by` names who asked, for the log. Every way an override arrives (gRPC, the
+/// commissioning page) comes through here. Answers the loads under override now.
+pub async fn set_override(
+    store: Arc<gridgate_store::Store>,
+    config: &gridgate_config::GatewayConfig,
+    shared: &DrShared,
+    load: &str,
+    active: bool,
+    reason: &str,
+    by: &str,
+) -> Result<std::collections::BTreeSet<String>, DeskError> {
+    if !config.loads.iter().any(|l| l.name == load) {
+        return Err(DeskError::NotALoad(load.to_string()));
     }
-
-    async fn watch_events(
-        &self,
-        req: Request<pb::WatchEventsRequest>,
-    ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        require(&req, "WatchEvents", DR_READERS)?;
-        let issuer = req.into_inner().issuer;
-        // Subscribe before reading the store, so that no change falls between the two.
-        let mut updates = self.dr.updates.subscribe();
-        let store = self.api.store.store.clone();
-        let shutdown = self.api.shutdown.clone();
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(async move {
-            let wanted = |u: &pb::EventUpdate| issuer.is_empty() || u.issuer == issuer;
-            let mut snapshot = true;
-            loop {
-                if snapshot {
-                    // First, and again after falling behind: every event as it stands (a
-                    // state is whole, so the latest one makes up for the missed ones).
-                    snapshot = false;
-                    let st = store.clone();
-                    let Ok(Ok(records)) = tokio::task::spawn_blocking(move || st.dr_events()).await
-                    else {
-                        let _ = tx
-                            .send(Err(Status::unavailable("store: cannot read the events")))
-                            .await;
-                        return;
-                    };
-                    for (_, bytes) in records {
-                        let Ok(status) = pb::EventStatus::decode(bytes.as_slice()) else {
-                            continue;
-                        };
-                        let Some(u) = update_of(status) else { continue };
-                        if wanted(&u) && tx.send(Ok(u)).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                let next = tokio::select! {
-                    u = updates.recv() => u,
-                    _ = tx.closed() => return,
-                    _ = shutdown.cancelled() => return,
-                };
-                match next {
-                    Ok(u) if wanted(&u) => {
-                        if tx.send(Ok((*u).clone())).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => snapshot = true,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
-    }
-    async fn dispatch(
-        &self,
-        req: Request<pb::SignedDrEvent>,
-    ) -> Result<Response<pb::DispatchReply>, Status> {
-        require(&req, "Dispatch", &[Role::Operator])?;
-        self.desk()
-            .dispatch(req.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(Status::from)
-    }
-
-    async fn cancel(
-        &self,
-        req: Request<pb::SignedDrCancel>,
-    ) -> Result<Response<pb::DispatchReply>, Status> {
-        require(&req, "Cancel", &[Role::Operator])?;
-        self.desk()
-            .cancel(req.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(Status::from)
-    }
-
-    async fn set_override(
-        &self,
-        req: Request<pb::SetOverrideRequest>,
-    ) -> Result<Response<pb::OverrideState>, Status> {
-        let role = require(&req, "SetOverride", &[Role::Operator])?;
-        let r = req.into_inner();
-        if !self.api.config().loads.iter().any(|l| l.name == r.load) {
-            return Err(Status::invalid_argument(format!(
-                "load {:?} is not controlled by this gateway ([[load]])",
-                r.load
-            )));
-        }
-        let _one_at_a_time = self.dr.serial.lock().await;
-        let store = self.api.store.store.clone();
-        let (load, active, reason) = (r.load.clone(), r.active, r.reason.clone());
-        let loads = tokio::task::spawn_blocking(move || {
-            store.dr_set_override(&load, active.then_some(reason.as_str()))?;
+    let loads = {
+        let _one_at_a_time = shared.records.lock().await;
+        let (l, r) = (load.to_string(), reason.to_string());
+        tokio::task::spawn_blocking(move || {
+            store.dr_set_override(&l, active.then_some(r.as_str()))?;
             store.dr_overrides()
         })
         .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::unavailable(format!("store: {e}")))?;
-        warn!(
-            load = %r.load,
-            active = r.active,
-            by = role.name(),
-            reason = %r.reason,
-            "manual override {}",
-            if r.active { "set: no DR event moves this load" } else { "cleared" }
-        );
-        self.dr.wake.notify_one();
-        Ok(Response::new(pb::OverrideState {
-            loads: loads.into_iter().collect(),
-        }))
-    }
-
-    async fn get_event(
-        &self,
-        req: Request<pb::GetEventRequest>,
-    ) -> Result<Response<pb::EventStatus>, Status> {
-        require(&req, "GetEvent", DR_READERS)?;
-        let r = req.into_inner();
-        let key = event_key(&r.issuer, &r.event_id);
-        let store = self.api.store.store.clone();
-        let found = tokio::task::spawn_blocking(move || store.dr_event(&key))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::unavailable(format!("store: {e}")))?;
-        let bytes = found.ok_or_else(|| {
-            Status::not_found(format!(
-                "no event {:?} of issuer {:?} was accepted here",
-                r.event_id, r.issuer
-            ))
-        })?;
-        pb::EventStatus::decode(bytes.as_slice())
-            .map(Response::new)
-            .map_err(|e| Status::data_loss(format!("stored event record does not decode: {e}")))
-    }
+        .map_err(|e| DeskError::Internal(e.to_string()))??
+    };
+    warn!(
+        load,
+        active,
+        by,
+        reason,
+        "manual override {}",
+        if active {
+            "set: no DR event moves this load"
+        } else {
+            "cleared"
+        }
+    );
+    shared.wake.notify_one();
+    Ok(loads)
 }

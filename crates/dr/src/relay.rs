@@ -17,12 +17,12 @@ use std::time::Duration;
 
 use gridgate_proto::v1 as pb;
 use prost::Message;
-use tokio::sync::{Notify, broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::dr::event::written_value;
+use crate::event::written_value;
 use gridgate_acquire::{ControlError, ControlOutcome, Controls};
 use gridgate_config::ledger::LedgerRole;
 use gridgate_config::{Control, GatewayConfig};
@@ -67,14 +67,10 @@ pub struct Relay {
     pub config: watch::Receiver<Arc<GatewayConfig>>,
     /// Writes to field devices.
     pub controls: Controls,
-    /// Wakes the relay when an event was accepted, cancelled or overridden.
-    pub wake: Arc<Notify>,
-    /// Held for every read-modify-write of an event's record.
-    pub record_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The record lock, the wake-up, where changes are announced.
+    pub shared: crate::desk::DrShared,
     /// Signs performance reports.
     pub identity: Identity,
-    /// Where changes are announced.
-    pub updates: Updates,
     /// Every reading acquired (for the loads' local override switches).
     pub live: broadcast::Receiver<Arc<Reading>>,
     /// Acknowledgement latencies go to /metrics.
@@ -121,13 +117,17 @@ pub async fn run(relay: Relay, cancel: CancellationToken) {
         store,
         config,
         controls,
-        wake,
-        record_lock,
+        shared,
         identity,
-        updates,
         mut live,
         instruments,
     } = relay;
+    let crate::desk::DrShared {
+        records: record_lock,
+        wake,
+        updates,
+        ..
+    } = shared;
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut pacing = Pacing {
         in_flight: BTreeSet::new(),
@@ -836,7 +836,7 @@ async fn write_report(
     let (c, s, id) = (cfg.clone(), status.clone(), identity.clone());
     let k = key.to_string();
     let made = blocking(store, move |st| {
-        let report = super::report::build(st, &c, &s, &event, now_ms())?;
+        let report = crate::report::build(st, &c, &s, &event, now_ms())?;
         let signed = gridgate_core::signed::sign_report(&id, &report);
         st.dr_put_report(&k, &signed.encode_to_vec())?;
         // A gateway on the ledger claims its performance there (once per event), after the
@@ -869,7 +869,7 @@ async fn write_report(
     .await;
     if let Some(report) = made {
         status.reported = true;
-        let reduction = super::report::mean_reduction_w(&report);
+        let reduction = crate::report::mean_reduction_w(&report);
         info!(event = %report.event_id, mean_reduction_w = reduction, "DR performance report signed and stored");
     }
 }
