@@ -74,7 +74,7 @@ async fn run(events: usize) {
     operator
         .save(&d.join("operator.key"), &d.join("operator.pub"))
         .expect("save");
-    gridgate::api::pki::make_site_pki(&d.join("pki"), "bench", &[]).expect("pki");
+    gridgate_api::pki::make_site_pki(&d.join("pki"), "bench", &[]).expect("pki");
     let mut spec = String::new();
     for i in 0..LOADS {
         spec.push_str(&format!(

@@ -12,7 +12,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gridgate::api::ledger::LedgerService;
+use gridgate_api::ledger::LedgerService;
 use gridgate_config::ledger::{LedgerConfig, LedgerRole, MemberConfig};
 use gridgate_core::Identity;
 use gridgate_ledger::entry::{Member, Members, sign_entry};
@@ -129,7 +129,7 @@ async fn measure(entries: u64, form: VoteForm) -> Measured {
             key: key.clone(),
             role: LedgerRole::Validator,
             // Plain HTTP on loopback: this measures signatures and storage, not TLS.
-            callers: gridgate::api::ledger::Callers::Unchecked,
+            callers: gridgate_api::ledger::Callers::Unchecked,
             shutdown: Default::default(),
             vote_form: form,
         };

@@ -65,7 +65,7 @@ async fn run(batches: u64) {
     let d = dir.path();
     let id = Identity::generate().expect("key");
     id.save(&d.join("id.key"), &d.join("id.pub")).expect("save");
-    gridgate::api::pki::make_site_pki(&d.join("pki"), "bench", &[]).expect("pki");
+    gridgate_api::pki::make_site_pki(&d.join("pki"), "bench", &[]).expect("pki");
     eprintln!("prefilling {batches} batches of {PER_BATCH} readings...");
     prefill(&d.join("data"), &id, batches);
 

@@ -65,7 +65,7 @@ pub enum DaemonError {
     Web(#[from] crate::web::WebError),
     /// The gRPC API would not start.
     #[error(transparent)]
-    Api(#[from] crate::api::ApiError),
+    Api(#[from] gridgate_api::ApiError),
     /// The demo's DR set-up failed.
     #[error(transparent)]
     DrDemo(#[from] crate::demo::dr::DemoError),
@@ -489,7 +489,7 @@ impl Pipeline {
         };
         if let Some(g) = &cfg.grpc {
             let state =
-                crate::api::ApiState {
+                gridgate_api::ApiState {
                     cfg: self.config.subscribe(),
                     store: self.store.clone(),
                     registry: self.registry.clone(),
@@ -499,13 +499,13 @@ impl Pipeline {
                     dr: dr.clone(),
                     ledger: cfg.ledger.as_ref().zip(ledger_state.as_ref()).map(
                         |(l, ledger_state)| {
-                            Arc::new(crate::api::ledger::LedgerService {
+                            Arc::new(gridgate_api::ledger::LedgerService {
                                 store: self.store.store.clone(),
                                 state: ledger_state.clone(),
                                 me: cfg.id.clone(),
                                 key: self.identity.clone(),
                                 role: l.role,
-                                callers: crate::api::ledger::Callers::Members,
+                                callers: gridgate_api::ledger::Callers::Members,
                                 shutdown: part.cancel.clone(),
                                 vote_form: gridgate_ledger_node::node::VoteForm::Window,
                             })
@@ -514,7 +514,7 @@ impl Pipeline {
                     shutdown: part.cancel.clone(),
                 };
             part.tasks =
-                crate::api::start(g, state, &self.instruments.listeners, part.cancel.clone())
+                gridgate_api::start(g, state, &self.instruments.listeners, part.cancel.clone())
                     .await?;
         }
         if let Some((l, ledger_state)) = cfg.ledger.as_ref().zip(ledger_state) {

@@ -9,7 +9,6 @@
 // enforces it; test code may still use them).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
-pub mod api;
 pub mod daemon;
 pub mod demo;
 pub mod service;

@@ -377,7 +377,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
         } => {
             if pki {
                 let dir = out.join("pki");
-                let written = gridgate::api::pki::make_site_pki(&dir, &id, &hosts)?;
+                let written = gridgate_api::pki::make_site_pki(&dir, &id, &hosts)?;
                 for f in &written.files {
                     writeln!(stdout, "wrote {}", f.display())?;
                 }

@@ -48,7 +48,7 @@ impl Site {
             port: free_port(),
         };
         let d = site.dir.path();
-        gridgate::api::pki::make_site_pki(&d.join("pki"), "dr", &[]).expect("pki");
+        gridgate_api::pki::make_site_pki(&d.join("pki"), "dr", &[]).expect("pki");
         std::fs::create_dir_all(d.join("operator")).expect("dir");
         keygen(&d.join("operator"));
         site

@@ -63,7 +63,7 @@ pub async fn verify_chain(data: &Path, pubkey: &Path, limit: Duration) -> (i32, 
 }
 
 /// A `[grpc]` table serving mutual TLS on `127.0.0.1:port` with the site PKI in `pki`
-/// (from `gridgate::api::pki::make_site_pki`).
+/// (from `gridgate_api::pki::make_site_pki`).
 pub fn grpc_section(port: u16, pki: &Path) -> String {
     format!(
         "\n[grpc]\nlisten = \"127.0.0.1:{port}\"\ncert_file = \"{p}/server.pem\"\nkey_file = \"{p}/server.key\"\nclient_ca_file = \"{p}/ca.pem\"\n",

@@ -21,7 +21,7 @@ struct Validators {
 impl Validators {
     fn new(n: usize) -> Self {
         let dir = tempfile::tempdir().expect("dir");
-        gridgate::api::pki::make_site_pki(&dir.path().join("pki"), "consortium", &[]).expect("pki");
+        gridgate_api::pki::make_site_pki(&dir.path().join("pki"), "consortium", &[]).expect("pki");
         for i in 0..n {
             let d = dir.path().join(format!("v{i}"));
             std::fs::create_dir_all(&d).expect("dir");
@@ -47,7 +47,7 @@ impl Validators {
     fn ledger_section(&self, role: &str, gateways: Gateways, node: (&str, &Path)) -> String {
         let cert = node.1.join("member.pem");
         if !cert.exists() {
-            let pem = gridgate::api::pki::member_cert(
+            let pem = gridgate_api::pki::member_cert(
                 &self.pki(),
                 &node.1.join("identity.pub"),
                 node.0,
@@ -770,7 +770,7 @@ async fn the_operator_logs_terms_events_and_membership_changes_and_named_gateway
 
     // Before it is published, gw-c's member certificate is no member's.
     let gw_c_cert = newcomer.join("member.pem");
-    let pem = gridgate::api::pki::member_cert(
+    let pem = gridgate_api::pki::member_cert(
         &validators.pki(),
         &newcomer.join("identity.pub"),
         "gw-c",

@@ -10,7 +10,7 @@ async fn a_python_master_station_pulls_verifies_and_acks() {
     let s = sims(ONE_METER_SITE).await;
     let dir = tempfile::tempdir().expect("dir");
     let pki = dir.path().join("pki");
-    gridgate::api::pki::make_site_pki(&pki, "py", &[]).expect("pki");
+    gridgate_api::pki::make_site_pki(&pki, "py", &[]).expect("pki");
     let port = free_port();
     let mut config = s.gateway_config("py", "50ms");
     config.push_str("\n[store]\nbatch_readings = 4\nbatch_interval = \"100ms\"\n");

@@ -23,7 +23,7 @@ pub enum DemoError {
     Identity(#[from] IdentityError),
     /// The site PKI.
     #[error(transparent)]
-    Pki(#[from] crate::api::pki::PkiError),
+    Pki(#[from] gridgate_api::pki::PkiError),
     /// A file or port of the demo.
     #[error("demo set-up: {0}")]
     Io(#[from] std::io::Error),
@@ -34,7 +34,7 @@ pub enum DemoError {
 pub fn prepare(work: &Path, port: u16) -> Result<String, DemoError> {
     let operator = Identity::generate()?;
     operator.save(&work.join("operator.key"), &work.join("operator.pub"))?;
-    crate::api::pki::make_site_pki(&work.join("pki"), "demo-site", &[])?;
+    gridgate_api::pki::make_site_pki(&work.join("pki"), "demo-site", &[])?;
     Ok(format!(
         r#"
 [grpc]

@@ -23,7 +23,7 @@ impl Consortium {
     /// their ports.
     pub fn prepare(work: &Path) -> Result<Consortium, DaemonError> {
         let dir = work.join("consortium");
-        crate::api::pki::make_site_pki(&dir.join("pki"), "demo-consortium", &[])
+        gridgate_api::pki::make_site_pki(&dir.join("pki"), "demo-consortium", &[])
             .map_err(crate::demo::dr::DemoError::from)?;
         let mut ports = Vec::new();
         for i in 0..VALIDATORS {
@@ -49,7 +49,7 @@ impl Consortium {
     ) -> Result<String, DaemonError> {
         let pki = self.dir.join("pki");
         let cert = self.dir.join(format!("{}-member.pem", node.0));
-        let pem = crate::api::pki::member_cert(&pki, &node.1.with_extension("pub"), node.0, &[])
+        let pem = gridgate_api::pki::member_cert(&pki, &node.1.with_extension("pub"), node.0, &[])
             .map_err(crate::demo::dr::DemoError::from)?;
         std::fs::write(&cert, pem).map_err(crate::demo::dr::DemoError::from)?;
         let mut members = String::new();

@@ -272,7 +272,7 @@ pub async fn run(cmd: LedgerCommand, out: &mut dyn Write) -> Result<ExitCode> {
                     path.display()
                 );
             }
-            let pem = crate::api::pki::member_cert(&pki, &public_key, &id, &hosts)?;
+            let pem = gridgate_api::pki::member_cert(&pki, &public_key, &id, &hosts)?;
             std::fs::write(&path, pem).with_context(|| format!("writing {}", path.display()))?;
             writeln!(
                 out,

@@ -5,12 +5,17 @@
 //! RPC checks it ([`auth`]). A plaintext listener exists only when the config asks for one,
 //! only on loopback, and its callers are viewers. The standard health service and server
 //! reflection are served beside, so grpcurl and grpc_health_probe work.
+//!
+//! This is the only crate that knows tonic's server side: each service here is an adapter
+//! that checks the caller's role and hands the work to the crate that decides it (the DR
+//! desk, the ledger node, the store).
 
+mod admin;
 pub mod auth;
 pub mod dr;
 pub mod ledger;
 pub mod pki;
-mod services;
+mod telemetry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,14 +25,52 @@ use gridgate_proto::v1::demand_response_server::DemandResponseServer;
 use gridgate_proto::v1::telemetry_server::TelemetryServer;
 use thiserror::Error;
 use tokio::sync::broadcast;
+use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity as TlsIdentity, Server, ServerTlsConfig};
 use tracing::info;
 
-pub use services::ApiState;
-pub(crate) use services::Stream_;
-
+use gridgate_acquire::DeviceRegistry;
+use gridgate_config::GatewayConfig;
 use gridgate_config::GrpcConfig;
+use gridgate_core::Reading;
+use gridgate_mqtt::uplink::UplinkStats;
+use gridgate_store::writer::StoreHandle;
+
+/// What the services read.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The gateway's config.
+    pub cfg: tokio::sync::watch::Receiver<Arc<GatewayConfig>>,
+    /// The store.
+    pub store: StoreHandle,
+    /// Polled devices' state.
+    pub registry: DeviceRegistry,
+    /// Live readings.
+    pub live: broadcast::Sender<Arc<Reading>>,
+    /// The identity's public key.
+    pub public_key: [u8; 32],
+    /// Uplink counters.
+    pub uplink: Arc<UplinkStats>,
+    /// Trusted DR issuers and DR counters.
+    pub dr: Arc<gridgate_dr::desk::DrState>,
+    /// The ledger service, when the config has `[ledger]`.
+    pub ledger: Option<Arc<ledger::LedgerService>>,
+    /// Fires when the API stops: open streams end then (a graceful shutdown waits for
+    /// every open call, and a stream never ends by itself).
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl ApiState {
+    /// The config in force now (a reload replaces it).
+    pub fn config(&self) -> Arc<GatewayConfig> {
+        self.cfg.borrow().clone()
+    }
+}
+
+/// A server-streaming RPC's answer: items until the stream ends or fails.
+pub type GrpcStream<T> =
+    std::pin::Pin<Box<dyn Stream<Item = Result<T, tonic::Status>> + Send + 'static>>;
 
 /// Why the API server could not start.
 #[derive(Debug, Error)]
@@ -55,12 +98,6 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, ApiError> {
         path: path.to_path_buf(),
         source,
     })
-}
-
-/// Live readings fan out through a broadcast channel: a slow subscriber lags and is told how
-/// many it missed; senders never wait.
-pub fn live_channel() -> broadcast::Sender<Arc<gridgate_core::Reading>> {
-    broadcast::channel(4096).0
 }
 
 /// Binds the listeners now (so that a taken port fails start-up) and serves them until
@@ -145,26 +182,26 @@ async fn serve(
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)));
     let (health, health_service) = tonic_health::server::health_reporter();
     health
-        .set_serving::<TelemetryServer<services::TelemetryService>>()
+        .set_serving::<TelemetryServer<telemetry::TelemetryService>>()
         .await;
     health
-        .set_serving::<AdminServer<services::AdminService>>()
+        .set_serving::<AdminServer<admin::AdminService>>()
         .await;
     health
-        .set_serving::<DemandResponseServer<crate::api::dr::DemandResponseService>>()
+        .set_serving::<DemandResponseServer<crate::dr::DemandResponseService>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(gridgate_proto::FILE_DESCRIPTOR_SET)
         .build_v1();
     let router = builder
         .add_service(health_service)
-        .add_service(TelemetryServer::new(services::TelemetryService::new(
+        .add_service(TelemetryServer::new(telemetry::TelemetryService::new(
             state.clone(),
         )))
         .add_service(DemandResponseServer::new(
-            crate::api::dr::DemandResponseService::new(state.clone(), state.dr.clone()),
+            crate::dr::DemandResponseService::new(state.clone(), state.dr.clone()),
         ))
-        .add_service(AdminServer::new(services::AdminService::new(state.clone())))
+        .add_service(AdminServer::new(admin::AdminService::new(state.clone())))
         .add_optional_service(
             state
                 .ledger

@@ -10,8 +10,8 @@ use prost::Message;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
-use crate::api::ApiState;
-use crate::api::auth::{Role, require};
+use crate::ApiState;
+use crate::auth::{Role, require};
 
 /// Who may read DR events, their changes and reports: the operator who dispatches them and
 /// the master station that settles them. Which loads move when is not for every viewer
@@ -51,7 +51,7 @@ fn status_of(e: DeskError) -> Status {
 
 #[tonic::async_trait]
 impl DemandResponse for DemandResponseService {
-    type WatchEventsStream = crate::api::Stream_<pb::EventUpdate>;
+    type WatchEventsStream = crate::GrpcStream<pb::EventUpdate>;
 
     async fn get_report(
         &self,

@@ -1,68 +1,21 @@
-//! The Telemetry and Admin services.
-
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+//! The Telemetry service: batches pulled with a durable cursor, live readings, devices.
 
 use gridgate_proto::v1 as pb;
-use gridgate_proto::v1::admin_server::Admin;
 use gridgate_proto::v1::telemetry_server::Telemetry;
 use tokio::sync::{broadcast, mpsc};
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::auth::{Role, require, role_of};
-use gridgate_acquire::DeviceRegistry;
-use gridgate_config::{DeviceKind, GatewayConfig, PointSource};
-use gridgate_core::Reading;
-use gridgate_mqtt::uplink::UplinkStats;
-use gridgate_store::writer::StoreHandle;
+use crate::auth::{Role, require, role_of};
+use crate::{ApiState, GrpcStream};
+use gridgate_config::{DeviceKind, PointSource};
 
-/// What the services read.
-#[derive(Clone)]
-pub struct ApiState {
-    /// The gateway's config.
-    pub cfg: tokio::sync::watch::Receiver<Arc<GatewayConfig>>,
-    /// The store.
-    pub store: StoreHandle,
-    /// Polled devices' state.
-    pub registry: DeviceRegistry,
-    /// Live readings.
-    pub live: broadcast::Sender<Arc<Reading>>,
-    /// The identity's public key.
-    pub public_key: [u8; 32],
-    /// Uplink counters.
-    pub uplink: Arc<UplinkStats>,
-    /// Trusted DR issuers and DR counters.
-    pub dr: Arc<gridgate_dr::desk::DrState>,
-    /// The ledger service, when the config has `[ledger]`.
-    pub ledger: Option<Arc<crate::api::ledger::LedgerService>>,
-    /// Fires when the API stops: open streams end then (a graceful shutdown waits for
-    /// every open call, and a stream never ends by itself).
-    pub shutdown: tokio_util::sync::CancellationToken,
-}
-
-impl ApiState {
-    /// The config in force now (a reload replaces it).
-    pub fn config(&self) -> Arc<GatewayConfig> {
-        self.cfg.borrow().clone()
-    }
-}
-
-pub(crate) type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
-fn internal(e: impl std::fmt::Display) -> Status {
+pub(crate) fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
 
 fn check_consumer(c: &str) -> Result<(), Status> {
-    if c.is_empty()
-        || c.len() > 64
-        || !c
-            .chars()
-            .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
-    {
+    if !gridgate_core::names::valid_name(c) {
         return Err(Status::invalid_argument(
             "consumer must be 1 to 64 letters, digits, '-', '_' or '.'",
         ));
@@ -84,8 +37,8 @@ impl TelemetryService {
 
 #[tonic::async_trait]
 impl Telemetry for TelemetryService {
-    type PullBatchesStream = Stream_<pb::PulledBatch>;
-    type SubscribeStream = Stream_<pb::LiveReading>;
+    type PullBatchesStream = GrpcStream<pb::PulledBatch>;
+    type SubscribeStream = GrpcStream<pb::LiveReading>;
 
     async fn pull_batches(
         &self,
@@ -290,64 +243,5 @@ impl Telemetry for TelemetryService {
             }
         }
         Ok(Response::new(pb::ListDevicesResponse { devices }))
-    }
-}
-
-/// Admin.
-pub struct AdminService {
-    s: ApiState,
-}
-
-impl AdminService {
-    /// On `s`.
-    pub fn new(s: ApiState) -> Self {
-        AdminService { s }
-    }
-}
-
-#[tonic::async_trait]
-impl Admin for AdminService {
-    async fn get_identity(
-        &self,
-        req: Request<pb::GetIdentityRequest>,
-    ) -> Result<Response<pb::GatewayIdentity>, Status> {
-        let role = role_of(&req)?;
-        Ok(Response::new(pb::GatewayIdentity {
-            gateway_id: self.s.config().id.clone(),
-            public_key: self.s.public_key.to_vec(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            caller_role: role.name().to_string(),
-        }))
-    }
-
-    async fn get_status(
-        &self,
-        req: Request<pb::GetStatusRequest>,
-    ) -> Result<Response<pb::GatewayStatus>, Status> {
-        role_of(&req)?;
-        let store = self.s.store.store.clone();
-        let (stats, cursors) = tokio::task::spawn_blocking(move || {
-            Ok::<_, gridgate_store::StoreError>((store.stats()?, store.cursors()?))
-        })
-        .await
-        .map_err(internal)?
-        .map_err(internal)?;
-        let uplink_lag = if self.s.config().uplink.is_some() {
-            stats
-                .next_seq
-                .saturating_sub(self.s.uplink.cursor.load(Ordering::Relaxed))
-        } else {
-            0
-        };
-        Ok(Response::new(pb::GatewayStatus {
-            first_seq: stats.first_seq,
-            next_seq: stats.next_seq,
-            open_readings: stats.open_readings,
-            stored_bytes: stats.stored_bytes,
-            dropped_readings: stats.dropped_readings,
-            dropped_batches: stats.dropped_batches,
-            cursors: cursors.into_iter().collect(),
-            uplink_lag_batches: uplink_lag,
-        }))
     }
 }

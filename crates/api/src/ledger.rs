@@ -134,8 +134,8 @@ async fn blocking<T: Send + 'static>(
 
 #[tonic::async_trait]
 impl Ledger for LedgerService {
-    type FetchStream = crate::api::Stream_<pb::CertifiedEntry>;
-    type WatchStream = crate::api::Stream_<pb::CertifiedEntry>;
+    type FetchStream = crate::GrpcStream<pb::CertifiedEntry>;
+    type WatchStream = crate::GrpcStream<pb::CertifiedEntry>;
 
     async fn watch(
         &self,
