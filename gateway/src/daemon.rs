@@ -62,7 +62,7 @@ pub enum DaemonError {
     },
     /// The commissioning page would not start.
     #[error(transparent)]
-    Web(#[from] crate::web::WebError),
+    Web(#[from] gridgate_web::WebError),
     /// The gRPC API would not start.
     #[error(transparent)]
     Api(#[from] gridgate_api::ApiError),
@@ -221,7 +221,7 @@ pub struct Pipeline {
     /// The page's address, once it listens.
     pub web_addr: Option<std::net::SocketAddr>,
     /// Every point's last reading (the page).
-    pub latest: crate::web::latest::Latest,
+    pub latest: gridgate_web::latest::Latest,
     /// Metrics updated where things happen.
     pub instruments: Arc<gridgate_core::instruments::Instruments>,
     started: std::time::Instant,
@@ -362,7 +362,7 @@ impl Pipeline {
         p.api = p.start_api(cfg).await?;
         // The page's view of the last readings follows the live readings all the time, so
         // that a page opened later shows values at once.
-        p.relay.tasks.spawn(crate::web::latest::follow(
+        p.relay.tasks.spawn(gridgate_web::latest::follow(
             p.latest.clone(),
             p.live.subscribe(),
             p.relay.cancel.clone(),
@@ -568,7 +568,7 @@ impl Pipeline {
         let Some(w) = &cfg.web else {
             return Ok(part);
         };
-        let state = crate::web::WebState {
+        let state = gridgate_web::WebState {
             config: self.config.subscribe(),
             store: self.store.clone(),
             registry: self.registry.clone(),
@@ -580,9 +580,9 @@ impl Pipeline {
             public_key: self.public_key,
             instruments: self.instruments.clone(),
             started: self.started,
-            gate: crate::web::auth::Gate::load(w).map_err(crate::web::WebError::from)?,
+            gate: gridgate_web::auth::Gate::load(w).map_err(gridgate_web::WebError::from)?,
         };
-        let (tasks, addr) = crate::web::start(w, state, part.cancel.clone()).await?;
+        let (tasks, addr) = gridgate_web::start(w, state, part.cancel.clone()).await?;
         part.tasks = tasks;
         self.web_addr = Some(addr);
         Ok(part)
@@ -1037,7 +1037,7 @@ topic = "gridgate/demo-site/batches"
     };
     let token_file = work.join("web-admin.token");
     let token =
-        crate::web::auth::new_token().map_err(|e| DaemonError::Sink(std::io::Error::other(e)))?;
+        gridgate_web::auth::new_token().map_err(|e| DaemonError::Sink(std::io::Error::other(e)))?;
     std::fs::write(&token_file, &token)?;
     text.push_str(&format!(
         "\n[web]\nlisten = \"127.0.0.1:{web_port}\"\nadmin_token_file = \"{}\"\nanonymous_read = true\n",

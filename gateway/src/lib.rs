@@ -13,4 +13,3 @@ pub mod daemon;
 pub mod demo;
 pub mod service;
 pub mod tools;
-pub mod web;

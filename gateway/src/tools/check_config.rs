@@ -77,7 +77,7 @@ fn check_file(f: &NamedFile) -> Result<(), String> {
         FileKind::TlsKey => gridgate_core::tls::private_key(p)
             .map(drop)
             .map_err(|e| e.to_string()),
-        FileKind::Token => crate::web::auth::load_token(p)
+        FileKind::Token => gridgate_web::auth::load_token(p)
             .map(drop)
             .map_err(|e| e.reason),
     };

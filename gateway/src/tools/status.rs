@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 
-use crate::web::views::{DevicePage, Overview};
+use gridgate_web::views::{DevicePage, Overview};
 
 /// `gridgate status` arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -141,7 +141,7 @@ async fn get<T: serde::de::DeserializeOwned>(t: &Target, path: &str) -> Result<T
         send(tcp, req).await?
     };
     if !status.is_success() {
-        let why = serde_json::from_slice::<crate::web::ApiProblem>(&body)
+        let why = serde_json::from_slice::<gridgate_web::ApiProblem>(&body)
             .map(|p| p.error)
             .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
         bail!("the gateway answered {status}: {why}");
@@ -358,7 +358,7 @@ pub fn make_token(out_path: &Path, out: &mut dyn Write) -> Result<ExitCode> {
             out_path.display()
         );
     }
-    let token = crate::web::auth::new_token().context("no randomness from the system")?;
+    let token = gridgate_web::auth::new_token().context("no randomness from the system")?;
     gridgate_core::identity::write_private(out_path, format!("{token}\n").as_bytes())
         .with_context(|| format!("writing {}", out_path.display()))?;
     writeln!(
