@@ -5,6 +5,8 @@
 //! writes to the same simulators: the ratio is what the relay costs over the wire alone.
 //!
 //!     cargo bench -p gridgate --bench dr_latency [-- EVENTS]
+// A bench stops at its first failure: a panic is how it says so.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

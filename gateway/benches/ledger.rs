@@ -6,6 +6,8 @@
 //!     cargo bench -p gridgate --bench ledger [-- ENTRIES]
 //!
 //! ENTRIES defaults to 2000; the catch-up figure is `-- 100000`.
+// A bench stops at its first failure: a panic is how it says so.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

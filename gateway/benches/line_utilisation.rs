@@ -5,6 +5,8 @@
 //! frames, over the elapsed time, is the utilisation.
 //!
 //!     cargo bench -p gridgate --bench line_utilisation [-- SECONDS]
+// A bench stops at its first failure: a panic is how it says so.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 use std::sync::atomic::Ordering;

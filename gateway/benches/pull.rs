@@ -3,6 +3,8 @@
 //! own timestamp, taken when the meter's reply arrived) to a `Subscribe` client.
 //!
 //!     cargo bench -p gridgate --bench pull [-- BATCHES]
+// A bench stops at its first failure: a panic is how it says so.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

