@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use gridgate_drivers::dlt645::{self, Address, Client, ClientOptions, DataId, Dlt645Error};
+use gridgate_drivers::dlt645::{self, Address, Client, ClientOptions, Dlt645Error};
 use gridgate_drivers::link::{LineStream, SerialSettings};
 use gridgate_drivers::modbus::{self, ModbusError, ModbusLine, ReadData, Table};
 use tokio::sync::mpsc;
@@ -11,11 +11,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::control::{
-    BusRequest, ControlError, ControlOutcome, ControlRequest, ScanFound, write_dlt645, write_modbus,
-};
 use super::state::DeviceRegistry;
-use gridgate_config::{BusConfig, BusTiming, DeviceConfig, DeviceKind, PointSource, Protocol};
+use crate::device::{read_dlt645, read_modbus, write_dlt645, write_modbus};
+use crate::request::{BusRequest, ControlError, ControlOutcome, ControlRequest, ScanFound};
+use gridgate_config::{BusConfig, DeviceConfig, DeviceKind, PointSource, Protocol};
 use gridgate_core::reading::{Quality, Reading, Value, now_ms};
 
 /// Maps a DL/T 645 failure to a reading quality.
@@ -48,53 +47,6 @@ pub fn dlt645_value(v: &dlt645::Value) -> Value {
     match v.as_f64() {
         Some(n) => Value::Number(n),
         None => Value::Text(v.to_string()),
-    }
-}
-
-/// Reads one identifier, retrying what a retry can cure (silence, corruption).
-pub async fn read_dlt645(
-    client: &mut Client<LineStream>,
-    address: Address,
-    di: DataId,
-    timing: &BusTiming,
-) -> Result<dlt645::Value, Dlt645Error> {
-    let mut attempt = 0;
-    loop {
-        match client.read_value(address, di).await {
-            Err(
-                e
-                @ (Dlt645Error::Timeout(_) | Dlt645Error::Incomplete(_) | Dlt645Error::Corrupt(_)),
-            ) if attempt < timing.retries => {
-                debug!(%address, %di, attempt, error = %e, "retrying");
-                tokio::time::sleep(timing.retry_backoff * 2u32.pow(attempt)).await;
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
-}
-
-/// Reads a range, retrying timeouts and garbled replies.
-pub async fn read_modbus(
-    line: &mut ModbusLine,
-    unit: u8,
-    table: Table,
-    start: u16,
-    count: u16,
-    timing: &BusTiming,
-) -> Result<ReadData, ModbusError> {
-    let mut attempt = 0;
-    loop {
-        match line.read(unit, table, start, count).await {
-            Err(e @ (ModbusError::Timeout(_) | ModbusError::Protocol(_)))
-                if attempt < timing.retries =>
-            {
-                debug!(unit, %table, start, count, attempt, error = %e, "retrying");
-                tokio::time::sleep(timing.retry_backoff * 2u32.pow(attempt)).await;
-                attempt += 1;
-            }
-            other => return other,
-        }
     }
 }
 

@@ -7,13 +7,16 @@
 pub mod broker;
 pub mod bus;
 pub mod control;
+pub mod device;
 pub mod mqtt_command;
+pub mod request;
 pub mod scan;
 pub mod sink;
 pub mod state;
 
 pub use bus::BusPoller;
-pub use control::{ControlError, ControlOutcome, Controls};
+pub use control::Controls;
+pub use request::{ControlError, ControlOutcome};
 pub use sink::{JsonLinesSink, ReadingSink, TextSink};
 pub use state::{DeviceRegistry, DeviceStatus};
 

@@ -19,23 +19,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::control::{ControlError, ControlOutcome};
+use crate::request::{CommandRequest, ControlError, ControlOutcome};
 use gridgate_config::dr::Control;
-use gridgate_config::{GatewayConfig, MqttBroker, MqttControl};
+use gridgate_config::{GatewayConfig, MqttBroker};
 
 /// Commands that may wait for the connection.
 pub const COMMAND_QUEUE: usize = 64;
-
-/// One command to send.
-#[derive(Debug)]
-pub struct CommandRequest {
-    /// The load's topics and timeout.
-    pub control: MqttControl,
-    /// The value to command.
-    pub value: f64,
-    /// Where the outcome goes.
-    pub reply: oneshot::Sender<Result<ControlOutcome, ControlError>>,
-}
 
 /// A device's acknowledgement.
 #[derive(Debug, Deserialize)]

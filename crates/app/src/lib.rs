@@ -233,7 +233,7 @@ pub struct Pipeline {
     /// Live readings (what gRPC Subscribe serves).
     pub live: tokio::sync::broadcast::Sender<Arc<Reading>>,
     /// What the DR parts share: counters, the record lock, the relay's wake-up, updates.
-    pub dr: gridgate_dr::desk::DrShared,
+    pub dr: gridgate_dr::shared::DrShared,
     /// Writes to field devices, through the bus tasks.
     pub controls: acquire::Controls,
     relay: Part,
@@ -340,7 +340,7 @@ impl Pipeline {
             ingest: Arc::new(IngestStats::default()),
             uplink: Arc::new(UplinkStats::default()),
             live,
-            dr: gridgate_dr::desk::DrShared::default(),
+            dr: gridgate_dr::shared::DrShared::default(),
             controls: acquire::Controls::default(),
             identity: report_identity.clone(),
             ledger_wake: Arc::default(),
@@ -389,7 +389,7 @@ impl Pipeline {
 
     fn start_bus(&mut self, bus: &BusConfig) {
         let mut part = Part::new(&self.cancel);
-        let (tx, rx) = mpsc::channel(acquire::control::CONTROL_QUEUE);
+        let (tx, rx) = mpsc::channel(acquire::request::CONTROL_QUEUE);
         self.controls.attach(&bus.name, &bus.devices, tx);
         let poller = acquire::BusPoller::new(bus.clone(), self.registry.clone()).with_controls(rx);
         part.tasks
