@@ -5,8 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use gridgate_proto::v1 as pb;
 use prost::Message;
@@ -14,6 +13,7 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 use crate::event::{Refused, Trust, check, check_cancel, event_key};
+use crate::shared::{DrShared, announce};
 use gridgate_core::reading::now_ms;
 
 use gridgate_config::DrConfig;
@@ -40,44 +40,6 @@ pub fn load_trust(cfg: Option<&DrConfig>) -> Result<Trust, TrustError> {
         trust.0.insert(name.clone(), key);
     }
     Ok(trust)
-}
-
-/// Dispatches seen, by outcome.
-#[derive(Debug, Default)]
-pub struct DrStats {
-    /// Accepted and stored.
-    pub accepted: AtomicU64,
-    /// Refused, by [`Refused::kind`].
-    pub refused: Mutex<BTreeMap<&'static str, u64>>,
-}
-
-/// The record lock: held for every read-modify-write of an event's record and of the
-/// overrides, by the desk and the relay alike, so that the replay and per-day checks and the
-/// insert are one step and a cancel is never lost to the relay.
-pub type RecordLock = Arc<tokio::sync::Mutex<()>>;
-
-/// What every DR part shares, made once when the gateway starts and kept across reloads.
-#[derive(Clone)]
-pub struct DrShared {
-    /// The record lock.
-    pub records: RecordLock,
-    /// Wakes the relay when an event was accepted, cancelled or overridden.
-    pub wake: Arc<tokio::sync::Notify>,
-    /// Where stored changes are announced (WatchEvents, MQTT).
-    pub updates: crate::relay::Updates,
-    /// Dispatches seen, by outcome.
-    pub stats: Arc<DrStats>,
-}
-
-impl Default for DrShared {
-    fn default() -> Self {
-        DrShared {
-            records: RecordLock::default(),
-            wake: Arc::default(),
-            updates: tokio::sync::broadcast::Sender::new(crate::relay::UPDATES_DEPTH),
-            stats: Arc::default(),
-        }
-    }
 }
 
 /// What deciding events needs beyond the store and config: the issuers trusted by the config
@@ -229,7 +191,7 @@ impl Desk {
             .stats
             .accepted
             .fetch_add(1, Ordering::Relaxed);
-        crate::relay::announce(&self.dr.shared.updates, &status);
+        announce(&self.dr.shared.updates, &status);
         self.dr.shared.wake.notify_one();
         info!(
             event = %event_id,
@@ -300,7 +262,7 @@ impl Desk {
             .await
             .map_err(|e| DeskError::Internal(e.to_string()))?
             .map_err(DeskError::Store)?;
-        crate::relay::announce(&self.dr.shared.updates, &status);
+        announce(&self.dr.shared.updates, &status);
         self.dr.shared.wake.notify_one();
         info!(event = %cancel.event_id, issuer = %cancel.issuer, "DR event cancelled");
         Ok(pb::DispatchReply {

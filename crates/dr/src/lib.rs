@@ -8,6 +8,7 @@
 //! - [`relay`]: drives each accepted event's loads through their controls (written by the
 //!   bus tasks, confirmed by read-back), retries, restores at the end, survives restarts.
 //!
+//! - [`shared`]: the record lock, the relay's wake-up and the feed of changes.
 //! - [`measure`] and [`report`]: the reduction against a baseline, and the signed
 //!   performance report (docs/dr-operator.md).
 
@@ -17,5 +18,6 @@ pub mod measure;
 pub mod mqtt;
 pub mod relay;
 pub mod report;
+pub mod shared;
 
 pub use event::{Checked, Refused, Trust, check, check_cancel, event_key};

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::event::written_value;
+use crate::shared::{DrShared, Updates, announce, event_of};
 use gridgate_acquire::{ControlError, ControlOutcome, Controls};
 use gridgate_config::ledger::LedgerRole;
 use gridgate_config::{Control, GatewayConfig};
@@ -41,24 +42,6 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 /// How often meter samples past their retention are dropped.
 const SAMPLE_PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
-/// Event changes, for `WatchEvents` and the MQTT report topic: every write of an event's
-/// record is announced here after it is stored.
-pub type Updates = broadcast::Sender<Arc<pb::EventUpdate>>;
-
-/// Updates a slow watcher may lag behind before it misses some (it is told).
-pub const UPDATES_DEPTH: usize = 1024;
-
-/// Announces a stored record (nobody listening is fine).
-pub fn announce(updates: &Updates, status: &pb::EventStatus) {
-    if let Some(e) = event_of(status) {
-        let _ = updates.send(Arc::new(pb::EventUpdate {
-            issuer: e.issuer,
-            event_id: e.id,
-            status: Some(status.clone()),
-        }));
-    }
-}
-
 /// What the relay works with.
 pub struct Relay {
     /// The store (events, overrides, samples, reports).
@@ -68,7 +51,7 @@ pub struct Relay {
     /// Writes to field devices.
     pub controls: Controls,
     /// The record lock, the wake-up, where changes are announced.
-    pub shared: crate::desk::DrShared,
+    pub shared: DrShared,
     /// Signs performance reports.
     pub identity: Identity,
     /// Every reading acquired (for the loads' local override switches).
@@ -122,7 +105,7 @@ pub async fn run(relay: Relay, cancel: CancellationToken) {
         mut live,
         instruments,
     } = relay;
-    let crate::desk::DrShared {
+    let DrShared {
         records: record_lock,
         wake,
         updates,
@@ -206,13 +189,6 @@ pub async fn run(relay: Relay, cancel: CancellationToken) {
         .await;
         whole_history = false;
     }
-}
-
-fn event_of(status: &pb::EventStatus) -> Option<pb::DrEvent> {
-    status
-        .signed
-        .as_ref()
-        .and_then(|s| pb::DrEvent::decode(s.event.as_slice()).ok())
 }
 
 /// Runs `f` on the store off the async threads.
