@@ -3,8 +3,6 @@
 pub mod check_config;
 pub mod dr;
 pub mod ledger;
-pub mod ledger_prove;
-pub mod ledger_write;
 pub mod pull;
 pub mod read;
 pub mod scan;

@@ -14,7 +14,7 @@ use ed25519_dalek::{Signature, Verifier};
 use gridgate_proto::v1 as pb;
 use prost::Message;
 
-use super::ledger::{consortium, log_of, utc};
+use super::peers::{consortium, log_of, utc};
 use gridgate_ledger::commitment::{self, Finding, Logged};
 use gridgate_ledger::entry::check_certified;
 use gridgate_ledger::merkle;
