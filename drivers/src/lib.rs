@@ -14,4 +14,5 @@
 pub mod dlt645;
 pub mod link;
 pub mod modbus;
+#[cfg(feature = "sim")]
 pub mod sim;

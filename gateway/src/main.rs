@@ -7,9 +7,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+#[cfg(feature = "demo")]
+use anyhow::Context;
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use gridgate::{demo, tools};
+#[cfg(feature = "demo")]
+use gridgate::demo;
+use gridgate::tools;
 use gridgate_acquire::{JsonLinesSink, ReadingSink, TextSink};
 use gridgate_drivers::dlt645::{Address, DataId};
 use gridgate_drivers::link::Link;
@@ -32,6 +36,7 @@ enum Command {
     ///
     /// Needs no config: three DL/T 645 meters on a simulated 2400-baud RS-485 line (a
     /// pseudo-terminal) and two Modbus TCP devices on loopback.
+    #[cfg(feature = "demo")]
     Demo {
         /// Stop after this long (e.g. 30s); default: until Ctrl-C.
         #[arg(long, value_parser = humantime::parse_duration)]
@@ -139,6 +144,7 @@ enum Command {
     #[command(subcommand)]
     Scan(ScanCommand),
     /// Run simulated lines of meters and devices (for bench work) until Ctrl-C.
+    #[cfg(feature = "demo")]
     Sim {
         /// Simulator file (TOML, [[line]] tables); default: the demo's set.
         #[arg(long, short)]
@@ -336,6 +342,7 @@ fn main() -> ExitCode {
 async fn dispatch(command: Command) -> Result<ExitCode> {
     let mut stdout = std::io::stdout();
     match command {
+        #[cfg(feature = "demo")]
         Command::Demo {
             duration,
             json,
@@ -468,6 +475,7 @@ in the config: [gateway] identity = \"{}\"",
                 ExitCode::SUCCESS
             })
         }
+        #[cfg(feature = "demo")]
         Command::Sim {
             config,
             print_config,

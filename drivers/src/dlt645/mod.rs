@@ -8,6 +8,7 @@
 pub mod client;
 pub mod di;
 pub mod frame;
+#[cfg(feature = "sim")]
 pub mod sim;
 #[cfg(test)]
 mod vectors;

@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod planner;
+#[cfg(feature = "sim")]
 pub mod sim;
 
 use std::fmt;

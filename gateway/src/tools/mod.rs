@@ -6,6 +6,7 @@ pub mod ledger;
 pub mod pull;
 pub mod read;
 pub mod scan;
+#[cfg(feature = "demo")]
 pub mod sim;
 pub mod status;
 pub mod verify;
