@@ -1,6 +1,9 @@
 //! Helpers for the end-to-end tests: find the real `gridgate` binary, run it on a config,
 //! and read the readings it prints.
 
+// Helpers for tests: a failure is a panic with its reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod dr_site;
 pub mod web;
 
@@ -265,12 +268,26 @@ pub async fn sims(spec: &str) -> gridgate::tools::sim::RunningSims {
         .expect("simulators start")
 }
 
-/// A free TCP port on loopback.
+/// Ports handed out so far by this process.
+static HANDED_OUT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A free TCP port on loopback, for a listener a test starts. Ports come from 20000 to
+/// 32767, below the kernel's ephemeral range (32768 and up here), so that no outgoing
+/// connection of any test can take one between this call and the bind; and this process
+/// never hands out the same port twice, so two tests never race for one.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_768;
+    // Test processes started together (the benches, a second test run) start apart.
+    let offset = std::process::id() % COUNT;
+    loop {
+        let n = HANDED_OUT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(n < COUNT, "no free port left below the ephemeral range");
+        let port = u16::try_from(FIRST + (offset + n) % COUNT).expect("in range");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A Mosquitto broker on loopback, for tests against a real external broker.
