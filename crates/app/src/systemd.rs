@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use gridgate_acquire::DeviceRegistry;
-use gridgate_store::writer::{StoreHandle, Submission};
+use gridgate_store::writer::{StoreHandle, Stored, Submission};
 
 fn send(states: &[NotifyState]) {
     if std::env::var_os("NOTIFY_SOCKET").is_some() {
@@ -67,7 +67,7 @@ async fn store_alive(store: &StoreHandle, within: Duration) -> bool {
     };
     matches!(
         tokio::time::timeout(within, answered).await,
-        Ok(Some(Ok(())))
+        Ok(Some(Stored::Committed))
     )
 }
 

@@ -36,6 +36,27 @@ pub struct UplinkStats {
     pub skipped: AtomicU64,
 }
 
+/// Why an uplink session ended before it was asked to stop; the next one starts at the
+/// durable cursor, so none of these loses a batch.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionEnd {
+    /// The store would not give the cursor or a batch, or keep the moved cursor.
+    #[error("store: {0}")]
+    Store(#[from] gridgate_store::StoreError),
+    /// The broker's TLS files are unusable.
+    #[error(transparent)]
+    Tls(#[from] gridgate_core::tls::TlsError),
+    /// The connection failed or the broker closed it.
+    #[error(transparent)]
+    Connection(#[from] rumqttc::ConnectionError),
+    /// The client refused a publish (its queue is gone with the connection).
+    #[error(transparent)]
+    Client(#[from] rumqttc::ClientError),
+    /// The blocking task that moves the cursor failed.
+    #[error("cursor task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// Runs the uplink until `cancel` fires, reconnecting with backoff.
 pub async fn run(
     cfg: UplinkConfig,
@@ -68,16 +89,12 @@ async fn session(
     store: &StoreHandle,
     stats: &UplinkStats,
     cancel: &CancellationToken,
-) -> Result<(), String> {
-    let mut cursor = store
-        .store
-        .cursor(UPLINK_CONSUMER)
-        .map_err(|e| e.to_string())?;
+) -> Result<(), SessionEnd> {
+    let mut cursor = store.store.cursor(UPLINK_CONSUMER)?;
     stats.cursor.store(cursor, Ordering::Relaxed);
     let creds = cfg.username.as_deref().zip(cfg.password.as_deref());
     let mut opts =
-        gridgate_acquire::broker::options(&cfg.broker, &cfg.client_id, cfg.keep_alive, creds)
-            .map_err(|e| e.to_string())?;
+        gridgate_acquire::broker::options(&cfg.broker, &cfg.client_id, cfg.keep_alive, creds)?;
     opts.set_clean_session(true);
     opts.set_inflight(cfg.window as u16);
     opts.set_max_packet_size(1 << 20, 64 << 20);
@@ -93,10 +110,7 @@ async fn session(
         if connected {
             let top = *head.borrow_and_update();
             while requested.len() + in_flight.len() < cfg.window && next < top {
-                let batch = store
-                    .store
-                    .batches_from(next, 1)
-                    .map_err(|e| e.to_string())?;
+                let batch = store.store.batches_from(next, 1)?;
                 let Some((seq, bytes)) = batch.into_iter().next() else {
                     break;
                 };
@@ -112,9 +126,7 @@ async fn session(
                         cursor = seq;
                     }
                 }
-                client
-                    .try_publish(cfg.topic.clone(), QoS::AtLeastOnce, false, bytes)
-                    .map_err(|e| e.to_string())?;
+                client.try_publish(cfg.topic.clone(), QoS::AtLeastOnce, false, bytes)?;
                 requested.push_back(seq);
                 next = seq + 1;
             }
@@ -127,7 +139,7 @@ async fn session(
             _ = head.changed(), if connected => continue,
             e = eventloop.poll() => e,
         };
-        match event.map_err(|e| e.to_string())? {
+        match event? {
             Event::Incoming(Packet::ConnAck(_)) => {
                 connected = true;
                 stats.connects.fetch_add(1, Ordering::Relaxed);
@@ -156,9 +168,7 @@ async fn session(
                     let c = cursor;
                     let saved =
                         tokio::task::spawn_blocking(move || st.set_cursor(UPLINK_CONSUMER, c))
-                            .await
-                            .map_err(|e| e.to_string())?
-                            .map_err(|e| e.to_string())?;
+                            .await??;
                     stats.cursor.store(saved, Ordering::Relaxed);
                     debug!(cursor = saved, "uplink cursor moved");
                 }

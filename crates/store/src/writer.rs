@@ -15,6 +15,41 @@ use crate::batch::seal;
 use gridgate_core::Identity;
 use gridgate_core::reading::now_ms;
 
+/// What the writer tells a source about its readings: only [`Stored::Committed`] lets the
+/// source acknowledge them to whoever sent them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// On disk: the commit that holds them is durable (fsync).
+    Committed,
+    /// The writer stopped before it answered (shutdown, or a reload that replaced it): they
+    /// may or may not be on disk, so the sender must send them again.
+    WriterStopped,
+    /// The commit failed, with why (a full disk, an I/O error): nothing of them is on disk.
+    Failed(String),
+}
+
+impl Stored {
+    /// Whether the readings are on disk.
+    pub fn is_committed(&self) -> bool {
+        *self == Stored::Committed
+    }
+
+    /// The answer a reply channel gave: a dropped sender is a stopped writer.
+    pub fn from_reply(reply: Result<Stored, oneshot::error::RecvError>) -> Stored {
+        reply.unwrap_or(Stored::WriterStopped)
+    }
+}
+
+impl std::fmt::Display for Stored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stored::Committed => f.write_str("stored"),
+            Stored::WriterStopped => f.write_str("store writer stopped"),
+            Stored::Failed(why) => write!(f, "store commit failed: {why}"),
+        }
+    }
+}
+
 /// Readings handed to the writer; `done` hears once they are on disk.
 #[derive(Debug)]
 pub struct Submission {
@@ -23,8 +58,8 @@ pub struct Submission {
     /// They carry the device's own timestamps: drop any not newer than the last stored for
     /// its point (a redelivered message).
     pub dedupe: bool,
-    /// Told `Ok` once the readings are committed, or why not.
-    pub done: Option<oneshot::Sender<Result<(), String>>>,
+    /// Told once the readings are committed, or why not.
+    pub done: Option<oneshot::Sender<Stored>>,
 }
 
 /// How the writer groups and closes.
@@ -122,17 +157,17 @@ impl Redelivered {
 
 impl StoreHandle {
     /// Stores `readings` and waits until they are on disk.
-    pub async fn store_durably(&self, readings: Vec<pb::Reading>) -> Result<(), String> {
+    pub async fn store_durably(&self, readings: Vec<pb::Reading>) -> Stored {
         let (done, rx) = oneshot::channel();
-        self.tx
-            .send(Submission {
-                readings,
-                dedupe: false,
-                done: Some(done),
-            })
-            .await
-            .map_err(|_| "store writer stopped".to_string())?;
-        rx.await.map_err(|_| "store writer stopped".to_string())?
+        let sub = Submission {
+            readings,
+            dedupe: false,
+            done: Some(done),
+        };
+        if self.tx.send(sub).await.is_err() {
+            return Stored::WriterStopped;
+        }
+        Stored::from_reply(rx.await)
     }
 }
 
@@ -221,7 +256,7 @@ async fn run(
             // answer it, so the prober knows the writer is turning.
             for s in group {
                 if let Some(done) = s.done {
-                    let _ = done.send(Ok(()));
+                    let _ = done.send(Stored::Committed);
                 }
             }
             if closing {
@@ -325,9 +360,13 @@ async fn run(
                 health.writable.store(true, Relaxed);
             }
         }
+        let told = match &outcome {
+            Ok(()) => Stored::Committed,
+            Err(why) => Stored::Failed(why.clone()),
+        };
         for s in group {
             if let Some(done) = s.done {
-                let _ = done.send(outcome.clone());
+                let _ = done.send(told.clone());
             }
         }
         if outcome.is_ok() && open == 0 {

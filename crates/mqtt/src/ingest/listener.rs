@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 use super::{IngestStats, Live, handle};
 use gridgate_config::IngestConfig;
 use gridgate_core::admission::{Admission, HANDSHAKE_WITHIN};
-use gridgate_store::writer::StoreHandle;
+use gridgate_store::writer::{StoreHandle, Stored};
 
 /// Where the listener accepts devices, and how.
 pub struct FieldListener {
@@ -119,7 +119,7 @@ pub async fn serve(
 /// A publish waiting for its commit before its PUBACK (None: QoS 0, nothing to send).
 struct Waiting {
     pkid: Option<u16>,
-    done: Option<tokio::sync::oneshot::Receiver<Result<(), String>>>,
+    done: Option<tokio::sync::oneshot::Receiver<Stored>>,
 }
 
 async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
@@ -145,10 +145,20 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         while let Some(front) = waiting.front_mut() {
             if let Some(rx) = front.done.as_mut() {
                 match rx.try_recv() {
-                    Ok(Ok(())) => {}
+                    Ok(Stored::Committed) => {}
                     Err(tokio::sync::oneshot::error::TryRecvError::Empty) => break,
                     // No PUBACK: the device keeps the message and sends it again.
-                    _ => return Err("readings not stored; closing so the device resends".into()),
+                    Ok(not) => {
+                        return Err(format!(
+                            "readings not stored ({not}); closing so the device resends"
+                        ));
+                    }
+                    Err(_) => {
+                        return Err(format!(
+                            "readings not stored ({}); closing so the device resends",
+                            Stored::WriterStopped
+                        ));
+                    }
                 }
             }
             if let Some(pkid) = front.pkid {
@@ -256,9 +266,7 @@ async fn wait_front(waiting: &mut std::collections::VecDeque<Waiting>) {
     let Some(Waiting { done: Some(rx), .. }) = waiting.front_mut() else {
         return std::future::pending().await;
     };
-    let result = rx
-        .await
-        .unwrap_or_else(|_| Err("store writer stopped".into()));
+    let result = Stored::from_reply(rx.await);
     let (tx, again) = tokio::sync::oneshot::channel();
     let _ = tx.send(result);
     if let Some(front) = waiting.front_mut() {

@@ -22,7 +22,7 @@ use tracing::{info, warn};
 
 use gridgate_config::IngestConfig;
 use gridgate_core::reading::now_ms;
-use gridgate_store::writer::{StoreHandle, Submission};
+use gridgate_store::writer::{StoreHandle, Stored, Submission};
 
 /// What ingest has seen.
 #[derive(Debug, Default)]
@@ -82,7 +82,7 @@ pub type Live = tokio::sync::broadcast::Sender<Arc<gridgate_core::Reading>>;
 /// A received message waiting for its acknowledgement.
 enum Ack {
     /// Its readings are being committed.
-    Waiting(oneshot::Receiver<Result<(), String>>),
+    Waiting(oneshot::Receiver<Stored>),
     /// Committed (or refused, or needing no storage): acknowledge it.
     Ready,
     /// Not stored: leave it unacknowledged for the broker to resend.
@@ -142,7 +142,7 @@ pub async fn run(
                 if let Ack::Waiting(rx) = state {
                     *state = match rx.try_recv() {
                         Err(oneshot::error::TryRecvError::Empty) => break,
-                        Ok(Ok(())) => Ack::Ready,
+                        Ok(Stored::Committed) => Ack::Ready,
                         _ => Ack::Failed,
                     };
                 }
@@ -262,7 +262,7 @@ impl Unacked {
 /// Waits for the front message's commit; true when its readings are durable.
 async fn wait_front(pending: &mut VecDeque<(Unacked, Ack)>) -> bool {
     match pending.front_mut() {
-        Some((_, Ack::Waiting(rx))) => matches!(rx.await, Ok(Ok(()))),
+        Some((_, Ack::Waiting(rx))) => Stored::from_reply(rx.await).is_committed(),
         _ => std::future::pending().await,
     }
 }
@@ -275,7 +275,7 @@ async fn handle(
     stats: &IngestStats,
     live: &Live,
     p: &Publish,
-) -> Option<oneshot::Receiver<Result<(), String>>> {
+) -> Option<oneshot::Receiver<Stored>> {
     stats.messages.fetch_add(1, Ordering::Relaxed);
     let Some(device) = cfg.devices.iter().find(|d| d.topic == p.topic) else {
         stats.unknown_topic.fetch_add(1, Ordering::Relaxed);
