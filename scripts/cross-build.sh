@@ -53,7 +53,8 @@ lower=$(echo "$triple" | tr '-' '_')
 export "CARGO_TARGET_${upper}_LINKER=$gnu-gcc"
 export "CC_${lower}=$gnu-gcc"
 export "AR_${lower}=$gnu-ar"
-cargo build --release --locked -p gridgate --target "$triple"
+# The production binary: without the demo and the simulators.
+cargo build --release --locked -p gridgate --no-default-features --target "$triple"
 
 bin="target/$triple/release/gridgate"
 out="$bin.stripped"
