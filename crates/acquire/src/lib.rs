@@ -1,6 +1,6 @@
 //! Acquisition: buses, polling, device state. One task per bus owns its line; each device is
 //! polled on its own schedule; every outcome, good or bad, becomes a
-//! [`Reading`](gridgate_core::Reading). Controls write through the bus task that owns the
+//! [`gridgate_core::Reading`]. Controls write through the bus task that owns the
 //! line, or to a field device over MQTT. Acquisition knows no store: readings leave through
 //! a channel.
 

@@ -4,7 +4,7 @@
 //! every certified change applied in the order they were proposed. The validator set itself
 //! never changes this way (a quorum is counted over it): changing it is a new genesis.
 //!
-//! Pure: no store, no clock. [`crate::state`] applies the changes a node stores; settlement
+//! Pure: no store, no clock. The ledger node's `state` applies the changes a node stores; settlement
 //! applies those certified before its period's end.
 
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};

@@ -1,6 +1,6 @@
 //! Simulated DL/T 645-2007 meters sharing one simulated line.
 //!
-//! Each meter measures a [`LoadModel`]: power follows its setpoint and switch, energy rises
+//! Each meter measures a [`LoadModel`](crate::sim::LoadModel): power follows its setpoint and switch, energy rises
 //! with power, a remote-control trip (1C) opens the switch and status word 3 shows it. When
 //! several meters match a request's (wildcard) address they all answer and their replies
 //! collide on the line, as on real RS-485. Tests can silence a meter or corrupt replies.

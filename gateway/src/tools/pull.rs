@@ -17,6 +17,9 @@ use gridgate_core::identity::load_public;
 use gridgate_store::batch::verify::ChainVerifier;
 
 /// What `pull` needs (also its command-line arguments).
+// Doc comments here are --help text (clap): TOML sections and file patterns are meant
+// literally, not as rustdoc links or HTML.
+#[allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 #[derive(Debug, Clone, clap::Args)]
 pub struct PullArgs {
     /// https://HOST:PORT (or http://127.0.0.1:PORT for the loopback plaintext listener).

@@ -16,6 +16,9 @@ use hyper_util::rt::TokioIo;
 use gridgate_web::views::{DevicePage, Overview};
 
 /// `gridgate status` arguments.
+// Doc comments here are --help text (clap): TOML sections and file patterns are meant
+// literally, not as rustdoc links or HTML.
+#[allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 #[derive(Debug, Clone, clap::Args)]
 pub struct StatusArgs {
     /// The gateway's config: the page's address and credential file come from its [web].

@@ -10,7 +10,7 @@
 //! Devices authenticate: with `[ingest] username`/`password` a CONNECT must carry them, and
 //! with `listen = "mqtts://..."` and `listen_client_ca_file` the TLS handshake takes only
 //! devices whose certificate chains to that CA; a refused device gets CONNACK "not
-//! authorised", counted. The listener holds at most [`FIELD_MAX`] devices at once.
+//! authorised", counted. The listener holds at most [`FIELD_MAX`](gridgate_core::admission::FIELD_MAX) devices at once.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! `gridgate ledger`: the consortium ledger's commands, one file each, over [`peers`] (the
+//! `gridgate ledger`: the consortium ledger's commands, one file each, over `peers` (the
 //! config's `[ledger]`, the validators that answer, the logs they hold).
 
 mod log;
@@ -17,6 +17,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 /// `gridgate ledger ...`
+// Doc comments here are --help text (clap): TOML sections and file patterns are meant
+// literally, not as rustdoc links or HTML.
+#[allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum LedgerCommand {
     /// Every validator's certified heads, each log's entries checked against the membership.
