@@ -64,6 +64,14 @@ pub const MISSED_AFTER_MS: i64 = 86_400_000;
 pub const FORGED_DELTA: i64 = -200;
 /// What a missed event costs.
 pub const MISSED_DELTA: i64 = -50;
+/// What a report that delivered under the program's threshold costs.
+pub const SHORTFALL_DELTA: i64 = -30;
+/// What a report logged after [`LATE_AFTER_MS`] costs.
+pub const LATE_DELTA: i64 = -20;
+/// What a report on time and delivered in full earns.
+pub const DELIVERED_DELTA: i64 = 10;
+/// The highest reputation.
+pub const MAX_SCORE: i64 = 1000;
 /// A period's statement closes this long after the period's end: reports logged until then
 /// count (any event of the period is due by then: events last at most a day), and its
 /// standing is the one at the close. Before the close a statement is provisional.
@@ -84,7 +92,7 @@ pub struct Certified {
 
 /// One line of the statement: an event's settlement with one gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Line {
+pub struct StatementLine {
     /// The event's issuer.
     pub issuer: String,
     /// The event.
@@ -124,7 +132,7 @@ pub struct Statement {
     /// What was logged before this moment counts: the close, or earlier (provisional).
     pub as_of_ms: i64,
     /// By (issuer, event, gateway).
-    pub lines: Vec<Line>,
+    pub lines: Vec<StatementLine>,
     /// By member.
     pub standing: BTreeMap<String, Standing>,
 }
@@ -256,6 +264,15 @@ enum Happening<'a> {
 }
 
 impl Happening<'_> {
+    /// The member it concerns.
+    fn member(&self) -> &str {
+        match self {
+            Happening::Accused(m) | Happening::Forged(m) => m,
+            Happening::Claimed(c) => c.gateway.as_str(),
+            Happening::Missed(_, g) => g,
+        }
+    }
+
     /// Order within one millisecond (so that every replica walks the same way).
     fn rank(&self) -> (u8, String, String) {
         match self {
@@ -300,6 +317,10 @@ pub fn settle(
 /// The membership is the genesis one with the certified membership changes logged by then;
 /// a program's terms are the last certified `ProgramTerms` of an operator logged by then and
 /// in force at the event's start, or else the genesis ones.
+///
+/// Three steps: what happened, in order ([`Ledgered::read`], [`Ledgered::timeline`]); what
+/// each happening does to the member's reputation ([`Standing::apply`]); and what each claim
+/// or miss is worth ([`price_claim`], [`missed_line`]).
 pub fn settle_as_of(
     from_ms: i64,
     to_ms: i64,
@@ -309,179 +330,14 @@ pub fn settle_as_of(
     terms: &BTreeMap<String, Terms>,
 ) -> Statement {
     let as_of_ms = as_of_ms.min(to_ms.saturating_add(CLOSES_AFTER_MS));
-    let mut sorted: Vec<&pb::Entry> = entries.iter().map(|c| &c.entry).collect();
-    sorted.sort_by(|a, b| {
-        (a.timestamp_ms, &a.origin, a.seq).cmp(&(b.timestamp_ms, &b.origin, b.seq))
-    });
-    let members = &crate::membership::apply(
-        genesis,
-        crate::membership::changes_in(
-            sorted.iter().copied().filter(|e| e.timestamp_ms < as_of_ms),
-            genesis,
-        )
-        .iter(),
-    );
-    let is = |who: &str, role: pb::MemberRole| members.0.get(who).is_some_and(|m| m.role == role);
-    // Program terms from the operators, in the order they take effect.
-    let mut announced: Vec<(i64, String, Terms)> = Vec::new();
-    for e in sorted.iter().filter(|e| e.timestamp_ms < as_of_ms) {
-        if e.kind != pb::EntryKind::ProgramTerms as i32 || !is(&e.origin, pb::MemberRole::Operator)
-        {
-            continue;
-        }
-        let Ok(t) = pb::ProgramTerms::decode(e.payload.as_slice()) else {
-            continue;
-        };
-        if let Some(terms) = terms_of(&t) {
-            announced.push((t.effective_ms, t.program, terms));
-        }
-    }
-    // Stable: among equal effective times the later entry wins.
-    announced.sort_by_key(|a| a.0);
-    let terms_for = |program: &str, at_ms: i64| {
-        announced
-            .iter()
-            .rev()
-            .find(|(eff, p, _)| p == program && *eff <= at_ms)
-            .map(|(_, _, t)| t.clone())
-            .or_else(|| terms.get(program).cloned())
-            .unwrap_or_default()
-    };
-    // Gateways' entries carrying a forged signature: each an offence at the entry's time.
-    let mut forged: Vec<(i64, &str)> = Vec::new();
-    let by_gateway = |e: &pb::Entry| is(&e.origin, pb::MemberRole::Gateway);
-    // Events, by the hash of their signed bytes, believed only with their issuer's
-    // signature (an operator member's).
-    let mut events: BTreeMap<Vec<u8>, pb::DrEvent> = BTreeMap::new();
-    for e in &sorted {
-        if e.kind != pb::EntryKind::DrEvent as i32 {
-            continue;
-        }
-        let Ok(signed) = pb::SignedDrEvent::decode(e.payload.as_slice()) else {
-            continue;
-        };
-        let Ok(event) = pb::DrEvent::decode(signed.event.as_slice()) else {
-            continue;
-        };
-        if !is(&event.issuer, pb::MemberRole::Operator) {
-            continue;
-        }
-        if verify(members, &event.issuer, &signed.event, &signed.signature) {
-            events.insert(sha256(&signed.event).to_vec(), event);
-        } else if by_gateway(e) && e.timestamp_ms < as_of_ms {
-            forged.push((e.timestamp_ms, e.origin.as_str()));
-        }
-    }
-    // Claims: reports signed by the gateway whose log carries them, for a known event; one
-    // per (event, gateway), the first.
-    let mut claims: Vec<Claim> = Vec::new();
-    let mut seen: BTreeSet<(Vec<u8>, String)> = BTreeSet::new();
-    for e in &sorted {
-        if e.kind != pb::EntryKind::PerformanceReport as i32 {
-            continue;
-        }
-        let Ok(signed) = pb::SignedPerformanceReport::decode(e.payload.as_slice()) else {
-            continue;
-        };
-        let report = pb::PerformanceReport::decode(signed.report.as_slice()).ok();
-        let own = verify(members, &e.origin, &signed.report, &signed.signature)
-            && report.as_ref().is_some_and(|r| r.gateway_id == e.origin);
-        let Some(report) = report.filter(|_| own) else {
-            if by_gateway(e) && e.timestamp_ms < as_of_ms {
-                forged.push((e.timestamp_ms, e.origin.as_str()));
-            }
-            continue;
-        };
-        let Some(event) = events.get(&report.event_hash) else {
-            continue;
-        };
-        if !seen.insert((report.event_hash.clone(), e.origin.clone())) {
-            continue;
-        }
-        claims.push(Claim {
-            gateway: e.origin.clone(),
-            at_ms: e.timestamp_ms,
-            report,
-            event: event.clone(),
-        });
-    }
-    let mut timeline: Vec<(i64, Happening)> = Vec::new();
-    // Proofs of equivocation, attested by validators, one per proven place: each is an
-    // offence that takes the member's score to nothing and starts its probation.
-    let mut proven: BTreeSet<(String, u64)> = BTreeSet::new();
-    let mut accused_ids: Vec<(i64, String)> = Vec::new();
-    for e in &sorted {
-        if e.kind != pb::EntryKind::Equivocation as i32
-            || !is(&e.origin, pb::MemberRole::Validator)
-            || e.timestamp_ms >= as_of_ms
-        {
-            continue;
-        }
-        let Ok(proof) = pb::EquivocationProof::decode(e.payload.as_slice()) else {
-            continue;
-        };
-        let Ok(accused) = crate::entry::check_proof(&proof, members) else {
-            continue;
-        };
-        // The place: the accused's (origin, seq), the same in both entries of the proof.
-        let seq = proof
-            .a
-            .as_ref()
-            .and_then(|a| pb::Entry::decode(a.entry.as_slice()).ok())
-            .map_or(0, |a| a.seq);
-        if proven.insert((accused.clone(), seq)) {
-            accused_ids.push((e.timestamp_ms, accused));
-        }
-    }
-    for (at, who) in &accused_ids {
-        timeline.push((*at, Happening::Accused(who)));
-    }
-    for (at, who) in forged {
-        timeline.push((at, Happening::Forged(who)));
-    }
-    for c in claims.iter().filter(|c| c.at_ms < as_of_ms) {
-        timeline.push((c.at_ms, Happening::Claimed(c)));
-    }
-    // Misses: a gateway an event named, with no report logged within MISSED_AFTER_MS of the
-    // event's end (a report after that counts as missed too).
-    let reported: BTreeMap<(&str, &str, &str), i64> = claims
-        .iter()
-        .filter(|c| c.at_ms < as_of_ms)
-        .map(|c| {
-            (
-                (
-                    c.event.issuer.as_str(),
-                    c.event.id.as_str(),
-                    c.gateway.as_str(),
-                ),
-                c.at_ms,
-            )
-        })
-        .collect();
-    for event in events.values() {
-        let end = event_start(event).saturating_add(i64::from(event.duration_s) * 1000);
-        let due = end.saturating_add(MISSED_AFTER_MS);
-        if due >= as_of_ms {
-            continue;
-        }
-        let named: BTreeSet<&str> = event.gateways.iter().map(String::as_str).collect();
-        for g in named {
-            if !is(g, pb::MemberRole::Gateway) {
-                continue;
-            }
-            let on_time = reported
-                .get(&(event.issuer.as_str(), event.id.as_str(), g))
-                .is_some_and(|at| *at <= due);
-            if !on_time {
-                timeline.push((due, Happening::Missed(event, g)));
-            }
-        }
-    }
-    timeline.sort_by_key(|(at, h)| (*at, h.rank()));
+    let ledgered = Ledgered::read(entries, genesis, as_of_ms);
+    let timeline = ledgered.timeline();
+    let in_period = |start_ms: i64| start_ms >= from_ms && start_ms < to_ms;
 
-    // Reputation runs over everything up to the period's end, in order; lines are the
-    // period's events.
-    let mut standing: BTreeMap<String, Standing> = members
+    // Reputation runs over everything up to the close, in order; lines are the period's
+    // events.
+    let mut standing: BTreeMap<String, Standing> = ledgered
+        .members
         .0
         .values()
         .filter(|m| m.role == pb::MemberRole::Gateway)
@@ -489,113 +345,27 @@ pub fn settle_as_of(
         .collect();
     let mut lines = Vec::new();
     for (at, h) in &timeline {
-        let at = *at;
-        let who = match h {
-            Happening::Accused(m) | Happening::Forged(m) => m,
-            Happening::Claimed(c) => c.gateway.as_str(),
-            Happening::Missed(_, g) => g,
-        };
-        let st = standing.entry(who.to_string()).or_insert_with(fresh);
-        match h {
-            Happening::Accused(_) => {
-                st.score = 0;
-                offence(st, at);
-                continue;
-            }
-            Happening::Forged(_) => {
-                st.score = (st.score + FORGED_DELTA).max(0);
-                offence(st, at);
-                continue;
-            }
-            _ => {}
-        }
-        // Back from probation once it is over (nothing counted against it meanwhile, or it
-        // would have been extended).
-        if st.excluded_until_ms > 0 && at >= st.excluded_until_ms {
-            st.excluded_until_ms = 0;
-            st.score = st.score.max(THRESHOLD_SCORE);
-        }
-        let excluded = st.excluded_until_ms > 0;
+        let st = standing.entry(h.member().to_string()).or_insert_with(fresh);
+        let excluded = st.back_from_probation(*at, h);
         let (line, delta) = match h {
+            Happening::Accused(_) | Happening::Forged(_) => (None, 0),
             Happening::Claimed(c) => {
-                let t = terms_for(&c.report.program, c.report.start_ms);
-                let (committed, delivered) = energy(c, &t);
-                let missed = c.at_ms > c.report.end_ms.saturating_add(MISSED_AFTER_MS)
-                    && !c.event.gateways.is_empty();
-                let late = c.at_ms > c.report.end_ms + LATE_AFTER_MS;
-                let shortfall =
-                    delivered.saturating_mul(100) < committed.saturating_mul(t.threshold_percent);
-                let paid = !excluded && !missed;
-                let note = if excluded {
-                    "excluded"
-                } else if missed {
-                    "missed"
-                } else if shortfall {
-                    "shortfall"
-                } else if late {
-                    "late"
-                } else {
-                    "paid"
-                };
-                let delta = if missed {
-                    MISSED_DELTA
-                } else if shortfall {
-                    -30
-                } else if late {
-                    -20
-                } else {
-                    10
-                };
-                let line = Line {
-                    issuer: c.event.issuer.clone(),
-                    event_id: c.event.id.clone(),
-                    gateway: c.gateway.clone(),
-                    committed_mwh: committed,
-                    delivered_mwh: if paid { delivered } else { 0 },
-                    payment_milli: if paid {
-                        delivered.saturating_mul(t.price_milli_per_kwh) / 1_000_000
-                    } else {
-                        0
-                    },
-                    penalty_milli: if shortfall && !missed {
-                        (committed.saturating_mul(t.threshold_percent) / 100 - delivered)
-                            .saturating_mul(t.penalty_milli_per_kwh)
-                            / 1_000_000
-                    } else {
-                        0
-                    },
-                    note,
-                };
-                let in_period = c.report.start_ms >= from_ms && c.report.start_ms < to_ms;
-                (in_period.then_some(line), delta)
+                let t = ledgered.terms_for(&c.report.program, c.report.start_ms, terms);
+                let (line, delta) = price_claim(c, &t, excluded);
+                (in_period(c.report.start_ms).then_some(line), delta)
             }
             Happening::Missed(event, g) => {
-                // Already listed when its (too late) report is in the period.
-                let start = event_start(event);
-                let listed = reported.contains_key(&(event.issuer.as_str(), event.id.as_str(), g));
-                let line = Line {
-                    issuer: event.issuer.clone(),
-                    event_id: event.id.clone(),
-                    gateway: g.to_string(),
-                    committed_mwh: 0,
-                    delivered_mwh: 0,
-                    payment_milli: 0,
-                    penalty_milli: 0,
-                    note: "missed",
-                };
-                let in_period = start >= from_ms && start < to_ms && !listed;
-                // A late report already counted the miss.
+                // A late report already counted the miss, and lists the event itself.
+                let listed = ledgered.reported(event, g).is_some();
+                let line = missed_line(event, g);
+                let listed_here = in_period(event_start(event)) && !listed;
                 (
-                    in_period.then_some(line),
+                    listed_here.then_some(line),
                     if listed { 0 } else { MISSED_DELTA },
                 )
             }
-            Happening::Accused(_) | Happening::Forged(_) => (None, 0),
         };
-        st.score = (st.score + delta).clamp(0, 1000);
-        if delta < 0 && (excluded || st.score < THRESHOLD_SCORE) {
-            offence(st, at);
-        }
+        st.apply(h, delta, excluded, *at);
         lines.extend(line);
     }
     lines.sort_by(|a, b| {
@@ -607,6 +377,333 @@ pub fn settle_as_of(
         as_of_ms,
         lines,
         standing,
+    }
+}
+
+/// What the certified entries say, read once: the membership in force, the operators'
+/// announced terms, the signed events, the gateways' claims, forged entries and proven
+/// equivocations, as logged before the statement's moment.
+struct Ledgered {
+    as_of_ms: i64,
+    members: Members,
+    /// (effective from, program, terms), in the order they take effect.
+    announced: Vec<(i64, String, Terms)>,
+    /// By the hash of their signed bytes: believed only with their issuer's signature (an
+    /// operator member's).
+    events: BTreeMap<Vec<u8>, pb::DrEvent>,
+    /// Reports signed by the gateway whose log carries them, for a known event; one per
+    /// (event, gateway), the first.
+    claims: Vec<Claim>,
+    /// Gateways' entries carrying a forged signature: (when, who).
+    forged: Vec<(i64, String)>,
+    /// Proofs of equivocation attested by validators, one per proven place: (when, who).
+    accused: Vec<(i64, String)>,
+}
+
+impl Ledgered {
+    fn read(entries: &[Certified], genesis: &Members, as_of_ms: i64) -> Ledgered {
+        let mut sorted: Vec<&pb::Entry> = entries.iter().map(|c| &c.entry).collect();
+        sorted.sort_by(|a, b| {
+            (a.timestamp_ms, &a.origin, a.seq).cmp(&(b.timestamp_ms, &b.origin, b.seq))
+        });
+        let logged = |e: &&&pb::Entry| e.timestamp_ms < as_of_ms;
+        let members = crate::membership::apply(
+            genesis,
+            crate::membership::changes_in(sorted.iter().copied().filter(|e| logged(&e)), genesis)
+                .iter(),
+        );
+        let mut l = Ledgered {
+            as_of_ms,
+            members,
+            announced: Vec::new(),
+            events: BTreeMap::new(),
+            claims: Vec::new(),
+            forged: Vec::new(),
+            accused: Vec::new(),
+        };
+        for e in sorted.iter().filter(logged) {
+            l.read_terms(e);
+        }
+        // Stable: among equal effective times the later entry wins.
+        l.announced.sort_by_key(|a| a.0);
+        for e in &sorted {
+            l.read_event(e);
+        }
+        let mut seen: BTreeSet<(Vec<u8>, String)> = BTreeSet::new();
+        for e in &sorted {
+            l.read_claim(e, &mut seen);
+        }
+        let mut proven: BTreeSet<(String, u64)> = BTreeSet::new();
+        for e in sorted.iter().filter(logged) {
+            l.read_proof(e, &mut proven);
+        }
+        l
+    }
+
+    fn is(&self, who: &str, role: pb::MemberRole) -> bool {
+        self.members.0.get(who).is_some_and(|m| m.role == role)
+    }
+
+    /// A forged signature in a gateway's entry logged in time is an offence of the gateway.
+    fn forged_in(&mut self, e: &pb::Entry) {
+        if self.is(&e.origin, pb::MemberRole::Gateway) && e.timestamp_ms < self.as_of_ms {
+            self.forged.push((e.timestamp_ms, e.origin.clone()));
+        }
+    }
+
+    fn read_terms(&mut self, e: &pb::Entry) {
+        if e.kind != pb::EntryKind::ProgramTerms as i32
+            || !self.is(&e.origin, pb::MemberRole::Operator)
+        {
+            return;
+        }
+        let Ok(t) = pb::ProgramTerms::decode(e.payload.as_slice()) else {
+            return;
+        };
+        if let Some(terms) = terms_of(&t) {
+            self.announced.push((t.effective_ms, t.program, terms));
+        }
+    }
+
+    fn read_event(&mut self, e: &pb::Entry) {
+        if e.kind != pb::EntryKind::DrEvent as i32 {
+            return;
+        }
+        let Ok(signed) = pb::SignedDrEvent::decode(e.payload.as_slice()) else {
+            return;
+        };
+        let Ok(event) = pb::DrEvent::decode(signed.event.as_slice()) else {
+            return;
+        };
+        if !self.is(&event.issuer, pb::MemberRole::Operator) {
+            return;
+        }
+        if verify(
+            &self.members,
+            &event.issuer,
+            &signed.event,
+            &signed.signature,
+        ) {
+            self.events.insert(sha256(&signed.event).to_vec(), event);
+        } else {
+            self.forged_in(e);
+        }
+    }
+
+    fn read_claim(&mut self, e: &pb::Entry, seen: &mut BTreeSet<(Vec<u8>, String)>) {
+        if e.kind != pb::EntryKind::PerformanceReport as i32 {
+            return;
+        }
+        let Ok(signed) = pb::SignedPerformanceReport::decode(e.payload.as_slice()) else {
+            return;
+        };
+        let report = pb::PerformanceReport::decode(signed.report.as_slice()).ok();
+        let own = verify(&self.members, &e.origin, &signed.report, &signed.signature)
+            && report.as_ref().is_some_and(|r| r.gateway_id == e.origin);
+        let Some(report) = report.filter(|_| own) else {
+            self.forged_in(e);
+            return;
+        };
+        let Some(event) = self.events.get(&report.event_hash) else {
+            return;
+        };
+        if !seen.insert((report.event_hash.clone(), e.origin.clone())) {
+            return;
+        }
+        self.claims.push(Claim {
+            gateway: e.origin.clone(),
+            at_ms: e.timestamp_ms,
+            event: event.clone(),
+            report,
+        });
+    }
+
+    fn read_proof(&mut self, e: &pb::Entry, proven: &mut BTreeSet<(String, u64)>) {
+        if e.kind != pb::EntryKind::Equivocation as i32
+            || !self.is(&e.origin, pb::MemberRole::Validator)
+        {
+            return;
+        }
+        let Ok(proof) = pb::EquivocationProof::decode(e.payload.as_slice()) else {
+            return;
+        };
+        let Ok(accused) = crate::entry::check_proof(&proof, &self.members) else {
+            return;
+        };
+        // The place: the accused's (origin, seq), the same in both entries of the proof.
+        let seq = proof
+            .a
+            .as_ref()
+            .and_then(|a| pb::Entry::decode(a.entry.as_slice()).ok())
+            .map_or(0, |a| a.seq);
+        if proven.insert((accused.clone(), seq)) {
+            self.accused.push((e.timestamp_ms, accused));
+        }
+    }
+
+    /// A program's terms in force at `at_ms`: the last announced by then, or the genesis
+    /// ones (`genesis`), or the defaults.
+    fn terms_for(&self, program: &str, at_ms: i64, genesis: &BTreeMap<String, Terms>) -> Terms {
+        self.announced
+            .iter()
+            .rev()
+            .find(|(eff, p, _)| p == program && *eff <= at_ms)
+            .map(|(_, _, t)| t.clone())
+            .or_else(|| genesis.get(program).cloned())
+            .unwrap_or_default()
+    }
+
+    /// When `gateway` logged its claim on `event`, if it did in time for the statement (the
+    /// last, should one issuer have reused an event id).
+    fn reported(&self, event: &pb::DrEvent, gateway: &str) -> Option<i64> {
+        self.claims
+            .iter()
+            .rev()
+            .find(|c| {
+                c.at_ms < self.as_of_ms
+                    && c.gateway == gateway
+                    && c.event.issuer == event.issuer
+                    && c.event.id == event.id
+            })
+            .map(|c| c.at_ms)
+    }
+
+    /// Every happening, in the order every replica walks them.
+    fn timeline(&self) -> Vec<(i64, Happening<'_>)> {
+        let mut timeline: Vec<(i64, Happening)> = Vec::new();
+        for (at, who) in &self.accused {
+            timeline.push((*at, Happening::Accused(who)));
+        }
+        for (at, who) in &self.forged {
+            timeline.push((*at, Happening::Forged(who)));
+        }
+        for c in self.claims.iter().filter(|c| c.at_ms < self.as_of_ms) {
+            timeline.push((c.at_ms, Happening::Claimed(c)));
+        }
+        // Misses: a gateway an event named, with no report logged within MISSED_AFTER_MS of
+        // the event's end (a report after that counts as missed too).
+        for event in self.events.values() {
+            let end = event_start(event).saturating_add(i64::from(event.duration_s) * 1000);
+            let due = end.saturating_add(MISSED_AFTER_MS);
+            if due >= self.as_of_ms {
+                continue;
+            }
+            let named: BTreeSet<&str> = event.gateways.iter().map(String::as_str).collect();
+            for g in named {
+                if !self.is(g, pb::MemberRole::Gateway) {
+                    continue;
+                }
+                if self.reported(event, g).is_none_or(|at| at > due) {
+                    timeline.push((due, Happening::Missed(event, g)));
+                }
+            }
+        }
+        timeline.sort_by_key(|(at, h)| (*at, h.rank()));
+        timeline
+    }
+}
+
+/// A claim's line and what it does to the gateway's reputation, under the program's terms
+/// `t` (`excluded`: the gateway is on probation, so nothing is paid).
+fn price_claim(c: &Claim, t: &Terms, excluded: bool) -> (StatementLine, i64) {
+    let (committed, delivered) = energy(c, t);
+    let missed =
+        c.at_ms > c.report.end_ms.saturating_add(MISSED_AFTER_MS) && !c.event.gateways.is_empty();
+    let late = c.at_ms > c.report.end_ms + LATE_AFTER_MS;
+    let shortfall = delivered.saturating_mul(100) < committed.saturating_mul(t.threshold_percent);
+    let paid = !excluded && !missed;
+    let note = if excluded {
+        "excluded"
+    } else if missed {
+        "missed"
+    } else if shortfall {
+        "shortfall"
+    } else if late {
+        "late"
+    } else {
+        "paid"
+    };
+    let delta = if missed {
+        MISSED_DELTA
+    } else if shortfall {
+        SHORTFALL_DELTA
+    } else if late {
+        LATE_DELTA
+    } else {
+        DELIVERED_DELTA
+    };
+    let line = StatementLine {
+        issuer: c.event.issuer.clone(),
+        event_id: c.event.id.clone(),
+        gateway: c.gateway.clone(),
+        committed_mwh: committed,
+        delivered_mwh: if paid { delivered } else { 0 },
+        payment_milli: if paid {
+            delivered.saturating_mul(t.price_milli_per_kwh) / 1_000_000
+        } else {
+            0
+        },
+        penalty_milli: if shortfall && !missed {
+            (committed.saturating_mul(t.threshold_percent) / 100 - delivered)
+                .saturating_mul(t.penalty_milli_per_kwh)
+                / 1_000_000
+        } else {
+            0
+        },
+        note,
+    };
+    (line, delta)
+}
+
+/// The line of a gateway that never reported on an event it was named in.
+fn missed_line(event: &pb::DrEvent, gateway: &str) -> StatementLine {
+    StatementLine {
+        issuer: event.issuer.clone(),
+        event_id: event.id.clone(),
+        gateway: gateway.to_string(),
+        committed_mwh: 0,
+        delivered_mwh: 0,
+        payment_milli: 0,
+        penalty_milli: 0,
+        note: "missed",
+    }
+}
+
+impl Standing {
+    /// Back from probation once it is over at `at` (nothing counted against it meanwhile, or
+    /// it would have been extended); whether the member is still excluded. Offences
+    /// (accusations, forgeries) are judged whatever the probation.
+    fn back_from_probation(&mut self, at: i64, h: &Happening) -> bool {
+        if matches!(h, Happening::Accused(_) | Happening::Forged(_)) {
+            return self.excluded_until_ms > 0;
+        }
+        if self.excluded_until_ms > 0 && at >= self.excluded_until_ms {
+            self.excluded_until_ms = 0;
+            self.score = self.score.max(THRESHOLD_SCORE);
+        }
+        self.excluded_until_ms > 0
+    }
+
+    /// What a happening at `at` does to the reputation: an equivocation takes the score to
+    /// nothing and a forgery costs [`FORGED_DELTA`], both offences; anything else moves the
+    /// score by `delta`, and a loss while excluded or below the threshold is an offence too.
+    fn apply(&mut self, h: &Happening, delta: i64, excluded: bool, at: i64) {
+        match h {
+            Happening::Accused(_) => {
+                self.score = 0;
+                offence(self, at);
+            }
+            Happening::Forged(_) => {
+                self.score = (self.score + FORGED_DELTA).max(0);
+                offence(self, at);
+            }
+            Happening::Claimed(_) | Happening::Missed(..) => {
+                self.score = (self.score + delta).clamp(0, MAX_SCORE);
+                if delta < 0 && (excluded || self.score < THRESHOLD_SCORE) {
+                    offence(self, at);
+                }
+            }
+        }
     }
 }
 
