@@ -177,3 +177,184 @@ async fn session(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use gridgate_config::MqttBroker;
+    use gridgate_core::Identity;
+    use gridgate_proto::v1 as pb;
+    use gridgate_store::Store;
+    use gridgate_store::batch::seal;
+    use gridgate_store::writer::{self, WriterConfig};
+    use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Packet, PubAck};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A store holding `n` closed batches, behind a running writer.
+    fn store_with(dir: &std::path::Path, n: u64) -> (StoreHandle, tokio::task::JoinHandle<()>) {
+        let id = Identity::generate().unwrap();
+        let store = Store::open(dir, "gw-1").unwrap();
+        let sealer = |seq, prev, rs| seal(&id, "gw-1", seq, prev, 1000, rs);
+        for i in 0..n {
+            let r = pb::Reading {
+                point: "m/p".into(),
+                ts_ms: i as i64,
+                ..Default::default()
+            };
+            store.commit(&[r], &[], Some(&sealer)).unwrap();
+        }
+        let cfg = WriterConfig {
+            gateway_id: "gw-1".into(),
+            batch_readings: 1000,
+            batch_interval: Duration::from_secs(3600),
+            budget: 1 << 30,
+            required_consumers: vec![UPLINK_CONSUMER.into()],
+        };
+        writer::start(store, id, cfg).unwrap()
+    }
+
+    /// The broker's side of one connection: packets in, packets out.
+    struct Peer {
+        stream: TcpStream,
+        buf: BytesMut,
+    }
+
+    impl Peer {
+        async fn next(&mut self) -> Packet {
+            loop {
+                match Packet::read(&mut self.buf, 1 << 20) {
+                    Ok(p) => return p,
+                    Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
+                    Err(e) => panic!("bad packet from the uplink: {e}"),
+                }
+                let n = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    self.stream.read_buf(&mut self.buf),
+                )
+                .await
+                .expect("the uplink said something within 10 s")
+                .unwrap();
+                assert!(n > 0, "the uplink closed the connection");
+            }
+        }
+
+        async fn send(&mut self, write: impl FnOnce(&mut BytesMut)) {
+            let mut out = BytesMut::new();
+            write(&mut out);
+            self.stream.write_all(&out).await.unwrap();
+        }
+
+        /// The next publish's packet id and batch sequence.
+        async fn publish(&mut self) -> (u16, u64) {
+            loop {
+                if let Packet::Publish(p) = self.next().await {
+                    let signed = <pb::SignedBatch as prost::Message>::decode(p.payload).unwrap();
+                    let batch =
+                        <pb::Batch as prost::Message>::decode(signed.batch.as_slice()).unwrap();
+                    return (p.pkid, batch.seq);
+                }
+            }
+        }
+
+        async fn ack(&mut self, pkid: u16) {
+            self.send(|o| {
+                PubAck::new(pkid).write(o).unwrap();
+            })
+            .await;
+        }
+    }
+
+    async fn cursor_becomes(store: &StoreHandle, want: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let c = store.store.cursor(UPLINK_CONSUMER).unwrap();
+            if c == want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "cursor {c}, not {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The PUBACKs of a window answered out of order: the durable cursor moves only past
+    /// batches below which every one is acknowledged, and a session that ends with batches
+    /// unacknowledged sends them again from the cursor on the next.
+    #[tokio::test]
+    async fn the_cursor_moves_only_past_contiguous_acknowledgements() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _writer) = store_with(dir.path(), 4);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cfg = UplinkConfig {
+            broker: MqttBroker {
+                host: "127.0.0.1".into(),
+                port,
+                tls: None,
+            },
+            topic: "gw-1/batches".into(),
+            client_id: "gw-1-uplink".into(),
+            username: None,
+            password: None,
+            keep_alive: Duration::from_secs(30),
+            window: 4,
+        };
+        let stats = Arc::new(UplinkStats::default());
+        let cancel = CancellationToken::new();
+        let uplink = tokio::spawn(run(cfg, store.clone(), stats.clone(), cancel.clone()));
+
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut peer = Peer {
+            stream,
+            buf: BytesMut::new(),
+        };
+        assert!(matches!(peer.next().await, Packet::Connect(_)));
+        peer.send(|o| {
+            ConnAck::new(ConnectReturnCode::Success, false)
+                .write(o)
+                .unwrap();
+        })
+        .await;
+        let mut sent = Vec::new();
+        for _ in 0..4 {
+            sent.push(peer.publish().await);
+        }
+        assert_eq!(sent.iter().map(|s| s.1).collect::<Vec<_>>(), [0, 1, 2, 3]);
+        // Batches 1 and 3 acknowledged: nothing below them is, so the cursor stays.
+        peer.ack(sent[1].0).await;
+        peer.ack(sent[3].0).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(store.store.cursor(UPLINK_CONSUMER).unwrap(), 0);
+        // Batch 0: the cursor moves past 0 and 1, and waits at 2.
+        peer.ack(sent[0].0).await;
+        cursor_becomes(&store, 2).await;
+        assert_eq!(stats.cursor.load(Ordering::Relaxed), 2);
+
+        // The connection drops with batch 2 unacknowledged: the next session starts there.
+        drop(peer);
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut peer = Peer {
+            stream,
+            buf: BytesMut::new(),
+        };
+        assert!(matches!(peer.next().await, Packet::Connect(_)));
+        peer.send(|o| {
+            ConnAck::new(ConnectReturnCode::Success, false)
+                .write(o)
+                .unwrap();
+        })
+        .await;
+        let (a, first) = peer.publish().await;
+        let (b, second) = peer.publish().await;
+        assert_eq!((first, second), (2, 3), "resent from the cursor, in order");
+        peer.ack(a).await;
+        peer.ack(b).await;
+        cursor_becomes(&store, 4).await;
+        cancel.cancel();
+        uplink.await.unwrap();
+    }
+}

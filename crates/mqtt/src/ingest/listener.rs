@@ -273,3 +273,119 @@ async fn wait_front(waiting: &mut std::collections::VecDeque<Waiting>) {
         front.done = Some(again);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gridgate_core::Identity;
+    use gridgate_store::Store;
+    use gridgate_store::writer::{self, WriterConfig};
+    use rumqttc::mqttbytes::v4::{Connect, Publish};
+    use tokio::net::TcpStream;
+
+    const CONFIG: &str = r#"
+[gateway]
+id = "gw-1"
+
+[ingest]
+listen = "127.0.0.1:1884"
+
+[[ingest.device]]
+name = "sensor-1"
+topic = "field/sensor-1"
+points = [{ name = "t", unit = "C" }]
+"#;
+
+    /// A device's side: packets out, packets in.
+    async fn read_packet(s: &mut TcpStream, buf: &mut BytesMut) -> Packet {
+        loop {
+            match Packet::read(buf, 1 << 20) {
+                Ok(p) => return p,
+                Err(CodecError::InsufficientBytes(_)) => {}
+                Err(e) => panic!("bad packet from the listener: {e}"),
+            }
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read_buf(buf))
+                .await
+                .expect("the listener answered within 10 s")
+                .unwrap();
+            assert!(n > 0, "the listener closed the connection");
+        }
+    }
+
+    /// A device connects, publishes at QoS 1 and is acknowledged with its packet id only
+    /// when the reading is in the store; a publish on a topic no device owns is acknowledged
+    /// and stored nowhere.
+    #[tokio::test]
+    async fn a_publish_is_acknowledged_once_its_reading_is_stored() {
+        let cfg = gridgate_config::parse(CONFIG, std::path::Path::new("<test>")).unwrap();
+        let ingest = Arc::new(cfg.ingest.clone().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "gw-1").unwrap();
+        let wcfg = WriterConfig {
+            gateway_id: "gw-1".into(),
+            batch_readings: 1000,
+            batch_interval: Duration::from_secs(3600),
+            budget: 1 << 30,
+            required_consumers: Vec::new(),
+        };
+        let (handle, _writer) = writer::start(store, Identity::generate().unwrap(), wcfg).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let field = FieldListener {
+            listener,
+            tls: None,
+            admission: Admission::new("field", 4),
+        };
+        let stats = Arc::new(IngestStats::default());
+        let cancel = CancellationToken::new();
+        let live = tokio::sync::broadcast::channel(16).0;
+        let served = tokio::spawn(serve(
+            field,
+            ingest,
+            handle.clone(),
+            stats.clone(),
+            live,
+            cancel.clone(),
+        ));
+
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut buf = BytesMut::new();
+        let mut out = BytesMut::new();
+        Connect::new("sensor-1").write(&mut out).unwrap();
+        s.write_all(&out).await.unwrap();
+        assert!(matches!(
+            read_packet(&mut s, &mut buf).await,
+            Packet::ConnAck(a) if a.code == ConnectReturnCode::Success
+        ));
+
+        let publish = |topic: &str, pkid: u16| {
+            let mut p = Publish::new(
+                topic,
+                QoS::AtLeastOnce,
+                r#"{"point":"t","value":21.5,"ts_ms":1795000000000}"#,
+            );
+            p.pkid = pkid;
+            let mut out = BytesMut::new();
+            p.write(&mut out).unwrap();
+            out
+        };
+        s.write_all(&publish("field/nobody", 6)).await.unwrap();
+        s.write_all(&publish("field/sensor-1", 7)).await.unwrap();
+        let first = read_packet(&mut s, &mut buf).await;
+        assert!(
+            matches!(&first, Packet::PubAck(a) if a.pkid == 6),
+            "{first:?}"
+        );
+        let second = read_packet(&mut s, &mut buf).await;
+        assert!(
+            matches!(&second, Packet::PubAck(a) if a.pkid == 7),
+            "{second:?}"
+        );
+        // Acknowledged: so already in the store.
+        assert_eq!(handle.store.stats().unwrap().open_readings, 1);
+        assert_eq!(stats.unknown_topic.load(Ordering::Relaxed), 1);
+
+        cancel.cancel();
+        served.await.unwrap();
+    }
+}
