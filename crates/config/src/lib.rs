@@ -55,9 +55,7 @@ pub enum ConfigError {
     /// The file cannot be read.
     #[error("{path}: cannot read: {source}")]
     Read {
-        /// File.
         path: PathBuf,
-        /// Cause.
         source: std::io::Error,
     },
     /// One or more problems, each located.
@@ -177,15 +175,12 @@ pub struct BusTiming {
 /// A bus: one line (serial port or TCP connection) and the devices on it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BusConfig {
-    /// Name.
     pub name: String,
     /// Where the line is.
     pub link: Link,
     /// Protocol of its devices.
     pub protocol: Protocol,
-    /// Timing.
     pub timing: BusTiming,
-    /// Devices.
     pub devices: Vec<DeviceConfig>,
 }
 
@@ -360,7 +355,8 @@ impl Checker<'_> {
         }
     }
 
-    fn check(&mut self, raw: RawConfig) -> GatewayConfig {
+    /// `[gateway]`: the id, and where the data and the identity key are.
+    fn check_gateway(&mut self, raw: &RawConfig) -> (String, PathBuf, PathBuf) {
         let id = raw.gateway.id.get_ref().trim().to_string();
         if id.is_empty()
             || !id
@@ -386,6 +382,11 @@ impl Checker<'_> {
             .map(|d| PathBuf::from(d.get_ref()))
             .unwrap_or_else(|| PathBuf::from("/etc/gridgate/identity.key"));
 
+        (id, data_dir, identity)
+    }
+
+    /// `[[bus]]`: each line, named once; by name, the index of each.
+    fn check_buses(&mut self, raw: &RawConfig) -> (Vec<BusConfig>, BTreeMap<String, usize>) {
         let mut buses: Vec<BusConfig> = Vec::new();
         let mut bus_names: BTreeMap<String, usize> = BTreeMap::new();
         for (i, b) in raw.bus.iter().enumerate() {
@@ -403,6 +404,17 @@ impl Checker<'_> {
             }
         }
 
+        (buses, bus_names)
+    }
+
+    /// `[[device]]`: each device on its bus (one protocol per bus, one device per address
+    /// or unit); the names of all devices.
+    fn check_devices(
+        &mut self,
+        raw: &RawConfig,
+        buses: &mut [BusConfig],
+        bus_names: &BTreeMap<String, usize>,
+    ) -> BTreeSet<String> {
         let mut device_names = BTreeSet::new();
         let mut bus_protocol: BTreeMap<usize, Protocol> = BTreeMap::new();
         let mut dlt_addresses: BTreeSet<(usize, Address)> = BTreeSet::new();
@@ -492,58 +504,20 @@ impl Checker<'_> {
             buses[bus_idx].protocol = protocol;
             buses[bus_idx].devices.push(device);
         }
+        device_names
+    }
+
+    fn check(&mut self, raw: RawConfig) -> GatewayConfig {
+        let (id, data_dir, identity) = self.check_gateway(&raw);
+        let (mut buses, bus_names) = self.check_buses(&raw);
+        let device_names = self.check_devices(&raw, &mut buses, &bus_names);
         let uplink = self.check_uplink(raw.uplink.as_ref(), &id);
         let store = self.check_store(raw.store.as_ref(), uplink.is_some());
         let ingest = self.check_ingest(raw.ingest.as_ref(), &id, &device_names);
         let broker = self.check_broker(raw.broker.as_ref());
         let grpc = self.check_grpc(raw.grpc.as_ref());
-        let points: Vec<String> = buses
-            .iter()
-            .flat_map(|b| &b.devices)
-            .flat_map(|d| {
-                d.points
-                    .iter()
-                    .map(move |p| format!("{}/{}", d.name, p.name))
-            })
-            .chain(
-                ingest
-                    .iter()
-                    .flat_map(|i| &i.devices)
-                    .flat_map(|d| d.points.iter().map(move |(p, _)| format!("{}/{p}", d.name))),
-            )
-            .collect();
-        let writable: Vec<(String, dr::Accepts)> = buses
-            .iter()
-            .flat_map(|b| &b.devices)
-            .flat_map(|d| {
-                d.points.iter().filter_map(move |p| match &p.source {
-                    PointSource::Modbus(s)
-                        if matches!(s.table, Table::Coil | Table::HoldingRegister) =>
-                    {
-                        let accepts = if s.table == Table::Coil || s.data_type == DataType::Bool {
-                            dr::Accepts::Switch
-                        } else {
-                            let (lo, hi) = s.writable_range();
-                            dr::Accepts::Range(lo, hi)
-                        };
-                        Some((format!("{}/{}", d.name, p.name), accepts))
-                    }
-                    _ => None,
-                })
-            })
-            .chain(
-                buses
-                    .iter()
-                    .flat_map(|b| &b.devices)
-                    .filter(|d| matches!(d.kind, DeviceKind::Dlt645 { .. }))
-                    .map(|d| {
-                        (
-                            format!("{}/{}", d.name, dr::RELAY_POINT),
-                            dr::Accepts::Switch,
-                        )
-                    }),
-            )
-            .collect();
+        let points = point_names(&buses, ingest.as_ref());
+        let writable = writable_points(&buses);
         let dr = self.check_dr(raw.dr.as_ref(), &id);
         let mqtt_broker = ingest.as_ref().is_some_and(|i| i.broker.is_some());
         let loads = self.check_loads(&raw.load, &points, &writable, mqtt_broker);
@@ -935,6 +909,62 @@ fn link_default_protocol(b: &RawBus) -> Option<Protocol> {
     } else {
         None
     }
+}
+
+/// Every point's full name (`device/point`), polled or from MQTT field devices.
+fn point_names(buses: &[BusConfig], ingest: Option<&IngestConfig>) -> Vec<String> {
+    buses
+        .iter()
+        .flat_map(|b| &b.devices)
+        .flat_map(|d| {
+            d.points
+                .iter()
+                .map(move |p| format!("{}/{}", d.name, p.name))
+        })
+        .chain(
+            ingest
+                .into_iter()
+                .flat_map(|i| &i.devices)
+                .flat_map(|d| d.points.iter().map(move |(p, _)| format!("{}/{p}", d.name))),
+        )
+        .collect()
+}
+
+/// The points a DR load may write, with what each accepts: Modbus coils and holding
+/// registers, and each DL/T 645 meter's relay.
+fn writable_points(buses: &[BusConfig]) -> Vec<(String, dr::Accepts)> {
+    buses
+        .iter()
+        .flat_map(|b| &b.devices)
+        .flat_map(|d| {
+            d.points.iter().filter_map(move |p| match &p.source {
+                PointSource::Modbus(s)
+                    if matches!(s.table, Table::Coil | Table::HoldingRegister) =>
+                {
+                    let accepts = if s.table == Table::Coil || s.data_type == DataType::Bool {
+                        dr::Accepts::Switch
+                    } else {
+                        let (lo, hi) = s.writable_range();
+                        dr::Accepts::Range(lo, hi)
+                    };
+                    Some((format!("{}/{}", d.name, p.name), accepts))
+                }
+                _ => None,
+            })
+        })
+        .chain(
+            buses
+                .iter()
+                .flat_map(|b| &b.devices)
+                .filter(|d| matches!(d.kind, DeviceKind::Dlt645 { .. }))
+                .map(|d| {
+                    (
+                        format!("{}/{}", d.name, dr::RELAY_POINT),
+                        dr::Accepts::Switch,
+                    )
+                }),
+        )
+        .collect()
 }
 
 #[cfg(test)]
