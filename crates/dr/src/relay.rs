@@ -191,23 +191,17 @@ pub async fn run(relay: Relay, cancel: CancellationToken) {
     }
 }
 
-/// Runs `f` on the store off the async threads.
+/// Runs `f` on the store off the async threads; a failure is logged and is `None` (the
+/// relay's records are rewritten on its next pass).
 async fn blocking<T: Send + 'static>(
     store: &Arc<Store>,
     f: impl FnOnce(&Store) -> Result<T, gridgate_store::StoreError> + Send + 'static,
 ) -> Option<T> {
-    let st = store.clone();
-    match tokio::task::spawn_blocking(move || f(&st)).await {
-        Ok(Ok(v)) => Some(v),
-        Ok(Err(e)) => {
-            error!("DR relay: store: {e}");
-            None
-        }
-        Err(e) => {
-            error!("DR relay: {e}");
-            None
-        }
-    }
+    store
+        .run(f)
+        .await
+        .inspect_err(|e| error!("DR relay: {e}"))
+        .ok()
 }
 
 async fn save(store: &Arc<Store>, updates: &Updates, key: &str, status: &pb::EventStatus) {

@@ -74,7 +74,6 @@ pub enum StoreError {
         "store {path} failed its check: {problem}. Move the file aside to start a new chain, or run `gridgate verify` on it to see more"
     )]
     Corrupt {
-        /// File.
         path: PathBuf,
         /// What is wrong.
         problem: String,
@@ -82,7 +81,6 @@ pub enum StoreError {
     /// The data directory belongs to another gateway.
     #[error("store {path} belongs to gateway {found:?}, this config is gateway {expected:?}")]
     WrongGateway {
-        /// File.
         path: PathBuf,
         /// Gateway in the store.
         found: String,
@@ -94,9 +92,11 @@ pub enum StoreError {
     Dir {
         /// Directory.
         path: PathBuf,
-        /// Cause.
         source: std::io::Error,
     },
+    /// The blocking task that ran a store call panicked or was cancelled.
+    #[error("store task: {0}")]
+    Task(String),
 }
 
 fn db<E: Into<redb::Error>>(e: E) -> StoreError {
@@ -641,6 +641,18 @@ impl Store {
             recent.insert(f, value);
         }
         Ok(())
+    }
+
+    /// Runs `f` on this store on a blocking thread: every store call made from async code
+    /// goes through here, so that a commit's fsync never stalls the async threads.
+    pub async fn run<T: Send + 'static>(
+        self: &std::sync::Arc<Self>,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     /// The gateway id the store belongs to.
