@@ -87,7 +87,6 @@ pub enum ControlError {
     /// The device did not take it.
     #[error("{point}: {error}")]
     Device {
-        /// Point.
         point: String,
         /// What the device or line said.
         error: String,
@@ -95,7 +94,6 @@ pub enum ControlError {
     /// Written, but the read-back shows another value.
     #[error("{point}: wrote {wrote}, the device shows {read}")]
     NotConfirmed {
-        /// Point.
         point: String,
         /// Value written.
         wrote: f64,
@@ -109,7 +107,6 @@ pub enum ControlError {
     /// load may have moved.
     #[error("{point}: {error}")]
     AfterWrite {
-        /// Point.
         point: String,
         /// What the device or line said.
         error: String,

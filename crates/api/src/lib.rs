@@ -78,19 +78,12 @@ pub enum ApiError {
     /// A certificate or key file cannot be read.
     #[error("{path}: {source}")]
     File {
-        /// File.
         path: std::path::PathBuf,
-        /// Cause.
         source: std::io::Error,
     },
     /// The listener cannot bind or TLS material is refused.
     #[error("gRPC server on {addr}: {reason}")]
-    Serve {
-        /// Address.
-        addr: SocketAddr,
-        /// Cause.
-        reason: String,
-    },
+    Serve { addr: SocketAddr, reason: String },
 }
 
 fn read(path: &std::path::Path) -> Result<Vec<u8>, ApiError> {

@@ -20,17 +20,13 @@ pub enum PkiError {
     /// A file cannot be written.
     #[error("{path}: {source}")]
     Io {
-        /// File.
         path: PathBuf,
-        /// Cause.
         source: std::io::Error,
     },
     /// A file cannot be read.
     #[error("{path}: {source}")]
     Read {
-        /// File.
         path: PathBuf,
-        /// Cause.
         source: std::io::Error,
     },
     /// Would overwrite an existing CA.

@@ -51,9 +51,7 @@ pub enum DaemonError {
     /// The field listener cannot bind.
     #[error("field listener cannot listen on {addr}: {source}")]
     Listen {
-        /// Address.
         addr: std::net::SocketAddr,
-        /// Cause.
         source: std::io::Error,
     },
     /// The commissioning page would not start.
@@ -188,7 +186,6 @@ pub enum ReloadError {
     Part {
         /// Which part.
         part: &'static str,
-        /// Why.
         reason: String,
     },
 }

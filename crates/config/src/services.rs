@@ -35,7 +35,6 @@ pub struct StoreConfig {
 /// An MQTT broker address: `mqtt://host:port`, or `mqtts://host:port` with TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MqttBroker {
-    /// Host.
     pub host: String,
     /// Port (1883 when not given, 8883 with TLS).
     pub port: u16,
@@ -64,7 +63,6 @@ impl std::fmt::Display for MqttBroker {
 /// `[uplink]`: signed batches to the master station over MQTT.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UplinkConfig {
-    /// Broker.
     pub broker: MqttBroker,
     /// Topic batches go to.
     pub topic: String,

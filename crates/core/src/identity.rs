@@ -14,15 +14,12 @@ pub enum IdentityError {
     /// File cannot be read or written.
     #[error("{path}: {source}")]
     Io {
-        /// File.
         path: PathBuf,
-        /// Cause.
         source: std::io::Error,
     },
     /// Not a PEM Ed25519 key.
     #[error("{path}: not an Ed25519 {what} in PEM form ({reason})")]
     Format {
-        /// File.
         path: PathBuf,
         /// "private key" or "public key".
         what: &'static str,

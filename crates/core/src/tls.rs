@@ -15,7 +15,6 @@ pub enum TlsError {
     /// A PEM file cannot be read or holds nothing usable.
     #[error("{path}: {reason}")]
     File {
-        /// File.
         path: PathBuf,
         /// What is wrong.
         reason: String,

@@ -25,7 +25,6 @@ use gridgate_core::IdentityError;
 pub struct TrustError {
     /// The issuer.
     pub issuer: String,
-    /// Why.
     pub source: IdentityError,
 }
 

@@ -45,7 +45,6 @@ pub enum Refused {
     /// Accepted before.
     #[error("event {id:?} of issuer {issuer:?} was accepted before (replay)")]
     Replayed {
-        /// Issuer.
         issuer: String,
         /// Event id.
         id: String,

@@ -34,7 +34,6 @@ pub enum CertifierError {
     File {
         /// The file.
         path: std::path::PathBuf,
-        /// Why.
         source: std::io::Error,
     },
     /// An endpoint.
@@ -42,7 +41,6 @@ pub enum CertifierError {
     Endpoint {
         /// The validator.
         id: String,
-        /// Why.
         reason: String,
     },
 }

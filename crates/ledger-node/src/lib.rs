@@ -29,7 +29,6 @@ use gridgate_store::Store;
 pub struct MembersError {
     /// The member.
     pub member: String,
-    /// Why.
     pub source: gridgate_core::IdentityError,
 }
 

@@ -109,7 +109,6 @@ pub enum Finding {
     Fault {
         /// Its entry.
         entry: u64,
-        /// What.
         what: String,
     },
 }

@@ -38,9 +38,7 @@ impl Access {
 #[derive(Debug, Error)]
 #[error("[web] credential {path}: {reason}")]
 pub struct TokenError {
-    /// File.
     pub path: PathBuf,
-    /// Why.
     pub reason: String,
 }
 

@@ -46,9 +46,7 @@ pub enum WebError {
     /// The address is taken or not ours.
     #[error("[web] cannot listen on {addr}: {source}")]
     Bind {
-        /// Address.
         addr: SocketAddr,
-        /// Cause.
         source: std::io::Error,
     },
     /// A credential file is unusable.
@@ -489,7 +487,6 @@ async fn dr(
 /// What a test read returns.
 #[derive(Debug, Serialize)]
 pub struct TestRead {
-    /// Device.
     pub device: String,
     /// Milliseconds the poll took, queue included.
     pub took_ms: u64,

@@ -66,7 +66,6 @@ pub struct DeviceCounts {
 /// One bus.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BusView {
-    /// Name.
     pub name: String,
     /// `dlt645` or `modbus`.
     pub protocol: String,
@@ -110,7 +109,6 @@ pub struct StoreView {
 /// The MQTT uplink.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UplinkView {
-    /// Broker.
     pub broker: String,
     /// Batches acknowledged since start.
     pub acknowledged: u64,
@@ -171,7 +169,6 @@ pub struct DevicePage {
 /// One device.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeviceView {
-    /// Name.
     pub name: String,
     /// Bus (`mqtt` for MQTT field devices).
     pub bus: String,
@@ -196,7 +193,6 @@ pub struct DeviceView {
 pub struct PointView {
     /// `device/point`.
     pub name: String,
-    /// Unit.
     pub unit: String,
     /// Where it is read from (DI, register...).
     pub source: String,
@@ -222,13 +218,10 @@ pub struct DrView {
 /// One event.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EventView {
-    /// Issuer.
     pub issuer: String,
     /// Event id.
     pub id: String,
-    /// Program.
     pub program: String,
-    /// State.
     pub state: String,
     /// Start, ms since the epoch.
     pub start_ms: i64,
@@ -245,9 +238,7 @@ pub struct EventView {
 /// A load's part in an event.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EventLoadView {
-    /// Load.
     pub load: String,
-    /// State.
     pub state: String,
     /// Target value.
     pub target: f64,
@@ -255,14 +246,12 @@ pub struct EventLoadView {
     pub attempts: u32,
     /// Acknowledgement latency, ms (0 until acknowledged).
     pub latency_ms: i64,
-    /// Last error.
     pub last_error: String,
 }
 
 /// A load this gateway controls.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoadView {
-    /// Name.
     pub name: String,
     /// What moves it.
     pub control: String,

@@ -98,7 +98,6 @@ pub struct ModbusRead {
     pub link: Link,
     /// Unit id.
     pub unit: u8,
-    /// Table.
     pub table: Table,
     /// First address.
     pub address: u16,
@@ -106,13 +105,9 @@ pub struct ModbusRead {
     pub count: u16,
     /// Type.
     pub data_type: DataType,
-    /// Byte order.
     pub byte_order: Order,
-    /// Word order.
     pub word_order: Order,
-    /// Scale.
     pub scale: f64,
-    /// Offset.
     pub offset: f64,
     /// Unit to print.
     pub unit_label: String,

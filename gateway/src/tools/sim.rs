@@ -98,7 +98,6 @@ pub enum SimError {
     Io {
         /// Line name.
         line: String,
-        /// Cause.
         source: std::io::Error,
     },
 }

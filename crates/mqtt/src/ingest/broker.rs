@@ -15,12 +15,7 @@ pub enum BrokerError {
     Config(String),
     /// The listening port is taken or not allowed.
     #[error("embedded broker cannot listen on {addr}: {reason}")]
-    Listen {
-        /// Address.
-        addr: SocketAddr,
-        /// Cause.
-        reason: String,
-    },
+    Listen { addr: SocketAddr, reason: String },
 }
 
 /// Starts the broker on `listen` in its own threads (rumqttd runs its own runtime). It runs

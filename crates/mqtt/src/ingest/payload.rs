@@ -46,7 +46,6 @@ pub enum PayloadError {
     /// A point the device does not have in the config.
     #[error("unknown point {point:?} for device {device:?}")]
     UnknownPoint {
-        /// Device.
         device: String,
         /// Point named in the payload.
         point: String,
