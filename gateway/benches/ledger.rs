@@ -192,7 +192,7 @@ async fn measure(entries: u64, form: VoteForm) -> Measured {
         cancel.clone(),
     ));
     loop {
-        let done = gw_store.ledger_next_certified("gw").expect("head");
+        let done = gw_store.ledger().next_certified("gw").expect("head");
         if done >= entries {
             break;
         }

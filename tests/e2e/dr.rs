@@ -243,7 +243,8 @@ async fn an_event_sheds_two_loads_and_restores_them_even_across_a_kill_9() {
     for id in ["shed-1", "shed-2"] {
         use prost::Message;
         let bytes = store
-            .dr_event(&gridgate_dr::event_key("operator", id))
+            .dr()
+            .event(&gridgate_dr::event_key("operator", id))
             .expect("read")
             .expect("stored");
         let status = gridgate_proto::v1::EventStatus::decode(bytes.as_slice()).expect("decode");
@@ -385,7 +386,8 @@ async fn a_cancelled_event_restores_its_loads_at_once() {
     use prost::Message;
     let store = gridgate_store::Store::open(&d.join("data"), "plant").expect("store");
     let bytes = store
-        .dr_event(&gridgate_dr::event_key("operator", "long-1"))
+        .dr()
+        .event(&gridgate_dr::event_key("operator", "long-1"))
         .expect("read")
         .expect("stored");
     let status = gridgate_proto::v1::EventStatus::decode(bytes.as_slice()).expect("decode");
@@ -484,7 +486,8 @@ async fn manual_override_wins_over_any_event() {
     use prost::Message;
     let store = gridgate_store::Store::open(&d.join("data"), "plant").expect("store");
     let bytes = store
-        .dr_event(&gridgate_dr::event_key("operator", "ov-1"))
+        .dr()
+        .event(&gridgate_dr::event_key("operator", "ov-1"))
         .expect("read")
         .expect("stored");
     let status = gridgate_proto::v1::EventStatus::decode(bytes.as_slice()).expect("decode");

@@ -61,7 +61,7 @@ impl DemandResponse for DemandResponseService {
         let r = req.into_inner();
         let key = event_key(&r.issuer, &r.event_id);
         let store = self.api.store.store.clone();
-        let found = tokio::task::spawn_blocking(move || store.dr_report(&key))
+        let found = tokio::task::spawn_blocking(move || store.dr().report(&key))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::unavailable(format!("store: {e}")))?;
@@ -96,7 +96,8 @@ impl DemandResponse for DemandResponseService {
                     // state is whole, so the latest one makes up for the missed ones).
                     snapshot = false;
                     let st = store.clone();
-                    let Ok(Ok(records)) = tokio::task::spawn_blocking(move || st.dr_events()).await
+                    let Ok(Ok(records)) =
+                        tokio::task::spawn_blocking(move || st.dr().events()).await
                     else {
                         let _ = tx
                             .send(Err(Status::unavailable("store: cannot read the events")))
@@ -188,7 +189,7 @@ impl DemandResponse for DemandResponseService {
         let r = req.into_inner();
         let key = event_key(&r.issuer, &r.event_id);
         let store = self.api.store.store.clone();
-        let found = tokio::task::spawn_blocking(move || store.dr_event(&key))
+        let found = tokio::task::spawn_blocking(move || store.dr().event(&key))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::unavailable(format!("store: {e}")))?;

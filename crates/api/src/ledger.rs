@@ -263,7 +263,7 @@ impl Ledger for LedgerService {
             while left > 0 {
                 let (st, origin) = (store.clone(), r.origin.clone());
                 let n = left.min(FETCH_CHUNK);
-                let chunk = match blocking(move || st.ledger_range(&origin, from, n)).await {
+                let chunk = match blocking(move || st.ledger().range(&origin, from, n)).await {
                     Ok(c) => c,
                     Err(e) => {
                         let _ = tx.send(Err(e)).await;
@@ -295,7 +295,7 @@ impl Ledger for LedgerService {
     ) -> Result<Response<pb::HeadsReply>, Status> {
         self.caller(&req)?;
         let store = self.store.clone();
-        let heads = blocking(move || store.ledger_heads()).await?;
+        let heads = blocking(move || store.ledger().heads()).await?;
         Ok(Response::new(pb::HeadsReply {
             heads: heads
                 .into_iter()

@@ -103,7 +103,7 @@ impl Desk {
         }
         let _one_at_a_time = self.dr.shared.records.lock().await;
         let store = self.store.clone();
-        let records = tokio::task::spawn_blocking(move || store.dr_events())
+        let records = tokio::task::spawn_blocking(move || store.dr().events())
             .await
             .map_err(|e| DeskError::Internal(e.to_string()))?
             .map_err(DeskError::Store)?;
@@ -129,7 +129,7 @@ impl Desk {
         };
         let event_id = checked.event.id.clone();
         let store = self.store.clone();
-        let overridden = tokio::task::spawn_blocking(move || store.dr_overrides())
+        let overridden = tokio::task::spawn_blocking(move || store.dr().overrides())
             .await
             .map_err(|e| DeskError::Internal(e.to_string()))?
             .map_err(DeskError::Store)?;
@@ -174,7 +174,7 @@ impl Desk {
         };
         let record = status.encode_to_vec();
         let store = self.store.clone();
-        let fresh = tokio::task::spawn_blocking(move || store.dr_insert_new(&key, &record))
+        let fresh = tokio::task::spawn_blocking(move || store.dr().insert_new(&key, &record))
             .await
             .map_err(|e| DeskError::Internal(e.to_string()))?
             .map_err(DeskError::Store)?;
@@ -224,7 +224,7 @@ impl Desk {
         let key = event_key(&cancel.issuer, &cancel.event_id);
         let store = self.store.clone();
         let k = key.clone();
-        let found = tokio::task::spawn_blocking(move || store.dr_event(&k))
+        let found = tokio::task::spawn_blocking(move || store.dr().event(&k))
             .await
             .map_err(|e| DeskError::Internal(e.to_string()))?
             .map_err(DeskError::Store)?;
@@ -257,7 +257,7 @@ impl Desk {
         }
         let record = status.encode_to_vec();
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.dr_update(&key, &record))
+        tokio::task::spawn_blocking(move || store.dr().update(&key, &record))
             .await
             .map_err(|e| DeskError::Internal(e.to_string()))?
             .map_err(DeskError::Store)?;
@@ -339,8 +339,8 @@ pub async fn set_override(
         let _one_at_a_time = shared.records.lock().await;
         let (l, r) = (load.to_string(), reason.to_string());
         tokio::task::spawn_blocking(move || {
-            store.dr_set_override(&l, active.then_some(r.as_str()))?;
-            store.dr_overrides()
+            store.dr().set_override(&l, active.then_some(r.as_str()))?;
+            store.dr().overrides()
         })
         .await
         .map_err(|e| DeskError::Internal(e.to_string()))??

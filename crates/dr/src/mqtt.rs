@@ -55,7 +55,7 @@ async fn decide(desk: &Desk, payload: &[u8]) -> pb::DispatchReply {
 /// Publishes the stored reports of events that ended within `within_ms`.
 async fn publish_recent(desk: &Desk, dr: &DrConfig, client: &AsyncClient, within_ms: i64) {
     let store = desk.store.clone();
-    let Ok(Ok(records)) = tokio::task::spawn_blocking(move || store.dr_events()).await else {
+    let Ok(Ok(records)) = tokio::task::spawn_blocking(move || store.dr().events()).await else {
         warn!("DR reports: cannot read the events to publish their reports");
         return;
     };
@@ -85,7 +85,7 @@ async fn publish_report(
         return;
     };
     let (store, k) = (desk.store.clone(), key.to_string());
-    let Ok(Ok(Some(report))) = tokio::task::spawn_blocking(move || store.dr_report(&k)).await
+    let Ok(Ok(Some(report))) = tokio::task::spawn_blocking(move || store.dr().report(&k)).await
     else {
         return;
     };

@@ -206,7 +206,7 @@ async fn blocking<T: Send + 'static>(
 
 async fn save(store: &Arc<Store>, updates: &Updates, key: &str, status: &pb::EventStatus) {
     let (k, record) = (key.to_string(), status.encode_to_vec());
-    if blocking(store, move |s| s.dr_update(&k, &record))
+    if blocking(store, move |s| s.dr().update(&k, &record))
         .await
         .is_some()
     {
@@ -226,7 +226,7 @@ async fn apply(
         pacing.in_flight.remove(&(d.key.clone(), d.load.clone()));
     }
     let k = key.to_string();
-    let Some(Some(bytes)) = blocking(store, move |s| s.dr_event(&k)).await else {
+    let Some(Some(bytes)) = blocking(store, move |s| s.dr().event(&k)).await else {
         return;
     };
     let Ok(mut status) = pb::EventStatus::decode(bytes.as_slice()) else {
@@ -380,14 +380,14 @@ async fn pass(
     whole_history: bool,
 ) {
     let records = if whole_history {
-        blocking(store, |s| s.dr_events()).await
+        blocking(store, |s| s.dr().events()).await
     } else {
-        blocking(store, |s| s.dr_open_events()).await
+        blocking(store, |s| s.dr().open_events()).await
     };
     let Some(records) = records else {
         return;
     };
-    let Some(mut overridden) = blocking(store, |s| s.dr_overrides()).await else {
+    let Some(mut overridden) = blocking(store, |s| s.dr().overrides()).await else {
         return;
     };
     for l in &cfg.loads {
@@ -504,10 +504,10 @@ async fn pass(
         }
     }
     if !done_with.is_empty() {
-        blocking(store, move |s| s.dr_set_open(&done_with, false)).await;
+        blocking(store, move |s| s.dr().set_open(&done_with, false)).await;
     }
     if !open.is_empty() {
-        blocking(store, move |s| s.dr_set_open(&open, true)).await;
+        blocking(store, move |s| s.dr().set_open(&open, true)).await;
     }
 }
 
@@ -808,7 +808,7 @@ async fn write_report(
     let made = blocking(store, move |st| {
         let report = crate::report::build(st, &c, &s, &event, now_ms())?;
         let signed = gridgate_core::signed::sign_report(&id, &report);
-        st.dr_put_report(&k, &signed.encode_to_vec())?;
+        st.dr().put_report(&k, &signed.encode_to_vec())?;
         // A gateway on the ledger claims its performance there (once per event), after the
         // operator-signed event it acted on, which settlement reads the commitment from.
         if c.ledger

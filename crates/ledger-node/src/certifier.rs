@@ -54,7 +54,7 @@ pub fn append(
     kind: pb::EntryKind,
     payload: Vec<u8>,
 ) -> Result<u64, StoreError> {
-    store.ledger_append_own(me, claim, |seq, prev| {
+    store.ledger().append_own(me, claim, |seq, prev| {
         sign_entry(
             &pb::Entry {
                 origin: me.to_string(),
@@ -110,7 +110,8 @@ pub struct Tree {
 /// The tree as this node's own log left it (after a restart: its last claimed commitment).
 pub fn tree_of(store: &Store, me: &str) -> Result<Tree, StoreError> {
     let last = store
-        .ledger_claims("batches/")?
+        .ledger()
+        .claims("batches/")?
         .into_iter()
         .filter_map(|(claim, seq)| {
             Some((claim.strip_prefix("batches/")?.parse::<u64>().ok()?, seq))
@@ -120,7 +121,8 @@ pub fn tree_of(store: &Store, me: &str) -> Result<Tree, StoreError> {
         return Ok(Tree::default());
     };
     let commitment = store
-        .ledger_own_entry(me, seq)?
+        .ledger()
+        .own_entry(me, seq)?
         .and_then(|b| pb::SignedEntry::decode(b.as_slice()).ok())
         .and_then(|s| pb::Entry::decode(s.entry.as_slice()).ok())
         .and_then(|e| pb::BatchCommitment::decode(e.payload.as_slice()).ok());
@@ -269,7 +271,7 @@ async fn catch_up(
     while at < until {
         let (st, o) = (store.clone(), origin.to_string());
         let n = ((until - at) as usize).min(WINDOW);
-        let Some(chunk) = blocking(move || st.ledger_range(&o, at, n)).await else {
+        let Some(chunk) = blocking(move || st.ledger().range(&o, at, n)).await else {
             return false;
         };
         if chunk.is_empty() {
@@ -381,7 +383,7 @@ pub async fn run(c: Certifier, cfg: LedgerConfig, cancel: CancellationToken) {
             }
         }
         let (st, me) = (c.store.clone(), c.me.clone());
-        let pending = blocking(move || st.ledger_pending_first(&me, WINDOW))
+        let pending = blocking(move || st.ledger().pending_first(&me, WINDOW))
             .await
             .unwrap_or_default();
         if pending.is_empty() {
@@ -483,7 +485,7 @@ pub async fn run(c: Certifier, cfg: LedgerConfig, cancel: CancellationToken) {
             .map(|(i, ce)| (c.me.clone(), first + i as u64, ce.encode_to_vec()))
             .collect();
         let st = c.store.clone();
-        if blocking(move || st.ledger_put_certified_many(&items))
+        if blocking(move || st.ledger().put_certified_many(&items))
             .await
             .is_none()
         {
@@ -552,7 +554,8 @@ mod tests {
             1
         );
         let logged: Vec<gridgate_ledger::commitment::Logged> = store
-            .ledger_pending("gw")
+            .ledger()
+            .pending("gw")
             .expect("pending")
             .into_iter()
             .map(|(seq, b)| {

@@ -43,7 +43,7 @@ pub fn held_entries(
     let mut out = Vec::new();
     let mut from = 0;
     loop {
-        let chunk = store.ledger_range(origin, from, 512)?;
+        let chunk = store.ledger().range(origin, from, 512)?;
         let Some(last) = chunk.last().map(|c| c.0) else {
             return Ok(out);
         };
@@ -102,7 +102,7 @@ pub fn standings(store: &Store, cfg: &LedgerConfig, now: i64) -> Vec<Standing> {
         return Vec::new();
     };
     let mut entries = Vec::new();
-    for (origin, _) in store.ledger_heads().unwrap_or_default() {
+    for (origin, _) in store.ledger().heads().unwrap_or_default() {
         let held = held_entries(store, &origin).unwrap_or_default();
         entries.extend(held.into_iter().map(|entry| Certified { entry }));
     }

@@ -39,9 +39,13 @@ fn accusation(entry: &pb::Entry, members: &Members) -> Option<(String, Vec<u8>)>
 
 /// Shuts `accused` out on a proof another validator found (logged once).
 fn shut_out_for(store: &Store, accused: &str, proof: &[u8]) -> Result<(), StoreError> {
-    let known = store.ledger_shut_outs()?.iter().any(|(o, _)| o == accused);
+    let known = store
+        .ledger()
+        .shut_outs()?
+        .iter()
+        .any(|(o, _)| o == accused);
     if !known {
-        store.ledger_shut_out(accused, proof)?;
+        store.ledger().shut_out(accused, proof)?;
         warn!(
             origin = accused,
             "equivocation proved by another validator: origin shut out"
@@ -91,13 +95,14 @@ fn chain_hash(
         return Ok(Some(h.to_vec()));
     }
     if let Some(c) = store
-        .ledger_certified(origin, seq)?
+        .ledger()
+        .certified(origin, seq)?
         .and_then(|b| pb::CertifiedEntry::decode(b.as_slice()).ok())
         .and_then(|c| c.entry)
     {
         return Ok(Some(entry_hash(&c).to_vec()));
     }
-    store.ledger_voted(origin, seq)
+    store.ledger().voted(origin, seq)
 }
 
 /// An entry's place and hash: (origin, seq, entry hash).
@@ -129,7 +134,7 @@ fn check_for_vote(
         }
     };
     let origin = entry.origin.as_str();
-    let next = store.ledger_next_certified(origin)?;
+    let next = store.ledger().next_certified(origin)?;
     if members.0.get(origin).is_some_and(|m| m.removed) {
         return Ok(Err(refuse(
             pb::VoteRefusal::UnknownMember,
@@ -204,7 +209,8 @@ pub fn submit_batch(
     entries: &[pb::SignedEntry],
 ) -> Result<Vec<pb::SubmitReply>, StoreError> {
     let shut_out: BTreeSet<String> = store
-        .ledger_shut_outs()?
+        .ledger()
+        .shut_outs()?
         .into_iter()
         .map(|(o, _)| o)
         .collect();
@@ -224,7 +230,7 @@ pub fn submit_batch(
         }
     }
     let items: Vec<_> = to_lock.iter().map(|(_, it)| it.clone()).collect();
-    let locks = store.ledger_lock_votes(&items)?;
+    let locks = store.ledger().lock_votes(&items)?;
     // Entries locked for a vote, in runs of one origin's consecutive entries: one signature
     // per run (a window vote), not per entry.
     let mut runs: Vec<(String, Vec<Locked>)> = Vec::new();
@@ -254,13 +260,13 @@ pub fn submit_batch(
                 open_run = true;
             }
             VoteLock::Other(first) => {
-                let next = store.ledger_next_certified(&origin)?;
+                let next = store.ledger().next_certified(&origin)?;
                 let proof = pb::EquivocationProof {
                     a: pb::SignedEntry::decode(first.as_slice()).ok(),
                     b: Some(entries[i].clone()),
                 };
                 let proof = proof.encode_to_vec();
-                store.ledger_shut_out(&origin, &proof)?;
+                store.ledger().shut_out(&origin, &proof)?;
                 // The proof goes on this validator's own log, to be certified and spread:
                 // every replica then shuts the origin out and settlement counts it.
                 let at = super::certifier::append(
@@ -290,7 +296,7 @@ pub fn submit_batch(
         let Some(&(_, first, _)) = run.first() else {
             continue;
         };
-        let next = store.ledger_next_certified(&origin)?;
+        let next = store.ledger().next_certified(&origin)?;
         let hashes: Vec<[u8; 32]> = run.iter().map(|(_, _, h)| *h).collect();
         let votes = gridgate_ledger::entry::sign_window_vote(me, &origin, first, &hashes, key);
         for ((i, _, _), vote) in run.into_iter().zip(votes) {
@@ -325,7 +331,8 @@ pub fn push_batch(
     // no second look.
     let voted = |e: &pb::Entry, hash: &[u8; 32]| {
         store
-            .ledger_voted(&e.origin, e.seq)
+            .ledger()
+            .voted(&e.origin, e.seq)
             .ok()
             .flatten()
             .is_some_and(|h| h == hash.as_slice())
@@ -346,12 +353,13 @@ pub fn push_batch(
         let head = match heads.get(&entry.origin) {
             Some(h) => h.clone(),
             None => {
-                let next = store.ledger_next_certified(&entry.origin)?;
+                let next = store.ledger().next_certified(&entry.origin)?;
                 let prev = if next == 0 {
                     None
                 } else {
                     store
-                        .ledger_certified(&entry.origin, next - 1)?
+                        .ledger()
+                        .certified(&entry.origin, next - 1)?
                         .and_then(|b| pb::CertifiedEntry::decode(b.as_slice()).ok())
                         .and_then(|c| c.entry)
                         .map(|e| entry_hash(&e).to_vec())
@@ -386,7 +394,7 @@ pub fn push_batch(
         kept.push(k);
     }
     if !keep.is_empty() {
-        store.ledger_put_certified_many(&keep)?;
+        store.ledger().put_certified_many(&keep)?;
         info!(entries = keep.len(), "certified entries stored");
     }
     let reply = pb::PushReply {
@@ -523,7 +531,7 @@ mod tests {
             refusal(&vote(&store, &second)),
             pb::VoteRefusal::Equivocation
         );
-        let shut = store.ledger_shut_outs().expect("shut outs");
+        let shut = store.ledger().shut_outs().expect("shut outs");
         assert_eq!(shut.len(), 1);
         let proof = pb::EquivocationProof::decode(shut[0].1.as_slice()).expect("proof");
         assert_eq!(proof.a.as_ref(), Some(&first));
@@ -531,7 +539,7 @@ mod tests {
         assert_eq!(refusal(&vote(&store, &first)), pb::VoteRefusal::ShutOut);
 
         // The proof is on the validator's own log, waiting for its certificate.
-        let own = store.ledger_pending("v0").expect("own log");
+        let own = store.ledger().pending("v0").expect("own log");
         assert_eq!(own.len(), 1);
         let accusation = pb::SignedEntry::decode(own[0].1.as_slice()).expect("entry");
         let e = pb::Entry::decode(accusation.entry.as_slice()).expect("entry");
@@ -544,7 +552,7 @@ mod tests {
         assert!(vote(&other, &first).vote.is_some());
         assert!(vote(&other, &accusation).vote.is_some());
         assert_eq!(
-            other.ledger_shut_outs().expect("shut outs")[0].0,
+            other.ledger().shut_outs().expect("shut outs")[0].0,
             "gw",
             "shut out on the proof alone"
         );
@@ -564,6 +572,6 @@ mod tests {
             refusal(&vote(&third, &sign_entry(&fake, &w.validator))),
             pb::VoteRefusal::BadPayload
         );
-        assert!(third.ledger_shut_outs().expect("shut outs").is_empty());
+        assert!(third.ledger().shut_outs().expect("shut outs").is_empty());
     }
 }

@@ -70,7 +70,7 @@ async fn round(r: &Replica, peer: &mut super::certifier::Peer) -> u64 {
     for h in heads.into_iter().filter(|h| r.wants(&h.origin)) {
         loop {
             let (st, o) = (r.store.clone(), h.origin.clone());
-            let Some(ours) = blocking(move || st.ledger_next_certified(&o)).await else {
+            let Some(ours) = blocking(move || st.ledger().next_certified(&o)).await else {
                 return stored;
             };
             if ours >= h.next_certified {

@@ -318,9 +318,9 @@ pub fn settle(
 /// a program's terms are the last certified `ProgramTerms` of an operator logged by then and
 /// in force at the event's start, or else the genesis ones.
 ///
-/// Three steps: what happened, in order ([`Ledgered::read`], [`Ledgered::timeline`]); what
-/// each happening does to the member's reputation ([`Standing::apply`]); and what each claim
-/// or miss is worth ([`price_claim`], [`missed_line`]).
+/// Three steps: what happened, in order (`Ledgered::read`, `Ledgered::timeline`); what each
+/// happening does to the member's reputation (`Standing::apply`); and what each claim or
+/// miss is worth (`price_claim`, `missed_line`).
 pub fn settle_as_of(
     from_ms: i64,
     to_ms: i64,

@@ -19,11 +19,21 @@ pub(super) const DR_OPEN: TableDefinition<&str, ()> = TableDefinition::new("dr_o
 /// measurement is done.
 pub(super) const DR_REPORTS: TableDefinition<&str, &[u8]> = TableDefinition::new("dr_reports");
 
+/// The DR tables: events' records and which are open, performance reports, manual overrides.
+pub struct DrTables<'a>(&'a Store);
+
 impl Store {
+    /// The DR tables.
+    pub fn dr(&self) -> DrTables<'_> {
+        DrTables(self)
+    }
+}
+
+impl DrTables<'_> {
     /// Stores an event's signed performance report (once; a second one for the same event is
     /// ignored, so a report once offered never changes).
-    pub fn dr_put_report(&self, key: &str, report: &[u8]) -> Result<(), StoreError> {
-        let txn = self.begin_write()?;
+    pub fn put_report(&self, key: &str, report: &[u8]) -> Result<(), StoreError> {
+        let txn = self.0.begin_write()?;
         {
             let mut t = txn.open_table(DR_REPORTS).map_err(db)?;
             if t.get(key).map_err(db)?.is_none() {
@@ -34,15 +44,15 @@ impl Store {
     }
 
     /// An event's signed performance report, once written.
-    pub fn dr_report(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.begin_read()?;
+    pub fn report(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.0.begin_read()?;
         let t = txn.open_table(DR_REPORTS).map_err(db)?;
         Ok(t.get(key).map_err(db)?.map(|v| v.value().to_vec()))
     }
 
     /// Sets (with its reason) or clears a load's manual override, durably.
-    pub fn dr_set_override(&self, load: &str, reason: Option<&str>) -> Result<(), StoreError> {
-        let txn = self.begin_write()?;
+    pub fn set_override(&self, load: &str, reason: Option<&str>) -> Result<(), StoreError> {
+        let txn = self.0.begin_write()?;
         {
             let mut t = txn.open_table(DR_OVERRIDES).map_err(db)?;
             match reason {
@@ -58,8 +68,8 @@ impl Store {
     }
 
     /// The loads under manual override.
-    pub fn dr_overrides(&self) -> Result<std::collections::BTreeSet<String>, StoreError> {
-        let txn = self.begin_read()?;
+    pub fn overrides(&self) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        let txn = self.0.begin_read()?;
         let t = txn.open_table(DR_OVERRIDES).map_err(db)?;
         let mut out = std::collections::BTreeSet::new();
         for entry in t.iter().map_err(db)? {
@@ -71,8 +81,8 @@ impl Store {
 
     /// Stores an event unless one with the same key is there, in one durable transaction;
     /// false when it was there (a replay, even one racing this call).
-    pub fn dr_insert_new(&self, key: &str, record: &[u8]) -> Result<bool, StoreError> {
-        let txn = self.begin_write()?;
+    pub fn insert_new(&self, key: &str, record: &[u8]) -> Result<bool, StoreError> {
+        let txn = self.0.begin_write()?;
         {
             let mut t = txn.open_table(DR_EVENTS).map_err(db)?;
             if t.get(key).map_err(db)?.is_some() {
@@ -89,8 +99,8 @@ impl Store {
     }
 
     /// Replaces an event's record (its state moved).
-    pub fn dr_update(&self, key: &str, record: &[u8]) -> Result<(), StoreError> {
-        let txn = self.begin_write()?;
+    pub fn update(&self, key: &str, record: &[u8]) -> Result<(), StoreError> {
+        let txn = self.0.begin_write()?;
         {
             let mut t = txn.open_table(DR_EVENTS).map_err(db)?;
             t.insert(key, record).map_err(db)?;
@@ -99,8 +109,8 @@ impl Store {
     }
 
     /// Marks events open (`open`) or done with (`!open`): the relay's working set.
-    pub fn dr_set_open(&self, keys: &[String], open: bool) -> Result<(), StoreError> {
-        let txn = self.begin_write()?;
+    pub fn set_open(&self, keys: &[String], open: bool) -> Result<(), StoreError> {
+        let txn = self.0.begin_write()?;
         {
             let mut t = txn.open_table(DR_OPEN).map_err(db)?;
             for k in keys {
@@ -115,8 +125,8 @@ impl Store {
     }
 
     /// The records of the open events, in key order.
-    pub fn dr_open_events(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let txn = self.begin_read()?;
+    pub fn open_events(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let txn = self.0.begin_read()?;
         let open = txn.open_table(DR_OPEN).map_err(db)?;
         let t = txn.open_table(DR_EVENTS).map_err(db)?;
         let mut out = Vec::new();
@@ -130,15 +140,15 @@ impl Store {
     }
 
     /// One event's record.
-    pub fn dr_event(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.begin_read()?;
+    pub fn event(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.0.begin_read()?;
         let t = txn.open_table(DR_EVENTS).map_err(db)?;
         Ok(t.get(key).map_err(db)?.map(|v| v.value().to_vec()))
     }
 
     /// Every event's record, in key order.
-    pub fn dr_events(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let txn = self.begin_read()?;
+    pub fn events(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let txn = self.0.begin_read()?;
         let t = txn.open_table(DR_EVENTS).map_err(db)?;
         let mut out = Vec::new();
         for entry in t.iter().map_err(db)? {
@@ -157,16 +167,16 @@ mod tests {
     fn an_event_is_stored_once_and_survives_reopening() {
         let dir = tempfile::tempdir().expect("dir");
         let store = Store::open(dir.path(), "gw").expect("open");
-        assert!(store.dr_insert_new("op\0e1", b"first").expect("insert"));
-        assert!(!store.dr_insert_new("op\0e1", b"second").expect("insert"));
+        assert!(store.dr().insert_new("op\0e1", b"first").expect("insert"));
+        assert!(!store.dr().insert_new("op\0e1", b"second").expect("insert"));
         drop(store);
         let store = Store::open(dir.path(), "gw").expect("reopen");
         assert_eq!(
-            store.dr_event("op\0e1").expect("get").as_deref(),
+            store.dr().event("op\0e1").expect("get").as_deref(),
             Some(&b"first"[..])
         );
-        store.dr_update("op\0e1", b"moved").expect("update");
-        assert_eq!(store.dr_events().expect("all").len(), 1);
-        assert_eq!(store.dr_event("nope").expect("get"), None);
+        store.dr().update("op\0e1", b"moved").expect("update");
+        assert_eq!(store.dr().events().expect("all").len(), 1);
+        assert_eq!(store.dr().event("nope").expect("get"), None);
     }
 }

@@ -48,16 +48,27 @@ fn next_in(
     Ok(last.map_or(0, |(k, _)| k.value().1 + 1))
 }
 
+/// The ledger's tables, as a node keeps them: certified entries by origin, the votes it cast,
+/// its own log's pending entries and claims, the members it shut out.
+pub struct LedgerTables<'a>(&'a Store);
+
 impl Store {
+    /// The ledger's tables.
+    pub fn ledger(&self) -> LedgerTables<'_> {
+        LedgerTables(self)
+    }
+}
+
+impl LedgerTables<'_> {
     /// The next sequence number of `origin` this node has no certified entry for.
-    pub fn ledger_next_certified(&self, origin: &str) -> Result<u64, StoreError> {
-        let txn = self.begin_read()?;
+    pub fn next_certified(&self, origin: &str) -> Result<u64, StoreError> {
+        let txn = self.0.begin_read()?;
         next_in(&txn.open_table(CERTIFIED).map_err(db)?, origin)
     }
 
     /// A certified entry.
-    pub fn ledger_certified(&self, origin: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.begin_read()?;
+    pub fn certified(&self, origin: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.0.begin_read()?;
         let t = txn.open_table(CERTIFIED).map_err(db)?;
         Ok(t.get((origin, seq))
             .map_err(db)?
@@ -65,13 +76,13 @@ impl Store {
     }
 
     /// Up to `max` certified entries of `origin` from `from`, in order.
-    pub fn ledger_range(
+    pub fn range(
         &self,
         origin: &str,
         from: u64,
         max: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let txn = self.begin_read()?;
+        let txn = self.0.begin_read()?;
         let t = txn.open_table(CERTIFIED).map_err(db)?;
         let mut out = Vec::new();
         for e in t.range((origin, from)..=(origin, u64::MAX)).map_err(db)? {
@@ -85,8 +96,8 @@ impl Store {
     }
 
     /// Every origin with certified entries, and its next sequence number.
-    pub fn ledger_heads(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let txn = self.begin_read()?;
+    pub fn heads(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let txn = self.0.begin_read()?;
         let t = txn.open_table(CERTIFIED).map_err(db)?;
         let mut out: Vec<(String, u64)> = Vec::new();
         for e in t.iter().map_err(db)? {
@@ -101,13 +112,13 @@ impl Store {
     }
 
     /// Stores a certified entry (its checks are the caller's) and drops it from pending.
-    pub fn ledger_put_certified(
+    pub fn put_certified(
         &self,
         origin: &str,
         seq: u64,
         certified: &[u8],
     ) -> Result<(), StoreError> {
-        let txn = self.begin_write()?;
+        let txn = self.0.begin_write()?;
         {
             let mut t = txn.open_table(CERTIFIED).map_err(db)?;
             t.insert((origin, seq), certified).map_err(db)?;
@@ -118,8 +129,8 @@ impl Store {
     }
 
     /// The hash this node voted for at (origin, seq), if it voted there.
-    pub fn ledger_voted(&self, origin: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.begin_read()?;
+    pub fn voted(&self, origin: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.0.begin_read()?;
         let t = txn.open_table(VOTED).map_err(db)?;
         Ok(t.get((origin, seq))
             .map_err(db)?
@@ -129,11 +140,11 @@ impl Store {
     /// Records, durably, a vote for each (origin, seq, entry hash) in one transaction, unless
     /// this node voted there before: then says whether for this entry or for another (and
     /// which one).
-    pub fn ledger_lock_votes(
+    pub fn lock_votes(
         &self,
         items: &[(String, u64, [u8; 32], Vec<u8>)],
     ) -> Result<Vec<VoteLock>, StoreError> {
-        let txn = self.begin_write()?;
+        let txn = self.0.begin_write()?;
         let mut out = Vec::with_capacity(items.len());
         {
             let mut voted = txn.open_table(VOTED).map_err(db)?;
@@ -175,11 +186,8 @@ impl Store {
     }
 
     /// Stores several certified entries (checked by the caller) in one transaction.
-    pub fn ledger_put_certified_many(
-        &self,
-        items: &[(String, u64, Vec<u8>)],
-    ) -> Result<(), StoreError> {
-        let txn = self.begin_write()?;
+    pub fn put_certified_many(&self, items: &[(String, u64, Vec<u8>)]) -> Result<(), StoreError> {
+        let txn = self.0.begin_write()?;
         {
             let mut t = txn.open_table(CERTIFIED).map_err(db)?;
             let mut p = txn.open_table(PENDING).map_err(db)?;
@@ -193,8 +201,8 @@ impl Store {
     }
 
     /// Shuts `origin` out with its proof (kept once).
-    pub fn ledger_shut_out(&self, origin: &str, proof: &[u8]) -> Result<(), StoreError> {
-        let txn = self.begin_write()?;
+    pub fn shut_out(&self, origin: &str, proof: &[u8]) -> Result<(), StoreError> {
+        let txn = self.0.begin_write()?;
         {
             let mut t = txn.open_table(SHUT_OUT).map_err(db)?;
             if t.get(origin).map_err(db)?.is_none() {
@@ -205,8 +213,8 @@ impl Store {
     }
 
     /// The origins shut out, with their proofs.
-    pub fn ledger_shut_outs(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let txn = self.begin_read()?;
+    pub fn shut_outs(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let txn = self.0.begin_read()?;
         let t = txn.open_table(SHUT_OUT).map_err(db)?;
         let mut out = Vec::new();
         for e in t.iter().map_err(db)? {
@@ -217,14 +225,14 @@ impl Store {
     }
 
     /// This node's own entries waiting for a certificate, in order.
-    pub fn ledger_pending(&self, origin: &str) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        self.ledger_pending_first(origin, usize::MAX)
+    pub fn pending(&self, origin: &str) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.pending_first(origin, usize::MAX)
     }
 
     /// How many of them there are (they are contiguous: from the first not certified to
     /// the last appended), without reading them.
-    pub fn ledger_pending_count(&self, origin: &str) -> Result<u64, StoreError> {
-        let txn = self.begin_read()?;
+    pub fn pending_count(&self, origin: &str) -> Result<u64, StoreError> {
+        let txn = self.0.begin_read()?;
         let t = txn.open_table(PENDING).map_err(db)?;
         let mut range = t.range((origin, 0)..=(origin, u64::MAX)).map_err(db)?;
         let first = range
@@ -246,12 +254,12 @@ impl Store {
 
     /// The first `max` of them (a certifier's window: reading a long backlog whole for
     /// every window would make catching up quadratic).
-    pub fn ledger_pending_first(
+    pub fn pending_first(
         &self,
         origin: &str,
         max: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let txn = self.begin_read()?;
+        let txn = self.0.begin_read()?;
         let t = txn.open_table(PENDING).map_err(db)?;
         let mut out = Vec::new();
         for e in t
@@ -266,8 +274,8 @@ impl Store {
     }
 
     /// The signed entry at `seq` of this node's own log, pending or certified.
-    pub fn ledger_own_entry(&self, origin: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.begin_read()?;
+    pub fn own_entry(&self, origin: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.0.begin_read()?;
         if let Some(v) = txn
             .open_table(PENDING)
             .map_err(db)?
@@ -288,8 +296,8 @@ impl Store {
 
     /// The claims of this node's own log that start with `prefix` (as `batches/`), with the
     /// sequence number each was appended at.
-    pub fn ledger_claims(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
-        let txn = self.begin_read()?;
+    pub fn claims(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let txn = self.0.begin_read()?;
         let t = txn.open_table(CLAIMS).map_err(db)?;
         let mut out = Vec::new();
         for e in t.range(prefix..).map_err(db)? {
@@ -305,13 +313,13 @@ impl Store {
     /// Appends an entry to this node's own log, once per `claim`: `make(seq, prev_hash)`
     /// builds the signed entry at the log's next place. Returns the sequence number (the
     /// existing one when the claim was appended before).
-    pub fn ledger_append_own(
+    pub fn append_own(
         &self,
         origin: &str,
         claim: &str,
         make: impl FnOnce(u64, [u8; 32]) -> Vec<u8>,
     ) -> Result<u64, StoreError> {
-        let txn = self.begin_write()?;
+        let txn = self.0.begin_write()?;
         let seq = {
             let mut claims = txn.open_table(CLAIMS).map_err(db)?;
             if let Some(s) = claims.get(claim).map_err(db)? {
@@ -372,15 +380,22 @@ mod tests {
                 .encode_to_vec()
             }
         };
-        assert_eq!(store.ledger_append_own("gw", "a", make("a")).expect("a"), 0);
-        assert_eq!(store.ledger_append_own("gw", "b", make("b")).expect("b"), 1);
+        assert_eq!(
+            store.ledger().append_own("gw", "a", make("a")).expect("a"),
+            0
+        );
+        assert_eq!(
+            store.ledger().append_own("gw", "b", make("b")).expect("b"),
+            1
+        );
         assert_eq!(
             store
-                .ledger_append_own("gw", "a", make("a2"))
+                .ledger()
+                .append_own("gw", "a", make("a2"))
                 .expect("again"),
             0
         );
-        let pending = store.ledger_pending("gw").expect("pending");
+        let pending = store.ledger().pending("gw").expect("pending");
         assert_eq!(pending.iter().map(|p| p.0).collect::<Vec<_>>(), vec![0, 1]);
         // The second chains to the first.
         let first = pb::SignedEntry::decode(pending[0].1.as_slice()).expect("first");
@@ -391,9 +406,10 @@ mod tests {
             gridgate_core::sha256(&first.entry).to_vec()
         );
         store
-            .ledger_put_certified("gw", 0, b"cert")
+            .ledger()
+            .put_certified("gw", 0, b"cert")
             .expect("certify");
-        assert_eq!(store.ledger_pending("gw").expect("pending").len(), 1);
-        assert_eq!(store.ledger_next_certified("gw").expect("next"), 1);
+        assert_eq!(store.ledger().pending("gw").expect("pending").len(), 1);
+        assert_eq!(store.ledger().next_certified("gw").expect("next"), 1);
     }
 }

@@ -460,7 +460,7 @@ impl Scrape {
                 "Certified ledger entries held, by origin",
                 GAUGE,
             );
-            for (origin, next) in store.ledger_heads().unwrap_or_default() {
+            for (origin, next) in store.ledger().heads().unwrap_or_default() {
                 certified.add(labels([("origin", &origin)]), next as f64);
             }
             out.push(certified);
@@ -468,7 +468,7 @@ impl Scrape {
                 "gridgate_ledger_pending_entries",
                 "This node's own ledger entries waiting for a certificate",
                 GAUGE,
-                store.ledger_pending_count(&cfg.id).unwrap_or(0) as f64,
+                store.ledger().pending_count(&cfg.id).unwrap_or(0) as f64,
             ));
             let mut reputation = Fam::new(
                 "gridgate_ledger_reputation",
@@ -492,7 +492,7 @@ impl Scrape {
                 "gridgate_ledger_shut_out_members",
                 "Members shut out for equivocation",
                 GAUGE,
-                store.ledger_shut_outs().map_or(0, |v| v.len()) as f64,
+                store.ledger().shut_outs().map_or(0, |v| v.len()) as f64,
             ));
         }
         out

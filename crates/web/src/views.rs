@@ -324,12 +324,14 @@ pub fn overview(s: &WebState, access: super::auth::Access) -> Result<Overview, S
         Some(l) => Some(LedgerView {
             role: l.role.as_str().into(),
             certified: store
-                .ledger_heads()?
+                .ledger()
+                .heads()?
                 .into_iter()
                 .collect::<BTreeMap<_, _>>(),
-            pending: store.ledger_pending_count(&cfg.id)?,
+            pending: store.ledger().pending_count(&cfg.id)?,
             shut_out: store
-                .ledger_shut_outs()?
+                .ledger()
+                .shut_outs()?
                 .into_iter()
                 .map(|(o, _)| o)
                 .collect(),
@@ -395,7 +397,8 @@ pub fn batch_age_s(
 
 fn decode_events(store: &gridgate_store::Store) -> Result<Vec<pb::EventStatus>, StoreError> {
     Ok(store
-        .dr_events()?
+        .dr()
+        .events()?
         .into_iter()
         .filter_map(|(_, bytes)| pb::EventStatus::decode(bytes.as_slice()).ok())
         .collect())
@@ -410,7 +413,7 @@ pub fn dr_summary(s: &WebState) -> Result<DrSummary, StoreError> {
     }
     Ok(DrSummary {
         events,
-        overrides: s.store.store.dr_overrides()?.into_iter().collect(),
+        overrides: s.store.store.dr().overrides()?.into_iter().collect(),
         loads: cfg.loads.len(),
     })
 }
@@ -418,7 +421,7 @@ pub fn dr_summary(s: &WebState) -> Result<DrSummary, StoreError> {
 /// Every event, newest first, and the loads.
 pub fn dr(s: &WebState) -> Result<DrView, StoreError> {
     let cfg = s.config.borrow().clone();
-    let overrides = s.store.store.dr_overrides()?;
+    let overrides = s.store.store.dr().overrides()?;
     let mut events: Vec<EventView> = decode_events(&s.store.store)?
         .into_iter()
         .map(|e| {

@@ -92,7 +92,7 @@ pub async fn dispatch(work: &Path, port: u16, length: Duration) -> Result<String
 
 /// One line on the latest DR event in `store`, or `None` when there is none.
 pub fn status_line(store: &Store) -> Option<String> {
-    let records = store.dr_events().ok()?;
+    let records = store.dr().events().ok()?;
     let (key, status) = records
         .iter()
         .filter_map(|(k, b)| Some((k, pb::EventStatus::decode(b.as_slice()).ok()?)))
@@ -117,7 +117,8 @@ pub fn status_line(store: &Store) -> Option<String> {
         })
         .collect();
     let report = store
-        .dr_report(key)
+        .dr()
+        .report(key)
         .ok()
         .flatten()
         .and_then(|b| pb::SignedPerformanceReport::decode(b.as_slice()).ok())

@@ -110,8 +110,8 @@ pub fn status_line(
     cfg: &gridgate_config::GatewayConfig,
 ) -> Option<String> {
     let l = cfg.ledger.as_ref()?;
-    let certified = store.ledger_next_certified(&cfg.id).ok()?;
-    let pending = store.ledger_pending_count(&cfg.id).ok()?;
+    let certified = store.ledger().next_certified(&cfg.id).ok()?;
+    let pending = store.ledger().pending_count(&cfg.id).ok()?;
     if certified + pending == 0 {
         return None;
     }

@@ -183,7 +183,7 @@ pub async fn publish(
     ));
     let started = Instant::now();
     let certified = loop {
-        let next = store.ledger_next_certified(&cfg.id)?;
+        let next = store.ledger().next_certified(&cfg.id)?;
         if next > seq {
             break true;
         }
