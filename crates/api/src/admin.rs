@@ -42,13 +42,10 @@ impl Admin for AdminService {
         req: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GatewayStatus>, Status> {
         role_of(&req)?;
-        let store = self.s.store.store.clone();
-        let (stats, cursors) = tokio::task::spawn_blocking(move || {
-            Ok::<_, gridgate_store::StoreError>((store.stats()?, store.cursors()?))
-        })
-        .await
-        .map_err(internal)?
-        .map_err(internal)?;
+        let (stats, cursors) = (self.s.store.store)
+            .run(|store| Ok((store.stats()?, store.cursors()?)))
+            .await
+            .map_err(internal)?;
         let uplink_lag = if self.s.config().uplink.is_some() {
             stats
                 .next_seq

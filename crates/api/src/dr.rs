@@ -60,11 +60,10 @@ impl DemandResponse for DemandResponseService {
         require(&req, "GetReport", DR_READERS)?;
         let r = req.into_inner();
         let key = event_key(&r.issuer, &r.event_id);
-        let store = self.api.store.store.clone();
-        let found = tokio::task::spawn_blocking(move || store.dr().report(&key))
+        let found = (self.api.store.store)
+            .run(move |store| store.dr().report(&key))
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::unavailable(format!("store: {e}")))?;
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         let bytes = found.ok_or_else(|| {
             Status::not_found(format!(
                 "no performance report for event {:?} of issuer {:?} (yet): it is written a few seconds after the event ends",
@@ -95,10 +94,7 @@ impl DemandResponse for DemandResponseService {
                     // First, and again after falling behind: every event as it stands (a
                     // state is whole, so the latest one makes up for the missed ones).
                     snapshot = false;
-                    let st = store.clone();
-                    let Ok(Ok(records)) =
-                        tokio::task::spawn_blocking(move || st.dr().events()).await
-                    else {
+                    let Ok(records) = store.run(|st| st.dr().events()).await else {
                         let _ = tx
                             .send(Err(Status::unavailable("store: cannot read the events")))
                             .await;
@@ -188,11 +184,10 @@ impl DemandResponse for DemandResponseService {
         require(&req, "GetEvent", DR_READERS)?;
         let r = req.into_inner();
         let key = event_key(&r.issuer, &r.event_id);
-        let store = self.api.store.store.clone();
-        let found = tokio::task::spawn_blocking(move || store.dr().event(&key))
+        let found = (self.api.store.store)
+            .run(move |store| store.dr().event(&key))
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::unavailable(format!("store: {e}")))?;
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         let bytes = found.ok_or_else(|| {
             Status::not_found(format!(
                 "no event {:?} of issuer {:?} was accepted here",

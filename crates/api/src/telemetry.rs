@@ -67,21 +67,15 @@ impl Telemetry for TelemetryService {
         tokio::spawn(async move {
             let mut sent = 0u64;
             while sent < max {
-                let st = store.clone();
                 let from = next;
                 let want = (max - sent).min(64) as usize;
-                let chunk =
-                    match tokio::task::spawn_blocking(move || st.batches_from(from, want)).await {
-                        Ok(Ok(c)) => c,
-                        Ok(Err(e)) => {
-                            let _ = tx.send(Err(internal(e))).await;
-                            return;
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Err(internal(e))).await;
-                            return;
-                        }
-                    };
+                let chunk = match store.run(move |st| st.batches_from(from, want)).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = tx.send(Err(internal(e))).await;
+                        return;
+                    }
+                };
                 if chunk.is_empty() {
                     if !r.follow {
                         return;
@@ -123,9 +117,9 @@ impl Telemetry for TelemetryService {
                 next_seq.wrapping_sub(1)
             )));
         }
-        let cursor = tokio::task::spawn_blocking(move || store.set_cursor(&r.consumer, r.seq + 1))
+        let cursor = store
+            .run(move |store| store.set_cursor(&r.consumer, r.seq + 1))
             .await
-            .map_err(internal)?
             .map_err(internal)?;
         Ok(Response::new(pb::AckResponse { cursor }))
     }

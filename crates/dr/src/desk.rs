@@ -102,11 +102,7 @@ impl Desk {
             return Err(DeskError::NoDr);
         }
         let _one_at_a_time = self.dr.shared.records.lock().await;
-        let store = self.store.clone();
-        let records = tokio::task::spawn_blocking(move || store.dr().events())
-            .await
-            .map_err(|e| DeskError::Internal(e.to_string()))?
-            .map_err(DeskError::Store)?;
+        let records = self.store.run(move |store| store.dr().events()).await?;
         let now = now_ms();
         let today = events_today(&records, now);
         let known: std::collections::BTreeSet<&str> =
@@ -128,11 +124,7 @@ impl Desk {
             }
         };
         let event_id = checked.event.id.clone();
-        let store = self.store.clone();
-        let overridden = tokio::task::spawn_blocking(move || store.dr().overrides())
-            .await
-            .map_err(|e| DeskError::Internal(e.to_string()))?
-            .map_err(DeskError::Store)?;
+        let overridden = self.store.run(move |store| store.dr().overrides()).await?;
         if let Some(t) = checked
             .event
             .targets
@@ -173,11 +165,10 @@ impl Desk {
             reported: false,
         };
         let record = status.encode_to_vec();
-        let store = self.store.clone();
-        let fresh = tokio::task::spawn_blocking(move || store.dr().insert_new(&key, &record))
-            .await
-            .map_err(|e| DeskError::Internal(e.to_string()))?
-            .map_err(DeskError::Store)?;
+        let fresh = self
+            .store
+            .run(move |store| store.dr().insert_new(&key, &record))
+            .await?;
         if !fresh {
             let r = Refused::Replayed {
                 issuer: checked.event.issuer.clone(),
@@ -224,10 +215,7 @@ impl Desk {
         let key = event_key(&cancel.issuer, &cancel.event_id);
         let store = self.store.clone();
         let k = key.clone();
-        let found = tokio::task::spawn_blocking(move || store.dr().event(&k))
-            .await
-            .map_err(|e| DeskError::Internal(e.to_string()))?
-            .map_err(DeskError::Store)?;
+        let found = store.run(move |store| store.dr().event(&k)).await?;
         let Some(mut status) = found.and_then(|b| pb::EventStatus::decode(b.as_slice()).ok())
         else {
             let r = Refused::Malformed(format!(
@@ -256,11 +244,9 @@ impl Desk {
             status.end_ms = status.end_ms.min(now);
         }
         let record = status.encode_to_vec();
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.dr().update(&key, &record))
-            .await
-            .map_err(|e| DeskError::Internal(e.to_string()))?
-            .map_err(DeskError::Store)?;
+        self.store
+            .run(move |store| store.dr().update(&key, &record))
+            .await?;
         announce(&self.dr.shared.updates, &status);
         self.dr.shared.wake.notify_one();
         info!(event = %cancel.event_id, issuer = %cancel.issuer, "DR event cancelled");
@@ -338,12 +324,12 @@ pub async fn set_override(
     let loads = {
         let _one_at_a_time = shared.records.lock().await;
         let (l, r) = (load.to_string(), reason.to_string());
-        tokio::task::spawn_blocking(move || {
-            store.dr().set_override(&l, active.then_some(r.as_str()))?;
-            store.dr().overrides()
-        })
-        .await
-        .map_err(|e| DeskError::Internal(e.to_string()))??
+        store
+            .run(move |store| {
+                store.dr().set_override(&l, active.then_some(r.as_str()))?;
+                store.dr().overrides()
+            })
+            .await?
     };
     warn!(
         load,

@@ -54,8 +54,7 @@ async fn decide(desk: &Desk, payload: &[u8]) -> pb::DispatchReply {
 
 /// Publishes the stored reports of events that ended within `within_ms`.
 async fn publish_recent(desk: &Desk, dr: &DrConfig, client: &AsyncClient, within_ms: i64) {
-    let store = desk.store.clone();
-    let Ok(Ok(records)) = tokio::task::spawn_blocking(move || store.dr().events()).await else {
+    let Ok(records) = desk.store.run(|store| store.dr().events()).await else {
         warn!("DR reports: cannot read the events to publish their reports");
         return;
     };
@@ -84,9 +83,8 @@ async fn publish_report(
     else {
         return;
     };
-    let (store, k) = (desk.store.clone(), key.to_string());
-    let Ok(Ok(Some(report))) = tokio::task::spawn_blocking(move || store.dr().report(&k)).await
-    else {
+    let k = key.to_string();
+    let Ok(Some(report)) = desk.store.run(move |store| store.dr().report(&k)).await else {
         return;
     };
     let topic = report_topic(dr, &event.issuer, &event.id);
