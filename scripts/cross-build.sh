@@ -73,4 +73,8 @@ fi
 # It runs: the command line and the config checker, under user-mode emulation.
 QEMU_LD_PREFIX="/usr/$gnu" "$qemu" "$out" --version
 QEMU_LD_PREFIX="/usr/$gnu" "$qemu" "$out" check-config --no-files --config deploy/example.toml >/dev/null
-echo "$arch binary runs (qemu-user): --version and check-config deploy/example.toml"
+if QEMU_LD_PREFIX="/usr/$gnu" "$qemu" "$out" demo --help >/dev/null 2>&1; then
+    echo "the production binary carries the demo: build it without default features" >&2
+    exit 1
+fi
+echo "$arch binary runs (qemu-user): --version and check-config deploy/example.toml; no demo in it"

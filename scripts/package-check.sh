@@ -22,6 +22,11 @@ SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 $SUDO dpkg -i "$deb"
 /usr/bin/gridgate --version
+# The production binary: built without the demo feature (the simulators are not in it).
+if /usr/bin/gridgate demo --help >/dev/null 2>&1; then
+    echo "the packaged binary carries the demo: build it without default features" >&2
+    exit 1
+fi
 systemd-analyze verify /lib/systemd/system/gridgate.service
 id gridgate
 state=$(systemctl is-enabled gridgate 2>/dev/null || true)
