@@ -44,8 +44,10 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 # advisory database is a git repository this network cannot reach; `cargo deny check
 # advisories` belongs to a machine that can.
 step "cargo deny: licences, bans, sources"
+# A debug build of the tool: 1 min 54 s to build here against 4 min 32 s optimised, and its
+# check of this workspace still takes 4 s.
 if ! command -v cargo-deny >/dev/null 2>&1; then
-    cargo install --locked --quiet cargo-deny@0.20.2
+    cargo install --locked --quiet --debug cargo-deny@0.20.2
 fi
 cargo deny --locked check bans licenses sources
 
