@@ -369,51 +369,20 @@ fn due_times(
         .collect()
 }
 
-/// One pass over every event (the record lock is held).
-async fn pass(
-    store: &Arc<Store>,
-    cfg: &Arc<GatewayConfig>,
-    controls: &Controls,
-    identity: &Identity,
-    updates: &Updates,
+/// What a pass decides, without I/O: events that start now get their loads' targets and due
+/// times, arbitration between events, loads under override given back, ended events' loads
+/// handed on or restored, and due loads driven. Changes the records in `entries` and answers
+/// the writes to make (`at`: now, for the retry pacing).
+fn plan(
+    entries: &mut [Entry],
+    (now, at): (i64, Instant),
+    cfg: &GatewayConfig,
+    overridden: &BTreeSet<String>,
     pacing: &mut Pacing,
-    whole_history: bool,
-) {
-    let records = if whole_history {
-        blocking(store, |s| s.dr().events()).await
-    } else {
-        blocking(store, |s| s.dr().open_events()).await
-    };
-    let Some(records) = records else {
-        return;
-    };
-    let Some(mut overridden) = blocking(store, |s| s.dr().overrides()).await else {
-        return;
-    };
-    for l in &cfg.loads {
-        if l.override_point
-            .as_ref()
-            .is_some_and(|p| pacing.switches.get(p) == Some(&true))
-        {
-            overridden.insert(l.name.clone());
-        }
-    }
-    let now = now_ms();
-    let mut entries: Vec<Entry> = records
-        .into_iter()
-        .filter_map(|(key, bytes)| {
-            let status = pb::EventStatus::decode(bytes.as_slice()).ok()?;
-            let event = event_of(&status)?;
-            Some(Entry {
-                key,
-                event,
-                before: status.clone(),
-                status,
-            })
-        })
-        .collect();
+) -> Vec<Write> {
+    let mut writes = Vec::new();
     let mut last_restored: BTreeMap<String, i64> = BTreeMap::new();
-    for e in &entries {
+    for e in entries.iter() {
         for l in &e.status.loads {
             let t = last_restored.entry(l.load.clone()).or_default();
             *t = (*t).max(l.restored_ms);
@@ -473,18 +442,74 @@ async fn pass(
         info!(event = %e.event.id, loads = st.loads.len(), ramp_s = e.event.ramp_s, randomize_s = e.event.randomize_s, "DR event started");
     }
 
-    arbitrate(&mut entries, now);
+    arbitrate(entries, now);
     for e in entries.iter_mut() {
-        give_way(e, cfg, controls, &overridden, pacing);
+        give_way(e, cfg, &mut writes, overridden, pacing);
     }
     // Ends: hand each moved load to the event that holds it next, or put it back.
     for i in 0..entries.len() {
         if entries[i].ending(now) {
-            end(&mut entries, i, now, cfg, controls, pacing);
+            end(entries, i, now, cfg, &mut writes, pacing);
         }
     }
     for e in entries.iter_mut().filter(|e| e.running(now)) {
-        drive(e, now, cfg, controls, pacing);
+        drive(e, (now, at), cfg, &mut writes, pacing);
+    }
+    writes
+}
+
+/// One pass over every event (the record lock is held).
+async fn pass(
+    store: &Arc<Store>,
+    cfg: &Arc<GatewayConfig>,
+    controls: &Controls,
+    identity: &Identity,
+    updates: &Updates,
+    pacing: &mut Pacing,
+    whole_history: bool,
+) {
+    let records = if whole_history {
+        blocking(store, |s| s.dr().events()).await
+    } else {
+        blocking(store, |s| s.dr().open_events()).await
+    };
+    let Some(records) = records else {
+        return;
+    };
+    let Some(mut overridden) = blocking(store, |s| s.dr().overrides()).await else {
+        return;
+    };
+    for l in &cfg.loads {
+        if l.override_point
+            .as_ref()
+            .is_some_and(|p| pacing.switches.get(p) == Some(&true))
+        {
+            overridden.insert(l.name.clone());
+        }
+    }
+    let now = now_ms();
+    let mut entries: Vec<Entry> = records
+        .into_iter()
+        .filter_map(|(key, bytes)| {
+            let status = pb::EventStatus::decode(bytes.as_slice()).ok()?;
+            let event = event_of(&status)?;
+            Some(Entry {
+                key,
+                event,
+                before: status.clone(),
+                status,
+            })
+        })
+        .collect();
+    let writes = plan(
+        &mut entries,
+        (now, Instant::now()),
+        cfg,
+        &overridden,
+        pacing,
+    );
+    for w in writes {
+        spawn(w, controls, &pacing.done);
     }
     let (mut done_with, mut open) = (Vec::new(), Vec::new());
     for e in entries.iter_mut() {
@@ -575,7 +600,7 @@ fn arbitrate(entries: &mut [Entry], now: i64) {
 fn give_way(
     e: &mut Entry,
     cfg: &GatewayConfig,
-    controls: &Controls,
+    writes: &mut Vec<Write>,
     overridden: &BTreeSet<String>,
     pacing: &mut Pacing,
 ) {
@@ -592,14 +617,13 @@ fn give_way(
             info!(event = %e.event.id, load = %ls.load, "load under manual override: not moved");
         } else if ls.state == pb::LoadState::Acknowledged as i32 {
             if let Some(previous) = ls.previous {
-                spawn_write(
+                writes.extend(plan_write(
                     &e.key,
                     ls,
                     (previous, Purpose::GiveWay),
                     cfg,
-                    controls,
                     pacing,
-                );
+                ));
             }
         }
     }
@@ -613,7 +637,7 @@ fn end(
     i: usize,
     now: i64,
     cfg: &GatewayConfig,
-    controls: &Controls,
+    writes: &mut Vec<Write>,
     pacing: &mut Pacing,
 ) {
     let key = entries[i].key.clone();
@@ -676,14 +700,13 @@ fn end(
                 .is_none_or(|t| *t <= Instant::now());
             if retry_due {
                 let e = &mut entries[i];
-                spawn_write(
+                writes.extend(plan_write(
                     &key,
                     &e.status.loads[li],
                     (previous, Purpose::Restore),
                     cfg,
-                    controls,
                     pacing,
-                );
+                ));
             }
         }
     }
@@ -713,8 +736,13 @@ fn needs_restore(ls: &pb::LoadStatus) -> bool {
 }
 
 /// Asks for every pending load of a running event whose time has come.
-fn drive(e: &mut Entry, now: i64, cfg: &GatewayConfig, controls: &Controls, pacing: &mut Pacing) {
-    let at = Instant::now();
+fn drive(
+    e: &mut Entry,
+    (now, at): (i64, Instant),
+    cfg: &GatewayConfig,
+    writes: &mut Vec<Write>,
+    pacing: &mut Pacing,
+) {
     for ls in &e.status.loads {
         if ls.state != pb::LoadState::Pending as i32 || now < ls.due_ms {
             continue;
@@ -723,46 +751,62 @@ fn drive(e: &mut Entry, now: i64, cfg: &GatewayConfig, controls: &Controls, paci
         if pacing.retry_at.get(&slot).is_some_and(|t| *t > at) {
             continue;
         }
-        spawn_write(
+        writes.extend(plan_write(
             &e.key,
             ls,
             (ls.target, Purpose::Drive),
             cfg,
-            controls,
             pacing,
-        );
+        ));
     }
 }
 
 /// Starts one write as its own task, unless one for the slot is running.
-fn spawn_write(
+/// A write the plan asks for: the run loop spawns it through the load's bus or commander.
+#[derive(Debug, Clone, PartialEq)]
+struct Write {
+    slot: Slot,
+    control: Control,
+    value: f64,
+    purpose: Purpose,
+}
+
+/// The write of `value` to `ls`'s load for `purpose`, unless one to that load for that
+/// event is still in flight or the load has no control; marks it in flight.
+fn plan_write(
     key: &str,
     ls: &pb::LoadStatus,
     (value, purpose): (f64, Purpose),
     cfg: &GatewayConfig,
-    controls: &Controls,
     pacing: &mut Pacing,
-) {
+) -> Option<Write> {
     let slot = (key.to_string(), ls.load.clone());
     if pacing.in_flight.contains(&slot) {
-        return;
+        return None;
     }
-    let Some(control): Option<Control> = cfg
+    let control = cfg
         .loads
         .iter()
         .find(|l| l.name == ls.load)
-        .and_then(|l| l.control.clone())
-    else {
-        return;
-    };
+        .and_then(|l| l.control.clone())?;
     pacing.in_flight.insert(slot.clone());
-    let (controls, done) = (controls.clone(), pacing.done.clone());
+    Some(Write {
+        slot,
+        control,
+        value,
+        purpose,
+    })
+}
+
+/// Carries out a planned write; its outcome comes back on `done`.
+fn spawn(w: Write, controls: &Controls, done: &mpsc::UnboundedSender<Done>) {
+    let (controls, done) = (controls.clone(), done.clone());
     tokio::spawn(async move {
-        let outcome = controls.write(&control, value, WRITE_WITHIN).await;
+        let outcome = controls.write(&w.control, w.value, WRITE_WITHIN).await;
         let _ = done.send(Done {
-            key: slot.0,
-            load: slot.1,
-            purpose,
+            key: w.slot.0,
+            load: w.slot.1,
+            purpose: w.purpose,
             at_ms: now_ms(),
             outcome,
         });
@@ -871,6 +915,95 @@ mod tests {
             before: status.clone(),
             status,
         }
+    }
+
+    const PLANT: &str = r#"
+[gateway]
+id = "gw-1"
+
+[[bus]]
+name = "pcs"
+link = "tcp://127.0.0.1:502"
+
+[[device]]
+name = "pcs-1"
+bus = "pcs"
+protocol = "modbus"
+unit = 1
+poll = "1s"
+points = [
+  { name = "active_power", table = "holding", address = 0, type = "f32", unit = "kW" },
+  { name = "setpoint", table = "holding", address = 100, type = "i16", scale = 0.1, unit = "kW" },
+]
+
+[[load]]
+name = "pcs"
+meter = "pcs-1/active_power"
+control = "pcs-1/setpoint"
+rated_kw = 55.0
+min_setpoint = 20.0
+max_setpoint = 100.0
+"#;
+
+    fn pacing() -> Pacing {
+        Pacing {
+            in_flight: BTreeSet::new(),
+            retry_at: BTreeMap::new(),
+            switches: BTreeMap::new(),
+            done: mpsc::unbounded_channel().0,
+            instruments: Arc::default(),
+        }
+    }
+
+    /// The plan of one pass, without I/O: a due load is driven to its target once (a second
+    /// pass while the write is in flight asks nothing), a load not yet due is left, and at the
+    /// end a moved load is restored to its value from before.
+    #[test]
+    fn the_plan_drives_due_loads_once_and_restores_them_at_the_end() {
+        let cfg = gridgate_config::parse(PLANT, std::path::Path::new("<test>")).unwrap();
+        let mut p = pacing();
+        let at = Instant::now();
+        let mut e = entry("e1", 0, 1_000, pb::LoadState::Pending);
+        e.status.loads[0].target = 40.0;
+        e.status.loads[0].due_ms = 5_000;
+        let mut v = vec![e];
+
+        let none = BTreeSet::new();
+        assert!(
+            plan(&mut v, (4_000, at), &cfg, &none, &mut p).is_empty(),
+            "not due yet"
+        );
+        let writes = plan(&mut v, (5_000, at), &cfg, &none, &mut p);
+        assert_eq!(writes.len(), 1);
+        assert_eq!((writes[0].value, writes[0].purpose), (40.0, Purpose::Drive));
+        assert!(
+            plan(&mut v, (5_500, at), &cfg, &none, &mut p).is_empty(),
+            "in flight"
+        );
+
+        // Acknowledged from 55.0; the event ends: the plan restores 55.0.
+        p.in_flight.clear();
+        v[0].status.loads[0].state = pb::LoadState::Acknowledged as i32;
+        v[0].status.loads[0].previous = Some(55.0);
+        let writes = plan(&mut v, (61_000, at), &cfg, &none, &mut p);
+        assert_eq!(writes.len(), 1);
+        assert_eq!(
+            (writes[0].value, writes[0].purpose),
+            (55.0, Purpose::Restore)
+        );
+
+        // Under manual override while acknowledged: the load is given back at once.
+        let mut p = pacing();
+        let mut e = entry("e2", 0, 1_000, pb::LoadState::Acknowledged);
+        e.status.loads[0].previous = Some(50.0);
+        let mut v = vec![e];
+        let overridden = BTreeSet::from(["pcs".to_string()]);
+        let writes = plan(&mut v, (2_000, at), &cfg, &overridden, &mut p);
+        assert_eq!(writes.len(), 1);
+        assert_eq!(
+            (writes[0].value, writes[0].purpose),
+            (50.0, Purpose::GiveWay)
+        );
     }
 
     fn state(e: &Entry) -> pb::LoadState {
