@@ -45,7 +45,6 @@ fn status_of(e: DeskError) -> Status {
         DeskError::NoDr => Status::failed_precondition(e.to_string()),
         DeskError::NotALoad(_) => Status::invalid_argument(e.to_string()),
         DeskError::Store(_) => Status::unavailable(e.to_string()),
-        DeskError::Internal(_) => Status::internal(e.to_string()),
     }
 }
 

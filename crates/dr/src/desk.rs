@@ -62,9 +62,6 @@ pub enum DeskError {
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] gridgate_store::StoreError),
-    /// A blocking task failed.
-    #[error("{0}")]
-    Internal(String),
 }
 
 /// Where signed events and cancels are decided, whichever way they came (gRPC or MQTT).

@@ -17,7 +17,7 @@ pub mod sync;
 use gridgate_proto::v1 as pb;
 use thiserror::Error;
 
-pub use gridgate_ledger::{Member, Members};
+use gridgate_ledger::{Member, Members};
 
 use gridgate_config::ledger::LedgerConfig;
 use gridgate_ledger::settlement::{Certified, settle_as_of};

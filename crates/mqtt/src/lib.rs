@@ -6,3 +6,6 @@
 
 pub mod ingest;
 pub mod uplink;
+
+#[cfg(test)]
+mod scripted;

@@ -189,7 +189,7 @@ mod tests {
     use gridgate_store::batch::seal;
     use gridgate_store::writer::{self, WriterConfig};
     use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Packet, PubAck};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     use tokio::net::{TcpListener, TcpStream};
 
     /// A store holding `n` closed batches, behind a running writer.
@@ -223,21 +223,7 @@ mod tests {
 
     impl Peer {
         async fn next(&mut self) -> Packet {
-            loop {
-                match Packet::read(&mut self.buf, 1 << 20) {
-                    Ok(p) => return p,
-                    Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
-                    Err(e) => panic!("bad packet from the uplink: {e}"),
-                }
-                let n = tokio::time::timeout(
-                    Duration::from_secs(10),
-                    self.stream.read_buf(&mut self.buf),
-                )
-                .await
-                .expect("the uplink said something within 10 s")
-                .unwrap();
-                assert!(n > 0, "the uplink closed the connection");
-            }
+            crate::scripted::read_packet(&mut self.stream, &mut self.buf, "uplink").await
         }
 
         async fn send(&mut self, write: impl FnOnce(&mut BytesMut)) {
@@ -266,16 +252,19 @@ mod tests {
         }
     }
 
-    async fn cursor_becomes(store: &StoreHandle, want: u64) {
+    /// Waits until the durable cursor, and then the one the uplink reports, are `want`
+    /// (the report follows the store's write).
+    async fn cursor_becomes(store: &StoreHandle, stats: &UplinkStats, want: u64) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let c = store.store.cursor(UPLINK_CONSUMER).unwrap();
-            if c == want {
+            let reported = stats.cursor.load(Ordering::Relaxed);
+            if c == want && reported == want {
                 return;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "cursor {c}, not {want}"
+                "cursor {c} (reported {reported}), not {want}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -331,8 +320,7 @@ mod tests {
         assert_eq!(store.store.cursor(UPLINK_CONSUMER).unwrap(), 0);
         // Batch 0: the cursor moves past 0 and 1, and waits at 2.
         peer.ack(sent[0].0).await;
-        cursor_becomes(&store, 2).await;
-        assert_eq!(stats.cursor.load(Ordering::Relaxed), 2);
+        cursor_becomes(&store, &stats, 2).await;
 
         // The connection drops with batch 2 unacknowledged: the next session starts there.
         drop(peer);
@@ -353,7 +341,7 @@ mod tests {
         assert_eq!((first, second), (2, 3), "resent from the cursor, in order");
         peer.ack(a).await;
         peer.ack(b).await;
-        cursor_becomes(&store, 4).await;
+        cursor_becomes(&store, &stats, 4).await;
         cancel.cancel();
         uplink.await.unwrap();
     }

@@ -283,6 +283,8 @@ mod tests {
     use rumqttc::mqttbytes::v4::{Connect, Publish};
     use tokio::net::TcpStream;
 
+    use crate::scripted::read_packet;
+
     const CONFIG: &str = r#"
 [gateway]
 id = "gw-1"
@@ -295,22 +297,6 @@ name = "sensor-1"
 topic = "field/sensor-1"
 points = [{ name = "t", unit = "C" }]
 "#;
-
-    /// A device's side: packets out, packets in.
-    async fn read_packet(s: &mut TcpStream, buf: &mut BytesMut) -> Packet {
-        loop {
-            match Packet::read(buf, 1 << 20) {
-                Ok(p) => return p,
-                Err(CodecError::InsufficientBytes(_)) => {}
-                Err(e) => panic!("bad packet from the listener: {e}"),
-            }
-            let n = tokio::time::timeout(Duration::from_secs(10), s.read_buf(buf))
-                .await
-                .expect("the listener answered within 10 s")
-                .unwrap();
-            assert!(n > 0, "the listener closed the connection");
-        }
-    }
 
     /// A device connects, publishes at QoS 1 and is acknowledged with its packet id only
     /// when the reading is in the store; a publish on a topic no device owns is acknowledged
@@ -354,7 +340,7 @@ points = [{ name = "t", unit = "C" }]
         Connect::new("sensor-1").write(&mut out).unwrap();
         s.write_all(&out).await.unwrap();
         assert!(matches!(
-            read_packet(&mut s, &mut buf).await,
+            read_packet(&mut s, &mut buf, "listener").await,
             Packet::ConnAck(a) if a.code == ConnectReturnCode::Success
         ));
 
@@ -371,12 +357,12 @@ points = [{ name = "t", unit = "C" }]
         };
         s.write_all(&publish("field/nobody", 6)).await.unwrap();
         s.write_all(&publish("field/sensor-1", 7)).await.unwrap();
-        let first = read_packet(&mut s, &mut buf).await;
+        let first = read_packet(&mut s, &mut buf, "listener").await;
         assert!(
             matches!(&first, Packet::PubAck(a) if a.pkid == 6),
             "{first:?}"
         );
-        let second = read_packet(&mut s, &mut buf).await;
+        let second = read_packet(&mut s, &mut buf, "listener").await;
         assert!(
             matches!(&second, Packet::PubAck(a) if a.pkid == 7),
             "{second:?}"
