@@ -210,6 +210,14 @@ impl BusPoller {
                 Some(req) = self.next_control() => {
                     match req {
                         BusRequest::Write(req) => {
+                            // Its requester stopped waiting (the line was busy past its
+                            // deadline): written now, it would move a load nobody tracks,
+                            // and the requester's retry would read the moved value as the
+                            // one to restore at the end.
+                            if req.reply.is_closed() {
+                                warn!(bus = %self.bus.name, device = %req.device, point = %req.point, "control write dropped: its requester stopped waiting");
+                                continue;
+                            }
                             let outcome = self.control(&req).await;
                             if let Err(e) = &outcome {
                                 warn!(bus = %self.bus.name, "control write failed: {e}");
