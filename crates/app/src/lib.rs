@@ -1,7 +1,13 @@
 //! The composition root: `gridgate run` (and `gridgate demo`, which adds simulators around
 //! it) start one [`Pipeline`]: buses and MQTT field devices → store (group commit,
-//! signed batches) → MQTT uplink; an optional echo prints readings as they are acquired.
+//! signed batches) → MQTT uplink, with the API, the page, DR and the ledger node beside;
+//! an optional echo prints readings as they are acquired. Each part starts from the
+//! handles in [`Shared`]; a reload restarts only the parts a config change touches.
 
+mod error;
+mod forward;
+mod parts;
+mod signals;
 pub mod systemd;
 
 use std::collections::BTreeMap;
@@ -10,235 +16,30 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use thiserror::Error;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use gridgate_acquire::{self as acquire, DeviceRegistry, ReadingSink};
-use gridgate_config::{BusConfig, ConfigError, GatewayConfig};
-use gridgate_core::Reading;
-use gridgate_core::{Identity, IdentityError};
-use gridgate_mqtt::ingest::{self, IngestStats};
-use gridgate_mqtt::uplink::{self, UplinkStats};
-use gridgate_store::writer::{self, StoreHandle, Submission, WriterConfig};
-use gridgate_store::{Store, StoreError};
+use gridgate_config::{BusConfig, GatewayConfig};
+use gridgate_core::Identity;
+use gridgate_mqtt::ingest;
+use gridgate_store::Store;
+use gridgate_store::writer::{self, WriterConfig};
 
-/// Why the daemon could not start or stopped with an error.
-#[derive(Debug, Error)]
-pub enum DaemonError {
-    /// Config unusable.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// A ledger member's key is unusable.
-    #[error(transparent)]
-    Members(#[from] gridgate_ledger_node::MembersError),
-    /// Identity key missing or unreadable.
-    #[error(
-        "{0}\nThe daemon signs every batch with the gateway's identity key: make one with `gridgate keygen --out /etc/gridgate` and point [gateway] identity at it."
-    )]
-    Identity(#[from] IdentityError),
-    /// Store unusable.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// Embedded broker would not start.
-    #[error(transparent)]
-    Broker(#[from] ingest::broker::BrokerError),
-    /// TLS files for a broker unusable.
-    #[error(transparent)]
-    Tls(#[from] gridgate_core::tls::TlsError),
-    /// The field listener cannot bind.
-    #[error("field listener cannot listen on {addr}: {source}")]
-    Listen {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
-    /// The commissioning page would not start.
-    #[error(transparent)]
-    Web(#[from] gridgate_web::WebError),
-    /// The gRPC API would not start.
-    #[error(transparent)]
-    Api(#[from] gridgate_api::ApiError),
-    /// A trusted DR issuer's key is unusable.
-    #[error(transparent)]
-    Trust(#[from] gridgate_dr::desk::TrustError),
-    /// The echo output failed (stdout closed).
-    #[error("output failed: {0}")]
-    Sink(#[from] std::io::Error),
-}
-
-/// SIGTERM and SIGINT (stop) and SIGHUP (reload), caught from the moment this is made: a
-/// stop asked for while the gateway is still starting (opening the store, binding ports) is
-/// a clean stop too, and a SIGHUP then is not the default action that kills the process.
-pub struct Signals {
-    #[cfg(unix)]
-    term: Option<tokio::signal::unix::Signal>,
-    #[cfg(unix)]
-    int: Option<tokio::signal::unix::Signal>,
-    #[cfg(unix)]
-    hup: Option<tokio::signal::unix::Signal>,
-}
-
-impl Signals {
-    /// Installs the handlers now.
-    pub fn install() -> Self {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            Signals {
-                term: signal(SignalKind::terminate()).ok(),
-                int: signal(SignalKind::interrupt()).ok(),
-                hup: signal(SignalKind::hangup()).ok(),
-            }
-        }
-        #[cfg(not(unix))]
-        Signals {}
-    }
-
-    /// The next stop or reload asked for.
-    pub async fn next(&mut self) -> Asked {
-        #[cfg(unix)]
-        {
-            let hup = async {
-                match &mut self.hup {
-                    Some(h) => h.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            match (&mut self.term, &mut self.int) {
-                (Some(t), Some(i)) => {
-                    tokio::select! {
-                        _ = t.recv() => Asked::Stop,
-                        _ = i.recv() => Asked::Stop,
-                        _ = hup => Asked::Reload,
-                    }
-                }
-                _ => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    Asked::Stop
-                }
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-            Asked::Stop
-        }
-    }
-
-    /// Resolves when a stop is asked for (a SIGHUP meanwhile is caught and ignored).
-    pub async fn stop(&mut self) {
-        while self.next().await == Asked::Reload {}
-    }
-}
-
-/// What a signal asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Asked {
-    /// SIGTERM or SIGINT.
-    Stop,
-    /// SIGHUP.
-    Reload,
-}
-
-/// Resolves when the process is asked to stop (SIGINT, SIGTERM).
-pub async fn stop_signal() {
-    Signals::install().stop().await
-}
-
-/// A part of the pipeline that a reload can stop and start on its own: its tasks and the
-/// token that stops them (a child of the pipeline's).
-struct Part {
-    cancel: CancellationToken,
-    tasks: JoinSet<()>,
-}
-
-impl Part {
-    fn new(parent: &CancellationToken) -> Part {
-        Part {
-            cancel: parent.child_token(),
-            tasks: JoinSet::new(),
-        }
-    }
-
-    async fn stop(mut self) {
-        self.cancel.cancel();
-        while self.tasks.join_next().await.is_some() {}
-    }
-}
-
-/// Why a reload was refused. The running config stays in force in every case.
-#[derive(Debug, Error)]
-pub enum ReloadError {
-    /// The new file does not load or does not check.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// It changes what only a restart can change.
-    #[error(
-        "the new config changes {0}, which only a restart applies (systemctl restart gridgate); nothing was reloaded"
-    )]
-    NeedsRestart(String),
-    /// A part would not start on the new config (everything runs on the old one again).
-    #[error(
-        "{part} would not start on the new config ({reason}); the gateway runs on the old config"
-    )]
-    Part {
-        /// Which part.
-        part: &'static str,
-        reason: String,
-    },
-}
-
-fn part_failed(part: &'static str, e: DaemonError) -> ReloadError {
-    ReloadError::Part {
-        part,
-        reason: e.to_string(),
-    }
-}
+pub use error::{DaemonError, ReloadError};
+pub use parts::{Running, Shared, Subsystem};
+pub use signals::{Asked, Signals, stop_signal};
 
 /// A running gateway.
 pub struct Pipeline {
-    cancel: CancellationToken,
-    /// The config in force; a reload replaces it, and the gRPC services read it from here.
-    config: tokio::sync::watch::Sender<Arc<GatewayConfig>>,
+    shared: Shared,
+    parts: BTreeMap<Subsystem, Running>,
     /// One poller per bus, by bus name, so that a reload restarts only the buses it changes.
-    buses: BTreeMap<String, Part>,
-    ingest_part: Part,
-    uplink_part: Part,
-    api: Part,
-    web: Part,
-    /// The page's address, once it listens.
-    pub web_addr: Option<std::net::SocketAddr>,
-    /// Every point's last reading (the page).
-    pub latest: gridgate_web::latest::Latest,
-    /// Metrics updated where things happen.
-    pub instruments: Arc<gridgate_core::instruments::Instruments>,
-    started: std::time::Instant,
-    /// Where pollers send readings (kept to start pollers after a reload).
-    readings: mpsc::Sender<Vec<Reading>>,
+    buses: BTreeMap<String, Running>,
+    always: Running,
     forwarder: tokio::task::JoinHandle<std::io::Result<()>>,
     writer: tokio::task::JoinHandle<()>,
-    /// The store, for status.
-    pub store: StoreHandle,
-    /// Device states.
-    pub registry: DeviceRegistry,
-    /// MQTT ingest counters.
-    pub ingest: Arc<IngestStats>,
-    /// Uplink counters.
-    pub uplink: Arc<UplinkStats>,
-    /// Live readings (what gRPC Subscribe serves).
-    pub live: tokio::sync::broadcast::Sender<Arc<Reading>>,
-    /// What the DR parts share: counters, the record lock, the relay's wake-up, updates.
-    pub dr: gridgate_dr::shared::DrShared,
-    /// Writes to field devices, through the bus tasks.
-    pub controls: acquire::Controls,
-    relay: Part,
-    /// Signs DR reports, votes and ledger entries (the writer holds its own copy for batches).
-    identity: Identity,
-    /// Wakes the ledger certifier when an own entry was appended.
-    ledger_wake: Arc<tokio::sync::Notify>,
-    public_key: [u8; 32],
+    /// Readings committed at the last status line, and when: the rate between two lines.
     rate: std::sync::Mutex<(tokio::time::Instant, u64)>,
 }
 
@@ -264,19 +65,6 @@ fn restart_only_changes(old: &GatewayConfig, new: &GatewayConfig) -> Vec<&'stati
     changed
 }
 
-/// TLS material of the MQTT links, checked before anything starts, so that a wrong path is
-/// an error at start-up (or a refused reload), not a retry loop in the log.
-fn check_mqtt_tls(cfg: &GatewayConfig) -> Result<(), gridgate_core::tls::TlsError> {
-    if let Some(u) = &cfg.uplink {
-        gridgate_acquire::broker::options(&u.broker, &u.client_id, u.keep_alive, None)?;
-    }
-    if let Some(b) = cfg.ingest.as_ref().and_then(|i| i.broker.as_ref()) {
-        let id = cfg.ingest.as_ref().map_or("", |i| i.client_id.as_str());
-        gridgate_acquire::broker::options(b, id, Duration::from_secs(30), None)?;
-    }
-    Ok(())
-}
-
 impl Pipeline {
     /// Opens the store and starts everything `cfg` asks for. `echo` also receives every
     /// polled reading (for `--echo` and the demo).
@@ -285,9 +73,7 @@ impl Pipeline {
         identity: Identity,
         echo: Option<Box<dyn ReadingSink>>,
     ) -> Result<Pipeline, DaemonError> {
-        check_mqtt_tls(cfg)?;
-        let public_key = identity.public().to_bytes();
-        let report_identity = identity.clone();
+        parts::check_mqtt_tls(cfg)?;
         let store = Store::open_with(&cfg.data_dir, &cfg.id, cfg.store.dedupe_window)?;
         store.set_metered(cfg.loads.iter().map(|l| l.meter.clone()));
         let stats = store.stats()?;
@@ -299,7 +85,7 @@ impl Pipeline {
         );
         let (handle, writer) = writer::start(
             store,
-            identity,
+            identity.clone(),
             WriterConfig {
                 gateway_id: cfg.id.clone(),
                 batch_readings: cfg.store.batch_readings,
@@ -312,356 +98,130 @@ impl Pipeline {
             let max = cfg.ingest.as_ref().map_or(256 << 10, |i| i.max_payload);
             ingest::broker::start(b.listen, max.saturating_mul(4))?;
         }
-        let cancel = CancellationToken::new();
-        let (tx, rx) = mpsc::channel(acquire::QUEUE_DEPTH);
+        let (readings, rx) = mpsc::channel(acquire::QUEUE_DEPTH);
         let live = gridgate_core::live_channel();
-        let forwarder = tokio::spawn(forward(rx, handle.clone(), echo, live.clone()));
-        let mut p = Pipeline {
+        let forwarder = tokio::spawn(forward::forward(rx, handle.clone(), echo, live.clone()));
+        let shared = Shared {
+            cancel: Default::default(),
             config: tokio::sync::watch::Sender::new(Arc::new(cfg.clone())),
-            buses: BTreeMap::new(),
-            ingest_part: Part::new(&cancel),
-            uplink_part: Part::new(&cancel),
-            api: Part::new(&cancel),
-            web: Part::new(&cancel),
-            web_addr: None,
+            store: handle,
+            readings,
+            registry: DeviceRegistry::default(),
             latest: Default::default(),
             instruments: Default::default(),
             started: std::time::Instant::now(),
-            relay: Part::new(&cancel),
-            cancel,
-            readings: tx,
+            ingest: Default::default(),
+            uplink: Default::default(),
+            live,
+            dr: Default::default(),
+            controls: Default::default(),
+            identity,
+            ledger_wake: Default::default(),
+        };
+        let always = parts::start_always(&shared);
+        let mut p = Pipeline {
+            parts: BTreeMap::new(),
+            buses: BTreeMap::new(),
+            always,
             forwarder,
             writer,
-            store: handle,
-            registry: DeviceRegistry::default(),
-            ingest: Arc::new(IngestStats::default()),
-            uplink: Arc::new(UplinkStats::default()),
-            live,
-            dr: gridgate_dr::shared::DrShared::default(),
-            controls: acquire::Controls::default(),
-            identity: report_identity.clone(),
-            ledger_wake: Arc::default(),
-            public_key,
             rate: std::sync::Mutex::new((tokio::time::Instant::now(), 0)),
+            shared,
         };
-        p.ingest_part = p.start_ingest(cfg).await?;
-        p.uplink_part = p.start_uplink(cfg);
         for bus in &cfg.buses {
-            p.start_bus(bus);
+            p.buses
+                .insert(bus.name.clone(), parts::start_bus(&p.shared, bus));
         }
-        p.api = p.start_api(cfg).await?;
-        // The page's view of the last readings follows the live readings all the time, so
-        // that a page opened later shows values at once.
-        p.relay.tasks.spawn(gridgate_web::latest::follow(
-            p.latest.clone(),
-            p.live.subscribe(),
-            p.relay.cancel.clone(),
-        ));
-        p.web = p.start_web(cfg).await?;
-        // Loads commanded over MQTT go through one client on the [ingest] broker; it
-        // follows the config itself.
-        let (commands, command_rx) = mpsc::channel(acquire::mqtt_command::COMMAND_QUEUE);
-        p.controls.attach_mqtt(commands);
-        p.relay.tasks.spawn(acquire::mqtt_command::run(
-            p.config.subscribe(),
-            command_rx,
-            p.relay.cancel.clone(),
-        ));
-        // The relay runs whatever the config: events accepted before a restart still end
-        // and restore their loads.
-        p.relay.tasks.spawn(gridgate_dr::relay::run(
-            gridgate_dr::relay::Relay {
-                store: p.store.store.clone(),
-                config: p.config.subscribe(),
-                controls: p.controls.clone(),
-                shared: p.dr.clone(),
-                identity: report_identity,
-                live: p.live.subscribe(),
-                instruments: p.instruments.clone(),
-            },
-            p.relay.cancel.clone(),
-        ));
+        for s in Subsystem::ALL {
+            let running = s.start(&p.shared, cfg).await?;
+            p.parts.insert(s, running);
+        }
         Ok(p)
     }
 
-    fn start_bus(&mut self, bus: &BusConfig) {
-        let mut part = Part::new(&self.cancel);
-        let (tx, rx) = mpsc::channel(acquire::request::CONTROL_QUEUE);
-        self.controls.attach(&bus.name, &bus.devices, tx);
-        let poller = acquire::BusPoller::new(bus.clone(), self.registry.clone()).with_controls(rx);
-        part.tasks
-            .spawn(poller.run(self.readings.clone(), part.cancel.clone()));
-        self.buses.insert(bus.name.clone(), part);
+    /// The handles every part shares: the store, device states, counters.
+    pub fn shared(&self) -> &Shared {
+        &self.shared
     }
 
-    async fn start_ingest(&self, cfg: &GatewayConfig) -> Result<Part, DaemonError> {
-        let mut part = Part::new(&self.cancel);
-        let Some(i) = &cfg.ingest else {
-            return Ok(part);
-        };
-        if i.broker.is_some() {
-            part.tasks.spawn(ingest::run(
-                i.clone(),
-                self.store.clone(),
-                self.ingest.clone(),
-                self.live.clone(),
-                part.cancel.clone(),
-            ));
-        }
-        if let Some(addr) = i.listen {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| DaemonError::Listen { addr, source: e })?;
-            let tls = match &i.listen_tls {
-                None => None,
-                Some(t) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
-                    gridgate_core::tls::server_tls(&t.cert, &t.key, t.client_ca.as_deref(), b"")?,
-                ))),
-            };
-            let field = ingest::listener::FieldListener {
-                listener,
-                tls,
-                admission: self
-                    .instruments
-                    .listeners
-                    .get("mqtt-field", gridgate_core::admission::FIELD_MAX),
-            };
-            part.tasks.spawn(ingest::listener::serve(
-                field,
-                Arc::new(i.clone()),
-                self.store.clone(),
-                self.ingest.clone(),
-                self.live.clone(),
-                part.cancel.clone(),
-            ));
-        }
-        Ok(part)
-    }
-
-    fn start_uplink(&self, cfg: &GatewayConfig) -> Part {
-        let mut part = Part::new(&self.cancel);
-        if let Some(u) = &cfg.uplink {
-            part.tasks.spawn(uplink::run(
-                u.clone(),
-                self.store.clone(),
-                self.uplink.clone(),
-                part.cancel.clone(),
-            ));
-        }
-        part
-    }
-
-    async fn start_api(&self, cfg: &GatewayConfig) -> Result<Part, DaemonError> {
-        let mut part = Part::new(&self.cancel);
-        let dr_mqtt = cfg.dr.as_ref().zip(cfg.uplink.as_ref());
-        if cfg.grpc.is_none() && dr_mqtt.is_none() && cfg.ledger.is_none() {
-            return Ok(part);
-        }
-        let dr = Arc::new(gridgate_dr::desk::DrState {
-            trust: gridgate_dr::desk::load_trust(cfg.dr.as_ref())?,
-            shared: self.dr.clone(),
-        });
-        // The membership's keys, read once; the changes this node holds certified applied
-        // (one state for the service, the certifier and the sync).
-        let ledger_state = match &cfg.ledger {
-            Some(l) => {
-                let state = Arc::new(gridgate_ledger_node::state::LedgerState::new(
-                    gridgate_ledger_node::load_members(l)?,
-                ));
-                // A short read at start (only operators' and validators' logs carry changes).
-                let n = state.recover(&self.store.store)?;
-                if n > 0 {
-                    info!(changes = n, "ledger membership: certified changes applied");
-                }
-                Some(state)
-            }
-            None => None,
-        };
-        if let Some(g) = &cfg.grpc {
-            let state =
-                gridgate_api::ApiState {
-                    cfg: self.config.subscribe(),
-                    store: self.store.clone(),
-                    registry: self.registry.clone(),
-                    live: self.live.clone(),
-                    public_key: self.public_key,
-                    uplink: self.uplink.clone(),
-                    dr: dr.clone(),
-                    ledger: cfg.ledger.as_ref().zip(ledger_state.as_ref()).map(
-                        |(l, ledger_state)| {
-                            Arc::new(gridgate_api::ledger::LedgerService {
-                                store: self.store.store.clone(),
-                                state: ledger_state.clone(),
-                                me: cfg.id.clone(),
-                                key: self.identity.clone(),
-                                role: l.role,
-                                callers: gridgate_api::ledger::Callers::Members,
-                                shutdown: part.cancel.clone(),
-                                vote_form: gridgate_ledger_node::node::VoteForm::Window,
-                            })
-                        },
-                    ),
-                    shutdown: part.cancel.clone(),
-                };
-            part.tasks =
-                gridgate_api::start(g, state, &self.instruments.listeners, part.cancel.clone())
-                    .await?;
-        }
-        if let Some((l, ledger_state)) = cfg.ledger.as_ref().zip(ledger_state) {
-            // This node's own log: a gateway's claims and batch commitments, a validator's
-            // proofs of equivocation; the validators certify them.
-            let certifier = gridgate_ledger_node::certifier::Certifier {
-                store: self.store.store.clone(),
-                state: ledger_state.clone(),
-                me: cfg.id.clone(),
-                key: self.identity.clone(),
-                wake: self.ledger_wake.clone(),
-            };
-            part.tasks.spawn(gridgate_ledger_node::certifier::run(
-                certifier,
-                l.clone(),
-                part.cancel.clone(),
-            ));
-            // And the logs it keeps, fetched from the validators (anti-entropy).
-            part.tasks.spawn(gridgate_ledger_node::sync::run(
-                gridgate_ledger_node::sync::Replica {
-                    store: self.store.store.clone(),
-                    state: ledger_state,
-                    me: cfg.id.clone(),
-                    role: l.role,
-                },
-                l.clone(),
-                part.cancel.clone(),
-            ));
-        }
-        if let Some((d, u)) = dr_mqtt {
-            // Events and cancels over the master station's broker, and the reports.
-            let desk = gridgate_dr::desk::Desk {
-                store: self.store.store.clone(),
-                config: self.config.subscribe(),
-                dr,
-            };
-            part.tasks.spawn(gridgate_dr::mqtt::run(
-                desk,
-                u.clone(),
-                d.clone(),
-                self.dr.updates.subscribe(),
-                part.cancel.clone(),
-            ));
-        }
-        Ok(part)
-    }
-
-    async fn start_web(&mut self, cfg: &GatewayConfig) -> Result<Part, DaemonError> {
-        let mut part = Part::new(&self.cancel);
-        self.web_addr = None;
-        let Some(w) = &cfg.web else {
-            return Ok(part);
-        };
-        let state = gridgate_web::WebState {
-            config: self.config.subscribe(),
-            store: self.store.clone(),
-            registry: self.registry.clone(),
-            latest: self.latest.clone(),
-            uplink: self.uplink.clone(),
-            ingest: self.ingest.clone(),
-            dr: self.dr.clone(),
-            controls: self.controls.clone(),
-            public_key: self.public_key,
-            instruments: self.instruments.clone(),
-            started: self.started,
-            gate: gridgate_web::auth::Gate::load(w).map_err(gridgate_web::WebError::from)?,
-        };
-        let (tasks, addr) = gridgate_web::start(w, state, part.cancel.clone()).await?;
-        part.tasks = tasks;
-        self.web_addr = Some(addr);
-        Ok(part)
-    }
-
-    async fn restart_web(&mut self, cfg: &GatewayConfig) -> Result<(), DaemonError> {
-        let part = std::mem::replace(&mut self.web, Part::new(&self.cancel));
-        part.stop().await;
-        self.web = self.start_web(cfg).await?;
-        Ok(())
+    /// The page's address, once it listens.
+    pub fn web_addr(&self) -> Option<std::net::SocketAddr> {
+        self.parts.get(&Subsystem::Web).and_then(|w| w.addr)
     }
 
     /// The config in force.
     pub fn config(&self) -> Arc<GatewayConfig> {
-        self.config.borrow().clone()
+        self.shared.config.borrow().clone()
+    }
+
+    /// Stops `s` and starts it again on `cfg`.
+    async fn restart(&mut self, s: Subsystem, cfg: &GatewayConfig) -> Result<(), DaemonError> {
+        if let Some(running) = self.parts.remove(&s) {
+            running.stop().await;
+        }
+        let running = s.start(&self.shared, cfg).await?;
+        self.parts.insert(s, running);
+        Ok(())
     }
 
     /// Applies a new config while the gateway runs, restarting only what it changes: a bus
     /// whose line or devices changed (the others keep polling, with no gap), the MQTT ingest,
-    /// the uplink (it resends from its durable cursor) or the gRPC API. The store and its
-    /// writer never stop, so no reading is lost. All or nothing: changes only a restart can
-    /// apply are refused whole, and if a part will not start on the new config (a port
-    /// taken, a certificate missing) the parts already changed go back to the old config.
-    /// Returns what was restarted.
+    /// the uplink (it resends from its durable cursor), the gRPC API or the page. The store
+    /// and its writer never stop, so no reading is lost. All or nothing: changes only a
+    /// restart can apply are refused whole, and if a part will not start on the new config
+    /// (a port taken, a certificate missing) it and the parts already changed go back to the
+    /// old config. Returns what was restarted.
     pub async fn reload(&mut self, new: GatewayConfig) -> Result<Vec<String>, ReloadError> {
         let old = self.config();
         let fixed = restart_only_changes(&old, &new);
         if !fixed.is_empty() {
             return Err(ReloadError::NeedsRestart(fixed.join(", ")));
         }
-        check_mqtt_tls(&new).map_err(|e| ReloadError::Part {
+        parts::check_mqtt_tls(&new).map_err(|e| ReloadError::Part {
             part: "MQTT",
             reason: e.to_string(),
         })?;
         let mut restarted = Vec::new();
-
-        // First the parts that can fail to start (they bind ports, read certificates).
-        let ingest_changed = old.ingest != new.ingest;
-        if ingest_changed {
-            if let Err(e) = self.restart_ingest(&new).await {
-                self.restart_ingest_or_log(&old).await;
-                return Err(part_failed("MQTT ingest", e));
+        let mut changed: Vec<Subsystem> = Vec::new();
+        for s in Subsystem::ALL.into_iter().filter(|s| s.changed(&old, &new)) {
+            // A running uplink goes before the new one starts: two clients with one client
+            // id would take turns kicking each other off the broker. So for every part.
+            if let Err(e) = self.restart(s, &new).await {
+                for back in std::iter::once(s).chain(changed.into_iter().rev()) {
+                    if let Err(e) = self.restart(back, &old).await {
+                        error!(
+                            "{} would not start again on the old config either: {e}",
+                            back.label()
+                        );
+                    }
+                }
+                return Err(ReloadError::Part {
+                    part: s.label(),
+                    reason: e.to_string(),
+                });
             }
-            restarted.push("MQTT ingest".to_string());
+            changed.push(s);
+            restarted.push(s.label().to_string());
         }
-        // The API holds the trusted DR issuers' keys: a change to [dr] reloads them; DR over
-        // MQTT also runs here, on the uplink's broker.
-        let dr_mqtt_moved = new.dr.is_some() && old.uplink != new.uplink;
-        if old.grpc != new.grpc || old.dr != new.dr || dr_mqtt_moved || old.ledger != new.ledger {
-            if let Err(e) = self.restart_api(&new).await {
-                if let Err(e) = self.restart_api(&old).await {
-                    error!("gRPC API would not start again on the old config either: {e}");
-                }
-                if ingest_changed {
-                    self.restart_ingest_or_log(&old).await;
-                }
-                return Err(part_failed("gRPC API", e));
-            }
-            restarted.push("gRPC API".to_string());
-        }
+        restarted.extend(self.reload_buses(&old, &new).await);
+        self.shared
+            .store
+            .store
+            .set_metered(new.loads.iter().map(|l| l.meter.clone()));
+        self.shared.config.send_replace(Arc::new(new));
+        Ok(restarted)
+    }
 
-        if old.web != new.web {
-            if let Err(e) = self.restart_web(&new).await {
-                if let Err(e) = self.restart_web(&old).await {
-                    error!(
-                        "commissioning page would not start again on the old config either: {e}"
-                    );
-                }
-                if restarted.iter().any(|r| r == "gRPC API")
-                    && let Err(e) = self.restart_api(&old).await
-                {
-                    error!("gRPC API would not start again on the old config either: {e}");
-                }
-                if ingest_changed {
-                    self.restart_ingest_or_log(&old).await;
-                }
-                return Err(part_failed("commissioning page", e));
-            }
-            restarted.push("commissioning page".to_string());
-        }
-
-        // Buses: stop the removed and the changed, start the changed and the added.
+    /// Stops the removed and the changed buses, starts the changed and the added.
+    async fn reload_buses(&mut self, old: &GatewayConfig, new: &GatewayConfig) -> Vec<String> {
+        let mut restarted = Vec::new();
         let old_buses: BTreeMap<&str, &BusConfig> =
             old.buses.iter().map(|b| (b.name.as_str(), b)).collect();
         let new_buses: BTreeMap<&str, &BusConfig> =
             new.buses.iter().map(|b| (b.name.as_str(), b)).collect();
         for (name, old_bus) in &old_buses {
             if new_buses.get(name) != Some(old_bus) {
-                self.controls.detach(name);
+                self.shared.controls.detach(name);
                 if let Some(part) = self.buses.remove(*name) {
                     part.stop().await;
                 }
@@ -670,63 +230,32 @@ impl Pipeline {
                 }
             }
         }
-        self.registry
+        self.shared
+            .registry
             .retain(|device| new.devices().any(|(_, d)| d.name == device));
         for (name, bus) in &new_buses {
             if old_buses.get(name) != Some(bus) {
-                self.start_bus(bus);
+                self.buses
+                    .insert(name.to_string(), parts::start_bus(&self.shared, bus));
                 restarted.push(format!("bus {name}"));
             }
         }
-
-        if old.uplink != new.uplink {
-            // The old session goes first: two clients with one client id would take turns
-            // kicking each other off the broker.
-            let part = std::mem::replace(&mut self.uplink_part, Part::new(&self.cancel));
-            part.stop().await;
-            self.uplink_part = self.start_uplink(&new);
-            restarted.push("uplink".to_string());
-        }
-        self.store
-            .store
-            .set_metered(new.loads.iter().map(|l| l.meter.clone()));
-        self.config.send_replace(Arc::new(new));
-        Ok(restarted)
-    }
-
-    async fn restart_ingest(&mut self, cfg: &GatewayConfig) -> Result<(), DaemonError> {
-        let part = std::mem::replace(&mut self.ingest_part, Part::new(&self.cancel));
-        part.stop().await;
-        self.ingest_part = self.start_ingest(cfg).await?;
-        Ok(())
-    }
-
-    async fn restart_ingest_or_log(&mut self, cfg: &GatewayConfig) {
-        if let Err(e) = self.restart_ingest(cfg).await {
-            error!("MQTT ingest would not start again on the old config either: {e}");
-        }
-    }
-
-    async fn restart_api(&mut self, cfg: &GatewayConfig) -> Result<(), DaemonError> {
-        let part = std::mem::replace(&mut self.api, Part::new(&self.cancel));
-        part.stop().await;
-        self.api = self.start_api(cfg).await?;
-        Ok(())
+        restarted
     }
 
     /// A token that stops the pipeline when cancelled.
-    pub fn cancel_token(&self) -> CancellationToken {
-        self.cancel.clone()
+    pub fn cancel_token(&self) -> tokio_util::sync::CancellationToken {
+        self.shared.cancel.clone()
     }
 
     /// One line of status: readings, batches, uplink lag.
     pub fn status_line(&self) -> String {
-        let head = *self.store.head.borrow();
-        let st = self.store.store.stats().unwrap_or_default();
-        let snap = self.registry.snapshot();
+        let head = *self.shared.store.head.borrow();
+        let st = self.shared.store.store.stats().unwrap_or_default();
+        let snap = self.shared.registry.snapshot();
         let online = snap.values().filter(|s| s.online).count();
-        let cursor = self.uplink.cursor.load(Ordering::Relaxed);
-        let total = self.store.committed.load(Ordering::Relaxed);
+        let cursor = self.shared.uplink.cursor.load(Ordering::Relaxed);
+        let total = self.shared.store.committed.load(Ordering::Relaxed);
         let per_sec = match self.rate.lock() {
             Ok(mut r) => {
                 let dt = r.0.elapsed().as_secs_f64();
@@ -744,10 +273,11 @@ impl Pipeline {
             "{per_sec:.0} readings/s, {total} stored | devices {online}/{} online | batches {head} (open readings {}) | mqtt in {} msgs ({} readings), {} refused | uplink acked {}, lag {} batch(es)",
             snap.len(),
             st.open_readings,
-            self.ingest.messages.load(Ordering::Relaxed),
-            self.ingest.readings.load(Ordering::Relaxed),
-            self.ingest.malformed_total() + self.ingest.unknown_topic.load(Ordering::Relaxed),
-            self.uplink.acknowledged.load(Ordering::Relaxed),
+            self.shared.ingest.messages.load(Ordering::Relaxed),
+            self.shared.ingest.readings.load(Ordering::Relaxed),
+            self.shared.ingest.malformed_total()
+                + self.shared.ingest.unknown_topic.load(Ordering::Relaxed),
+            self.shared.uplink.acknowledged.load(Ordering::Relaxed),
             head.saturating_sub(cursor)
         )
     }
@@ -755,22 +285,21 @@ impl Pipeline {
     /// Stops acquisition and MQTT, commits what is left into a last batch, and closes the
     /// store.
     pub async fn stop(mut self) -> Result<(), DaemonError> {
-        self.cancel.cancel();
-        self.relay.stop().await;
+        self.shared.cancel.cancel();
+        self.always.stop().await;
         for (_, bus) in std::mem::take(&mut self.buses) {
             bus.stop().await;
         }
         tracing::debug!("pollers stopped");
-        self.ingest_part.stop().await;
-        self.uplink_part.stop().await;
-        tracing::debug!("mqtt stopped");
-        self.api.stop().await;
-        self.web.stop().await;
+        for (_, part) in std::mem::take(&mut self.parts) {
+            part.stop().await;
+        }
+        tracing::debug!("parts stopped");
         // The forwarder ends when the last sender of readings is gone.
-        drop(self.readings);
+        drop(self.shared.readings);
         let echoed = self.forwarder.await;
         tracing::debug!("forwarder stopped");
-        drop(self.store);
+        drop(self.shared.store);
         if let Err(e) = self.writer.await {
             error!("store writer ended badly: {e}");
         }
@@ -778,80 +307,6 @@ impl Pipeline {
             Ok(r) => r.map_err(DaemonError::Sink),
             Err(e) => Err(DaemonError::Sink(std::io::Error::other(e.to_string()))),
         }
-    }
-}
-
-/// Hands polled readings to the store, and a copy to `echo`.
-///
-/// The echo is a convenience (a terminal, a pipe to a tool) and must never hold up the
-/// store: it runs on its own thread behind a bounded queue, and when that queue is full
-/// (nobody reads the pipe) copies are dropped and counted, not waited for.
-async fn forward(
-    mut rx: mpsc::Receiver<Vec<Reading>>,
-    store: StoreHandle,
-    echo: Option<Box<dyn ReadingSink>>,
-    live: tokio::sync::broadcast::Sender<Arc<Reading>>,
-) -> std::io::Result<()> {
-    let (echo_tx, echo_done) = match echo {
-        Some(mut sink) => {
-            let (tx, erx) = std::sync::mpsc::sync_channel::<Vec<Reading>>(1024);
-            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-            std::thread::Builder::new()
-                .name("echo".into())
-                .spawn(move || {
-                    let mut result = Ok(());
-                    while let Ok(group) = erx.recv() {
-                        if let Err(e) = sink.write(&group) {
-                            result = Err(e);
-                            break;
-                        }
-                    }
-                    let _ = done_tx.send(result);
-                })?;
-            (Some(tx), Some(done_rx))
-        }
-        None => (None, None),
-    };
-    let mut dropped: u64 = 0;
-    while let Some(group) = rx.recv().await {
-        if live.receiver_count() > 0 {
-            for r in &group {
-                // No subscriber, or every one lagging: never waits, never fails acquisition.
-                let _ = live.send(Arc::new(r.clone()));
-            }
-        }
-        if let Some(tx) = &echo_tx {
-            match tx.try_send(group.clone()) {
-                Ok(()) => {}
-                Err(std::sync::mpsc::TrySendError::Full(_)) => {
-                    dropped += group.len() as u64;
-                    if dropped.is_power_of_two() {
-                        warn!(
-                            dropped,
-                            "echo output is not being read; echo copies dropped (stored readings are not affected)"
-                        );
-                    }
-                }
-                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {}
-            }
-        }
-        let sub = Submission {
-            readings: group.iter().map(Reading::to_pb).collect(),
-            dedupe: false,
-            done: None,
-        };
-        if store.tx.send(sub).await.is_err() {
-            break;
-        }
-    }
-    drop(echo_tx);
-    let Some(done) = echo_done else {
-        return Ok(());
-    };
-    // Wait for the echo to finish writing, but never for a pipe nobody reads.
-    match tokio::time::timeout(Duration::from_secs(2), done).await {
-        Ok(Ok(Err(e))) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),
-        _ => Ok(()),
     }
 }
 
@@ -915,8 +370,8 @@ fn start_watchdog(pipeline: &Pipeline) -> tokio::task::JoinHandle<()> {
         .map(|(b, d)| d.poll + b.timing.timeout * 8)
         .max();
     tokio::spawn(crate::systemd::watchdog(
-        pipeline.store.clone(),
-        pipeline.registry.clone(),
+        pipeline.shared.store.clone(),
+        pipeline.shared.registry.clone(),
         max_poll.is_some(),
         max_poll.unwrap_or_default() * 2 + Duration::from_secs(30),
         pipeline.cancel_token(),

@@ -170,7 +170,7 @@ topic = "gridgate/demo-site/batches"
         );
     }
     let pipeline = Pipeline::start(&cfg, identity, Some(echo)).await?;
-    if let Some(addr) = pipeline.web_addr {
+    if let Some(addr) = pipeline.web_addr() {
         let _ = writeln!(
             status,
             "  commissioning page: http://{addr}/  (admin credential for test reads and overrides: {token})\n  metrics: http://{addr}/metrics"
@@ -208,17 +208,17 @@ topic = "gridgate/demo-site/batches"
             }
             _ = tick.tick() => {
                 let _ = writeln!(status, "-- {}", pipeline.status_line());
-                if let Some(line) = crate::demo::dr::status_line(&pipeline.store.store) {
+                if let Some(line) = crate::demo::dr::status_line(&pipeline.shared().store.store) {
                     let _ = writeln!(status, "-- {line}");
                 }
-                if let Some(line) = crate::demo::ledger::status_line(&pipeline.store.store, &pipeline.config()) {
+                if let Some(line) = crate::demo::ledger::status_line(&pipeline.shared().store.store, &pipeline.config()) {
                     let _ = writeln!(status, "-- {line}");
                 }
             }
         }
     }
     let final_status = pipeline.status_line();
-    let registry = pipeline.registry.clone();
+    let registry = pipeline.shared().registry.clone();
     let result = pipeline.stop().await;
     sensor.abort();
     let _ = writeln!(status, "-- {final_status}");
