@@ -19,6 +19,7 @@ use gridgate_config::ledger::{LedgerConfig, LedgerRole, MemberConfig};
 use gridgate_core::Identity;
 use gridgate_ledger::entry::{Member, Members, sign_entry};
 use gridgate_ledger_node::node::VoteForm;
+use gridgate_ledger_node::tables::LedgerStore;
 use gridgate_proto::v1 as pb;
 use gridgate_proto::v1::ledger_client::LedgerClient;
 use gridgate_proto::v1::ledger_server::LedgerServer;

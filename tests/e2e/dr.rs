@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use gridgate_dr::tables::DrStore;
 use gridgate_tests::dr_site::{Site, WAIT, event, keygen, plant, reads, switched, wait_for_port};
 use gridgate_tests::{Gateway, sims};
 

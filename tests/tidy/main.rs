@@ -40,7 +40,15 @@ const ONLY: &[(&str, &[&str])] = &[
     ("tonic-health", &["gridgate-api"]),
     ("tonic-reflection", &["gridgate-api"]),
     ("rumqttd", &["gridgate-mqtt"]),
-    ("redb", &["gridgate-store", "gridgate"]),
+    (
+        "redb",
+        &[
+            "gridgate-store",
+            "gridgate-ledger-node",
+            "gridgate-dr",
+            "gridgate",
+        ],
+    ),
 ];
 
 fn root() -> PathBuf {

@@ -4,6 +4,7 @@
 
 use gridgate_dr::desk::{Desk, DeskError, DrState, update_of};
 use gridgate_dr::event_key;
+use gridgate_dr::tables::DrStore;
 use gridgate_proto::v1 as pb;
 use gridgate_proto::v1::demand_response_server::DemandResponse;
 use prost::Message;

@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 use gridgate_config::ledger::LedgerRole;
 use gridgate_core::Identity;
 use gridgate_ledger_node::state::LedgerState;
+use gridgate_ledger_node::tables::LedgerStore;
 use gridgate_store::Store;
 
 /// Certified entries streamed per read of the store.

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::event::{Refused, Trust, check, check_cancel, event_key};
 use crate::shared::{DrShared, announce};
+use crate::tables::DrStore;
 use gridgate_core::reading::now_ms;
 
 use gridgate_config::DrConfig;

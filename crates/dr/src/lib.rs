@@ -19,5 +19,6 @@ pub mod mqtt;
 pub mod relay;
 pub mod report;
 pub mod shared;
+pub mod tables;
 
 pub use event::{Checked, Refused, Trust, check, check_cancel, event_key};

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::desk::Desk;
+use crate::tables::DrStore;
 use gridgate_config::{DrConfig, UplinkConfig};
 use gridgate_core::reading::now_ms;
 

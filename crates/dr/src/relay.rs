@@ -24,6 +24,7 @@ use tracing::{error, info, warn};
 
 use crate::event::written_value;
 use crate::shared::{DrShared, Updates, announce, event_of};
+use crate::tables::DrStore;
 use gridgate_acquire::{ControlError, ControlOutcome, Controls};
 use gridgate_config::ledger::LedgerRole;
 use gridgate_config::{Control, GatewayConfig};

@@ -17,6 +17,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tracing::{info, warn};
 
 use super::state::LedgerState;
+use crate::tables::LedgerStore;
 use gridgate_config::ledger::LedgerConfig;
 use gridgate_core::Identity;
 use gridgate_core::reading::now_ms;

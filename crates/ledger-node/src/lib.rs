@@ -13,12 +13,14 @@ pub mod certifier;
 pub mod node;
 pub mod state;
 pub mod sync;
+pub mod tables;
 
 use gridgate_proto::v1 as pb;
 use thiserror::Error;
 
 use gridgate_ledger::{Member, Members};
 
+use crate::tables::LedgerStore;
 use gridgate_config::ledger::LedgerConfig;
 use gridgate_ledger::settlement::{Certified, settle_as_of};
 use gridgate_store::Store;

@@ -8,9 +8,10 @@ use gridgate_proto::v1 as pb;
 use prost::Message;
 use tracing::{info, warn};
 
+use crate::tables::LedgerStore;
+use crate::tables::VoteLock;
 use gridgate_core::Identity;
 use gridgate_ledger::entry::{Members, check_certified, check_entry, entry_hash};
-use gridgate_store::ledger::VoteLock;
 use gridgate_store::{Store, StoreError};
 
 fn refuse(refusal: pb::VoteRefusal, detail: String, next_certified: u64) -> pb::SubmitReply {

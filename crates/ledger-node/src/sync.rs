@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 
 use super::certifier::{blocking, peers};
 use super::state::LedgerState;
+use crate::tables::LedgerStore;
 use gridgate_config::ledger::{LedgerConfig, LedgerRole};
 use gridgate_store::Store;
 

@@ -9,8 +9,6 @@
 
 pub mod batch;
 mod check;
-mod dr;
-pub mod ledger;
 mod recent;
 pub mod samples;
 pub mod writer;
@@ -100,7 +98,28 @@ pub enum StoreError {
 }
 
 fn db<E: Into<redb::Error>>(e: E) -> StoreError {
-    StoreError::Db(e.into())
+    StoreError::db(e)
+}
+
+impl StoreError {
+    /// A database error, for the crates that keep their own tables in the store.
+    pub fn db<E: Into<redb::Error>>(e: E) -> StoreError {
+        StoreError::Db(e.into())
+    }
+}
+
+/// Opens `table` for reading. A table whose owner (the DR desk, the ledger node) has written
+/// nothing to this store yet does not exist in the file: `None`, which a reader takes as an
+/// empty table.
+pub fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &redb::ReadTransaction,
+    table: TableDefinition<K, V>,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>, StoreError> {
+    match txn.open_table(table) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(StoreError::db(e)),
+    }
 }
 
 /// Positions and counters, as `status` and the metrics report them.
@@ -202,7 +221,8 @@ impl Store {
         &self.path
     }
 
-    fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
+    /// A write transaction on the database (for the crates that own tables in it).
+    pub fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
         let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
         guard
             .as_ref()
@@ -211,7 +231,8 @@ impl Store {
             .map_err(db)
     }
 
-    fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
+    /// A read transaction on the database.
+    pub fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
         let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
         guard
             .as_ref()
@@ -265,21 +286,13 @@ impl Store {
     fn init_and_check(&self) -> Result<(), StoreError> {
         let txn = self.begin_write()?;
         {
-            // Create every table so that readers never meet a missing one.
+            // Create every table of its own so that readers never meet a missing one (the
+            // DR and ledger tables are their owners', see `read_table`).
             txn.open_table(OPEN).map_err(db)?;
             txn.open_table(BATCHES).map_err(db)?;
             txn.open_table(BATCH_SIZES).map_err(db)?;
             txn.open_table(CURSORS).map_err(db)?;
             txn.open_table(META).map_err(db)?;
-            txn.open_table(dr::DR_EVENTS).map_err(db)?;
-            txn.open_table(dr::DR_OVERRIDES).map_err(db)?;
-            txn.open_table(dr::DR_REPORTS).map_err(db)?;
-            txn.open_table(dr::DR_OPEN).map_err(db)?;
-            txn.open_table(ledger::CERTIFIED).map_err(db)?;
-            txn.open_table(ledger::PENDING).map_err(db)?;
-            txn.open_table(ledger::VOTED).map_err(db)?;
-            txn.open_table(ledger::SHUT_OUT).map_err(db)?;
-            txn.open_table(ledger::CLAIMS).map_err(db)?;
             txn.open_table(samples::SAMPLES).map_err(db)?;
             txn.open_table(DEDUPE).map_err(db)?;
             let mut bytes = txn.open_table(META_BYTES).map_err(db)?;

@@ -72,6 +72,7 @@ struct Scrape {
 }
 
 use gridgate_ledger_node::Standing;
+use gridgate_ledger_node::tables::LedgerStore;
 
 /// How long a computed reputation is shown before settlement runs again: it reads every
 /// certified entry the replica holds, which is too much for every scrape.

@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use super::WebState;
 use gridgate_config::{DeviceKind, PointSource};
 use gridgate_core::reading::now_ms;
+use gridgate_dr::tables::DrStore;
+use gridgate_ledger_node::tables::LedgerStore;
 use gridgate_store::StoreError;
 
 /// The overview: who the gateway is and how every stage is doing.

@@ -12,6 +12,7 @@ use prost::Message;
 use gridgate_core::Identity;
 
 use super::DemoError;
+use gridgate_dr::tables::DrStore;
 use gridgate_store::Store;
 
 /// The demo's load: the simulated plant's first unit (55 kW), on its setpoint register.

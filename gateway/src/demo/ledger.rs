@@ -10,6 +10,7 @@ use gridgate_app::Pipeline;
 
 use super::DemoError;
 use gridgate_core::Identity;
+use gridgate_ledger_node::tables::LedgerStore;
 
 /// Validators in the demo's consortium.
 pub const VALIDATORS: usize = 4;

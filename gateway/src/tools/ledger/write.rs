@@ -20,6 +20,7 @@ use serde::Deserialize;
 use gridgate_core::Identity;
 use gridgate_core::reading::now_ms;
 use gridgate_ledger_node::state::LedgerState;
+use gridgate_ledger_node::tables::LedgerStore;
 
 /// What `publish` appends.
 #[derive(Debug, Clone, clap::Args)]

@@ -7,22 +7,20 @@ use gridgate_proto::v1 as pb;
 use prost::Message;
 use redb::{ReadableTable, TableDefinition};
 
-use super::{Store, StoreError, db};
+use gridgate_store::{Store, StoreError, read_table};
 
 /// (origin, seq) → encoded `CertifiedEntry`.
-pub(super) const CERTIFIED: TableDefinition<(&str, u64), &[u8]> =
-    TableDefinition::new("ledger_certified");
+const CERTIFIED: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("ledger_certified");
 /// (origin, seq) → encoded `SignedEntry` not yet certified (this node's own, or one it voted
 /// for).
-pub(super) const PENDING: TableDefinition<(&str, u64), &[u8]> =
-    TableDefinition::new("ledger_pending");
+const PENDING: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("ledger_pending");
 /// (origin, seq) → SHA-256 of the entry this node voted for.
-pub(super) const VOTED: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("ledger_voted");
+const VOTED: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("ledger_voted");
 /// Origin → encoded `EquivocationProof`.
-pub(super) const SHUT_OUT: TableDefinition<&str, &[u8]> = TableDefinition::new("ledger_shut_out");
+const SHUT_OUT: TableDefinition<&str, &[u8]> = TableDefinition::new("ledger_shut_out");
 /// Claim key (what an own entry is about, e.g. an event) → its sequence number, so that an
 /// entry is appended once however often the caller asks.
-pub(super) const CLAIMS: TableDefinition<&str, u64> = TableDefinition::new("ledger_claims");
+const CLAIMS: TableDefinition<&str, u64> = TableDefinition::new("ledger_claims");
 
 /// What a vote request found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,10 +39,10 @@ fn next_in(
 ) -> Result<u64, StoreError> {
     let last = t
         .range((origin, 0)..=(origin, u64::MAX))
-        .map_err(db)?
+        .map_err(StoreError::db)?
         .next_back()
         .transpose()
-        .map_err(db)?;
+        .map_err(StoreError::db)?;
     Ok(last.map_or(0, |(k, _)| k.value().1 + 1))
 }
 
@@ -52,9 +50,14 @@ fn next_in(
 /// its own log's pending entries and claims, the members it shut out.
 pub struct LedgerTables<'a>(&'a Store);
 
-impl Store {
+/// The ledger node keeps its tables in the gateway's store: `store.ledger()`.
+pub trait LedgerStore {
     /// The ledger's tables.
-    pub fn ledger(&self) -> LedgerTables<'_> {
+    fn ledger(&self) -> LedgerTables<'_>;
+}
+
+impl LedgerStore for Store {
+    fn ledger(&self) -> LedgerTables<'_> {
         LedgerTables(self)
     }
 }
@@ -63,15 +66,20 @@ impl LedgerTables<'_> {
     /// The next sequence number of `origin` this node has no certified entry for.
     pub fn next_certified(&self, origin: &str) -> Result<u64, StoreError> {
         let txn = self.0.begin_read()?;
-        next_in(&txn.open_table(CERTIFIED).map_err(db)?, origin)
+        match read_table(&txn, CERTIFIED)? {
+            Some(t) => next_in(&t, origin),
+            None => Ok(0),
+        }
     }
 
     /// A certified entry.
     pub fn certified(&self, origin: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.0.begin_read()?;
-        let t = txn.open_table(CERTIFIED).map_err(db)?;
+        let Some(t) = read_table(&txn, CERTIFIED)? else {
+            return Ok(Default::default());
+        };
         Ok(t.get((origin, seq))
-            .map_err(db)?
+            .map_err(StoreError::db)?
             .map(|v| v.value().to_vec()))
     }
 
@@ -83,10 +91,15 @@ impl LedgerTables<'_> {
         max: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let txn = self.0.begin_read()?;
-        let t = txn.open_table(CERTIFIED).map_err(db)?;
+        let Some(t) = read_table(&txn, CERTIFIED)? else {
+            return Ok(Default::default());
+        };
         let mut out = Vec::new();
-        for e in t.range((origin, from)..=(origin, u64::MAX)).map_err(db)? {
-            let (k, v) = e.map_err(db)?;
+        for e in t
+            .range((origin, from)..=(origin, u64::MAX))
+            .map_err(StoreError::db)?
+        {
+            let (k, v) = e.map_err(StoreError::db)?;
             out.push((k.value().1, v.value().to_vec()));
             if out.len() >= max {
                 break;
@@ -98,10 +111,12 @@ impl LedgerTables<'_> {
     /// Every origin with certified entries, and its next sequence number.
     pub fn heads(&self) -> Result<Vec<(String, u64)>, StoreError> {
         let txn = self.0.begin_read()?;
-        let t = txn.open_table(CERTIFIED).map_err(db)?;
+        let Some(t) = read_table(&txn, CERTIFIED)? else {
+            return Ok(Default::default());
+        };
         let mut out: Vec<(String, u64)> = Vec::new();
-        for e in t.iter().map_err(db)? {
-            let (k, _) = e.map_err(db)?;
+        for e in t.iter().map_err(StoreError::db)? {
+            let (k, _) = e.map_err(StoreError::db)?;
             let (o, s) = k.value();
             match out.last_mut() {
                 Some((lo, next)) if lo == o => *next = s + 1,
@@ -120,20 +135,22 @@ impl LedgerTables<'_> {
     ) -> Result<(), StoreError> {
         let txn = self.0.begin_write()?;
         {
-            let mut t = txn.open_table(CERTIFIED).map_err(db)?;
-            t.insert((origin, seq), certified).map_err(db)?;
-            let mut p = txn.open_table(PENDING).map_err(db)?;
-            p.remove((origin, seq)).map_err(db)?;
+            let mut t = txn.open_table(CERTIFIED).map_err(StoreError::db)?;
+            t.insert((origin, seq), certified).map_err(StoreError::db)?;
+            let mut p = txn.open_table(PENDING).map_err(StoreError::db)?;
+            p.remove((origin, seq)).map_err(StoreError::db)?;
         }
-        txn.commit().map_err(db)
+        txn.commit().map_err(StoreError::db)
     }
 
     /// The hash this node voted for at (origin, seq), if it voted there.
     pub fn voted(&self, origin: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.0.begin_read()?;
-        let t = txn.open_table(VOTED).map_err(db)?;
+        let Some(t) = read_table(&txn, VOTED)? else {
+            return Ok(Default::default());
+        };
         Ok(t.get((origin, seq))
-            .map_err(db)?
+            .map_err(StoreError::db)?
             .map(|v| v.value().to_vec()))
     }
 
@@ -147,23 +164,23 @@ impl LedgerTables<'_> {
         let txn = self.0.begin_write()?;
         let mut out = Vec::with_capacity(items.len());
         {
-            let mut voted = txn.open_table(VOTED).map_err(db)?;
-            let mut pending = txn.open_table(PENDING).map_err(db)?;
-            let certified = txn.open_table(CERTIFIED).map_err(db)?;
+            let mut voted = txn.open_table(VOTED).map_err(StoreError::db)?;
+            let mut pending = txn.open_table(PENDING).map_err(StoreError::db)?;
+            let certified = txn.open_table(CERTIFIED).map_err(StoreError::db)?;
             for (origin, seq, hash, signed) in items {
                 let (origin, seq) = (origin.as_str(), *seq);
                 let prior = voted
                     .get((origin, seq))
-                    .map_err(db)?
+                    .map_err(StoreError::db)?
                     .map(|v| v.value().to_vec());
                 out.push(match prior {
                     Some(h) if h == hash.as_slice() => VoteLock::Again,
                     Some(_) => {
-                        let other = match pending.get((origin, seq)).map_err(db)? {
+                        let other = match pending.get((origin, seq)).map_err(StoreError::db)? {
                             Some(v) => v.value().to_vec(),
                             None => certified
                                 .get((origin, seq))
-                                .map_err(db)?
+                                .map_err(StoreError::db)?
                                 .and_then(|c| pb::CertifiedEntry::decode(c.value()).ok())
                                 .and_then(|c| c.entry)
                                 .map(|e| e.encode_to_vec())
@@ -172,16 +189,18 @@ impl LedgerTables<'_> {
                         VoteLock::Other(other)
                     }
                     None => {
-                        voted.insert((origin, seq), hash.as_slice()).map_err(db)?;
+                        voted
+                            .insert((origin, seq), hash.as_slice())
+                            .map_err(StoreError::db)?;
                         pending
                             .insert((origin, seq), signed.as_slice())
-                            .map_err(db)?;
+                            .map_err(StoreError::db)?;
                         VoteLock::Fresh
                     }
                 });
             }
         }
-        txn.commit().map_err(db)?;
+        txn.commit().map_err(StoreError::db)?;
         Ok(out)
     }
 
@@ -189,36 +208,38 @@ impl LedgerTables<'_> {
     pub fn put_certified_many(&self, items: &[(String, u64, Vec<u8>)]) -> Result<(), StoreError> {
         let txn = self.0.begin_write()?;
         {
-            let mut t = txn.open_table(CERTIFIED).map_err(db)?;
-            let mut p = txn.open_table(PENDING).map_err(db)?;
+            let mut t = txn.open_table(CERTIFIED).map_err(StoreError::db)?;
+            let mut p = txn.open_table(PENDING).map_err(StoreError::db)?;
             for (origin, seq, bytes) in items {
                 t.insert((origin.as_str(), *seq), bytes.as_slice())
-                    .map_err(db)?;
-                p.remove((origin.as_str(), *seq)).map_err(db)?;
+                    .map_err(StoreError::db)?;
+                p.remove((origin.as_str(), *seq)).map_err(StoreError::db)?;
             }
         }
-        txn.commit().map_err(db)
+        txn.commit().map_err(StoreError::db)
     }
 
     /// Shuts `origin` out with its proof (kept once).
     pub fn shut_out(&self, origin: &str, proof: &[u8]) -> Result<(), StoreError> {
         let txn = self.0.begin_write()?;
         {
-            let mut t = txn.open_table(SHUT_OUT).map_err(db)?;
-            if t.get(origin).map_err(db)?.is_none() {
-                t.insert(origin, proof).map_err(db)?;
+            let mut t = txn.open_table(SHUT_OUT).map_err(StoreError::db)?;
+            if t.get(origin).map_err(StoreError::db)?.is_none() {
+                t.insert(origin, proof).map_err(StoreError::db)?;
             }
         }
-        txn.commit().map_err(db)
+        txn.commit().map_err(StoreError::db)
     }
 
     /// The origins shut out, with their proofs.
     pub fn shut_outs(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let txn = self.0.begin_read()?;
-        let t = txn.open_table(SHUT_OUT).map_err(db)?;
+        let Some(t) = read_table(&txn, SHUT_OUT)? else {
+            return Ok(Default::default());
+        };
         let mut out = Vec::new();
-        for e in t.iter().map_err(db)? {
-            let (k, v) = e.map_err(db)?;
+        for e in t.iter().map_err(StoreError::db)? {
+            let (k, v) = e.map_err(StoreError::db)?;
             out.push((k.value().to_string(), v.value().to_vec()));
         }
         Ok(out)
@@ -233,17 +254,21 @@ impl LedgerTables<'_> {
     /// the last appended), without reading them.
     pub fn pending_count(&self, origin: &str) -> Result<u64, StoreError> {
         let txn = self.0.begin_read()?;
-        let t = txn.open_table(PENDING).map_err(db)?;
-        let mut range = t.range((origin, 0)..=(origin, u64::MAX)).map_err(db)?;
+        let Some(t) = read_table(&txn, PENDING)? else {
+            return Ok(Default::default());
+        };
+        let mut range = t
+            .range((origin, 0)..=(origin, u64::MAX))
+            .map_err(StoreError::db)?;
         let first = range
             .next()
             .transpose()
-            .map_err(db)?
+            .map_err(StoreError::db)?
             .map(|(k, _)| k.value().1);
         let last = range
             .next_back()
             .transpose()
-            .map_err(db)?
+            .map_err(StoreError::db)?
             .map(|(k, _)| k.value().1);
         Ok(match (first, last) {
             (Some(f), Some(l)) => l - f + 1,
@@ -260,14 +285,16 @@ impl LedgerTables<'_> {
         max: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let txn = self.0.begin_read()?;
-        let t = txn.open_table(PENDING).map_err(db)?;
+        let Some(t) = read_table(&txn, PENDING)? else {
+            return Ok(Default::default());
+        };
         let mut out = Vec::new();
         for e in t
             .range((origin, 0)..=(origin, u64::MAX))
-            .map_err(db)?
+            .map_err(StoreError::db)?
             .take(max)
         {
-            let (k, v) = e.map_err(db)?;
+            let (k, v) = e.map_err(StoreError::db)?;
             out.push((k.value().1, v.value().to_vec()));
         }
         Ok(out)
@@ -276,18 +303,17 @@ impl LedgerTables<'_> {
     /// The signed entry at `seq` of this node's own log, pending or certified.
     pub fn own_entry(&self, origin: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.0.begin_read()?;
-        if let Some(v) = txn
-            .open_table(PENDING)
-            .map_err(db)?
-            .get((origin, seq))
-            .map_err(db)?
+        if let Some(pending) = read_table(&txn, PENDING)?
+            && let Some(v) = pending.get((origin, seq)).map_err(StoreError::db)?
         {
             return Ok(Some(v.value().to_vec()));
         }
-        let certified = txn.open_table(CERTIFIED).map_err(db)?;
+        let Some(certified) = read_table(&txn, CERTIFIED)? else {
+            return Ok(Default::default());
+        };
         let entry = certified
             .get((origin, seq))
-            .map_err(db)?
+            .map_err(StoreError::db)?
             .and_then(|v| pb::CertifiedEntry::decode(v.value()).ok())
             .and_then(|c| c.entry)
             .map(|e| e.encode_to_vec());
@@ -298,10 +324,12 @@ impl LedgerTables<'_> {
     /// sequence number each was appended at.
     pub fn claims(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
         let txn = self.0.begin_read()?;
-        let t = txn.open_table(CLAIMS).map_err(db)?;
+        let Some(t) = read_table(&txn, CLAIMS)? else {
+            return Ok(Default::default());
+        };
         let mut out = Vec::new();
-        for e in t.range(prefix..).map_err(db)? {
-            let (k, v) = e.map_err(db)?;
+        for e in t.range(prefix..).map_err(StoreError::db)? {
+            let (k, v) = e.map_err(StoreError::db)?;
             if !k.value().starts_with(prefix) {
                 break;
             }
@@ -321,21 +349,21 @@ impl LedgerTables<'_> {
     ) -> Result<u64, StoreError> {
         let txn = self.0.begin_write()?;
         let seq = {
-            let mut claims = txn.open_table(CLAIMS).map_err(db)?;
-            if let Some(s) = claims.get(claim).map_err(db)? {
+            let mut claims = txn.open_table(CLAIMS).map_err(StoreError::db)?;
+            if let Some(s) = claims.get(claim).map_err(StoreError::db)? {
                 return Ok(s.value());
             }
-            let mut pending = txn.open_table(PENDING).map_err(db)?;
-            let certified = txn.open_table(CERTIFIED).map_err(db)?;
+            let mut pending = txn.open_table(PENDING).map_err(StoreError::db)?;
+            let certified = txn.open_table(CERTIFIED).map_err(StoreError::db)?;
             let next = next_in(&pending, origin)?.max(next_in(&certified, origin)?);
             let prev = if next == 0 {
                 [0u8; 32]
             } else {
-                let bytes = match pending.get((origin, next - 1)).map_err(db)? {
+                let bytes = match pending.get((origin, next - 1)).map_err(StoreError::db)? {
                     Some(v) => v.value().to_vec(),
                     None => certified
                         .get((origin, next - 1))
-                        .map_err(db)?
+                        .map_err(StoreError::db)?
                         .and_then(|v| pb::CertifiedEntry::decode(v.value()).ok())
                         .and_then(|c| c.entry)
                         .map(|e| e.encode_to_vec())
@@ -347,11 +375,11 @@ impl LedgerTables<'_> {
             let signed = make(next, prev);
             pending
                 .insert((origin, next), signed.as_slice())
-                .map_err(db)?;
-            claims.insert(claim, next).map_err(db)?;
+                .map_err(StoreError::db)?;
+            claims.insert(claim, next).map_err(StoreError::db)?;
             next
         };
-        txn.commit().map_err(db)?;
+        txn.commit().map_err(StoreError::db)?;
         Ok(seq)
     }
 }
@@ -359,6 +387,23 @@ impl LedgerTables<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_the_node_never_wrote_to_reads_as_empty() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path(), "gw").expect("store");
+        assert_eq!(store.ledger().next_certified("gw").expect("next"), 0);
+        assert!(store.ledger().heads().expect("heads").is_empty());
+        assert_eq!(store.ledger().own_entry("gw", 0).expect("own"), None);
+        assert_eq!(store.ledger().voted("gw", 0).expect("voted"), None);
+        assert!(
+            store
+                .ledger()
+                .claims("batches/")
+                .expect("claims")
+                .is_empty()
+        );
+    }
 
     #[test]
     fn own_entries_append_once_per_claim_in_order_and_wait_until_certified() {
