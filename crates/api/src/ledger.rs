@@ -15,7 +15,7 @@ use gridgate_config::ledger::LedgerRole;
 use gridgate_core::Identity;
 use gridgate_ledger_node::state::LedgerState;
 use gridgate_ledger_node::tables::LedgerStore;
-use gridgate_store::Store;
+use gridgate_store::{Store, StoreError};
 
 /// Certified entries streamed per read of the store.
 const FETCH_CHUNK: usize = 256;
@@ -109,9 +109,9 @@ impl LedgerService {
 impl LedgerService {
     /// Stores pushed certificates and hands what was stored to the node's state.
     async fn push(&self, entries: Vec<pb::CertifiedEntry>) -> Result<pb::PushReply, Status> {
-        let (store, members, me) = (self.store.clone(), self.state.members(), self.me.clone());
-        let (reply, stored, entries) = blocking(move || {
-            gridgate_ledger_node::node::push_batch(&store, &members, &me, &entries)
+        let (members, me) = (self.state.members(), self.me.clone());
+        let (reply, stored, entries) = blocking(&self.store, move |store| {
+            gridgate_ledger_node::node::push_batch(store, &members, &me, &entries)
                 .map(|(reply, stored)| (reply, stored, entries))
         })
         .await?;
@@ -124,13 +124,15 @@ impl LedgerService {
     }
 }
 
+/// Runs `f` on the store off the async threads; a store that fails is unavailable.
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, gridgate_store::StoreError> + Send + 'static,
+    store: &Arc<Store>,
+    f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::unavailable(format!("store: {e}")))
+    store.run(f).await.map_err(|e| match e {
+        StoreError::Task(e) => Status::internal(e),
+        e => Status::unavailable(format!("store: {e}")),
+    })
 }
 
 #[tonic::async_trait]
@@ -189,15 +191,10 @@ impl Ledger for LedgerService {
             return Err(Status::failed_precondition("this node is not a validator"));
         }
         let signed = req.into_inner();
-        let (store, members, me, key) = (
-            self.store.clone(),
-            self.state.members(),
-            self.me.clone(),
-            self.key.clone(),
-        );
+        let (members, me, key) = (self.state.members(), self.me.clone(), self.key.clone());
         let form = self.vote_form;
-        blocking(move || {
-            gridgate_ledger_node::node::submit_batch(form, &store, &members, &me, &key, &[signed])
+        blocking(&self.store, move |store| {
+            gridgate_ledger_node::node::submit_batch(form, store, &members, &me, &key, &[signed])
                 .map(|mut r| r.pop().unwrap_or_default())
         })
         .await
@@ -214,15 +211,10 @@ impl Ledger for LedgerService {
         }
         let entries = req.into_inner().entries;
         batch_size(entries.len())?;
-        let (store, members, me, key) = (
-            self.store.clone(),
-            self.state.members(),
-            self.me.clone(),
-            self.key.clone(),
-        );
+        let (members, me, key) = (self.state.members(), self.me.clone(), self.key.clone());
         let form = self.vote_form;
-        blocking(move || {
-            gridgate_ledger_node::node::submit_batch(form, &store, &members, &me, &key, &entries)
+        blocking(&self.store, move |store| {
+            gridgate_ledger_node::node::submit_batch(form, store, &members, &me, &key, &entries)
         })
         .await
         .map(|replies| Response::new(pb::SubmitReplies { replies }))
@@ -262,15 +254,16 @@ impl Ledger for LedgerService {
                 r.max as usize
             };
             while left > 0 {
-                let (st, origin) = (store.clone(), r.origin.clone());
+                let origin = r.origin.clone();
                 let n = left.min(FETCH_CHUNK);
-                let chunk = match blocking(move || st.ledger().range(&origin, from, n)).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
-                };
+                let chunk =
+                    match blocking(&store, move |st| st.ledger().range(&origin, from, n)).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                    };
                 if chunk.is_empty() {
                     return;
                 }
@@ -295,8 +288,7 @@ impl Ledger for LedgerService {
         req: Request<pb::HeadsRequest>,
     ) -> Result<Response<pb::HeadsReply>, Status> {
         self.caller(&req)?;
-        let store = self.store.clone();
-        let heads = blocking(move || store.ledger().heads()).await?;
+        let heads = blocking(&self.store, |store| store.ledger().heads()).await?;
         Ok(Response::new(pb::HeadsReply {
             heads: heads
                 .into_iter()

@@ -168,12 +168,11 @@ pub async fn run(relay: Relay, cancel: CancellationToken) {
         }
         if pruned_at.is_none_or(|t| t.elapsed() >= SAMPLE_PRUNE_EVERY) {
             pruned_at = Some(Instant::now());
-            let st = store.clone();
             let cutoff = now_ms() - SAMPLE_RETENTION_MS;
-            match tokio::task::spawn_blocking(move || st.prune_samples(cutoff)).await {
-                Ok(Ok(n)) if n > 0 => info!(samples = n, "dropped meter samples past retention"),
-                Ok(Err(e)) => error!("cannot drop old meter samples: {e}"),
-                _ => {}
+            match store.run(move |st| st.prune_samples(cutoff)).await {
+                Ok(n) if n > 0 => info!(samples = n, "dropped meter samples past retention"),
+                Ok(_) => {}
+                Err(e) => error!("cannot drop old meter samples: {e}"),
             }
         }
         let cfg = config.borrow().clone();

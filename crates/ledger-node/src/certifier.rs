@@ -241,20 +241,17 @@ pub struct Certifier {
     pub wake: Arc<Notify>,
 }
 
+/// Runs `f` on the store off the async threads; a failure is logged and is `None` (the
+/// certifier and the sync try again on their next round).
 pub(super) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+    store: &Arc<Store>,
+    f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Option<T> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(v)) => Some(v),
-        Ok(Err(e)) => {
-            warn!("ledger: store: {e}");
-            None
-        }
-        Err(e) => {
-            warn!("ledger: {e}");
-            None
-        }
-    }
+    store
+        .run(f)
+        .await
+        .inspect_err(|e| warn!("ledger: store: {e}"))
+        .ok()
 }
 
 /// Own entries asked about at once (one durable write per validator for their votes).
@@ -270,9 +267,9 @@ async fn catch_up(
 ) -> bool {
     let mut at = from;
     while at < until {
-        let (st, o) = (store.clone(), origin.to_string());
+        let o = origin.to_string();
         let n = ((until - at) as usize).min(WINDOW);
-        let Some(chunk) = blocking(move || st.ledger().range(&o, at, n)).await else {
+        let Some(chunk) = blocking(store, move |st| st.ledger().range(&o, at, n)).await else {
             return false;
         };
         if chunk.is_empty() {
@@ -357,21 +354,18 @@ pub async fn run(c: Certifier, cfg: LedgerConfig, cancel: CancellationToken) {
     let mut backoff = Duration::from_millis(500);
     // The batch tree as the log left it (not rebuilt from batch 0: retention drops old
     // batches, and the last commitment's frontier is all it takes to grow the tree).
-    let (st, me) = (c.store.clone(), c.me.clone());
-    let mut tree = blocking(move || tree_of(&st, &me))
+    let me = c.me.clone();
+    let mut tree = blocking(&c.store, move |st| tree_of(st, &me))
         .await
         .unwrap_or_default();
     loop {
         if cfg.commit_batches > 0 {
-            let (st, me, key, per) = (
-                c.store.clone(),
-                c.me.clone(),
-                c.key.clone(),
-                cfg.commit_batches,
-            );
+            let (me, key, per) = (c.me.clone(), c.key.clone(), cfg.commit_batches);
             let mut t = tree.clone();
-            if let Some((n, grown)) =
-                blocking(move || commit_batches(&st, &me, &key, per, &mut t).map(|n| (n, t))).await
+            if let Some((n, grown)) = blocking(&c.store, move |st| {
+                commit_batches(st, &me, &key, per, &mut t).map(|n| (n, t))
+            })
+            .await
             {
                 tree = grown;
                 if n > 0 {
@@ -383,8 +377,8 @@ pub async fn run(c: Certifier, cfg: LedgerConfig, cancel: CancellationToken) {
                 }
             }
         }
-        let (st, me) = (c.store.clone(), c.me.clone());
-        let pending = blocking(move || st.ledger().pending_first(&me, WINDOW))
+        let me = c.me.clone();
+        let pending = blocking(&c.store, move |st| st.ledger().pending_first(&me, WINDOW))
             .await
             .unwrap_or_default();
         if pending.is_empty() {
@@ -485,8 +479,7 @@ pub async fn run(c: Certifier, cfg: LedgerConfig, cancel: CancellationToken) {
             .enumerate()
             .map(|(i, ce)| (c.me.clone(), first + i as u64, ce.encode_to_vec()))
             .collect();
-        let st = c.store.clone();
-        if blocking(move || st.ledger().put_certified_many(&items))
+        if blocking(&c.store, move |st| st.ledger().put_certified_many(&items))
             .await
             .is_none()
         {

@@ -70,8 +70,9 @@ async fn round(r: &Replica, peer: &mut super::certifier::Peer) -> u64 {
     let mut stored = 0;
     for h in heads.into_iter().filter(|h| r.wants(&h.origin)) {
         loop {
-            let (st, o) = (r.store.clone(), h.origin.clone());
-            let Some(ours) = blocking(move || st.ledger().next_certified(&o)).await else {
+            let o = h.origin.clone();
+            let Some(ours) = blocking(&r.store, move |st| st.ledger().next_certified(&o)).await
+            else {
                 return stored;
             };
             if ours >= h.next_certified {
@@ -102,9 +103,9 @@ async fn round(r: &Replica, peer: &mut super::certifier::Peer) -> u64 {
                 }
                 Err(_) => break,
             };
-            let (st, members, me) = (r.store.clone(), r.state.members(), r.me.clone());
-            let Some((reply, kept, got)) = blocking(move || {
-                super::node::push_batch(&st, &members, &me, &got)
+            let (members, me) = (r.state.members(), r.me.clone());
+            let Some((reply, kept, got)) = blocking(&r.store, move |st| {
+                super::node::push_batch(st, &members, &me, &got)
                     .map(|(reply, kept)| (reply, kept, got))
             })
             .await

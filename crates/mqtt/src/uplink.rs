@@ -164,11 +164,11 @@ async fn session(
                 // Anything acked below the cursor (after a skip) is done too.
                 acked.retain(|s| *s >= cursor);
                 if cursor != before {
-                    let st = store.store.clone();
                     let c = cursor;
-                    let saved =
-                        tokio::task::spawn_blocking(move || st.set_cursor(UPLINK_CONSUMER, c))
-                            .await??;
+                    let saved = store
+                        .store
+                        .run(move |st| st.set_cursor(UPLINK_CONSUMER, c))
+                        .await?;
                     stats.cursor.store(saved, Ordering::Relaxed);
                     debug!(cursor = saved, "uplink cursor moved");
                 }
