@@ -25,9 +25,16 @@ command -v openssl >/dev/null 2>&1 || need="$need openssl"
 [ -x /usr/bin/chromedriver ] || need="$need chromium-driver"
 # shellcheck disable=SC2086 # $need is a list of package names
 ./scripts/apt-install.sh $need
-# The gRPC contract test is a Python master station generated from the .proto files.
-step "python packages for the gRPC contract and metrics tests"
-python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -r tests/python/requirements.txt
+# The gRPC contract test is a Python master station generated from the .proto files. Its
+# packages go into a venv of the project's own (target/pyenv), never into the system's
+# Python; the tests find it first on PATH. `cargo test` by hand: `. target/pyenv/bin/activate`.
+step "python packages for the gRPC contract and metrics tests (target/pyenv)"
+if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    ./scripts/apt-install.sh python3-venv
+fi
+[ -x target/pyenv/bin/python3 ] || python3 -m venv target/pyenv
+target/pyenv/bin/python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+export PATH="$PWD/target/pyenv/bin:$PATH"
 # The packaged broker must not hold port 1883 during tests: they start their own.
 if command -v systemctl >/dev/null 2>&1; then systemctl stop mosquitto >/dev/null 2>&1 || true; fi
 

@@ -260,7 +260,7 @@ window = 16
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .expect("python3 with paho-mqtt (pip install -r tests/python/requirements.txt)");
+            .expect("python3 with paho-mqtt (scripts/test.sh puts it in target/pyenv: `. target/pyenv/bin/activate`)");
         // The clock starts once Python has built its payloads and connected.
         use tokio::io::AsyncBufReadExt;
         let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();

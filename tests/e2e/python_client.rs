@@ -29,7 +29,7 @@ async fn a_python_master_station_pulls_verifies_and_acks() {
         .arg("5")
         .output()
         .await
-        .expect("python3 runs (scripts/test.sh installs tests/python/requirements.txt)");
+        .expect("python3 with the packages of tests/python/requirements.txt (scripts/test.sh puts them in target/pyenv: `. target/pyenv/bin/activate`)");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -71,7 +71,7 @@ pub async fn scrape(port: u16, token: Option<&str>) -> Vec<Sample> {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("python3 (scripts/test.sh installs prometheus-client)");
+        .expect("python3 with prometheus-client (scripts/test.sh puts it in target/pyenv: `. target/pyenv/bin/activate`)");
     {
         use tokio::io::AsyncWriteExt;
         let mut stdin = child.stdin.take().expect("stdin");
