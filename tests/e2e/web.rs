@@ -281,7 +281,7 @@ async fn the_device_list_pages_through_a_thousand_devices() {
 }
 
 /// The demo's page in headless Chromium: live values, a refused and an authenticated test
-/// read; a screenshot in target/test-artifacts.
+/// read; its charts; screenshots in target/test-artifacts.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_page_of_a_running_demo_shows_live_values_and_test_reads_need_the_credential() {
     let _ports = PORTS.read().await;
@@ -297,9 +297,11 @@ async fn the_page_of_a_running_demo_shows_live_values_and_test_reads_need_the_cr
         .args([
             "demo",
             "--duration",
-            "240s",
+            "300s",
             "--dr-after",
-            "600s",
+            "20s",
+            "--dr-for",
+            "20s",
             "--web-port",
             "0",
         ])
@@ -476,6 +478,112 @@ async fn the_page_of_a_running_demo_shows_live_values_and_test_reads_need_the_cr
     assert!(result.contains("plant-unit1/active_power = "), "{result}");
     assert!(result.contains("[good]"), "{result}");
 
+    // The device's points are charted: one vertex or bad-reading mark per sample the API
+    // holds for the point's last hour. (Counts are read in one script: the page redraws
+    // every 2 s, and an element found before a redraw is gone after it.)
+    let point = "#point-charts figure[data-point=\"plant-unit1/active_power\"]";
+    let [samples, vertices, marks, _] = chart(&c, point, WAIT).await;
+    assert!(samples >= 1, "no samples charted");
+    assert_eq!(vertices + marks, samples, "every sample drawn once");
+    let history = c
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch('/api/devices/plant-unit1').then(r => r.json()).then(d =>
+               done(d.points.find(p => p.name === 'plant-unit1/active_power').history.length));",
+            vec![],
+        )
+        .await
+        .expect("the device's history");
+    let history = history.as_u64().expect("a count") as usize;
+    assert!(
+        history.abs_diff(samples) <= 1,
+        "the chart has {samples} samples, the API {history}"
+    );
+    let dir = gridgate_tests::web::artifacts_dir();
+    c.execute(
+        "document.querySelector('#point-charts').scrollIntoView();",
+        vec![],
+    )
+    .await
+    .expect("scroll to the charts");
+    std::fs::write(
+        dir.join("commissioning-page-device.png"),
+        c.screenshot().await.expect("device screenshot"),
+    )
+    .expect("save");
+
+    // The demo's DR event (20 s from the start, 20 s long) is reported about ten seconds
+    // after its end; the DR tab charts the report: for all loads and for each, baseline
+    // and actual interval by interval, each complete interval's reduction shaded.
+    c.find(Locator::Css("nav a[data-tab=\"dr\"]"))
+        .await
+        .expect("DR tab")
+        .click()
+        .await
+        .expect("open the DR tab");
+    let total = "figure[data-load=\"all loads\"]";
+    let [intervals, vertices, _, bands] = chart(&c, total, Duration::from_secs(120)).await;
+    let figures = c
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch('/api/dr').then(r => r.json()).then(v => {
+               const e = v.events.find(e => e.report);
+               done([e.report.total.length, e.report.total.filter(i => i.complete).length,
+                     e.report.loads.map(l => l[0])]);
+             });",
+            vec![],
+        )
+        .await
+        .expect("the report's figures");
+    let (all, complete) = (
+        figures[0].as_u64().expect("count") as usize,
+        figures[1].as_u64().expect("count") as usize,
+    );
+    assert!(all >= 1, "a report with intervals");
+    assert_eq!(intervals, all, "one interval charted per interval reported");
+    assert_eq!(
+        bands, complete,
+        "one shaded reduction per complete interval"
+    );
+    assert_eq!(
+        vertices,
+        2 * (all + complete),
+        "a baseline step per interval, an actual one per complete interval"
+    );
+    let loads = figures[2].as_array().expect("loads");
+    assert!(!loads.is_empty(), "the report has its loads");
+    for load in loads {
+        let load = load.as_str().expect("a load");
+        chart(&c, &format!("figure[data-load=\"{load}\"]"), WAIT).await;
+    }
+
+    // The overview's sparklines follow the page's refreshes.
+    c.find(Locator::Css("nav a[data-tab=\"overview\"]"))
+        .await
+        .expect("overview tab")
+        .click()
+        .await
+        .expect("open the overview");
+    let rate = "#trends figure[data-trend=\"rate\"]";
+    let mut drawn = 0;
+    for _ in 0..20 {
+        let [samples, vertices, _, _] = chart(&c, rate, WAIT).await;
+        assert_eq!(vertices, samples, "one vertex per refresh");
+        drawn = vertices;
+        if drawn >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(drawn >= 2, "the readings/s sparkline has {drawn} points");
+    c.find(Locator::Css("nav a[data-tab=\"dr\"]"))
+        .await
+        .expect("DR tab")
+        .click()
+        .await
+        .expect("back to the DR tab for the screenshots");
+    chart(&c, total, WAIT).await;
+
     // On a phone's screen the page needs no sideways scrolling.
     c.set_window_size(390, 844).await.expect("phone size");
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -487,7 +595,6 @@ async fn the_page_of_a_running_demo_shows_live_values_and_test_reads_need_the_cr
         .await
         .expect("widths");
     let phone = c.screenshot().await.expect("phone screenshot");
-    let dir = gridgate_tests::web::artifacts_dir();
     std::fs::write(dir.join("commissioning-page-phone.png"), &phone).expect("save");
     assert!(
         overflow.as_i64().is_some_and(|o| o <= 1),
@@ -625,4 +732,30 @@ async fn idle_connections_are_capped_and_cut_off_while_the_gateway_goes_on() {
     assert!(of("gridgate_connections_refused_total", "grpc") >= 44.0);
     assert!(of("gridgate_connections_refused_total", "web") >= 22.0);
     assert!(of("gridgate_connections_open", "grpc") <= 1.0);
+}
+
+/// A chart's figures as the page drew them, once `figure` is on the page: what it stands
+/// for (samples or intervals), then its svg's vertices, bad-reading marks and shaded bands.
+async fn chart(c: &fantoccini::Client, figure: &str, within: Duration) -> [usize; 4] {
+    let script = "const f = document.querySelector(arguments[0]);
+        if (!f) return null;
+        const s = f.querySelector('svg');
+        return [f.dataset.samples || f.dataset.intervals, s.dataset.vertices,
+                s.dataset.marks, s.dataset.bands].map(Number);";
+    let start = tokio::time::Instant::now();
+    loop {
+        let got = c
+            .execute(script, vec![serde_json::json!(figure)])
+            .await
+            .expect("read the chart");
+        if let Some(a) = got.as_array() {
+            let n = |i: usize| a[i].as_u64().expect("a count") as usize;
+            return [n(0), n(1), n(2), n(3)];
+        }
+        assert!(
+            start.elapsed() < within,
+            "no chart {figure} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

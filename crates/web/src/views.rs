@@ -206,6 +206,9 @@ pub struct PointView {
     pub age_ms: Option<i64>,
     /// The last reading's error, if it was bad.
     pub error: Option<String>,
+    /// Its last hour, oldest first (a single device's view only: the list leaves it out).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<crate::latest::Sample>,
 }
 
 /// DR events and loads.
@@ -235,6 +238,74 @@ pub struct EventView {
     pub reported: bool,
     /// Each load.
     pub loads: Vec<EventLoadView>,
+    /// The signed report's figures at its shortest interval length, once written (the
+    /// page charts them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<ReportView>,
+}
+
+/// A performance report's intervals, as the page charts them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReportView {
+    /// Interval length, seconds.
+    pub length_s: u32,
+    /// All loads together.
+    pub total: Vec<IntervalView>,
+    /// Each load's, by load name.
+    pub loads: Vec<(String, Vec<IntervalView>)>,
+}
+
+/// One interval of a report: average watts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IntervalView {
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub baseline_w: i64,
+    pub actual_w: i64,
+    pub reduction_w: i64,
+    /// Every load had meter samples and a baseline in it.
+    pub complete: bool,
+}
+
+/// Reports older than the newest few are left out of the DR view: each costs a store read
+/// and a decode on every refresh of the page.
+const CHARTED_REPORTS: usize = 5;
+
+fn report_view(store: &gridgate_store::Store, issuer: &str, id: &str) -> Option<ReportView> {
+    let key = gridgate_dr::event::event_key(issuer, id);
+    let signed = store.dr().report(&key).ok()??;
+    let signed = pb::SignedPerformanceReport::decode(signed.as_slice()).ok()?;
+    let report = pb::PerformanceReport::decode(signed.report.as_slice()).ok()?;
+    let shortest = |series: &[pb::IntervalSeries]| -> Option<(u32, Vec<IntervalView>)> {
+        let s = series.iter().min_by_key(|s| s.length_s)?;
+        let intervals = s
+            .intervals
+            .iter()
+            .map(|i| IntervalView {
+                start_ms: i.start_ms,
+                end_ms: i.end_ms,
+                baseline_w: i.baseline_w,
+                actual_w: i.actual_w,
+                reduction_w: i.reduction_w,
+                complete: i.complete,
+            })
+            .collect();
+        Some((s.length_s, intervals))
+    };
+    let (length_s, total) = shortest(&report.total)?;
+    let loads = report
+        .loads
+        .iter()
+        .filter_map(|l| {
+            let (len, intervals) = shortest(&l.series)?;
+            (len == length_s).then(|| (l.load.clone(), intervals))
+        })
+        .collect();
+    Some(ReportView {
+        length_s,
+        total,
+        loads,
+    })
 }
 
 /// A load's part in an event.
@@ -457,10 +528,18 @@ pub fn dr(s: &WebState) -> Result<DrView, StoreError> {
                         last_error: l.last_error.clone(),
                     })
                     .collect(),
+                report: None,
             }
         })
         .collect();
     events.sort_by_key(|e| std::cmp::Reverse(e.start_ms));
+    for e in events
+        .iter_mut()
+        .filter(|e| e.reported)
+        .take(CHARTED_REPORTS)
+    {
+        e.report = report_view(&s.store.store, &e.issuer, &e.id);
+    }
     let loads = cfg
         .loads
         .iter()
@@ -548,7 +627,7 @@ pub fn devices(s: &WebState, filter: &str, offset: usize, limit: usize) -> Devic
         .into_iter()
         .skip(offset)
         .take(limit.clamp(1, MAX_PAGE))
-        .map(|d| device_view(s, &snap, d, now))
+        .map(|d| device_view(s, &snap, d, now, false))
         .collect();
     DevicePage {
         total,
@@ -561,7 +640,7 @@ pub fn devices(s: &WebState, filter: &str, offset: usize, limit: usize) -> Devic
 pub fn device(s: &WebState, name: &str) -> Option<DeviceView> {
     let cfg = s.config.borrow().clone();
     let d = described(&cfg).into_iter().find(|d| d.name == name)?;
-    Some(device_view(s, &s.registry.snapshot(), d, now_ms()))
+    Some(device_view(s, &s.registry.snapshot(), d, now_ms(), true))
 }
 
 fn device_view(
@@ -569,6 +648,7 @@ fn device_view(
     snap: &BTreeMap<String, gridgate_acquire::state::DeviceStatus>,
     d: Described,
     now: i64,
+    with_history: bool,
 ) -> DeviceView {
     let states = s
         .latest
@@ -589,6 +669,10 @@ fn device_view(
             quality: st.as_ref().map(|p| p.last.quality.to_string()),
             age_ms: st.as_ref().map(|p| now - p.last.ts_ms),
             error: st.as_ref().and_then(|p| p.last.error.clone()),
+            history: match (&st, with_history) {
+                (Some(p), true) => p.history.iter().copied().collect(),
+                _ => Vec::new(),
+            },
         })
         .collect();
     let last_good_mqtt = points

@@ -71,12 +71,165 @@ function kv(target, pairs) {
   }
 }
 
+// Charts: plain SVG drawn here from the figures the API returns (no library, nothing
+// fetched). A chart says in data attributes how much it drew, for the browser test.
+const SVG = "http://www.w3.org/2000/svg";
+function svg(tag, attrs, text) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function hhmm(ms) { return new Date(ms).toISOString().slice(11, 16); }
+
+// An axis label: as many digits as tell the chart's ends apart (span: their distance).
+function short(v, span) {
+  const a = Math.abs(v);
+  if (a >= 1e6 && span >= 1e5) return (v / 1e6).toFixed(1) + "M";
+  if (a >= 1e4 && span >= 1e3) return (v / 1e3).toFixed(0) + "k";
+  const digits = span > 0 ? Math.max(0, Math.min(6, 2 - Math.floor(Math.log10(span)))) : 0;
+  return String(+v.toFixed(digits));
+}
+
+function span(ms) {
+  const s = Math.round(ms / 1000);
+  return s < 120 ? s + " s" : Math.round(s / 60) + " min";
+}
+
+// series: [{ cls, points: [[t, v or null], ...] }] over one time axis; a null breaks the
+// line. opts.marks: times of bad readings, drawn as red ticks; opts.bands: [[t0, t1, from,
+// to]] shaded between two values (a DR reduction); opts.spark: a bare sparkline.
+function lineChart(series, opts) {
+  opts = opts || {};
+  const W = opts.spark ? 200 : 400, H = opts.spark ? 40 : 130;
+  const L = opts.spark ? 2 : 44, R = 6, T = 8, B = opts.spark ? 2 : 20;
+  const ts = [], vs = [];
+  for (const s of series) for (const [t, v] of s.points) { ts.push(t); if (v !== null && v !== undefined) vs.push(v); }
+  for (const t of opts.marks || []) ts.push(t);
+  for (const b of opts.bands || []) { ts.push(b[0], b[1]); vs.push(b[2], b[3]); }
+  const root = svg("svg", { viewBox: "0 0 " + W + " " + H, class: opts.spark ? "chart spark" : "chart", role: "img" });
+  if (opts.title) root.appendChild(svg("title", {}, opts.title));
+  let t0 = Math.min(...ts), t1 = Math.max(...ts);
+  let v0 = Math.min(...vs), v1 = Math.max(...vs);
+  if (!ts.length) { t0 = 0; t1 = 1; }
+  if (t1 === t0) { t0 -= 1000; t1 += 1000; }
+  if (!vs.length) { v0 = 0; v1 = 1; }
+  if (opts.zero) { v0 = Math.min(v0, 0); v1 = Math.max(v1, 0); }
+  if (v1 === v0) { v0 -= 1; v1 += 1; }
+  const x = (t) => (L + (t - t0) / (t1 - t0) * (W - L - R)).toFixed(1);
+  const y = (v) => (T + (v1 - v) / (v1 - v0) * (H - T - B)).toFixed(1);
+  if (!opts.spark) {
+    root.appendChild(svg("line", { x1: L, x2: W - R, y1: H - B, y2: H - B, class: "axis" }));
+    root.appendChild(svg("text", { x: L - 4, y: T + 9, "text-anchor": "end", class: "label" }, short(v1, v1 - v0)));
+    root.appendChild(svg("text", { x: L - 4, y: H - B, "text-anchor": "end", class: "label" }, short(v0, v1 - v0)));
+    root.appendChild(svg("text", { x: L, y: H - 4, class: "label" }, hhmm(t0)));
+    root.appendChild(svg("text", { x: W - R, y: H - 4, "text-anchor": "end", class: "label" }, hhmm(t1) + " UTC"));
+  }
+  let bands = 0;
+  for (const [a, b, from, to] of opts.bands || []) {
+    const top = Math.max(from, to), bottom = Math.min(from, to);
+    root.appendChild(svg("rect", { x: x(a), width: Math.max(0.5, x(b) - x(a)), y: y(top), height: Math.max(0.5, y(bottom) - y(top)), class: from >= to ? "band reduction" : "band increase" }));
+    bands++;
+  }
+  let vertices = 0;
+  for (const s of series) {
+    let run = [];
+    const flush = () => {
+      if (run.length === 1) root.appendChild(svg("circle", { cx: run[0][0], cy: run[0][1], r: 2.5, class: "dot " + (s.cls || "") }));
+      else if (run.length > 1) root.appendChild(svg("polyline", { points: run.map((p) => p.join(",")).join(" "), class: "line " + (s.cls || "") }));
+      vertices += run.length;
+      run = [];
+    };
+    for (const [t, v] of s.points) { if (v === null || v === undefined) flush(); else run.push([x(t), y(v)]); }
+    flush();
+  }
+  for (const t of opts.marks || []) root.appendChild(svg("line", { x1: x(t), x2: x(t), y1: H - B - 8, y2: H - B, class: "mark" }));
+  root.dataset.vertices = vertices;
+  root.dataset.marks = (opts.marks || []).length;
+  root.dataset.bands = bands;
+  return root;
+}
+
+function figure(caption, chart, attrs) {
+  const f = el("figure");
+  for (const [k, v] of Object.entries(attrs || {})) f.setAttribute(k, v);
+  f.appendChild(chart);
+  f.appendChild(el("figcaption", caption));
+  return f;
+}
+
+// Each numeric point's last hour, bad readings marked.
+function drawPointCharts(d) {
+  const box = $("#point-charts");
+  box.replaceChildren();
+  for (const p of d.points) {
+    const h = p.history || [];
+    if (!h.some((s) => s.value !== null || s.bad)) continue;
+    const bad = h.filter((s) => s.bad).map((s) => s.ts_ms);
+    const chart = lineChart([{ cls: "value", points: h.map((s) => [s.ts_ms, s.value]) }], { marks: bad, title: p.name });
+    const over = h.length > 1 ? h[h.length - 1].ts_ms - h[0].ts_ms : 0;
+    const caption = p.name.split("/").pop() + (p.unit ? " (" + p.unit + ")" : "") + " · last " + span(over) + (bad.length ? " · " + bad.length + " bad reading(s) marked" : "");
+    box.appendChild(figure(caption, chart, { "data-point": p.name, "data-samples": h.length }));
+  }
+}
+
+// An event's report: for all loads together and for each, baseline against actual interval
+// by interval, the reduction shaded.
+function reportCharts(e) {
+  const box = el("div", null, "report-charts");
+  const one = (name, intervals) => {
+    // Each interval's average is a step: flat from its start to its end.
+    const steps = (value) => intervals.flatMap((i) => [[i.start_ms, value(i)], [i.end_ms, value(i)]]);
+    const chart = lineChart([
+      { cls: "baseline", points: steps((i) => i.baseline_w / 1000) },
+      { cls: "actual", points: steps((i) => i.complete ? i.actual_w / 1000 : null) },
+    ], { zero: true, bands: intervals.filter((i) => i.complete).map((i) => [i.start_ms, i.end_ms, i.baseline_w / 1000, i.actual_w / 1000]), title: name });
+    const kwh = intervals.reduce((a, i) => a + i.reduction_w * (i.end_ms - i.start_ms), 0) / 3.6e9;
+    box.appendChild(figure(name + " · kW, baseline dashed, actual solid · reduction " + kwh.toFixed(2) + " kWh", chart,
+      { "data-report": e.issuer + "/" + e.id, "data-load": name, "data-intervals": intervals.length }));
+  };
+  one("all loads", e.report.total);
+  for (const [load, intervals] of e.report.loads) one(load, intervals);
+  return box;
+}
+
+// The overview's sparklines: the figures of the last refreshes (ten minutes at most),
+// kept by the page since it was opened.
+const TREND = 300;
+const trend = { at: [], rate: [], lag: [], size: [], lastStored: null, lastAt: null };
+function recordTrend(o) {
+  const now = Date.now();
+  if (trend.lastAt !== null && now > trend.lastAt) {
+    trend.at.push(now);
+    trend.rate.push(Math.max(0, (o.store.readings_stored - trend.lastStored) * 1000 / (now - trend.lastAt)));
+    trend.lag.push(o.uplink ? o.uplink.lag_batches : 0);
+    trend.size.push(o.store.bytes / 1048576);
+    if (trend.at.length > TREND) for (const k of ["at", "rate", "lag", "size"]) trend[k].shift();
+  }
+  trend.lastStored = o.store.readings_stored;
+  trend.lastAt = now;
+}
+
+function drawTrends() {
+  const box = $("#trends");
+  box.replaceChildren();
+  const last = (a) => a.length ? a[a.length - 1] : 0;
+  for (const [key, label, fmt] of [["rate", "readings/s", (v) => v.toFixed(0)], ["lag", "uplink lag, batches", (v) => v.toFixed(0)], ["size", "store, MiB", (v) => v.toFixed(1)]]) {
+    const points = trend.at.map((t, i) => [t, trend[key][i]]);
+    const chart = lineChart([{ cls: "value", points }], { spark: true, zero: true, title: label });
+    box.appendChild(figure(label + " " + fmt(last(trend[key])), chart, { "data-trend": key, "data-samples": points.length }));
+  }
+}
+
 function drawOverview(o) {
   state.overview = o;
   $("#gw-id").textContent = o.gateway.id;
   $("#identity").textContent = "key " + o.gateway.public_key + " · v" + o.gateway.version + " · up " + Math.round(o.gateway.uptime_s / 60) + " min";
   $("#access").textContent = o.access === "admin" ? "admin" : (o.writes_enabled ? "read-only (log in as admin to act)" : "read-only");
   $("#access").dataset.access = o.access;
+  recordTrend(o);
+  drawTrends();
   kv("#ov-devices", [["in all", o.devices.total], ["online", o.devices.online, "online"], ["offline", o.devices.offline, o.devices.offline ? "offline" : ""]]);
   kv("#ov-store", [["readings stored", o.store.readings_stored], ["next batch", o.store.next_batch], ["open readings", o.store.open_readings],
     ["size", (o.store.bytes / 1048576).toFixed(1) + " of " + (o.store.budget_bytes / 1048576).toFixed(0) + " MiB"],
@@ -133,6 +286,7 @@ function drawDevice(d) {
     tb.appendChild(row([p.name, { text: p.value === null ? "—" : p.value, cls: "value" }, p.unit, { text: p.quality || "no reading yet", cls: p.quality === "good" ? "good" : (p.quality ? "bad" : "waiting") },
       p.age_ms === null ? "" : age(p.age_ms), p.source + (p.error ? " · " + p.error : "")], { "data-point": p.name }));
   }
+  drawPointCharts(d);
 }
 
 function drawDr(v) {
@@ -150,6 +304,15 @@ function drawDr(v) {
   for (const e of v.events) {
     const loads = e.loads.map((l) => l.load + " " + l.state.toLowerCase() + (l.latency_ms ? " (" + l.latency_ms + " ms)" : "") + (l.last_error ? " — " + l.last_error : "")).join("; ");
     et.appendChild(row([e.issuer + "/" + e.id, e.program, { text: e.state + (e.cancelled ? " (cancelled)" : ""), cls: e.state }, utc(e.start_ms), utc(e.end_ms), loads], { "data-event": e.id }));
+    if (e.report) {
+      const tr = document.createElement("tr");
+      tr.className = "report-row";
+      const td = document.createElement("td");
+      td.colSpan = 6;
+      td.appendChild(reportCharts(e));
+      tr.appendChild(td);
+      et.appendChild(tr);
+    }
   }
 }
 
