@@ -144,9 +144,12 @@ enum Command {
     #[command(subcommand)]
     Scan(ScanCommand),
     /// Run simulated lines of meters and devices (for bench work) until Ctrl-C.
+    ///
+    /// Example: gridgate sim --config deploy/sim.toml --print-config > sim-gateway.toml
     #[cfg(feature = "demo")]
     Sim {
-        /// Simulator file (TOML, [[line]] tables); default: the demo's set.
+        /// Simulator file (TOML, [[line]] tables; deploy/sim.toml is an example with every
+        /// kind of line); default: the demo's set.
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Also print a gateway config that polls the simulated devices.
@@ -330,7 +333,7 @@ fn main() -> ExitCode {
     let code = match runtime.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("gridgate: {}", causes_once(&e));
+            eprintln!("gridgate: {}", gridgate::tools::advice::explain(&e));
             ExitCode::FAILURE
         }
     };
@@ -399,10 +402,13 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                 stdout,
                 "wrote {} (keep it secret; mode 0600) and {}
 public key: {}
-in the config: [gateway] identity = \"{}\"",
+for a gateway or a validator, in its config: [gateway] identity = \"{}\"
+for a DR operator: give {} to the gateways' [dr] issuers, and sign with `gridgate dr sign --key {} EVENT.toml`",
                 private.display(),
                 public.display(),
                 hex::encode(id.public().to_bytes()),
+                private.display(),
+                public.display(),
                 private.display()
             )?;
             Ok(ExitCode::SUCCESS)
@@ -502,41 +508,5 @@ in the config: [gateway] identity = \"{}\"",
             gridgate_app::stop_signal().await;
             Ok(ExitCode::SUCCESS)
         }
-    }
-}
-
-/// The error and its causes, each said once: many errors already put their cause in their
-/// own message, and printing the chain after it repeated it ("No such file or directory (os
-/// error 2): No such file or directory (os error 2)").
-fn causes_once(e: &anyhow::Error) -> String {
-    let mut out = e.to_string();
-    for cause in e.chain().skip(1) {
-        let said = cause.to_string();
-        if !out.contains(&said) {
-            out.push_str(": ");
-            out.push_str(&said);
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_cause_already_in_the_message_is_not_said_again() {
-        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
-        let e = anyhow::Error::new(gridgate_core::identity::IdentityError::Io {
-            path: "/etc/gridgate/identity.key".into(),
-            source: io,
-        })
-        .context("cannot start");
-        let text = causes_once(&e);
-        assert_eq!(text.matches("entity not found").count(), 1, "{text}");
-        assert!(
-            text.starts_with("cannot start: /etc/gridgate/identity.key"),
-            "{text}"
-        );
     }
 }

@@ -35,17 +35,38 @@ use serde::Deserialize;
 use gridgate_core::Identity;
 use gridgate_core::signed::sign_event;
 
+/// The event file's fields, as `gridgate dr sign --help` lists them.
+const EVENT_FIELDS: &str = r#"The event file (TOML):
+
+  id = "2026-11-28-peak-1"   unique for this issuer, for all time
+  issuer = "operator"        the name the gateways' [dr] issuers give your key
+  program = "peak-shave"     optional; how it is measured and settled ([[dr.program]])
+  start = "now"              or a UTC time: "2026-11-28T18:00:00Z" (default now)
+  duration = "15m"
+  expires = "10m"            after signing, or a UTC time: not accepted after it
+  priority = 0               optional; the higher wins a load two events want
+  ramp = "2m"                optional; the loads spread evenly over it, in target order
+  randomize = "30s"          optional; each load a random delay of up to this more
+  gateways = ["site-042"]    optional; only these gateways accept it
+
+  [[target]]                 one per load
+  load = "chiller-1"         a [[load]] name on the gateway
+  shed_kw = 20.0             or setpoint = 18.5, or on = false (a switch)
+
+docs/dr-operator.md has the rules each gateway checks."#;
+
 /// `gridgate dr ...`
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum DrCommand {
     /// Sign an event written in TOML with the issuer's key; writes a .signed file.
     ///
     /// Example: gridgate dr sign --key operator.key event.toml --out event.signed
+    #[command(after_long_help = EVENT_FIELDS)]
     Sign {
         /// The issuer's private key (made by `gridgate keygen`).
         #[arg(long)]
         key: PathBuf,
-        /// The event, in TOML (see `gridgate dr sign --help` for the fields).
+        /// The event, in TOML (its fields are listed below, under --help).
         event: PathBuf,
         /// Where to write the signed event (default: the event file with .signed).
         #[arg(long)]

@@ -1,5 +1,6 @@
 //! Field tools: what an engineer runs by hand on site.
 
+pub mod advice;
 pub mod check_config;
 pub mod dr;
 pub mod ledger;

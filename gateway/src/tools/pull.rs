@@ -64,15 +64,20 @@ pub async fn connect(
     cert: Option<&PathBuf>,
     key: Option<&PathBuf>,
 ) -> Result<Channel> {
+    if !endpoint.contains("://") {
+        bail!(
+            "{endpoint:?} has no scheme: give https://{endpoint} (the gateway's [grpc] listen with TLS) or http://{endpoint} (its loopback plaintext listener)"
+        );
+    }
     let mut ep = Channel::from_shared(endpoint.to_string())
         .with_context(|| format!("bad endpoint {endpoint:?}"))?;
     if endpoint.starts_with("https://") {
         let ca = ca.context(
             "--ca is needed for https:// (the CA that signed the gateway's certificate)",
         )?;
-        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(
-            std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?,
-        ));
+        let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+        super::advice::check_ca_pem(ca, &pem)?;
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
         match (cert, key) {
             (Some(c), Some(k)) => {
                 tls = tls.identity(Identity::from_pem(
@@ -150,8 +155,8 @@ pub async fn run(a: PullArgs, out: &mut dyn Write) -> Result<ExitCode> {
         if item.dropped_before > 0 {
             writeln!(
                 out,
-                "note: {} batch(es) before {} were dropped by the gateway's disk budget",
-                item.dropped_before, item.seq
+                "note: {} batch(es) before {} are no longer on the gateway (delivered to its required consumers and pruned, or dropped by its disk budget: `gridgate status` counts those); the chain is checked from {} on",
+                item.dropped_before, item.seq, item.seq
             )?;
             *v = ChainVerifier::new(key).anchor(item.seq, None);
         }

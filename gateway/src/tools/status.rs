@@ -51,13 +51,17 @@ struct Target {
 }
 
 fn target(a: &StatusArgs) -> Result<Target> {
-    let cfg = if a.url.is_none() || a.token_file.is_none() {
+    // With --url the config is only where a credential may come from: a page that lets
+    // anyone on its network read needs none, so a missing config is no error then.
+    let cfg = if a.url.is_none() {
         Some(gridgate_config::load(&a.config).with_context(|| {
             format!(
-                "reading {} (give --url and --token-file to do without it)",
+                "reading {} (or give the page's address with --url)",
                 a.config.display()
             )
         })?)
+    } else if a.token_file.is_none() && a.config.exists() {
+        gridgate_config::load(&a.config).ok()
     } else {
         None
     };
