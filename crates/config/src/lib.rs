@@ -249,18 +249,13 @@ pub fn parse(text: &str, path: &Path) -> Result<GatewayConfig, ConfigError> {
         path: path.to_path_buf(),
         problems,
     };
-    let raw: RawConfig = toml::from_str(text).map_err(|e| {
-        let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
-        invalid(vec![Problem {
-            line,
-            column,
-            key: key_at(text, e.span().map(|s| s.start)),
-            message: e.message().trim().to_string(),
-        }])
-    })?;
+    let (raw, unknown) = parse_raw(text);
+    let Some(raw) = raw else {
+        return Err(invalid(unknown));
+    };
     let mut checker = Checker {
         text,
-        problems: Vec::new(),
+        problems: unknown,
     };
     let cfg = checker.check(raw);
     if checker.problems.is_empty() {
@@ -270,6 +265,59 @@ pub fn parse(text: &str, path: &Path) -> Result<GatewayConfig, ConfigError> {
         problems.sort_by_key(|p| (p.line, p.column));
         Err(invalid(problems))
     }
+}
+
+/// Unknown keys reported in one go at most; a file with more is not a config.
+const MAX_UNKNOWN_KEYS: usize = 50;
+
+/// Parses `text`, reporting every unknown key rather than stopping at the first: each is
+/// blanked out (its line turned to spaces, so that every later offset stays true) and the
+/// parse tried again. Any other error ends it. The config, when it parsed, and the problems.
+fn parse_raw(text: &str) -> (Option<RawConfig>, Vec<Problem>) {
+    let mut problems = Vec::new();
+    let mut current = text.to_string();
+    for _ in 0..MAX_UNKNOWN_KEYS {
+        let e = match toml::from_str::<RawConfig>(&current) {
+            Ok(raw) => return (Some(raw), problems),
+            Err(e) => e,
+        };
+        let start = e.span().map(|s| s.start);
+        let (line, column) = start.map_or((0, 0), |s| line_col(text, s));
+        problems.push(Problem {
+            line,
+            column,
+            key: key_at(text, start),
+            message: e.message().trim().to_string(),
+        });
+        let blanked = start
+            .filter(|_| e.message().starts_with("unknown field"))
+            .and_then(|s| blank_entry(&current, s));
+        match blanked {
+            Some(next) => current = next,
+            None => break,
+        }
+    }
+    (None, problems)
+}
+
+/// `text` with the `key = value` line at `offset` turned to spaces; `None` where the key is
+/// not the first thing on its line or its value goes on past the line (an array or table
+/// written over several lines), which blanking one line would break.
+fn blank_entry(text: &str, offset: usize) -> Option<String> {
+    let start = text[..offset].rfind('\n').map_or(0, |p| p + 1);
+    let end = text[offset..].find('\n').map_or(text.len(), |p| offset + p);
+    if !text[start..offset].trim().is_empty() {
+        return None;
+    }
+    let line = &text[start..end];
+    let opens = line.matches(['[', '{']).count();
+    let closes = line.matches([']', '}']).count();
+    if opens != closes || line.contains("\"\"\"") || line.contains("'''") {
+        return None;
+    }
+    let mut out = text.as_bytes().to_vec();
+    out[start..end].fill(b' ');
+    String::from_utf8(out).ok()
 }
 
 /// Every file `text` names (keys, certificates, credentials) with where it names it;

@@ -49,6 +49,51 @@ pub fn summary(cfg: &GatewayConfig) -> String {
         Some(u) => s.push_str(&format!("  uplink to {} topic {}\n", u.broker, u.topic)),
         None => s.push_str("  no uplink: batches stay in the store for gRPC pullers\n"),
     }
+    if let Some(g) = &cfg.grpc {
+        s.push_str(&format!(
+            "  gRPC API with mutual TLS on {}{}\n",
+            g.listen,
+            g.plaintext_listen
+                .map(|p| format!(", plaintext on {p} (loopback)"))
+                .unwrap_or_default()
+        ));
+    }
+    if let Some(w) = &cfg.web {
+        s.push_str(&format!(
+            "  commissioning page on {}://{}{}\n",
+            if w.tls.is_some() { "https" } else { "http" },
+            w.listen,
+            if w.admin_token_file.is_some() {
+                ""
+            } else {
+                " (read-only: no admin credential)"
+            }
+        ));
+    }
+    if let Some(d) = &cfg.dr {
+        s.push_str(&format!(
+            "  DR: {} trusted issuer(s), {} program(s){}\n",
+            d.issuers.len(),
+            d.programs.len(),
+            d.command_topic
+                .as_ref()
+                .map(|t| format!(", events over MQTT on {t}"))
+                .unwrap_or_default()
+        ));
+    }
+    for l in &cfg.loads {
+        s.push_str(&format!(
+            "    load {} metered by {}: up to {} kW off, {}\n",
+            l.name,
+            l.meter,
+            l.max_shed_kw,
+            match &l.control {
+                Some(crate::Control::Point(p)) => format!("moved by {}/{}", p.device, p.point),
+                Some(crate::Control::Mqtt(m)) => format!("moved over MQTT on {}", m.command_topic),
+                None => "measured only".to_string(),
+            }
+        ));
+    }
     if let Some(l) = &cfg.ledger {
         let validators = l.members.iter().filter(|m| m.role == "validator").count();
         let f = validators.saturating_sub(1) / 3;

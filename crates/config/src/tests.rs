@@ -82,6 +82,28 @@ fn unknown_key_names_line_and_key() {
 }
 
 #[test]
+fn checking_goes_on_after_unknown_keys() {
+    // Two misspelt keys and a device on a bus that does not exist: all three are reported,
+    // each with its line.
+    let text = GOOD
+        .replace("poll = \"15s\"", "poll = \"15s\"\npoll_rate = 3")
+        .replace(
+            "timeout = \"300ms\"",
+            "timeout = \"300ms\"\ntimout = \"1s\"",
+        )
+        .replace("bus = \"plant\"", "bus = \"plnat\"");
+    let p = problems(&text);
+    let keys: Vec<(&str, usize)> = p.iter().map(|p| (p.key.as_str(), p.line)).collect();
+    assert!(keys.contains(&("timout", 14)), "{p:?}");
+    assert!(keys.contains(&("poll_rate", 22)), "{p:?}");
+    assert!(
+        p.iter().any(|p| p.message.contains("plnat")),
+        "the checker ran after the unknown keys: {p:?}"
+    );
+    assert_eq!(p.len(), 3, "{p:?}");
+}
+
+#[test]
 fn every_semantic_problem_is_reported_with_its_line() {
     let text = GOOD
         .replace("bus = \"plant\"", "bus = \"plant-9\"")
@@ -187,6 +209,24 @@ fn the_shipped_example_config_is_valid() {
         cfg.store.required_consumers,
         vec!["mqtt-uplink".to_string()]
     );
+    // Every section a gateway may have is shown.
+    assert!(cfg.grpc.is_some() && cfg.web.is_some());
+    let dr = cfg.dr.as_ref().expect("[dr]");
+    assert_eq!(dr.programs.len(), 2);
+    assert_eq!(cfg.loads.len(), 2);
+    let l = cfg.ledger.as_ref().expect("[ledger]");
+    assert_eq!(l.members.len(), 6);
+    let summary = crate::summary(&cfg);
+    for said in [
+        "gRPC API with mutual TLS on 0.0.0.0:50051",
+        "commissioning page on http://127.0.0.1:8080",
+        "DR: 1 trusted issuer(s), 2 program(s), events over MQTT on ops/site-042/dr",
+        "load pcs metered by pcs/active_power: up to 50 kW off, moved by pcs/setpoint",
+        "load tenant-1 metered by meter-1/active_power",
+        "ledger: gateway of a consortium of 6 member(s); 4 validator(s)",
+    ] {
+        assert!(summary.contains(said), "{said:?} not in:\n{summary}");
+    }
 }
 
 #[test]
