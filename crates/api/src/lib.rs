@@ -183,9 +183,16 @@ async fn serve(
     health
         .set_serving::<DemandResponseServer<crate::dr::DemandResponseService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(gridgate_proto::FILE_DESCRIPTOR_SET)
-        .build_v1();
+    // Both versions of reflection: grpcurl asks v1, grpcio-reflection's Python client and
+    // older tools v1alpha. The health service is listed too.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(gridgate_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection()
+        .build_v1()
+        .and_then(|v1| Ok((v1, reflection().build_v1alpha()?)));
     let router = builder
         .add_service(health_service)
         .add_service(TelemetryServer::new(telemetry::TelemetryService::new(
@@ -202,7 +209,7 @@ async fn serve(
                 .map(gridgate_proto::v1::ledger_server::LedgerServer::from_arc),
         );
     let router = match reflection {
-        Ok(r) => router.add_service(r),
+        Ok((v1, v1alpha)) => router.add_service(v1).add_service(v1alpha),
         Err(e) => {
             tracing::warn!("gRPC reflection unavailable: {e}");
             router
