@@ -279,7 +279,15 @@ impl PointSpec {
                     .get(off..off + usize::from(self.data_type.registers()))
                     .ok_or(DecodeError::Short)?;
                 let raw = decode_registers(regs, self.data_type, self.byte_order, self.word_order);
-                let v = raw * self.scale + self.offset;
+                let mut v = raw * self.scale + self.offset;
+                if !matches!(self.data_type, DataType::F32 | DataType::F64)
+                    && (self.scale != 1.0 || self.offset != 0.0)
+                {
+                    // An integer register scaled by 0.001 holds thousandths: the value has
+                    // three decimals, not the binary float's tail (120000.72600000001).
+                    let p = 10f64.powi(decimals(self.scale).max(decimals(self.offset)));
+                    v = (v * p).round() / p;
+                }
                 if v.is_finite() {
                     Ok(v)
                 } else {
@@ -288,6 +296,19 @@ impl PointSpec {
             }
         }
     }
+}
+
+/// Decimal places of `x` as a person writes it (0.001 → 3, 2.5 → 1, 10 → 0), at most 9.
+fn decimals(x: f64) -> i32 {
+    let mut p = 1.0;
+    for d in 0..9 {
+        let scaled = x * p;
+        if (scaled - scaled.round()).abs() <= 1e-9 * scaled.abs().max(1.0) {
+            return d;
+        }
+        p *= 10.0;
+    }
+    9
 }
 
 /// Why a point could not be decoded from a read.
@@ -449,6 +470,20 @@ mod tests {
             ),
             -1.0
         );
+    }
+
+    #[test]
+    fn a_scaled_integer_has_the_scales_decimals_and_no_float_tail() {
+        let mut p = PointSpec::new(Table::HoldingRegister, 4, DataType::U32);
+        p.scale = 0.001;
+        let words = vec![(120_000_726u32 >> 16) as u16, 120_000_726u32 as u16];
+        let v = p.decode(4, &ReadData::Words(words)).unwrap();
+        assert_eq!(v.to_string(), "120000.726");
+        assert_eq!(decimals(0.001), 3);
+        assert_eq!(decimals(0.1), 1);
+        assert_eq!(decimals(2.5), 1);
+        assert_eq!(decimals(10.0), 0);
+        assert_eq!(decimals(-40.0), 0);
     }
 
     #[test]
