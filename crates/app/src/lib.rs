@@ -39,8 +39,10 @@ pub struct Pipeline {
     always: Running,
     forwarder: tokio::task::JoinHandle<std::io::Result<()>>,
     writer: tokio::task::JoinHandle<()>,
-    /// Readings committed at the last status line, and when: the rate between two lines.
-    rate: std::sync::Mutex<(tokio::time::Instant, u64)>,
+    /// When the rate was last measured, the readings committed then, and the rate: a
+    /// status line asked for less than a second after the last (the one at a stop) repeats
+    /// the rate instead of dividing a few readings by a few milliseconds.
+    rate: std::sync::Mutex<(tokio::time::Instant, u64, f64)>,
 }
 
 /// The config sections only a restart applies: the store, its identity and the embedded
@@ -125,7 +127,7 @@ impl Pipeline {
             always,
             forwarder,
             writer,
-            rate: std::sync::Mutex::new((tokio::time::Instant::now(), 0)),
+            rate: std::sync::Mutex::new((tokio::time::Instant::now(), 0, 0.0)),
             shared,
         };
         for bus in &cfg.buses {
@@ -253,25 +255,33 @@ impl Pipeline {
         let head = *self.shared.store.head.borrow();
         let st = self.shared.store.store.stats().unwrap_or_default();
         let snap = self.shared.registry.snapshot();
-        let online = snap.values().filter(|s| s.online).count();
+        let devices =
+            gridgate_web::views::device_counts(&self.config(), &snap, &self.shared.latest);
         let cursor = self.shared.uplink.cursor.load(Ordering::Relaxed);
         let total = self.shared.store.committed.load(Ordering::Relaxed);
         let per_sec = match self.rate.lock() {
             Ok(mut r) => {
                 let dt = r.0.elapsed().as_secs_f64();
-                let rate = if dt > 0.0 {
-                    (total - r.1.min(total)) as f64 / dt
-                } else {
-                    0.0
-                };
-                *r = (tokio::time::Instant::now(), total);
-                rate
+                if dt >= 1.0 {
+                    let rate = (total - r.1.min(total)) as f64 / dt;
+                    *r = (tokio::time::Instant::now(), total, rate);
+                }
+                r.2
             }
             Err(_) => 0.0,
         };
         format!(
-            "{per_sec:.0} readings/s, {total} stored | devices {online}/{} online | batches {head} (open readings {}) | mqtt in {} msgs ({} readings), {} refused | uplink acked {}, lag {} batch(es)",
-            snap.len(),
+            "{per_sec:.0} readings/s, {total} stored | devices {}/{} online{}{} | batches {head} (open readings {}) | mqtt in {} msgs ({} readings), {} refused | uplink acked {}, lag {} batch(es)",
+            devices.online,
+            devices.total,
+            match devices.offline {
+                0 => String::new(),
+                n => format!(", {n} offline"),
+            },
+            match devices.waiting {
+                0 => String::new(),
+                n => format!(", {n} waiting"),
+            },
             st.open_readings,
             self.shared.ingest.messages.load(Ordering::Relaxed),
             self.shared.ingest.readings.load(Ordering::Relaxed),

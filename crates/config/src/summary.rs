@@ -59,10 +59,13 @@ pub fn summary(cfg: &GatewayConfig) -> String {
         ));
     }
     if let Some(w) = &cfg.web {
+        let at = match w.listen.port() {
+            0 => format!("{} (a free port)", w.listen.ip()),
+            _ => w.listen.to_string(),
+        };
         s.push_str(&format!(
-            "  commissioning page on {}://{}{}\n",
+            "  commissioning page on {}://{at}{}\n",
             if w.tls.is_some() { "https" } else { "http" },
-            w.listen,
             if w.admin_token_file.is_some() {
                 ""
             } else {

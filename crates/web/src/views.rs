@@ -54,15 +54,66 @@ pub struct Identity {
     pub uptime_s: u64,
 }
 
-/// Device counts.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Device counts, by the states [`device_state`] gives (they add up to `total`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceCounts {
     /// Polled and MQTT devices.
     pub total: usize,
-    /// Polled devices answering.
     pub online: usize,
-    /// Polled devices not answering.
     pub offline: usize,
+    /// No good reading yet.
+    #[serde(default)]
+    pub waiting: usize,
+}
+
+/// A device's state, as every view says it (the page, `gridgate status`, the demo):
+/// `waiting` until its first good reading (a polled device not yet polled or that never
+/// answered well, an MQTT device that has not published), then, for a polled device,
+/// `online` or `offline` (after `offline_after` failed polls), and for an MQTT device
+/// `online`.
+pub fn device_state(
+    polled: Option<&gridgate_acquire::state::DeviceStatus>,
+    last_good_mqtt: Option<i64>,
+) -> &'static str {
+    match polled {
+        Some(ds) if ds.last_good_ms.is_none() => "waiting",
+        Some(ds) if ds.online => "online",
+        Some(_) => "offline",
+        None if last_good_mqtt.is_some() => "online",
+        None => "waiting",
+    }
+}
+
+/// Every configured device counted by its [`device_state`].
+pub fn device_counts(
+    cfg: &gridgate_config::GatewayConfig,
+    snap: &BTreeMap<String, gridgate_acquire::state::DeviceStatus>,
+    latest: &crate::latest::Latest,
+) -> DeviceCounts {
+    let mut counts = DeviceCounts::default();
+    for d in described(cfg) {
+        let polled = snap.get(&d.name);
+        let mqtt_good = match polled {
+            Some(_) => None,
+            None => last_good_of(latest, &d),
+        };
+        counts.total += 1;
+        match device_state(polled, mqtt_good) {
+            "online" => counts.online += 1,
+            "offline" => counts.offline += 1,
+            _ => counts.waiting += 1,
+        }
+    }
+    counts
+}
+
+/// When an MQTT device last sent a good reading of any of its points.
+fn last_good_of(latest: &crate::latest::Latest, d: &Described) -> Option<i64> {
+    latest
+        .get_many(d.points.iter().map(|(p, _, _)| p.as_str()))
+        .into_iter()
+        .filter_map(|(_, st)| st?.last_good.map(|r| r.ts_ms))
+        .max()
 }
 
 /// One bus.
@@ -347,8 +398,6 @@ pub fn overview(s: &WebState, access: super::auth::Access) -> Result<Overview, S
     let snap = s.registry.snapshot();
     let store = &s.store.store;
     let st = store.stats()?;
-    let mqtt_devices = cfg.ingest.as_ref().map_or(0, |i| i.devices.len());
-    let online = snap.values().filter(|d| d.online).count();
     let buses = cfg
         .buses
         .iter()
@@ -420,11 +469,7 @@ pub fn overview(s: &WebState, access: super::auth::Access) -> Result<Overview, S
         },
         access: access.name().to_string(),
         writes_enabled: s.gate.has_admin(),
-        devices: DeviceCounts {
-            total: snap.len() + mqtt_devices,
-            online,
-            offline: snap.len() - online,
-        },
+        devices: device_counts(&cfg, &snap, &s.latest),
         buses,
         store: StoreView {
             readings_stored: s.store.committed.load(Ordering::Relaxed),
@@ -675,20 +720,14 @@ fn device_view(
             },
         })
         .collect();
-    let last_good_mqtt = points
-        .iter()
-        .filter(|p| p.quality.as_deref() == Some("good"))
-        .filter_map(|p| p.age_ms)
-        .min();
-    let (state, polls, errors, last_good_age_ms) = match snap.get(&d.name) {
+    let polled = snap.get(&d.name);
+    let last_good_mqtt = match polled {
+        Some(_) => None,
+        None => last_good_of(&s.latest, &d),
+    };
+    let state = device_state(polled, last_good_mqtt);
+    let (polls, errors, last_good_age_ms) = match polled {
         Some(ds) => (
-            if ds.polls == 0 {
-                "waiting"
-            } else if ds.online {
-                "online"
-            } else {
-                "offline"
-            },
             ds.polls,
             ds.readings
                 .iter()
@@ -697,16 +736,7 @@ fn device_view(
                 .sum(),
             ds.last_good_ms.map(|t| now - t),
         ),
-        None => (
-            if last_good_mqtt.is_some() {
-                "online"
-            } else {
-                "waiting"
-            },
-            0,
-            0,
-            last_good_mqtt,
-        ),
+        None => (0, 0, last_good_mqtt.map(|t| now - t)),
     };
     DeviceView {
         name: d.name,

@@ -204,8 +204,8 @@ pub async fn run(a: StatusArgs, out: &mut dyn Write) -> Result<ExitCode> {
     )?;
     writeln!(
         out,
-        "devices  {} in all, {} online, {} offline",
-        o.devices.total, o.devices.online, o.devices.offline
+        "devices  {} in all, {} online, {} offline, {} waiting for a first good reading",
+        o.devices.total, o.devices.online, o.devices.offline, o.devices.waiting
     )?;
     for b in &o.buses {
         let kinds: Vec<String> = b

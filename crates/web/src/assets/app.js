@@ -55,6 +55,7 @@ async function api(path, options) {
 }
 
 function showLogin(why) {
+  $("#loading").hidden = true;
   $("#login").hidden = false;
   $("#main").hidden = true;
   if (why) say(token() ? "That credential was refused: " + why : why, !!token());
@@ -230,7 +231,8 @@ function drawOverview(o) {
   $("#access").dataset.access = o.access;
   recordTrend(o);
   drawTrends();
-  kv("#ov-devices", [["in all", o.devices.total], ["online", o.devices.online, "online"], ["offline", o.devices.offline, o.devices.offline ? "offline" : ""]]);
+  kv("#ov-devices", [["in all", o.devices.total], ["online", o.devices.online, "online"], ["offline", o.devices.offline, o.devices.offline ? "offline" : ""],
+    ["waiting for a first good reading", o.devices.waiting, o.devices.waiting ? "waiting" : ""]]);
   kv("#ov-store", [["readings stored", o.store.readings_stored], ["next batch", o.store.next_batch], ["open readings", o.store.open_readings],
     ["size", (o.store.bytes / 1048576).toFixed(1) + " of " + (o.store.budget_bytes / 1048576).toFixed(0) + " MiB"],
     ["dropped readings", o.store.dropped_readings, o.store.dropped_readings ? "bad" : ""]]);
@@ -302,13 +304,18 @@ function drawDr(v) {
   const et = $("#events tbody");
   et.replaceChildren();
   for (const e of v.events) {
-    const loads = e.loads.map((l) => l.load + " " + l.state.toLowerCase() + (l.latency_ms ? " (" + l.latency_ms + " ms)" : "") + (l.last_error ? " — " + l.last_error : "")).join("; ");
-    et.appendChild(row([e.issuer + "/" + e.id, e.program, { text: e.state + (e.cancelled ? " (cancelled)" : ""), cls: e.state }, utc(e.start_ms), utc(e.end_ms), loads], { "data-event": e.id }));
+    // A latency is the time to the load's acknowledgement: shown for loads that were
+    // acknowledged, not for one another event took over.
+    const acked = (l) => ["ACKNOWLEDGED", "RESTORED"].includes(l.state) && l.latency_ms;
+    const loads = e.loads.map((l) => l.load + " → " + l.target + ": " + l.state.toLowerCase() + (acked(l) ? " in " + l.latency_ms + " ms" : "") + (l.last_error ? " — " + l.last_error : "")).join("; ");
+    const state = e.state + (e.cancelled && e.state !== "CANCELLED" ? " (cancelled)" : "");
+    const reduction = e.report ? (e.report.total.reduce((a, i) => a + i.reduction_w * (i.end_ms - i.start_ms), 0) / 3.6e9).toFixed(2) + " kWh" : (e.reported ? "" : "not yet reported");
+    et.appendChild(row([e.issuer + "/" + e.id, e.program, { text: state, cls: e.state }, utc(e.start_ms), utc(e.end_ms), loads, reduction], { "data-event": e.id }));
     if (e.report) {
       const tr = document.createElement("tr");
       tr.className = "report-row";
       const td = document.createElement("td");
-      td.colSpan = 6;
+      td.colSpan = 7;
       td.appendChild(reportCharts(e));
       tr.appendChild(td);
       et.appendChild(tr);
@@ -319,6 +326,7 @@ function drawDr(v) {
 async function refresh() {
   try {
     const o = await api("/api/overview");
+    $("#loading").hidden = true;
     drawOverview(o);
     if (!state.loginOpen || o.access === "admin") { $("#login").hidden = true; state.loginOpen = false; }
     $("#main").hidden = false;
@@ -330,7 +338,10 @@ async function refresh() {
     if (state.tab === "dr") drawDr(await api("/api/dr"));
     if ($("#message").className === "error" && $("#message").dataset.sticky !== "1") say("");
   } catch (e) {
-    if (String(e.message) !== "credential needed") say("The gateway did not answer: " + e.message, true);
+    if (String(e.message) !== "credential needed") {
+      $("#loading").textContent = "The gateway did not answer; trying again every 2 s.";
+      say("The gateway did not answer: " + e.message, true);
+    }
   }
 }
 
