@@ -56,6 +56,13 @@ enum Command {
         /// falls back to a free one, and the first lines say which).
         #[arg(long, default_value_t = 8080)]
         web_port: u16,
+        /// Print only the status lines, not every reading.
+        #[arg(long, conflicts_with = "json")]
+        status_only: bool,
+        /// Keep the demo's store, keys and certificates in DIR (new or empty) after it stops,
+        /// to try `gridgate verify` or `gridgate pull` on them.
+        #[arg(long, value_name = "DIR")]
+        keep: Option<PathBuf>,
     },
     /// Run the gateway daemon with a config file.
     ///
@@ -352,18 +359,23 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             dr_after,
             dr_for,
             web_port,
+            status_only,
+            keep,
         } => {
-            let s = if json {
-                sink(Format::Json)
-            } else {
-                sink(Format::Text)
+            let readings = match (status_only, json) {
+                (true, _) => None,
+                (false, true) => Some((sink(Format::Json), sink(Format::Json))),
+                (false, false) => Some((sink(Format::Text), sink(Format::Text))),
             };
             demo::demo(
-                duration,
-                dr_after,
-                dr_for,
-                web_port,
-                s,
+                demo::DemoOptions {
+                    duration,
+                    dr_after,
+                    dr_for,
+                    web_port,
+                    keep,
+                    readings,
+                },
                 Box::new(std::io::stderr()),
             )
             .await?;

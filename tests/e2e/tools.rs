@@ -409,7 +409,80 @@ async fn demo_runs_with_no_arguments_and_shows_readings() {
     };
     assert!(good("meter-1/"), "{out}");
     assert!(good("plant-unit1/"), "{out}");
+    // The MQTT sensor's readings are printed like the polled ones.
+    assert!(good("sensor-1/"), "{out}");
     assert!(err.contains("simulated line rs485-1 (dlt645)"), "{err}");
+    // The banner and the page's address come before anything the validators log.
+    let page = err
+        .lines()
+        .position(|l| l.contains("commissioning page: http://"))
+        .unwrap_or_else(|| panic!("no page address:\n{err}"));
+    let banner = err
+        .lines()
+        .position(|l| l.starts_with("gridgate demo: "))
+        .unwrap_or_else(|| panic!("no banner:\n{err}"));
+    let validators = err.lines().position(|l| l.contains("/consortium/v"));
+    assert!(
+        banner < page && validators.is_none_or(|v| v > page),
+        "the validators logged before the page's address:\n{err}"
+    );
+}
+
+/// `--keep DIR` leaves a store that `gridgate verify` checks as a master station would;
+/// `--status-only` prints no readings. Once the first batch closes, the demo pulls it over
+/// gRPC and verifies it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_keeps_its_store_for_verify_and_checks_a_batch_itself() {
+    let dir = tempfile::tempdir().expect("dir");
+    let keep = dir.path().join("demo");
+    let keep_arg = keep.to_str().expect("utf-8");
+    let (code, out, err) = run_to_end(
+        &[
+            "demo",
+            "--duration",
+            "12s",
+            "--dr-after",
+            "600s",
+            "--status-only",
+            "--keep",
+            keep_arg,
+            "--web-port",
+            "0",
+        ],
+        LIMIT,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.trim().is_empty(), "status only, yet readings:\n{out}");
+    assert!(
+        err.contains("master station's check: batch 0 (")
+            && err.contains("its Ed25519 signature verifies"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("gridgate verify --data-dir {keep_arg}/data")),
+        "{err}"
+    );
+    let (code, out, verr) =
+        gridgate_tests::verify_chain(&keep.join("data"), &keep.join("identity.pub"), LIMIT).await;
+    assert_eq!(code, 0, "{out}{verr}");
+    assert!(out.contains("chain OK"), "{out}");
+    // A second run into the same directory would mix two keys' batches: refused.
+    let (code, _, err) = run_to_end(
+        &[
+            "demo",
+            "--duration",
+            "1s",
+            "--keep",
+            keep_arg,
+            "--web-port",
+            "0",
+        ],
+        LIMIT,
+    )
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("already holds a demo's data"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -104,6 +104,10 @@ impl Consortium {
     }
 }
 
+/// The unit the demo's programs are priced in (the ledger counts thousandths of whatever
+/// currency the consortium settles in).
+const CURRENCY: &str = "CNY";
+
 /// One line on the demo gateway's own ledger log, and the settlement of today once a claim
 /// is certified; `None` before anything was logged.
 pub fn status_line(
@@ -129,17 +133,25 @@ pub fn status_line(
     let members = gridgate_ledger_node::load_members(l).ok()?;
     let now = gridgate_core::reading::now_ms();
     let day = now - now.rem_euclid(86_400_000);
+    // As of just after the newest entry held: the same statement (and id) on every line
+    // until a new entry changes its figures.
+    let as_of = entries
+        .iter()
+        .map(|c| c.entry.timestamp_ms + 1)
+        .max()
+        .unwrap_or(now)
+        .min(now);
     let s = gridgate_ledger::settlement::settle_as_of(
         day,
         day + 86_400_000,
-        now,
+        as_of,
         &entries,
         &members,
         &l.terms,
     );
     if let Some(paid) = s.lines.iter().find(|x| x.gateway == cfg.id) {
         line.push_str(&format!(
-            "; settlement of today: {} delivered {:.3} kWh, paid {:.3} (statement {})",
+            "; settlement of today: {} delivered {:.3} kWh, paid {:.3} {CURRENCY} (statement {})",
             paid.event_id,
             paid.delivered_mwh as f64 / 1_000_000.0,
             s.lines.iter().map(|x| x.payment_milli).sum::<i64>() as f64 / 1000.0,

@@ -4,14 +4,17 @@
 
 pub mod dr;
 pub mod ledger;
+pub mod master;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use gridgate_acquire::ReadingSink;
 use gridgate_app::{DaemonError, Pipeline, stop_signal};
-use gridgate_core::{Identity, IdentityError};
+use gridgate_core::{Identity, IdentityError, Reading};
+use tokio::sync::broadcast;
 
 use crate::tools::sim;
 
@@ -38,27 +41,82 @@ pub enum DemoError {
     Daemon(#[from] DaemonError),
 }
 
+/// What `gridgate demo` is asked to do.
+pub struct DemoOptions {
+    /// Stop after this long; `None`: at Ctrl-C.
+    pub duration: Option<Duration>,
+    /// When the DR event is sent, and how long it lasts.
+    pub dr_after: Duration,
+    pub dr_for: Duration,
+    /// The page's port (0: any free one).
+    pub web_port: u16,
+    /// Keep the demo's files (store, keys, PKI) here instead of a temporary directory.
+    pub keep: Option<PathBuf>,
+    /// Where readings are printed, the polled ones and the MQTT devices' (two writers to
+    /// one terminal); `None`: status lines only.
+    pub readings: Option<(Box<dyn ReadingSink>, Box<dyn ReadingSink>)>,
+}
+
 /// `gridgate demo`: simulated meters, Modbus devices and an MQTT field device; the gateway
 /// on them with the store, signed batches and an uplink to its own embedded broker.
 pub async fn demo(
-    duration: Option<Duration>,
-    dr_after: Duration,
-    dr_for: Duration,
-    web_port: u16,
-    echo: Box<dyn ReadingSink>,
+    options: DemoOptions,
     mut status: Box<dyn std::io::Write + Send>,
 ) -> Result<(), DemoError> {
-    let work = std::env::temp_dir().join(format!("gridgate-demo-{}", std::process::id()));
-    let result = demo_in(
-        &work,
-        duration,
-        (dr_after, dr_for, web_port),
-        echo,
-        &mut status,
-    )
-    .await;
-    let _ = std::fs::remove_dir_all(&work);
+    let work = match &options.keep {
+        Some(dir) => {
+            if dir.join("data").exists() {
+                return Err(DemoError::Io(std::io::Error::other(format!(
+                    "{} already holds a demo's data (made with other keys): give --keep an empty or new directory",
+                    dir.display()
+                ))));
+            }
+            std::fs::create_dir_all(dir)?;
+            dir.clone()
+        }
+        None => std::env::temp_dir().join(format!("gridgate-demo-{}", std::process::id())),
+    };
+    let keep = options.keep.is_some();
+    let result = demo_in(&work, options, &mut status).await;
+    if keep {
+        let _ = writeln!(
+            status,
+            "The demo's files are kept in {dir}: check its store as a master station would with\n  gridgate verify --data-dir {dir}/data --pubkey {dir}/identity.pub",
+            dir = work.display()
+        );
+    } else {
+        let _ = std::fs::remove_dir_all(&work);
+    }
     result
+}
+
+/// Prints the readings of the MQTT field devices (`points`), which do not pass the polled
+/// readings' echo, from the live channel, on a thread of its own: a terminal that does not
+/// keep up misses readings (and is told so), it never holds up the gateway. Ends when the
+/// gateway has stopped.
+fn print_mqtt(
+    mut live: broadcast::Receiver<Arc<Reading>>,
+    points: std::collections::HashSet<String>,
+    mut sink: Box<dyn ReadingSink>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("demo-mqtt-print".into())
+        .spawn(move || {
+            loop {
+                match live.blocking_recv() {
+                    Ok(r) if points.contains(&r.point) => {
+                        if sink.write(&[(*r).clone()]).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "the terminal is slower than the readings; some are not printed (all are stored)");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        })
 }
 
 /// A free TCP port on loopback (for the demo's listeners).
@@ -70,11 +128,17 @@ pub fn free_port() -> std::io::Result<u16> {
 
 async fn demo_in(
     work: &Path,
-    duration: Option<Duration>,
-    (dr_after, dr_for, web_port): (Duration, Duration, u16),
-    echo: Box<dyn ReadingSink>,
+    options: DemoOptions,
     status: &mut Box<dyn std::io::Write + Send>,
 ) -> Result<(), DemoError> {
+    let DemoOptions {
+        duration,
+        dr_after,
+        dr_for,
+        web_port,
+        readings,
+        ..
+    } = options;
     let sims = sim::start(&sim::default_spec(Some(work))).await?;
     let port = free_port()?;
     let data_dir: PathBuf = work.join("data");
@@ -144,18 +208,22 @@ topic = "gridgate/demo-site/batches"
         members.1,
     )?);
     let cfg = gridgate_config::parse(&text, Path::new("<demo config>"))?;
-    let validators = consortium.start(members.0, members.1).await?;
     let _ = writeln!(
         status,
         "gridgate demo: simulated meters, Modbus devices and an MQTT sensor, polled and stored by the gateway.\n{}\
          identity (made for this demo): {}\n\
          A signed DR event sheds half of {} (plant-unit1) {} after the start, for {} s.\n\
-         Readings follow (time UTC, point, value, unit, quality); a status line every 5 s. Ctrl-C stops.\n",
+         {}a status line every 5 s. Ctrl-C stops.\n",
         gridgate_config::summary(&cfg),
         hex::encode(identity.public().to_bytes()),
         crate::demo::dr::LOAD,
         humantime::format_duration(dr_after),
-        dr_for.as_secs()
+        dr_for.as_secs(),
+        if readings.is_some() {
+            "Readings follow (time UTC, point, value, unit, quality), polled and MQTT alike; "
+        } else {
+            "Status lines only (--status-only): "
+        }
     );
     let _ = writeln!(
         status,
@@ -169,7 +237,27 @@ topic = "gridgate/demo-site/batches"
             l.name, l.protocol, l.link
         );
     }
-    let pipeline = Pipeline::start(&cfg, identity, Some(echo)).await?;
+    let (echo, mqtt_sink) = match readings {
+        Some((polled, mqtt)) => (Some(polled), Some(mqtt)),
+        None => (None, None),
+    };
+    let pipeline = Pipeline::start(&cfg, identity, echo).await?;
+    let printer = match mqtt_sink {
+        Some(sink) => {
+            let points = cfg
+                .ingest
+                .iter()
+                .flat_map(|i| &i.devices)
+                .flat_map(|d| d.points.iter().map(move |(p, _)| format!("{}/{p}", d.name)))
+                .collect();
+            Some(print_mqtt(
+                pipeline.shared().live.subscribe(),
+                points,
+                sink,
+            )?)
+        }
+        None => None,
+    };
     if let Some(addr) = pipeline.web_addr() {
         let _ = writeln!(
             status,
@@ -177,6 +265,9 @@ topic = "gridgate/demo-site/batches"
         );
     }
     let _ = writeln!(status);
+    // The validators start after the gateway, so that the banner and the page's address
+    // come first; the gateway's ledger node waits for them.
+    let validators = consortium.start(members.0, members.1).await?;
     let sensor = tokio::spawn(sim::mqtt_sensor(
         "127.0.0.1".into(),
         port,
@@ -198,6 +289,7 @@ topic = "gridgate/demo-site/batches"
     let dr_at = tokio::time::sleep(dr_after);
     tokio::pin!(dr_at);
     let mut dispatched = false;
+    let mut checked = false;
     loop {
         tokio::select! {
             _ = &mut stop => break,
@@ -208,6 +300,11 @@ topic = "gridgate/demo-site/batches"
             }
             _ = tick.tick() => {
                 let _ = writeln!(status, "-- {}", pipeline.status_line());
+                if !checked && *pipeline.shared().store.head.borrow() > 0 {
+                    checked = true;
+                    let said = master::check_first_batch(work, grpc_port).await;
+                    let _ = writeln!(status, "-- {}", said.unwrap_or_else(|e| format!("master station's check failed: {e}")));
+                }
                 if let Some(line) = crate::demo::dr::status_line(&pipeline.shared().store.store) {
                     let _ = writeln!(status, "-- {line}");
                 }
@@ -221,6 +318,9 @@ topic = "gridgate/demo-site/batches"
     let registry = pipeline.shared().registry.clone();
     let result = pipeline.stop().await;
     sensor.abort();
+    if let Some(printer) = printer {
+        let _ = printer.join();
+    }
     let _ = writeln!(status, "-- {final_status}");
     for (name, s) in registry.snapshot() {
         let _ = writeln!(
