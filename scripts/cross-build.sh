@@ -7,7 +7,7 @@
 #
 # Installs what it needs first: the Rust target (rustup), the cross gcc (it links, and builds
 # ring's C and assembly) and qemu-user (apt-get). The stripped binary is written to
-# target/<triple>/release/gridgate.stripped; the build fails if it is over the budget, so
+# target/<triple>/dist/gridgate.stripped; the build fails if it is over the budget, so
 # that the size cannot grow unnoticed (budgets and measured sizes are in BENCHMARKS.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,16 +47,17 @@ command -v file >/dev/null 2>&1 || need="$need file"
 # shellcheck disable=SC2086 # $need is a list of package names
 ./scripts/apt-install.sh $need
 
-step "$arch: release build ($triple)"
+step "$arch: dist build ($triple)"
 upper=$(echo "$triple" | tr 'a-z-' 'A-Z_')
 lower=$(echo "$triple" | tr '-' '_')
 export "CARGO_TARGET_${upper}_LINKER=$gnu-gcc"
 export "CC_${lower}=$gnu-gcc"
 export "AR_${lower}=$gnu-ar"
-# The production binary: without the demo and the simulators.
-cargo build --release --locked -p gridgate --no-default-features --target "$triple"
+# The production binary: without the demo and the simulators, in the dist profile (fat LTO,
+# one codegen unit) that the size budget is set for.
+cargo build --profile dist --locked -p gridgate --no-default-features --target "$triple"
 
-bin="target/$triple/release/gridgate"
+bin="target/$triple/dist/gridgate"
 out="$bin.stripped"
 "$gnu-strip" -o "$out" "$bin"
 

@@ -12,8 +12,8 @@ if ! command -v cargo-deb >/dev/null 2>&1; then
     cargo install cargo-deb --locked --version 3.8.0
 fi
 
-step "build the .deb (release)"
-cargo deb -p gridgate --locked
+step "build the .deb (the dist profile: fat LTO, one codegen unit)"
+cargo deb -p gridgate --locked --profile dist
 deb=$(ls -t target/debian/gridgate_*.deb | head -1)
 ls -l "$deb"
 
