@@ -576,6 +576,44 @@ async fn the_page_of_a_running_demo_shows_live_values_and_test_reads_need_the_cr
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(drawn >= 2, "the readings/s sparkline has {drawn} points");
+    // The ledger card shows today's settlement, as the demo's terminal does, once the
+    // validators have certified the report.
+    let mut settled = serde_json::Value::Null;
+    for _ in 0..60 {
+        settled = c
+            .execute_async(
+                "const done = arguments[arguments.length - 1];
+                 fetch('/api/overview').then(r => r.json()).then(o => done(o.ledger.today || null));",
+                vec![],
+            )
+            .await
+            .expect("the overview");
+        if !settled.is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(settled["events"], serde_json::json!(1), "{settled}");
+    assert!(
+        settled["paid"].as_f64().is_some_and(|p| p > 0.0),
+        "{settled}"
+    );
+    let mut card = String::new();
+    for _ in 0..20 {
+        let text = c
+            .execute(
+                "const e = document.querySelector('#ov-ledger'); return e ? e.textContent : '';",
+                vec![],
+            )
+            .await
+            .expect("ledger card");
+        card = text.as_str().unwrap_or_default().to_string();
+        if card.contains("1 event(s)") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(card.contains("settled today1 event(s)"), "{card}");
     c.find(Locator::Css("nav a[data-tab=\"dr\"]"))
         .await
         .expect("DR tab")

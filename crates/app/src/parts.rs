@@ -384,6 +384,7 @@ async fn start_web(
         instruments: shared.instruments.clone(),
         started: shared.started,
         gate: gridgate_web::auth::Gate::load(w).map_err(gridgate_web::WebError::from)?,
+        settled: Default::default(),
     };
     let (tasks, addr) = gridgate_web::start(w, state, part.token()).await?;
     part.tasks = tasks;

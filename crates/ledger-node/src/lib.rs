@@ -22,7 +22,7 @@ use gridgate_ledger::{Member, Members};
 
 use crate::tables::LedgerStore;
 use gridgate_config::ledger::LedgerConfig;
-use gridgate_ledger::settlement::{Certified, settle_as_of};
+use gridgate_ledger::settlement::{Certified, Statement, settle_as_of};
 use gridgate_store::Store;
 
 /// A member's key file is unusable.
@@ -84,6 +84,35 @@ pub fn load_members(cfg: &LedgerConfig) -> Result<Members, MembersError> {
     }
     Ok(out)
 }
+
+/// Today's (UTC) statement as this replica holds it, provisional until the day closes:
+/// settled as of the newest entry held, so that its figures and its hash stay the same until
+/// an entry changes them. What the demo's status line and the page's ledger card show.
+pub fn today(store: &Store, cfg: &LedgerConfig, now: i64) -> Option<Statement> {
+    let members = load_members(cfg).ok()?;
+    let mut entries = Vec::new();
+    for (origin, _) in store.ledger().heads().ok()? {
+        let held = held_entries(store, &origin).ok()?;
+        entries.extend(held.into_iter().map(|entry| Certified { entry }));
+    }
+    let day = now - now.rem_euclid(DAY_MS);
+    let as_of = entries
+        .iter()
+        .map(|c| c.entry.timestamp_ms + 1)
+        .max()
+        .unwrap_or(now)
+        .min(now);
+    Some(settle_as_of(
+        day,
+        day + DAY_MS,
+        as_of,
+        &entries,
+        &members,
+        &cfg.terms,
+    ))
+}
+
+const DAY_MS: i64 = 86_400_000;
 
 /// A member's reputation now, as the metrics show it.
 #[derive(Debug, Clone, PartialEq, Eq)]

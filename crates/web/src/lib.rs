@@ -83,6 +83,8 @@ pub struct WebState {
     pub started: Instant,
     /// The credentials in force.
     pub gate: Gate,
+    /// Today's statement as the ledger card last showed it.
+    pub settled: views::SettledCache,
 }
 
 #[derive(Clone)]

@@ -206,6 +206,58 @@ pub struct LedgerView {
     pub pending: u64,
     /// Origins shut out for equivocation.
     pub shut_out: Vec<String>,
+    /// This gateway's part of today's statement, once it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub today: Option<SettledView>,
+}
+
+/// A gateway's lines of today's (provisional) statement, as the demo's terminal shows them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SettledView {
+    /// The first 16 hex digits of the statement's hash (the same on every replica that
+    /// holds the same entries).
+    pub statement: String,
+    /// Events settled for this gateway.
+    pub events: usize,
+    /// Paid energy, kWh.
+    pub delivered_kwh: f64,
+    /// Payment less penalties, in units of the consortium's currency.
+    pub paid: f64,
+}
+
+/// Today's statement is a read of every entry held: worked out at most this often.
+const SETTLED_FOR: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// When a [`SettledView`] was worked out, and what it was.
+type Settled = (std::time::Instant, Option<SettledView>);
+
+/// The last [`SettledView`] worked out, and when.
+#[derive(Debug, Clone, Default)]
+pub struct SettledCache(std::sync::Arc<std::sync::Mutex<Option<Settled>>>);
+
+fn settled_today(s: &WebState, cfg: &gridgate_config::GatewayConfig) -> Option<SettledView> {
+    let l = cfg.ledger.as_ref()?;
+    let mut cached = s.settled.0.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((at, v)) = cached.as_ref()
+        && at.elapsed() < SETTLED_FOR
+    {
+        return v.clone();
+    }
+    let v = gridgate_ledger_node::today(&s.store.store, l, now_ms()).and_then(|st| {
+        let mine: Vec<_> = st.lines.iter().filter(|x| x.gateway == cfg.id).collect();
+        (!mine.is_empty()).then(|| SettledView {
+            statement: hex::encode(st.hash())[..16].to_string(),
+            events: mine.len(),
+            delivered_kwh: mine.iter().map(|x| x.delivered_mwh).sum::<i64>() as f64 / 1e6,
+            paid: mine
+                .iter()
+                .map(|x| x.payment_milli - x.penalty_milli)
+                .sum::<i64>() as f64
+                / 1000.0,
+        })
+    });
+    *cached = Some((std::time::Instant::now(), v.clone()));
+    v
 }
 
 /// A page of devices.
@@ -457,6 +509,7 @@ pub fn overview(s: &WebState, access: super::auth::Access) -> Result<Overview, S
                 .into_iter()
                 .map(|(o, _)| o)
                 .collect(),
+            today: settled_today(s, &cfg),
         }),
         None => None,
     };

@@ -124,31 +124,7 @@ pub fn status_line(
         "ledger: {certified} own entr{} certified by the {VALIDATORS} validators, {pending} waiting",
         if certified == 1 { "y" } else { "ies" }
     );
-    let entries: Vec<gridgate_ledger::settlement::Certified> =
-        gridgate_ledger_node::held_entries(store, &cfg.id)
-            .ok()?
-            .into_iter()
-            .map(|entry| gridgate_ledger::settlement::Certified { entry })
-            .collect();
-    let members = gridgate_ledger_node::load_members(l).ok()?;
-    let now = gridgate_core::reading::now_ms();
-    let day = now - now.rem_euclid(86_400_000);
-    // As of just after the newest entry held: the same statement (and id) on every line
-    // until a new entry changes its figures.
-    let as_of = entries
-        .iter()
-        .map(|c| c.entry.timestamp_ms + 1)
-        .max()
-        .unwrap_or(now)
-        .min(now);
-    let s = gridgate_ledger::settlement::settle_as_of(
-        day,
-        day + 86_400_000,
-        as_of,
-        &entries,
-        &members,
-        &l.terms,
-    );
+    let s = gridgate_ledger_node::today(store, l, gridgate_core::reading::now_ms())?;
     if let Some(paid) = s.lines.iter().find(|x| x.gateway == cfg.id) {
         line.push_str(&format!(
             "; settlement of today: {} delivered {:.3} kWh, paid {:.3} {CURRENCY} (statement {})",

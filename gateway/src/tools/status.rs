@@ -293,6 +293,13 @@ pub async fn run(a: StatusArgs, out: &mut dyn Write) -> Result<ExitCode> {
                 l.shut_out.join(", ")
             }
         )?;
+        if let Some(t) = &l.today {
+            writeln!(
+                out,
+                "         settled today: {} event(s), {:.3} kWh, paid {:.3} (statement {})",
+                t.events, t.delivered_kwh, t.paid, t.statement
+            )?;
+        }
     }
     let mut devices = page.items;
     let rank = |s: &str| match s {

@@ -243,7 +243,9 @@ function drawOverview(o) {
   kv("#ov-dr", [["loads", o.dr.loads], ["events", ev], ["overridden", o.dr.overrides.join(", ") || "none", o.dr.overrides.length ? "OVERRIDDEN" : ""]]);
   kv("#ov-ledger", o.ledger ? [["role", o.ledger.role], ["pending own entries", o.ledger.pending, o.ledger.pending ? "waiting" : "good"],
     ["certified", Object.entries(o.ledger.certified).map(([k, v]) => k + " " + v).join(", ") || "none"],
-    ["shut out", o.ledger.shut_out.join(", ") || "none", o.ledger.shut_out.length ? "bad" : ""]] : [["ledger", "not configured"]]);
+    ["shut out", o.ledger.shut_out.join(", ") || "none", o.ledger.shut_out.length ? "bad" : ""],
+    ["settled today", o.ledger.today ? o.ledger.today.events + " event(s), " + o.ledger.today.delivered_kwh.toFixed(3) + " kWh, paid " + o.ledger.today.paid.toFixed(3) + " (statement " + o.ledger.today.statement + ")" : "nothing yet"]]
+    : [["ledger", "not configured"]]);
   const tb = $("#buses tbody");
   tb.replaceChildren();
   for (const b of o.buses) {
