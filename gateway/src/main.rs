@@ -262,6 +262,10 @@ enum ScanCommand {
         /// How long to wait for each probe.
         #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        /// How many meters share the line, if you know: the search stops once it has found
+        /// them (each silent probe costs the timeout) instead of probing every address left.
+        #[arg(long, value_name = "N")]
+        meters: Option<usize>,
     },
     /// Find Modbus unit ids that answer.
     Modbus {
@@ -468,8 +472,12 @@ for a DR operator: give {} to the gateways' [dr] issuers, and sign with `gridgat
             )
             .await
         }
-        Command::Scan(ScanCommand::Dlt645 { link, timeout }) => {
-            let found = tools::scan::dlt645(&link, timeout, &mut stdout).await?;
+        Command::Scan(ScanCommand::Dlt645 {
+            link,
+            timeout,
+            meters,
+        }) => {
+            let found = tools::scan::dlt645(&link, timeout, meters, &mut stdout).await?;
             Ok(if found.is_empty() {
                 ExitCode::FAILURE
             } else {

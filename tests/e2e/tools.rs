@@ -266,6 +266,43 @@ devices = [{ unit = 2 }, { unit = 4 }]
             "{a} missing from\n{out}"
         );
     }
+    // Told that three meters share the line, the search stops at the third: the same
+    // meters, fewer probes (each silent one costs the timeout on a real line).
+    let probes = |out: &str| -> u32 {
+        out.lines()
+            .find_map(|l| {
+                l.strip_suffix(" probe(s)")
+                    .and_then(|l| l.rsplit(' ').next())
+                    .and_then(|n| n.parse().ok())
+            })
+            .unwrap_or_else(|| panic!("no probe count in\n{out}"))
+    };
+    let all = probes(&out);
+    let (code, told, err) = run_to_end(
+        &[
+            "scan",
+            "dlt645",
+            "--link",
+            &s.lines[0].link,
+            "--timeout",
+            "60ms",
+            "--meters",
+            "3",
+        ],
+        LIMIT,
+    )
+    .await;
+    assert_eq!(code, 0, "{told}{err}");
+    assert!(told.contains("# 3 DL/T 645 meter(s)"), "{told}");
+    assert!(
+        told.contains("the search stopped at the 3 meter(s) expected"),
+        "{told}"
+    );
+    assert!(
+        probes(&told) < all,
+        "{} probes, {all} without --meters",
+        probes(&told)
+    );
     let (code, out, err) = run_to_end(
         &[
             "scan",

@@ -158,9 +158,12 @@ impl BusPoller {
         let found = match &mut self.line {
             Line::Dlt645(client) => {
                 *client = None;
-                super::scan::dlt645(&link, timeout).await.map(|v| {
-                    let snippet = super::scan::dlt645_snippet(&link, &v);
-                    (v.iter().map(|a| format!("meter {a}")).collect(), snippet)
+                super::scan::dlt645(&link, timeout, None).await.map(|v| {
+                    let snippet = super::scan::dlt645_snippet(&link, &v.found);
+                    (
+                        v.found.iter().map(|a| format!("meter {a}")).collect(),
+                        snippet,
+                    )
                 })
             }
             Line::Modbus(line) => {

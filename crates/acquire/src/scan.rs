@@ -4,7 +4,9 @@
 //! DL/T 645: a wildcard read-address (13) first; a clean reply means one meter. When replies
 //! collide (several meters), the search narrows the address byte by byte from the lowest
 //! digits, with the rest left as `AA` wildcards: a silent prefix has no meter, a clean reply
-//! is one meter, a collision is searched one byte further.
+//! is one meter, a collision is searched one byte further. A silent probe costs the whole
+//! timeout, so an engineer who knows how many meters share the line says so, and the search
+//! stops at the last of them instead of probing every value left.
 //!
 //! Modbus: each unit id in the range is asked for one register; any reply, even an
 //! exception, means a device is there.
@@ -50,8 +52,17 @@ fn bcd(n: u8) -> u8 {
     ((n / 10) << 4) | (n % 10)
 }
 
-/// Finds the meters on a DL/T 645 line.
-pub async fn dlt645(link: &Link, timeout: Duration) -> Result<Vec<Address>> {
+/// The meters a DL/T 645 search found, and the probes it took.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dlt645Scan {
+    pub found: Vec<Address>,
+    pub probes: u32,
+    /// It stopped at the number of meters it was told to expect.
+    pub stopped_early: bool,
+}
+
+/// Finds the meters on a DL/T 645 line; with `expect`, stops once that many are found.
+pub async fn dlt645(link: &Link, timeout: Duration, expect: Option<usize>) -> Result<Dlt645Scan> {
     let stream = link
         .open(SerialSettings::DLT645, timeout)
         .await
@@ -64,6 +75,8 @@ pub async fn dlt645(link: &Link, timeout: Duration) -> Result<Vec<Address>> {
         },
     );
     let mut found = Vec::new();
+    let mut probes = 1;
+    let mut stopped_early = false;
     match probe(&mut client, Address::WILDCARD).await? {
         Probe::Nobody => {}
         Probe::One(a) => found.push(a),
@@ -71,11 +84,16 @@ pub async fn dlt645(link: &Link, timeout: Duration) -> Result<Vec<Address>> {
             // Depth-first over address bytes, lowest first.
             let mut stack: Vec<Vec<u8>> = vec![vec![]];
             let pb = bar(100, "searching addresses");
-            while let Some(prefix) = stack.pop() {
+            'search: while let Some(prefix) = stack.pop() {
                 if prefix.len() >= 6 {
                     continue;
                 }
                 for n in 0..100u8 {
+                    if expect.is_some_and(|e| found.len() >= e) {
+                        stopped_early = true;
+                        break 'search;
+                    }
+                    probes += 1;
                     let mut bytes = [0xAAu8; 6];
                     bytes[..prefix.len()].copy_from_slice(&prefix);
                     bytes[prefix.len()] = bcd(n);
@@ -102,7 +120,11 @@ pub async fn dlt645(link: &Link, timeout: Duration) -> Result<Vec<Address>> {
     }
     found.sort();
     found.dedup();
-    Ok(found)
+    Ok(Dlt645Scan {
+        found,
+        probes,
+        stopped_early,
+    })
 }
 
 /// Finds the Modbus unit ids in `units` that answer on `link`.
