@@ -78,7 +78,7 @@ impl Running {
 }
 
 /// A part that a config change restarts on its own. Buses are parts too, one per bus, but
-/// many of them: see [`start_bus`].
+/// many of them: see `start_bus`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Subsystem {
     /// The field listener and the broker client (`[ingest]`).
