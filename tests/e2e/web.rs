@@ -499,6 +499,12 @@ async fn the_page_of_a_running_demo_shows_live_values_and_test_reads_need_the_cr
         history.abs_diff(samples) <= 1,
         "the chart has {samples} samples, the API {history}"
     );
+    // plant-unit1/active_power meters the demo's load: the store keeps its samples, and
+    // the day chart has one vertex per five-minute mean the API gives.
+    let day = "#point-charts figure[data-point-day=\"plant-unit1/active_power\"]";
+    let [means, vertices, _, _] = chart(&c, day, WAIT).await;
+    assert!(means >= 1, "no five-minute means charted");
+    assert_eq!(vertices, means, "one vertex per mean");
     let dir = gridgate_tests::web::artifacts_dir();
     c.execute(
         "document.querySelector('#point-charts').scrollIntoView();",

@@ -462,12 +462,15 @@ async fn device(
     if let Err(r) = check(&app, peer, &headers, Access::Read, "device") {
         return r;
     }
-    match views::device(&app.state, &name) {
-        Some(d) => Json(d).into_response(),
-        None => problem(
+    // A device's view reads its meter points' samples of the day from the store.
+    let (s, n) = (app.state.clone(), name.clone());
+    match blocking(move || Ok(views::device(&s, &n))).await {
+        Ok(Some(d)) => Json(d).into_response(),
+        Ok(None) => problem(
             StatusCode::NOT_FOUND,
             format!("no device {name:?} in the config in force"),
         ),
+        Err(r) => r,
     }
 }
 

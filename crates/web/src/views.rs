@@ -312,6 +312,38 @@ pub struct PointView {
     /// Its last hour, oldest first (a single device's view only: the list leaves it out).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<crate::latest::Sample>,
+    /// Its last day from the store's meter samples, one mean per [`DAY_BUCKET_MS`]: only a
+    /// load's meter point has samples (a single device's view only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub day: Vec<(i64, f64)>,
+}
+
+/// The day chart's step: 288 points for 24 hours.
+pub const DAY_BUCKET_MS: i64 = 300_000;
+
+/// `point`'s samples over the last day, averaged per [`DAY_BUCKET_MS`] (a bucket's time is
+/// its start); empty for a point the store keeps no samples of.
+fn day_of(
+    store: &gridgate_store::Store,
+    point: &str,
+    now: i64,
+) -> Result<Vec<(i64, f64)>, StoreError> {
+    let from = now - 86_400_000;
+    let mut out: Vec<(i64, f64, u32)> = Vec::new();
+    for (t, v) in store.samples(point, from, now + 1)? {
+        let bucket = t - t.rem_euclid(DAY_BUCKET_MS);
+        match out.last_mut() {
+            Some((b, sum, n)) if *b == bucket => {
+                *sum += v;
+                *n += 1;
+            }
+            _ => out.push((bucket, v, 1)),
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|(b, sum, n)| (b, sum / f64::from(n)))
+        .collect())
 }
 
 /// DR events and loads.
@@ -770,6 +802,11 @@ fn device_view(
             history: match (&st, with_history) {
                 (Some(p), true) => p.history.iter().copied().collect(),
                 _ => Vec::new(),
+            },
+            day: if with_history {
+                day_of(&s.store.store, name, now).unwrap_or_default()
+            } else {
+                Vec::new()
             },
         })
         .collect();

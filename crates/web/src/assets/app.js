@@ -104,7 +104,7 @@ function span(ms) {
 function lineChart(series, opts) {
   opts = opts || {};
   const W = opts.spark ? 200 : 400, H = opts.spark ? 40 : 130;
-  const L = opts.spark ? 2 : 44, R = 6, T = 8, B = opts.spark ? 2 : 20;
+  const L = opts.spark ? 2 : 84, R = 6, T = 8, B = opts.spark ? 2 : 20;
   const ts = [], vs = [];
   for (const s of series) for (const [t, v] of s.points) { ts.push(t); if (v !== null && v !== undefined) vs.push(v); }
   for (const t of opts.marks || []) ts.push(t);
@@ -172,6 +172,12 @@ function drawPointCharts(d) {
     const over = h.length > 1 ? h[h.length - 1].ts_ms - h[0].ts_ms : 0;
     const caption = p.name.split("/").pop() + (p.unit ? " (" + p.unit + ")" : "") + " · last " + span(over) + (bad.length ? " · " + bad.length + " bad reading(s) marked" : "");
     box.appendChild(figure(caption, chart, { "data-point": p.name, "data-samples": h.length }));
+    // A load's meter has the store's samples of the day too: five-minute means.
+    if (p.day && p.day.length) {
+      const day = lineChart([{ cls: "value", points: p.day }], { title: p.name + ", last day" });
+      box.appendChild(figure(p.name.split("/").pop() + (p.unit ? " (" + p.unit + ")" : "") + " · last day, 5-minute means from the store",
+        day, { "data-point-day": p.name, "data-samples": p.day.length }));
+    }
   }
 }
 
