@@ -57,6 +57,16 @@ pub fn held_entries(
     }
 }
 
+/// Every certified entry of every log this replica holds, as settlement takes them.
+fn every_held_entry(store: &Store) -> Result<Vec<Certified>, gridgate_store::StoreError> {
+    let mut entries = Vec::new();
+    for (origin, _) in store.ledger().heads()? {
+        let held = held_entries(store, &origin)?;
+        entries.extend(held.into_iter().map(|entry| Certified { entry }));
+    }
+    Ok(entries)
+}
+
 /// The genesis membership the config lists, with the members' keys read.
 pub fn load_members(cfg: &LedgerConfig) -> Result<Members, MembersError> {
     let mut out = Members::default();
@@ -90,11 +100,7 @@ pub fn load_members(cfg: &LedgerConfig) -> Result<Members, MembersError> {
 /// an entry changes them. What the demo's status line and the page's ledger card show.
 pub fn today(store: &Store, cfg: &LedgerConfig, now: i64) -> Option<Statement> {
     let members = load_members(cfg).ok()?;
-    let mut entries = Vec::new();
-    for (origin, _) in store.ledger().heads().ok()? {
-        let held = held_entries(store, &origin).ok()?;
-        entries.extend(held.into_iter().map(|entry| Certified { entry }));
-    }
+    let entries = every_held_entry(store).ok()?;
     let day = now - now.rem_euclid(DAY_MS);
     let as_of = entries
         .iter()
@@ -132,11 +138,7 @@ pub fn standings(store: &Store, cfg: &LedgerConfig, now: i64) -> Vec<Standing> {
     let Ok(members) = load_members(cfg) else {
         return Vec::new();
     };
-    let mut entries = Vec::new();
-    for (origin, _) in store.ledger().heads().unwrap_or_default() {
-        let held = held_entries(store, &origin).unwrap_or_default();
-        entries.extend(held.into_iter().map(|entry| Certified { entry }));
-    }
+    let entries = every_held_entry(store).unwrap_or_default();
     settle_as_of(0, now, now, &entries, &members, &cfg.terms)
         .standing
         .iter()

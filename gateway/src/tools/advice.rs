@@ -59,14 +59,6 @@ fn hint(e: &anyhow::Error) -> Option<String> {
             text.push('\n');
             status = Some(s.code());
         }
-        // hyper and rustls nest their io errors in sources anyhow does not walk.
-        let mut source = cause.source();
-        while let Some(s) = source {
-            if let Some(io) = s.downcast_ref::<std::io::Error>() {
-                refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
-            }
-            source = s.source();
-        }
     }
     refused |= text.contains("Connection refused");
     let hint = if text.contains("scheme is missing") || text.contains("invalid URL") {
