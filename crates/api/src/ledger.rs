@@ -124,6 +124,10 @@ impl LedgerService {
     }
 }
 
+/// Decided cuts in one `Cuts` answer at most (each a few hundred bytes with its
+/// finalization: well under the gRPC message limit).
+const MAX_CUTS: usize = 1024;
+
 /// Runs `f` on the store off the async threads; a store that fails is unavailable.
 async fn blocking<T: Send + 'static>(
     store: &Arc<Store>,
@@ -180,6 +184,25 @@ impl Ledger for LedgerService {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+
+    async fn cuts(&self, req: Request<pb::CutsRequest>) -> Result<Response<pb::CutsReply>, Status> {
+        self.caller(&req)?;
+        let r = req.into_inner();
+        let max = match r.max {
+            0 => MAX_CUTS,
+            n => (n as usize).min(MAX_CUTS),
+        };
+        let (cuts, decided_height) = blocking(&self.store, move |store| {
+            let cuts = store.ledger().cuts(r.from_height, max)?;
+            let top = store.ledger().decided_state()?.height;
+            Ok((cuts, top))
+        })
+        .await?;
+        Ok(Response::new(pb::CutsReply {
+            cuts: cuts.into_iter().map(|(_, c)| c).collect(),
+            decided_height,
+        }))
     }
 
     async fn submit(

@@ -25,6 +25,8 @@ pub struct LedgerState {
     /// Certified membership changes held, checked.
     changes: RwLock<Vec<pb::MembershipChange>>,
     feed: broadcast::Sender<Arc<pb::CertifiedEntry>>,
+    /// Answers of decided cuts refused (a chain or a finalization that does not check).
+    cuts_refused: std::sync::atomic::AtomicU64,
 }
 
 impl LedgerState {
@@ -35,7 +37,19 @@ impl LedgerState {
             genesis,
             changes: RwLock::new(Vec::new()),
             feed: broadcast::channel(FEED_DEPTH).0,
+            cuts_refused: Default::default(),
         }
+    }
+
+    /// Counts an answer of decided cuts refused.
+    pub fn cut_refused(&self) {
+        self.cuts_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Answers of decided cuts refused since start.
+    pub fn cuts_refused(&self) -> u64 {
+        self.cuts_refused.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The genesis membership (the config's).

@@ -130,6 +130,54 @@ async fn round(r: &Replica, peer: &mut super::certifier::Peer) -> u64 {
     stored
 }
 
+/// Fetches the decided cuts one validator holds beyond this replica, checks each chain and
+/// finalization and stores what they decide; returns how many were stored.
+async fn cuts_round(r: &Replica, peer: &mut super::certifier::Peer) -> u64 {
+    let mut stored = 0;
+    loop {
+        let Some(from) = blocking(&r.store, |st| st.ledger().decided_state()).await else {
+            return stored;
+        };
+        let ask = peer.client.cuts(pb::CutsRequest {
+            from_height: from.height + 1,
+            max: 0,
+        });
+        let reply = match tokio::time::timeout(WITHIN, ask).await {
+            Ok(Ok(reply)) => reply.into_inner(),
+            Ok(Err(s)) => {
+                debug!(validator = %peer.id, "cut sync: {}", s.message());
+                return stored;
+            }
+            Err(_) => return stored,
+        };
+        if reply.cuts.is_empty() {
+            return stored;
+        }
+        // The validator set is the genesis one: finalizations are checked against it.
+        let members = r.state.genesis().clone();
+        let got = reply.cuts;
+        let result = r
+            .store
+            .run(move |st| Ok(super::cuts::store_decided(st, &members, &got)))
+            .await;
+        match result {
+            Ok(Ok(0)) => return stored,
+            Ok(Ok(n)) => stored += n,
+            Ok(Err(e)) => {
+                // A cut whose chain or finalization does not check: believe nothing more
+                // from this validator this round.
+                r.state.cut_refused();
+                warn!(validator = %peer.id, "cut sync: refused what the validator sent: {e}");
+                return stored;
+            }
+            Err(e) => {
+                warn!("cut sync: store: {e}");
+                return stored;
+            }
+        }
+    }
+}
+
 /// Syncs until `cancel` fires: every [`EVERY`], a round with each validator but itself.
 pub async fn run(r: Replica, cfg: LedgerConfig, cancel: CancellationToken) {
     let mut peers = match peers(&cfg) {
@@ -148,6 +196,13 @@ pub async fn run(r: Replica, cfg: LedgerConfig, cancel: CancellationToken) {
             };
             if stored > 0 {
                 info!(validator = %peer.id, entries = stored, "ledger sync: certified entries fetched and stored");
+            }
+            let cuts = tokio::select! {
+                _ = cancel.cancelled() => return,
+                n = cuts_round(&r, peer) => n,
+            };
+            if cuts > 0 {
+                info!(validator = %peer.id, cuts, "cut sync: decided cuts fetched, checked and stored");
             }
         }
         tokio::select! {

@@ -22,6 +22,13 @@ const SHUT_OUT: TableDefinition<&str, &[u8]> = TableDefinition::new("ledger_shut
 /// entry is appended once however often the caller asks.
 const CLAIMS: TableDefinition<&str, u64> = TableDefinition::new("ledger_claims");
 
+/// Height → encoded `DecidedCut`: the chain of decided cuts (docs/ledger.md, Consensus).
+const CUTS: TableDefinition<u64, &[u8]> = TableDefinition::new("ledger_cuts");
+/// Origin → its head as of the newest decided cut: next (8 bytes BE), the hash of the entry
+/// at next - 1 (32) and the height of the cut that moved it (8 BE). Kept with each decided
+/// cut, in the same transaction, so the fold is never recomputed from the first cut.
+const CUT_HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("ledger_cut_heads");
+
 /// What a vote request found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VoteLock {
@@ -381,6 +388,172 @@ impl LedgerTables<'_> {
         };
         txn.commit().map_err(StoreError::db)?;
         Ok(seq)
+    }
+}
+
+/// Why decided cuts were not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendCutsError {
+    /// Another writer decided cuts first: the chain no longer ends where the caller began.
+    #[error("the chain of decided cuts ends at {now}, not {expected}")]
+    Moved {
+        /// Where the caller's cuts begin after.
+        expected: u64,
+        /// Where the chain ends now.
+        now: u64,
+    },
+    /// The store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn encode_head(h: &gridgate_ledger::cut::HeadAt) -> [u8; 48] {
+    let mut out = [0; 48];
+    out[..8].copy_from_slice(&h.next.to_be_bytes());
+    out[8..40].copy_from_slice(&h.last_hash);
+    out[40..].copy_from_slice(&h.height.to_be_bytes());
+    out
+}
+
+fn decode_head(b: &[u8]) -> Option<gridgate_ledger::cut::HeadAt> {
+    Some(gridgate_ledger::cut::HeadAt {
+        next: u64::from_be_bytes(b.get(..8)?.try_into().ok()?),
+        last_hash: b.get(8..40)?.try_into().ok()?,
+        height: u64::from_be_bytes(b.get(40..48)?.try_into().ok()?),
+    })
+}
+
+impl LedgerTables<'_> {
+    /// Every log's head as of the newest decided cut (the genesis state before any).
+    pub fn decided_state(&self) -> Result<gridgate_ledger::cut::CutState, StoreError> {
+        use gridgate_ledger::cut;
+        let txn = self.0.begin_read()?;
+        let Some(t) = read_table(&txn, CUTS)? else {
+            return Ok(cut::CutState::genesis());
+        };
+        let Some(last) = t.last().map_err(StoreError::db)? else {
+            return Ok(cut::CutState::genesis());
+        };
+        let decided = pb::DecidedCut::decode(last.1.value())
+            .map_err(|e| StoreError::db(redb::Error::Corrupted(format!("decided cut {}: {e}", last.0.value()))))?;
+        let c = cut::decode(&decided.cut)
+            .map_err(|e| StoreError::db(redb::Error::Corrupted(format!("decided cut {}: {e}", last.0.value()))))?;
+        let mut heads = std::collections::BTreeMap::new();
+        if let Some(h) = read_table(&txn, CUT_HEADS)? {
+            for e in h.iter().map_err(StoreError::db)? {
+                let (k, v) = e.map_err(StoreError::db)?;
+                let head = decode_head(v.value())
+                    .ok_or_else(|| StoreError::db(redb::Error::Corrupted(format!("cut head of {}", k.value()))))?;
+                heads.insert(k.value().to_string(), head);
+            }
+        }
+        Ok(cut::CutState {
+            height: c.height,
+            digest: cut::digest(&decided.cut),
+            time_ms: c.time_ms,
+            heads,
+        })
+    }
+
+    /// Appends decided cuts (checked by the caller against the chain ending at `after`, in
+    /// height order) and the heads as of the last of them, in one transaction.
+    pub fn append_cuts(
+        &self,
+        after: u64,
+        cuts: &[(u64, pb::DecidedCut)],
+        state: &gridgate_ledger::cut::CutState,
+    ) -> Result<(), AppendCutsError> {
+        let txn = self.0.begin_write()?;
+        {
+            let mut t = txn.open_table(CUTS).map_err(StoreError::db)?;
+            let now = t
+                .last()
+                .map_err(StoreError::db)?
+                .map_or(0, |(k, _)| k.value());
+            if now != after {
+                return Err(AppendCutsError::Moved {
+                    expected: after,
+                    now,
+                });
+            }
+            for (height, c) in cuts {
+                t.insert(*height, c.encode_to_vec().as_slice())
+                    .map_err(StoreError::db)?;
+            }
+            let mut h = txn.open_table(CUT_HEADS).map_err(StoreError::db)?;
+            for (origin, head) in state.heads.iter().filter(|(_, h)| h.height > after) {
+                h.insert(origin.as_str(), encode_head(head).as_slice())
+                    .map_err(StoreError::db)?;
+            }
+        }
+        txn.commit().map_err(StoreError::db)?;
+        Ok(())
+    }
+
+    /// Decided cuts from `from`, at most `max`, by height.
+    pub fn cuts(&self, from: u64, max: usize) -> Result<Vec<(u64, pb::DecidedCut)>, StoreError> {
+        let txn = self.0.begin_read()?;
+        let Some(t) = read_table(&txn, CUTS)? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for e in t.range(from..).map_err(StoreError::db)?.take(max) {
+            let (k, v) = e.map_err(StoreError::db)?;
+            let c = pb::DecidedCut::decode(v.value())
+                .map_err(|e| StoreError::db(redb::Error::Corrupted(format!("decided cut {}: {e}", k.value()))))?;
+            out.push((k.value(), c));
+        }
+        Ok(out)
+    }
+
+    /// The decided cut at `height`.
+    pub fn cut(&self, height: u64) -> Result<Option<pb::DecidedCut>, StoreError> {
+        Ok(self
+            .cuts(height, 1)?
+            .into_iter()
+            .find(|(h, _)| *h == height)
+            .map(|(_, c)| c))
+    }
+
+    /// Every origin with certified entries: its next sequence number and the hash of the
+    /// entry before it. One seek per origin, not a walk over every entry.
+    pub fn certified_heads(&self) -> Result<Vec<(String, u64, [u8; 32])>, StoreError> {
+        let txn = self.0.begin_read()?;
+        let Some(t) = read_table(&txn, CERTIFIED)? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        let mut from = String::new();
+        loop {
+            let first = t
+                .range((from.as_str(), 0)..)
+                .map_err(StoreError::db)?
+                .next()
+                .transpose()
+                .map_err(StoreError::db)?;
+            let Some((k, _)) = first else {
+                return Ok(out);
+            };
+            let origin = k.value().0.to_string();
+            let last = t
+                .range((origin.as_str(), 0)..=(origin.as_str(), u64::MAX))
+                .map_err(StoreError::db)?
+                .next_back()
+                .transpose()
+                .map_err(StoreError::db)?;
+            if let Some((k, v)) = last {
+                let c = pb::CertifiedEntry::decode(v.value())
+                    .map_err(|e| StoreError::db(redb::Error::Corrupted(format!("certified entry of {origin}: {e}"))))?;
+                let hash = c
+                    .entry
+                    .as_ref()
+                    .map(gridgate_ledger::entry::entry_hash)
+                    .unwrap_or_default();
+                out.push((origin.clone(), k.value().1 + 1, hash));
+            }
+            // The next origin sorts right after this one with a NUL appended.
+            from = format!("{origin}\0");
+        }
     }
 }
 

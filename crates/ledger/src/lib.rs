@@ -3,6 +3,7 @@
 //! votes make an entry final (docs/ledger.md). The node that stores, votes and syncs is
 //! `gridgate-ledger-node`.
 //!
+//! - [`cut`]: the order the validators agree on: cuts, their chain and their finalization.
 //! - [`entry`]: signing and checking entries, votes and certificates.
 //! - [`merkle`]: RFC 6962 trees for batch commitments.
 //! - [`commitment`]: batch commitments as one growing tree, and their audit.
@@ -10,6 +11,7 @@
 //! - [`settlement`]: settlement and reputation over certified entries.
 
 pub mod commitment;
+pub mod cut;
 pub mod entry;
 pub mod membership;
 pub mod merkle;
