@@ -170,6 +170,7 @@ async fn measure(entries: u64, form: VoteForm) -> Measured {
                 role: "validator".into(),
                 public_key: Default::default(),
                 endpoint: Some(format!("http://127.0.0.1:{}", ports[i])),
+                consensus: None,
             })
             .collect(),
         ca_file: None,
@@ -177,6 +178,7 @@ async fn measure(entries: u64, form: VoteForm) -> Measured {
         key_file: None,
         commit_batches: 0,
         terms: Default::default(),
+        consensus: None,
     };
     let cancel = tokio_util::sync::CancellationToken::new();
     let certifier = gridgate_ledger_node::certifier::Certifier {

@@ -10,6 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod acquisition;
+mod consensus;
 mod dr;
 mod grpc_api;
 mod ledger;

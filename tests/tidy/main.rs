@@ -30,6 +30,7 @@ const ORDER: &[&str] = &[
     "gridgate-api",
     "gridgate-web",
     "gridgate-app",
+    "gridgate-node",
     "gridgate",
     "gridgate-tests",
 ];
@@ -40,6 +41,17 @@ const ONLY: &[(&str, &[&str])] = &[
     ("tonic-health", &["gridgate-api"]),
     ("tonic-reflection", &["gridgate-api"]),
     ("rumqttd", &["gridgate-mqtt"]),
+    // The consensus engine is the validators' alone: never in the gateway binary, whose
+    // aarch64 size budget it would break.
+    ("commonware-actor", &["gridgate-node"]),
+    ("commonware-codec", &["gridgate-node"]),
+    ("commonware-consensus", &["gridgate-node"]),
+    ("commonware-cryptography", &["gridgate-node"]),
+    ("commonware-p2p", &["gridgate-node"]),
+    ("commonware-parallel", &["gridgate-node"]),
+    ("commonware-runtime", &["gridgate-node"]),
+    ("commonware-stream", &["gridgate-node"]),
+    ("commonware-utils", &["gridgate-node"]),
     (
         "redb",
         &[

@@ -20,6 +20,17 @@ pub struct RawLedger {
     #[serde(default)]
     pub program: Vec<RawTerms>,
     pub commit_batches: Option<Spanned<u64>>,
+    pub consensus: Option<RawConsensus>,
+}
+
+/// `[ledger.consensus]` as written: a validator's part in the consensus on cuts
+/// (`gridgate-node`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConsensus {
+    pub listen: Spanned<String>,
+    pub cut_interval: Option<Spanned<String>>,
+    pub max_clock_skew: Option<Spanned<String>>,
 }
 
 /// `[[ledger.program]]` as written: a program's settlement terms.
@@ -41,6 +52,7 @@ pub struct RawMember {
     pub role: Spanned<String>,
     pub public_key: Spanned<String>,
     pub endpoint: Option<Spanned<String>>,
+    pub consensus: Option<Spanned<String>>,
 }
 
 /// This node's role on the ledger.
@@ -77,7 +89,25 @@ pub struct MemberConfig {
     pub public_key: PathBuf,
     /// A validator's gRPC endpoint (`https://host:port`).
     pub endpoint: Option<String>,
+    /// A validator's consensus address (`host:port`), where the other validators reach it.
+    pub consensus: Option<std::net::SocketAddr>,
 }
+
+/// `[ledger.consensus]`: how a validator takes part in the consensus on cuts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsensusConfig {
+    /// Where its P2P listener binds.
+    pub listen: std::net::SocketAddr,
+    /// Least time between two cuts (the leader waits this long after the parent's time).
+    pub cut_interval: std::time::Duration,
+    /// How far a proposed cut's time may be from this validator's clock.
+    pub max_clock_skew: std::time::Duration,
+}
+
+/// Least time between cuts when the config does not say.
+pub const DEFAULT_CUT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// Largest clock difference a cut's time may show when the config does not say.
+pub const DEFAULT_MAX_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// `[ledger]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +127,8 @@ pub struct LedgerConfig {
     pub commit_batches: u64,
     /// Settlement terms by program (genesis: the same on every node).
     pub terms: std::collections::BTreeMap<String, gridgate_ledger::settlement::Terms>,
+    /// A validator's consensus (`gridgate-node`); gateways and operators have none.
+    pub consensus: Option<ConsensusConfig>,
 }
 
 /// Batches per commitment when the config does not say.
@@ -160,11 +192,26 @@ impl Checker<'_> {
                         .into(),
                 );
             }
+            let consensus = m.consensus.as_ref().and_then(|c| {
+                let parsed = c.get_ref().parse().ok();
+                if parsed.is_none() {
+                    self.problem(
+                        c,
+                        format!("ledger.members[{i}].consensus"),
+                        format!(
+                            "{:?} is not an address: write ip:port, e.g. 10.0.0.5:7450",
+                            c.get_ref()
+                        ),
+                    );
+                }
+                parsed
+            });
             members.push(MemberConfig {
                 id: mid,
                 role: mrole,
                 public_key: m.public_key.get_ref().into(),
                 endpoint,
+                consensus,
             });
         }
         let mine = role.as_str();
@@ -213,6 +260,43 @@ impl Checker<'_> {
                 );
             }
         }
+        let consensus = r.consensus.as_ref().and_then(|c| {
+            if role != LedgerRole::Validator {
+                self.problem(
+                    &c.listen,
+                    "ledger.consensus".into(),
+                    "only a validator takes part in consensus: remove [ledger.consensus]".into(),
+                );
+            }
+            let listen = match c.listen.get_ref().parse() {
+                Ok(a) => a,
+                Err(_) => {
+                    self.problem(
+                        &c.listen,
+                        "ledger.consensus.listen".into(),
+                        format!("{:?} is not an address: write ip:port, e.g. 0.0.0.0:7450", c.listen.get_ref()),
+                    );
+                    return None;
+                }
+            };
+            let missing: Vec<&str> = members
+                .iter()
+                .filter(|m| m.role == "validator" && m.consensus.is_none())
+                .map(|m| m.id.as_str())
+                .collect();
+            if !missing.is_empty() {
+                self.problem(
+                    &c.listen,
+                    "ledger.members".into(),
+                    format!("every validator needs its consensus address (consensus = \"ip:port\"); missing for {}", missing.join(", ")),
+                );
+            }
+            Some(ConsensusConfig {
+                listen,
+                cut_interval: self.duration(&c.cut_interval, "ledger.consensus.cut_interval".into(), DEFAULT_CUT_INTERVAL),
+                max_clock_skew: self.duration(&c.max_clock_skew, "ledger.consensus.max_clock_skew".into(), DEFAULT_MAX_CLOCK_SKEW),
+            })
+        });
         let path = |v: &Option<Spanned<String>>| v.as_ref().map(|p| PathBuf::from(p.get_ref()));
         Some(LedgerConfig {
             role,
@@ -225,6 +309,7 @@ impl Checker<'_> {
                 .as_ref()
                 .map_or(DEFAULT_COMMIT_BATCHES, |v| *v.get_ref()),
             terms,
+            consensus,
         })
     }
 }

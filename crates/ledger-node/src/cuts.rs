@@ -59,9 +59,10 @@ pub fn store_decided(
     }
 }
 
-/// The cuts of `got` that follow `state` and that a finalization decides, with the state as
+/// The cuts of `got` that follow `state` and that a finalization decides (pure: no store),
+/// with the state as
 /// of the last, and why checking stopped early (if it did).
-fn check_chain(
+pub fn check_chain(
     state: &CutState,
     members: &Members,
     got: &[pb::DecidedCut],

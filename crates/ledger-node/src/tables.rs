@@ -434,16 +434,25 @@ impl LedgerTables<'_> {
         let Some(last) = t.last().map_err(StoreError::db)? else {
             return Ok(cut::CutState::genesis());
         };
-        let decided = pb::DecidedCut::decode(last.1.value())
-            .map_err(|e| StoreError::db(redb::Error::Corrupted(format!("decided cut {}: {e}", last.0.value()))))?;
-        let c = cut::decode(&decided.cut)
-            .map_err(|e| StoreError::db(redb::Error::Corrupted(format!("decided cut {}: {e}", last.0.value()))))?;
+        let decided = pb::DecidedCut::decode(last.1.value()).map_err(|e| {
+            StoreError::db(redb::Error::Corrupted(format!(
+                "decided cut {}: {e}",
+                last.0.value()
+            )))
+        })?;
+        let c = cut::decode(&decided.cut).map_err(|e| {
+            StoreError::db(redb::Error::Corrupted(format!(
+                "decided cut {}: {e}",
+                last.0.value()
+            )))
+        })?;
         let mut heads = std::collections::BTreeMap::new();
         if let Some(h) = read_table(&txn, CUT_HEADS)? {
             for e in h.iter().map_err(StoreError::db)? {
                 let (k, v) = e.map_err(StoreError::db)?;
-                let head = decode_head(v.value())
-                    .ok_or_else(|| StoreError::db(redb::Error::Corrupted(format!("cut head of {}", k.value()))))?;
+                let head = decode_head(v.value()).ok_or_else(|| {
+                    StoreError::db(redb::Error::Corrupted(format!("cut head of {}", k.value())))
+                })?;
                 heads.insert(k.value().to_string(), head);
             }
         }
@@ -499,8 +508,12 @@ impl LedgerTables<'_> {
         let mut out = Vec::new();
         for e in t.range(from..).map_err(StoreError::db)?.take(max) {
             let (k, v) = e.map_err(StoreError::db)?;
-            let c = pb::DecidedCut::decode(v.value())
-                .map_err(|e| StoreError::db(redb::Error::Corrupted(format!("decided cut {}: {e}", k.value()))))?;
+            let c = pb::DecidedCut::decode(v.value()).map_err(|e| {
+                StoreError::db(redb::Error::Corrupted(format!(
+                    "decided cut {}: {e}",
+                    k.value()
+                )))
+            })?;
             out.push((k.value(), c));
         }
         Ok(out)
@@ -542,8 +555,11 @@ impl LedgerTables<'_> {
                 .transpose()
                 .map_err(StoreError::db)?;
             if let Some((k, v)) = last {
-                let c = pb::CertifiedEntry::decode(v.value())
-                    .map_err(|e| StoreError::db(redb::Error::Corrupted(format!("certified entry of {origin}: {e}"))))?;
+                let c = pb::CertifiedEntry::decode(v.value()).map_err(|e| {
+                    StoreError::db(redb::Error::Corrupted(format!(
+                        "certified entry of {origin}: {e}"
+                    )))
+                })?;
                 let hash = c
                     .entry
                     .as_ref()

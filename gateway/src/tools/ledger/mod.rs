@@ -1,6 +1,7 @@
 //! `gridgate ledger`: the consortium ledger's commands, one file each, over `peers` (the
 //! config's `[ledger]`, the validators that answer, the logs they hold).
 
+mod cuts;
 mod log;
 mod peers;
 mod prove;
@@ -46,6 +47,22 @@ pub enum LedgerCommand {
         /// Several days, UTC: FROM..TO (YYYY-MM-DD..YYYY-MM-DD, TO not included).
         #[arg(long)]
         period: Option<String>,
+    },
+    /// Each validator's decided cuts (the consortium's agreed order over every member's
+    /// log): every link of the chain and every finalization checked against the genesis
+    /// validators, and the validators compared. Exit 1 on a fault or a disagreement.
+    ///
+    /// Example: gridgate ledger cuts --config /etc/gridgate/gridgate.toml --last 5
+    Cuts {
+        /// The node's config (members, validators, TLS client identity).
+        #[arg(long)]
+        config: PathBuf,
+        /// How many of the newest cuts to print per validator (all are checked).
+        #[arg(long, default_value_t = 10)]
+        last: usize,
+        /// Ask only this validator.
+        #[arg(long)]
+        validator: Option<String>,
     },
     /// One member's log as a validator holds it: each certified entry with its time, kind,
     /// what it says and its certificate checked.
@@ -223,6 +240,11 @@ pub async fn run(cmd: LedgerCommand, out: &mut dyn Write) -> Result<ExitCode> {
             validator,
             from,
         } => log::log(&config, &origin, validator.as_deref(), from, out).await,
+        LedgerCommand::Cuts {
+            config,
+            last,
+            validator,
+        } => cuts::cuts(&config, last, validator.as_deref(), out).await,
         LedgerCommand::Verify { config } => verify::verify(&config, out).await,
         LedgerCommand::Prove {
             config,

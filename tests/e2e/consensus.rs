@@ -1,0 +1,255 @@
+//! Consensus on cuts with real processes on loopback: four `gridgate-node` validators
+//! (f = 1), each with its own store, key, gRPC listener and consensus P2P listener, and a
+//! gateway that keeps the decided cuts in its replica. Checked with `gridgate ledger cuts`,
+//! which verifies every chain link and finalization offline and compares the validators.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use gridgate_tests::dr_site::{WAIT, keygen, wait_for_port};
+use gridgate_tests::{Gateway, free_port, gridgate_bin, grpc_section, run_to_end, with_site};
+use tokio::process::{Child, Command};
+
+/// A consortium of `n` validators run by `gridgate-node`.
+struct Consortium {
+    dir: tempfile::TempDir,
+    grpc: Vec<u16>,
+    p2p: Vec<u16>,
+    nodes: Vec<Option<Child>>,
+}
+
+impl Consortium {
+    fn new(n: usize) -> Consortium {
+        let dir = tempfile::tempdir().expect("dir");
+        gridgate_api::pki::make_site_pki(&dir.path().join("pki"), "consortium", &[]).expect("pki");
+        for i in 0..n {
+            let d = dir.path().join(format!("v{i}"));
+            std::fs::create_dir_all(&d).expect("dir");
+            keygen(&d);
+        }
+        let gw = dir.path().join("gw");
+        std::fs::create_dir_all(&gw).expect("dir");
+        keygen(&gw);
+        Consortium {
+            dir,
+            grpc: (0..n).map(|_| free_port()).collect(),
+            p2p: (0..n).map(|_| free_port()).collect(),
+            nodes: (0..n).map(|_| None).collect(),
+        }
+    }
+
+    fn node_dir(&self, id: &str) -> PathBuf {
+        self.dir.path().join(id)
+    }
+
+    /// `[ledger]` for node `id` of `role`: the validators (with their gRPC endpoints and
+    /// consensus addresses) and one gateway, `gw`.
+    fn ledger_section(&self, role: &str, id: &str) -> String {
+        let d = self.node_dir(id);
+        let cert = d.join("member.pem");
+        if !cert.exists() {
+            let pem = gridgate_api::pki::member_cert(
+                &self.dir.path().join("pki"),
+                &d.join("identity.pub"),
+                id,
+                &[],
+            )
+            .expect("member certificate");
+            std::fs::write(&cert, pem).expect("write certificate");
+        }
+        let mut members = String::new();
+        for i in 0..self.grpc.len() {
+            members.push_str(&format!(
+                "  {{ id = \"v{i}\", role = \"validator\", public_key = \"{}\", endpoint = \"https://localhost:{}\", consensus = \"127.0.0.1:{}\" }},\n",
+                self.node_dir(&format!("v{i}")).join("identity.pub").display(),
+                self.grpc[i],
+                self.p2p[i],
+            ));
+        }
+        members.push_str(&format!(
+            "  {{ id = \"gw\", role = \"gateway\", public_key = \"{}\" }},\n",
+            self.node_dir("gw").join("identity.pub").display()
+        ));
+        let pki = self.dir.path().join("pki");
+        format!(
+            "\n[ledger]\nrole = \"{role}\"\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\nmembers = [\n{members}]\n",
+            ca = pki.join("ca.pem").display(),
+            cert = cert.display(),
+            key = d.join("identity.key").display(),
+        )
+    }
+
+    fn config_path(&self, id: &str) -> PathBuf {
+        self.node_dir(id).join("gridgate.toml")
+    }
+
+    /// Starts validator `i` (again, after a stop, on the same store and journal).
+    async fn start(&mut self, i: usize) {
+        let id = format!("v{i}");
+        let d = self.node_dir(&id);
+        let config = format!(
+            "[gateway]\nid = \"{id}\"\n{}{}\n[ledger.consensus]\nlisten = \"127.0.0.1:{}\"\ncut_interval = \"100ms\"\n",
+            grpc_section(self.grpc[i], &self.dir.path().join("pki")),
+            self.ledger_section("validator", &id),
+            self.p2p[i],
+        );
+        std::fs::write(self.config_path(&id), with_site(&d, &config)).expect("config");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("node.log"))
+            .expect("log");
+        let bin = gridgate_bin().with_file_name("gridgate-node");
+        let child = Command::new(&bin)
+            .arg("--config")
+            .arg(self.config_path(&id))
+            .env("GRIDGATE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        self.nodes[i] = Some(child);
+        wait_for_port(self.grpc[i]).await;
+    }
+
+    async fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].take() {
+            let _ = c.start_kill();
+            let _ = c.wait().await;
+        }
+    }
+
+    fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.node_dir(&format!("v{i}")).join("node.log"))
+            .unwrap_or_default()
+    }
+
+    /// `gridgate ledger cuts` with `config`: (exit code, output).
+    async fn cuts(&self, config: &Path, extra: &[&str]) -> (i32, String) {
+        let config = config.display().to_string();
+        let mut args = vec!["ledger", "cuts", "--config", &config, "--last", "3"];
+        args.extend_from_slice(extra);
+        let (code, out, err) = run_to_end(&args, WAIT).await;
+        (code, format!("{out}{err}"))
+    }
+
+    /// Each validator's decided height as `gridgate ledger cuts` reports it (None: did not
+    /// answer).
+    fn heights(out: &str) -> Vec<(String, u64)> {
+        out.lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("validator ")?;
+                let (id, rest) = rest.split_once(": decided height ")?;
+                let h = rest.split(',').next()?.parse().ok()?;
+                Some((id.to_string(), h))
+            })
+            .collect()
+    }
+
+    /// Polls until every validator in `who` answers with a checked chain of at least
+    /// `height` and all agree; the last output.
+    async fn until_decided(&self, who: &[usize], height: u64) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let (code, out) = self.cuts(&self.config_path("v0"), &[]).await;
+            let hs = Self::heights(&out);
+            let reached = who.iter().all(|i| {
+                hs.iter()
+                    .any(|(id, h)| *id == format!("v{i}") && *h >= height)
+            });
+            if code == 0 && reached {
+                return out;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let logs: Vec<String> = who
+                    .iter()
+                    .map(|&i| {
+                        let l = self.log(i);
+                        // Without the frames of a backtrace.
+                        let tail: Vec<&str> = l
+                            .lines()
+                            .filter(|l| {
+                                let t = l.trim_start();
+                                !(t.starts_with("at ")
+                                    || t.split(':')
+                                        .next()
+                                        .is_some_and(|n| n.parse::<u32>().is_ok()))
+                            })
+                            .rev()
+                            .take(20)
+                            .collect();
+                        format!(
+                            "--- v{i}:\n{}",
+                            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                        )
+                    })
+                    .collect();
+                panic!(
+                    "validators {who:?} never reached height {height}; last (exit {code}):\n{out}\n{}",
+                    logs.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_validators_decide_cuts_and_a_killed_one_catches_up_and_agrees() {
+    let mut c = Consortium::new(4);
+    for i in 0..4 {
+        c.start(i).await;
+    }
+    // Cuts are decided continuously, every validator the same chain, every link and
+    // finalization checked offline.
+    let out = c.until_decided(&[0, 1, 2, 3], 10).await;
+    assert!(
+        out.contains("4 validators agree on every cut up to height"),
+        "{out}"
+    );
+    assert!(out.contains("every link and finalization checks"), "{out}");
+
+    // A gateway keeps the decided cuts in its replica, each checked before it is stored.
+    let gw_dir = c.node_dir("gw");
+    let gw_config = format!(
+        "[gateway]\nid = \"gw\"\n{}",
+        c.ledger_section("gateway", "gw")
+    );
+    let gw = Gateway::start_logged(&gw_dir, &gw_config).await;
+
+    // f = 1: with one validator killed, the other three keep deciding.
+    c.kill9(3).await;
+    let before = Consortium::heights(&c.cuts(&c.config_path("v0"), &["--validator", "v0"]).await.1)
+        .first()
+        .map_or(0, |h| h.1);
+    c.until_decided(&[0, 1, 2], before + 20).await;
+
+    // Restarted on its store and journal, it catches up and agrees on every past cut.
+    c.start(3).await;
+    let now = Consortium::heights(&c.cuts(&c.config_path("v0"), &["--validator", "v0"]).await.1)
+        .first()
+        .map_or(0, |h| h.1);
+    let out = c.until_decided(&[0, 1, 2, 3], now + 5).await;
+    assert!(out.contains("4 validators agree"), "{out}");
+
+    // The gateway fetched the cuts (with its anti-entropy rounds) and checked them.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = std::fs::read_to_string(gw_dir.join("gridgate.log")).unwrap_or_default();
+        if log.contains("cut sync: decided cuts fetched, checked and stored") {
+            assert!(!log.contains("cut sync: refused"), "{log}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the gateway never stored cuts:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    gw.stop().await;
+    for i in 0..4 {
+        c.kill9(i).await;
+    }
+}
