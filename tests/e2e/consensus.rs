@@ -86,6 +86,11 @@ impl Consortium {
 
     /// Starts validator `i` (again, after a stop, on the same store and journal).
     async fn start(&mut self, i: usize) {
+        self.start_with(i, &[]).await
+    }
+
+    /// As [`Consortium::start`], with `env` set for the process (fail points).
+    async fn start_with(&mut self, i: usize, env: &[(&str, &str)]) {
         let id = format!("v{i}");
         let d = self.node_dir(&id);
         let config = format!(
@@ -105,6 +110,7 @@ impl Consortium {
             .arg("--config")
             .arg(self.config_path(&id))
             .env("GRIDGATE_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .kill_on_drop(true)
@@ -129,7 +135,10 @@ impl Consortium {
     /// `gridgate ledger cuts` with `config`: (exit code, output).
     async fn cuts(&self, config: &Path, extra: &[&str]) -> (i32, String) {
         let config = config.display().to_string();
-        let mut args = vec!["ledger", "cuts", "--config", &config, "--last", "3"];
+        let mut args = vec!["ledger", "cuts", "--config", &config];
+        if !extra.contains(&"--last") {
+            args.extend_from_slice(&["--last", "3"]);
+        }
         args.extend_from_slice(extra);
         let (code, out, err) = run_to_end(&args, WAIT).await;
         (code, format!("{out}{err}"))
@@ -249,6 +258,84 @@ async fn four_validators_decide_cuts_and_a_killed_one_catches_up_and_agrees() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     gw.stop().await;
+    for i in 0..4 {
+        c.kill9(i).await;
+    }
+}
+
+/// The decided height one validator reports.
+async fn height_of(c: &Consortium, v: &str) -> u64 {
+    let out = c.cuts(&c.config_path("v0"), &["--validator", v]).await.1;
+    Consortium::heights(&out).first().map_or(0, |h| h.1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_progress_without_a_quorum_and_no_decision_for_a_cut_no_one_holds() {
+    let mut c = Consortium::new(4);
+    for i in 0..3 {
+        c.start(i).await;
+    }
+    // v3 is Byzantine: every cut it proposes names an entry at a place no one holds.
+    c.start_with(3, &[("FAILPOINTS", "node-propose-unheld=return")])
+        .await;
+    let out = c.until_decided(&[0, 1, 2, 3], 12).await;
+    // Its views time out instead: no honest validator voted for what it proposed.
+    let decided = c
+        .cuts(
+            &c.config_path("v0"),
+            &["--validator", "v0", "--last", "100000"],
+        )
+        .await
+        .1;
+    assert!(
+        !decided.lines().any(|l| l.split_whitespace().any(|w| w
+            .rsplit(':')
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n >= 1000))),
+        "a cut naming an entry no one holds was decided:\n{decided}"
+    );
+    assert!(out.contains("4 validators agree"), "{out}");
+    // And the views it led were skipped: more views than cuts (honest runs: view = height + 2).
+    let (height, view) = decided
+        .lines()
+        .rev()
+        .find_map(|l| {
+            let rest = l.trim_start().strip_prefix("cut ")?;
+            let h: u64 = rest.split_whitespace().next()?.parse().ok()?;
+            let v: u64 = rest
+                .split("(view ")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((h, v))
+        })
+        .expect("a decided cut");
+    assert!(
+        view >= height + 2 + height / 8,
+        "cut {height} in view {view}: the Byzantine leader's views were not skipped\n{decided}"
+    );
+
+    // Two of four down: no quorum, so no progress; and nothing is decided wrongly.
+    c.kill9(3).await;
+    c.kill9(2).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stalled = height_of(&c, "v0").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        height_of(&c, "v0").await,
+        stalled,
+        "decided without a quorum"
+    );
+    assert_eq!(height_of(&c, "v1").await.max(stalled), stalled);
+
+    // Back (v3 honest now): progress resumes and all agree.
+    c.start(2).await;
+    c.start(3).await;
+    let out = c.until_decided(&[0, 1, 2, 3], stalled + 10).await;
+    assert!(out.contains("4 validators agree"), "{out}");
     for i in 0..4 {
         c.kill9(i).await;
     }
