@@ -73,7 +73,7 @@ impl Consortium {
         ));
         let pki = self.dir.path().join("pki");
         format!(
-            "\n[ledger]\nrole = \"{role}\"\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\nmembers = [\n{members}]\n",
+            "\n[ledger]\nrole = \"{role}\"\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\nmembers = [\n{members}]\n\n[[ledger.program]]\nname = \"peak-shave\"\nprice_milli_per_kwh = 1500\ngrace = \"1s\"\n",
             ca = pki.join("ca.pem").display(),
             cert = cert.display(),
             key = d.join("identity.key").display(),
@@ -219,6 +219,40 @@ async fn four_validators_decide_cuts_and_a_killed_one_catches_up_and_agrees() {
         "{out}"
     );
     assert!(out.contains("every link and finalization checks"), "{out}");
+
+    // Yesterday's statement closes on the first cut past its end and grace (1 s here): every
+    // validator's statement is computed from what that cut orders, and they agree.
+    let yesterday =
+        humantime::format_rfc3339(std::time::SystemTime::now() - Duration::from_secs(86_400))
+            .to_string();
+    let (code, settled, err) = run_to_end(
+        &[
+            "ledger",
+            "settlement",
+            "--config",
+            &c.config_path("v0").display().to_string(),
+            "--day",
+            &yesterday[..10],
+        ],
+        WAIT,
+    )
+    .await;
+    assert_eq!(code, 0, "{settled}{err}");
+    assert!(settled.contains("closed on decided cut 1 "), "{settled}");
+    assert_eq!(
+        settled
+            .lines()
+            .filter(|l| l.starts_with("validator ") && l.contains(", statement "))
+            .count(),
+        4,
+        "{settled}"
+    );
+    assert!(
+        settled
+            .lines()
+            .any(|l| l.starts_with("gridgate settlement v1 ") && l.contains(" on cut 1 ")),
+        "{settled}"
+    );
 
     // A gateway keeps the decided cuts in its replica, each checked before it is stored.
     let gw_dir = c.node_dir("gw");

@@ -942,7 +942,7 @@ async fn the_operator_logs_terms_events_and_membership_changes_and_named_gateway
     assert_eq!(statements.len(), 4, "{out}");
     assert!(statements.iter().all(|h| *h == statements[0]), "{out}");
     assert!(
-        out.contains("provisional: the statement closes at"),
+        out.contains("provisional: the statement closes on the first decided cut at or after"),
         "{out}"
     );
     // A period of several days says the same of the event.

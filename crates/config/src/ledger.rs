@@ -42,6 +42,7 @@ pub struct RawTerms {
     pub cap_percent: Option<Spanned<i64>>,
     pub threshold_percent: Option<Spanned<i64>>,
     pub penalty_milli_per_kwh: Option<Spanned<i64>>,
+    pub grace: Option<Spanned<String>>,
 }
 
 /// One member as written.
@@ -240,6 +241,13 @@ impl Checker<'_> {
                 cap_percent: pct(&p.cap_percent, d.cap_percent),
                 threshold_percent: pct(&p.threshold_percent, d.threshold_percent),
                 penalty_milli_per_kwh: pct(&p.penalty_milli_per_kwh, d.penalty_milli_per_kwh),
+                grace_ms: self
+                    .duration(
+                        &p.grace,
+                        format!("ledger.program[{i}].grace"),
+                        std::time::Duration::from_millis(d.grace_ms as u64),
+                    )
+                    .as_millis() as i64,
             };
             if t.price_milli_per_kwh < 0
                 || t.penalty_milli_per_kwh < 0

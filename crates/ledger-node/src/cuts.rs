@@ -109,6 +109,44 @@ pub fn check_chain(
     (decided, last, None)
 }
 
+/// The first of `got` (a validator's decided cuts from height 1, in order) whose time is at
+/// or past `close_ms`, with every log's head as of it: what a statement closes on. `Ok(None)`
+/// while no decided cut is that late; an error when the chain or a finalization does not
+/// check.
+pub fn closing_cut(
+    got: &[pb::DecidedCut],
+    genesis: &Members,
+    close_ms: i64,
+) -> Result<Option<gridgate_ledger::settlement::ClosingCut>, CutsRefused> {
+    let (decided, _, refused) = check_chain(&CutState::genesis(), genesis, got);
+    let mut state = CutState::genesis();
+    for (height, d) in &decided {
+        let c = cut::decode(&d.cut).map_err(|source| CutsRefused::Chain {
+            height: *height,
+            source,
+        })?;
+        state = state
+            .follow(&c, cut::digest(&d.cut))
+            .map_err(|source| CutsRefused::Chain {
+                height: *height,
+                source,
+            })?;
+        if state.time_ms >= close_ms {
+            return Ok(Some(gridgate_ledger::settlement::ClosingCut {
+                height: state.height,
+                digest: state.digest,
+                time_ms: state.time_ms,
+                heads: state
+                    .heads
+                    .iter()
+                    .map(|(o, h)| (o.clone(), h.next))
+                    .collect(),
+            }));
+        }
+    }
+    refused.map_or(Ok(None), Err)
+}
+
 /// The heads this replica holds certified, as a cut names them.
 pub fn held_heads(store: &Store) -> Result<Vec<(String, u64, cut::Digest)>, StoreError> {
     store.ledger().certified_heads()

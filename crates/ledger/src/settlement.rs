@@ -41,6 +41,9 @@ pub struct Terms {
     pub threshold_percent: i64,
     /// Penalty per kWh of shortfall below the threshold, milli-units.
     pub penalty_milli_per_kwh: i64,
+    /// A period's statement closes on the first decided cut this long past the period's end
+    /// (the longest grace of the genesis programs counts): entries ordered by that cut count.
+    pub grace_ms: i64,
 }
 
 impl Default for Terms {
@@ -50,6 +53,7 @@ impl Default for Terms {
             cap_percent: 120,
             threshold_percent: 80,
             penalty_milli_per_kwh: 0,
+            grace_ms: CLOSES_AFTER_MS,
         }
     }
 }
@@ -72,9 +76,10 @@ pub const LATE_DELTA: i64 = -20;
 pub const DELIVERED_DELTA: i64 = 10;
 /// The highest reputation.
 pub const MAX_SCORE: i64 = 1000;
-/// A period's statement closes this long after the period's end: reports logged until then
-/// count (any event of the period is due by then: events last at most a day), and its
-/// standing is the one at the close. Before the close a statement is provisional.
+/// A period's statement closes on the first decided cut this long after the period's end
+/// unless the programs' terms give a grace of their own: entries that cut orders count (any
+/// event of the period is due by then: events last at most a day), and its standing is the
+/// one at the close. Before the close a statement is provisional.
 pub const CLOSES_AFTER_MS: i64 = MISSED_AFTER_MS + 86_400_000;
 /// Reputation at the start.
 pub const START_SCORE: i64 = 500;
@@ -131,6 +136,8 @@ pub struct Statement {
     pub to_ms: i64,
     /// What was logged before this moment counts: the close, or earlier (provisional).
     pub as_of_ms: i64,
+    /// The decided cut it closed on (height, digest); `None` while provisional.
+    pub cut: Option<(u64, [u8; 32])>,
     /// By (issuer, event, gateway).
     pub lines: Vec<StatementLine>,
     /// By member.
@@ -141,9 +148,13 @@ impl Statement {
     /// The canonical text: the same bytes on every replica for the same inputs.
     pub fn canonical(&self) -> String {
         let mut s = format!(
-            "gridgate settlement v1 {}..{} as of {}\n",
+            "gridgate settlement v1 {}..{} as of {}",
             self.from_ms, self.to_ms, self.as_of_ms
         );
+        if let Some((height, digest)) = &self.cut {
+            s.push_str(&format!(" on cut {height} {}", hex::encode(digest)));
+        }
+        s.push('\n');
         for l in &self.lines {
             s.push_str(&format!(
                 "event {} {} gateway {} committed_mwh {} delivered_mwh {} payment_milli {} penalty_milli {} {}\n",
@@ -238,6 +249,8 @@ pub fn terms_of(t: &pb::ProgramTerms) -> Option<Terms> {
         cap_percent: t.cap_percent,
         threshold_percent: t.threshold_percent,
         penalty_milli_per_kwh: t.penalty_milli_per_kwh,
+        // The close is the genesis programs' (`close_ms`): an announced grace changes nothing.
+        grace_ms: CLOSES_AFTER_MS,
     })
 }
 
@@ -306,8 +319,14 @@ pub fn settle(
     genesis: &Members,
     terms: &BTreeMap<String, Terms>,
 ) -> Statement {
-    let close = to_ms.saturating_add(CLOSES_AFTER_MS);
-    settle_as_of(from_ms, to_ms, close, entries, genesis, terms)
+    settle_as_of(
+        from_ms,
+        to_ms,
+        close_ms(to_ms, terms),
+        entries,
+        genesis,
+        terms,
+    )
 }
 
 /// Settles the period `[from_ms, to_ms)` (events by their start) from certified entries
@@ -329,7 +348,7 @@ pub fn settle_as_of(
     genesis: &Members,
     terms: &BTreeMap<String, Terms>,
 ) -> Statement {
-    let as_of_ms = as_of_ms.min(to_ms.saturating_add(CLOSES_AFTER_MS));
+    let as_of_ms = as_of_ms.min(close_ms(to_ms, terms));
     let ledgered = Ledgered::read(entries, genesis, as_of_ms);
     let timeline = ledgered.timeline();
     let in_period = |start_ms: i64| start_ms >= from_ms && start_ms < to_ms;
@@ -375,9 +394,55 @@ pub fn settle_as_of(
         from_ms,
         to_ms,
         as_of_ms,
+        cut: None,
         lines,
         standing,
     }
+}
+
+/// The decided cut a statement closes on, with every log's head as of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClosingCut {
+    /// Its height.
+    pub height: u64,
+    /// Its digest.
+    pub digest: [u8; 32],
+    /// Its time (the validators agreed on it).
+    pub time_ms: i64,
+    /// Entries it orders, by origin: those with a sequence number below.
+    pub heads: BTreeMap<String, u64>,
+}
+
+/// When the period ending at `to_ms` closes: its end plus the longest grace of the genesis
+/// programs (the default grace when there are none).
+pub fn close_ms(to_ms: i64, terms: &BTreeMap<String, Terms>) -> i64 {
+    let grace = terms
+        .values()
+        .map(|t| t.grace_ms)
+        .max()
+        .unwrap_or(CLOSES_AFTER_MS);
+    to_ms.saturating_add(grace)
+}
+
+/// The closed statement of `[from_ms, to_ms)`: what the decided cut `cut` orders (the first
+/// whose time is at or past [`close_ms`]), as of its time. Every replica that holds the
+/// entries it orders computes the same statement, whatever else it holds.
+pub fn settle_on_cut(
+    from_ms: i64,
+    to_ms: i64,
+    cut: &ClosingCut,
+    entries: &[Certified],
+    genesis: &Members,
+    terms: &BTreeMap<String, Terms>,
+) -> Statement {
+    let ordered: Vec<Certified> = entries
+        .iter()
+        .filter(|c| c.entry.seq < cut.heads.get(&c.entry.origin).copied().unwrap_or(0))
+        .cloned()
+        .collect();
+    let mut s = settle_as_of(from_ms, to_ms, cut.time_ms, &ordered, genesis, terms);
+    s.cut = Some((cut.height, cut.digest));
+    s
 }
 
 /// What the certified entries say, read once: the membership in force, the operators'
@@ -854,6 +919,7 @@ mod tests {
                 cap_percent: 100,
                 threshold_percent: 80,
                 penalty_milli_per_kwh: 1_000,
+                grace_ms: CLOSES_AFTER_MS,
             },
         )])
     }
@@ -877,6 +943,58 @@ mod tests {
         entries.reverse();
         let again = settle(10 * DAY, 11 * DAY, &entries, &w.members, &terms());
         assert_eq!(again.hash(), s.hash(), "order of arrival does not matter");
+    }
+
+    #[test]
+    fn a_statement_on_a_cut_counts_what_the_cut_orders_not_what_entries_claim_as_time() {
+        let w = world();
+        let at = 10 * DAY + 3_700_000;
+        let entries = claim(&w, "e1", 10 * DAY, 20.0, 25_000, at);
+        let cut = |heads: &[(&str, u64)]| ClosingCut {
+            height: 77,
+            digest: [7; 32],
+            time_ms: 12 * DAY + 5,
+            heads: heads.iter().map(|(o, n)| (o.to_string(), *n)).collect(),
+        };
+        // The report (gw's entry 1) ordered by the closing cut: paid, and the statement
+        // names the cut.
+        let on = settle_on_cut(
+            10 * DAY,
+            11 * DAY,
+            &cut(&[("gw", 2)]),
+            &entries,
+            &w.members,
+            &terms(),
+        );
+        assert_eq!(on.lines.len(), 1);
+        assert_eq!(on.lines[0].note, "paid");
+        assert_eq!(on.cut, Some((77, [7; 32])));
+        assert!(
+            on.canonical()
+                .lines()
+                .next()
+                .is_some_and(|l| l.ends_with(&format!("on cut 77 {}", hex::encode([7; 32]))))
+        );
+        // The cut orders only the event (entry 0): the report is not ordered by the close,
+        // whatever time it claims, so nothing is paid.
+        let off = settle_on_cut(
+            10 * DAY,
+            11 * DAY,
+            &cut(&[("gw", 1)]),
+            &entries,
+            &w.members,
+            &terms(),
+        );
+        assert!(off.lines.is_empty(), "{}", off.canonical());
+        assert_ne!(on.hash(), off.hash());
+        // The close is the period's end plus the longest grace of the programs.
+        let mut t = terms();
+        t.get_mut("peak").expect("peak").grace_ms = 3 * DAY;
+        assert_eq!(close_ms(11 * DAY, &t), 14 * DAY);
+        assert_eq!(
+            close_ms(11 * DAY, &BTreeMap::new()),
+            11 * DAY + CLOSES_AFTER_MS
+        );
     }
 
     /// Two different entries signed by `key` as `gw`'s entry 7, as a validator's entry.

@@ -16,7 +16,7 @@ use super::peers::*;
 const PAGE: u32 = 1024;
 
 /// Every decided cut `client`'s validator holds, from the first.
-async fn fetch_cuts(
+pub(super) async fn fetch_cuts(
     client: &mut gridgate_proto::v1::ledger_client::LedgerClient<tonic::transport::Channel>,
 ) -> std::result::Result<Vec<pb::DecidedCut>, String> {
     let mut out = Vec::new();

@@ -1,5 +1,6 @@
-//! `gridgate ledger settlement`: a day's settlement, from the certified entries the
-//! validators hold.
+//! `gridgate ledger settlement`: a period's settlement, from the certified entries the
+//! validators hold, closed on the first decided cut past the period's end and grace: each
+//! validator's statement is computed from the entries that cut orders, so they agree.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -18,8 +19,14 @@ pub(super) async fn settlement(
     // One moment for every validator's statement, so that their hashes compare.
     let as_of = gridgate_core::reading::now_ms();
     let (ledger, members) = consortium(config)?;
+    let close = gridgate_ledger::settlement::close_ms(to, &ledger.terms);
     let mut hashes: Vec<(String, String)> = Vec::new();
     let mut statement = None;
+    // First every validator's entries and its closing cut (its chain checked); then one
+    // closing cut for all: each statement is that cut's order over the validator's entries.
+    let mut held = Vec::new();
+    let mut closing: Option<gridgate_ledger::settlement::ClosingCut> = None;
+    let mut no_cuts = 0;
     for v in ledger.members.iter().filter(|m| m.role == "validator") {
         let Some(mut client) = reach(&ledger, v, out, "").await? else {
             continue;
@@ -28,42 +35,99 @@ pub(super) async fn settlement(
             .await
             .context("no answer within 30 s")
             .and_then(|r| r);
-        match got {
-            Ok(entries) => {
-                let s = gridgate_ledger::settlement::settle_as_of(
-                    from,
-                    to,
-                    as_of,
-                    &entries,
-                    &members,
-                    &ledger.terms,
-                );
-                let h = hex::encode(s.hash());
+        let entries = match got {
+            Ok(entries) => entries,
+            Err(e) => {
+                writeln!(out, "validator {}: {e:#}", v.id)?;
+                continue;
+            }
+        };
+        let cuts = match super::cuts::fetch_cuts(&mut client).await {
+            Ok(c) => c,
+            Err(e) => {
+                writeln!(out, "validator {}: its decided cuts: {e}", v.id)?;
+                continue;
+            }
+        };
+        no_cuts += usize::from(cuts.is_empty());
+        match gridgate_ledger_node::cuts::closing_cut(&cuts, &members, close) {
+            Ok(Some(c)) => match &closing {
+                Some(first) if (first.height, first.digest) != (c.height, c.digest) => {
+                    writeln!(
+                        out,
+                        "validator {}: closes on cut {} {}, another validator on cut {} {}",
+                        v.id,
+                        c.height,
+                        hex::encode(c.digest),
+                        first.height,
+                        hex::encode(first.digest)
+                    )?;
+                    hashes.push((v.id.clone(), "another closing cut".into()));
+                }
+                Some(_) => {}
+                None => closing = Some(c),
+            },
+            Ok(None) => {}
+            Err(e) => {
                 writeln!(
                     out,
-                    "validator {}: {} certified entries, statement {h}",
-                    v.id,
-                    entries.len()
+                    "validator {}: its decided cuts DO NOT CHECK: {e}",
+                    v.id
                 )?;
-                hashes.push((v.id.clone(), h));
-                statement.get_or_insert(s);
+                hashes.push((v.id.clone(), "cuts do not check".into()));
             }
-            Err(e) => writeln!(out, "validator {}: {e:#}", v.id)?,
         }
+        held.push((v.id.clone(), entries));
+    }
+    for (id, entries) in &held {
+        let s = match &closing {
+            Some(cut) => gridgate_ledger::settlement::settle_on_cut(
+                from,
+                to,
+                cut,
+                entries,
+                &members,
+                &ledger.terms,
+            ),
+            None => gridgate_ledger::settlement::settle_as_of(
+                from,
+                to,
+                as_of,
+                entries,
+                &members,
+                &ledger.terms,
+            ),
+        };
+        let h = hex::encode(s.hash());
+        writeln!(
+            out,
+            "validator {id}: {} certified entries, statement {h}",
+            entries.len()
+        )?;
+        hashes.push((id.clone(), h));
+        statement.get_or_insert(s);
     }
     let Some(s) = statement else {
         bail!("no validator answered");
     };
-    let close = to + gridgate_ledger::settlement::CLOSES_AFTER_MS;
-    if s.as_of_ms < close {
-        writeln!(
+    match s.cut {
+        Some((height, digest)) => writeln!(
             out,
-            "provisional: the statement closes at {} (reports logged until then count)",
+            "closed on decided cut {height} {}: the entries it orders count, nothing later",
+            hex::encode(digest)
+        )?,
+        None if no_cuts == held.len() && s.as_of_ms >= close => writeln!(
+            out,
+            "closed by the entries' own times: these validators decide no cuts (gridgate run, not gridgate-node)"
+        )?,
+        None => writeln!(
+            out,
+            "provisional: the statement closes on the first decided cut at or after {} (entries ordered until then count)",
             utc(close)
-        )?;
+        )?,
     }
     write!(out, "{}", s.canonical())?;
-    let agree = hashes.windows(2).all(|w| w[0].1 == w[1].1);
+    let agree = hashes.iter().all(|h| h.1 == hashes[0].1);
     if !agree {
         writeln!(out, "the validators' statements DIFFER")?;
     }
