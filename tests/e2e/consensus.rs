@@ -14,6 +14,8 @@ use tokio::process::{Child, Command};
 /// A consortium of `n` validators run by `gridgate-node`.
 struct Consortium {
     dir: tempfile::TempDir,
+    /// v0's page and /metrics (open to read on loopback).
+    web: u16,
     grpc: Vec<u16>,
     p2p: Vec<u16>,
     nodes: Vec<Option<Child>>,
@@ -32,6 +34,7 @@ impl Consortium {
         std::fs::create_dir_all(&gw).expect("dir");
         keygen(&gw);
         Consortium {
+            web: free_port(),
             dir,
             grpc: (0..n).map(|_| free_port()).collect(),
             p2p: (0..n).map(|_| free_port()).collect(),
@@ -93,8 +96,16 @@ impl Consortium {
     async fn start_with(&mut self, i: usize, env: &[(&str, &str)]) {
         let id = format!("v{i}");
         let d = self.node_dir(&id);
+        let web = if i == 0 {
+            format!(
+                "\n[web]\nlisten = \"127.0.0.1:{}\"\nanonymous_read = true\n",
+                self.web
+            )
+        } else {
+            String::new()
+        };
         let config = format!(
-            "[gateway]\nid = \"{id}\"\n{}{}\n[ledger.consensus]\nlisten = \"127.0.0.1:{}\"\ncut_interval = \"100ms\"\n",
+            "[gateway]\nid = \"{id}\"\n{}{}\n[ledger.consensus]\nlisten = \"127.0.0.1:{}\"\ncut_interval = \"100ms\"\n{web}",
             grpc_section(self.grpc[i], &self.dir.path().join("pki")),
             self.ledger_section("validator", &id),
             self.p2p[i],
@@ -219,6 +230,34 @@ async fn four_validators_decide_cuts_and_a_killed_one_catches_up_and_agrees() {
         "{out}"
     );
     assert!(out.contains("every link and finalization checks"), "{out}");
+
+    // v0's /metrics and page show where consensus stands.
+    let (status, metrics) =
+        gridgate_tests::web::request(c.web, "GET", "/metrics", None, None).await;
+    assert_eq!(status, 200, "{metrics}");
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+    };
+    assert!(value("gridgate_ledger_decided_height") >= 10.0, "{metrics}");
+    assert!(value("gridgate_consensus_view") >= 10.0, "{metrics}");
+    assert_eq!(value("gridgate_consensus_peers"), 3.0, "{metrics}");
+    assert!(
+        metrics.contains("gridgate_consensus_finality_seconds{quantile=\"0.99\"}"),
+        "{metrics}"
+    );
+    let (status, overview) =
+        gridgate_tests::web::request(c.web, "GET", "/api/overview", None, None).await;
+    assert_eq!(status, 200, "{overview}");
+    let o: serde_json::Value = serde_json::from_str(&overview).expect("overview JSON");
+    assert!(
+        o["ledger"]["decided"]["height"]
+            .as_u64()
+            .is_some_and(|h| h >= 10),
+        "{overview}"
+    );
 
     // Yesterday's statement closes on the first cut past its end and grace (1 s here): every
     // validator's statement is computed from what that cut orders, and they agree.

@@ -29,8 +29,8 @@ use prost::Message;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::ConsensusStatus;
 use gridgate_config::ledger::ConsensusConfig;
+use gridgate_core::instruments::Instruments;
 use gridgate_ledger_node::cuts;
 use gridgate_store::Store;
 
@@ -171,15 +171,21 @@ pub struct App {
     /// Member id of each engine participant index (participants sorted by key).
     ids: Vec<String>,
     cfg: ConsensusConfig,
-    status: Arc<ConsensusStatus>,
+    status: Arc<Instruments>,
     bodies: HashMap<[u8; 32], Body>,
     /// Fold states of cuts checked (proposed or verified), by digest.
     states: HashMap<[u8; 32], CutState>,
     decided: CutState,
     proposals: Vec<PendingPropose>,
     verifies: Vec<PendingVerify>,
-    finalized: Vec<Finalization<Scheme, Digest>>,
+    /// The newest finalization not stored yet: it decides every ancestor too.
+    finalized: Option<(u64, [u8; 32])>,
+    /// Finalizations by cut digest, kept until their cut is stored (bounded).
+    certs: HashMap<[u8; 32], pb::CutCertificate>,
     asked: HashMap<[u8; 32], Instant>,
+    /// When each other validator was last heard on the cut channel (every one leads, and
+    /// sends its cut, every few views).
+    heard: HashMap<ed25519::PublicKey, Instant>,
 }
 
 fn now_ms() -> i64 {
@@ -195,10 +201,11 @@ impl App {
         genesis: Members,
         ids: Vec<String>,
         cfg: ConsensusConfig,
-        status: Arc<ConsensusStatus>,
+        status: Arc<Instruments>,
     ) -> Result<App, gridgate_store::StoreError> {
         let decided = store_decided_state(&store)?;
         status
+            .consensus
             .decided_height
             .store(decided.height, Ordering::Relaxed);
         Ok(App {
@@ -212,8 +219,10 @@ impl App {
             decided,
             proposals: Vec::new(),
             verifies: Vec::new(),
-            finalized: Vec::new(),
+            finalized: None,
+            certs: HashMap::new(),
             asked: HashMap::new(),
+            heard: HashMap::new(),
         })
     }
 
@@ -249,6 +258,12 @@ impl App {
             if reread.elapsed() > Duration::from_secs(1) {
                 reread = Instant::now();
                 self.reread_decided();
+                self.heard
+                    .retain(|_, t| t.elapsed() < Duration::from_secs(30));
+                self.status
+                    .consensus
+                    .peers
+                    .store(self.heard.len() as u64, Ordering::Relaxed);
             }
             self.progress(&mut sender);
         }
@@ -264,6 +279,7 @@ impl App {
 
     fn set_decided(&mut self, s: CutState) {
         self.status
+            .consensus
             .decided_height
             .store(s.height, Ordering::Relaxed);
         let floor = s.height;
@@ -299,12 +315,25 @@ impl App {
                 let msg = body_message(b);
                 sender.send(recipients, msg, true);
             }
-            ToApp::Finalized(f) => self.finalized.push(*f),
+            ToApp::Finalized(f) => {
+                let view = f.proposal.round.view().get();
+                let digest = f.proposal.payload.0;
+                if self.certs.len() >= MAX_BODIES {
+                    self.certs.clear();
+                }
+                self.certs.insert(digest, self.certificate(&f));
+                if self.finalized.is_none_or(|(v, _)| v < view) {
+                    self.finalized = Some((view, digest));
+                }
+            }
             ToApp::Nullified(_) => {
-                self.status.nullified.fetch_add(1, Ordering::Relaxed);
+                self.status
+                    .consensus
+                    .nullified
+                    .fetch_add(1, Ordering::Relaxed);
             }
             ToApp::View(v) => {
-                self.status.view.fetch_max(v, Ordering::Relaxed);
+                self.status.consensus.view.fetch_max(v, Ordering::Relaxed);
             }
         }
     }
@@ -315,6 +344,16 @@ impl App {
         msg: &[u8],
         sender: &mut S,
     ) {
+        self.heard.insert(from.clone(), Instant::now());
+        let recent = self
+            .heard
+            .values()
+            .filter(|t| t.elapsed() < Duration::from_secs(30))
+            .count();
+        self.status
+            .consensus
+            .peers
+            .store(recent as u64, Ordering::Relaxed);
         match msg.split_first() {
             Some((&TAG_BODY, rest)) => {
                 let Ok(d) = pb::DecidedCut::decode(rest) else {
@@ -592,7 +631,10 @@ impl App {
     }
 
     fn refuse(&mut self, v: PendingVerify, c: &pb::Cut, why: &str) {
-        self.status.refused.fetch_add(1, Ordering::Relaxed);
+        self.status
+            .consensus
+            .refused
+            .fetch_add(1, Ordering::Relaxed);
         warn!(
             height = c.height,
             view = v.context.view().get(),
@@ -602,71 +644,67 @@ impl App {
     }
 
     fn progress_finalized<S: Sender<PublicKey = ed25519::PublicKey>>(&mut self, sender: &mut S) {
-        let pending = std::mem::take(&mut self.finalized);
-        for f in pending {
-            let digest = f.proposal.payload.0;
-            let certificate = self.certificate(&f);
-            // The chain from the newest decided cut to this one, oldest first.
-            let mut chain: Vec<pb::DecidedCut> = Vec::new();
-            let mut at = digest;
-            let mut complete = true;
-            let mut stale = false;
-            loop {
-                if at == self.decided.digest {
-                    break;
-                }
-                let Some(b) = self.bodies.get(&at) else {
-                    self.want(at, sender);
-                    complete = false;
-                    break;
-                };
-                if b.cut.height <= self.decided.height {
-                    stale = true;
-                    break;
-                }
-                chain.push(pb::DecidedCut {
-                    cut: b.bytes.clone(),
-                    certificate: if at == digest {
-                        Some(certificate.clone())
-                    } else {
-                        b.certificate.clone()
-                    },
-                });
-                let Ok(parent) = <[u8; 32]>::try_from(b.cut.parent.as_slice()) else {
-                    stale = true;
-                    break;
-                };
-                at = parent;
+        let Some((_, digest)) = self.finalized else {
+            return;
+        };
+        // The chain from the newest decided cut to this one, newest first.
+        let mut chain: Vec<pb::DecidedCut> = Vec::new();
+        let mut at = digest;
+        loop {
+            if at == self.decided.digest {
+                break;
             }
-            if stale || (chain.is_empty() && complete) {
-                continue; // decided already (by the sync, or an earlier finalization)
+            let Some(b) = self.bodies.get(&at) else {
+                // Missing here: asked of the peers; older cuts come by the cut sync too.
+                self.want(at, sender);
+                return;
+            };
+            if b.cut.height <= self.decided.height {
+                // Decided already (by the sync) on a chain this one must extend: the store
+                // refuses what does not follow.
+                break;
             }
-            if !complete {
-                self.finalized.push(f);
-                continue;
-            }
-            chain.reverse();
-            if let Some(b) = self.bodies.get_mut(&digest) {
-                b.certificate = Some(certificate);
-            }
-            let time = cut::decode(&chain[chain.len() - 1].cut).map_or(0, |c| c.time_ms);
-            match cuts::store_decided(&self.store, &self.genesis, &chain) {
-                Ok(n) => {
-                    let finality = (now_ms() - time).max(0) as u64;
-                    self.status.finality_ms.store(finality, Ordering::Relaxed);
-                    self.reread_decided();
-                    debug!(
-                        cuts = n,
-                        height = self.decided.height,
-                        finality_ms = finality,
-                        "consensus: decided"
-                    );
-                    if self.decided.height.is_multiple_of(100) {
-                        info!(height = self.decided.height, "consensus: decided cut");
+            chain.push(pb::DecidedCut {
+                cut: b.bytes.clone(),
+                certificate: self
+                    .certs
+                    .get(&at)
+                    .cloned()
+                    .or_else(|| b.certificate.clone()),
+            });
+            let Ok(parent) = <[u8; 32]>::try_from(b.cut.parent.as_slice()) else {
+                break;
+            };
+            at = parent;
+        }
+        self.finalized = None;
+        if chain.is_empty() {
+            return;
+        }
+        chain.reverse();
+        match cuts::store_decided(&self.store, &self.genesis, &chain) {
+            Ok(n) => {
+                let now = now_ms();
+                for d in &chain {
+                    let digest = cut::digest(&d.cut);
+                    if let Some(c) = self.certs.remove(&digest) {
+                        if let Some(b) = self.bodies.get_mut(&digest) {
+                            b.certificate = Some(c);
+                        }
+                        if let Ok(c) = cut::decode(&d.cut) {
+                            self.status
+                                .consensus
+                                .finalized((now - c.time_ms).max(0) as u64);
+                        }
                     }
                 }
-                Err(e) => warn!("consensus: a finalized cut was not stored: {e}"),
+                self.reread_decided();
+                debug!(cuts = n, height = self.decided.height, "consensus: decided");
+                if self.decided.height.is_multiple_of(1000) {
+                    info!(height = self.decided.height, "consensus: decided cut");
+                }
             }
+            Err(e) => warn!("consensus: a finalized cut was not stored: {e}"),
         }
     }
 

@@ -28,9 +28,9 @@ use gridgate_proto::v1 as pb;
 use thiserror::Error;
 use tracing::info;
 
-use crate::ConsensusStatus;
 use crate::app::{App, Digest, MAX_BODY, Mailbox, Scheme};
 use gridgate_config::ledger::ConsensusConfig;
+use gridgate_core::instruments::Instruments;
 use gridgate_store::Store;
 
 /// What the P2P transport's handshake signs under (apart from the engine's votes).
@@ -55,8 +55,8 @@ pub struct Params {
     pub addresses: Vec<(String, SocketAddr)>,
     /// Where the engine keeps its journal.
     pub journal: PathBuf,
-    /// Shared with the rest of the node.
-    pub status: Arc<ConsensusStatus>,
+    /// The node's instruments: the consensus part is updated here.
+    pub status: Arc<Instruments>,
 }
 
 /// Why consensus does not start.

@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -14,7 +13,6 @@ use tracing::{error, info};
 
 use gridgate_config::ledger::LedgerRole;
 use gridgate_core::Identity;
-use gridgate_node::ConsensusStatus;
 use gridgate_node::engine::{self, Params};
 
 /// A consortium validator: certifies members' entries and agrees with the other validators
@@ -91,7 +89,11 @@ async fn run(cli: &Cli) -> Result<()> {
         .filter_map(|m| Some((m.id.clone(), m.consensus?)))
         .collect();
     let pipeline = gridgate_app::Pipeline::start(&cfg, identity, None).await?;
-    let status = Arc::new(ConsensusStatus::default());
+    let status = pipeline.shared().instruments.clone();
+    status
+        .consensus
+        .active
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     let consensus = engine::start(Params {
         store: pipeline.shared().store.store.clone(),
         genesis,
@@ -110,7 +112,7 @@ async fn run(cli: &Cli) -> Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             _ = tick.tick() => {
-                info!("{}", status.line());
+                info!("{}", status.consensus.line());
                 if consensus.finished() {
                     break;
                 }

@@ -495,6 +495,58 @@ impl Scrape {
                 GAUGE,
                 store.ledger().shut_outs().map_or(0, |v| v.len()) as f64,
             ));
+            if let Ok(cut) = store.ledger().decided_state() {
+                out.push(Fam::one(
+                    "gridgate_ledger_decided_height",
+                    "Height of the newest decided cut this replica holds (the consortium's agreed order)",
+                    GAUGE,
+                    cut.height as f64,
+                ));
+                out.push(Fam::one(
+                    "gridgate_ledger_decided_cut_time_seconds",
+                    "Time of the newest decided cut this replica holds (Unix seconds)",
+                    GAUGE,
+                    cut.time_ms as f64 / 1000.0,
+                ));
+            }
+        }
+        let c = &s.instruments.consensus;
+        if c.active.load(Ordering::Relaxed) {
+            out.push(Fam::one(
+                "gridgate_consensus_view",
+                "Newest view of this validator's consensus engine",
+                GAUGE,
+                c.view.load(Ordering::Relaxed) as f64,
+            ));
+            out.push(Fam::one(
+                "gridgate_consensus_peers",
+                "Other validators heard from over the consensus transport in the last 30 s",
+                GAUGE,
+                c.peers.load(Ordering::Relaxed) as f64,
+            ));
+            out.push(Fam::one(
+                "gridgate_consensus_nullified_views",
+                "Views that ended without a cut (a leader down, or a proposal no one could check)",
+                COUNTER,
+                c.nullified.load(Ordering::Relaxed) as f64,
+            ));
+            out.push(Fam::one(
+                "gridgate_consensus_refused_proposals",
+                "Proposed cuts this validator refused to vote for (a rule broken)",
+                COUNTER,
+                c.refused.load(Ordering::Relaxed) as f64,
+            ));
+            let mut finality = Fam::new(
+                "gridgate_consensus_finality_seconds",
+                "Time from a cut's proposal to its storing here, over the last cuts, by quantile",
+                GAUGE,
+            );
+            for q in ["0.5", "0.99"] {
+                if let Some(ms) = q.parse().ok().and_then(|q| c.finality_quantile(q)) {
+                    finality.add(labels([("quantile", q)]), f64::from(ms) / 1000.0);
+                }
+            }
+            out.push(finality);
         }
         out
     }

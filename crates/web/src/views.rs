@@ -209,6 +209,20 @@ pub struct LedgerView {
     /// This gateway's part of today's statement, once it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub today: Option<SettledView>,
+    /// The newest decided cut this replica holds (none before consensus decided any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided: Option<DecidedView>,
+}
+
+/// The newest decided cut a replica holds: where the consortium's agreed order stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecidedView {
+    /// Its height.
+    pub height: u64,
+    /// Its time (ms since 1970, UTC).
+    pub time_ms: i64,
+    /// The first 16 hex digits of its digest.
+    pub digest: String,
 }
 
 /// A gateway's lines of today's (provisional) statement, as the demo's terminal shows them.
@@ -542,6 +556,16 @@ pub fn overview(s: &WebState, access: super::auth::Access) -> Result<Overview, S
                 .map(|(o, _)| o)
                 .collect(),
             today: settled_today(s, &cfg),
+            decided: store
+                .ledger()
+                .decided_state()
+                .ok()
+                .filter(|c| c.height > 0)
+                .map(|c| DecidedView {
+                    height: c.height,
+                    time_ms: c.time_ms,
+                    digest: hex::encode(&c.digest[..8]),
+                }),
         }),
         None => None,
     };

@@ -250,6 +250,7 @@ function drawOverview(o) {
   kv("#ov-ledger", o.ledger ? [["role", o.ledger.role], ["pending own entries", o.ledger.pending, o.ledger.pending ? "waiting" : "good"],
     ["certified", Object.entries(o.ledger.certified).map(([k, v]) => k + " " + v).join(", ") || "none"],
     ["shut out", o.ledger.shut_out.join(", ") || "none", o.ledger.shut_out.length ? "bad" : ""],
+    ["last decided cut", o.ledger.decided ? o.ledger.decided.height + " at " + new Date(o.ledger.decided.time_ms).toISOString().replace(".000Z", "Z") + " (" + o.ledger.decided.digest + ")" : "none yet"],
     ["settled today", o.ledger.today ? o.ledger.today.events + " event(s), " + o.ledger.today.delivered_kwh.toFixed(3) + " kWh, paid " + o.ledger.today.paid.toFixed(3) + " (statement " + o.ledger.today.statement + ")" : "nothing yet"]]
     : [["ledger", "not configured"]]);
   const tb = $("#buses tbody");
