@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use gridgate_acquire::{self as acquire, DeviceRegistry, ReadingSink};
 use gridgate_config::{BusConfig, GatewayConfig};
@@ -335,6 +335,11 @@ pub async fn run(
         points = cfg.point_count(),
         "gridgate starting"
     );
+    if cfg.ledger.as_ref().is_some_and(|l| l.consensus.is_some()) {
+        warn!(
+            "[ledger.consensus] is for gridgate-node: `gridgate run` certifies entries but decides no cuts; run gridgate-node on this config"
+        );
+    }
     let mut pipeline = Pipeline::start(&cfg, identity, echo).await?;
     crate::systemd::ready(&running_status(&cfg));
     let mut watchdog = start_watchdog(&pipeline);

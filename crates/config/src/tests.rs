@@ -184,6 +184,14 @@ fn the_site_examples_are_valid() {
         4
     );
     assert!(validator.buses.is_empty() && validator.grpc.is_some());
+    let c = l.consensus.as_ref().expect("[ledger.consensus]");
+    assert_eq!(c.listen.port(), 7450);
+    assert!(
+        l.members
+            .iter()
+            .filter(|m| m.role == "validator")
+            .all(|m| m.consensus.is_some())
+    );
     let operator = parse(
         include_str!("../../../deploy/operator.toml"),
         Path::new("deploy/operator.toml"),
@@ -476,5 +484,45 @@ fn the_page_is_https_off_loopback_and_someone_must_be_able_to_open_it() {
             .iter()
             .any(|p| p.message.contains("nobody could open")),
         "{nobody:?}"
+    );
+}
+
+#[test]
+fn consensus_is_a_validators_and_needs_every_validators_address() {
+    let ledger = |role: &str, v1: &str, consensus: &str| {
+        format!(
+            "[gateway]\nid = \"n\"\n\n[ledger]\nrole = \"{role}\"\nmembers = [\n  {{ id = \"n\", role = \"{role}\", public_key = \"n.pub\", endpoint = \"https://n:1\", consensus = \"127.0.0.1:7450\" }},\n  {{ id = \"v1\", role = \"validator\", public_key = \"v1.pub\", endpoint = \"https://v1:1\"{v1} }},\n]\n{consensus}"
+        )
+    };
+    let section = "\n[ledger.consensus]\nlisten = \"0.0.0.0:7450\"\ncut_interval = \"200ms\"\n";
+    let good = parse(
+        &ledger("validator", ", consensus = \"127.0.0.1:7451\"", section),
+        Path::new("x"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let c = good.ledger.and_then(|l| l.consensus).expect("consensus");
+    assert_eq!(c.cut_interval, std::time::Duration::from_millis(200));
+    assert_eq!(c.max_clock_skew, ledger::DEFAULT_MAX_CLOCK_SKEW);
+    // A validator without its consensus address, a gateway with [ledger.consensus], an
+    // address that is not one: each said where.
+    let p = problems(&ledger("validator", "", section));
+    assert!(
+        p.iter().any(|p| p.message.contains("missing for v1")),
+        "{p:?}"
+    );
+    let p = problems(&ledger(
+        "gateway",
+        ", consensus = \"127.0.0.1:7451\"",
+        section,
+    ));
+    assert!(p.iter().any(|p| p.key == "ledger.consensus"), "{p:?}");
+    let p = problems(&ledger(
+        "validator",
+        ", consensus = \"v1.example\"",
+        section,
+    ));
+    assert!(
+        p.iter().any(|p| p.key == "ledger.members[1].consensus"),
+        "{p:?}"
     );
 }
