@@ -29,6 +29,9 @@ use thiserror::Error;
 use tracing::info;
 
 use crate::app::{App, Digest, MAX_BODY, Mailbox, Scheme};
+use commonware_consensus::simplex::Plan;
+use commonware_consensus::simplex::types::{Activity, Context};
+use commonware_consensus::{CertifiableAutomaton, Relay, Reporter};
 use gridgate_config::ledger::ConsensusConfig;
 use gridgate_core::instruments::Instruments;
 use gridgate_store::Store;
@@ -123,20 +126,78 @@ fn participants(genesis: &Members) -> Result<(Set<ed25519::PublicKey>, Vec<Strin
     Ok((set, ids))
 }
 
-/// Starts the engine on its own thread.
+/// The cut channel's ends, as the application gets them.
+pub type CutSender = lookup::Sender<ed25519::PublicKey, commonware_runtime::tokio::Context>;
+/// See [`CutSender`].
+pub type CutReceiver = lookup::Receiver<ed25519::PublicKey>;
+
+/// Where a validator's engine runs: its key, its listener, its peers and its journal.
+pub struct Seat {
+    /// The genesis membership: its validators are the engine's participants.
+    pub genesis: Members,
+    /// This validator's member id.
+    pub me: String,
+    /// Its identity key's 32 secret bytes.
+    pub secret: [u8; 32],
+    /// Where its P2P listener binds.
+    pub listen: SocketAddr,
+    /// Every validator's consensus address, by member id.
+    pub addresses: Vec<(String, SocketAddr)>,
+    /// The engine's journal directory.
+    pub journal: PathBuf,
+    /// Least time between two proposals (the leader's timeout is longer).
+    pub cut_interval: Duration,
+}
+
+/// Starts this validator: the application the engine drives (cuts over `p.store`).
 pub fn start(p: Params) -> Result<Running, StartError> {
-    let (set, ids) = participants(&p.genesis)?;
-    let signer = ed25519::PrivateKey::decode(bytes::Bytes::copy_from_slice(&p.secret))
+    let (_, ids) = participants(&p.genesis)?;
+    // The app reads the store before the thread starts, so a store fault is reported here.
+    let app = App::new(
+        p.store.clone(),
+        p.genesis.clone(),
+        ids,
+        p.cfg.clone(),
+        p.status.clone(),
+    )?;
+    let (mailbox, inbox) = Mailbox::new();
+    let seat = Seat {
+        genesis: p.genesis,
+        me: p.me,
+        secret: p.secret,
+        listen: p.cfg.listen,
+        addresses: p.addresses,
+        journal: p.journal,
+        cut_interval: p.cfg.cut_interval,
+    };
+    start_engine(seat, mailbox, move |sender, receiver| {
+        app.run(inbox, sender, receiver)
+    })
+}
+
+/// Starts the engine on its own thread and runtime, driven by `mailbox`, with `app` run on
+/// the same runtime over the cut channel. [`start`] is gridgate's application; the bench
+/// also drives the engine with a bare one.
+pub fn start_engine<M, F, Fut>(seat: Seat, mailbox: M, app: F) -> Result<Running, StartError>
+where
+    M: CertifiableAutomaton<Context = Context<Digest, ed25519::PublicKey>, Digest = Digest>
+        + Relay<Digest = Digest, PublicKey = ed25519::PublicKey, Plan = Plan<ed25519::PublicKey>>
+        + Reporter<Activity = Activity<Scheme, Digest>>,
+    F: FnOnce(CutSender, CutReceiver) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (set, _) = participants(&seat.genesis)?;
+    let signer = ed25519::PrivateKey::decode(bytes::Bytes::copy_from_slice(&seat.secret))
         .map_err(|e| StartError::Validators(format!("identity key: {e}")))?;
     if set.index(&signer.public_key()).is_none() {
         return Err(StartError::Validators(format!(
             "this node's identity key is not the key of validator {:?} in [ledger] members",
-            p.me
+            seat.me
         )));
     }
     let mut peers = Vec::new();
-    for (id, addr) in &p.addresses {
-        let Some(m) = p.genesis.0.get(id) else {
+    for (id, addr) in &seat.addresses {
+        let Some(m) = seat.genesis.0.get(id) else {
             continue;
         };
         let k = ed25519::PublicKey::decode(bytes::Bytes::copy_from_slice(m.key.as_bytes()))
@@ -146,20 +207,12 @@ pub fn start(p: Params) -> Result<Running, StartError> {
     let peers: Map<ed25519::PublicKey, Address> = peers
         .try_into()
         .map_err(|_| StartError::Validators("two validators share a key".into()))?;
-    // The app reads the store before the thread starts, so a store fault is reported here.
-    let app = App::new(
-        p.store.clone(),
-        p.genesis.clone(),
-        ids,
-        p.cfg.clone(),
-        p.status.clone(),
-    )?;
+    let (listen, journal, cut_interval) = (seat.listen, seat.journal, seat.cut_interval);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let thread = std::thread::Builder::new()
         .name("consensus".into())
         .spawn(move || {
-            let runtime =
-                commonware_runtime::tokio::Config::new().with_storage_directory(&p.journal);
+            let runtime = commonware_runtime::tokio::Config::new().with_storage_directory(&journal);
             let executor = commonware_runtime::tokio::Runner::new(runtime);
             executor.start(async move |context| {
                 let n = set.len() as u32;
@@ -177,7 +230,7 @@ pub fn start(p: Params) -> Result<Running, StartError> {
                         cups::Version::V1,
                     ),
                     P2P_NAMESPACE,
-                    p.cfg.listen,
+                    listen,
                     max_peers,
                     commonware_p2p::max_message_size(&[payload, MAX_BODY + 64]),
                     MAILBOX,
@@ -194,10 +247,9 @@ pub fn start(p: Params) -> Result<Running, StartError> {
 
                 let scheme = Scheme::signer(NAMESPACE, set.clone(), signer.clone())
                     .ok_or_else(|| StartError::Validators("this node is not a validator".into()))?;
-                let (mailbox, inbox) = Mailbox::new();
                 // The leader waits cut_interval before it proposes: its timeout is longer.
                 // The engine asserts skip > certification > leader and skip > retry.
-                let leader_timeout = p.cfg.cut_interval + Duration::from_secs(1);
+                let leader_timeout = cut_interval + Duration::from_secs(1);
                 let certification_timeout = leader_timeout + Duration::from_secs(1);
                 let timeout_retry = Duration::from_secs(10);
                 let engine = simplex::Engine::new(
@@ -233,8 +285,8 @@ pub fn start(p: Params) -> Result<Running, StartError> {
                 );
                 network.start();
                 engine.start(votes, certificates, resolver);
-                let app_task = tokio::spawn(app.run(inbox, cut_sender, cut_receiver));
-                info!(validators = n, listen = %p.cfg.listen, "consensus: started");
+                let app_task = tokio::spawn(app(cut_sender, cut_receiver));
+                info!(validators = n, listen = %listen, "consensus: started");
                 let _ = stop_rx.await;
                 app_task.abort();
                 info!("consensus: stopped");
