@@ -67,9 +67,11 @@ cargo test --workspace --locked -- --test-threads="${GRIDGATE_TEST_THREADS:-2}"
 
 step "systemd unit: verify and security exposure (target 2.5 or lower)"
 unit_dir=$(mktemp -d)
-sed "s|/usr/bin/gridgate|$PWD/target/debug/gridgate|" systemd/gridgate.service > "$unit_dir/gridgate.service"
-systemd-analyze verify "$unit_dir/gridgate.service"
-systemd-analyze security --offline=true --threshold=25 "$unit_dir/gridgate.service" | tail -1
+for unit in gridgate gridgate-node; do
+    sed "s|/usr/bin/gridgate|$PWD/target/debug/gridgate|" "systemd/$unit.service" > "$unit_dir/$unit.service"
+    systemd-analyze verify "$unit_dir/$unit.service"
+    systemd-analyze security --offline=true --threshold=25 "$unit_dir/$unit.service" | tail -1
+done
 rm -rf "$unit_dir"
 
 step "all green"
