@@ -179,7 +179,14 @@ impl Consortium {
                 hs.iter()
                     .any(|(id, h)| *id == format!("v{i}") && *h >= height)
             });
-            if code == 0 && reached {
+            // Each of `who` checks and none disagrees (a validator outside `who` may lie).
+            let checks = who.iter().all(|i| {
+                out.lines().any(|l| {
+                    l.starts_with(&format!("validator v{i}: "))
+                        && l.ends_with("every link and finalization checks")
+                })
+            });
+            if reached && checks && !out.contains("decided different cuts") {
                 return out;
             }
             if tokio::time::Instant::now() >= deadline {
@@ -409,6 +416,79 @@ async fn no_progress_without_a_quorum_and_no_decision_for_a_cut_no_one_holds() {
     c.start(3).await;
     let out = c.until_decided(&[0, 1, 2, 3], stalled + 10).await;
     assert!(out.contains("4 validators agree"), "{out}");
+    for i in 0..4 {
+        c.kill9(i).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_refuses_forged_finalizations_and_takes_the_cuts_from_honest_validators() {
+    let mut c = Consortium::new(4);
+    for i in 0..3 {
+        c.start(i).await;
+    }
+    // v3 decides honestly but every finalization it serves is forged (one signature bit).
+    c.start_with(3, &[("FAILPOINTS", "ledger-cuts-forge=return")])
+        .await;
+    c.until_decided(&[0, 1, 2], 10).await;
+    let (code, out) = c.cuts(&c.config_path("v0"), &["--validator", "v3"]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("DO NOT CHECK"), "{out}");
+
+    // A gateway that was not there while they were decided, and finds only v3 answering:
+    // v3's answers are refused; once the honest validators are back, theirs are stored.
+    for i in 0..3 {
+        c.kill9(i).await;
+    }
+    let gw_dir = c.node_dir("gw");
+    let gw = Gateway::start_logged(
+        &gw_dir,
+        &format!(
+            "[gateway]\nid = \"gw\"\n{}",
+            c.ledger_section("gateway", "gw")
+        ),
+    )
+    .await;
+    let log = || std::fs::read_to_string(gw_dir.join("gridgate.log")).unwrap_or_default();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !log().contains("cut sync: refused what the validator sent") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "v3's forgeries were not refused:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        !log().contains("cut sync: decided cuts fetched"),
+        "{}",
+        log()
+    );
+    for i in 0..3 {
+        c.start(i).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = std::fs::read_to_string(gw_dir.join("gridgate.log")).unwrap_or_default();
+        let refused = log
+            .lines()
+            .any(|l| l.contains("cut sync: refused what the validator sent") && l.contains("v3"));
+        let stored = log.contains("cut sync: decided cuts fetched, checked and stored");
+        if refused && stored {
+            assert!(
+                !log.lines()
+                    .any(|l| l.contains("cut sync: refused") && !l.contains("v3")),
+                "{log}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the gateway did not refuse v3's forgeries and store the others' cuts:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    gw.stop().await;
     for i in 0..4 {
         c.kill9(i).await;
     }

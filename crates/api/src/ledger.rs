@@ -193,12 +193,22 @@ impl Ledger for LedgerService {
             0 => MAX_CUTS,
             n => (n as usize).min(MAX_CUTS),
         };
-        let (cuts, decided_height) = blocking(&self.store, move |store| {
+        let (mut cuts, decided_height) = blocking(&self.store, move |store| {
             let cuts = store.ledger().cuts(r.from_height, max)?;
             let top = store.ledger().decided_state()?.height;
             Ok((cuts, top))
         })
         .await?;
+        // The end-to-end tests' lying validator: every finalization it serves is forged.
+        if fail::eval("ledger-cuts-forge", |_| ()).is_some() {
+            for (_, c) in &mut cuts {
+                if let Some(v) = c.certificate.as_mut().and_then(|f| f.votes.first_mut()) {
+                    if let Some(b) = v.signature.first_mut() {
+                        *b ^= 1;
+                    }
+                }
+            }
+        }
         Ok(Response::new(pb::CutsReply {
             cuts: cuts.into_iter().map(|(_, c)| c).collect(),
             decided_height,
