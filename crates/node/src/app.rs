@@ -401,6 +401,10 @@ impl App {
         {
             return;
         }
+        if self.asked.len() >= MAX_BODIES {
+            // Asks for bodies that never came (a digest no one holds): forget them.
+            self.asked.retain(|_, t| now.duration_since(*t) < ASK_AGAIN);
+        }
         self.asked.insert(digest, now);
         let mut msg = vec![TAG_WANT];
         msg.extend_from_slice(&digest);
