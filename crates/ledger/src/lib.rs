@@ -7,12 +7,14 @@
 //! - [`entry`]: signing and checking entries, votes and certificates.
 //! - [`merkle`]: RFC 6962 trees for batch commitments.
 //! - [`commitment`]: batch commitments as one growing tree, and their audit.
+//! - [`market`]: the flexibility market's price discovery and clearing.
 //! - [`membership`]: membership changes approved by a quorum of validators.
 //! - [`settlement`]: settlement and reputation over certified entries.
 
 pub mod commitment;
 pub mod cut;
 pub mod entry;
+pub mod market;
 pub mod membership;
 pub mod merkle;
 pub mod settlement;
