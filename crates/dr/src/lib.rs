@@ -8,10 +8,13 @@
 //! - [`relay`]: drives each accepted event's loads through their controls (written by the
 //!   bus tasks, confirmed by read-back), retries, restores at the end, survives restarts.
 //!
+//! - [`agent`]: the gateway's market agent: its answer at an announced price, from its
+//!   forecast and flexible resources (docs/market.md).
 //! - [`shared`]: the record lock, the relay's wake-up and the feed of changes.
 //! - [`measure`] and [`report`]: the reduction against a baseline, and the signed
 //!   performance report (docs/dr-operator.md).
 
+pub mod agent;
 pub mod desk;
 pub mod event;
 pub mod measure;
