@@ -7,6 +7,7 @@
 pub mod dr;
 pub mod files;
 pub mod ledger;
+pub mod market;
 mod raw;
 pub mod services;
 mod summary;
@@ -133,6 +134,8 @@ pub struct GatewayConfig {
     pub ledger: Option<ledger::LedgerConfig>,
     /// The commissioning page and `/metrics`.
     pub web: Option<web::WebConfig>,
+    /// The flexibility market.
+    pub market: Option<market::MarketConfig>,
 }
 
 impl GatewayConfig {
@@ -571,6 +574,7 @@ impl Checker<'_> {
         let loads = self.check_loads(&raw.load, &points, &writable, mqtt_broker);
         let ledger = self.check_ledger(raw.ledger.as_ref(), &id);
         let web = self.check_web(raw.web.as_ref());
+        let market = self.check_market(raw.market.as_ref(), &loads, &points);
         GatewayConfig {
             id,
             data_dir,
@@ -585,6 +589,7 @@ impl Checker<'_> {
             loads,
             ledger,
             web,
+            market,
         }
     }
 

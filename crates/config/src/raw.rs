@@ -35,6 +35,8 @@ pub struct RawConfig {
     pub ledger: Option<super::ledger::RawLedger>,
     /// `[web]`
     pub web: Option<Spanned<super::web::RawWeb>>,
+    /// `[market]`
+    pub market: Option<super::market::RawMarket>,
 }
 
 /// `[grpc]`

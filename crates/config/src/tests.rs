@@ -526,3 +526,50 @@ fn consensus_is_a_validators_and_needs_every_validators_address() {
         "{p:?}"
     );
 }
+
+#[test]
+fn market_resources_are_checked_against_the_loads_and_points() {
+    let loads = "\n[[load]]\nname = \"pcs-load\"\nmeter = \"pcs/power\"\ncontrol = \"pcs/setpoint\"\nrated_kw = 100.0\nmax_shed_kw = 30.0\n";
+    let with = |market: &str| format!("{GOOD}{loads}\n[market]\narea = \"feeder-7\"\n{market}");
+    let good = parse(
+        &with("interval = \"5m\"\n[[market.resource]]\nkind = \"shed\"\nload = \"pcs-load\"\nsteps = [{ kw = 10.0, from = 700 }, { kw = 30.0, from = 900 }]\n[[market.resource]]\nkind = \"storage\"\nname = \"battery\"\nsoc_point = \"pcs/power\"\ncharge_below = 600\ndischarge_above = 800\nmax_charge_kw = 4.0\nmax_discharge_kw = 12.0\nmin_soc_wh = 1000\nmax_soc_wh = 10000\n[[market.resource]]\nkind = \"pv\"\nmeter = \"meter-1/active_power\"\n"),
+        Path::new("x"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let m = good.market.expect("market");
+    assert_eq!(
+        (m.area.as_str(), m.interval),
+        ("feeder-7", std::time::Duration::from_secs(300))
+    );
+    assert_eq!(m.resources.len(), 3);
+    // The shed carries the load's safety limit, whatever its steps add up to.
+    assert!(
+        matches!(&m.resources[0], market::ResourceConfig::Shed { max_shed_kw, .. } if *max_shed_kw == 30.0)
+    );
+    // A load that does not exist, a storage that would buy where it sells, an unknown kind,
+    // a deferrable pile above its load's limit: each said where.
+    let p = problems(&with(
+        "[[market.resource]]\nkind = \"shed\"\nload = \"nope\"\nsteps = [{ kw = 1.0, from = 1 }]\n",
+    ));
+    assert!(
+        p.iter().any(|p| p.key == "market.resource[0].load"),
+        "{p:?}"
+    );
+    let p = problems(&with(
+        "[[market.resource]]\nkind = \"storage\"\nname = \"b\"\nsoc_point = \"pcs/power\"\ncharge_below = 900\ndischarge_above = 800\nmax_charge_kw = 1.0\nmax_discharge_kw = 1.0\nmin_soc_wh = 0\nmax_soc_wh = 10\n",
+    ));
+    assert!(
+        p.iter().any(|p| p.key == "market.resource[0].charge_below"),
+        "{p:?}"
+    );
+    let p = problems(&with("[[market.resource]]\nkind = \"wind\"\n"));
+    assert!(
+        p.iter()
+            .any(|p| p.key == "market.resource[0].kind" && p.message.contains("\"shed\"")),
+        "{p:?}"
+    );
+    let p = problems(&with(
+        "[[market.resource]]\nkind = \"deferrable\"\nload = \"pcs-load\"\nkw = 50.0\nabove = 800\n",
+    ));
+    assert!(p.iter().any(|p| p.key == "market.resource[0].kw"), "{p:?}");
+}

@@ -149,6 +149,54 @@ impl Resource {
     }
 }
 
+impl Resource {
+    /// The agent's view of a configured resource, with a storage's energy stored now (Wh,
+    /// read from its `soc_point`); `None` for PV, which is in the forecast, and for a
+    /// storage whose state of charge is not known (it does not answer blind).
+    pub fn from_config(
+        c: &gridgate_config::market::ResourceConfig,
+        soc_wh: Option<i64>,
+    ) -> Option<Resource> {
+        use gridgate_config::market::ResourceConfig as C;
+        Some(match c {
+            C::Shed {
+                load,
+                steps,
+                max_shed_kw,
+            } => Resource::Shed {
+                load: load.clone(),
+                steps: steps.clone(),
+                max_shed_kw: *max_shed_kw,
+            },
+            C::Deferrable { load, kw, above } => Resource::Deferrable {
+                load: load.clone(),
+                kw: *kw,
+                above: *above,
+            },
+            C::Storage {
+                name,
+                charge_below,
+                discharge_above,
+                max_charge_kw,
+                max_discharge_kw,
+                min_soc_wh,
+                max_soc_wh,
+                ..
+            } => Resource::Storage {
+                name: name.clone(),
+                charge_below: *charge_below,
+                discharge_above: *discharge_above,
+                max_charge_kw: *max_charge_kw,
+                max_discharge_kw: *max_discharge_kw,
+                soc_wh: soc_wh?,
+                min_soc_wh: *min_soc_wh,
+                max_soc_wh: *max_soc_wh,
+            },
+            C::Pv { .. } => return None,
+        })
+    }
+}
+
 /// The gateway's answer at `price`: forecast net demand (consumption less PV, Wh, for the
 /// interval of `hours`) less what its resources give.
 pub fn answer(forecast_net_wh: i64, resources: &[Resource], price: i64, hours: f64) -> i64 {
