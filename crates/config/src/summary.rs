@@ -86,15 +86,28 @@ pub fn summary(cfg: &GatewayConfig) -> String {
     }
     for l in &cfg.loads {
         s.push_str(&format!(
-            "    load {} metered by {}: up to {} kW off, {}\n",
+            "    load {} metered by {}: {}, {}\n",
             l.name,
             l.meter,
-            l.max_shed_kw,
+            // An on/off load without a rated power has no limit of its own in kW.
+            if l.max_shed_kw < 1e9 {
+                format!("up to {} kW off", l.max_shed_kw)
+            } else {
+                "switched off whole".to_string()
+            },
             match &l.control {
                 Some(crate::Control::Point(p)) => format!("moved by {}/{}", p.device, p.point),
                 Some(crate::Control::Mqtt(m)) => format!("moved over MQTT on {}", m.command_topic),
                 None => "measured only".to_string(),
             }
+        ));
+    }
+    if let Some(m) = &cfg.market {
+        s.push_str(&format!(
+            "  market: area {}, {} delivery intervals, {} flexible resource(s)\n",
+            m.area,
+            humantime::format_duration(m.interval),
+            m.resources.len()
         ));
     }
     if let Some(l) = &cfg.ledger {

@@ -207,6 +207,7 @@ fn the_site_examples_are_valid() {
 fn the_shipped_example_config_is_valid() {
     let text = include_str!("../../../deploy/example.toml");
     let cfg = parse(text, Path::new("deploy/example.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.market.as_ref().map(|m| m.resources.len()), Some(4));
     assert_eq!(cfg.buses.len(), 3);
     assert_eq!(cfg.devices().count(), 3);
     assert!(cfg.broker.is_some() && cfg.ingest.is_some());
