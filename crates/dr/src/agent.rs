@@ -197,6 +197,24 @@ impl Resource {
     }
 }
 
+/// A forecast of one interval's energy from a point's history, Wh: the same "high X of Y"
+/// baseline as DR performance (the `x` highest of the first `y` similar days with data over
+/// the interval, up to `lookback` days back) times the interval's length. `samples_on(back)`
+/// gives that day's samples (kW) shifted onto the interval's day. `None` with too little
+/// history: the agent does not answer on a guess.
+pub fn forecast_wh(
+    start_ms: i64,
+    end_ms: i64,
+    (x, y, lookback): (u32, u32, u32),
+    samples_on: impl FnMut(u32) -> crate::measure::Samples,
+) -> Option<i64> {
+    let (chosen, days) =
+        crate::measure::high_x_of_y(start_ms, end_ms, x, y, lookback, None, &[], samples_on)?;
+    let kw = crate::measure::baseline_of_days(&days, start_ms, end_ms, chosen.adjustment)?;
+    let hours = (end_ms - start_ms) as f64 / 3_600_000.0;
+    Some((kw * 1000.0 * hours).round() as i64)
+}
+
 /// The gateway's answer at `price`: forecast net demand (consumption less PV, Wh, for the
 /// interval of `hours`) less what its resources give.
 pub fn answer(forecast_net_wh: i64, resources: &[Resource], price: i64, hours: f64) -> i64 {
@@ -272,6 +290,22 @@ mod tests {
             Err(ResourceError::StorageCrossed("battery".into()))
         );
         assert_eq!(storage(5_000).check(), Ok(()));
+    }
+
+    #[test]
+    fn a_forecast_is_the_high_days_mean_over_the_interval_or_none_without_history() {
+        // Wednesday 2026-12-02 10:00 UTC; ten days of history at 40 kW, Tuesday and Monday
+        // at 60 kW: high 2 of 5 similar (week)days is 60 kW, 15 kWh over the quarter hour.
+        let start = 1_796_205_600_000;
+        let end = start + 900_000;
+        let samples = |kw: f64| -> crate::measure::Samples {
+            (0..15).map(|m| (start + m * 60_000, kw)).collect()
+        };
+        let f = forecast_wh(start, end, (2, 5, 10), |back| {
+            samples(if back == 1 || back == 2 { 60.0 } else { 40.0 })
+        });
+        assert_eq!(f, Some(15_000));
+        assert_eq!(forecast_wh(start, end, (2, 5, 10), |_| Vec::new()), None);
     }
 
     fn resource() -> impl Strategy<Value = Resource> {
