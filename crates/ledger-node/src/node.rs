@@ -76,6 +76,16 @@ fn payload_ok(entry: &pb::Entry, members: &Members) -> bool {
                 && pb::ProgramTerms::decode(p)
                     .is_ok_and(|t| gridgate_ledger::settlement::terms_of(&t).is_some())
         }
+        // Market terms too: from an operator, and they must make sense.
+        Ok(pb::EntryKind::MarketTerms) => {
+            let operator = members
+                .0
+                .get(&entry.origin)
+                .is_some_and(|m| m.role == pb::MemberRole::Operator);
+            operator
+                && pb::MarketTerms::decode(p)
+                    .is_ok_and(|t| gridgate_ledger::market::terms_of(&t).is_some())
+        }
         // A quorum of validators approved it, and an operator or a validator logs it.
         Ok(pb::EntryKind::Membership) => {
             gridgate_ledger::membership::check_entry_payload(entry, members).is_ok()
@@ -574,5 +584,52 @@ mod tests {
             pb::VoteRefusal::BadPayload
         );
         assert!(third.ledger().shut_outs().expect("shut outs").is_empty());
+    }
+
+    #[test]
+    fn market_terms_are_voted_for_only_from_an_operator_and_only_when_sane() {
+        let mut members = Members::default();
+        for (id, role) in [
+            ("op", pb::MemberRole::Operator),
+            ("gw", pb::MemberRole::Gateway),
+        ] {
+            members.0.insert(
+                id.into(),
+                Member {
+                    id: id.into(),
+                    role,
+                    key: Identity::generate().expect("key").public(),
+                    removed: false,
+                },
+            );
+        }
+        let terms = pb::MarketTerms {
+            area: "feeder-7".into(),
+            floor_milli_per_kwh: 400,
+            cap_milli_per_kwh: 1_200,
+            tolerance_wh: 100,
+            max_rounds: 30,
+            interval_s: 900,
+            lead_s: 3_600,
+            gate_closure_s: 300,
+            penalty_milli_per_kwh: 500,
+            effective_ms: 0,
+        };
+        let entry = |origin: &str, t: &pb::MarketTerms| pb::Entry {
+            origin: origin.into(),
+            kind: pb::EntryKind::MarketTerms as i32,
+            payload: t.encode_to_vec(),
+            ..Default::default()
+        };
+        assert!(payload_ok(&entry("op", &terms), &members));
+        assert!(
+            !payload_ok(&entry("gw", &terms), &members),
+            "a gateway sets no terms"
+        );
+        let upside_down = pb::MarketTerms {
+            cap_milli_per_kwh: 100,
+            ..terms
+        };
+        assert!(!payload_ok(&entry("op", &upside_down), &members));
     }
 }

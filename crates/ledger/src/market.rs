@@ -22,6 +22,26 @@ pub struct MarketTerms {
     pub max_rounds: u32,
 }
 
+/// The discovery terms a certified `MarketTerms` entry sets, if it makes sense: an area
+/// named, 0 <= floor <= cap, a tolerance not negative, 1..=64 rounds, an interval of a
+/// minute to a day, gate closure before the lead, a penalty not negative.
+pub fn terms_of(t: &gridgate_proto::v1::MarketTerms) -> Option<MarketTerms> {
+    let sane = !t.area.is_empty()
+        && 0 <= t.floor_milli_per_kwh
+        && t.floor_milli_per_kwh <= t.cap_milli_per_kwh
+        && t.tolerance_wh >= 0
+        && (1..=64).contains(&t.max_rounds)
+        && (60..=86_400).contains(&t.interval_s)
+        && t.gate_closure_s < t.lead_s
+        && t.penalty_milli_per_kwh >= 0;
+    sane.then_some(MarketTerms {
+        floor: t.floor_milli_per_kwh,
+        cap: t.cap_milli_per_kwh,
+        tolerance_wh: t.tolerance_wh,
+        max_rounds: t.max_rounds,
+    })
+}
+
 /// Where price discovery stands after a round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
@@ -342,6 +362,42 @@ mod tests {
                 grid_wh: -1_200
             }
         );
+    }
+
+    #[test]
+    fn market_terms_on_the_ledger_are_taken_only_when_they_make_sense() {
+        let good = gridgate_proto::v1::MarketTerms {
+            area: "feeder-7".into(),
+            floor_milli_per_kwh: 400,
+            cap_milli_per_kwh: 1_200,
+            tolerance_wh: 100,
+            max_rounds: 30,
+            interval_s: 900,
+            lead_s: 3_600,
+            gate_closure_s: 300,
+            penalty_milli_per_kwh: 500,
+            effective_ms: 0,
+        };
+        assert_eq!(terms_of(&good), Some(terms()));
+        let bad = |f: &dyn Fn(&mut gridgate_proto::v1::MarketTerms)| {
+            let mut t = good.clone();
+            f(&mut t);
+            terms_of(&t)
+        };
+        assert_eq!(
+            bad(&|t| t.cap_milli_per_kwh = 300),
+            None,
+            "cap under the floor"
+        );
+        assert_eq!(bad(&|t| t.max_rounds = 0), None);
+        assert_eq!(
+            bad(&|t| t.gate_closure_s = 3_600),
+            None,
+            "gate closure at the lead"
+        );
+        assert_eq!(bad(&|t| t.area.clear()), None);
+        assert_eq!(bad(&|t| t.tolerance_wh = -1), None);
+        assert_eq!(bad(&|t| t.interval_s = 30), None);
     }
 
     #[test]

@@ -84,6 +84,22 @@ fn summary(e: &pb::Entry) -> String {
             ),
             Err(_) => "program terms (do not decode)".into(),
         },
+        Ok(pb::EntryKind::MarketTerms) => match pb::MarketTerms::decode(p) {
+            Ok(t) => format!(
+                "market terms {}: {}..{} milli/kWh, tolerance {} Wh, {} rounds, {} s intervals, open {} s before, closed {} s before, penalty {} milli/kWh, from {}",
+                t.area,
+                t.floor_milli_per_kwh,
+                t.cap_milli_per_kwh,
+                t.tolerance_wh,
+                t.max_rounds,
+                t.interval_s,
+                t.lead_s,
+                t.gate_closure_s,
+                t.penalty_milli_per_kwh,
+                utc(t.effective_ms)
+            ),
+            Err(_) => "market terms (do not decode)".into(),
+        },
         Ok(pb::EntryKind::Membership) => {
             match pb::SignedMembershipChange::decode(p).ok().and_then(|s| {
                 pb::MembershipChange::decode(s.change.as_slice())
