@@ -893,6 +893,41 @@ async fn the_operator_logs_terms_events_and_membership_changes_and_named_gateway
         "{out}"
     );
 
+    // An area's market terms, the same way; terms that make no sense are refused before
+    // anything is logged.
+    let market = file(
+        "feeder-7.toml",
+        "area = \"feeder-7\"\nfloor_milli_per_kwh = 400\ncap_milli_per_kwh = 1200\ntolerance_wh = 100\neffective = \"now\"\n",
+    );
+    let out = ok(&[
+        "ledger",
+        "publish",
+        "--config",
+        &op_config,
+        "--market-terms",
+        &market,
+    ])
+    .await;
+    assert!(out.contains("certified in"), "{out}");
+    let upside_down = file(
+        "upside-down.toml",
+        "area = \"feeder-7\"\nfloor_milli_per_kwh = 1200\ncap_milli_per_kwh = 400\neffective = \"now\"\n",
+    );
+    let (code, out, err) = run_to_end(
+        &[
+            "ledger",
+            "publish",
+            "--config",
+            &op_config,
+            "--market-terms",
+            &upside_down,
+        ],
+        WAIT,
+    )
+    .await;
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("0 <= floor <= cap"), "{err}");
+
     // The operator's log, as the validators hold it.
     let out = ok(&[
         "ledger", "log", "--config", &op_config, "--origin", "operator",
@@ -900,6 +935,10 @@ async fn the_operator_logs_terms_events_and_membership_changes_and_named_gateway
     .await;
     assert!(
         out.contains("program terms peak-shave: 2500 milli/kWh"),
+        "{out}"
+    );
+    assert!(
+        out.contains("market terms feeder-7: 400..1200 milli/kWh, tolerance 100 Wh, 30 rounds, 900 s intervals"),
         "{out}"
     );
     assert!(

@@ -36,6 +36,52 @@ pub struct WhatToPublish {
     /// A membership change approved by a quorum of validators (`gridgate ledger approve`).
     #[arg(long)]
     pub membership: Option<PathBuf>,
+    /// An area's market terms, in TOML (area, floor_milli_per_kwh, cap_milli_per_kwh,
+    /// effective; tolerance_wh, max_rounds, interval, lead, gate_closure,
+    /// penalty_milli_per_kwh optional; docs/market.md).
+    #[arg(long)]
+    pub market_terms: Option<PathBuf>,
+}
+
+/// An area's market terms as an operator writes them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MarketTermsFile {
+    area: String,
+    floor_milli_per_kwh: i64,
+    cap_milli_per_kwh: i64,
+    tolerance_wh: Option<i64>,
+    max_rounds: Option<u32>,
+    interval: Option<String>,
+    lead: Option<String>,
+    gate_closure: Option<String>,
+    penalty_milli_per_kwh: Option<i64>,
+    /// "now" or an RFC 3339 UTC time.
+    effective: String,
+}
+
+/// "now" or an RFC 3339 UTC time, as ms since 1970.
+fn effective_ms(effective: &str) -> Result<i64> {
+    if effective == "now" {
+        return Ok(now_ms());
+    }
+    let t = humantime::parse_rfc3339_weak(effective)
+        .with_context(|| format!("effective = {effective:?}: write \"now\" or a UTC time"))?;
+    Ok(t.duration_since(std::time::UNIX_EPOCH)
+        .context("a time before 1970")?
+        .as_millis() as i64)
+}
+
+/// A duration key in seconds, or its default.
+fn seconds(v: &Option<String>, key: &str, default: u32) -> Result<u32> {
+    match v {
+        None => Ok(default),
+        Some(s) => {
+            let d = humantime::parse_duration(s)
+                .with_context(|| format!("{key} = {s:?}: write e.g. 15m, 1h"))?;
+            u32::try_from(d.as_secs()).with_context(|| format!("{key} = {s:?} is too long"))
+        }
+    }
 }
 
 /// A program's terms as an operator writes them.
@@ -78,16 +124,7 @@ fn entry_of(what: &WhatToPublish, me: &str) -> Result<(String, pb::EntryKind, Ve
         let f: TermsFile =
             toml::from_str(&text).with_context(|| format!("{} is not terms", path.display()))?;
         let d = gridgate_ledger::settlement::Terms::default();
-        let effective_ms = if f.effective == "now" {
-            now_ms()
-        } else {
-            let t = humantime::parse_rfc3339_weak(&f.effective).with_context(|| {
-                format!("effective = {:?}: write \"now\" or a UTC time", f.effective)
-            })?;
-            t.duration_since(std::time::UNIX_EPOCH)
-                .context("a time before 1970")?
-                .as_millis() as i64
-        };
+        let effective_ms = effective_ms(&f.effective)?;
         let t = pb::ProgramTerms {
             program: f.program,
             price_milli_per_kwh: f.price_milli_per_kwh,
@@ -121,7 +158,38 @@ fn entry_of(what: &WhatToPublish, me: &str) -> Result<(String, pb::EntryKind, Ve
             bytes,
         ));
     }
-    bail!("give --event, --terms or --membership")
+    if let Some(path) = &what.market_terms {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let f: MarketTermsFile = toml::from_str(&text)
+            .with_context(|| format!("{} is not market terms", path.display()))?;
+        let t = pb::MarketTerms {
+            area: f.area,
+            floor_milli_per_kwh: f.floor_milli_per_kwh,
+            cap_milli_per_kwh: f.cap_milli_per_kwh,
+            tolerance_wh: f.tolerance_wh.unwrap_or(0),
+            max_rounds: f.max_rounds.unwrap_or(30),
+            interval_s: seconds(&f.interval, "interval", 900)?,
+            lead_s: seconds(&f.lead, "lead", 3_600)?,
+            gate_closure_s: seconds(&f.gate_closure, "gate_closure", 300)?,
+            penalty_milli_per_kwh: f.penalty_milli_per_kwh.unwrap_or(0),
+            effective_ms: effective_ms(&f.effective)?,
+        };
+        if gridgate_ledger::market::terms_of(&t).is_none() {
+            bail!(
+                "{}: an area, 0 <= floor <= cap, tolerance_wh and the penalty not negative, max_rounds 1..=64, an interval of 1m..24h, gate_closure shorter than lead",
+                path.display()
+            );
+        }
+        let bytes = t.encode_to_vec();
+        let claim = format!(
+            "market-terms/{}/{}",
+            t.area,
+            hex::encode(gridgate_core::sha256(&bytes))
+        );
+        return Ok((claim, pb::EntryKind::MarketTerms, bytes));
+    }
+    bail!("give --event, --terms, --membership or --market-terms")
 }
 
 /// `gridgate ledger publish`.
