@@ -537,47 +537,26 @@ impl LedgerTables<'_> {
     }
 
     /// Every origin with certified entries: its next sequence number and the hash of the
-    /// entry before it. One seek per origin, not a walk over every entry.
+    /// entry before it.
     pub fn certified_heads(&self) -> Result<Vec<(String, u64, [u8; 32])>, StoreError> {
-        let txn = self.0.begin_read()?;
-        let Some(t) = read_table(&txn, CERTIFIED)? else {
-            return Ok(Vec::new());
-        };
         let mut out = Vec::new();
-        let mut from = String::new();
-        loop {
-            let first = t
-                .range((from.as_str(), 0)..)
-                .map_err(StoreError::db)?
-                .next()
-                .transpose()
-                .map_err(StoreError::db)?;
-            let Some((k, _)) = first else {
-                return Ok(out);
+        for (origin, next) in self.heads()? {
+            let Some(bytes) = self.certified(&origin, next.saturating_sub(1))? else {
+                continue;
             };
-            let origin = k.value().0.to_string();
-            let last = t
-                .range((origin.as_str(), 0)..=(origin.as_str(), u64::MAX))
-                .map_err(StoreError::db)?
-                .next_back()
-                .transpose()
-                .map_err(StoreError::db)?;
-            if let Some((k, v)) = last {
-                let c = pb::CertifiedEntry::decode(v.value()).map_err(|e| {
-                    StoreError::db(redb::Error::Corrupted(format!(
-                        "certified entry of {origin}: {e}"
-                    )))
-                })?;
-                let hash = c
-                    .entry
-                    .as_ref()
-                    .map(gridgate_ledger::entry::entry_hash)
-                    .unwrap_or_default();
-                out.push((origin.clone(), k.value().1 + 1, hash));
-            }
-            // The next origin sorts right after this one with a NUL appended.
-            from = format!("{origin}\0");
+            let c = pb::CertifiedEntry::decode(bytes.as_slice()).map_err(|e| {
+                StoreError::db(redb::Error::Corrupted(format!(
+                    "certified entry of {origin}: {e}"
+                )))
+            })?;
+            let hash = c
+                .entry
+                .as_ref()
+                .map(gridgate_ledger::entry::entry_hash)
+                .unwrap_or_default();
+            out.push((origin, next, hash));
         }
+        Ok(out)
     }
 }
 

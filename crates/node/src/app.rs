@@ -32,6 +32,7 @@ use tracing::{debug, info, warn};
 use gridgate_config::ledger::ConsensusConfig;
 use gridgate_core::instruments::Instruments;
 use gridgate_ledger_node::cuts;
+use gridgate_ledger_node::tables::LedgerStore;
 use gridgate_store::Store;
 
 /// The engine's signing scheme: Ed25519, attributable (each vote names its validator), so a
@@ -203,7 +204,7 @@ impl App {
         cfg: ConsensusConfig,
         status: Arc<Instruments>,
     ) -> Result<App, gridgate_store::StoreError> {
-        let decided = store_decided_state(&store)?;
+        let decided = store.ledger().decided_state()?;
         status
             .consensus
             .decided_height
@@ -270,7 +271,7 @@ impl App {
     }
 
     fn reread_decided(&mut self) {
-        match store_decided_state(&self.store) {
+        match self.store.ledger().decided_state() {
             Ok(s) if s.height > self.decided.height => self.set_decided(s),
             Ok(_) => {}
             Err(e) => warn!("consensus: reading decided cuts: {e}"),
@@ -631,7 +632,7 @@ impl App {
         let Some(seq) = h.next.checked_sub(1) else {
             return false;
         };
-        matches!(self.store.ledger_certified(&h.origin, seq), Some(true))
+        matches!(self.store.ledger().certified(&h.origin, seq), Ok(Some(_)))
     }
 
     fn refuse(&mut self, v: PendingVerify, c: &pb::Cut, why: &str) {
@@ -754,25 +755,4 @@ fn body_message(b: &Body) -> Vec<u8> {
     let mut msg = vec![TAG_BODY];
     d.encode(&mut msg).ok();
     msg
-}
-
-fn store_decided_state(store: &Store) -> Result<CutState, gridgate_store::StoreError> {
-    use gridgate_ledger_node::tables::LedgerStore;
-    store.ledger().decided_state()
-}
-
-/// A read of one certified place, for the check that a cut names another entry.
-trait CertifiedAt {
-    /// Whether a certified entry is stored at (origin, seq); `None` when the store fails.
-    fn ledger_certified(&self, origin: &str, seq: u64) -> Option<bool>;
-}
-
-impl CertifiedAt for Store {
-    fn ledger_certified(&self, origin: &str, seq: u64) -> Option<bool> {
-        use gridgate_ledger_node::tables::LedgerStore;
-        self.ledger()
-            .certified(origin, seq)
-            .ok()
-            .map(|c| c.is_some())
-    }
 }

@@ -6,10 +6,9 @@
 //!
 //! - [`app`]: the application the engine drives (propose, verify, relay, report).
 //! - [`engine`]: the engine, the P2P network and the journal, on their own runtime.
+//!
+//! What consensus shows the rest of the node (status line, `/metrics`) is
+//! `gridgate_core::instruments::Consensus`, with the node's other instruments.
 
 pub mod app;
 pub mod engine;
-
-/// What the consensus thread shows the rest of the node: kept with the node's other
-/// instruments, so `/metrics` exports it.
-pub use gridgate_core::instruments::Consensus as ConsensusStatus;
