@@ -9,6 +9,9 @@
 
 use std::collections::BTreeMap;
 
+mod rounds;
+pub use rounds::*;
+
 /// The market's terms for an area (certified from the operator's log, like program terms).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MarketTerms {
@@ -24,7 +27,7 @@ pub struct MarketTerms {
 
 /// The discovery terms a certified `MarketTerms` entry sets, if it makes sense: an area
 /// named, 0 <= floor <= cap, a tolerance not negative, 1..=64 rounds, an interval of a
-/// minute to a day, gate closure before the lead, a penalty not negative.
+/// minute to a day, gate closure before the lead, a penalty not negative, rounds of at most ten minutes.
 pub fn terms_of(t: &gridgate_proto::v1::MarketTerms) -> Option<MarketTerms> {
     let sane = !t.area.is_empty()
         && 0 <= t.floor_milli_per_kwh
@@ -33,7 +36,8 @@ pub fn terms_of(t: &gridgate_proto::v1::MarketTerms) -> Option<MarketTerms> {
         && (1..=64).contains(&t.max_rounds)
         && (60..=86_400).contains(&t.interval_s)
         && t.gate_closure_s < t.lead_s
-        && t.penalty_milli_per_kwh >= 0;
+        && t.penalty_milli_per_kwh >= 0
+        && t.round_s <= 600;
     sane.then_some(MarketTerms {
         floor: t.floor_milli_per_kwh,
         cap: t.cap_milli_per_kwh,
@@ -71,6 +75,21 @@ pub enum Stop {
     AtBound,
     /// The rounds ran out.
     OutOfRounds,
+    /// Gate closure came first: the last round's price stands.
+    GateClosed,
+}
+
+impl Stop {
+    /// As the clearing record and the tools say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stop::Balanced => "balanced",
+            Stop::Bracketed => "bracketed",
+            Stop::AtBound => "at-bound",
+            Stop::OutOfRounds => "out-of-rounds",
+            Stop::GateClosed => "gate-closed",
+        }
+    }
 }
 
 /// Price discovery by bisection on the bracket [low, high]: the price that balances lies
@@ -377,6 +396,7 @@ mod tests {
             gate_closure_s: 300,
             penalty_milli_per_kwh: 500,
             effective_ms: 0,
+            round_s: 0,
         };
         assert_eq!(terms_of(&good), Some(terms()));
         let bad = |f: &dyn Fn(&mut gridgate_proto::v1::MarketTerms)| {
@@ -478,7 +498,9 @@ mod tests {
                             || (price < t.cap && above.signum() != here.signum())
                     );
                 }
-                Stop::OutOfRounds => prop_assert!(false, "64 rounds are never needed"),
+                Stop::OutOfRounds | Stop::GateClosed => {
+                    prop_assert!(false, "64 rounds are never needed")
+                }
             }
             let answers: BTreeMap<String, i64> = members
                 .iter()
