@@ -77,7 +77,7 @@ impl Pipeline {
     ) -> Result<Pipeline, DaemonError> {
         parts::check_mqtt_tls(cfg)?;
         let store = Store::open_with(&cfg.data_dir, &cfg.id, cfg.store.dedupe_window)?;
-        store.set_metered(cfg.loads.iter().map(|l| l.meter.clone()));
+        store.set_metered(cfg.metered_points());
         let stats = store.stats()?;
         info!(
             store = %store.path().display(),
@@ -119,6 +119,7 @@ impl Pipeline {
             controls: Default::default(),
             identity,
             ledger_wake: Default::default(),
+            sync_wake: Default::default(),
         };
         let always = parts::start_always(&shared);
         let mut p = Pipeline {
@@ -206,10 +207,7 @@ impl Pipeline {
             restarted.push(s.label().to_string());
         }
         restarted.extend(self.reload_buses(&old, &new).await);
-        self.shared
-            .store
-            .store
-            .set_metered(new.loads.iter().map(|l| l.meter.clone()));
+        self.shared.store.store.set_metered(new.metered_points());
         self.shared.config.send_replace(Arc::new(new));
         Ok(restarted)
     }

@@ -46,6 +46,8 @@ pub struct Shared {
     pub identity: Identity,
     /// Wakes the ledger certifier when an own entry was appended.
     pub ledger_wake: Arc<tokio::sync::Notify>,
+    /// Starts the ledger sync's next round early.
+    pub sync_wake: Arc<tokio::sync::Notify>,
 }
 
 /// A started part: its tasks and the token that stops them.
@@ -333,6 +335,33 @@ async fn start_api(
             l.clone(),
             part.token(),
         ));
+        // A validator runs the market's rounds over the decided cuts (docs/market.md).
+        if l.role == gridgate_config::ledger::LedgerRole::Validator {
+            part.tasks.spawn(gridgate_ledger_node::market::run(
+                gridgate_ledger_node::market::Validator {
+                    store: shared.store.store.clone(),
+                    state: ledger_state.clone(),
+                    me: cfg.id.clone(),
+                    key: shared.identity.clone(),
+                    wake: shared.ledger_wake.clone(),
+                },
+                part.token(),
+            ));
+        }
+        // A gateway in the market answers its rounds (docs/market.md).
+        if l.role == gridgate_config::ledger::LedgerRole::Gateway && cfg.market.is_some() {
+            part.tasks.spawn(gridgate_dr::market::run(
+                gridgate_dr::market::Agent {
+                    store: shared.store.store.clone(),
+                    config: shared.config.subscribe(),
+                    state: ledger_state.clone(),
+                    identity: shared.identity.clone(),
+                    wake_certifier: shared.ledger_wake.clone(),
+                    wake_sync: shared.sync_wake.clone(),
+                },
+                part.token(),
+            ));
+        }
         // And the logs it keeps, fetched from the validators (anti-entropy).
         part.tasks.spawn(gridgate_ledger_node::sync::run(
             gridgate_ledger_node::sync::Replica {
@@ -340,6 +369,7 @@ async fn start_api(
                 state: ledger_state,
                 me: cfg.id.clone(),
                 role: l.role,
+                wake: shared.sync_wake.clone(),
             },
             l.clone(),
             part.token(),

@@ -243,7 +243,7 @@ pub struct Certifier {
 
 /// Runs `f` on the store off the async threads; a failure is logged and is `None` (the
 /// certifier and the sync try again on their next round).
-pub(super) async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     store: &Arc<Store>,
     f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Option<T> {

@@ -277,6 +277,25 @@ mod tests {
         // Reopened, the fold is the same as checking the chain again from the start.
         let from_scratch = check_chain(&CutState::genesis(), &n.members, &again).1;
         assert_eq!(st.ledger().decided_state().expect("state"), from_scratch);
+        // Each cut ordered one more entry of "gw", whether stored in the first call or the
+        // second: cut h ordered gw's entry h - 1, and the entry's cut is found by place.
+        for h in 1..=5u64 {
+            let body = cut::decode(&again[h as usize - 1].cut).expect("cut");
+            assert_eq!(
+                st.ledger().ordered_by(&body).expect("orders"),
+                [("gw".to_string(), h - 1, h)]
+            );
+            assert_eq!(st.ledger().ordered_at("gw", h - 1).expect("at"), Some(h));
+        }
+        assert_eq!(
+            st.ledger().ordered_at("gw", 5).expect("at"),
+            None,
+            "not ordered yet"
+        );
+        // Cut h was proposed at 1,000 + h - 1 ms: the first at or after a time, by bisection.
+        assert_eq!(st.ledger().first_cut_at(0).expect("first"), Some(1));
+        assert_eq!(st.ledger().first_cut_at(1_002).expect("first"), Some(3));
+        assert_eq!(st.ledger().first_cut_at(1_005).expect("first"), None);
     }
 
     #[test]

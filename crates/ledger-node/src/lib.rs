@@ -6,12 +6,15 @@
 //! - [`node`]: a validator's vote and a pushed certificate, against the store.
 //! - [`certifier`]: a node's own log: append claims, collect votes, spread certificates.
 //! - [`cuts`]: decided cuts, checked against their finalization and chain, and stored.
+//! - [`market`]: the flexibility market's entries read from the logs held, and a
+//!   validator's rounds and clearing over the decided cuts.
 //! - [`sync`]: anti-entropy: a replica fetches the certified entries it lacks.
 //! - [`state`]: what a node's ledger parts share: the membership in force, the feed of
 //!   newly stored certified entries.
 
 pub mod certifier;
 pub mod cuts;
+pub mod market;
 pub mod node;
 pub mod state;
 pub mod sync;

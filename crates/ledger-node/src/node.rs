@@ -55,6 +55,14 @@ fn shut_out_for(store: &Store, accused: &str, proof: &[u8]) -> Result<(), StoreE
     Ok(())
 }
 
+/// Whether the entry's origin is a validator.
+fn validator(entry: &pb::Entry, members: &Members) -> bool {
+    members
+        .0
+        .get(&entry.origin)
+        .is_some_and(|m| m.role == pb::MemberRole::Validator)
+}
+
 /// Checks that a payload is a valid message of the entry's kind.
 fn payload_ok(entry: &pb::Entry, members: &Members) -> bool {
     let p = entry.payload.as_slice();
@@ -85,6 +93,28 @@ fn payload_ok(entry: &pb::Entry, members: &Members) -> bool {
             operator
                 && pb::MarketTerms::decode(p)
                     .is_ok_and(|t| gridgate_ledger::market::terms_of(&t).is_some())
+        }
+        // A gateway's answer in a round, within reason.
+        Ok(pb::EntryKind::MarketAnswer) => {
+            let gateway = members
+                .0
+                .get(&entry.origin)
+                .is_some_and(|m| m.role == pb::MemberRole::Gateway);
+            gateway
+                && pb::MarketAnswer::decode(p).is_ok_and(|a| {
+                    !a.area.is_empty()
+                        && (1..=64).contains(&a.round)
+                        && a.price_milli_per_kwh >= 0
+                        && a.quantity_wh.unsigned_abs()
+                            <= gridgate_ledger::market::MAX_ANSWER_WH as u64
+                })
+        }
+        // Rounds and clearings are what validators compute.
+        Ok(pb::EntryKind::MarketRound) => {
+            validator(entry, members) && pb::MarketRound::decode(p).is_ok()
+        }
+        Ok(pb::EntryKind::MarketClearing) => {
+            validator(entry, members) && pb::MarketClearing::decode(p).is_ok()
         }
         // A quorum of validators approved it, and an operator or a validator logs it.
         Ok(pb::EntryKind::Membership) => {
@@ -587,7 +617,7 @@ mod tests {
     }
 
     #[test]
-    fn market_terms_are_voted_for_only_from_an_operator_and_only_when_sane() {
+    fn market_entries_are_voted_for_only_from_their_role_and_only_when_sane() {
         let mut members = Members::default();
         for (id, role) in [
             ("op", pb::MemberRole::Operator),
@@ -614,6 +644,7 @@ mod tests {
             gate_closure_s: 300,
             penalty_milli_per_kwh: 500,
             effective_ms: 0,
+            round_s: 5,
         };
         let entry = |origin: &str, t: &pb::MarketTerms| pb::Entry {
             origin: origin.into(),
@@ -621,6 +652,48 @@ mod tests {
             payload: t.encode_to_vec(),
             ..Default::default()
         };
+        let market = |origin: &str, kind: pb::EntryKind, payload: Vec<u8>| pb::Entry {
+            origin: origin.into(),
+            kind: kind as i32,
+            payload,
+            ..Default::default()
+        };
+        let answer = |q: i64, round: u32| {
+            pb::MarketAnswer {
+                area: "feeder-7".into(),
+                interval_ms: 0,
+                round,
+                price_milli_per_kwh: 800,
+                quantity_wh: q,
+            }
+            .encode_to_vec()
+        };
+        let a = pb::EntryKind::MarketAnswer;
+        assert!(payload_ok(&market("gw", a, answer(-3_000, 1)), &members));
+        assert!(
+            !payload_ok(&market("op", a, answer(-3_000, 1)), &members),
+            "only gateways answer"
+        );
+        assert!(
+            !payload_ok(&market("gw", a, answer(i64::MIN, 1)), &members),
+            "beyond reason"
+        );
+        assert!(
+            !payload_ok(&market("gw", a, answer(1, 0)), &members),
+            "rounds count from 1"
+        );
+        let round = pb::MarketRound::default().encode_to_vec();
+        assert!(
+            !payload_ok(
+                &market("gw", pb::EntryKind::MarketRound, round.clone()),
+                &members
+            ),
+            "only validators announce rounds"
+        );
+        assert!(!payload_ok(
+            &market("op", pb::EntryKind::MarketClearing, Vec::new()),
+            &members
+        ));
         assert!(payload_ok(&entry("op", &terms), &members));
         assert!(
             !payload_ok(&entry("gw", &terms), &members),

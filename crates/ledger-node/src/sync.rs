@@ -37,6 +37,8 @@ pub struct Replica {
     pub me: String,
     /// Its role.
     pub role: LedgerRole,
+    /// Starts the next round early (the market agent, while a discovery is open).
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 impl Replica {
@@ -208,6 +210,7 @@ pub async fn run(r: Replica, cfg: LedgerConfig, cancel: CancellationToken) {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(EVERY) => {}
+            _ = r.wake.notified() => {}
         }
     }
 }
@@ -246,6 +249,7 @@ mod tests {
             state: Arc::new(LedgerState::new(members.clone())),
             me: "gw".into(),
             role,
+            wake: Default::default(),
         };
         let gw = replica(LedgerRole::Gateway);
         let kept: Vec<&str> = ["v0", "gw", "gw2", "op", "watcher", "stranger"]

@@ -28,6 +28,11 @@ const CUTS: TableDefinition<u64, &[u8]> = TableDefinition::new("ledger_cuts");
 /// at next - 1 (32) and the height of the cut that moved it (8 BE). Kept with each decided
 /// cut, in the same transaction, so the fold is never recomputed from the first cut.
 const CUT_HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("ledger_cut_heads");
+/// (origin, next) of each head a decided cut names → (the cut's height, the origin's next
+/// before it): which entries each cut ordered, and which cut ordered an entry, without
+/// folding the chain again (the market's rounds count answers by the cut that ordered them).
+const CUT_ORDERS: TableDefinition<(&str, u64), (u64, u64)> =
+    TableDefinition::new("ledger_cut_orders");
 
 /// What a vote request found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -493,11 +498,30 @@ impl LedgerTables<'_> {
                     now,
                 });
             }
+            let mut h = txn.open_table(CUT_HEADS).map_err(StoreError::db)?;
+            let mut orders = txn.open_table(CUT_ORDERS).map_err(StoreError::db)?;
+            let mut before: std::collections::BTreeMap<String, u64> = Default::default();
             for (height, c) in cuts {
                 t.insert(*height, c.encode_to_vec().as_slice())
                     .map_err(StoreError::db)?;
+                let body = gridgate_ledger::cut::decode(&c.cut).map_err(|e| {
+                    StoreError::db(redb::Error::Corrupted(format!("decided cut {height}: {e}")))
+                })?;
+                for head in &body.heads {
+                    let from = match before.get(&head.origin) {
+                        Some(n) => *n,
+                        None => h
+                            .get(head.origin.as_str())
+                            .map_err(StoreError::db)?
+                            .and_then(|v| decode_head(v.value()))
+                            .map_or(0, |a| a.next),
+                    };
+                    orders
+                        .insert((head.origin.as_str(), head.next), (*height, from))
+                        .map_err(StoreError::db)?;
+                    before.insert(head.origin.clone(), head.next);
+                }
             }
-            let mut h = txn.open_table(CUT_HEADS).map_err(StoreError::db)?;
             for (origin, head) in state.heads.iter().filter(|(_, h)| h.height > after) {
                 h.insert(origin.as_str(), encode_head(head).as_slice())
                     .map_err(StoreError::db)?;
@@ -505,6 +529,83 @@ impl LedgerTables<'_> {
         }
         txn.commit().map_err(StoreError::db)?;
         Ok(())
+    }
+
+    /// The entries the decided cut `cut` ordered: (origin, first seq, next seq) for each
+    /// log it moved.
+    pub fn ordered_by(&self, cut: &pb::Cut) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        let txn = self.0.begin_read()?;
+        let Some(t) = read_table(&txn, CUT_ORDERS)? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for head in &cut.heads {
+            if let Some(v) = t
+                .get((head.origin.as_str(), head.next))
+                .map_err(StoreError::db)?
+            {
+                let (height, from) = v.value();
+                if height == cut.height {
+                    out.push((head.origin.clone(), from, head.next));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The height of the decided cut that ordered `origin`'s entry `seq`, if one has.
+    pub fn ordered_at(&self, origin: &str, seq: u64) -> Result<Option<u64>, StoreError> {
+        let txn = self.0.begin_read()?;
+        let Some(t) = read_table(&txn, CUT_ORDERS)? else {
+            return Ok(None);
+        };
+        let first = t
+            .range((origin, seq.saturating_add(1))..=(origin, u64::MAX))
+            .map_err(StoreError::db)?
+            .next()
+            .transpose()
+            .map_err(StoreError::db)?;
+        Ok(first.map(|(_, v)| v.value().0))
+    }
+
+    /// The first decided cut whose time is at or after `time_ms` (cut times rise with the
+    /// height): its height, by bisection.
+    pub fn first_cut_at(&self, time_ms: i64) -> Result<Option<u64>, StoreError> {
+        let txn = self.0.begin_read()?;
+        let Some(t) = read_table(&txn, CUTS)? else {
+            return Ok(None);
+        };
+        let time_of = |height: u64| -> Result<Option<i64>, StoreError> {
+            let Some(v) = t.get(height).map_err(StoreError::db)? else {
+                return Ok(None);
+            };
+            let c = pb::DecidedCut::decode(v.value()).map_err(|e| {
+                StoreError::db(redb::Error::Corrupted(format!("decided cut {height}: {e}")))
+            })?;
+            let body = gridgate_ledger::cut::decode(&c.cut).map_err(|e| {
+                StoreError::db(redb::Error::Corrupted(format!("decided cut {height}: {e}")))
+            })?;
+            Ok(Some(body.time_ms))
+        };
+        let (Some(first), Some(last)) = (
+            t.first().map_err(StoreError::db)?.map(|(k, _)| k.value()),
+            t.last().map_err(StoreError::db)?.map(|(k, _)| k.value()),
+        ) else {
+            return Ok(None);
+        };
+        if time_of(last)?.is_none_or(|t| t < time_ms) {
+            return Ok(None);
+        }
+        let (mut lo, mut hi) = (first, last);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if time_of(mid)?.is_some_and(|t| t >= time_ms) {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        Ok(Some(lo))
     }
 
     /// Decided cuts from `from`, at most `max`, by height.

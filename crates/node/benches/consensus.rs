@@ -450,6 +450,7 @@ async fn catch_up(c: &Consortium, n: u64) -> f64 {
             )),
             me: "v3".into(),
             role: LedgerRole::Validator,
+            wake: Default::default(),
         },
         cfg,
         cancel.clone(),
