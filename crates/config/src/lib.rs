@@ -139,6 +139,25 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
+    /// The points whose samples the store keeps: the loads' meters (DR baselines) and what
+    /// the market agent forecasts from and reads storage from.
+    pub fn metered_points(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.loads.iter().map(|l| l.meter.clone()).collect();
+        if let Some(m) = &self.market {
+            out.extend(m.meter.clone());
+            for r in &m.resources {
+                match r {
+                    market::ResourceConfig::Pv { meter } => out.push(meter.clone()),
+                    market::ResourceConfig::Storage { soc_point, .. } => {
+                        out.push(soc_point.clone())
+                    }
+                    _ => {}
+                }
+            }
+        }
+        out
+    }
+
     /// Every device, with its bus.
     pub fn devices(&self) -> impl Iterator<Item = (&BusConfig, &DeviceConfig)> {
         self.buses

@@ -15,6 +15,8 @@ use crate::dr::LoadConfig;
 pub struct RawMarket {
     pub area: Spanned<String>,
     pub interval: Option<Spanned<String>>,
+    pub meter: Option<Spanned<String>>,
+    pub forecast: Option<Spanned<String>>,
     #[serde(default)]
     pub resource: Vec<RawResource>,
 }
@@ -101,8 +103,42 @@ pub struct MarketConfig {
     pub area: String,
     /// The delivery interval.
     pub interval: Duration,
+    /// The point that measures the site's net import, kW (`device/point`); without one the
+    /// forecast is PV alone (a site that only sells).
+    pub meter: Option<String>,
+    /// How an interval's consumption and production are forecast.
+    pub forecast: Forecast,
     /// Its flexible resources.
     pub resources: Vec<ResourceConfig>,
+}
+
+/// How the agent forecasts an interval from the samples the store keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forecast {
+    /// The mean of the last interval's length of samples, carried forward: for sites with
+    /// too little history, and for the demo.
+    Recent,
+    /// The DR baseline's rule applied ahead: the mean of the highest `x` of the first `y`
+    /// similar days with data (`"high-5-of-10"`, the default).
+    HighXOfY {
+        /// Days kept.
+        x: u32,
+        /// Days looked at.
+        y: u32,
+    },
+}
+
+/// The forecast when the config does not say.
+pub const DEFAULT_FORECAST: Forecast = Forecast::HighXOfY { x: 5, y: 10 };
+
+/// `"recent"` or `"high-X-of-Y"` (1 <= X <= Y <= 30).
+pub fn parse_forecast(s: &str) -> Option<Forecast> {
+    if s == "recent" {
+        return Some(Forecast::Recent);
+    }
+    let (x, y) = s.strip_prefix("high-")?.split_once("-of-")?;
+    let (x, y) = (x.parse().ok()?, y.parse().ok()?);
+    (1 <= x && x <= y && y <= 30).then_some(Forecast::HighXOfY { x, y })
 }
 
 /// The delivery interval when the config does not say.
@@ -127,6 +163,28 @@ impl Checker<'_> {
             );
         }
         let interval = self.duration(&m.interval, "market.interval".into(), DEFAULT_INTERVAL);
+        let meter = m.meter.as_ref().map(|p| {
+            if !points.contains(p.get_ref()) {
+                self.problem(
+                    p,
+                    "market.meter".into(),
+                    format!("no point {:?} (write device/point)", p.get_ref()),
+                );
+            }
+            p.get_ref().clone()
+        });
+        let forecast = match &m.forecast {
+            None => DEFAULT_FORECAST,
+            Some(f) => parse_forecast(f.get_ref()).unwrap_or_else(|| {
+                self.problem(
+                    f,
+                    "market.forecast".into(),
+                    "write \"recent\" or \"high-X-of-Y\" (1 <= X <= Y <= 30), as \"high-5-of-10\""
+                        .into(),
+                );
+                DEFAULT_FORECAST
+            }),
+        };
         let mut resources = Vec::new();
         for (i, r) in m.resource.iter().enumerate() {
             if let Some(c) = self.check_resource(i, r, loads, points) {
@@ -136,6 +194,8 @@ impl Checker<'_> {
         Some(MarketConfig {
             area,
             interval,
+            meter,
+            forecast,
             resources,
         })
     }

@@ -563,6 +563,19 @@ fn market_resources_are_checked_against_the_loads_and_points() {
         p.iter().any(|p| p.key == "market.resource[0].charge_below"),
         "{p:?}"
     );
+    let p = problems(&with(
+        "meter = \"nowhere/p\"\nforecast = \"high-11-of-10\"\n",
+    ));
+    assert!(p.iter().any(|p| p.key == "market.meter"), "{p:?}");
+    assert!(p.iter().any(|p| p.key == "market.forecast"), "{p:?}");
+    assert_eq!(
+        market::parse_forecast("recent"),
+        Some(market::Forecast::Recent)
+    );
+    assert_eq!(
+        market::parse_forecast("high-5-of-10"),
+        Some(market::Forecast::HighXOfY { x: 5, y: 10 })
+    );
     let p = problems(&with("[[market.resource]]\nkind = \"wind\"\n"));
     assert!(
         p.iter()

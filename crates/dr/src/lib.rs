@@ -9,7 +9,8 @@
 //!   bus tasks, confirmed by read-back), retries, restores at the end, survives restarts.
 //!
 //! - [`agent`]: the gateway's market agent: its answer at an announced price, from its
-//!   forecast and flexible resources (docs/market.md).
+//!   forecast and flexible resources (docs/market.md); [`market`]: the agent at work,
+//!   answering each open round the validators announce.
 //! - [`shared`]: the record lock, the relay's wake-up and the feed of changes.
 //! - [`measure`] and [`report`]: the reduction against a baseline, and the signed
 //!   performance report (docs/dr-operator.md).
@@ -17,6 +18,7 @@
 pub mod agent;
 pub mod desk;
 pub mod event;
+pub mod market;
 pub mod measure;
 pub mod mqtt;
 pub mod relay;

@@ -55,6 +55,7 @@ struct MarketTermsFile {
     interval: Option<String>,
     lead: Option<String>,
     gate_closure: Option<String>,
+    round: Option<String>,
     penalty_milli_per_kwh: Option<i64>,
     /// "now" or an RFC 3339 UTC time.
     effective: String,
@@ -174,10 +175,11 @@ fn entry_of(what: &WhatToPublish, me: &str) -> Result<(String, pb::EntryKind, Ve
             gate_closure_s: seconds(&f.gate_closure, "gate_closure", 300)?,
             penalty_milli_per_kwh: f.penalty_milli_per_kwh.unwrap_or(0),
             effective_ms: effective_ms(&f.effective)?,
+            round_s: seconds(&f.round, "round", 10)?,
         };
         if gridgate_ledger::market::terms_of(&t).is_none() {
             bail!(
-                "{}: an area, 0 <= floor <= cap, tolerance_wh and the penalty not negative, max_rounds 1..=64, an interval of 1m..24h, gate_closure shorter than lead",
+                "{}: an area, 0 <= floor <= cap, tolerance_wh and the penalty not negative, max_rounds 1..=64, an interval of 1m..24h, gate_closure shorter than lead, a round of at most 10m",
                 path.display()
             );
         }
