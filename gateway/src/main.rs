@@ -106,6 +106,9 @@ enum Command {
     /// The consortium ledger: what the validators hold, checked.
     #[command(subcommand)]
     Ledger(tools::ledger::LedgerCommand),
+    /// The flexibility market: rounds, clearings, this gateway's position.
+    #[command(subcommand)]
+    Market(tools::market::MarketCommand),
     /// The running gateway on one screen: devices, buses, store, uplink, DR, ledger.
     ///
     /// Asks the gateway's commissioning page ([web]) with the credential its config names;
@@ -392,6 +395,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Pull(args) => tools::pull::run(args, &mut stdout).await,
         Command::Dr(cmd) => tools::dr::run(cmd, &mut stdout).await,
         Command::Ledger(cmd) => tools::ledger::run(cmd, &mut stdout).await,
+        Command::Market(cmd) => tools::market::run(cmd, &mut stdout).await,
         Command::Status(args) => tools::status::run(args, &mut stdout).await,
         Command::WebToken { out } => tools::status::make_token(&out, &mut stdout),
         Command::Keygen {

@@ -11,44 +11,58 @@ use gridgate_tests::dr_site::{WAIT, keygen, wait_for_port};
 use gridgate_tests::{Gateway, free_port, gridgate_bin, grpc_section, run_to_end, with_site};
 use tokio::process::{Child, Command};
 
-/// A consortium of `n` validators run by `gridgate-node`.
-struct Consortium {
+/// A consortium of `n` validators run by `gridgate-node`, and other members.
+pub(crate) struct Consortium {
     dir: tempfile::TempDir,
     /// v0's page and /metrics (open to read on loopback).
     web: u16,
     grpc: Vec<u16>,
     p2p: Vec<u16>,
     nodes: Vec<Option<Child>>,
+    /// The members that are not validators: (id, role).
+    others: Vec<(String, String)>,
+    /// The cut interval the validators run.
+    cut_interval: &'static str,
 }
 
 impl Consortium {
     fn new(n: usize) -> Consortium {
+        Consortium::with_members(n, &[("gw", "gateway")])
+    }
+
+    /// `n` validators and `others` (id, role), each with a key in its directory.
+    pub(crate) fn with_members(n: usize, others: &[(&str, &str)]) -> Consortium {
         let dir = tempfile::tempdir().expect("dir");
         gridgate_api::pki::make_site_pki(&dir.path().join("pki"), "consortium", &[]).expect("pki");
-        for i in 0..n {
-            let d = dir.path().join(format!("v{i}"));
+        let ids = (0..n)
+            .map(|i| format!("v{i}"))
+            .chain(others.iter().map(|(id, _)| id.to_string()));
+        for id in ids {
+            let d = dir.path().join(id);
             std::fs::create_dir_all(&d).expect("dir");
             keygen(&d);
         }
-        let gw = dir.path().join("gw");
-        std::fs::create_dir_all(&gw).expect("dir");
-        keygen(&gw);
         Consortium {
             web: free_port(),
             dir,
             grpc: (0..n).map(|_| free_port()).collect(),
             p2p: (0..n).map(|_| free_port()).collect(),
             nodes: (0..n).map(|_| None).collect(),
+            others: others
+                .iter()
+                .map(|(id, role)| (id.to_string(), role.to_string()))
+                .collect(),
+            cut_interval: "100ms",
         }
     }
 
-    fn node_dir(&self, id: &str) -> PathBuf {
+    pub(crate) fn node_dir(&self, id: &str) -> PathBuf {
         self.dir.path().join(id)
     }
 
     /// `[ledger]` for node `id` of `role`: the validators (with their gRPC endpoints and
     /// consensus addresses) and one gateway, `gw`.
-    fn ledger_section(&self, role: &str, id: &str) -> String {
+    pub(crate) fn ledger_section(&self, role: &str, id: &str) -> String {
         let d = self.node_dir(id);
         let cert = d.join("member.pem");
         if !cert.exists() {
@@ -70,10 +84,12 @@ impl Consortium {
                 self.p2p[i],
             ));
         }
-        members.push_str(&format!(
-            "  {{ id = \"gw\", role = \"gateway\", public_key = \"{}\" }},\n",
-            self.node_dir("gw").join("identity.pub").display()
-        ));
+        for (other, role) in &self.others {
+            members.push_str(&format!(
+                "  {{ id = \"{other}\", role = \"{role}\", public_key = \"{}\" }},\n",
+                self.node_dir(other).join("identity.pub").display()
+            ));
+        }
         let pki = self.dir.path().join("pki");
         format!(
             "\n[ledger]\nrole = \"{role}\"\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\nmembers = [\n{members}]\n\n[[ledger.program]]\nname = \"peak-shave\"\nprice_milli_per_kwh = 1500\ngrace = \"1s\"\n",
@@ -83,12 +99,12 @@ impl Consortium {
         )
     }
 
-    fn config_path(&self, id: &str) -> PathBuf {
+    pub(crate) fn config_path(&self, id: &str) -> PathBuf {
         self.node_dir(id).join("gridgate.toml")
     }
 
     /// Starts validator `i` (again, after a stop, on the same store and journal).
-    async fn start(&mut self, i: usize) {
+    pub(crate) async fn start(&mut self, i: usize) {
         self.start_with(i, &[]).await
     }
 
@@ -105,10 +121,11 @@ impl Consortium {
             String::new()
         };
         let config = format!(
-            "[gateway]\nid = \"{id}\"\n{}{}\n[ledger.consensus]\nlisten = \"127.0.0.1:{}\"\ncut_interval = \"100ms\"\n{web}",
+            "[gateway]\nid = \"{id}\"\n{}{}\n[ledger.consensus]\nlisten = \"127.0.0.1:{}\"\ncut_interval = \"{}\"\n{web}",
             grpc_section(self.grpc[i], &self.dir.path().join("pki")),
             self.ledger_section("validator", &id),
             self.p2p[i],
+            self.cut_interval,
         );
         std::fs::write(self.config_path(&id), with_site(&d, &config)).expect("config");
         let log = std::fs::OpenOptions::new()
@@ -131,14 +148,14 @@ impl Consortium {
         wait_for_port(self.grpc[i]).await;
     }
 
-    async fn kill9(&mut self, i: usize) {
+    pub(crate) async fn kill9(&mut self, i: usize) {
         if let Some(mut c) = self.nodes[i].take() {
             let _ = c.start_kill();
             let _ = c.wait().await;
         }
     }
 
-    fn log(&self, i: usize) -> String {
+    pub(crate) fn log(&self, i: usize) -> String {
         std::fs::read_to_string(self.node_dir(&format!("v{i}")).join("node.log"))
             .unwrap_or_default()
     }
@@ -170,7 +187,7 @@ impl Consortium {
 
     /// Polls until every validator in `who` answers with a checked chain of at least
     /// `height` and all agree; the last output.
-    async fn until_decided(&self, who: &[usize], height: u64) -> String {
+    pub(crate) async fn until_decided(&self, who: &[usize], height: u64) -> String {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
         loop {
             let (code, out) = self.cuts(&self.config_path("v0"), &[]).await;

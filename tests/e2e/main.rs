@@ -14,6 +14,7 @@ mod consensus;
 mod dr;
 mod grpc_api;
 mod ledger;
+mod market;
 mod mqtt_tls;
 mod python_client;
 mod reload;

@@ -4,6 +4,7 @@ pub mod advice;
 pub mod check_config;
 pub mod dr;
 pub mod ledger;
+pub mod market;
 pub mod pull;
 pub mod read;
 pub mod scan;

@@ -3,7 +3,7 @@
 
 mod cuts;
 mod log;
-mod peers;
+pub(crate) mod peers;
 mod prove;
 mod settlement;
 mod status;

@@ -13,7 +13,7 @@ use gridgate_ledger::entry::check_certified;
 /// The membership a validator's replica puts in force: the genesis one with the certified
 /// membership changes in its operators' and validators' logs (each certificate checked
 /// against the genesis membership) applied.
-pub(super) async fn members_held(
+pub(crate) async fn members_held(
     client: &mut LedgerClient<tonic::transport::Channel>,
     genesis: &gridgate_ledger::Members,
 ) -> Result<gridgate_ledger::Members> {
@@ -35,7 +35,7 @@ pub(super) async fn members_held(
 
 /// Every certified entry a validator holds, each certificate checked (against the
 /// membership its replica puts in force).
-pub(super) async fn fetch_all(
+pub(crate) async fn fetch_all(
     client: &mut LedgerClient<tonic::transport::Channel>,
     genesis: &gridgate_ledger::Members,
 ) -> Result<Vec<gridgate_ledger::settlement::Certified>> {
@@ -53,7 +53,7 @@ pub(super) async fn fetch_all(
 }
 
 /// The config's `[ledger]` and its membership with the keys read.
-pub(super) fn consortium(
+pub(crate) fn consortium(
     config: &std::path::Path,
 ) -> Result<(
     gridgate_config::ledger::LedgerConfig,
@@ -68,7 +68,7 @@ pub(super) fn consortium(
 }
 
 /// A client of the validator at `endpoint`, with the config's TLS client identity.
-pub(super) async fn validator(
+pub(crate) async fn validator(
     ledger: &gridgate_config::ledger::LedgerConfig,
     endpoint: &str,
 ) -> Result<LedgerClient<tonic::transport::Channel>> {
@@ -84,7 +84,7 @@ pub(super) async fn validator(
 
 /// A client of validator `v`, or `None` after saying on `out` why it cannot be reached
 /// (each line starts with `prefix`).
-pub(super) async fn reach(
+pub(crate) async fn reach(
     ledger: &gridgate_config::ledger::LedgerConfig,
     v: &gridgate_config::ledger::MemberConfig,
     out: &mut dyn Write,
@@ -104,7 +104,7 @@ pub(super) async fn reach(
 }
 
 /// A validator's heads, or why not (within 10 s).
-pub(super) async fn heads_of(
+pub(crate) async fn heads_of(
     client: &mut LedgerClient<tonic::transport::Channel>,
 ) -> std::result::Result<Vec<pb::Head>, String> {
     match tokio::time::timeout(Duration::from_secs(10), client.heads(pb::HeadsRequest {})).await {
@@ -116,7 +116,7 @@ pub(super) async fn heads_of(
 
 /// A validator that answers with its heads, and the membership its replica puts in force;
 /// `None` after saying on `out` why not.
-pub(super) async fn answering(
+pub(crate) async fn answering(
     ledger: &gridgate_config::ledger::LedgerConfig,
     genesis: &gridgate_ledger::Members,
     v: &gridgate_config::ledger::MemberConfig,
@@ -143,7 +143,7 @@ pub(super) async fn answering(
 }
 
 /// Every certified entry of `origin` a validator holds from `from`, as sent.
-pub(super) async fn fetch_log(
+pub(crate) async fn fetch_log(
     client: &mut LedgerClient<tonic::transport::Channel>,
     origin: &str,
     from: u64,
@@ -167,14 +167,14 @@ pub(super) async fn fetch_log(
 }
 
 /// A time as `2026-11-29T05:20:00Z`.
-pub(super) fn utc(ms: i64) -> String {
+pub(crate) fn utc(ms: i64) -> String {
     let at = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
     humantime::format_rfc3339_seconds(at).to_string()
 }
 
 /// A member's log as one validator holds it, with the membership that validator's replica
 /// puts in force.
-pub(super) struct HeldLog {
+pub(crate) struct HeldLog {
     /// The validator.
     pub validator: String,
     /// Its membership in force.
@@ -185,7 +185,7 @@ pub(super) struct HeldLog {
 
 /// `origin`'s log from `from` as the validator named by `only` (or the first that answers)
 /// holds it; `None` after saying on `out` why each validator could not give it.
-pub(super) async fn log_of(
+pub(crate) async fn log_of(
     ledger: &gridgate_config::ledger::LedgerConfig,
     genesis: &gridgate_ledger::Members,
     origin: &str,

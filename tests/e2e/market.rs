@@ -1,0 +1,247 @@
+//! The flexibility market with real processes on loopback (docs/market.md): four
+//! `gridgate-node` validators decide cuts; an operator publishes an area's terms; three
+//! gateways on simulated Modbus devices (PV, storage, a load that sheds) answer the rounds
+//! from their own readings; the validators run the rounds and log the clearing, and
+//! `gridgate market clearing` finds it final (every validator's identical).
+
+use std::time::Duration;
+
+use gridgate_tests::dr_site::WAIT;
+use gridgate_tests::{Gateway, run_to_end, sims};
+
+use crate::consensus::Consortium;
+
+/// `[[bus]]` and one Modbus `[[device]]` named `name` (unit 1) on `link`, with
+/// `extra_points` after its active power.
+fn device(name: &str, link: &str, extra_points: &str) -> String {
+    format!(
+        "\n[[bus]]\nname = \"{name}-bus\"\nlink = \"{link}\"\n\n[[device]]\nname = \"{name}\"\nbus = \"{name}-bus\"\nprotocol = \"modbus\"\nunit = 1\npoll = \"200ms\"\npoints = [\n  {{ name = \"active_power\", table = \"holding\", address = 0, type = \"f32\", unit = \"kW\" }},\n{extra_points}]\n"
+    )
+}
+
+async fn market_cli(args: &[&str]) -> (i32, String) {
+    let mut all = vec!["market"];
+    all.extend_from_slice(args);
+    let (code, out, err) = run_to_end(&all, WAIT).await;
+    (code, format!("{out}{err}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_gateways_trade_an_interval_and_every_validator_clears_it_identically() {
+    let mut c = Consortium::with_members(
+        4,
+        &[
+            ("op", "operator"),
+            ("gw-pv", "gateway"),
+            ("gw-bat", "gateway"),
+            ("gw-load", "gateway"),
+        ],
+    );
+    for i in 0..4 {
+        c.start(i).await;
+    }
+    c.until_decided(&[0, 1, 2, 3], 5).await;
+
+    // The plant: PV of 8 kW, a battery of 10 kW holding 5 kWh, a 30 kW load.
+    let s = sims(
+        r#"
+[[line]]
+name = "pv"
+protocol = "modbus-tcp"
+listen = "127.0.0.1:0"
+devices = [{ unit = 1, rated_kw = 8.0 }]
+
+[[line]]
+name = "bms"
+protocol = "modbus-tcp"
+listen = "127.0.0.1:0"
+devices = [{ unit = 1, rated_kw = 10.0, energy_kwh = 5.0 }]
+
+[[line]]
+name = "plant"
+protocol = "modbus-tcp"
+listen = "127.0.0.1:0"
+devices = [{ unit = 1, rated_kw = 30.0 }]
+"#,
+    )
+    .await;
+    let link = |n: &str| {
+        s.lines
+            .iter()
+            .find(|l| l.name == n)
+            .map(|l| l.link.clone())
+            .expect("line")
+    };
+    let gateway = |id: &str, body: String| {
+        format!(
+            "[gateway]\nid = \"{id}\"\n{body}{}",
+            c.ledger_section("gateway", id)
+        )
+    };
+    // Each answers from the last minute of its readings ("recent": no history here).
+    let market = "\n[market]\narea = \"feeder-7\"\ninterval = \"1m\"\nforecast = \"recent\"\n";
+    let pv = gateway(
+        "gw-pv",
+        format!(
+            "{}{market}\n[[market.resource]]\nkind = \"pv\"\nmeter = \"pv/active_power\"\n",
+            device("pv", &link("pv"), "")
+        ),
+    );
+    let bat = gateway(
+        "gw-bat",
+        format!(
+            "{}{market}\n[[market.resource]]\nkind = \"storage\"\nname = \"battery\"\nsoc_point = \"bms/stored\"\ncharge_below = 600\ndischarge_above = 800\nmax_charge_kw = 6.0\nmax_discharge_kw = 10.0\nmin_soc_wh = 0\nmax_soc_wh = 100000\n",
+            device(
+                "bms",
+                &link("bms"),
+                "  { name = \"stored\", table = \"holding\", address = 4, type = \"u32\", unit = \"Wh\" },\n"
+            )
+        ),
+    );
+    let load = gateway(
+        "gw-load",
+        format!(
+            "{}\n[[load]]\nname = \"pcs\"\nmeter = \"plant/active_power\"\ncontrol = \"plant/setpoint\"\nrated_kw = 30.0\nmax_shed_kw = 15.0\nmin_setpoint = 20.0\nmax_setpoint = 100.0\n{market}meter = \"plant/active_power\"\n\n[[market.resource]]\nkind = \"shed\"\nload = \"pcs\"\nsteps = [{{ kw = 12.0, from = 900 }}]\n",
+            device(
+                "plant",
+                &link("plant"),
+                "  { name = \"setpoint\", table = \"holding\", address = 10, type = \"u16\", scale = 0.1, unit = \"%\" },\n"
+            )
+        ),
+    );
+    let mut gateways = Vec::new();
+    for (id, config) in [("gw-pv", pv), ("gw-bat", bat), ("gw-load", load)] {
+        gateways.push(Gateway::start_logged(&c.node_dir(id), &config).await);
+    }
+
+    // The operator's terms: one-minute intervals, discovery from 30 s to 5 s before, rounds
+    // of 2 s. Expected answers for a minute: PV sells 133 Wh at any price; the battery
+    // buys 100 Wh below 600, sells 166 Wh from 800; the load buys 500 Wh, 300 Wh from 900.
+    // The imbalance: +467 below 600, +367, +201 from 800, about +1 from 900: balanced (within
+    // 60 Wh) at the first price from 900 up that a round asks.
+    let op = c.node_dir("op");
+    let op_config = op.join("gridgate.toml");
+    std::fs::write(
+        &op_config,
+        gridgate_tests::with_site(
+            &op,
+            &format!(
+                "[gateway]\nid = \"op\"\n{}",
+                c.ledger_section("operator", "op")
+            ),
+        ),
+    )
+    .expect("operator config");
+    let terms = op.join("feeder-7.toml");
+    std::fs::write(
+        &terms,
+        "area = \"feeder-7\"\nfloor_milli_per_kwh = 400\ncap_milli_per_kwh = 1200\ntolerance_wh = 60\nmax_rounds = 20\ninterval = \"1m\"\nlead = \"30s\"\ngate_closure = \"5s\"\nround = \"2s\"\npenalty_milli_per_kwh = 500\neffective = \"now\"\n",
+    )
+    .expect("terms");
+    let op_config = op_config.display().to_string();
+    let (code, out, err) = run_to_end(
+        &[
+            "ledger",
+            "publish",
+            "--config",
+            &op_config,
+            "--market-terms",
+            &terms.display().to_string(),
+        ],
+        WAIT,
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+
+    // Within two intervals an interval that every gateway answered clears.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(150);
+    let out = loop {
+        let (code, out) =
+            market_cli(&["clearing", "--config", &op_config, "--area", "feeder-7"]).await;
+        let all_three = ["gw-pv", "gw-bat", "gw-load"]
+            .iter()
+            .all(|g| out.lines().any(|l| l.starts_with(g)));
+        if code == 0 && all_three {
+            break out;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let logs: Vec<String> = ["gw-pv", "gw-bat", "gw-load"]
+                .iter()
+                .map(|g| {
+                    let l = std::fs::read_to_string(c.node_dir(g).join("gridgate.log"))
+                        .unwrap_or_default();
+                    let tail: Vec<&str> = l.lines().rev().take(15).collect();
+                    format!(
+                        "--- {g}:\n{}",
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    )
+                })
+                .collect();
+            panic!(
+                "no interval cleared with all three gateways; last (exit {code}):\n{out}\n{}\n--- v0:\n{}",
+                logs.join("\n"),
+                c.log(0)
+                    .lines()
+                    .rev()
+                    .take(20)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    assert!(
+        out.contains("final: logged identically by 4 of 4 validators"),
+        "{out}"
+    );
+    assert!(!out.contains("DIFFERENT"), "{out}");
+    let price: i64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("price ")?.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no price in:\n{out}"));
+    assert!(
+        (900..=1200).contains(&price),
+        "the balance lies from 900 up: {price}\n{out}"
+    );
+    let row = |member: &str| -> Vec<i64> {
+        out.lines()
+            .find(|l| l.starts_with(member))
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(1)
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // PV sells about 133 Wh, the battery 166 Wh, the load buys about 300 Wh.
+    let (pv, bat, load) = (row("gw-pv"), row("gw-bat"), row("gw-load"));
+    assert!((-150..=-120).contains(&pv[0]), "{out}");
+    assert_eq!(bat[0], -166, "{out}");
+    assert!((250..=350).contains(&load[0]), "{out}");
+    // What is traded between members sums to zero; the rest is with the grid.
+    assert_eq!(pv[1] + bat[1] + load[1], 0, "{out}");
+
+    // The status and a gateway's position say the same.
+    let (code, status) = market_cli(&["status", "--config", &op_config]).await;
+    assert_eq!(code, 0, "{status}");
+    assert!(
+        status.contains(&format!("cleared at {price} milli/kWh")),
+        "{status}"
+    );
+    let load_config = c.node_dir("gw-load").join("gridgate.toml");
+    let (code, pos) =
+        market_cli(&["position", "--config", &load_config.display().to_string()]).await;
+    assert_eq!(code, 0, "{pos}");
+    assert!(
+        pos.contains(&format!("cleared at {price} milli/kWh: accepted")),
+        "{pos}"
+    );
+
+    for g in gateways {
+        g.stop().await;
+    }
+    for i in 0..4 {
+        c.kill9(i).await;
+    }
+}
