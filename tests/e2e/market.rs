@@ -2,11 +2,12 @@
 //! `gridgate-node` validators decide cuts; an operator publishes an area's terms; three
 //! gateways on simulated Modbus devices (PV, storage, a load that sheds) answer the rounds
 //! from their own readings; the validators run the rounds and log the clearing, and
-//! `gridgate market clearing` finds it final (every validator's identical).
+//! `gridgate market clearing` finds it final (every validator's identical); the load's
+//! relay sheds it in the delivery interval and each gateway logs what it delivered.
 
 use std::time::Duration;
 
-use gridgate_tests::dr_site::WAIT;
+use gridgate_tests::dr_site::{WAIT, reads};
 use gridgate_tests::{Gateway, run_to_end, sims};
 
 use crate::consensus::Consortium;
@@ -27,7 +28,7 @@ async fn market_cli(args: &[&str]) -> (i32, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_gateways_trade_an_interval_and_every_validator_clears_it_identically() {
+async fn three_gateways_trade_an_interval_clear_it_identically_and_deliver_it() {
     let mut c = Consortium::with_members(
         4,
         &[
@@ -236,6 +237,66 @@ devices = [{ unit = 1, rated_kw = 30.0 }]
     assert!(
         pos.contains(&format!("cleared at {price} milli/kWh: accepted")),
         "{pos}"
+    );
+
+    // Delivery: the load's relay sheds 12 kW (setpoint 100 % -> 60 %) in the interval it
+    // was cleared for, and puts it back after; each gateway measures and logs its delivery.
+    let interval = out
+        .lines()
+        .find_map(|l| l.strip_prefix("area feeder-7, interval "))
+        .expect("interval")
+        .to_string();
+    let plant = &mut gateways[2];
+    plant
+        .wait_for(
+            Duration::from_secs(90),
+            "the load shed to 60 %",
+            reads("plant/setpoint", 60.0),
+        )
+        .await;
+    plant
+        .wait_for(
+            Duration::from_secs(90),
+            "the load back at 100 %",
+            reads("plant/setpoint", 100.0),
+        )
+        .await;
+    let interval = &interval;
+    let delivered = |config: std::path::PathBuf| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (code, pos) =
+                market_cli(&["position", "--config", &config.display().to_string()]).await;
+            assert_eq!(code, 0, "{pos}");
+            // The delivery line of the interval cleared above.
+            let mut lines = pos.lines().skip_while(|l| !l.contains(interval.as_str()));
+            if let Some(d) = lines.find(|l| l.trim_start().starts_with("delivered ")) {
+                return d.to_string();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no delivery logged:\n{pos}"
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    };
+    let load_delivered = delivered(load_config.clone()).await;
+    assert!(
+        load_delivered.contains("loads moved: pcs"),
+        "{load_delivered}"
+    );
+    // Shed, it bought about 18 kW for a minute: 300 Wh, as accepted.
+    let wh: i64 = load_delivered
+        .split_whitespace()
+        .nth(1)
+        .and_then(|x| x.parse().ok())
+        .expect("delivered Wh");
+    assert!((250..=350).contains(&wh), "{load_delivered}");
+    // The simulated battery cannot be commanded: it went on charging instead of selling.
+    let bat_delivered = delivered(c.node_dir("gw-bat").join("gridgate.toml")).await;
+    assert!(
+        bat_delivered.contains("against -166 Wh accepted"),
+        "{bat_delivered}"
     );
 
     for g in gateways {

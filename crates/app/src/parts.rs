@@ -270,7 +270,10 @@ async fn start_api(
     }
     let public_key = shared.identity.public().to_bytes();
     let dr = Arc::new(gridgate_dr::desk::DrState {
-        trust: gridgate_dr::desk::load_trust(cfg.dr.as_ref())?,
+        trust: gridgate_dr::desk::load_trust(
+            cfg.dr.as_ref(),
+            cfg.market.as_ref().map(|_| shared.identity.public()),
+        )?,
         shared: shared.dr.clone(),
     });
     // The membership's keys, read once; the changes this node holds certified applied (one
@@ -358,6 +361,11 @@ async fn start_api(
                     identity: shared.identity.clone(),
                     wake_certifier: shared.ledger_wake.clone(),
                     wake_sync: shared.sync_wake.clone(),
+                    desk: gridgate_dr::desk::Desk {
+                        store: shared.store.store.clone(),
+                        config: shared.config.subscribe(),
+                        dr: dr.clone(),
+                    },
                 },
                 part.token(),
             ));

@@ -29,8 +29,12 @@ pub struct TrustError {
     pub source: IdentityError,
 }
 
-/// Reads the issuers' public keys the config names.
-pub fn load_trust(cfg: Option<&DrConfig>) -> Result<Trust, TrustError> {
+/// Reads the issuers' public keys the config names; with `market`, the gateway's own key is
+/// trusted as [`crate::market::ISSUER`], for the deliveries its market agent schedules.
+pub fn load_trust(
+    cfg: Option<&DrConfig>,
+    market: Option<ed25519_dalek::VerifyingKey>,
+) -> Result<Trust, TrustError> {
     let mut trust = Trust::default();
     for (name, path) in cfg.map_or(&[][..], |d| d.issuers.as_slice()) {
         let key = gridgate_core::identity::load_public(path).map_err(|source| TrustError {
@@ -38,6 +42,9 @@ pub fn load_trust(cfg: Option<&DrConfig>) -> Result<Trust, TrustError> {
             source,
         })?;
         trust.0.insert(name.clone(), key);
+    }
+    if let Some(own) = market {
+        trust.0.insert(crate::market::ISSUER.to_string(), own);
     }
     Ok(trust)
 }
@@ -96,7 +103,7 @@ impl Desk {
         signed: pb::SignedDrEvent,
     ) -> Result<pb::DispatchReply, DeskError> {
         let cfg = self.config.borrow().clone();
-        if cfg.dr.is_none() {
+        if cfg.dr.is_none() && cfg.market.is_none() {
             return Err(DeskError::NoDr);
         }
         let _one_at_a_time = self.dr.shared.records.lock().await;
@@ -135,10 +142,13 @@ impl Desk {
             };
             return Ok(self.refuse(&r, event_id));
         }
-        if cfg
-            .dr
-            .as_ref()
-            .is_some_and(|d| d.program(&checked.event.program).is_none())
+        // The market's own deliveries are not a program's events.
+        let market = checked.event.issuer == crate::market::ISSUER;
+        if !market
+            && cfg
+                .dr
+                .as_ref()
+                .is_none_or(|d| d.program(&checked.event.program).is_none())
         {
             let r = Refused::UnknownProgram(checked.event.program.clone());
             return Ok(self.refuse(&r, event_id));

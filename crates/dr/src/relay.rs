@@ -855,9 +855,11 @@ async fn write_report(
         st.dr().put_report(&k, &signed.encode_to_vec())?;
         // A gateway on the ledger claims its performance there (once per event), after the
         // operator-signed event it acted on, which settlement reads the commitment from.
+        // (A market delivery is settled from the market's own entries, not as a claim.)
         if c.ledger
             .as_ref()
             .is_some_and(|l| l.role == LedgerRole::Gateway)
+            && event.issuer != crate::market::ISSUER
         {
             if let Some(event) = &s.signed {
                 gridgate_ledger_node::certifier::append(

@@ -109,6 +109,19 @@ fn payload_ok(entry: &pb::Entry, members: &Members) -> bool {
                             <= gridgate_ledger::market::MAX_ANSWER_WH as u64
                 })
         }
+        // A gateway's own measurement, within reason.
+        Ok(pb::EntryKind::MarketDelivery) => {
+            let gateway = members
+                .0
+                .get(&entry.origin)
+                .is_some_and(|m| m.role == pb::MemberRole::Gateway);
+            gateway
+                && pb::MarketDelivery::decode(p).is_ok_and(|d| {
+                    let sane =
+                        |q: i64| q.unsigned_abs() <= gridgate_ledger::market::MAX_ANSWER_WH as u64;
+                    !d.area.is_empty() && sane(d.delivered_wh) && sane(d.accepted_wh)
+                })
+        }
         // Rounds and clearings are what validators compute.
         Ok(pb::EntryKind::MarketRound) => {
             validator(entry, members) && pb::MarketRound::decode(p).is_ok()

@@ -305,6 +305,7 @@ async fn position(config: &std::path::Path, last: usize, out: &mut dyn Write) ->
     let seen = gather(config, out).await?;
     // Its own answers, as the first validator that answers holds its log.
     let mut answers: BTreeMap<(String, i64), Vec<pb::MarketAnswer>> = BTreeMap::new();
+    let mut deliveries: BTreeMap<(String, i64), pb::MarketDelivery> = BTreeMap::new();
     for v in ledger.members.iter().filter(|m| m.role == "validator") {
         let Some(mut client) = reach(&ledger, v, out, "# ").await? else {
             continue;
@@ -323,6 +324,10 @@ async fn position(config: &std::path::Path, last: usize, out: &mut dyn Write) ->
                     .entry((a.area.clone(), a.interval_ms))
                     .or_default()
                     .push(a);
+            } else if e.kind == pb::EntryKind::MarketDelivery as i32
+                && let Ok(d) = pb::MarketDelivery::decode(e.payload.as_slice())
+            {
+                deliveries.insert((d.area.clone(), d.interval_ms), d);
             }
         }
         break;
@@ -360,6 +365,20 @@ async fn position(config: &std::path::Path, last: usize, out: &mut dyn Write) ->
                 )?,
             },
             None => writeln!(out, "  not cleared (final) yet")?,
+        }
+        if let Some(d) = deliveries.get(&(area.clone(), *start)) {
+            let moved = if d.loads.is_empty() {
+                String::new()
+            } else {
+                format!(", loads moved: {}", d.loads.join(", "))
+            };
+            writeln!(
+                out,
+                "  delivered {:+} Wh against {:+} Wh accepted (deviation {} Wh){moved}",
+                d.delivered_wh,
+                d.accepted_wh,
+                (d.delivered_wh - d.accepted_wh).abs()
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)
