@@ -20,8 +20,19 @@
 //! its claims are not paid and the event is recorded as such. Its n-th offence keeps it out
 //! for a day times 2^(n-1); it returns (at 300) only after that, and only if nothing
 //! counted against it in the meantime.
+//!
+//! The flexibility market (`market`, docs/market.md): a clearing 2f+1 validators logged
+//! identically pays each member's trades with members at the clearing price and its rest
+//! with the grid at the market's cap or floor; a delivery report that misses what was
+//! accepted by more than 10 % (or 10 Wh) pays the market's penalty on the deviation and
+//! costs 30 like a shortfall, one that meets it earns 10, and no report within a day of the
+//! interval's end costs 50 like a missed event, with the whole accepted quantity as the
+//! deviation.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+mod market;
+pub use market::{MET_WITHIN_PERCENT, MET_WITHIN_WH, MarketLine, met};
 
 use ed25519_dalek::{Signature, Verifier};
 use gridgate_proto::v1 as pb;
@@ -140,6 +151,8 @@ pub struct Statement {
     pub cut: Option<(u64, [u8; 32])>,
     /// By (issuer, event, gateway).
     pub lines: Vec<StatementLine>,
+    /// The market's cleared intervals of the period, by (area, interval, member).
+    pub market: Vec<MarketLine>,
     /// By member.
     pub standing: BTreeMap<String, Standing>,
 }
@@ -167,6 +180,9 @@ impl Statement {
                 l.penalty_milli,
                 l.note
             ));
+        }
+        for l in &self.market {
+            s.push_str(&l.canonical());
         }
         for (m, st) in &self.standing {
             s.push_str(&format!(
@@ -274,6 +290,10 @@ enum Happening<'a> {
     /// A gateway logged a report or an operator's event whose signature does not verify
     /// (it signed the entry, so it answers for what is in it).
     Forged(&'a str),
+    /// A gateway's market delivery report, and whether it met what was accepted.
+    Delivered(&'a market::Delivered, bool),
+    /// A gateway a clearing accepted that had logged no delivery when its time ran out.
+    Undelivered(&'a market::Cleared, &'a str),
 }
 
 impl Happening<'_> {
@@ -282,7 +302,8 @@ impl Happening<'_> {
         match self {
             Happening::Accused(m) | Happening::Forged(m) => m,
             Happening::Claimed(c) => c.gateway.as_str(),
-            Happening::Missed(_, g) => g,
+            Happening::Missed(_, g) | Happening::Undelivered(_, g) => g,
+            Happening::Delivered(d, _) => d.gateway.as_str(),
         }
     }
 
@@ -293,6 +314,16 @@ impl Happening<'_> {
             Happening::Forged(m) => (0, m.to_string(), "forged".into()),
             Happening::Claimed(c) => (1, c.gateway.clone(), c.event.id.clone()),
             Happening::Missed(e, g) => (2, g.to_string(), e.id.clone()),
+            Happening::Delivered(d, _) => (
+                3,
+                d.gateway.clone(),
+                format!("{}/{}", d.delivery.area, d.delivery.interval_ms),
+            ),
+            Happening::Undelivered(c, g) => (
+                4,
+                g.to_string(),
+                format!("{}/{}", c.clearing.area, c.clearing.interval_ms),
+            ),
         }
     }
 }
@@ -363,11 +394,40 @@ pub fn settle_as_of(
         .map(|m| (m.id.clone(), fresh()))
         .collect();
     let mut lines = Vec::new();
+    // Market deliveries judged while their member was excluded.
+    let mut excluded_then: BTreeSet<(String, String, i64)> = BTreeSet::new();
     for (at, h) in &timeline {
         let st = standing.entry(h.member().to_string()).or_insert_with(fresh);
         let excluded = st.back_from_probation(*at, h);
         let (line, delta) = match h {
             Happening::Accused(_) | Happening::Forged(_) => (None, 0),
+            Happening::Delivered(d, met) => {
+                if excluded {
+                    excluded_then.insert((
+                        d.gateway.clone(),
+                        d.delivery.area.clone(),
+                        d.delivery.interval_ms,
+                    ));
+                }
+                (
+                    None,
+                    if *met {
+                        DELIVERED_DELTA
+                    } else {
+                        SHORTFALL_DELTA
+                    },
+                )
+            }
+            Happening::Undelivered(c, g) => {
+                if excluded {
+                    excluded_then.insert((
+                        g.to_string(),
+                        c.clearing.area.clone(),
+                        c.clearing.interval_ms,
+                    ));
+                }
+                (None, MISSED_DELTA)
+            }
             Happening::Claimed(c) => {
                 let t = ledgered.terms_for(&c.report.program, c.report.start_ms, terms);
                 let (line, delta) = price_claim(c, &t, excluded);
@@ -390,12 +450,14 @@ pub fn settle_as_of(
     lines.sort_by(|a, b| {
         (&a.issuer, &a.event_id, &a.gateway).cmp(&(&b.issuer, &b.event_id, &b.gateway))
     });
+    let market = ledgered.market_lines(from_ms, to_ms, &excluded_then);
     Statement {
         from_ms,
         to_ms,
         as_of_ms,
         cut: None,
         lines,
+        market,
         standing,
     }
 }
@@ -463,6 +525,8 @@ struct Ledgered {
     forged: Vec<(i64, String)>,
     /// Proofs of equivocation attested by validators, one per proven place: (when, who).
     accused: Vec<(i64, String)>,
+    /// The market's final clearings, their terms and the deliveries.
+    market: market::MarketLedger,
 }
 
 impl Ledgered {
@@ -485,6 +549,7 @@ impl Ledgered {
             claims: Vec::new(),
             forged: Vec::new(),
             accused: Vec::new(),
+            market: Default::default(),
         };
         for e in sorted.iter().filter(logged) {
             l.read_terms(e);
@@ -502,7 +567,45 @@ impl Ledgered {
         for e in sorted.iter().filter(logged) {
             l.read_proof(e, &mut proven);
         }
+        l.market = market::MarketLedger::read(
+            sorted.iter().copied().filter(|e| e.timestamp_ms < as_of_ms),
+            &l.members,
+        );
         l
+    }
+
+    /// A member's delivery for a cleared interval, if logged in time for the statement.
+    fn delivery(&self, member: &str, c: &market::Cleared) -> Option<&market::Delivered> {
+        let end = c.clearing.interval_ms + i64::from(c.terms.interval_s) * 1000;
+        self.market
+            .delivered
+            .get(&(
+                member.to_string(),
+                c.clearing.area.clone(),
+                c.clearing.interval_ms,
+            ))
+            .filter(|d| d.at_ms < self.as_of_ms && d.at_ms <= end.saturating_add(MISSED_AFTER_MS))
+    }
+
+    /// The market lines of the intervals starting in [from_ms, to_ms).
+    fn market_lines(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        excluded: &BTreeSet<(String, String, i64)>,
+    ) -> Vec<MarketLine> {
+        let mut out = Vec::new();
+        for ((area, start), c) in &self.market.cleared {
+            if *start < from_ms || *start >= to_ms {
+                continue;
+            }
+            for a in &c.clearing.members {
+                let d = self.delivery(&a.member, c).map(|d| d.delivery.delivered_wh);
+                let was_excluded = excluded.contains(&(a.member.clone(), area.clone(), *start));
+                out.push(market::line(c, a, d, was_excluded));
+            }
+        }
+        out
     }
 
     fn is(&self, who: &str, role: pb::MemberRole) -> bool {
@@ -663,6 +766,27 @@ impl Ledgered {
                 }
             }
         }
+        // The market: each member a clearing accepted for something, by its delivery report
+        // or, without one in time, when that time ran out.
+        for c in self.market.cleared.values() {
+            let end = c.clearing.interval_ms + i64::from(c.terms.interval_s) * 1000;
+            let due = end.saturating_add(MISSED_AFTER_MS);
+            for a in c.clearing.members.iter().filter(|a| a.asked_wh != 0) {
+                if !self.is(&a.member, pb::MemberRole::Gateway) {
+                    continue;
+                }
+                match self.delivery(&a.member, c) {
+                    Some(d) => timeline.push((
+                        d.at_ms,
+                        Happening::Delivered(d, market::met(a.asked_wh, d.delivery.delivered_wh)),
+                    )),
+                    None if due < self.as_of_ms => {
+                        timeline.push((due, Happening::Undelivered(c, a.member.as_str())))
+                    }
+                    None => {}
+                }
+            }
+        }
         timeline.sort_by_key(|(at, h)| (*at, h.rank()));
         timeline
     }
@@ -762,7 +886,10 @@ impl Standing {
                 self.score = (self.score + FORGED_DELTA).max(0);
                 offence(self, at);
             }
-            Happening::Claimed(_) | Happening::Missed(..) => {
+            Happening::Claimed(_)
+            | Happening::Missed(..)
+            | Happening::Delivered(..)
+            | Happening::Undelivered(..) => {
                 self.score = (self.score + delta).clamp(0, MAX_SCORE);
                 if delta < 0 && (excluded || self.score < THRESHOLD_SCORE) {
                     offence(self, at);
