@@ -347,6 +347,7 @@ async fn start_api(
                     me: cfg.id.clone(),
                     key: shared.identity.clone(),
                     wake: shared.ledger_wake.clone(),
+                    terms: l.terms.clone(),
                 },
                 part.token(),
             ));

@@ -292,6 +292,11 @@ mod tests {
             None,
             "not ordered yet"
         );
+        // The heads as of an earlier cut, from the newest fold walked back.
+        for h in 1..=5u64 {
+            let at = st.ledger().heads_at(h).expect("heads");
+            assert_eq!(at.get("gw"), Some(&h), "as of cut {h}");
+        }
         // Cut h was proposed at 1,000 + h - 1 ms: the first at or after a time, by bisection.
         assert_eq!(st.ledger().first_cut_at(0).expect("first"), Some(1));
         assert_eq!(st.ledger().first_cut_at(1_002).expect("first"), Some(3));

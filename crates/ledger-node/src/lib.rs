@@ -63,7 +63,9 @@ pub fn held_entries(
 }
 
 /// Every certified entry of every log this replica holds, as settlement takes them.
-fn every_held_entry(store: &Store) -> Result<Vec<Certified>, gridgate_store::StoreError> {
+pub(crate) fn every_held_entry(
+    store: &Store,
+) -> Result<Vec<Certified>, gridgate_store::StoreError> {
     let mut entries = Vec::new();
     for (origin, _) in store.ledger().heads()? {
         let held = held_entries(store, &origin)?;

@@ -268,6 +268,38 @@ pub struct Validator {
     pub key: Identity,
     /// Wakes its certifier after an append.
     pub wake: Arc<Notify>,
+    /// The genesis programs' terms (they weigh in members' reputations).
+    pub terms: BTreeMap<String, gridgate_ledger::settlement::Terms>,
+}
+
+/// The gateways excluded by their reputation as of the decided cut at `height` (time
+/// `time_ms`): the standing of a statement over every entry that cut or an earlier one
+/// ordered, so every validator excludes the same members.
+pub fn excluded_at(
+    store: &Store,
+    genesis: &Members,
+    terms: &BTreeMap<String, gridgate_ledger::settlement::Terms>,
+    height: u64,
+    time_ms: i64,
+) -> Result<std::collections::BTreeSet<String>, StoreError> {
+    let Some(cut) = store.ledger().cut(height)? else {
+        return Ok(Default::default());
+    };
+    let closing = gridgate_ledger::settlement::ClosingCut {
+        height,
+        digest: gridgate_ledger::cut::digest(&cut.cut),
+        time_ms,
+        heads: store.ledger().heads_at(height)?,
+    };
+    let entries = crate::every_held_entry(store)?;
+    let s = gridgate_ledger::settlement::settle_on_cut(
+        time_ms, time_ms, &closing, &entries, genesis, terms,
+    );
+    Ok(s.standing
+        .into_iter()
+        .filter(|(_, st)| st.excluded_until_ms > time_ms)
+        .map(|(m, _)| m)
+        .collect())
 }
 
 /// One interval's rounds and what this validator logged of them.
@@ -294,8 +326,13 @@ impl Runner {
         &mut self,
         store: &Store,
         members: &Members,
-        me: &str,
+        ctx: (
+            &str,
+            &Members,
+            &BTreeMap<String, gridgate_ledger::settlement::Terms>,
+        ),
     ) -> Result<Vec<(String, pb::EntryKind, Vec<u8>)>, StoreError> {
+        let (me, genesis, program_terms) = ctx;
         let mut out = Vec::new();
         loop {
             let cuts = store.ledger().cuts(self.fed + 1, 64)?;
@@ -317,7 +354,13 @@ impl Runner {
                 {
                     self.terms = held_terms(store, members)?;
                 }
-                self.follow_new(store, members, height, cut.time_ms)?;
+                self.follow_new(
+                    store,
+                    members,
+                    (genesis, program_terms),
+                    height,
+                    cut.time_ms,
+                )?;
                 let Some(answers) = answers_of_cut(store, members, &cut)? else {
                     return Ok(out);
                 };
@@ -395,6 +438,10 @@ impl Runner {
         &mut self,
         store: &Store,
         members: &Members,
+        (genesis, program_terms): (
+            &Members,
+            &BTreeMap<String, gridgate_ledger::settlement::Terms>,
+        ),
         height: u64,
         time_ms: i64,
     ) -> Result<(), StoreError> {
@@ -433,6 +480,16 @@ impl Runner {
                 let mut rounds = Rounds::new(terms, s, start);
                 // Catch up from the cut that opened it to the one before this.
                 if let Some(opened) = store.ledger().first_cut_at(s.opens(start))? {
+                    let opened_ms = store
+                        .ledger()
+                        .cut(opened)?
+                        .and_then(|d| gridgate_ledger::cut::decode(&d.cut).ok())
+                        .map_or(time_ms, |c| c.time_ms);
+                    let out = excluded_at(store, genesis, program_terms, opened, opened_ms)?;
+                    if !out.is_empty() {
+                        info!(area = %area, interval_ms = start, excluded = ?out, "market: members excluded by their reputation");
+                    }
+                    rounds = rounds.excluding(out);
                     let mut h = opened;
                     while h < height {
                         let chunk = store.ledger().cuts(h, 64)?;
@@ -502,9 +559,10 @@ pub async fn run(v: Validator, cancel: CancellationToken) {
             v.me.clone(),
             v.key.clone(),
         );
+        let (genesis, terms) = (v.state.genesis().clone(), v.terms.clone());
         let appended = blocking(&v.store, move |st| {
             let mut r = r.lock().unwrap_or_else(|p| p.into_inner());
-            let logs = r.step(st, &members, &me)?;
+            let logs = r.step(st, &members, (&me, &genesis, &terms))?;
             let n = logs.len();
             for (claim, kind, payload) in logs {
                 crate::certifier::append(st, &me, &key, &claim, kind, payload)?;

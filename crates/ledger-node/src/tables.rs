@@ -553,6 +553,44 @@ impl LedgerTables<'_> {
         Ok(out)
     }
 
+    /// Every log's next sequence number as of the decided cut at `height`: the newest fold,
+    /// walked back along the orders of the cuts after it (a few steps for a recent cut).
+    pub fn heads_at(
+        &self,
+        height: u64,
+    ) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+        let txn = self.0.begin_read()?;
+        let mut out = std::collections::BTreeMap::new();
+        let (Some(heads), Some(orders)) =
+            (read_table(&txn, CUT_HEADS)?, read_table(&txn, CUT_ORDERS)?)
+        else {
+            return Ok(out);
+        };
+        for e in heads.iter().map_err(StoreError::db)? {
+            let (k, v) = e.map_err(StoreError::db)?;
+            let origin = k.value().to_string();
+            let Some(mut at) = decode_head(v.value()).map(|h| h.next) else {
+                continue;
+            };
+            // Each order (origin, next) -> (its cut, the next before it): step back past
+            // every cut above `height`.
+            while at > 0 {
+                let Some(o) = orders.get((origin.as_str(), at)).map_err(StoreError::db)? else {
+                    break;
+                };
+                let (cut, before) = o.value();
+                if cut <= height {
+                    break;
+                }
+                at = before;
+            }
+            if at > 0 {
+                out.insert(origin, at);
+            }
+        }
+        Ok(out)
+    }
+
     /// The height of the decided cut that ordered `origin`'s entry `seq`, if one has.
     pub fn ordered_at(&self, origin: &str, seq: u64) -> Result<Option<u64>, StoreError> {
         let txn = self.0.begin_read()?;

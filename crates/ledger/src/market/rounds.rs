@@ -169,6 +169,8 @@ pub struct Rounds {
     /// The standing answers at each price a round asked (the latest such round).
     asked: BTreeMap<i64, BTreeMap<String, i64>>,
     last_height: u64,
+    /// Members whose answers are ignored: excluded by their reputation when discovery opened.
+    excluded: std::collections::BTreeSet<String>,
 }
 
 impl Rounds {
@@ -185,7 +187,14 @@ impl Rounds {
             standing: BTreeMap::new(),
             asked: BTreeMap::new(),
             last_height: 0,
+            excluded: Default::default(),
         }
+    }
+
+    /// The same, ignoring the answers of `excluded` members.
+    pub fn excluding(mut self, excluded: std::collections::BTreeSet<String>) -> Rounds {
+        self.excluded = excluded;
+        self
     }
 
     /// Where it stands.
@@ -242,11 +251,11 @@ impl Rounds {
         else {
             return change;
         };
-        self.pending.extend(
-            answers.into_iter().filter(|a| {
-                a.round >= round && a.quantity_wh.unsigned_abs() <= MAX_ANSWER_WH as u64
-            }),
-        );
+        self.pending.extend(answers.into_iter().filter(|a| {
+            a.round >= round
+                && a.quantity_wh.unsigned_abs() <= MAX_ANSWER_WH as u64
+                && !self.excluded.contains(&a.member)
+        }));
         let gate = self.schedule.gate(self.interval_ms);
         let closes = (opened_ms + self.schedule.round_ms).min(gate);
         if height == opened_height || time_ms < closes {
@@ -515,6 +524,19 @@ mod tests {
         assert_eq!(r.history()[1].answered, 0);
         // A cut fed twice changes nothing.
         assert_eq!(r.on_cut(6, opens + 6_000, vec![]), Change::None);
+    }
+
+    #[test]
+    fn an_excluded_member_answers_in_vain() {
+        let mut r = Rounds::new(terms(), schedule(), START)
+            .excluding(std::collections::BTreeSet::from(["factory".to_string()]));
+        run(&mut r, &["factory", "pv", "storage"], 100);
+        let State::Final(f) = r.state() else {
+            panic!("not final");
+        };
+        // Only sellers are left: at the floor they still sell, and the grid takes it.
+        assert_eq!((f.clearing.price, f.stop), (400, Stop::AtBound));
+        assert!(!f.clearing.members.contains_key("factory"));
     }
 
     #[test]
