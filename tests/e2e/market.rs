@@ -306,3 +306,98 @@ devices = [{ unit = 1, rated_kw = 30.0 }]
         c.kill9(i).await;
     }
 }
+
+/// A small deterministic generator (xorshift64*), so a failing case can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+/// The price the market's bisection finds for synthetic members is the price a linear
+/// program (HiGHS, from the tests' Python side) finds to maximise total welfare: within one
+/// price unit, the discrete step at which the imbalance changes sign.
+#[test]
+fn the_discovered_price_is_the_welfare_maximising_one() {
+    use gridgate_ledger::market::{Discovery, MarketTerms, Next, Stop};
+    for seed in 1..=6u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        // 300 members, each one to three blocks: a buyer's block is bought below its
+        // value, a seller's sold from its cost up.
+        let (mut buyers, mut sellers) = (Vec::new(), Vec::new());
+        for _ in 0..300 {
+            for _ in 0..=rng.below(3) {
+                let price = 401 + rng.below(798) as i64;
+                let wh = 100 + rng.below(4_900) as i64;
+                if rng.below(2) == 0 {
+                    buyers.push((price, wh));
+                } else {
+                    sellers.push((price, wh));
+                }
+            }
+        }
+        let d = |p: i64| -> i64 {
+            buyers
+                .iter()
+                .filter(|(v, _)| p < *v)
+                .map(|b| b.1)
+                .sum::<i64>()
+                - sellers
+                    .iter()
+                    .filter(|(c, _)| p >= *c)
+                    .map(|s| s.1)
+                    .sum::<i64>()
+        };
+        let t = MarketTerms {
+            floor: 400,
+            cap: 1_200,
+            tolerance_wh: 0,
+            max_rounds: 64,
+        };
+        let mut s = Discovery::start(&t);
+        let (price, why) = loop {
+            match s.next(&t, d(s.price)) {
+                Next::Round { .. } => {}
+                Next::Final { price, why } => break (price, why),
+            }
+        };
+        assert!(
+            matches!(why, Stop::Bracketed | Stop::Balanced),
+            "seed {seed}: {why:?} at {price}"
+        );
+        assert!(s.round <= 12, "seed {seed}: {} rounds", s.round);
+        let input = serde_json::json!({ "buyers": buyers, "sellers": sellers }).to_string();
+        let mut child = std::process::Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/python/market_lp.py"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 with scipy (tests/python/requirements.txt, target/pyenv)");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write");
+        let out = child.wait_with_output().expect("lp");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let lp: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let low = lp["low"].as_f64().unwrap_or(400.0);
+        let high = lp["high"].as_f64().unwrap_or(1_200.0);
+        assert!(
+            (low - 1.0..=high + 1.0).contains(&(price as f64)),
+            "seed {seed}: discovered {price} ({why:?}), the LP's optimum is supported by [{low}, {high}] (dual {})",
+            lp["dual_price"]
+        );
+    }
+}
