@@ -109,7 +109,7 @@ impl Consortium {
     }
 
     /// As [`Consortium::start`], with `env` set for the process (fail points).
-    async fn start_with(&mut self, i: usize, env: &[(&str, &str)]) {
+    pub(crate) async fn start_with(&mut self, i: usize, env: &[(&str, &str)]) {
         let id = format!("v{i}");
         let d = self.node_dir(&id);
         let web = if i == 0 {

@@ -2,7 +2,8 @@
 //! `gridgate-node` validators decide cuts; an operator publishes an area's terms; three
 //! gateways on simulated Modbus devices (PV, storage, a load that sheds) answer the rounds
 //! from their own readings; the validators run the rounds and log the clearing, and
-//! `gridgate market clearing` finds it final (every validator's identical); the load's
+//! `gridgate market clearing` finds it final (the honest validators' identical, a Byzantine
+//! one's different clearing never counted); the load's
 //! relay sheds it in the delivery interval and each gateway logs what it delivered.
 
 use std::time::Duration;
@@ -38,9 +39,12 @@ async fn three_gateways_trade_an_interval_clear_it_identically_and_deliver_it() 
             ("gw-load", "gateway"),
         ],
     );
-    for i in 0..4 {
+    // v3 is Byzantine: it decides cuts honestly but logs a clearing of its own.
+    for i in 0..3 {
         c.start(i).await;
     }
+    c.start_with(3, &[("FAILPOINTS", "market-clearing-forge=return")])
+        .await;
     c.until_decided(&[0, 1, 2, 3], 5).await;
 
     // The plant: PV of 8 kW, a battery of 10 kW holding 5 kWh, a 30 kW load.
@@ -99,10 +103,11 @@ devices = [{ unit = 1, rated_kw = 30.0 }]
             )
         ),
     );
+    let web = gridgate_tests::free_port();
     let load = gateway(
         "gw-load",
         format!(
-            "{}\n[[load]]\nname = \"pcs\"\nmeter = \"plant/active_power\"\ncontrol = \"plant/setpoint\"\nrated_kw = 30.0\nmax_shed_kw = 15.0\nmin_setpoint = 20.0\nmax_setpoint = 100.0\n{market}meter = \"plant/active_power\"\n\n[[market.resource]]\nkind = \"shed\"\nload = \"pcs\"\nsteps = [{{ kw = 12.0, from = 900 }}]\n",
+            "[web]\nlisten = \"127.0.0.1:{web}\"\nanonymous_read = true\n{}\n[[load]]\nname = \"pcs\"\nmeter = \"plant/active_power\"\ncontrol = \"plant/setpoint\"\nrated_kw = 30.0\nmax_shed_kw = 15.0\nmin_setpoint = 20.0\nmax_setpoint = 100.0\n{market}meter = \"plant/active_power\"\n\n[[market.resource]]\nkind = \"shed\"\nload = \"pcs\"\nsteps = [{{ kw = 12.0, from = 900 }}]\n",
             device(
                 "plant",
                 &link("plant"),
@@ -191,11 +196,15 @@ devices = [{ unit = 1, rated_kw = 30.0 }]
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     };
+    // The honest three agree to the byte; v3's clearing is never final.
     assert!(
-        out.contains("final: logged identically by 4 of 4 validators"),
+        out.contains("final: logged identically by 3 of 4 validators (3 needed): v0, v1, v2"),
         "{out}"
     );
-    assert!(!out.contains("DIFFERENT"), "{out}");
+    assert!(
+        out.contains("validator v3 logged a DIFFERENT clearing"),
+        "{out}"
+    );
     let price: i64 = out
         .lines()
         .find_map(|l| l.strip_prefix("price ")?.split(' ').next()?.parse().ok())
@@ -237,6 +246,32 @@ devices = [{ unit = 1, rated_kw = 30.0 }]
     assert!(
         pos.contains(&format!("cleared at {price} milli/kWh: accepted")),
         "{pos}"
+    );
+
+    // The load's page and metrics show the interval, its price path and its part.
+    let v = gridgate_tests::web::get_json(web, "/api/market", None).await;
+    let shown = v["intervals"]
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["price"] == price))
+        .unwrap_or_else(|| panic!("no cleared interval at {price} on the page: {v}"))
+        .clone();
+    assert_eq!(shown["state"], "cleared", "{shown}");
+    assert_eq!(shown["accepted_wh"].as_i64(), Some(load[0]), "{shown}");
+    assert_eq!(
+        shown["prices"].as_array().map(Vec::len),
+        shown["imbalances_wh"].as_array().map(Vec::len),
+        "{shown}"
+    );
+    assert!(
+        shown["answers"].as_array().is_some_and(|a| !a.is_empty()),
+        "{shown}"
+    );
+    let (_, metrics) = gridgate_tests::web::request(web, "GET", "/metrics", None, None).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("gridgate_market_price_milli_per_kwh ")),
+        "{metrics}"
     );
 
     // Delivery: the load's relay sheds 12 kW (setpoint 100 % -> 60 %) in the interval it
