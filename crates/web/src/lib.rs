@@ -263,6 +263,7 @@ fn router(app: App) -> Router {
         .route("/api/devices/{name}/read", post(test_read))
         .route("/api/buses/{name}/scan", post(scan))
         .route("/api/dr", get(dr))
+        .route("/api/market", get(market))
         .route("/api/loads/{name}/override", post(set_override))
         .with_state(app)
 }
@@ -484,6 +485,21 @@ async fn dr(
     }
     let s = app.state.clone();
     match blocking(move || views::dr(&s)).await {
+        Ok(v) => Json(v).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn market(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = check(&app, peer, &headers, Access::Read, "market") {
+        return r;
+    }
+    let s = app.state.clone();
+    match blocking(move || views::market(&s)).await {
         Ok(v) => Json(v).into_response(),
         Err(r) => r,
     }

@@ -548,6 +548,61 @@ impl Scrape {
             }
             out.push(finality);
         }
+
+        // The flexibility market, as this gateway's replica shows it.
+        if cfg.market.is_some()
+            && let Ok(m) = crate::views::market(s)
+        {
+            let cleared = m.intervals.iter().rev().find(|i| i.price.is_some());
+            let open = m.intervals.iter().rev().find(|i| i.state == "open");
+            let delivered = m.intervals.iter().rev().find(|i| i.delivered_wh.is_some());
+            out.push(Fam::one(
+                "gridgate_market_rounds",
+                "Rounds announced so far in the newest interval whose discovery is open",
+                GAUGE,
+                open.map_or(0, |i| i.prices.len()) as f64,
+            ));
+            out.push(Fam::one(
+                "gridgate_market_answers",
+                "This gateway's answers in the market's newest intervals",
+                GAUGE,
+                m.intervals.iter().map(|i| i.answers.len()).sum::<usize>() as f64,
+            ));
+            if let Some(c) = cleared {
+                out.push(Fam::one(
+                    "gridgate_market_price_milli_per_kwh",
+                    "The newest final clearing's price, milli-units per kWh",
+                    GAUGE,
+                    c.price.unwrap_or(0) as f64,
+                ));
+                out.push(Fam::one(
+                    "gridgate_market_imbalance_wh",
+                    "The newest final clearing's last imbalance (demand less supply), Wh",
+                    GAUGE,
+                    c.imbalances_wh.last().copied().unwrap_or(0) as f64,
+                ));
+                out.push(Fam::one(
+                    "gridgate_market_accepted_wh",
+                    "What the newest final clearing accepted of this gateway, Wh (+ bought)",
+                    GAUGE,
+                    c.accepted_wh.unwrap_or(0) as f64,
+                ));
+            }
+            if let Some(d) = delivered {
+                out.push(Fam::one(
+                    "gridgate_market_delivered_wh",
+                    "This gateway's newest measured delivery, Wh (+ bought)",
+                    GAUGE,
+                    d.delivered_wh.unwrap_or(0) as f64,
+                ));
+                out.push(Fam::one(
+                    "gridgate_market_deviation_wh",
+                    "Its deviation from what was accepted, Wh",
+                    GAUGE,
+                    (d.delivered_wh.unwrap_or(0) - d.accepted_wh.unwrap_or(0)).abs() as f64,
+                ));
+            }
+        }
         out
     }
 }

@@ -864,3 +864,93 @@ fn device_view(
         points,
     }
 }
+
+/// One market interval on the page.
+#[derive(Debug, Serialize)]
+pub struct MarketIntervalView {
+    /// Its start (ms).
+    pub interval_ms: i64,
+    /// Each round's price f+1 validators agreed on, in order.
+    pub prices: Vec<i64>,
+    /// The imbalance after each round (Wh), once the clearing reports it.
+    pub imbalances_wh: Vec<i64>,
+    /// "open", "cleared" or "announced".
+    pub state: &'static str,
+    /// The clearing price, once final.
+    pub price: Option<i64>,
+    /// Why discovery stopped.
+    pub stop: Option<String>,
+    /// Energy traded between members, Wh.
+    pub matched_wh: Option<i64>,
+    /// This gateway's answers: (round, price, Wh).
+    pub answers: Vec<(u32, i64, i64)>,
+    /// What the clearing accepted of it, Wh.
+    pub accepted_wh: Option<i64>,
+    /// Of that, with members.
+    pub matched_mine_wh: Option<i64>,
+    /// What it delivered, Wh.
+    pub delivered_wh: Option<i64>,
+}
+
+/// The market as this gateway sees it.
+#[derive(Debug, Serialize, Default)]
+pub struct MarketView {
+    /// Its area (none: no `[market]`).
+    pub area: Option<String>,
+    /// The newest intervals, oldest first.
+    pub intervals: Vec<MarketIntervalView>,
+}
+
+/// Intervals the page and the metrics show.
+pub const MARKET_INTERVALS: usize = 8;
+
+/// The newest market intervals of the gateway's area (from its replica: the validators'
+/// logs and its own), with its part in each.
+pub fn market(s: &WebState) -> Result<MarketView, StoreError> {
+    let cfg = s.config.borrow().clone();
+    let (Some(m), Some(l)) = (&cfg.market, &cfg.ledger) else {
+        return Ok(MarketView::default());
+    };
+    let Ok(members) = gridgate_ledger_node::load_members(l) else {
+        return Ok(MarketView::default());
+    };
+    // Enough to cover the newest intervals with their lead (a day at most).
+    let since = gridgate_core::now_ms() - 86_400_000;
+    let intervals = gridgate_ledger_node::market::view(
+        &s.store.store,
+        &members,
+        &m.area,
+        &cfg.id,
+        since,
+        MARKET_INTERVALS,
+    )?
+    .into_iter()
+    .map(|v| {
+        let c = v.clearing.as_ref();
+        MarketIntervalView {
+            interval_ms: v.interval_ms,
+            prices: c.map_or_else(
+                || v.rounds.iter().map(|r| r.1).collect(),
+                |c| c.prices.clone(),
+            ),
+            imbalances_wh: c.map(|c| c.imbalances_wh.clone()).unwrap_or_default(),
+            state: match (c, v.rounds.is_empty()) {
+                (Some(_), _) => "cleared",
+                (None, false) => "open",
+                (None, true) => "announced",
+            },
+            price: c.map(|c| c.price_milli_per_kwh),
+            stop: c.map(|c| c.stop.clone()),
+            matched_wh: c.map(|c| c.matched_wh),
+            answers: v.answers,
+            accepted_wh: v.accepted.as_ref().map(|a| a.asked_wh),
+            matched_mine_wh: v.accepted.as_ref().map(|a| a.matched_wh),
+            delivered_wh: v.delivery.as_ref().map(|d| d.delivered_wh),
+        }
+    })
+    .collect();
+    Ok(MarketView {
+        area: Some(m.area.clone()),
+        intervals,
+    })
+}

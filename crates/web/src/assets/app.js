@@ -332,6 +332,62 @@ function drawDr(v) {
   }
 }
 
+// The price path of one interval's discovery: each round's price (line) and the imbalance
+// it left (bars, above the axis demand exceeds supply), by round.
+function priceChart(iv) {
+  const W = 400, H = 150, L = 60, R = 60, T = 10, B = 22;
+  const n = iv.prices.length;
+  const root = svg("svg", { viewBox: "0 0 " + W + " " + H, class: "chart price-path", role: "img" });
+  root.appendChild(svg("title", {}, "price path of " + utc(iv.interval_ms)));
+  const p0 = Math.min(...iv.prices), p1 = Math.max(...iv.prices);
+  const lo = p0 === p1 ? p0 - 1 : p0, hi = p0 === p1 ? p1 + 1 : p1;
+  const dmax = Math.max(1, ...iv.imbalances_wh.map((d) => Math.abs(d)));
+  const x = (k) => (L + (n > 1 ? k / (n - 1) : 0.5) * (W - L - R)).toFixed(1);
+  const y = (p) => (T + (hi - p) / (hi - lo) * (H - T - B)).toFixed(1);
+  const mid = T + (H - T - B) / 2, half = (H - T - B) / 2;
+  root.appendChild(svg("line", { x1: L, x2: W - R, y1: mid, y2: mid, class: "axis" }));
+  let bars = 0;
+  iv.imbalances_wh.forEach((d, k) => {
+    const h = Math.abs(d) / dmax * half;
+    root.appendChild(svg("rect", { x: (+x(k) - 4).toFixed(1), width: 8, y: (d >= 0 ? mid - h : mid).toFixed(1), height: Math.max(0.5, h).toFixed(1), class: "band " + (d >= 0 ? "increase" : "reduction") }));
+    bars++;
+  });
+  const pts = iv.prices.map((p, k) => x(k) + "," + y(p));
+  if (n > 1) root.appendChild(svg("polyline", { points: pts.join(" "), class: "line" }));
+  iv.prices.forEach((p, k) => root.appendChild(svg("circle", { cx: x(k), cy: y(p), r: 2.5, class: "dot" })));
+  root.appendChild(svg("text", { x: L - 4, y: T + 9, "text-anchor": "end", class: "label" }, hi));
+  root.appendChild(svg("text", { x: L - 4, y: H - B, "text-anchor": "end", class: "label" }, lo));
+  root.appendChild(svg("text", { x: W - R + 4, y: T + 9, class: "label" }, "+" + short(dmax, dmax) + " Wh"));
+  root.appendChild(svg("text", { x: W - R + 4, y: H - B, class: "label" }, "-" + short(dmax, dmax) + " Wh"));
+  root.appendChild(svg("text", { x: L, y: H - 4, class: "label" }, "round 1"));
+  root.appendChild(svg("text", { x: W - R, y: H - 4, "text-anchor": "end", class: "label" }, "round " + n));
+  root.dataset.vertices = n;
+  root.dataset.bars = bars;
+  return root;
+}
+
+function drawMarket(v) {
+  $("#market-area").textContent = v.area ? "Area " + v.area + ": prices in milli-units per kWh, energy in Wh (+ bought, − sold)." : "This gateway has no [market] in its config.";
+  const charts = $("#market-charts");
+  charts.replaceChildren();
+  const withPath = v.intervals.filter((i) => i.prices.length > 0);
+  const latest = withPath[withPath.length - 1];
+  if (latest) {
+    const box = el("div", null, "card");
+    box.appendChild(el("h3", "Price path, interval " + utc(latest.interval_ms) + (latest.price !== null ? " (cleared at " + latest.price + ")" : " (discovery under way)")));
+    box.appendChild(priceChart(latest));
+    charts.appendChild(box);
+  }
+  const t = $("#market-intervals tbody");
+  t.replaceChildren();
+  const wh = (q) => q === null || q === undefined ? "" : (q > 0 ? "+" : "") + q;
+  for (const i of v.intervals.slice().reverse()) {
+    const answers = i.answers.map(([r, p, q]) => "r" + r + " @" + p + ": " + wh(q)).join("; ");
+    const stop = i.stop ? " (" + i.stop + ")" : "";
+    t.appendChild(row([utc(i.interval_ms), i.state + stop, i.price === null ? (i.prices.length ? "asking " + i.prices[i.prices.length - 1] : "") : i.price, i.prices.length, wh(i.matched_wh), answers, wh(i.accepted_wh), wh(i.delivered_wh)], { "data-interval": i.interval_ms }));
+  }
+}
+
 async function refresh() {
   try {
     const o = await api("/api/overview");
@@ -345,6 +401,7 @@ async function refresh() {
       if (state.selected) drawDevice(await api("/api/devices/" + encodeURIComponent(state.selected)));
     }
     if (state.tab === "dr") drawDr(await api("/api/dr"));
+    if (state.tab === "market") drawMarket(await api("/api/market"));
     if ($("#message").className === "error" && $("#message").dataset.sticky !== "1") say("");
   } catch (e) {
     if (String(e.message) !== "credential needed") {
@@ -425,6 +482,6 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#next").addEventListener("click", () => { state.offset += PAGE; refresh(); });
   $("#test-read").addEventListener("click", testRead);
   const start = (location.hash || "#overview").slice(1);
-  showTab(["overview", "devices", "buses", "dr"].includes(start) ? start : "overview");
+  showTab(["overview", "devices", "buses", "dr", "market"].includes(start) ? start : "overview");
   state.timer = setInterval(refresh, 2000);
 });
