@@ -56,6 +56,11 @@ impl Consortium {
         }
     }
 
+    /// The consortium's PKI (its CA, the gRPC server's and each role's client certificate).
+    pub(crate) fn pki(&self) -> PathBuf {
+        self.dir.path().join("pki")
+    }
+
     pub(crate) fn node_dir(&self, id: &str) -> PathBuf {
         self.dir.path().join(id)
     }

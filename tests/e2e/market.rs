@@ -103,11 +103,12 @@ devices = [{ unit = 1, rated_kw = 30.0 }]
             )
         ),
     );
-    let web = gridgate_tests::free_port();
+    let (web, grpc) = (gridgate_tests::free_port(), gridgate_tests::free_port());
     let load = gateway(
         "gw-load",
         format!(
-            "[web]\nlisten = \"127.0.0.1:{web}\"\nanonymous_read = true\n{}\n[[load]]\nname = \"pcs\"\nmeter = \"plant/active_power\"\ncontrol = \"plant/setpoint\"\nrated_kw = 30.0\nmax_shed_kw = 15.0\nmin_setpoint = 20.0\nmax_setpoint = 100.0\n{market}meter = \"plant/active_power\"\n\n[[market.resource]]\nkind = \"shed\"\nload = \"pcs\"\nsteps = [{{ kw = 12.0, from = 900 }}]\n",
+            "[web]\nlisten = \"127.0.0.1:{web}\"\nanonymous_read = true\n{}{}\n[[load]]\nname = \"pcs\"\nmeter = \"plant/active_power\"\ncontrol = \"plant/setpoint\"\nrated_kw = 30.0\nmax_shed_kw = 15.0\nmin_setpoint = 20.0\nmax_setpoint = 100.0\n{market}meter = \"plant/active_power\"\n\n[[market.resource]]\nkind = \"shed\"\nload = \"pcs\"\nsteps = [{{ kw = 12.0, from = 900 }}]\n",
+            gridgate_tests::grpc_section(grpc, &c.pki()),
             device(
                 "plant",
                 &link("plant"),
@@ -273,6 +274,42 @@ devices = [{ unit = 1, rated_kw = 30.0 }]
             .any(|l| l.starts_with("gridgate_market_price_milli_per_kwh ")),
         "{metrics}"
     );
+
+    // A master station asks the load's gateway over gRPC (a viewer's certificate).
+    let pki = c.pki();
+    let channel = gridgate::tools::pull::connect(
+        &format!("https://localhost:{grpc}"),
+        Some(&pki.join("ca.pem")),
+        Some(&pki.join("client-viewer.pem")),
+        Some(&pki.join("client-viewer.key")),
+    )
+    .await
+    .expect("gRPC");
+    let mut market = gridgate_proto::v1::market_client::MarketClient::new(channel);
+    let interval_ms = shown["interval_ms"].as_i64().expect("interval");
+    let fin = market
+        .clearing(gridgate_proto::v1::MarketClearingRequest { interval_ms })
+        .await
+        .expect("the final clearing")
+        .into_inner();
+    assert_eq!(fin.validators, ["v0", "v1", "v2"]);
+    assert_eq!(
+        fin.clearing.as_ref().map(|c| c.price_milli_per_kwh),
+        Some(price)
+    );
+    let none = market
+        .clearing(gridgate_proto::v1::MarketClearingRequest { interval_ms: 1 })
+        .await
+        .expect_err("no such interval");
+    assert_eq!(none.code(), tonic::Code::NotFound);
+    let mut watch = market
+        .watch(gridgate_proto::v1::MarketIntervalsRequest { last: 3 })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = watch.message().await.expect("stream").expect("first");
+    assert_eq!(first.area, "feeder-7");
+    assert!(first.intervals.len() <= 3 && !first.intervals.is_empty());
 
     // Delivery: the load's relay sheds 12 kW (setpoint 100 % -> 60 %) in the interval it
     // was cleared for, and puts it back after; each gateway measures and logs its delivery.

@@ -14,6 +14,7 @@ mod admin;
 pub mod auth;
 pub mod dr;
 pub mod ledger;
+mod market;
 pub mod pki;
 mod telemetry;
 
@@ -202,6 +203,9 @@ async fn serve(
             crate::dr::DemandResponseService::new(state.clone(), state.dr.clone()),
         ))
         .add_service(AdminServer::new(admin::AdminService::new(state.clone())))
+        .add_service(gridgate_proto::v1::market_server::MarketServer::new(
+            market::MarketService::new(state.clone()),
+        ))
         .add_optional_service(
             state
                 .ledger

@@ -591,6 +591,8 @@ pub struct IntervalView {
     pub rounds: Vec<(u32, i64)>,
     /// The final clearing, once 2f+1 validators logged it.
     pub clearing: Option<pb::MarketClearing>,
+    /// The validators that logged it.
+    pub signers: Vec<String>,
     /// This member's answers: (round, price, Wh).
     pub answers: Vec<(u32, i64, i64)>,
     /// This member's part of the clearing.
@@ -671,9 +673,10 @@ pub fn view(
                         .map(|p| (round, p))
                 })
                 .collect();
-            if let Some((c, _)) = logged.final_clearing(quorum) {
+            if let Some((c, signers)) = logged.final_clearing(quorum) {
                 v.accepted = c.members.iter().find(|a| a.member == me).cloned();
                 v.clearing = Some(c);
+                v.signers = signers;
             }
             v
         })
