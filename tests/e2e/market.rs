@@ -4,7 +4,8 @@
 //! from their own readings; the validators run the rounds and log the clearing, and
 //! `gridgate market clearing` finds it final (the honest validators' identical, a Byzantine
 //! one's different clearing never counted); the load's
-//! relay sheds it in the delivery interval and each gateway logs what it delivered.
+//! relay sheds it in the delivery interval and each gateway logs what it delivered; the
+//! next interval clears although a gateway went offline and a validator died midway.
 
 use std::time::Duration;
 
@@ -311,6 +312,31 @@ devices = [{ unit = 1, rated_kw = 30.0 }]
     assert_eq!(first.area, "feeder-7");
     assert!(first.intervals.len() <= 3 && !first.intervals.is_empty());
 
+    // Once the next interval's discovery is under way, the PV gateway goes offline and the
+    // Byzantine validator is killed: that interval still clears, final with the three
+    // honest validators, PV counted at its last answer in it (or not at all).
+    let next = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + Duration::from_millis(interval_ms as u64 + 60_000),
+    )
+    .to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let (_, status) = market_cli(&["status", "--config", &op_config]).await;
+        if status
+            .lines()
+            .any(|l| l.contains(&format!("interval {next}: round ")))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the next interval's discovery never opened:\n{status}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    gateways.remove(0).kill9().await;
+    c.kill9(3).await;
+
     // Delivery: the load's relay sheds 12 kW (setpoint 100 % -> 60 %) in the interval it
     // was cleared for, and puts it back after; each gateway measures and logs its delivery.
     let interval = out
@@ -318,7 +344,7 @@ devices = [{ unit = 1, rated_kw = 30.0 }]
         .find_map(|l| l.strip_prefix("area feeder-7, interval "))
         .expect("interval")
         .to_string();
-    let plant = &mut gateways[2];
+    let plant = &mut gateways[1];
     plant
         .wait_for(
             Duration::from_secs(90),
@@ -371,10 +397,39 @@ devices = [{ unit = 1, rated_kw = 30.0 }]
         "{bat_delivered}"
     );
 
+    // The interval after, whose discovery lost PV and v3 midway: final, the honest three
+    // identical.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let after = loop {
+        let (code, after) = market_cli(&[
+            "clearing",
+            "--config",
+            &op_config,
+            "--area",
+            "feeder-7",
+            "--interval",
+            &next,
+        ])
+        .await;
+        if code == 0 {
+            break after;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the interval {next} did not clear:\n{after}"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    assert!(
+        after.contains("final: logged identically by 3 of 4 validators (3 needed): v0, v1, v2"),
+        "{after}"
+    );
+    assert!(after.lines().any(|l| l.starts_with("gw-load")), "{after}");
+
     for g in gateways {
         g.stop().await;
     }
-    for i in 0..4 {
+    for i in 0..3 {
         c.kill9(i).await;
     }
 }
