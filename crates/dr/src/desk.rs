@@ -30,7 +30,7 @@ pub struct TrustError {
 }
 
 /// Reads the issuers' public keys the config names; with `market`, the gateway's own key is
-/// trusted as [`crate::market::ISSUER`], for the deliveries its market agent schedules.
+/// trusted as [`crate::event::MARKET_ISSUER`], for the deliveries its market agent schedules.
 pub fn load_trust(
     cfg: Option<&DrConfig>,
     market: Option<ed25519_dalek::VerifyingKey>,
@@ -44,7 +44,7 @@ pub fn load_trust(
         trust.0.insert(name.clone(), key);
     }
     if let Some(own) = market {
-        trust.0.insert(crate::market::ISSUER.to_string(), own);
+        trust.0.insert(crate::event::MARKET_ISSUER.to_string(), own);
     }
     Ok(trust)
 }
@@ -143,7 +143,7 @@ impl Desk {
             return Ok(self.refuse(&r, event_id));
         }
         // The market's own deliveries are not a program's events.
-        let market = checked.event.issuer == crate::market::ISSUER;
+        let market = checked.event.issuer == crate::event::MARKET_ISSUER;
         if !market
             && cfg
                 .dr

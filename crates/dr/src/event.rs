@@ -105,6 +105,10 @@ impl Refused {
     }
 }
 
+/// The issuer of the market's deliveries (`market`): the gateway's own key, trusted under
+/// this name when `[market]` is configured; its events are no program's.
+pub const MARKET_ISSUER: &str = "market";
+
 /// The store key of an event: issuer and id, which together are unique for all time.
 pub fn event_key(issuer: &str, id: &str) -> String {
     format!("{issuer}\u{0}{id}")

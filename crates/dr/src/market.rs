@@ -40,9 +40,7 @@ pub struct Agent {
     pub desk: crate::desk::Desk,
 }
 
-/// The issuer of the deliveries the agent schedules: the gateway's own key, trusted under
-/// this name when `[market]` is configured.
-pub const ISSUER: &str = "market";
+pub use crate::event::MARKET_ISSUER as ISSUER;
 
 /// A storage's state of charge older than this is not known.
 const SOC_FRESH_MS: i64 = 15 * 60_000;

@@ -859,7 +859,7 @@ async fn write_report(
         if c.ledger
             .as_ref()
             .is_some_and(|l| l.role == LedgerRole::Gateway)
-            && event.issuer != crate::market::ISSUER
+            && event.issuer != crate::event::MARKET_ISSUER
         {
             if let Some(event) = &s.signed {
                 gridgate_ledger_node::certifier::append(
