@@ -397,6 +397,58 @@ devices = [{ unit = 1, rated_kw = 30.0 }]
         "{bat_delivered}"
     );
 
+    // Settlement (today's statement, provisional): the load paid for what it bought from
+    // members at the clearing price, the battery charged the penalty on its deviation and
+    // down in reputation; the load's position says the same.
+    let day = &interval[..10];
+    let (code, so, se) = run_to_end(
+        &["ledger", "settlement", "--config", &op_config, "--day", day],
+        WAIT,
+    )
+    .await;
+    assert_eq!(code, 0, "{so}{se}");
+    let line = |member: &str| {
+        so.lines()
+            .find(|l| l.starts_with(&format!("market feeder-7 {interval_ms} member {member} ")))
+            .unwrap_or_else(|| panic!("no market line of {member}:\n{so}"))
+            .to_string()
+    };
+    let load_line = line("gw-load");
+    assert!(load_line.ends_with(" delivered"), "{load_line}");
+    assert!(
+        load_line.contains(&format!(" price {price} ")),
+        "{load_line}"
+    );
+    let trade = |l: &str| -> i64 {
+        l.split(" trade_milli ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|x| x.parse().ok())
+            .expect("trade_milli")
+    };
+    // It bought (matched) at the price: paid matched x price / 1000.
+    assert_eq!(trade(&load_line), -(load[1] * price / 1000), "{load_line}");
+    let bat_line = line("gw-bat");
+    assert!(bat_line.ends_with(" deviated"), "{bat_line}");
+    assert!(!bat_line.contains(" penalty_milli 0 "), "{bat_line}");
+    // From 500 at the start; down 30 for each deviation it logged.
+    let score: i64 = so
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("member gw-bat score ")?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no standing of gw-bat:\n{so}"));
+    assert!(score <= 470, "{so}");
+    let (_, pos) = market_cli(&["position", "--config", &load_config.display().to_string()]).await;
+    assert!(
+        pos.contains("payments (milli-units, + received): trades "),
+        "{pos}"
+    );
+
     // The interval after, whose discovery lost PV and v3 midway: final, the honest three
     // identical.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

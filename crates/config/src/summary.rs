@@ -103,11 +103,16 @@ pub fn summary(cfg: &GatewayConfig) -> String {
         ));
     }
     if let Some(m) = &cfg.market {
+        let forecast = match m.forecast {
+            crate::market::Forecast::Recent => "the recent mean".to_string(),
+            crate::market::Forecast::HighXOfY { x, y } => format!("high {x} of {y} days"),
+        };
         s.push_str(&format!(
-            "  market: area {}, {} delivery intervals, {} flexible resource(s)\n",
+            "  market: area {}, {} delivery intervals, {} flexible resource(s), consumption {}, forecast by {forecast}\n",
             m.area,
             humantime::format_duration(m.interval),
-            m.resources.len()
+            m.resources.len(),
+            m.meter.as_deref().unwrap_or("none (sells only)"),
         ));
     }
     if let Some(l) = &cfg.ledger {

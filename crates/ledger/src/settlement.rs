@@ -32,7 +32,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 mod market;
-pub use market::{MET_WITHIN_PERCENT, MET_WITHIN_WH, MarketLine, met};
+pub use market::{MET_WITHIN_PERCENT, MET_WITHIN_WH, MarketLine, line_of, met};
 
 use ed25519_dalek::{Signature, Verifier};
 use gridgate_proto::v1 as pb;
@@ -599,10 +599,12 @@ impl Ledgered {
             if *start < from_ms || *start >= to_ms {
                 continue;
             }
+            let end = c.clearing.interval_ms + i64::from(c.terms.interval_s) * 1000;
+            let awaited = end.saturating_add(MISSED_AFTER_MS) >= self.as_of_ms;
             for a in &c.clearing.members {
                 let d = self.delivery(&a.member, c).map(|d| d.delivery.delivered_wh);
                 let was_excluded = excluded.contains(&(a.member.clone(), area.clone(), *start));
-                out.push(market::line(c, a, d, was_excluded));
+                out.push(market::line(c, a, d, was_excluded, awaited));
             }
         }
         out

@@ -336,6 +336,32 @@ async fn position(config: &std::path::Path, last: usize, out: &mut dyn Write) ->
         writeln!(out, "{me} has not answered in any round")?;
         return Ok(ExitCode::SUCCESS);
     }
+    // The operators' market terms (floor, cap, penalty), to price what was traded.
+    let mut terms: Vec<pb::MarketTerms> = Vec::new();
+    for op in genesis
+        .0
+        .values()
+        .filter(|m| m.role == pb::MemberRole::Operator)
+    {
+        for v in ledger.members.iter().filter(|m| m.role == "validator") {
+            let Some(mut client) = reach(&ledger, v, out, "# ").await? else {
+                continue;
+            };
+            let Ok(log) = fetch_log(&mut client, &op.id, 0).await else {
+                continue;
+            };
+            for c in log {
+                if let Ok((e, _)) = check_certified(&c, &genesis)
+                    && e.kind == pb::EntryKind::MarketTerms as i32
+                    && let Ok(t) = pb::MarketTerms::decode(e.payload.as_slice())
+                    && gridgate_ledger::market::terms_of(&t).is_some()
+                {
+                    terms.push(t);
+                }
+            }
+            break;
+        }
+    }
     for ((area, start), mine) in answers.iter().skip(answers.len().saturating_sub(last)) {
         let said: Vec<String> = mine
             .iter()
@@ -351,7 +377,7 @@ async fn position(config: &std::path::Path, last: usize, out: &mut dyn Write) ->
             .intervals
             .get(&(area.clone(), *start))
             .and_then(|l| l.final_clearing(seen.quorum));
-        match cleared {
+        match &cleared {
             Some((c, _)) => match c.members.iter().find(|m| m.member == me) {
                 Some(m) => writeln!(
                     out,
@@ -366,7 +392,28 @@ async fn position(config: &std::path::Path, last: usize, out: &mut dyn Write) ->
             },
             None => writeln!(out, "  not cleared (final) yet")?,
         }
-        if let Some(d) = deliveries.get(&(area.clone(), *start)) {
+        let delivery = deliveries.get(&(area.clone(), *start));
+        let in_force = terms
+            .iter()
+            .filter(|t| &t.area == area && t.effective_ms <= *start)
+            .max_by_key(|t| t.effective_ms);
+        if let (Some((c, _)), Some(t)) = (&cleared, in_force)
+            && let Some(l) =
+                gridgate_ledger::settlement::line_of(c, t, &me, delivery.map(|d| d.delivered_wh))
+        {
+            let note = match l.note {
+                "undelivered" => {
+                    "no delivery logged yet: the whole quantity counts as deviation if none comes within a day"
+                }
+                n => n,
+            };
+            writeln!(
+                out,
+                "  payments (milli-units, + received): trades {:+}, grid {:+}, penalty {} ({note}; the statement decides)",
+                l.trade_milli, l.grid_milli, -l.penalty_milli
+            )?;
+        }
+        if let Some(d) = delivery {
             let moved = if d.loads.is_empty() {
                 String::new()
             } else {

@@ -139,7 +139,8 @@ pub struct MarketLine {
     pub grid_milli: i64,
     /// Its deviation at the market's penalty rate, milli-units.
     pub penalty_milli: i64,
-    /// `delivered`, `deviated`, `undelivered` or `excluded`.
+    /// `delivered`, `deviated`, `undelivered`, `pending` (no report yet, and there is still
+    /// time) or `excluded`.
     pub note: &'static str,
 }
 
@@ -156,13 +157,15 @@ pub fn met(accepted: i64, delivered: i64) -> bool {
     (i128::from(delivered) - i128::from(accepted)).abs() <= allowed
 }
 
-/// The line of `a` in a cleared interval, with its delivery (if logged in time) and whether
-/// it was excluded then.
+/// The line of `a` in a cleared interval, with its delivery (if logged in time), whether
+/// it was excluded then, and whether its delivery is still awaited (no report, and the day
+/// it has is not over: nothing charged yet).
 pub(super) fn line(
     c: &Cleared,
     a: &pb::MarketAllocation,
     delivered: Option<i64>,
     excluded: bool,
+    awaited: bool,
 ) -> MarketLine {
     let t = &c.terms;
     let price = c.clearing.price_milli_per_kwh;
@@ -177,6 +180,7 @@ pub(super) fn line(
     };
     let note = match delivered {
         _ if excluded => "excluded",
+        None if awaited => "pending",
         None => "undelivered",
         Some(d) if met(a.asked_wh, d) => "delivered",
         Some(_) => "deviated",
@@ -192,13 +196,30 @@ pub(super) fn line(
         delivered_wh: delivered,
         trade_milli: -value(a.matched_wh, price),
         grid_milli: -value(a.grid_wh, grid_price),
-        penalty_milli: if note == "delivered" {
+        penalty_milli: if note == "delivered" || note == "pending" {
             0
         } else {
             value(deviation, t.penalty_milli_per_kwh)
         },
         note,
     }
+}
+
+/// What `member` is paid and charged for a final clearing under `terms` with the delivery it
+/// logged (`None`: none yet): the statement's line, for a gateway's own view before the
+/// statement closes (its reputation may still exclude it there).
+pub fn line_of(
+    clearing: &pb::MarketClearing,
+    terms: &pb::MarketTerms,
+    member: &str,
+    delivered: Option<i64>,
+) -> Option<MarketLine> {
+    let a = clearing.members.iter().find(|a| a.member == member)?;
+    let c = Cleared {
+        clearing: clearing.clone(),
+        terms: terms.clone(),
+    };
+    Some(line(&c, a, delivered, false, delivered.is_none()))
 }
 
 impl MarketLine {
