@@ -10,7 +10,7 @@ use gridgate_config::GatewayConfig;
 use gridgate_config::market::{Forecast, MarketConfig, ResourceConfig};
 use gridgate_core::{Identity, now_ms};
 use gridgate_ledger::market::{schedule_of, terms_of};
-use gridgate_ledger_node::market::{held_terms, logged, terms_in_force};
+use gridgate_ledger_node::market::{held_terms, logged_by_interval, terms_in_force};
 use gridgate_ledger_node::state::LedgerState;
 use gridgate_ledger_node::tables::LedgerStore;
 use gridgate_proto::v1 as pb;
@@ -248,6 +248,37 @@ pub fn delivered_wh(
     Ok(Some(net))
 }
 
+/// The market terms held, as of the operators' logs' lengths; kept only once a cut has
+/// ordered every one (until then `ordered_at` may still change).
+#[derive(Debug, Default)]
+struct TermsCache {
+    heads: Vec<(String, u64)>,
+    terms: Vec<gridgate_ledger_node::market::HeldTerms>,
+}
+
+/// The terms held, read again only when an operator's log grew (or one was not ordered yet):
+/// the agent looks four times a second, operators' logs change a few times a day.
+fn cached_terms(
+    store: &Store,
+    members: &gridgate_ledger::Members,
+    cache: &std::sync::Mutex<TermsCache>,
+) -> Result<Vec<gridgate_ledger_node::market::HeldTerms>, StoreError> {
+    let mut heads = Vec::new();
+    for m in members
+        .0
+        .values()
+        .filter(|m| m.role == pb::MemberRole::Operator)
+    {
+        heads.push((m.id.clone(), store.ledger().next_certified(&m.id)?));
+    }
+    let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if c.heads != heads || c.terms.iter().any(|t| t.ordered_at.is_none()) {
+        c.terms = held_terms(store, members)?;
+        c.heads = heads;
+    }
+    Ok(c.terms.clone())
+}
+
 /// One look: answers every open round not answered yet, measures and logs each delivered
 /// interval, and says which cleared intervals are still to deliver.
 fn look(
@@ -255,12 +286,13 @@ fn look(
     cfg: &GatewayConfig,
     members: &gridgate_ledger::Members,
     key: &Identity,
+    cache: &std::sync::Mutex<TermsCache>,
 ) -> Result<Looked, StoreError> {
     let mut looked = Looked::default();
     let Some(m) = &cfg.market else {
         return Ok(looked);
     };
-    let terms = held_terms(store, members)?;
+    let terms = cached_terms(store, members, cache)?;
     let Some(newest) = terms_in_force(&terms, &m.area, i64::MAX, u64::MAX) else {
         return Ok(looked);
     };
@@ -282,6 +314,9 @@ fn look(
     // f+1 validators announcing a price: at least one of them honest.
     let n = members.validators().len();
     let at_least = n - members.quorum() + 1;
+    // The validators' logs read once for every interval looked at.
+    let since = starts.first().map_or(now, |s| schedule.opens(*s)) - 60_000;
+    let mut all = logged_by_interval(store, members, &m.area, since)?;
     for start in starts {
         let Some(pt) = terms_in_force(&terms, &m.area, start, u64::MAX) else {
             continue;
@@ -291,7 +326,7 @@ fn look(
         }
         let s = schedule_of(pt);
         let end = start + s.interval_ms;
-        let seen = logged(store, members, &m.area, start, s.opens(start) - 60_000)?;
+        let seen = all.remove(&start).unwrap_or_default();
         if let Some((c, _)) = seen.final_clearing(members.quorum()) {
             let Some(mine) = c.members.iter().find(|a| a.member == cfg.id) else {
                 continue;
@@ -375,12 +410,14 @@ pub async fn run(mut a: Agent, cancel: CancellationToken) {
     // Intervals whose delivery event the desk took (or refused for good) in this run; after a
     // restart the desk refuses a second one as a replay.
     let mut scheduled: std::collections::BTreeSet<(String, i64)> = Default::default();
+    let cache = Arc::new(std::sync::Mutex::new(TermsCache::default()));
     loop {
         let cfg = a.config.borrow_and_update().clone();
         let (members, key, c) = (a.state.members(), a.identity.clone(), cfg.clone());
+        let cache = cache.clone();
         let looked = a
             .store
-            .run(move |st| look(st, &c, &members, &key))
+            .run(move |st| look(st, &c, &members, &key, &cache))
             .await
             .inspect_err(|e| warn!("market agent: {e}"))
             .ok()

@@ -222,31 +222,34 @@ impl Logged {
     }
 }
 
-/// What the validators' logs held say of `area`'s interval starting at `start`: entries
-/// logged since `since_ms` by the validators' clocks.
-pub fn logged(
+/// What the validators' logs held say of `area`'s intervals, by interval start: entries
+/// logged since `since_ms` by the validators' clocks, each log read once.
+pub fn logged_by_interval(
     store: &Store,
     members: &Members,
     area: &str,
-    start: i64,
     since_ms: i64,
-) -> Result<Logged, StoreError> {
-    let mut out = Logged::default();
+) -> Result<BTreeMap<i64, Logged>, StoreError> {
+    let mut out: BTreeMap<i64, Logged> = BTreeMap::new();
     for v in members.validators() {
         for (_, e) in recent_entries(store, v, since_ms)? {
             if e.kind == pb::EntryKind::MarketRound as i32 {
                 if let Ok(r) = pb::MarketRound::decode(e.payload.as_slice())
                     && r.area == area
-                    && r.interval_ms == start
                 {
-                    out.rounds.push((v.to_string(), r));
+                    out.entry(r.interval_ms)
+                        .or_default()
+                        .rounds
+                        .push((v.to_string(), r));
                 }
             } else if e.kind == pb::EntryKind::MarketClearing as i32
                 && let Ok(c) = pb::MarketClearing::decode(e.payload.as_slice())
                 && c.area == area
-                && c.interval_ms == start
             {
-                out.clearings.push((v.to_string(), e.payload.clone()));
+                out.entry(c.interval_ms)
+                    .or_default()
+                    .clearings
+                    .push((v.to_string(), e.payload.clone()));
             }
         }
     }
@@ -317,6 +320,8 @@ struct Runner {
     /// Intervals over (cleared or missed), not to be followed again.
     done: std::collections::BTreeSet<(String, i64)>,
     terms: Vec<HeldTerms>,
+    /// Whether `terms` was read (again after a cut that moved an operator's log).
+    terms_read: bool,
 }
 
 impl Runner {
@@ -344,7 +349,7 @@ impl Runner {
                     self.fed = height;
                     continue;
                 };
-                if self.terms.is_empty()
+                if !self.terms_read
                     || cut.heads.iter().any(|h| {
                         members
                             .0
@@ -353,6 +358,7 @@ impl Runner {
                     })
                 {
                     self.terms = held_terms(store, members)?;
+                    self.terms_read = true;
                 }
                 self.follow_new(
                     store,
@@ -611,31 +617,11 @@ pub fn view(
     since_ms: i64,
     last: usize,
 ) -> Result<Vec<IntervalView>, StoreError> {
-    let mut by: BTreeMap<i64, (Logged, IntervalView)> = BTreeMap::new();
-    for v in members.validators() {
-        for (_, e) in recent_entries(store, v, since_ms)? {
-            if e.kind == pb::EntryKind::MarketRound as i32 {
-                if let Ok(r) = pb::MarketRound::decode(e.payload.as_slice())
-                    && r.area == area
-                {
-                    by.entry(r.interval_ms)
-                        .or_default()
-                        .0
-                        .rounds
-                        .push((v.to_string(), r));
-                }
-            } else if e.kind == pb::EntryKind::MarketClearing as i32
-                && let Ok(c) = pb::MarketClearing::decode(e.payload.as_slice())
-                && c.area == area
-            {
-                by.entry(c.interval_ms)
-                    .or_default()
-                    .0
-                    .clearings
-                    .push((v.to_string(), e.payload.clone()));
-            }
-        }
-    }
+    let mut by: BTreeMap<i64, (Logged, IntervalView)> =
+        logged_by_interval(store, members, area, since_ms)?
+            .into_iter()
+            .map(|(start, l)| (start, (l, IntervalView::default())))
+            .collect();
     for (_, e) in recent_entries(store, me, since_ms)? {
         if e.kind == pb::EntryKind::MarketAnswer as i32 {
             if let Ok(a) = pb::MarketAnswer::decode(e.payload.as_slice())
