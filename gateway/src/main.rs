@@ -109,7 +109,7 @@ enum Command {
     /// The flexibility market: rounds, clearings, this gateway's position.
     #[command(subcommand)]
     Market(tools::market::MarketCommand),
-    /// The running gateway on one screen: devices, buses, store, uplink, DR, ledger.
+    /// The running gateway on one screen: devices, buses, store, uplink, DR, ledger, market.
     ///
     /// Asks the gateway's commissioning page ([web]) with the credential its config names;
     /// exit 2 when a device is offline. Example: gridgate status -c /etc/gridgate/gridgate.toml

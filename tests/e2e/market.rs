@@ -276,6 +276,17 @@ devices = [{ unit = 1, rated_kw = 30.0 }]
         "{metrics}"
     );
 
+    // And `gridgate status` on the site.
+    let (_, st, se) = run_to_end(
+        &["status", "--url", &format!("http://127.0.0.1:{web}")],
+        WAIT,
+    )
+    .await;
+    assert!(
+        st.contains("market   feeder-7  ") && st.contains(" cleared at "),
+        "{st}{se}"
+    );
+
     // A master station asks the load's gateway over gRPC (a viewer's certificate).
     let pki = c.pki();
     let channel = gridgate::tools::pull::connect(

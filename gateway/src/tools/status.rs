@@ -185,6 +185,50 @@ fn ago(ms: Option<i64>) -> String {
     }
 }
 
+/// The market's lines of `gridgate status`: the newest interval cleared and the one under
+/// way, with this gateway's part (from the page's /api/market).
+fn market_lines(m: &serde_json::Value) -> Vec<String> {
+    let Some(area) = m["area"].as_str() else {
+        return Vec::new();
+    };
+    let intervals = m["intervals"].as_array().cloned().unwrap_or_default();
+    let at = |i: &serde_json::Value| {
+        i["interval_ms"]
+            .as_i64()
+            .map(|ms| {
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64),
+                )
+                .to_string()
+            })
+            .unwrap_or_default()
+    };
+    let wh = |v: &serde_json::Value| v.as_i64().map(|q| format!("{q:+} Wh"));
+    let mut out = Vec::new();
+    match intervals.iter().rev().find(|i| i["price"].is_i64()) {
+        Some(c) => out.push(format!(
+            "market   {area}  {} cleared at {} milli/kWh ({}, {} round(s)); ours: accepted {}, delivered {}",
+            at(c),
+            c["price"],
+            c["stop"].as_str().unwrap_or(""),
+            c["prices"].as_array().map_or(0, Vec::len),
+            wh(&c["accepted_wh"]).unwrap_or_else(|| "nothing".into()),
+            wh(&c["delivered_wh"]).unwrap_or_else(|| "not yet".into()),
+        )),
+        None => out.push(format!("market   {area}  no interval cleared yet")),
+    }
+    if let Some(o) = intervals.iter().rev().find(|i| i["state"] == "open") {
+        let prices = o["prices"].as_array().cloned().unwrap_or_default();
+        out.push(format!(
+            "         {} under way: round {} asking {} milli/kWh",
+            at(o),
+            prices.len(),
+            prices.last().and_then(|p| p.as_i64()).unwrap_or(0)
+        ));
+    }
+    out
+}
+
 /// Prints the overview and the worst devices.
 pub async fn run(a: StatusArgs, out: &mut dyn Write) -> Result<ExitCode> {
     let t = target(&a)?;
@@ -300,6 +344,13 @@ pub async fn run(a: StatusArgs, out: &mut dyn Write) -> Result<ExitCode> {
                 t.events, t.delivered_kwh, t.paid, t.statement
             )?;
         }
+        // The flexibility market, when the gateway trades in one (an older gateway has no
+        // /api/market: nothing is said).
+        if let Ok(m) = get::<serde_json::Value>(&t, "/api/market").await {
+            for line in market_lines(&m) {
+                writeln!(out, "{line}")?;
+            }
+        }
     }
     let mut devices = page.items;
     let rank = |s: &str| match s {
@@ -381,4 +432,31 @@ pub fn make_token(out_path: &Path, out: &mut dyn Write) -> Result<ExitCode> {
         out_path.display()
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::market_lines;
+
+    #[test]
+    fn the_market_lines_say_the_newest_clearing_and_the_round_under_way() {
+        let m = serde_json::json!({
+            "area": "feeder-7",
+            "intervals": [
+                { "interval_ms": 1_800_000_000_000i64, "state": "cleared", "price": 1000,
+                  "stop": "balanced", "prices": [800, 1000], "accepted_wh": 297,
+                  "delivered_wh": null },
+                { "interval_ms": 1_800_000_060_000i64, "state": "open", "price": null,
+                  "prices": [800, 1000, 900] }
+            ]
+        });
+        assert_eq!(
+            market_lines(&m),
+            [
+                "market   feeder-7  2027-01-15T08:00:00Z cleared at 1000 milli/kWh (balanced, 2 round(s)); ours: accepted +297 Wh, delivered not yet",
+                "         2027-01-15T08:01:00Z under way: round 3 asking 900 milli/kWh",
+            ]
+        );
+        assert!(market_lines(&serde_json::json!({ "area": null, "intervals": [] })).is_empty());
+    }
 }
