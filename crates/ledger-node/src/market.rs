@@ -138,21 +138,17 @@ pub fn terms_in_force<'a>(
 /// Answers by (area, interval start), in the order the logs hold them.
 pub type AnswersByInterval = BTreeMap<(String, i64), Vec<Answer>>;
 
-/// The answers the decided cut `cut` orders, by (area, interval start), from gateways that
-/// are members; `None` while this replica does not hold every entry the cut orders (the
-/// sync fetches them; the rounds wait rather than count too few).
+/// The answers the decided cut `cut` orders, by (area, interval start), from whichever
+/// log (who may answer is the rounds' to say, by the membership as of the opening cut);
+/// `None` while this replica does not hold every entry the cut orders (the sync fetches
+/// them; the rounds wait rather than count too few).
 pub fn answers_of_cut(
     store: &Store,
-    members: &Members,
     cut: &pb::Cut,
 ) -> Result<Option<AnswersByInterval>, StoreError> {
     let mut out = AnswersByInterval::new();
     for (origin, from, to) in store.ledger().ordered_by(cut)? {
-        let gateway = members
-            .0
-            .get(&origin)
-            .is_some_and(|m| m.role == pb::MemberRole::Gateway && !m.removed);
-        if !gateway || to <= from {
+        if to <= from {
             continue;
         }
         let chunk = store.ledger().range(&origin, from, (to - from) as usize)?;
@@ -275,16 +271,24 @@ pub struct Validator {
     pub terms: BTreeMap<String, gridgate_ledger::settlement::Terms>,
 }
 
-/// The gateways excluded by their reputation as of the decided cut at `height` (time
-/// `time_ms`): the standing of a statement over every entry that cut or an earlier one
-/// ordered, so every validator excludes the same members.
-pub fn excluded_at(
+/// Who may answer, as of the decided cut at `height` (time `time_ms`): the gateways of the
+/// membership that cut puts in force (the genesis one with the changes it ordered), and of
+/// them those excluded by their reputation (the standing of a statement over every entry that
+/// cut or an earlier one ordered). Both from the cut alone, so every validator hears the same
+/// members.
+pub fn heard_at(
     store: &Store,
     genesis: &Members,
     terms: &BTreeMap<String, gridgate_ledger::settlement::Terms>,
     height: u64,
     time_ms: i64,
-) -> Result<std::collections::BTreeSet<String>, StoreError> {
+) -> Result<
+    (
+        std::collections::BTreeSet<String>,
+        std::collections::BTreeSet<String>,
+    ),
+    StoreError,
+> {
     let Some(cut) = store.ledger().cut(height)? else {
         return Ok(Default::default());
     };
@@ -295,14 +299,30 @@ pub fn excluded_at(
         heads: store.ledger().heads_at(height)?,
     };
     let entries = crate::every_held_entry(store)?;
+    let ordered = entries
+        .iter()
+        .map(|c| &c.entry)
+        .filter(|e| e.seq < closing.heads.get(&e.origin).copied().unwrap_or(0));
+    let members = gridgate_ledger::membership::apply(
+        genesis,
+        gridgate_ledger::membership::changes_in(ordered, genesis).iter(),
+    );
+    let gateways = members
+        .0
+        .values()
+        .filter(|m| m.role == pb::MemberRole::Gateway && !m.removed)
+        .map(|m| m.id.clone())
+        .collect();
     let s = gridgate_ledger::settlement::settle_on_cut(
         time_ms, time_ms, &closing, &entries, genesis, terms,
     );
-    Ok(s.standing
+    let excluded = s
+        .standing
         .into_iter()
         .filter(|(_, st)| st.excluded_until_ms > time_ms)
         .map(|(m, _)| m)
-        .collect())
+        .collect();
+    Ok((gateways, excluded))
 }
 
 /// One interval's rounds and what this validator logged of them.
@@ -360,14 +380,8 @@ impl Runner {
                     self.terms = held_terms(store, members)?;
                     self.terms_read = true;
                 }
-                self.follow_new(
-                    store,
-                    members,
-                    (genesis, program_terms),
-                    height,
-                    cut.time_ms,
-                )?;
-                let Some(answers) = answers_of_cut(store, members, &cut)? else {
+                self.follow_new(store, (genesis, program_terms), height, cut.time_ms)?;
+                let Some(answers) = answers_of_cut(store, &cut)? else {
                     return Ok(out);
                 };
                 for ((area, start), t) in &mut self.tracked {
@@ -447,7 +461,6 @@ impl Runner {
     fn follow_new(
         &mut self,
         store: &Store,
-        members: &Members,
         (genesis, program_terms): (
             &Members,
             &BTreeMap<String, gridgate_ledger::settlement::Terms>,
@@ -495,11 +508,12 @@ impl Runner {
                         .cut(opened)?
                         .and_then(|d| gridgate_ledger::cut::decode(&d.cut).ok())
                         .map_or(time_ms, |c| c.time_ms);
-                    let out = excluded_at(store, genesis, program_terms, opened, opened_ms)?;
+                    let (gateways, out) =
+                        heard_at(store, genesis, program_terms, opened, opened_ms)?;
                     if !out.is_empty() {
                         info!(area = %area, interval_ms = start, excluded = ?out, "market: members excluded by their reputation");
                     }
-                    rounds = rounds.excluding(out);
+                    rounds = rounds.hearing(gateways).excluding(out);
                     let mut h = opened;
                     while h < height {
                         let chunk = store.ledger().cuts(h, 64)?;
@@ -514,7 +528,7 @@ impl Runner {
                             let Ok(cut) = gridgate_ledger::cut::decode(&d.cut) else {
                                 continue;
                             };
-                            let Some(mut answers) = answers_of_cut(store, members, &cut)? else {
+                            let Some(mut answers) = answers_of_cut(store, &cut)? else {
                                 // Not all held: follow it from the next call.
                                 return Ok(());
                             };

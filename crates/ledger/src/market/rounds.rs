@@ -171,6 +171,9 @@ pub struct Rounds {
     last_height: u64,
     /// Members whose answers are ignored: excluded by their reputation when discovery opened.
     excluded: std::collections::BTreeSet<String>,
+    /// The members heard at all (the gateways of the membership when discovery opened);
+    /// `None`: anyone.
+    heard: Option<std::collections::BTreeSet<String>>,
 }
 
 impl Rounds {
@@ -188,7 +191,14 @@ impl Rounds {
             asked: BTreeMap::new(),
             last_height: 0,
             excluded: Default::default(),
+            heard: None,
         }
+    }
+
+    /// The same, hearing only `members`.
+    pub fn hearing(mut self, members: std::collections::BTreeSet<String>) -> Rounds {
+        self.heard = Some(members);
+        self
     }
 
     /// The same, ignoring the answers of `excluded` members.
@@ -255,6 +265,7 @@ impl Rounds {
             a.round >= round
                 && a.quantity_wh.unsigned_abs() <= MAX_ANSWER_WH as u64
                 && !self.excluded.contains(&a.member)
+                && self.heard.as_ref().is_none_or(|h| h.contains(&a.member))
         }));
         let gate = self.schedule.gate(self.interval_ms);
         let closes = (opened_ms + self.schedule.round_ms).min(gate);
@@ -529,6 +540,7 @@ mod tests {
     #[test]
     fn an_excluded_member_answers_in_vain() {
         let mut r = Rounds::new(terms(), schedule(), START)
+            .hearing(["factory", "pv", "storage"].map(String::from).into())
             .excluding(std::collections::BTreeSet::from(["factory".to_string()]));
         run(&mut r, &["factory", "pv", "storage"], 100);
         let State::Final(f) = r.state() else {
@@ -536,6 +548,14 @@ mod tests {
         };
         // Only sellers are left: at the floor they still sell, and the grid takes it.
         assert_eq!((f.clearing.price, f.stop), (400, Stop::AtBound));
+        assert!(!f.clearing.members.contains_key("factory"));
+        // Neither is one that is not a member (a stranger, or a validator's log).
+        let mut r = Rounds::new(terms(), schedule(), START)
+            .hearing(["pv", "storage"].map(String::from).into());
+        run(&mut r, &["factory", "pv", "storage"], 100);
+        let State::Final(f) = r.state() else {
+            panic!("not final");
+        };
         assert!(!f.clearing.members.contains_key("factory"));
     }
 
