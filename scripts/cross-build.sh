@@ -19,14 +19,14 @@ case "$arch" in
         gnu=aarch64-linux-gnu
         machine="ARM aarch64"
         qemu=qemu-aarch64
-        budget_mib=15
+        budget_mib=16
         ;;
     armv7)
         triple=armv7-unknown-linux-gnueabihf
         gnu=arm-linux-gnueabihf
         machine="ARM, EABI5"
         qemu=qemu-arm
-        budget_mib=15
+        budget_mib=16
         ;;
     *)
         echo "usage: $0 aarch64|armv7" >&2
