@@ -46,7 +46,6 @@ pub fn held_entries(
     store: &gridgate_store::Store,
     origin: &str,
 ) -> Result<Vec<pb::Entry>, gridgate_store::StoreError> {
-    use prost::Message;
     let mut out = Vec::new();
     let mut from = 0;
     loop {
@@ -55,11 +54,16 @@ pub fn held_entries(
             return Ok(out);
         };
         from = last + 1;
-        out.extend(chunk.into_iter().filter_map(|(_, bytes)| {
-            let c = pb::CertifiedEntry::decode(bytes.as_slice()).ok()?;
-            pb::Entry::decode(c.entry?.entry.as_slice()).ok()
-        }));
+        out.extend(chunk.into_iter().filter_map(|(_, bytes)| entry_of(&bytes)));
     }
+}
+
+/// The entry a stored `CertifiedEntry` carries, if it decodes (what the store holds was
+/// checked when it was stored).
+pub(crate) fn entry_of(certified: &[u8]) -> Option<pb::Entry> {
+    use prost::Message;
+    let c = pb::CertifiedEntry::decode(certified).ok()?;
+    pb::Entry::decode(c.entry?.entry.as_slice()).ok()
 }
 
 /// Every certified entry of every log this replica holds, as settlement takes them.

@@ -36,11 +36,7 @@ pub fn recent_entries(
         let from = end.saturating_sub(CHUNK);
         let chunk = store.ledger().range(origin, from, (end - from) as usize)?;
         for (seq, bytes) in chunk.into_iter().rev() {
-            let Some(e) = pb::CertifiedEntry::decode(bytes.as_slice())
-                .ok()
-                .and_then(|c| c.entry)
-                .and_then(|s| pb::Entry::decode(s.entry.as_slice()).ok())
-            else {
+            let Some(e) = crate::entry_of(&bytes) else {
                 continue;
             };
             if e.timestamp_ms < since_ms {
@@ -83,11 +79,7 @@ pub fn held_terms(store: &Store, members: &Members) -> Result<Vec<HeldTerms>, St
             };
             from = last + 1;
             for (seq, bytes) in chunk {
-                let Some(e) = pb::CertifiedEntry::decode(bytes.as_slice())
-                    .ok()
-                    .and_then(|c| c.entry)
-                    .and_then(|s| pb::Entry::decode(s.entry.as_slice()).ok())
-                else {
+                let Some(e) = crate::entry_of(&bytes) else {
                     continue;
                 };
                 if e.kind != pb::EntryKind::MarketTerms as i32 {
@@ -156,11 +148,7 @@ pub fn answers_of_cut(
             return Ok(None);
         }
         for (_, bytes) in chunk {
-            let Some(e) = pb::CertifiedEntry::decode(bytes.as_slice())
-                .ok()
-                .and_then(|c| c.entry)
-                .and_then(|s| pb::Entry::decode(s.entry.as_slice()).ok())
-            else {
+            let Some(e) = crate::entry_of(&bytes) else {
                 continue;
             };
             if e.kind != pb::EntryKind::MarketAnswer as i32 {
@@ -209,12 +197,20 @@ impl Logged {
         Some((pb::MarketClearing::decode(bytes).ok()?, signers))
     }
 
+    /// Each round whose price `at_least` validators (f+1) agree on: (round, price), in order.
+    pub fn agreed_rounds(&self, at_least: usize) -> Vec<(u32, i64)> {
+        let latest = self.rounds.iter().map(|(_, r)| r.round).max().unwrap_or(0);
+        (1..=latest)
+            .filter_map(|round| {
+                gridgate_ledger::market::agreed_price(&self.rounds, round, at_least)
+                    .map(|p| (round, p))
+            })
+            .collect()
+    }
+
     /// The latest round whose price f+1 validators agree on: (round, price).
     pub fn current_round(&self, at_least: usize) -> Option<(u32, i64)> {
-        let latest = self.rounds.iter().map(|(_, r)| r.round).max()?;
-        (1..=latest).rev().find_map(|round| {
-            gridgate_ledger::market::agreed_price(&self.rounds, round, at_least).map(|p| (round, p))
-        })
+        self.agreed_rounds(at_least).pop()
     }
 }
 
@@ -661,18 +657,7 @@ pub fn view(
         .into_iter()
         .map(|(start, (logged, mut v))| {
             v.interval_ms = start;
-            let latest = logged
-                .rounds
-                .iter()
-                .map(|(_, r)| r.round)
-                .max()
-                .unwrap_or(0);
-            v.rounds = (1..=latest)
-                .filter_map(|round| {
-                    gridgate_ledger::market::agreed_price(&logged.rounds, round, at_least)
-                        .map(|p| (round, p))
-                })
-                .collect();
+            v.rounds = logged.agreed_rounds(at_least);
             if let Some((c, signers)) = logged.final_clearing(quorum) {
                 v.accepted = c.members.iter().find(|a| a.member == me).cloned();
                 v.clearing = Some(c);

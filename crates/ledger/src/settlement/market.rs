@@ -343,31 +343,38 @@ mod tests {
             pb::EntryKind::MarketTerms,
             terms.encode_to_vec(),
         )];
-        for i in 0..4 {
-            let c = if i < agree { &clearing } else { &forged };
-            out.push(entry(
-                &format!("v{i}"),
-                START - 200_000,
-                pb::EntryKind::MarketClearing,
-                c.encode_to_vec(),
-            ));
-        }
+        out.extend(logged_by(0..agree, &clearing));
+        out.extend(logged_by(agree..4, &forged));
         for (g, delivered, accepted) in [("ga", -195, -200), ("gb", 150, 300)] {
-            let d = pb::MarketDelivery {
-                area: "feeder-7".into(),
-                interval_ms: START,
-                delivered_wh: delivered,
-                accepted_wh: accepted,
-                loads: Vec::new(),
-            };
-            out.push(entry(
-                g,
-                END + 5_000,
-                pb::EntryKind::MarketDelivery,
-                d.encode_to_vec(),
-            ));
+            out.push(delivery(g, START, END + 5_000, delivered, accepted));
         }
         out
+    }
+
+    /// `c` logged by validators `v{i}` for each i of `validators`, before its interval.
+    fn logged_by(validators: std::ops::Range<usize>, c: &pb::MarketClearing) -> Vec<Certified> {
+        validators
+            .map(|i| {
+                entry(
+                    &format!("v{i}"),
+                    c.interval_ms - 200_000,
+                    pb::EntryKind::MarketClearing,
+                    c.encode_to_vec(),
+                )
+            })
+            .collect()
+    }
+
+    /// Gateway `g`'s delivery report for the interval at `start`, logged at `at`.
+    fn delivery(g: &str, start: i64, at: i64, delivered: i64, accepted: i64) -> Certified {
+        let d = pb::MarketDelivery {
+            area: "feeder-7".into(),
+            interval_ms: start,
+            delivered_wh: delivered,
+            accepted_wh: accepted,
+            loads: Vec::new(),
+        };
+        entry(g, at, pb::EntryKind::MarketDelivery, d.encode_to_vec())
     }
 
     #[test]
@@ -432,27 +439,8 @@ mod tests {
                 members: vec![alloc("gb", 300, 0)],
                 ..Default::default()
             };
-            for i in 0..4 {
-                entries.push(entry(
-                    &format!("v{i}"),
-                    start - 200_000,
-                    pb::EntryKind::MarketClearing,
-                    c.encode_to_vec(),
-                ));
-            }
-            let d = pb::MarketDelivery {
-                area: "feeder-7".into(),
-                interval_ms: start,
-                delivered_wh: 0,
-                accepted_wh: 300,
-                loads: Vec::new(),
-            };
-            entries.push(entry(
-                "gb",
-                start + 905_000,
-                pb::EntryKind::MarketDelivery,
-                d.encode_to_vec(),
-            ));
+            entries.extend(logged_by(0..4, &c));
+            entries.push(delivery("gb", start, start + 905_000, 0, 300));
         }
         let s = settle(
             DAY,
@@ -483,27 +471,8 @@ mod tests {
             members: vec![alloc("gb", 300, 300)],
             ..Default::default()
         };
-        for i in 0..3 {
-            entries.push(entry(
-                &format!("v{i}"),
-                start - 200_000,
-                pb::EntryKind::MarketClearing,
-                c.encode_to_vec(),
-            ));
-        }
-        let d = pb::MarketDelivery {
-            area: "feeder-7".into(),
-            interval_ms: start,
-            delivered_wh: 290,
-            accepted_wh: 300,
-            loads: Vec::new(),
-        };
-        entries.push(entry(
-            "gb",
-            start + 905_000,
-            pb::EntryKind::MarketDelivery,
-            d.encode_to_vec(),
-        ));
+        entries.extend(logged_by(0..3, &c));
+        entries.push(delivery("gb", start, start + 905_000, 290, 300));
         let later = super::super::settle_as_of(
             DAY + 86_400_000 * 7,
             DAY + 86_400_000 * 8,
