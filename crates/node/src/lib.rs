@@ -6,9 +6,11 @@
 //!
 //! - [`app`]: the application the engine drives (propose, verify, relay, report).
 //! - [`engine`]: the engine, the P2P network and the journal, on their own runtime.
+//! - [`validator`]: a validator's consensus from its config, checked before it starts.
 //!
 //! What consensus shows the rest of the node (status line, `/metrics`) is
 //! `gridgate_core::instruments::Consensus`, with the node's other instruments.
 
 pub mod app;
 pub mod engine;
+pub mod validator;
