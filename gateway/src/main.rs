@@ -23,9 +23,10 @@ use gridgate_drivers::modbus::{DataType, Order, Table};
 #[derive(Debug, Parser)]
 #[command(name = "gridgate", version, propagate_version = true)]
 struct Cli {
-    /// Log filter (error, warn, info, debug, trace, or per module: gridgate=debug).
-    #[arg(long, global = true, env = "GRIDGATE_LOG", default_value = "info")]
-    log: String,
+    /// Log filter (error, warn, info, debug, trace, or per module: gridgate=debug); default
+    /// info (for `demo`, info without the in-process consortium's routine ledger messages).
+    #[arg(long, global = true, env = "GRIDGATE_LOG")]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -63,6 +64,10 @@ enum Command {
         /// to try `gridgate verify` or `gridgate pull` on them.
         #[arg(long, value_name = "DIR")]
         keep: Option<PathBuf>,
+        /// Stop once the DR event's claim and a market interval are settled (two to three
+        /// minutes with the default --dr-after; --duration still bounds it).
+        #[arg(long)]
+        until_settled: bool,
     },
     /// Run the gateway daemon with a config file.
     ///
@@ -293,6 +298,20 @@ enum ScanCommand {
     },
 }
 
+/// The log filter when none is given.
+fn default_log(command: &Command) -> &'static str {
+    match command {
+        // Eight nodes in one process (validators, prosumers) log every certificate, cut and
+        // answer at info, hundreds of lines a minute: the status lines say where they stand.
+        // The engine's resolver logs its mailbox closing as an error when it is stopped.
+        #[cfg(feature = "demo")]
+        Command::Demo { .. } => {
+            "info,gridgate_ledger_node=warn,gridgate_node=warn,gridgate_dr::market=warn,commonware_resolver=off"
+        }
+        _ => "info",
+    }
+}
+
 fn init_logging(filter: &str) {
     // The embedded broker logs every connection at info: keep it to warnings unless asked.
     let filter = if filter.contains("rumqttd") {
@@ -319,7 +338,7 @@ fn sink(format: Format) -> Box<dyn ReadingSink> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log);
+    init_logging(cli.log.as_deref().unwrap_or(default_log(&cli.command)));
     // Fault injection for the tests (FAILPOINTS=...): a no-op unless built with the
     // `failpoints` feature.
     #[cfg(feature = "failpoints")]
@@ -368,6 +387,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             web_port,
             status_only,
             keep,
+            until_settled,
         } => {
             let readings = match (status_only, json) {
                 (true, _) => None,
@@ -381,6 +401,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                     dr_for,
                     web_port,
                     keep,
+                    until_settled,
                     readings,
                 },
                 Box::new(std::io::stderr()),

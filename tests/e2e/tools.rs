@@ -561,13 +561,18 @@ async fn the_demo_sends_a_signed_dr_event_and_the_load_comes_off() {
     );
 }
 
+/// The demo's consortium certifies and settles its DR claim, and its three prosumers trade a
+/// market interval end to end: cleared final by the validators, delivered (the shop's load
+/// moved by its relay), settled. `--until-settled` stops it then: one to three minutes,
+/// as the minute boundaries fall.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demo_settles_its_dr_claim_on_four_in_process_validators() {
+async fn the_demo_settles_its_dr_claim_and_a_market_interval_on_four_validators() {
     let (code, out, err) = run_to_end(
         &[
             "demo",
             "--duration",
-            "40s",
+            "280s",
+            "--until-settled",
             "--dr-after",
             "1s",
             "--dr-for",
@@ -576,7 +581,7 @@ async fn the_demo_settles_its_dr_claim_on_four_in_process_validators() {
             "--web-port",
             "0",
         ],
-        LIMIT,
+        Duration::from_secs(330),
     )
     .await;
     assert_eq!(code, 0, "{err}");
@@ -596,4 +601,50 @@ async fn the_demo_settles_its_dr_claim_on_four_in_process_validators() {
         "{settled}"
     );
     assert!(!settled.contains("paid 0.000"), "{settled}");
+    // The market: an interval all three traded in cleared, final with at least three
+    // validators; delivered, the shop's load moved for it; and settled.
+    assert!(
+        err.contains("-- market: demo-operator published the terms of demo-feeder"),
+        "{err}"
+    );
+    let cleared = err
+        .lines()
+        .find(|l| {
+            l.starts_with("-- market demo-feeder, interval ")
+                && l.contains(": cleared at ")
+                && l.contains("prosumer-pv sells")
+        })
+        .unwrap_or_else(|| panic!("no interval cleared with the prosumers:\n{err}"));
+    assert!(
+        cleared.contains("prosumer-battery sells") && cleared.contains("prosumer-load buys"),
+        "{cleared}"
+    );
+    let signers = cleared
+        .split("final with ")
+        .nth(1)
+        .and_then(|s| s.split(':').next())
+        .map_or(0, |s| s.split(", ").count());
+    assert!(signers >= 3, "{cleared}");
+    let delivered = err
+        .lines()
+        .find(|l| l.contains(": delivered prosumer-pv"))
+        .unwrap_or_else(|| panic!("no delivery logged:\n{err}"));
+    assert!(delivered.contains("moved shop-pcs"), "{delivered}");
+    let settlement = err
+        .lines()
+        .find(|l| l.starts_with("-- market settlement of today"))
+        .unwrap_or_else(|| panic!("no market settlement:\n{err}"));
+    // PV sold what it cleared and is paid for it.
+    let pv = settlement
+        .split("; ")
+        .find(|p| p.contains("prosumer-pv "))
+        .unwrap_or_else(|| panic!("PV not settled: {settlement}"));
+    assert!(
+        pv.contains("prosumer-pv +0.") && !pv.contains("+0.000") && pv.ends_with("(delivered)"),
+        "{settlement}"
+    );
+    assert!(
+        err.contains("a market interval are settled: stopping (--until-settled)"),
+        "{err}"
+    );
 }

@@ -4,6 +4,7 @@
 
 pub mod dr;
 pub mod ledger;
+pub mod market;
 pub mod master;
 
 use std::io::Write as _;
@@ -39,6 +40,9 @@ pub enum DemoError {
     /// The gateway or a validator would not run.
     #[error(transparent)]
     Daemon(#[from] DaemonError),
+    /// A validator's consensus would not start.
+    #[error("a demo validator's consensus: {0}")]
+    Consensus(String),
 }
 
 /// What `gridgate demo` is asked to do.
@@ -52,6 +56,8 @@ pub struct DemoOptions {
     pub web_port: u16,
     /// Keep the demo's files (store, keys, PKI) here instead of a temporary directory.
     pub keep: Option<PathBuf>,
+    /// Stop once the DR claim and a market interval are settled (or at `duration`).
+    pub until_settled: bool,
     /// Where readings are printed, the polled ones and the MQTT devices' (two writers to
     /// one terminal); `None`: status lines only.
     pub readings: Option<(Box<dyn ReadingSink>, Box<dyn ReadingSink>)>,
@@ -137,9 +143,11 @@ async fn demo_in(
         dr_for,
         web_port,
         readings,
+        until_settled,
         ..
     } = options;
     let sims = sim::start(&sim::default_spec(Some(work))).await?;
+    let prosumers = market::Prosumers::prepare(work).await?;
     let port = free_port()?;
     let data_dir: PathBuf = work.join("data");
     let mut text = sims.gateway_config("demo-site", "5s");
@@ -195,18 +203,23 @@ topic = "gridgate/demo-site/batches"
     let identity = Identity::generate()?;
     let (gateway_pub, operator_pub) = (work.join("identity.pub"), work.join("operator.pub"));
     identity.save(&work.join("identity.key"), &gateway_pub)?;
-    let consortium = crate::demo::ledger::Consortium::prepare(work)?;
-    let members = (
-        ("demo-site", gateway_pub.as_path()),
-        ("demo-operator", operator_pub.as_path()),
+    let mut members = vec![
+        ledger::Member {
+            id: "demo-site".into(),
+            role: "gateway",
+            public_key: gateway_pub,
+        },
+        ledger::Member {
+            id: "demo-operator".into(),
+            role: "operator",
+            public_key: operator_pub,
+        },
+    ];
+    members.extend(prosumers.members());
+    let consortium = ledger::Consortium::prepare(work, members)?;
+    text.push_str(
+        &consortium.ledger_section("gateway", ("demo-site", &work.join("identity.key")))?,
     );
-    let me = ("demo-site", work.join("identity.key"));
-    text.push_str(&consortium.ledger_section(
-        "gateway",
-        (me.0, me.1.as_path()),
-        members.0,
-        members.1,
-    )?);
     let cfg = gridgate_config::parse(&text, Path::new("<demo config>"))?;
     let _ = writeln!(
         status,
@@ -227,8 +240,14 @@ topic = "gridgate/demo-site/batches"
     );
     let _ = writeln!(
         status,
-        "  consortium ledger: {} validators in this process (any 3 certify); the gateway's signed performance report is certified and settled",
-        crate::demo::ledger::VALIDATORS
+        "  consortium ledger: {} validators in this process (any 3 certify, consensus decides cuts every second); the gateway's signed performance report is certified and settled",
+        ledger::VALIDATORS
+    );
+    let _ = writeln!(
+        status,
+        "  flexibility market: {} trade one-minute intervals of {} (PV, a battery, a shop's load), priced round by round on the decided cuts",
+        market::PROSUMERS.join(", "),
+        market::AREA
     );
     for l in &sims.lines {
         let _ = writeln!(
@@ -267,7 +286,18 @@ topic = "gridgate/demo-site/batches"
     let _ = writeln!(status);
     // The validators start after the gateway, so that the banner and the page's address
     // come first; the gateway's ledger node waits for them.
-    let validators = consortium.start(members.0, members.1).await?;
+    let validators = consortium.start().await?;
+    let traders = prosumers.start(&consortium).await?;
+    // Awaited in the loop below beside the status lines (it waits for the certificate).
+    let publish = market::publish_terms(
+        work.to_path_buf(),
+        consortium.ledger_section("operator", ("demo-operator", &work.join("operator.key")))?,
+    );
+    tokio::pin!(publish);
+    let mut published = false;
+    let market_since = gridgate_core::reading::now_ms() - 3_600_000;
+    let mut market_lines: Vec<String> = Vec::new();
+    let mut dr_settled = false;
     let sensor = tokio::spawn(sim::mqtt_sensor(
         "127.0.0.1".into(),
         port,
@@ -293,6 +323,10 @@ topic = "gridgate/demo-site/batches"
     loop {
         tokio::select! {
             _ = &mut stop => break,
+            said = &mut publish, if !published => {
+                published = true;
+                let _ = writeln!(status, "-- {said}");
+            }
             _ = &mut dr_at, if !dispatched => {
                 dispatched = true;
                 let said = crate::demo::dr::dispatch(work, grpc_port, dr_for).await;
@@ -308,8 +342,20 @@ topic = "gridgate/demo-site/batches"
                 if let Some(line) = crate::demo::dr::status_line(&pipeline.shared().store.store) {
                     let _ = writeln!(status, "-- {line}");
                 }
-                if let Some(line) = crate::demo::ledger::status_line(&pipeline.shared().store.store, &pipeline.config()) {
+                if let Some(line) = ledger::status_line(&pipeline.shared().store.store, &pipeline.config()) {
+                    dr_settled |= line.contains("; settlement of today: ");
                     let _ = writeln!(status, "-- {line}");
+                }
+                // The market as v0 holds it; a line is printed when it changes.
+                let v0 = &validators[0].pipeline;
+                let market = v0.config().ledger.as_ref().map(|l| market::status(&v0.shared().store.store, l, market_since)).unwrap_or_default();
+                for line in market.lines.iter().filter(|l| !market_lines.contains(l)) {
+                    let _ = writeln!(status, "-- {line}");
+                }
+                market_lines = market.lines;
+                if until_settled && dr_settled && market.settled {
+                    let _ = writeln!(status, "-- the DR claim and a market interval are settled: stopping (--until-settled)");
+                    break;
                 }
             }
         }
@@ -335,11 +381,17 @@ topic = "gridgate/demo-site/batches"
                 .join(", ")
         );
     }
+    for p in traders {
+        if let Err(e) = p.stop().await {
+            let _ = writeln!(status, "prosumer did not stop cleanly: {e}");
+        }
+    }
     for v in validators {
         if let Err(e) = v.stop().await {
             let _ = writeln!(status, "validator did not stop cleanly: {e}");
         }
     }
     drop(sims);
+    drop(prosumers);
     Ok(result?)
 }

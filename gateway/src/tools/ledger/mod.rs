@@ -8,7 +8,7 @@ mod prove;
 mod settlement;
 mod status;
 mod verify;
-mod write;
+pub(crate) mod write;
 
 use std::io::Write;
 use std::path::PathBuf;
