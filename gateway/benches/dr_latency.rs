@@ -22,16 +22,8 @@ use tokio_modbus::slave::Slave;
 const LOADS: usize = 100;
 
 fn main() {
-    let events: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(40);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(run(events));
+    let events: usize = common::size_arg(40);
+    common::runtime().block_on(run(events));
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -77,23 +69,9 @@ async fn run(events: usize) {
         .save(&d.join("operator.key"), &d.join("operator.pub"))
         .expect("save");
     gridgate_api::pki::make_site_pki(&d.join("pki"), "bench", &[]).expect("pki");
-    let mut spec = String::new();
-    for i in 0..LOADS {
-        spec.push_str(&format!(
-            "[[line]]\nname = \"l{i}\"\nprotocol = \"modbus-tcp\"\nlisten = \"127.0.0.1:0\"\ndevices = [{{ unit = 1, rated_kw = 10.0 }}]\n\n"
-        ));
-    }
-    let spec: gridgate::tools::sim::SimSpec = toml::from_str(&spec).expect("spec");
-    let sims = gridgate::tools::sim::start(&spec).await.expect("sims");
+    let (sims, links) = common::modbus_devices(LOADS).await;
     let port = common::free_port();
-    std::fs::write(d.join("g.toml"), config(d, &sims, port)).expect("config");
-    let mut gw = tokio::process::Command::new(env!("CARGO_BIN_EXE_gridgate"))
-        .args(["run", "--config"])
-        .arg(d.join("g.toml"))
-        .env("GRIDGATE_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("gridgate");
+    let mut gw = common::run_gateway(&d.join("g.toml"), &config(d, &sims, port));
     let pki = d.join("pki");
     let channel = common::connect_when_up(port, &pki, "operator").await;
     let mut client = DemandResponseClient::new(channel);
@@ -102,16 +80,6 @@ async fn run(events: usize) {
 
     let mut relay_ms = Vec::new();
     let mut bare_ms = Vec::new();
-    let links: Vec<std::net::SocketAddr> = sims
-        .lines
-        .iter()
-        .map(|l| {
-            l.link
-                .trim_start_matches("tcp://")
-                .parse()
-                .expect("sim address")
-        })
-        .collect();
     for n in 0..events {
         let setpoint = if n % 2 == 0 { 50.0 } else { 60.0 };
         let now = std::time::SystemTime::now()
@@ -214,5 +182,19 @@ async fn run(events: usize) {
     println!(
         "ratio relay / bare (p50): {:.2}",
         percentile(&relay_ms, 0.5) / percentile(&bare_ms, 0.5)
+    );
+    // One line per figure for scripts/bench.sh: figure, value, unit, which way is better,
+    // the limit measured in the same run, the ratio to it, the target ("-": none).
+    println!(
+        "result\tdr.p50_ms\t{:.1}\tms\tlower\t{:.1}\t{:.2}\tratio<=3",
+        percentile(&relay_ms, 0.5),
+        percentile(&bare_ms, 0.5),
+        percentile(&relay_ms, 0.5) / percentile(&bare_ms, 0.5)
+    );
+    println!(
+        "result\tdr.p99_ms\t{:.1}\tms\tlower\t{:.1}\t{:.2}\tvalue<10",
+        percentile(&relay_ms, 0.99),
+        percentile(&bare_ms, 0.99),
+        percentile(&relay_ms, 0.99) / percentile(&bare_ms, 0.99)
     );
 }

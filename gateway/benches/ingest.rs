@@ -28,15 +28,8 @@ const PER_MESSAGE: usize = 100;
 const BATCH: usize = 1000;
 
 fn main() {
-    let total: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(1_000_000);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let total: usize = common::size_arg(1_000_000);
+    let rt = common::runtime();
     let dir = tempfile::tempdir().expect("dir");
     let bare = bare_redb(dir.path(), total);
     let (rust, rss_kib, batches) = rt.block_on(pipeline(
@@ -64,6 +57,20 @@ fn main() {
         paho,
         paho / bare,
         paho_rss_kib as f64 / 1024.0
+    );
+    // One line per figure for scripts/bench.sh: figure, value, unit, which way is better,
+    // the limit measured in the same run, the ratio to it, the target ("-": none).
+    println!(
+        "result\tingest.readings_per_s\t{rust:.0}\treadings/s\thigher\t{bare:.0}\t{:.2}\tratio>=0.5",
+        rust / bare
+    );
+    println!(
+        "result\tingest.peak_rss_mib\t{:.1}\tMiB\tlower\t-\t-\tvalue<64",
+        rss_kib.max(paho_rss_kib) as f64 / 1024.0
+    );
+    println!(
+        "result\tingest.paho_readings_per_s\t{paho:.0}\treadings/s\thigher\t{bare:.0}\t{:.2}\t-",
+        paho / bare
     );
 }
 

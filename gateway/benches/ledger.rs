@@ -85,6 +85,18 @@ async fn main() {
         "window votes / one vote per entry: {:.2}x certified entries/s",
         window.rate / per_entry.rate
     );
+    // One line per figure for scripts/bench.sh: figure, value, unit, which way is better,
+    // the limit measured in the same run, the ratio to it, the target ("-": none).
+    println!(
+        "result\tledger.certified_per_s\t{:.0}\tentries/s\thigher\t{:.0}\t{:.2}\tvalue>=5000",
+        window.rate,
+        per_entry.rate,
+        window.rate / per_entry.rate
+    );
+    println!(
+        "result\tledger.vote_p99_ms\t{:.2}\tms\tlower\t-\t-\t-",
+        window.p99
+    );
 }
 
 async fn measure(entries: u64, form: VoteForm) -> Measured {

@@ -8,6 +8,8 @@
 // A bench stops at its first failure: a panic is how it says so.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -25,16 +27,8 @@ const DIS: [&str; 6] = [
 ];
 
 fn main() {
-    let seconds: u64 = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(30);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(run(Duration::from_secs(seconds)));
+    let seconds: u64 = common::size_arg(30);
+    common::runtime().block_on(run(Duration::from_secs(seconds)));
 }
 
 async fn run(window: Duration) {

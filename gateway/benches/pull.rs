@@ -21,16 +21,8 @@ use prost::Message;
 const PER_BATCH: usize = 1000;
 
 fn main() {
-    let batches: u64 = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(500);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(run(batches));
+    let batches: u64 = common::size_arg(500);
+    common::runtime().block_on(run(batches));
 }
 
 fn now_ms() -> i64 {
@@ -97,14 +89,7 @@ meters = [{ address = "000000000001" }, { address = "000000000002" }, { address 
         "\n[store]\nbatch_readings = 1000\nbatch_interval = \"1s\"\nbudget = \"8GiB\"\n\n[grpc]\nlisten = \"127.0.0.1:{port}\"\ncert_file = \"{p}/server.pem\"\nkey_file = \"{p}/server.key\"\nclient_ca_file = \"{p}/ca.pem\"\n",
         p = d.join("pki").display()
     ));
-    std::fs::write(d.join("g.toml"), config).expect("config");
-    let mut gw = tokio::process::Command::new(env!("CARGO_BIN_EXE_gridgate"))
-        .args(["run", "--config"])
-        .arg(d.join("g.toml"))
-        .env("GRIDGATE_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("gridgate");
+    let mut gw = common::run_gateway(&d.join("g.toml"), &config);
 
     let pki = d.join("pki");
     let channel = common::connect_when_up(port, &pki, "master").await;
@@ -181,4 +166,14 @@ meters = [{ address = "000000000001" }, { address = "000000000002" }, { address 
         pct(1.0)
     );
     println!("  (timestamps have millisecond resolution: each figure may read up to 1 ms high)");
+    // One line per figure for scripts/bench.sh: figure, value, unit, which way is better,
+    // the limit measured in the same run, the ratio to it, the target ("-": none).
+    println!(
+        "result\tpull.readings_per_s\t{:.0}\treadings/s\thigher\t-\t-\t-",
+        readings as f64 / median
+    );
+    println!(
+        "result\tsubscribe.p99_ms\t{:.2}\tms\tlower\t-\t-\t-",
+        pct(0.99)
+    );
 }

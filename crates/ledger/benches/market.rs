@@ -145,4 +145,11 @@ fn main() {
         "  the last round's close with the clearing: {:.2} ms",
         clearing.as_secs_f64() * 1e3
     );
+    // One line per figure for scripts/bench.sh: figure, value, unit, which way is better,
+    // the limit measured in the same run, the ratio to it, the target ("-": none).
+    println!(
+        "result\tmarket.round_ms\t{:.2}\tms\tlower\t-\t-\tvalue<100",
+        round.as_secs_f64() * 1e3
+    );
+    println!("result\tmarket.rounds\t{rounds}\trounds\tlower\t-\t-\tvalue<20");
 }

@@ -499,4 +499,22 @@ async fn main() {
         "catch-up: {catchup} decided cuts fetched, checked and stored in {took:.1} s ({:.0} cuts/s)",
         catchup as f64 / took
     );
+    // One line per figure for scripts/bench.sh: figure, value, unit, which way is better,
+    // the limit measured in the same run, the ratio to it, the target ("-": none).
+    println!(
+        "result\tconsensus.cuts_per_s\t{:.1}\tcuts/s\thigher\t{:.1}\t{:.2}\t-",
+        o.cuts_per_s,
+        b.cuts_per_s,
+        o.cuts_per_s / b.cuts_per_s
+    );
+    println!(
+        "result\tconsensus.finality_p99_ms\t{}\tms\tlower\t{}\t{:.2}\t-",
+        o.p99_ms,
+        b.p99_ms,
+        o.p99_ms as f64 / b.p99_ms.max(1) as f64
+    );
+    println!(
+        "result\tconsensus.catchup_cuts_per_s\t{:.0}\tcuts/s\thigher\t-\t-\t-",
+        catchup as f64 / took
+    );
 }
