@@ -9,7 +9,9 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "cargo-deb"
 if ! command -v cargo-deb >/dev/null 2>&1; then
-    cargo install cargo-deb --locked --version 3.8.0
+    # A debug build of the tool, as for cargo-deny: 52 s to install here against 92 s
+    # optimised, and the package still takes 22 s to make against 20 s.
+    cargo install cargo-deb --locked --debug --version 3.8.0
 fi
 
 step "build the .deb (the dist profile: fat LTO, one codegen unit)"
