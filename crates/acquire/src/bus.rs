@@ -1,6 +1,7 @@
 //! One task per bus: it owns the line, polls each device on its own schedule, and turns
 //! every outcome into readings.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use gridgate_drivers::dlt645::{self, Address, Client, ClientOptions, Dlt645Error};
@@ -56,7 +57,10 @@ enum Line {
 }
 
 struct DeviceRuntime {
-    cfg: DeviceConfig,
+    // Shared, not cloned, by each poll: a poll borrows it across its awaits on the line.
+    cfg: Arc<DeviceConfig>,
+    /// Each point's reading id, `device/point`, made once.
+    ids: Arc<[String]>,
     next_due: Instant,
     failures: u32,
     online: bool,
@@ -89,7 +93,12 @@ impl BusPoller {
             .map(|d| {
                 registry.register(&d.name, &bus.name);
                 DeviceRuntime {
-                    cfg: d.clone(),
+                    cfg: Arc::new(d.clone()),
+                    ids: d
+                        .points
+                        .iter()
+                        .map(|p| format!("{}/{}", d.name, p.name))
+                        .collect(),
                     next_due: now,
                     failures: 0,
                     online: true,
@@ -284,9 +293,10 @@ impl BusPoller {
 
     /// Polls device `idx` once.
     pub async fn poll(&mut self, idx: usize) -> Vec<Reading> {
-        let readings = match self.devices[idx].cfg.kind.clone() {
-            DeviceKind::Dlt645 { address } => self.poll_dlt645(idx, address).await,
-            DeviceKind::Modbus { unit, plan } => self.poll_modbus(idx, unit, &plan).await,
+        let cfg = self.devices[idx].cfg.clone();
+        let readings = match &cfg.kind {
+            DeviceKind::Dlt645 { address } => self.poll_dlt645(idx, *address).await,
+            DeviceKind::Modbus { unit, plan } => self.poll_modbus(idx, *unit, plan).await,
         };
         self.update_state(idx, &readings);
         readings
@@ -384,14 +394,15 @@ impl BusPoller {
     }
 
     async fn poll_dlt645(&mut self, idx: usize, address: Address) -> Vec<Reading> {
-        let dev_name = self.devices[idx].cfg.name.clone();
+        let cfg = self.devices[idx].cfg.clone();
+        let ids = self.devices[idx].ids.clone();
         let online = self.devices[idx].online;
-        let points = self.devices[idx].cfg.points.clone();
+        let points = &cfg.points;
         let timing = self.bus.timing;
         let mut out = Vec::with_capacity(points.len());
         let mut any_good = false;
         for (j, p) in points.iter().enumerate() {
-            let id = format!("{dev_name}/{}", p.name);
+            let id = ids[j].clone();
             let PointSource::Dlt645(di) = p.source else {
                 continue;
             };
@@ -441,16 +452,17 @@ impl BusPoller {
         unit: u8,
         plan: &[modbus::ReadPlan],
     ) -> Vec<Reading> {
-        let dev_name = self.devices[idx].cfg.name.clone();
+        let cfg = self.devices[idx].cfg.clone();
+        let ids = self.devices[idx].ids.clone();
         let online = self.devices[idx].online;
-        let points = self.devices[idx].cfg.points.clone();
+        let points = &cfg.points;
         let timing = self.bus.timing;
         let mut slots: Vec<Option<Reading>> = vec![None; points.len()];
         let mut any_good = false;
         // One reading for point `j` from the outcome of a read that began at `start`.
         let reading = |j: usize, start: u16, outcome: Result<&ReadData, (Quality, String)>| {
             let p = &points[j];
-            let id = format!("{dev_name}/{}", p.name);
+            let id = ids[j].clone();
             let ts = now_ms();
             let PointSource::Modbus(spec) = p.source else {
                 return Reading::bad(
@@ -508,7 +520,7 @@ impl BusPoller {
                 Err(ModbusError::Exception { code: 2 }) if read.points.len() > 1 => {
                     // A merged read touched an address the device does not map: read its
                     // points one by one so that one bad address does not blank the rest.
-                    debug!(device = %dev_name, start = read.start, count = read.count, "merged read refused; reading points singly");
+                    debug!(device = %cfg.name, start = read.start, count = read.count, "merged read refused; reading points singly");
                     for &j in &read.points {
                         let PointSource::Modbus(spec) = points[j].source else {
                             continue;
