@@ -6,14 +6,17 @@
 #   scripts/bench.sh [--quick] [--runs N] [--write] [--only NAME[,NAME...]]
 #
 #   --quick   small sizes in the dev profile: a smoke run that every bench still runs
-#             (CI runs this; its figures say nothing about speed)
+#             (CI runs this after the tests; its figures say nothing about speed). It
+#             relinks target/debug/gridgate without the tests' fail points: run
+#             `cargo build --workspace` before the end-to-end tests again.
 #   --runs N  each bench N times (default 1; 3 for figures to record): medians, and the
 #             spread (max - min) / median as the noise
 #   --write   append the table to BENCHMARKS.md as a dated section with the commit
 #   --only    only these benches (ingest, polling, dr_latency, ledger, pull, consensus, market)
 #
 # Needs what the tests need (Mosquitto, the Python venv of scripts/test.sh for the ingest
-# bench's paho publisher). A full run takes about 15 minutes on 2 cores with --runs 1.
+# bench's paho publisher). The full form builds in the release profile first (about ten
+# minutes from nothing here); the whole of it has not been timed yet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,7 +30,7 @@ while [ $# -gt 0 ]; do
         --runs) runs="$2"; shift ;;
         --write) write=1 ;;
         --only) only="$2"; shift ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
