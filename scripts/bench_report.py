@@ -5,8 +5,9 @@ Input: lines `RUN result FIGURE VALUE UNIT BETTER LIMIT RATIO TARGET`, tab-separ
 benches print them (BETTER is `higher` or `lower`; "-" where there is no limit or target;
 a target is `value<64`, `value>=5000`, `ratio>=0.5`, ...). Each figure's median over the
 runs is reported with its noise, (max - min) / median, and compared with the same figure in
-the newest section of the same form (full or quick) in the history file: a figure worse by
-more than the noise (this run's, or the recorded one when there was a single run; at least
+the newest section of the same form (full or quick) in the history file that has it, by its
+ratio to its limit where it has one (the limits move more between runs here than the
+ratios): a figure worse by more than the noise (this run's, or the recorded one; at least
 5 %) is flagged.
 """
 
@@ -40,7 +41,7 @@ def meets(target, value, ratio):
 
 
 def previous(history, form):
-    """Each figure's (value, noise) in the newest recorded section of this form."""
+    """Each figure's (value, ratio, noise) in the newest recorded section of this form."""
     try:
         text = open(history, encoding="utf-8").read()
     except OSError:
@@ -57,9 +58,19 @@ def previous(history, form):
             m = ROW.match(line)
             if m and m.group("figure") not in found:
                 cells = [c.strip() for c in m.group("rest").split("|")]
-                noise = num(cells[4].rstrip("%")) if len(cells) > 4 else None
-                found[m.group("figure")] = (float(m.group("value").replace(",", "")), noise)
+                ratio = num(cells[1]) if len(cells) > 1 else None
+                noise = num(cells[3].rstrip("%")) if len(cells) > 3 else None
+                value = float(m.group("value").replace(",", ""))
+                found[m.group("figure")] = (value, ratio, noise)
     return found
+
+
+def spread(xs):
+    """(max - min) / median in percent, over two runs or more."""
+    if len(xs) < 2:
+        return None
+    mid = statistics.median(xs)
+    return (max(xs) - min(xs)) / mid * 100 if mid else None
 
 
 def fmt(x):
@@ -104,21 +115,29 @@ def main():
         value = statistics.median(f["v"])
         limit = statistics.median(f["l"]) if f["l"] else None
         ratio = statistics.median(f["r"]) if f["r"] else None
-        noise = (max(f["v"]) - min(f["v"])) / value * 100 if len(f["v"]) > 1 and value else None
+        noise = spread(f["v"])
+        ratio_noise = spread(f["r"])
         # A quick run's sizes and dev profile say nothing about speed: no target is judged.
         ok = meets(f["target"], value, ratio) if a.form != "quick" else None
         if ok is False:
             missed.append(name)
         change = "-"
-        if name in before and before[name][0]:
-            old, old_noise = before[name]
-            delta = (value - old) / old * 100
-            worse = delta < 0 if f["better"] == "higher" else delta > 0
-            allowed = max(5.0, noise or 0.0, old_noise or 0.0)
-            change = f"{delta:+.0f}% vs {fmt(old)}"
-            if worse and abs(delta) > allowed:
-                change += " **REGRESSED**"
-                flagged.append(name)
+        if name in before:
+            old, old_ratio, old_noise = before[name]
+            # Against its limit where it has one: the limits themselves move by a quarter
+            # between runs on this machine, the ratios much less.
+            if ratio is not None and old_ratio:
+                now, then, what, own_noise = ratio, old_ratio, "ratio ", ratio_noise
+            else:
+                now, then, what, own_noise = value, old, "", noise
+            if then:
+                delta = (now - then) / then * 100
+                worse = delta < 0 if f["better"] == "higher" else delta > 0
+                allowed = max(5.0, own_noise or 0.0, old_noise or 0.0)
+                change = f"{what}{delta:+.0f}% vs {fmt(then)}"
+                if worse and abs(delta) > allowed:
+                    change += " **REGRESSED**"
+                    flagged.append(name)
         rows.append(
             f"| `{name}` | {fmt(value)} {f['unit']} | {fmt(limit)} | {fmt(ratio)} | "
             f"{f['target'] if f['target'] != '-' else '-'} "
