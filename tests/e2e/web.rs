@@ -293,6 +293,9 @@ async fn the_page_of_a_running_demo_shows_live_values_and_test_reads_need_the_cr
             && std::path::Path::new(gridgate_tests::web::CHROMIUM).exists(),
         "the browser test needs Debian's chromium and chromium-driver (scripts/test.sh installs them)"
     );
+    // The demo is killed at the end, before it can remove its files: they go in a
+    // directory the test removes.
+    let files = tempfile::tempdir().expect("dir");
     let mut demo = tokio::process::Command::new(gridgate_tests::gridgate_bin())
         .args([
             "demo",
@@ -304,7 +307,9 @@ async fn the_page_of_a_running_demo_shows_live_values_and_test_reads_need_the_cr
             "20s",
             "--web-port",
             "0",
+            "--keep",
         ])
+        .arg(files.path().join("demo"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
