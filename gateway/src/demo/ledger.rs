@@ -142,11 +142,11 @@ impl Consortium {
 const CURRENCY: &str = "CNY";
 
 /// One line on the demo gateway's own ledger log, and the settlement of today once a claim
-/// is certified; `None` before anything was logged.
+/// is certified (then `true`); `None` before anything was logged.
 pub fn status_line(
     store: &gridgate_store::Store,
     cfg: &gridgate_config::GatewayConfig,
-) -> Option<String> {
+) -> Option<(String, bool)> {
     let l = cfg.ledger.as_ref()?;
     let certified = store.ledger().next_certified(&cfg.id).ok()?;
     let pending = store.ledger().pending_count(&cfg.id).ok()?;
@@ -158,7 +158,8 @@ pub fn status_line(
         if certified == 1 { "y" } else { "ies" }
     );
     let s = gridgate_ledger_node::today(store, l, gridgate_core::reading::now_ms())?;
-    if let Some(paid) = s.lines.iter().find(|x| x.gateway == cfg.id) {
+    let paid = s.lines.iter().find(|x| x.gateway == cfg.id);
+    if let Some(paid) = paid {
         line.push_str(&format!(
             "; settlement of today: {} delivered {:.3} kWh, paid {:.3} {CURRENCY} (statement {})",
             paid.event_id,
@@ -167,5 +168,5 @@ pub fn status_line(
             &hex::encode(s.hash())[..16]
         ));
     }
-    Some(line)
+    Some((line, paid.is_some()))
 }

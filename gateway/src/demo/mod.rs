@@ -342,8 +342,8 @@ topic = "gridgate/demo-site/batches"
                 if let Some(line) = crate::demo::dr::status_line(&pipeline.shared().store.store) {
                     let _ = writeln!(status, "-- {line}");
                 }
-                if let Some(line) = ledger::status_line(&pipeline.shared().store.store, &pipeline.config()) {
-                    dr_settled |= line.contains("; settlement of today: ");
+                if let Some((line, settled)) = ledger::status_line(&pipeline.shared().store.store, &pipeline.config()) {
+                    dr_settled |= settled;
                     let _ = writeln!(status, "-- {line}");
                 }
                 // The market as v0 holds it; a line is printed when it changes.
