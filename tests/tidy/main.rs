@@ -27,6 +27,7 @@ const ORDER: &[&str] = &[
     "gridgate-mqtt",
     "gridgate-ledger-node",
     "gridgate-dr",
+    "gridgate-openadr",
     "gridgate-api",
     "gridgate-web",
     "gridgate-app",
@@ -58,9 +59,13 @@ const ONLY: &[(&str, &[&str])] = &[
             "gridgate-store",
             "gridgate-ledger-node",
             "gridgate-dr",
+            "gridgate-openadr",
             "gridgate",
         ],
     ),
+    // The OpenADR VTN is reached through one crate (and the tests' back office).
+    ("openleadr-client", &["gridgate-openadr", "gridgate-tests"]),
+    ("reqwest", &["gridgate-openadr"]),
 ];
 
 fn root() -> PathBuf {

@@ -102,6 +102,7 @@ pub async fn start(
     listeners: &gridgate_core::admission::Listeners,
     cancel: CancellationToken,
 ) -> Result<tokio::task::JoinSet<()>, ApiError> {
+    gridgate_core::tls::use_ring_provider();
     let tls = ServerTlsConfig::new()
         .timeout(gridgate_core::admission::HANDSHAKE_WITHIN)
         .identity(TlsIdentity::from_pem(

@@ -265,15 +265,12 @@ async fn start_api(
     part: &mut Running,
 ) -> Result<(), DaemonError> {
     let dr_mqtt = cfg.dr.as_ref().zip(cfg.uplink.as_ref());
-    if cfg.grpc.is_none() && dr_mqtt.is_none() && cfg.ledger.is_none() {
+    if cfg.grpc.is_none() && dr_mqtt.is_none() && cfg.ledger.is_none() && cfg.openadr.is_none() {
         return Ok(());
     }
     let public_key = shared.identity.public().to_bytes();
     let dr = Arc::new(gridgate_dr::desk::DrState {
-        trust: gridgate_dr::desk::load_trust(
-            cfg.dr.as_ref(),
-            cfg.market.as_ref().map(|_| shared.identity.public()),
-        )?,
+        trust: gridgate_dr::desk::load_trust(cfg, shared.identity.public())?,
         shared: shared.dr.clone(),
     });
     // The membership's keys, read once; the changes this node holds certified applied (one
@@ -381,6 +378,22 @@ async fn start_api(
                 wake: shared.sync_wake.clone(),
             },
             l.clone(),
+            part.token(),
+        ));
+    }
+    if cfg.openadr.is_some() {
+        // A utility's VTN dispatches through the same desk (docs/openadr.md).
+        part.tasks.spawn(gridgate_openadr::ven::run(
+            gridgate_openadr::ven::Ven {
+                store: shared.store.store.clone(),
+                config: shared.config.subscribe(),
+                desk: gridgate_dr::desk::Desk {
+                    store: shared.store.store.clone(),
+                    config: shared.config.subscribe(),
+                    dr: dr.clone(),
+                },
+                identity: shared.identity.clone(),
+            },
             part.token(),
         ));
     }

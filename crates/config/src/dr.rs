@@ -255,7 +255,13 @@ pub struct LoadConfig {
 pub const DEFAULT_MAX_EVENTS_PER_DAY: u32 = 2;
 
 impl Checker<'_> {
-    pub(super) fn check_dr(&mut self, raw: Option<&RawDr>, gateway_id: &str) -> Option<DrConfig> {
+    /// With `openadr`, the VTN may be the only source of events: no issuer need be listed.
+    pub(super) fn check_dr(
+        &mut self,
+        raw: Option<&RawDr>,
+        gateway_id: &str,
+        openadr: bool,
+    ) -> Option<DrConfig> {
         let r = raw?;
         let mut issuers: Vec<(String, PathBuf)> = Vec::new();
         for (i, is) in r.issuers.get_ref().iter().enumerate() {
@@ -275,7 +281,7 @@ impl Checker<'_> {
             }
             issuers.push((name, is.public_key.get_ref().into()));
         }
-        if issuers.is_empty() {
+        if issuers.is_empty() && !openadr {
             self.problem(
                 &r.issuers,
                 "dr.issuers".into(),

@@ -8,6 +8,7 @@ pub mod dr;
 pub mod files;
 pub mod ledger;
 pub mod market;
+pub mod openadr;
 mod raw;
 pub mod services;
 mod summary;
@@ -136,6 +137,8 @@ pub struct GatewayConfig {
     pub web: Option<web::WebConfig>,
     /// The flexibility market.
     pub market: Option<market::MarketConfig>,
+    /// The gateway as an OpenADR 3 VEN.
+    pub openadr: Option<openadr::OpenAdrConfig>,
 }
 
 impl GatewayConfig {
@@ -588,12 +591,13 @@ impl Checker<'_> {
         let grpc = self.check_grpc(raw.grpc.as_ref());
         let points = point_names(&buses, ingest.as_ref());
         let writable = writable_points(&buses);
-        let dr = self.check_dr(raw.dr.as_ref(), &id);
+        let dr = self.check_dr(raw.dr.as_ref(), &id, raw.openadr.is_some());
         let mqtt_broker = ingest.as_ref().is_some_and(|i| i.broker.is_some());
         let loads = self.check_loads(&raw.load, &points, &writable, mqtt_broker);
         let ledger = self.check_ledger(raw.ledger.as_ref(), &id);
         let web = self.check_web(raw.web.as_ref());
         let market = self.check_market(raw.market.as_ref(), &loads, &points);
+        let openadr = self.check_openadr(raw.openadr.as_ref(), &id, dr.as_ref(), &loads);
         GatewayConfig {
             id,
             data_dir,
@@ -609,6 +613,7 @@ impl Checker<'_> {
             ledger,
             web,
             market,
+            openadr,
         }
     }
 

@@ -37,6 +37,8 @@ pub struct RawConfig {
     pub web: Option<Spanned<super::web::RawWeb>>,
     /// `[market]`
     pub market: Option<super::market::RawMarket>,
+    /// `[openadr]`
+    pub openadr: Option<super::openadr::RawOpenAdr>,
 }
 
 /// `[grpc]`

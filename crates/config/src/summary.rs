@@ -102,6 +102,17 @@ pub fn summary(cfg: &GatewayConfig) -> String {
             }
         ));
     }
+    if let Some(o) = &cfg.openadr {
+        s.push_str(&format!(
+            "  OpenADR: VEN {} of {} (events as {}), following {}; {} load(s) mapped, polled every {}\n",
+            o.ven_name,
+            o.vtn,
+            o.issuer(),
+            o.programs.join(", "),
+            o.loads.len(),
+            humantime::format_duration(o.poll),
+        ));
+    }
     if let Some(m) = &cfg.market {
         let forecast = match m.forecast {
             crate::market::Forecast::Recent => "the recent mean".to_string(),

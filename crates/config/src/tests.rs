@@ -225,6 +225,8 @@ fn the_shipped_example_config_is_valid() {
     assert_eq!(cfg.loads.len(), 2);
     let l = cfg.ledger.as_ref().expect("[ledger]");
     assert_eq!(l.members.len(), 6);
+    let o = cfg.openadr.as_ref().expect("[openadr]");
+    assert_eq!((o.issuer().as_str(), o.loads.len()), ("openadr:utility", 1));
     let summary = crate::summary(&cfg);
     for said in [
         "gRPC API with mutual TLS on 0.0.0.0:50051",
@@ -233,6 +235,7 @@ fn the_shipped_example_config_is_valid() {
         "load pcs metered by pcs/active_power: up to 50 kW off, moved by pcs/setpoint",
         "load tenant-1 metered by meter-1/active_power",
         "ledger: gateway of a consortium of 6 member(s); 4 validator(s)",
+        "OpenADR: VEN site-042 of https://vtn.utility.example/openadr3/3.1.0/ (events as openadr:utility), following peak-shave; 1 load(s) mapped",
     ] {
         assert!(summary.contains(said), "{said:?} not in:\n{summary}");
     }
@@ -586,4 +589,103 @@ fn market_resources_are_checked_against_the_loads_and_points() {
         "[[market.resource]]\nkind = \"deferrable\"\nload = \"pcs-load\"\nkw = 50.0\nabove = 800\n",
     ));
     assert!(p.iter().any(|p| p.key == "market.resource[0].kw"), "{p:?}");
+}
+
+#[test]
+fn an_openadr_ven_names_a_safe_vtn_measured_programs_and_mapped_loads() {
+    let load = "\n[[load]]\nname = \"pcs\"\nmeter = \"pcs/power\"\ncontrol = \"pcs/setpoint\"\nrated_kw = 100.0\n";
+    let dr = "\n[dr]\nissuers = []\n[[dr.program]]\nname = \"peak\"\nbaseline = \"meter-before\"\n";
+    let ven = |vtn: &str, programs: &str, map: &str| {
+        format!(
+            "{GOOD}{dr}{load}\n[openadr]\nvtn = \"{vtn}\"\nclient_id = \"ven-1\"\nclient_secret_file = \"/etc/gridgate/openadr.secret\"\nprograms = [{programs}]\n{map}"
+        )
+    };
+    let good = ven(
+        "http://127.0.0.1:3000/",
+        "\"peak\"",
+        "[[openadr.load]]\nname = \"pcs\"\nsimple_shed_kw = [0, 10, 20, 30]\n",
+    );
+    let cfg = parse(&good, Path::new("g.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let o = cfg.openadr.expect("[openadr]");
+    // Defaults: the VEN is the gateway, the VTN named by its host.
+    assert_eq!(
+        (o.ven_name.as_str(), o.name.as_str()),
+        ("site-042", "127.0.0.1")
+    );
+    assert_eq!(o.poll, crate::openadr::DEFAULT_POLL);
+
+    for (text, key, says) in [
+        (
+            ven(
+                "http://vtn.example/",
+                "\"peak\"",
+                "[[openadr.load]]\nname = \"pcs\"\nimport_limit = true\n",
+            ),
+            "openadr.vtn",
+            "use https://",
+        ),
+        (
+            ven(
+                "https://vtn.example/",
+                "\"peak\"",
+                "[[openadr.load]]\nname = \"pcs\"\nimport_limit = true\n",
+            ),
+            "openadr.vtn",
+            "needs ca_file",
+        ),
+        (
+            ven(
+                "http://[::1]:3000/",
+                "\"eco\"",
+                "[[openadr.load]]\nname = \"pcs\"\nimport_limit = true\n",
+            ),
+            "openadr.programs[0]",
+            "no [[dr.program]] named \"eco\"",
+        ),
+        (
+            ven(
+                "http://localhost:3000/",
+                "\"peak\"",
+                "[[openadr.load]]\nname = \"boiler\"\nimport_limit = true\n",
+            ),
+            "openadr.load[0].name",
+            "no [[load]] named \"boiler\"",
+        ),
+        (
+            ven(
+                "http://localhost:3000/",
+                "\"peak\"",
+                "[[openadr.load]]\nname = \"pcs\"\nsimple_shed_kw = [0, 10, 20]\n",
+            ),
+            "openadr.load[0].simple_shed_kw",
+            "four finite values",
+        ),
+        (
+            ven(
+                "http://localhost:3000/",
+                "\"peak\"",
+                "[[openadr.load]]\nname = \"pcs\"\n",
+            ),
+            "openadr.load[0].name",
+            "map at least one payload",
+        ),
+        (
+            ven(
+                "http://localhost:3000/",
+                "",
+                "[[openadr.load]]\nname = \"pcs\"\nimport_limit = true\n",
+            ),
+            "openadr.programs",
+            "list the OpenADR programs",
+        ),
+    ] {
+        let p = problems(&text);
+        assert!(
+            p.iter().any(|p| p.key == key && p.message.contains(says)),
+            "{key}: {says:?} not in {p:?}"
+        );
+    }
+    // Without [openadr], [dr] still needs an issuer.
+    let alone = format!("{GOOD}{dr}{load}");
+    assert!(problems(&alone).iter().any(|p| p.key == "dr.issuers"));
 }

@@ -75,6 +75,26 @@ pub fn client_tls(
     })
 }
 
+/// Makes ring rustls's process-wide provider, once. tonic builds its TLS configs with that
+/// provider; with the OpenADR client's reqwest in the build, rustls has two compiled in (ring
+/// and aws-lc-rs) and would choose neither, so every tonic TLS config is preceded by this.
+/// The gateway's own configs name ring explicitly.
+pub fn use_ring_provider() {
+    // Err only when a provider is installed already, which is all this asks for.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A rustls client config that trusts nothing: for a client that only speaks plain HTTP on
+/// loopback but must still be given a TLS setup (one that can never complete a handshake).
+pub fn client_tls_no_roots() -> Result<rustls::ClientConfig, TlsError> {
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth())
+}
+
 /// A rustls server config with the certificate chain `cert` and its `key`; with
 /// `client_ca`, every client must present a certificate that chains to it. `alpn` names the
 /// protocol offered (empty: none).

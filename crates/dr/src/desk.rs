@@ -17,7 +17,6 @@ use crate::shared::{DrShared, announce};
 use crate::tables::DrStore;
 use gridgate_core::reading::now_ms;
 
-use gridgate_config::DrConfig;
 use gridgate_core::IdentityError;
 
 /// An issuer's key file is unusable.
@@ -29,12 +28,15 @@ pub struct TrustError {
     pub source: IdentityError,
 }
 
-/// Reads the issuers' public keys the config names; with `market`, the gateway's own key is
-/// trusted as [`crate::event::MARKET_ISSUER`], for the deliveries its market agent schedules.
+/// Reads the issuers' public keys the config names. The gateway's own key (`own`) is
+/// trusted under the names of the sources that hand the desk events for it: the market agent
+/// ([`crate::event::MARKET_ISSUER`]) when `[market]` is configured, and the OpenADR VEN
+/// (`openadr:<vtn>`, whose trust anchor is the VTN's authenticated session) when `[openadr]` is.
 pub fn load_trust(
-    cfg: Option<&DrConfig>,
-    market: Option<ed25519_dalek::VerifyingKey>,
+    config: &gridgate_config::GatewayConfig,
+    own: ed25519_dalek::VerifyingKey,
 ) -> Result<Trust, TrustError> {
+    let cfg = config.dr.as_ref();
     let mut trust = Trust::default();
     for (name, path) in cfg.map_or(&[][..], |d| d.issuers.as_slice()) {
         let key = gridgate_core::identity::load_public(path).map_err(|source| TrustError {
@@ -43,8 +45,11 @@ pub fn load_trust(
         })?;
         trust.0.insert(name.clone(), key);
     }
-    if let Some(own) = market {
+    if config.market.is_some() {
         trust.0.insert(crate::event::MARKET_ISSUER.to_string(), own);
+    }
+    if let Some(o) = &config.openadr {
+        trust.0.insert(o.issuer(), own);
     }
     Ok(trust)
 }
@@ -109,7 +114,11 @@ impl Desk {
         let _one_at_a_time = self.dr.shared.records.lock().await;
         let records = self.store.run(move |store| store.dr().events()).await?;
         let now = now_ms();
-        let today = events_today(&records, now);
+        // A later interval or version of a dispatch already counted is not a new one.
+        let this = pb::DrEvent::decode(signed.event.as_slice())
+            .map(|e| dispatch_key(&e, &event_key(&e.issuer, &e.id)))
+            .unwrap_or_default();
+        let today = events_today(&records, now, &this);
         let known: std::collections::BTreeSet<&str> =
             records.iter().map(|(k, _)| k.as_str()).collect();
         let checked = match check(
@@ -273,11 +282,23 @@ impl Desk {
 
 const DAY_MS: i64 = 86_400_000;
 
-/// Loads moved per load by accepted events that start on the UTC day of `now_ms`.
-fn events_today(records: &[(String, Vec<u8>)], now_ms: i64) -> BTreeMap<String, u32> {
+/// What counts as one dispatch against `max_events_per_day`: the event (stored under `key`),
+/// or its series.
+fn dispatch_key(event: &pb::DrEvent, key: &str) -> String {
+    if event.series.is_empty() {
+        key.to_string()
+    } else {
+        event_key(&event.issuer, &format!("series\u{0}{}", event.series))
+    }
+}
+
+/// Dispatches per load by accepted events that start on the UTC day of `now_ms`, but for
+/// the dispatch `this` (the one being decided); the events of one series (an OpenADR event's
+/// intervals and versions) count once.
+fn events_today(records: &[(String, Vec<u8>)], now_ms: i64, this: &str) -> BTreeMap<String, u32> {
     let day = now_ms.div_euclid(DAY_MS);
-    let mut out: BTreeMap<String, u32> = BTreeMap::new();
-    for (_, bytes) in records {
+    let mut seen: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for (key, bytes) in records {
         let Ok(status) = pb::EventStatus::decode(bytes.as_slice()) else {
             continue;
         };
@@ -293,11 +314,17 @@ fn events_today(records: &[(String, Vec<u8>)], now_ms: i64) -> BTreeMap<String, 
         else {
             continue;
         };
+        let dispatch = dispatch_key(&event, key);
+        if dispatch == this {
+            continue;
+        }
         for t in event.targets {
-            *out.entry(t.load).or_default() += 1;
+            seen.entry(t.load).or_default().insert(dispatch.clone());
         }
     }
-    out
+    seen.into_iter()
+        .map(|(load, d)| (load, d.len() as u32))
+        .collect()
 }
 
 /// The update a watcher is sent for a stored event record.
@@ -353,4 +380,58 @@ pub async fn set_override(
     );
     shared.wake.notify_one();
     Ok(loads)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, series: &str, start_ms: i64, state: pb::EventState) -> (String, Vec<u8>) {
+        let event = pb::DrEvent {
+            id: id.into(),
+            issuer: "openadr:utility".into(),
+            targets: vec![pb::LoadTarget {
+                load: "pcs".into(),
+                action: Some(pb::load_target::Action::ShedKw(1.0)),
+            }],
+            series: series.into(),
+            ..Default::default()
+        };
+        let status = pb::EventStatus {
+            signed: Some(pb::SignedDrEvent {
+                event: event.encode_to_vec(),
+                signature: vec![],
+            }),
+            state: state as i32,
+            start_ms,
+            ..Default::default()
+        };
+        (event_key("openadr:utility", id), status.encode_to_vec())
+    }
+
+    #[test]
+    fn a_series_counts_once_per_day_and_not_against_itself() {
+        let day = 20_000 * DAY_MS;
+        let records = vec![
+            record("a/0/0", "a", day + 1, pb::EventState::Completed),
+            record("a/0/1", "a", day + 2, pb::EventState::Completed),
+            record("a/1/0", "a", day + 3, pb::EventState::Active),
+            record("b", "", day + 4, pb::EventState::Completed),
+            // Yesterday's and one cancelled before its start do not count.
+            record("c", "", day - 10, pb::EventState::Completed),
+            record("d", "", day + 5, pb::EventState::Cancelled),
+        ];
+        let now = day + 100;
+        assert_eq!(events_today(&records, now, "new")["pcs"], 2);
+        // A further interval of series "a" is not a new dispatch.
+        let a = dispatch_key(
+            &pb::DrEvent {
+                issuer: "openadr:utility".into(),
+                series: "a".into(),
+                ..Default::default()
+            },
+            "ignored",
+        );
+        assert_eq!(events_today(&records, now, &a)["pcs"], 1);
+    }
 }

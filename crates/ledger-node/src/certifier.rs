@@ -199,6 +199,7 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, CertifierError> {
 
 /// Lazy channels to every validator the config names, with its TLS client identity.
 pub(super) fn peers(cfg: &LedgerConfig) -> Result<Vec<Peer>, CertifierError> {
+    gridgate_core::tls::use_ring_provider();
     let mut tls = ClientTlsConfig::new();
     if let Some(ca) = &cfg.ca_file {
         tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));

@@ -264,6 +264,7 @@ fn router(app: App) -> Router {
         .route("/api/buses/{name}/scan", post(scan))
         .route("/api/dr", get(dr))
         .route("/api/market", get(market))
+        .route("/api/openadr", get(openadr))
         .route("/api/loads/{name}/override", post(set_override))
         .with_state(app)
 }
@@ -500,6 +501,21 @@ async fn market(
     }
     let s = app.state.clone();
     match blocking(move || views::market(&s)).await {
+        Ok(v) => Json(v).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn openadr(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = check(&app, peer, &headers, Access::Read, "openadr") {
+        return r;
+    }
+    let s = app.state.clone();
+    match blocking(move || views::openadr(&s)).await {
         Ok(v) => Json(v).into_response(),
         Err(r) => r,
     }

@@ -901,6 +901,41 @@ pub struct MarketView {
     pub intervals: Vec<MarketIntervalView>,
 }
 
+/// The OpenADR VEN as `/api/openadr` shows it (`gridgate openadr status`, the DR tab).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct OpenAdrView {
+    /// The config has `[openadr]`.
+    pub configured: bool,
+    /// The VEN's status, once it has run.
+    pub status: Option<gridgate_openadr::tables::Status>,
+    /// Reports waiting for the VTN.
+    pub waiting: usize,
+    /// VTN events, newest first (their raw JSON left out), at most [`OPENADR_EVENTS`].
+    pub events: Vec<(String, gridgate_openadr::tables::Seen)>,
+}
+
+/// VTN events the view lists.
+pub const OPENADR_EVENTS: usize = 20;
+
+/// The VEN's status, its queue and the newest VTN events.
+pub fn openadr(s: &WebState) -> Result<OpenAdrView, StoreError> {
+    use gridgate_openadr::tables::OpenAdrStore;
+    let configured = s.config.borrow().openadr.is_some();
+    let t = s.store.store.openadr();
+    let mut events = t.events()?;
+    events.sort_by_key(|(_, e)| std::cmp::Reverse(e.first_seen_ms));
+    events.truncate(OPENADR_EVENTS);
+    for (_, e) in &mut events {
+        e.raw.clear();
+    }
+    Ok(OpenAdrView {
+        configured,
+        status: t.status()?,
+        waiting: t.outbox()?.len(),
+        events,
+    })
+}
+
 /// Intervals the page and the metrics show.
 pub const MARKET_INTERVALS: usize = 8;
 

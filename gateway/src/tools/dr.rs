@@ -306,6 +306,7 @@ fn read_event(path: &Path, now: SystemTime) -> Result<pb::DrEvent> {
         issued_ms: unix_ms(now),
         priority: f.priority,
         gateways: f.gateways,
+        series: String::new(),
     })
 }
 

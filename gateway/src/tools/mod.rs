@@ -5,6 +5,7 @@ pub mod check_config;
 pub mod dr;
 pub mod ledger;
 pub mod market;
+pub mod openadr;
 pub mod pull;
 pub mod read;
 pub mod scan;

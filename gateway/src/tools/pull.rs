@@ -77,6 +77,7 @@ pub async fn connect(
         )?;
         let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
         super::advice::check_ca_pem(ca, &pem)?;
+        gridgate_core::tls::use_ring_provider();
         let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
         match (cert, key) {
             (Some(c), Some(k)) => {

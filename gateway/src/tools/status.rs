@@ -21,6 +21,21 @@ use gridgate_web::views::{DevicePage, Overview};
 #[allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 #[derive(Debug, Clone, clap::Args)]
 pub struct StatusArgs {
+    #[command(flatten)]
+    pub page: PageArgs,
+    /// Print the overview as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Devices listed (the worst first: offline, waiting, then by errors).
+    #[arg(long, default_value_t = 12)]
+    pub devices: usize,
+}
+
+/// How a command reaches the running gateway's page API (`gridgate status`,
+/// `gridgate openadr status`).
+#[allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
+#[derive(Debug, Clone, clap::Args)]
+pub struct PageArgs {
     /// The gateway's config: the page's address and credential file come from its [web].
     #[arg(long, short, default_value = "/etc/gridgate/gridgate.toml")]
     pub config: PathBuf,
@@ -33,16 +48,10 @@ pub struct StatusArgs {
     /// CA that signed the page's HTTPS certificate (the site PKI's ca.pem).
     #[arg(long)]
     pub ca: Option<PathBuf>,
-    /// Print the overview as JSON.
-    #[arg(long)]
-    pub json: bool,
-    /// Devices listed (the worst first: offline, waiting, then by errors).
-    #[arg(long, default_value_t = 12)]
-    pub devices: usize,
 }
 
 /// Where and how to reach the page.
-struct Target {
+pub(crate) struct Target {
     https: bool,
     host: String,
     port: u16,
@@ -50,7 +59,7 @@ struct Target {
     ca: Option<PathBuf>,
 }
 
-fn target(a: &StatusArgs) -> Result<Target> {
+pub(crate) fn target(a: &PageArgs) -> Result<Target> {
     // With --url the config is only where a credential may come from: a page that lets
     // anyone on its network read needs none, so a missing config is no error then.
     let cfg = if a.url.is_none() {
@@ -116,7 +125,7 @@ fn target(a: &StatusArgs) -> Result<Target> {
 }
 
 /// GET `path` from the page, as JSON.
-async fn get<T: serde::de::DeserializeOwned>(t: &Target, path: &str) -> Result<T> {
+pub(crate) async fn get<T: serde::de::DeserializeOwned>(t: &Target, path: &str) -> Result<T> {
     let tcp = tokio::net::TcpStream::connect((t.host.as_str(), t.port))
         .await
         .with_context(|| {
@@ -175,7 +184,7 @@ fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / 1_048_576.0)
 }
 
-fn ago(ms: Option<i64>) -> String {
+pub(crate) fn ago(ms: Option<i64>) -> String {
     match ms {
         None => "never".into(),
         Some(ms) => {
@@ -231,7 +240,7 @@ fn market_lines(m: &serde_json::Value) -> Vec<String> {
 
 /// Prints the overview and the worst devices.
 pub async fn run(a: StatusArgs, out: &mut dyn Write) -> Result<ExitCode> {
-    let t = target(&a)?;
+    let t = target(&a.page)?;
     let o: Overview = get(&t, "/api/overview").await?;
     if a.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&o)?)?;

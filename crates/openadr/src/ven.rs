@@ -1,0 +1,574 @@
+//! The VEN at work: it registers with the VTN, polls the programs it follows and their
+//! events, hands each new interval to the DR desk as the gateway's own event (the same checks
+//! and the same durable record as a signed one), cancels what the VTN modified or withdrew,
+//! and posts a report for every interval the relay measured, from a durable queue, in order
+//! and once each, whenever the VTN can be reached.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use gridgate_config::GatewayConfig;
+use gridgate_config::openadr::OpenAdrConfig;
+use gridgate_core::Identity;
+use gridgate_core::reading::now_ms;
+use gridgate_dr::desk::Desk;
+use gridgate_dr::event::event_key;
+use gridgate_dr::tables::DrStore;
+use gridgate_proto::v1 as pb;
+use openleadr_client::{Client, ClientCredentials, Filter, VirtualEndNode};
+use openleadr_wire::Event;
+use prost::Message;
+use thiserror::Error;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::map::translate;
+use crate::tables::{OpenAdrStore, Outgoing, Scheduled, Seen, SeenState, Status};
+
+/// Why a pass over the VTN stopped early (the next poll tries again).
+#[derive(Debug, Error)]
+pub enum VenError {
+    /// The VTN answered with an error, or could not be reached.
+    #[error("VTN: {0}")]
+    Vtn(#[from] openleadr_client::Error),
+    /// The client could not be set up (secret file, CA).
+    #[error("{0}")]
+    Setup(String),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] gridgate_store::StoreError),
+    /// The DR desk could not decide (its store failed).
+    #[error("DR desk: {0}")]
+    Desk(#[from] gridgate_dr::desk::DeskError),
+}
+
+/// What the VEN needs from the gateway.
+pub struct Ven {
+    /// The store (the VEN's tables, the DR reports).
+    pub store: Arc<gridgate_store::Store>,
+    /// The config in force.
+    pub config: watch::Receiver<Arc<GatewayConfig>>,
+    /// Where its events are decided, like any other.
+    pub desk: Desk,
+    /// The gateway's key: the VEN signs the events it hands the desk under the VTN's issuer
+    /// name, which the desk trusts with this key only.
+    pub identity: Identity,
+}
+
+/// A connection to the VTN for one version of `[openadr]`.
+struct Session {
+    cfg: OpenAdrConfig,
+    client: Client<VirtualEndNode>,
+    /// The VEN's id and the targets the VTN gave it, once registered.
+    ven: Option<(String, Vec<String>)>,
+}
+
+impl Session {
+    fn new(cfg: &OpenAdrConfig) -> Result<Session, VenError> {
+        let secret = std::fs::read_to_string(&cfg.client_secret_file).map_err(|e| {
+            VenError::Setup(format!(
+                "[openadr] client_secret_file {}: {e}",
+                cfg.client_secret_file.display()
+            ))
+        })?;
+        // The gateway's own rustls (ring), trusting only the configured CA: never the
+        // system's roots, so a gateway talks to the VTN its operator named.
+        let tls = match &cfg.ca_file {
+            Some(ca) => gridgate_core::tls::client_tls(ca, None)
+                .map_err(|e| VenError::Setup(format!("[openadr] ca_file: {e}")))?,
+            None => gridgate_core::tls::client_tls_no_roots()
+                .map_err(|e| VenError::Setup(format!("TLS: {e}")))?,
+        };
+        let http = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout)
+            .tls_backend_preconfigured(tls)
+            .build()
+            .map_err(|e| VenError::Setup(format!("HTTP client: {e}")))?;
+        let base = url::Url::parse(&with_slash(&cfg.vtn))
+            .map_err(|e| VenError::Setup(format!("[openadr] vtn: {e}")))?;
+        let token = match &cfg.token_url {
+            Some(t) => url::Url::parse(t),
+            None => base.join("auth/token"),
+        }
+        .map_err(|e| VenError::Setup(format!("[openadr] token_url: {e}")))?;
+        let creds = ClientCredentials::new(cfg.client_id.clone(), secret.trim().to_string());
+        Ok(Session {
+            cfg: cfg.clone(),
+            client: Client::with_details(base, token, http, Some(creds)),
+            ven: None,
+        })
+    }
+}
+
+/// `url::Url::join` drops the last path segment of a base without a trailing slash.
+fn with_slash(u: &str) -> String {
+    if u.ends_with('/') {
+        u.to_string()
+    } else {
+        format!("{u}/")
+    }
+}
+
+/// Runs until `cancel` fires.
+pub async fn run(mut v: Ven, cancel: CancellationToken) {
+    let mut session: Option<Session> = None;
+    loop {
+        let cfg = v.config.borrow_and_update().clone();
+        let Some(o) = cfg.openadr.clone() else {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                changed = v.config.changed() => if changed.is_err() { return },
+            }
+            continue;
+        };
+        let store = v.store.clone();
+        let mut status = store
+            .run(|s| s.openadr().status())
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        status.vtn = o.vtn.clone();
+        status.ven_name = o.ven_name.clone();
+        status.last_poll_ms = now_ms();
+        if session.as_ref().is_none_or(|s| s.cfg != o) {
+            session = match Session::new(&o) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    warn!("OpenADR VEN: {e}");
+                    status.last_error = Some((now_ms(), e.to_string()));
+                    None
+                }
+            };
+        }
+        // What the relay measured is queued whether or not the VTN answers now.
+        if let Err(e) = queue_reports(&v, &o).await {
+            warn!("OpenADR VEN: reports not queued: {e}");
+        }
+        if let Some(s) = session.as_mut() {
+            match pass(&v, &cfg, s, &mut status).await {
+                Ok(()) => {
+                    status.last_ok_ms = now_ms();
+                }
+                Err(e) => {
+                    warn!(vtn = %o.vtn, "OpenADR VEN: {e}; trying again in {:?}", o.poll);
+                    status.last_error = Some((now_ms(), e.to_string()));
+                    // Registration is checked again: the VTN may have been reset.
+                    if matches!(e, VenError::Vtn(_)) {
+                        s.ven = None;
+                    }
+                }
+            }
+        }
+        let st = status.clone();
+        if let Err(e) = v.store.run(move |s| s.openadr().put_status(&st)).await {
+            warn!("OpenADR VEN: status not stored: {e}");
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = v.config.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(o.poll) => {}
+        }
+    }
+}
+
+/// One poll: register, read programs and events, act on what changed, queue and post reports.
+async fn pass(
+    v: &Ven,
+    cfg: &Arc<GatewayConfig>,
+    s: &mut Session,
+    status: &mut Status,
+) -> Result<(), VenError> {
+    let o = s.cfg.clone();
+    if s.ven.is_none() {
+        let ven = match s.client.get_ven_by_name(&o.ven_name).await {
+            Ok(ven) => ven,
+            Err(openleadr_client::Error::ObjectNotFound) => {
+                let made = s
+                    .client
+                    .create_ven(openleadr_wire::ven::VenVenRequest {
+                        ven_name: o.ven_name.clone(),
+                        attributes: None,
+                    })
+                    .await?;
+                info!(vtn = %o.vtn, ven = %o.ven_name, id = %made.id(), "OpenADR VEN registered");
+                made
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let targets: Vec<String> = ven
+            .content()
+            .targets
+            .iter()
+            .map(|t| t.as_str().to_string())
+            .collect();
+        status.ven_id = Some(ven.id().as_str().to_string());
+        status.ven_targets = targets.clone();
+        s.ven = Some((ven.id().as_str().to_string(), targets));
+    }
+    let ven_targets = s.ven.as_ref().map(|v| v.1.clone()).unwrap_or_default();
+
+    let programs = s.client.get_program_list(Filter::none()).await?;
+    status.programs = o
+        .programs
+        .iter()
+        .map(|name| {
+            let id = programs
+                .iter()
+                .find(|p| p.content().program_name == *name)
+                .map(|p| p.id().as_str().to_string());
+            (name.clone(), id)
+        })
+        .collect();
+    let mut fetched: BTreeMap<String, Vec<Event>> = BTreeMap::new();
+    for p in programs
+        .iter()
+        .filter(|p| o.programs.contains(&p.content().program_name))
+    {
+        let events = p.get_event_list(Filter::none()).await?;
+        fetched.insert(
+            p.content().program_name.clone(),
+            events
+                .iter()
+                .map(|e| Event {
+                    id: e.id().clone(),
+                    created_date_time: e.created_date_time(),
+                    modification_date_time: e.modification_date_time(),
+                    content: e.content().clone(),
+                })
+                .collect(),
+        );
+    }
+
+    let store = v.store.clone();
+    let known: BTreeMap<String, Seen> = store
+        .run(|s| s.openadr().events())
+        .await?
+        .into_iter()
+        .collect();
+    for (program, events) in &fetched {
+        for event in events {
+            let id = event.id.as_str().to_string();
+            let modified = event.modification_date_time.to_rfc3339();
+            let prev = known.get(&id);
+            let fresh = match prev {
+                None => true,
+                Some(p) => p.modified != modified && p.state != SeenState::Cancelled,
+            };
+            if fresh {
+                act(
+                    v,
+                    cfg,
+                    &o,
+                    &ven_targets,
+                    program,
+                    event,
+                    prev.cloned(),
+                    status,
+                )
+                .await?;
+            }
+        }
+    }
+    // Gone from a program the VTN listed: withdrawn. Its intervals end now.
+    for (id, seen) in &known {
+        let listed = fetched
+            .get(&seen.program)
+            .map(|evs| evs.iter().any(|e| e.id.as_str() == id));
+        if listed == Some(false) && seen.state == SeenState::Active {
+            let mut seen = seen.clone();
+            cancel_intervals(v, &o, &mut seen).await?;
+            seen.state = SeenState::Cancelled;
+            info!(vtn_event = %id, "OpenADR event withdrawn by the VTN: its loads are restored");
+            let (k, s2) = (id.clone(), seen);
+            v.store
+                .run(move |st| st.openadr().put_event(&k, &s2, &[]))
+                .await?;
+        }
+    }
+    queue_reports(v, &o).await?;
+    post_reports(v, s, status).await
+}
+
+/// Acts on a new VTN event, or a new version of one (`prev`).
+#[allow(clippy::too_many_arguments)]
+async fn act(
+    v: &Ven,
+    cfg: &Arc<GatewayConfig>,
+    o: &OpenAdrConfig,
+    ven_targets: &[String],
+    program: &str,
+    event: &Event,
+    prev: Option<Seen>,
+    status: &mut Status,
+) -> Result<(), VenError> {
+    let id = event.id.as_str().to_string();
+    let now = now_ms();
+    let mut seen = match prev {
+        Some(mut p) => {
+            cancel_intervals(v, o, &mut p).await?;
+            p.generation += 1;
+            info!(vtn_event = %id, generation = p.generation, "OpenADR event modified on the VTN: the earlier version is cancelled");
+            p
+        }
+        None => Seen {
+            program: program.to_string(),
+            name: event.content.event_name.clone(),
+            modified: String::new(),
+            generation: 0,
+            state: SeenState::Active,
+            refusal: None,
+            intervals: Vec::new(),
+            prices: Vec::new(),
+            opted_out: false,
+            first_seen_ms: now,
+            raw: String::new(),
+        },
+    };
+    seen.modified = event.modification_date_time.to_rfc3339();
+    seen.raw = serde_json::to_string(event).unwrap_or_default();
+    seen.state = SeenState::Active;
+    seen.refusal = None;
+    let mut reports = Vec::new();
+    match translate(event, o, ven_targets, now) {
+        Err(bad) => refuse(
+            o,
+            &id,
+            &mut seen,
+            &bad.to_string(),
+            bad.kind(),
+            status,
+            &mut reports,
+        ),
+        Ok(t) => {
+            for u in &t.unmapped {
+                *status.unmapped.entry(u.clone()).or_default() += 1;
+                warn!(vtn_event = %id, payload = %u, "OpenADR payload type that no [[openadr.load]] follows: ignored");
+            }
+            seen.prices = t
+                .intervals
+                .iter()
+                .filter_map(|i| i.price.map(|p| (i.interval_id, p)))
+                .collect();
+            let mut refusals = Vec::new();
+            let mut accepted = 0;
+            for planned in t.intervals.iter().filter(|i| !i.targets.is_empty()) {
+                if planned.end_ms <= now {
+                    continue;
+                }
+                let dr_id = format!("{id}/{}/{}", seen.generation, planned.interval_id);
+                let dr_event = pb::DrEvent {
+                    id: dr_id.clone(),
+                    issuer: o.issuer(),
+                    program: program.to_string(),
+                    targets: planned.targets.clone(),
+                    start_ms: planned.start_ms,
+                    duration_s: ((planned.end_ms - planned.start_ms) / 1000)
+                        .clamp(0, i64::from(u32::MAX)) as u32,
+                    ramp_s: 0,
+                    randomize_s: 0,
+                    expires_ms: planned.end_ms,
+                    issued_ms: now,
+                    priority: crate::map::priority(event),
+                    gateways: vec![cfg.id.clone()],
+                    // All intervals and versions of this VTN event are one dispatch.
+                    series: id.clone(),
+                };
+                let signed = gridgate_core::signed::sign_event(&dr_event, &v.identity);
+                let reply = v.desk.dispatch(signed).await?;
+                let replay = reply.refusal == pb::Refusal::Replayed as i32;
+                let ok = reply.accepted || replay;
+                if ok {
+                    accepted += 1;
+                } else {
+                    refusals.push(format!(
+                        "interval {}: {}",
+                        planned.interval_id, reply.detail
+                    ));
+                    let kind = pb::Refusal::try_from(reply.refusal)
+                        .map(|r| {
+                            r.as_str_name()
+                                .trim_start_matches("REFUSAL_")
+                                .to_lowercase()
+                        })
+                        .unwrap_or_else(|_| "refused".into());
+                    *status.refused.entry(kind).or_default() += 1;
+                }
+                seen.intervals.push(Scheduled {
+                    interval_id: planned.interval_id,
+                    dr_id,
+                    start_ms: planned.start_ms,
+                    end_ms: planned.end_ms,
+                    accepted: ok,
+                    refusal: (!ok).then(|| reply.detail.clone()),
+                    reported: false,
+                    cancelled: false,
+                });
+            }
+            if accepted == 0 && !refusals.is_empty() {
+                let why = refusals.join("; ");
+                refuse(o, &id, &mut seen, &why, "", status, &mut reports);
+            } else {
+                info!(vtn_event = %id, program, intervals = accepted, refused = refusals.len(), "OpenADR event scheduled through the DR desk");
+            }
+        }
+    }
+    let k = id.clone();
+    v.store
+        .run(move |st| st.openadr().put_event(&k, &seen, &reports))
+        .await?;
+    Ok(())
+}
+
+/// Marks `seen` refused (nothing of it moves) and queues its opt-out. `kind`, when not
+/// empty, is a bad-input counter's name (the desk counts its own refusals).
+fn refuse(
+    o: &OpenAdrConfig,
+    id: &str,
+    seen: &mut Seen,
+    why: &str,
+    kind: &str,
+    status: &mut Status,
+    reports: &mut Vec<Outgoing>,
+) {
+    if !kind.is_empty() {
+        *status.refused.entry(kind.to_string()).or_default() += 1;
+    }
+    warn!(vtn_event = %id, reason = kind, "OpenADR event refused, nothing moves: {why}");
+    seen.state = SeenState::Refused;
+    seen.refusal = Some(why.to_string());
+    if !seen.opted_out {
+        let req = crate::report::opt_out(id, &o.ven_name, seen.generation, why, now_ms());
+        reports.push(Outgoing {
+            event_id: id.to_string(),
+            report_name: crate::report::opt_out_name(id, seen.generation),
+            request: req.to_string(),
+        });
+        seen.opted_out = true;
+    }
+}
+
+/// Asks the desk to cancel every interval of `seen` not over yet.
+async fn cancel_intervals(v: &Ven, o: &OpenAdrConfig, seen: &mut Seen) -> Result<(), VenError> {
+    let now = now_ms();
+    for i in seen
+        .intervals
+        .iter_mut()
+        .filter(|i| i.accepted && !i.cancelled && i.end_ms > now)
+    {
+        let cancel = pb::DrCancel {
+            issuer: o.issuer(),
+            event_id: i.dr_id.clone(),
+            issued_ms: now,
+        };
+        let signed = gridgate_core::signed::sign_cancel(&cancel, &v.identity);
+        let reply = v.desk.cancel(signed).await?;
+        if !reply.accepted {
+            warn!(dr_event = %i.dr_id, "cancel not taken: {}", reply.detail);
+        }
+        i.cancelled = true;
+    }
+    Ok(())
+}
+
+/// Queues a report for every interval the relay has measured and signed since the last pass.
+async fn queue_reports(v: &Ven, o: &OpenAdrConfig) -> Result<(), VenError> {
+    let (issuer, ven_name) = (o.issuer(), o.ven_name.clone());
+    v.store
+        .run(move |st| {
+            for (id, mut seen) in st.openadr().events()? {
+                if !matches!(seen.state, SeenState::Active | SeenState::Cancelled) {
+                    continue;
+                }
+                let mut reports = Vec::new();
+                for i in seen
+                    .intervals
+                    .iter_mut()
+                    .filter(|i| i.accepted && !i.reported)
+                {
+                    let Some(bytes) = st.dr().report(&event_key(&issuer, &i.dr_id))? else {
+                        continue;
+                    };
+                    let Some(report) = pb::SignedPerformanceReport::decode(bytes.as_slice())
+                        .ok()
+                        .and_then(|s| pb::PerformanceReport::decode(s.report.as_slice()).ok())
+                    else {
+                        continue;
+                    };
+                    let req = crate::report::performance(&id, &ven_name, &i.dr_id, &report);
+                    reports.push(Outgoing {
+                        event_id: id.clone(),
+                        report_name: crate::report::performance_name(&i.dr_id),
+                        request: req.to_string(),
+                    });
+                    i.reported = true;
+                }
+                let open = seen.intervals.iter().any(|i| i.accepted && !i.reported);
+                if reports.is_empty() && open {
+                    continue;
+                }
+                if !open && seen.state == SeenState::Active {
+                    seen.state = SeenState::Done;
+                }
+                st.openadr().put_event(&id, &seen, &reports)?;
+            }
+            Ok::<_, gridgate_store::StoreError>(())
+        })
+        .await?;
+    Ok(())
+}
+
+/// Posts the queued reports, oldest first, each once: one the VTN already holds (a post
+/// whose answer was lost) is not posted again. Stops at the first the VTN cannot take now.
+async fn post_reports(v: &Ven, s: &Session, status: &mut Status) -> Result<(), VenError> {
+    let outbox = v.store.run(|st| st.openadr().outbox()).await?;
+    for (seq, out) in outbox {
+        let done = match post_one(s, &out).await {
+            Ok(posted) => {
+                if posted {
+                    status.reports_posted += 1;
+                    info!(vtn_event = %out.event_id, report = %out.report_name, "OpenADR report posted");
+                }
+                true
+            }
+            // The event is gone from the VTN: the report has nowhere to go.
+            Err(VenError::Vtn(e))
+                if e.is_not_found() || matches!(e, openleadr_client::Error::ObjectNotFound) =>
+            {
+                warn!(vtn_event = %out.event_id, report = %out.report_name, "OpenADR report dropped: the VTN no longer has its event");
+                true
+            }
+            Err(VenError::Setup(why)) => {
+                warn!(report = %out.report_name, "OpenADR report dropped: {why}");
+                true
+            }
+            Err(e) => return Err(e),
+        };
+        if done {
+            v.store.run(move |st| st.openadr().posted(seq)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// True when posted now, false when the VTN had it already.
+async fn post_one(s: &Session, out: &Outgoing) -> Result<bool, VenError> {
+    let request: openleadr_wire::report::ReportRequest = serde_json::from_str(&out.request)
+        .map_err(|e| VenError::Setup(format!("a queued report does not parse: {e}")))?;
+    let event_id = out
+        .event_id
+        .parse()
+        .map_err(|_| VenError::Setup(format!("event id {:?}", out.event_id)))?;
+    let event = s.client.get_event_by_id(&event_id).await?;
+    let there = event.get_report_list(Some(&s.cfg.ven_name)).await?;
+    if there
+        .iter()
+        .any(|r| r.content().report_name.as_deref() == Some(out.report_name.as_str()))
+    {
+        return Ok(false);
+    }
+    event.create_report(request).await?;
+    Ok(true)
+}

@@ -1,0 +1,266 @@
+//! OpenADR 3: the gateway as a VEN of the real LF Energy VTN (`openleadr-vtn` on
+//! PostgreSQL 18, its internal OAuth provider), driven by a business-logic client as a
+//! utility's back office would drive it. The gateway registers, takes an event's interval
+//! as its own DR event and moves a simulated Modbus load at its start and back at its end,
+//! and posts its measured performance, which the back office reads from the VTN; a
+//! modification moves the load again, a withdrawal restores it; an event beyond the load's
+//! limits and one with absurd values move nothing and come back as opt-outs; and with the VTN
+//! down for a while, the report made meanwhile arrives once it is back, once.
+
+use std::time::Duration;
+
+use gridgate_tests::dr_site::{WAIT, plant, reads};
+use gridgate_tests::vtn::Vtn;
+use gridgate_tests::{Gateway, run_to_end};
+use openleadr_client::{BusinessLogic, EventClient, Filter, ProgramClient};
+use openleadr_wire::event::EventRequest;
+use serde_json::json;
+
+fn at(offset: Duration) -> String {
+    (chrono::Utc::now() + offset).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// An event of `program` from `start` lasting `duration` (ISO 8601), with one interval
+/// carrying `payloads`.
+fn event(
+    program: &ProgramClient<BusinessLogic>,
+    name: &str,
+    start: Duration,
+    duration: &str,
+    payloads: serde_json::Value,
+) -> EventRequest {
+    serde_json::from_value(json!({
+        "objectType": "EVENT",
+        "programID": program.id(),
+        "eventName": name,
+        "intervalPeriod": {"start": at(start), "duration": duration},
+        "intervals": [{"id": 0, "payloads": payloads}],
+    }))
+    .expect("event")
+}
+
+/// The reports the VTN holds for `event`, once there are at least `n` (names).
+async fn reports(
+    event: &EventClient<BusinessLogic>,
+    n: usize,
+) -> Vec<openleadr_wire::report::ReportRequest> {
+    for _ in 0..240 {
+        let got = event.get_report_list(None).await.expect("reports");
+        if got.len() >= n {
+            return got.iter().map(|r| r.content().clone()).collect();
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("the VTN holds fewer than {n} report(s) for {}", event.id());
+}
+
+/// Prints the gateway's log when the test fails: what the VEN did is there.
+struct LogOnFailure(std::path::PathBuf);
+
+impl Drop for LogOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.0).unwrap_or_default();
+            eprintln!("--- the gateway's log:\n{log}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_utility_vtn_dispatches_the_gateway_and_reads_its_reports() {
+    let mut vtn = Vtn::start().await;
+    let (_sims, site, config) = plant().await;
+    let d = site.dir.path();
+    let web = gridgate_tests::free_port();
+    let config = format!(
+        "{config}\n[web]\nlisten = \"127.0.0.1:{web}\"\nanonymous_read = true\n{}\n[[openadr.load]]\nname = \"pcs\"\nsimple_shed_kw = [0.0, 5.5, 11.0, 16.5]\nimport_limit = true\n",
+        vtn.openadr_section(d, &["peak-shave"])
+    );
+    let bl = vtn.business();
+    let program = bl
+        .create_program(openleadr_wire::program::ProgramRequest::new("peak-shave"))
+        .await
+        .expect("program");
+    let mut gw = Gateway::start_logged(d, &config).await;
+    let _log = LogOnFailure(d.join("gridgate.log"));
+
+    // 1. SIMPLE level 2 for 6 s: pcs sheds 11 kW of 55 (setpoint 80 %), then back.
+    let e1 = program
+        .create_event(event(
+            &program,
+            "level-2",
+            Duration::from_secs(3),
+            "PT6S",
+            json!([{"type": "SIMPLE", "values": [2]}]),
+        ))
+        .await
+        .expect("event");
+    gw.wait_for(
+        WAIT,
+        "pcs at 80 % (SIMPLE 2)",
+        reads("plant-unit1/setpoint", 80.0),
+    )
+    .await;
+    gw.wait_for(
+        WAIT,
+        "pcs back at 100 %",
+        reads("plant-unit1/setpoint", 100.0),
+    )
+    .await;
+    let got = reports(&e1, 1).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    let r = serde_json::to_value(&got[0]).expect("json");
+    assert_eq!(
+        r["reportName"],
+        format!("gridgate-performance/{}/0/0", e1.id())
+    );
+    assert_eq!(r["clientName"], gridgate_tests::vtn::VEN_NAME);
+    assert_eq!(r["resources"][0]["resourceName"], "pcs");
+    let first = &r["resources"][0]["intervals"][0]["payloads"];
+    let types: Vec<&str> = first
+        .as_array()
+        .expect("payloads")
+        .iter()
+        .filter_map(|p| p["type"].as_str())
+        .collect();
+    assert_eq!(types, ["USAGE", "DEMAND", "BASELINE"], "{r}");
+    // Shed: what the meter saw is below the baseline.
+    let demand = first[1]["values"][0].as_f64().expect("demand");
+    let baseline = first[2]["values"][0].as_f64().expect("baseline");
+    assert!(demand < baseline, "{r}");
+
+    // 2. Modified on the VTN while it runs: level 1 (90 %), then level 3 (70 %).
+    let mut e2 = program
+        .create_event(event(
+            &program,
+            "modified",
+            Duration::from_secs(1),
+            "PT60S",
+            json!([{"type": "SIMPLE", "values": [1]}]),
+        ))
+        .await
+        .expect("event");
+    gw.wait_for(
+        WAIT,
+        "pcs at 90 % (SIMPLE 1)",
+        reads("plant-unit1/setpoint", 90.0),
+    )
+    .await;
+    e2.content_mut().intervals =
+        serde_json::from_value(json!([{"id": 0, "payloads": [{"type": "SIMPLE", "values": [3]}]}]))
+            .expect("intervals");
+    e2.update().await.expect("modify");
+    gw.wait_for(
+        WAIT,
+        "pcs at 70 % (modified to SIMPLE 3)",
+        reads("plant-unit1/setpoint", 70.0),
+    )
+    .await;
+
+    // 3. Withdrawn: the load is restored at once.
+    e2.delete().await.expect("delete");
+    gw.wait_for(
+        WAIT,
+        "pcs back at 100 % (event withdrawn)",
+        reads("plant-unit1/setpoint", 100.0),
+    )
+    .await;
+
+    // 4. Beyond the load's limits: an import limit of 5 kW is a setpoint under pcs's
+    // min_setpoint (20). Nothing moves; the VTN gets an opt-out.
+    let e4 = program
+        .create_event(event(
+            &program,
+            "too-low",
+            Duration::from_secs(1),
+            "PT30S",
+            json!([{"type": "IMPORT_CAPACITY_LIMIT", "values": [5.0]}]),
+        ))
+        .await
+        .expect("event");
+    let got = reports(&e4, 1).await;
+    let r = serde_json::to_value(&got[0]).expect("json");
+    assert_eq!(r["reportName"], format!("gridgate-opt-out/{}/0", e4.id()));
+    let why = r["resources"][0]["intervals"][0]["payloads"][0]["values"][0]
+        .as_str()
+        .expect("reason")
+        .to_string();
+    assert!(why.contains("pcs"), "{why}");
+
+    // 5. Bad input: a SIMPLE level of 9 and a payload type nobody maps.
+    let e5 = program
+        .create_event(event(
+            &program,
+            "absurd",
+            Duration::from_secs(1),
+            "PT30S",
+            json!([{"type": "SIMPLE", "values": [9]}, {"type": "X-VENDOR-MODE", "values": ["eco"]}]),
+        ))
+        .await
+        .expect("event");
+    let got = reports(&e5, 1).await;
+    let r = serde_json::to_value(&got[0]).expect("json");
+    let why = r["resources"][0]["intervals"][0]["payloads"][0]["values"][0].to_string();
+    assert!(why.contains("SIMPLE level 9"), "{why}");
+    // Neither moved the load.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let last = gw
+        .seen()
+        .iter()
+        .rev()
+        .find(|v| v["point"] == "plant-unit1/setpoint")
+        .cloned()
+        .expect("a setpoint reading");
+    assert_eq!(last["value"].as_f64(), Some(100.0), "{last}");
+
+    // 6. The VTN goes away while an event runs: the gateway acts on what it has, and the
+    // report made meanwhile is posted once the VTN is back, once.
+    let e6 = program
+        .create_event(event(
+            &program,
+            "offline",
+            Duration::from_secs(2),
+            "PT4S",
+            json!([{"type": "SIMPLE", "values": [2]}]),
+        ))
+        .await
+        .expect("event");
+    gw.wait_for(
+        WAIT,
+        "pcs at 80 % again",
+        reads("plant-unit1/setpoint", 80.0),
+    )
+    .await;
+    vtn.stop();
+    gw.wait_for(
+        WAIT,
+        "pcs back at 100 % with the VTN down",
+        reads("plant-unit1/setpoint", 100.0),
+    )
+    .await;
+    // The relay measures and signs its report about 2 s after the end; the VEN cannot post.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (code, out, err) = run_to_end(
+        &[
+            "openadr",
+            "status",
+            "--config",
+            &d.join("gridgate.toml").display().to_string(),
+        ],
+        WAIT,
+    )
+    .await;
+    // Exit 1: the VTN does not answer, and the status says so.
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("last error VTN:"), "{out}");
+    assert!(out.contains("1 report(s) waiting"), "{out}");
+    assert!(out.contains("absurd_value"), "{out}");
+    vtn.start_vtn().await;
+    let got = reports(&e6, 1).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let again = reports(&e6, 1).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(again.len(), 1, "posted twice: {again:?}");
+    let _ = bl.get_program_list(Filter::none()).await.expect("VTN back");
+    gw.stop().await;
+}
