@@ -342,6 +342,9 @@ fn sink(format: Format) -> Box<dyn ReadingSink> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log.as_deref().unwrap_or(default_log(&cli.command)));
+    // Any library that builds its TLS with rustls's process default gets ring, as the
+    // gateway's own configs do (docs/dev/architecture.md, core).
+    gridgate_core::tls::use_ring_provider();
     // Fault injection for the tests (FAILPOINTS=...): a no-op unless built with the
     // `failpoints` feature.
     #[cfg(feature = "failpoints")]

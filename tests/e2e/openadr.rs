@@ -262,5 +262,32 @@ async fn a_utility_vtn_dispatches_the_gateway_and_reads_its_reports() {
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(again.len(), 1, "posted twice: {again:?}");
     let _ = bl.get_program_list(Filter::none()).await.expect("VTN back");
+    // The counters a monitoring system watches.
+    let m = gridgate_tests::web::scrape(web, None).await;
+    let v = |name: &str, labels: &[(&str, &str)]| gridgate_tests::web::value(&m, name, labels);
+    assert_eq!(
+        v(
+            "gridgate_openadr_refused_total",
+            &[("kind", "absurd_value")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        v("gridgate_openadr_refused_total", &[("kind", "limit")]),
+        1.0
+    );
+    assert_eq!(
+        v(
+            "gridgate_openadr_unmapped_payloads_total",
+            &[("type", "X-VENDOR-MODE")]
+        ),
+        0.0,
+        "an event refused whole counts its refusal, not its payloads"
+    );
+    // Level 2, the two opt-outs and the offline one; the withdrawn event's reports have
+    // no event left on the VTN to go to (dropped, with a warning).
+    let posted = v("gridgate_openadr_reports_posted_total", &[]);
+    assert!(posted >= 4.0, "{posted}");
+    assert_eq!(v("gridgate_openadr_reports_waiting", &[]), 0.0);
     gw.stop().await;
 }

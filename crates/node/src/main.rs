@@ -29,6 +29,8 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Any library that builds its TLS with rustls's process default gets ring.
+    gridgate_core::tls::use_ring_provider();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&cli.log)

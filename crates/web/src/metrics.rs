@@ -549,6 +549,49 @@ impl Scrape {
             out.push(finality);
         }
 
+        // The OpenADR VEN (docs/openadr.md): what the VTN sent that moved nothing, and
+        // whether the VTN answers.
+        if cfg.openadr.is_some()
+            && let Ok(v) = crate::views::openadr(s)
+            && let Some(st) = &v.status
+        {
+            let mut refused = Fam::new(
+                "gridgate_openadr_refused",
+                "VTN events or intervals refused, by kind (bad input from the VTN, the DR desk's limits)",
+                COUNTER,
+            );
+            for (kind, n) in &st.refused {
+                refused.add(labels([("kind", kind.as_str())]), *n as f64);
+            }
+            let mut unmapped = Fam::new(
+                "gridgate_openadr_unmapped_payloads",
+                "Payloads of a type no [[openadr.load]] follows, by type",
+                COUNTER,
+            );
+            for (ty, n) in &st.unmapped {
+                unmapped.add(labels([("type", ty.as_str())]), *n as f64);
+            }
+            out.extend([refused, unmapped]);
+            out.push(Fam::one(
+                "gridgate_openadr_reports_posted",
+                "OpenADR reports the VTN took",
+                COUNTER,
+                st.reports_posted as f64,
+            ));
+            out.push(Fam::one(
+                "gridgate_openadr_reports_waiting",
+                "OpenADR reports waiting for the VTN",
+                GAUGE,
+                v.waiting as f64,
+            ));
+            out.push(Fam::one(
+                "gridgate_openadr_last_answer_seconds",
+                "When the VTN last answered a whole poll (Unix seconds; 0: never)",
+                GAUGE,
+                st.last_ok_ms as f64 / 1000.0,
+            ));
+        }
+
         // The flexibility market, as this gateway's replica shows it.
         if cfg.market.is_some()
             && let Ok(m) = crate::views::market(s)

@@ -332,6 +332,30 @@ function drawDr(v) {
   }
 }
 
+// The OpenADR VEN under the DR tab: the VTN's state and a line per VTN event (their
+// intervals are the events above, under the issuer openadr:<name>).
+function drawOpenAdr(v) {
+  $("#openadr").hidden = !v.configured;
+  if (!v.configured) return;
+  const s = v.status;
+  const status = !s ? "The VEN has not run yet." :
+    "VTN " + s.vtn + " · VEN " + s.ven_name + (s.ven_id ? " (registered)" : " (not registered yet)") +
+    " · last answer " + (s.last_ok_ms ? age(Date.now() - s.last_ok_ms) : "never") +
+    " · reports " + s.reports_posted + " posted, " + v.waiting + " waiting" +
+    (s.last_error && s.last_error[0] > s.last_ok_ms ? " · error: " + s.last_error[1] : "");
+  const p = $("#openadr-status");
+  p.textContent = status;
+  p.className = s && s.last_error && s.last_error[0] > s.last_ok_ms ? "bad" : "";
+  const tb = $("#vtn-events tbody");
+  tb.replaceChildren();
+  for (const [id, e] of v.events) {
+    const taken = e.intervals.filter((i) => i.accepted).length;
+    const reported = e.intervals.filter((i) => i.reported).length;
+    tb.appendChild(row([(e.name ? e.name + " · " : "") + id, e.program, { text: e.state, cls: e.state === "refused" ? "bad" : "" },
+      taken, reported, e.refusal || ""], { "data-vtn-event": id }));
+  }
+}
+
 // The price path of one interval's discovery: each round's price (line) and the imbalance
 // it left (bars, above the axis demand exceeds supply), by round.
 function priceChart(iv) {
@@ -400,7 +424,10 @@ async function refresh() {
       drawDevices(await api("/api/devices?" + q));
       if (state.selected) drawDevice(await api("/api/devices/" + encodeURIComponent(state.selected)));
     }
-    if (state.tab === "dr") drawDr(await api("/api/dr"));
+    if (state.tab === "dr") {
+      drawDr(await api("/api/dr"));
+      drawOpenAdr(await api("/api/openadr"));
+    }
     if (state.tab === "market") drawMarket(await api("/api/market"));
     if ($("#message").className === "error" && $("#message").dataset.sticky !== "1") say("");
   } catch (e) {
