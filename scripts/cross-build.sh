@@ -19,14 +19,16 @@ case "$arch" in
         gnu=aarch64-linux-gnu
         machine="ARM aarch64"
         qemu=qemu-aarch64
-        budget_mib=16
+        libc=libc6-dev-arm64-cross
+        budget_mib=20
         ;;
     armv7)
         triple=armv7-unknown-linux-gnueabihf
         gnu=arm-linux-gnueabihf
         machine="ARM, EABI5"
         qemu=qemu-arm
-        budget_mib=16
+        libc=libc6-dev-armhf-cross
+        budget_mib=20
         ;;
     *)
         echo "usage: $0 aarch64|armv7" >&2
@@ -42,6 +44,9 @@ if command -v rustup >/dev/null 2>&1; then
 fi
 need=""
 command -v "$gnu-gcc" >/dev/null 2>&1 || need="$need gcc-$gnu"
+# The target's C library headers are only a recommendation of the cross gcc, which
+# apt-install.sh leaves out: without them ring's C does not compile.
+[ -f "/usr/$gnu/include/stdio.h" ] || need="$need $libc"
 command -v "$qemu" >/dev/null 2>&1 || need="$need qemu-user"
 command -v file >/dev/null 2>&1 || need="$need file"
 # shellcheck disable=SC2086 # $need is a list of package names
