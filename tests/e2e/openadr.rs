@@ -2,8 +2,8 @@
 //! PostgreSQL 18, its internal OAuth provider), driven by a business-logic client as a
 //! utility's back office would drive it. The gateway registers, takes an event's interval
 //! as its own DR event and moves a simulated Modbus load at its start and back at its end,
-//! and posts its measured performance, which the back office reads from the VTN; a
-//! modification moves the load again, a withdrawal restores it; an event beyond the load's
+//! and posts its measured performance, which the back office reads from the VTN; a restart
+//! acts on nothing twice; a modification moves the load again, a withdrawal restores it; an event beyond the load's
 //! limits and one with absurd values move nothing and come back as opt-outs; and with the VTN
 //! down for a while, the report made meanwhile arrives once it is back, once.
 
@@ -128,6 +128,10 @@ async fn a_utility_vtn_dispatches_the_gateway_and_reads_its_reports() {
     let demand = first[1]["values"][0].as_f64().expect("demand");
     let baseline = first[2]["values"][0].as_f64().expect("baseline");
     assert!(demand < baseline, "{r}");
+
+    // A restart acts on nothing twice: the VEN knows the event, the desk its intervals.
+    gw.stop().await;
+    let mut gw = Gateway::start_logged(d, &config).await;
 
     // 2. Modified on the VTN while it runs: level 1 (90 %), then level 3 (70 %).
     let mut e2 = program
@@ -262,6 +266,7 @@ async fn a_utility_vtn_dispatches_the_gateway_and_reads_its_reports() {
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(again.len(), 1, "posted twice: {again:?}");
     let _ = bl.get_program_list(Filter::none()).await.expect("VTN back");
+    assert_eq!(reports(&e1, 1).await.len(), 1, "e1 reported twice");
     // The counters a monitoring system watches.
     let m = gridgate_tests::web::scrape(web, None).await;
     let v = |name: &str, labels: &[(&str, &str)]| gridgate_tests::web::value(&m, name, labels);

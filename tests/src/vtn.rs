@@ -25,10 +25,10 @@ pub const VEN_SECRET: &str = "gridgate-test-ven-secret";
 /// The VEN name the gateway registers under.
 pub const VEN_NAME: &str = "site-under-test";
 
-/// Argon2id hashes of the two secrets above (made with argon2-cffi, m=19456, t=2, p=1), as
-/// the VTN's internal OAuth provider stores them.
-const BL_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$lswh9FwBRur4ZLNBXfnzRw$vtdZsvdklZBnkVn1jIJAS1Jw/9B5zSNA52ip1V2GNa4";
-const VEN_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$ehLiXj+ktk0iB1KuLkw4Ig$5knO/dcug47E8A1vBroziRVfSzN33hefGeQUNllgHCk";
+/// Argon2id hashes of the two secrets above, as the VTN's internal OAuth provider stores them
+/// (made with argon2-cffi at a test's cost, m=64 KiB, t=1: the VTN is a debug build here).
+const BL_HASH: &str = "$argon2id$v=19$m=64,t=1,p=1$Ormw4vwOar63dkvVdsl4Bg$TJcq8VUVOWj4Xkad79/jprEfWviyaEE/tlUEE1lSzDU";
+const VEN_HASH: &str = "$argon2id$v=19$m=64,t=1,p=1$5gutaKRLtOxqjmO1terDiw$C4YP1OU1YEuzSG0rKByI/MZPszmjwdYpRoJawZ6ne94";
 
 /// A PostgreSQL server and the VTN on it, both stopped on drop.
 pub struct Vtn {

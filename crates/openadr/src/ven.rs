@@ -21,7 +21,7 @@ use prost::Message;
 use thiserror::Error;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::map::translate;
 use crate::tables::{OpenAdrStore, Outgoing, Scheduled, Seen, SeenState, Status};
@@ -42,6 +42,10 @@ pub enum VenError {
     #[error("DR desk: {0}")]
     Desk(#[from] gridgate_dr::desk::DeskError),
 }
+
+/// A VTN that stays unreachable is logged when its error changes and then every 5 minutes,
+/// not at every poll.
+const REPEAT_WARNING_MS: i64 = 300_000;
 
 /// What the VEN needs from the gateway.
 pub struct Ven {
@@ -153,8 +157,18 @@ pub async fn run(mut v: Ven, cancel: CancellationToken) {
                     status.last_ok_ms = now_ms();
                 }
                 Err(e) => {
-                    warn!(vtn = %o.vtn, "OpenADR VEN: {e}; trying again in {:?}", o.poll);
-                    status.last_error = Some((now_ms(), e.to_string()));
+                    let text = e.to_string();
+                    let repeated = status.last_error.as_ref().is_some_and(|(at, last)| {
+                        *last == text
+                            && status.last_ok_ms < *at
+                            && now_ms() - *at < REPEAT_WARNING_MS
+                    });
+                    if repeated {
+                        debug!(vtn = %o.vtn, "OpenADR VEN: {text}");
+                    } else {
+                        warn!(vtn = %o.vtn, "OpenADR VEN: {text}; trying again every {:?}", o.poll);
+                        status.last_error = Some((now_ms(), text));
+                    }
                     // Registration is checked again: the VTN may have been reset.
                     if matches!(e, VenError::Vtn(_)) {
                         s.ven = None;
@@ -257,6 +271,21 @@ async fn pass(
                 None => true,
                 Some(p) => p.modified != modified && p.state != SeenState::Cancelled,
             };
+            // A new modification time on the same content (a VTN that touches an event
+            // without changing it) moves nothing: the loads are not restored and moved again.
+            if let Some(p) = prev.filter(|_| fresh)
+                && serde_json::from_str::<Event>(&p.raw)
+                    .is_ok_and(|old| old.content == event.content)
+            {
+                let mut p = p.clone();
+                p.modified = modified;
+                p.raw = serde_json::to_string(event).unwrap_or_default();
+                let k = id.clone();
+                v.store
+                    .run(move |st| st.openadr().put_event(&k, &p, &[]))
+                    .await?;
+                continue;
+            }
             if fresh {
                 act(
                     v,
