@@ -339,6 +339,8 @@ async fn act(
         Some(mut p) => {
             cancel_intervals(v, o, &mut p).await?;
             p.generation += 1;
+            // A new version is answered on its own (an opt-out names its version).
+            p.opted_out = false;
             info!(vtn_event = %id, generation = p.generation, "OpenADR event modified on the VTN: the earlier version is cancelled");
             p
         }
