@@ -3,7 +3,7 @@
 //! its status for `gridgate openadr status`. All survive a restart: a VTN event is acted on
 //! once, and a report made while the VTN was away is posted when it is back.
 
-use redb::{ReadableTable, TableDefinition};
+use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use gridgate_store::{Store, StoreError, read_table};
@@ -74,6 +74,25 @@ pub struct Seen {
     pub first_seen_ms: i64,
     /// The event as the VTN sent it (the version acted on).
     pub raw: String,
+}
+
+impl Seen {
+    /// A VTN event seen for the first time, at `now_ms`, before anything is decided of it.
+    pub fn first(program: &str, name: Option<String>, now_ms: i64) -> Seen {
+        Seen {
+            program: program.to_string(),
+            name,
+            modified: String::new(),
+            generation: 0,
+            state: SeenState::Active,
+            refusal: None,
+            intervals: Vec::new(),
+            prices: Vec::new(),
+            opted_out: false,
+            first_seen_ms: now_ms,
+            raw: String::new(),
+        }
+    }
 }
 
 /// A report waiting for the VTN.
@@ -196,6 +215,15 @@ impl OpenAdrTables<'_> {
         Ok(out)
     }
 
+    /// How many reports wait.
+    pub fn waiting(&self) -> Result<usize, StoreError> {
+        let txn = self.0.begin_read()?;
+        let Some(t) = read_table(&txn, OUTBOX)? else {
+            return Ok(0);
+        };
+        Ok(t.len().map_err(StoreError::db)? as usize)
+    }
+
     /// A report the VTN has (or will never take): out of the queue.
     pub fn posted(&self, seq: u64) -> Result<(), StoreError> {
         let txn = self.0.begin_write()?;
@@ -243,19 +271,7 @@ mod tests {
     }
 
     fn seen() -> Seen {
-        Seen {
-            program: "p".into(),
-            name: None,
-            modified: "2027-01-01T00:00:00Z".into(),
-            generation: 0,
-            state: SeenState::Active,
-            refusal: None,
-            intervals: Vec::new(),
-            prices: Vec::new(),
-            opted_out: false,
-            first_seen_ms: 1,
-            raw: "{}".into(),
-        }
+        Seen::first("p", None, 1)
     }
 
     #[test]

@@ -64,8 +64,8 @@ pub struct Ven {
 struct Session {
     cfg: OpenAdrConfig,
     client: Client<VirtualEndNode>,
-    /// The VEN's id and the targets the VTN gave it, once registered.
-    ven: Option<(String, Vec<String>)>,
+    /// The targets the VTN gave the VEN, once registered.
+    ven_targets: Option<Vec<String>>,
 }
 
 impl Session {
@@ -101,7 +101,7 @@ impl Session {
         Ok(Session {
             cfg: cfg.clone(),
             client: Client::with_details(base, token, http, Some(creds)),
-            ven: None,
+            ven_targets: None,
         })
     }
 }
@@ -118,6 +118,14 @@ fn with_slash(u: &str) -> String {
 /// Runs until `cancel` fires.
 pub async fn run(mut v: Ven, cancel: CancellationToken) {
     let mut session: Option<Session> = None;
+    // Only the VEN writes its status: read once, kept here, stored after every poll.
+    let store = v.store.clone();
+    let mut status = store
+        .run(|s| s.openadr().status())
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     loop {
         let cfg = v.config.borrow_and_update().clone();
         let Some(o) = cfg.openadr.clone() else {
@@ -127,13 +135,6 @@ pub async fn run(mut v: Ven, cancel: CancellationToken) {
             }
             continue;
         };
-        let store = v.store.clone();
-        let mut status = store
-            .run(|s| s.openadr().status())
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or_default();
         status.vtn = o.vtn.clone();
         status.ven_name = o.ven_name.clone();
         status.last_poll_ms = now_ms();
@@ -171,7 +172,7 @@ pub async fn run(mut v: Ven, cancel: CancellationToken) {
                     }
                     // Registration is checked again: the VTN may have been reset.
                     if matches!(e, VenError::Vtn(_)) {
-                        s.ven = None;
+                        s.ven_targets = None;
                     }
                 }
             }
@@ -188,7 +189,8 @@ pub async fn run(mut v: Ven, cancel: CancellationToken) {
     }
 }
 
-/// One poll: register, read programs and events, act on what changed, queue and post reports.
+/// One poll: register, read programs and events, act on what changed, post the queued
+/// reports.
 async fn pass(
     v: &Ven,
     cfg: &Arc<GatewayConfig>,
@@ -196,7 +198,7 @@ async fn pass(
     status: &mut Status,
 ) -> Result<(), VenError> {
     let o = s.cfg.clone();
-    if s.ven.is_none() {
+    if s.ven_targets.is_none() {
         let ven = match s.client.get_ven_by_name(&o.ven_name).await {
             Ok(ven) => ven,
             Err(openleadr_client::Error::ObjectNotFound) => {
@@ -220,9 +222,9 @@ async fn pass(
             .collect();
         status.ven_id = Some(ven.id().as_str().to_string());
         status.ven_targets = targets.clone();
-        s.ven = Some((ven.id().as_str().to_string(), targets));
+        s.ven_targets = Some(targets);
     }
-    let ven_targets = s.ven.as_ref().map(|v| v.1.clone()).unwrap_or_default();
+    let ven_targets = s.ven_targets.clone().unwrap_or_default();
 
     let programs = s.client.get_program_list(Filter::none()).await?;
     status.programs = o
@@ -317,7 +319,6 @@ async fn pass(
                 .await?;
         }
     }
-    queue_reports(v, &o).await?;
     post_reports(v, s, status).await
 }
 
@@ -344,19 +345,7 @@ async fn act(
             info!(vtn_event = %id, generation = p.generation, "OpenADR event modified on the VTN: the earlier version is cancelled");
             p
         }
-        None => Seen {
-            program: program.to_string(),
-            name: event.content.event_name.clone(),
-            modified: String::new(),
-            generation: 0,
-            state: SeenState::Active,
-            refusal: None,
-            intervals: Vec::new(),
-            prices: Vec::new(),
-            opted_out: false,
-            first_seen_ms: now,
-            raw: String::new(),
-        },
+        None => Seen::first(program, event.content.event_name.clone(), now),
     };
     seen.modified = event.modification_date_time.to_rfc3339();
     seen.raw = serde_json::to_string(event).unwrap_or_default();

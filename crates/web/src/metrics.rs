@@ -551,9 +551,9 @@ impl Scrape {
 
         // The OpenADR VEN (docs/openadr.md): what the VTN sent that moved nothing, and
         // whether the VTN answers.
+        let ven = gridgate_openadr::tables::OpenAdrStore::openadr(&*s.store.store);
         if cfg.openadr.is_some()
-            && let Ok(v) = crate::views::openadr(s)
-            && let Some(st) = &v.status
+            && let Ok(Some(st)) = ven.status()
         {
             let mut refused = Fam::new(
                 "gridgate_openadr_refused",
@@ -582,7 +582,7 @@ impl Scrape {
                 "gridgate_openadr_reports_waiting",
                 "OpenADR reports waiting for the VTN",
                 GAUGE,
-                v.waiting as f64,
+                ven.waiting().unwrap_or(0) as f64,
             ));
             out.push(Fam::one(
                 "gridgate_openadr_last_answer_seconds",

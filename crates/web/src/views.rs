@@ -931,7 +931,7 @@ pub fn openadr(s: &WebState) -> Result<OpenAdrView, StoreError> {
     Ok(OpenAdrView {
         configured,
         status: t.status()?,
-        waiting: t.outbox()?.len(),
+        waiting: t.waiting()?,
         events,
     })
 }

@@ -171,12 +171,7 @@ mod tests {
             events: vec![(
                 "ev-1".into(),
                 Seen {
-                    program: "peak".into(),
-                    name: Some("evening".into()),
-                    modified: String::new(),
                     generation: 1,
-                    state: SeenState::Active,
-                    refusal: None,
                     intervals: vec![Scheduled {
                         interval_id: 0,
                         dr_id: "ev-1/1/0".into(),
@@ -187,10 +182,7 @@ mod tests {
                         reported: false,
                         cancelled: false,
                     }],
-                    prices: vec![],
-                    opted_out: false,
-                    first_seen_ms: now,
-                    raw: String::new(),
+                    ..Seen::first("peak", Some("evening".into()), now)
                 },
             )],
         };
