@@ -1147,6 +1147,11 @@ async fn overlapping_events_follow_priority_and_hand_the_load_back() {
         setpoint(&sims.lines[0].devices[0]) == 100.0
     })
     .await;
+    // The recorder samples every 5 ms on its own thread: let it see the last change too.
+    until("the recorder sees the value from before", || {
+        seen.lock().expect("lock").last().map(|(_, v)| *v) == Some(100.0)
+    })
+    .await;
     let values: Vec<f64> = seen.lock().expect("lock").iter().map(|(_, v)| *v).collect();
     assert_eq!(values, vec![100.0, 60.0, 30.0, 60.0, 100.0]);
     let (code, out, err) = watch.await.expect("watch");
