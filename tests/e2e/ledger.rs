@@ -10,16 +10,16 @@ use gridgate_tests::dr_site::{Site, WAIT, event, keygen, plant, wait_for_port};
 use gridgate_tests::{Gateway, free_port, grpc_section, run_to_end};
 
 /// The consortium's gateways: id and site directory.
-type Gateways<'a> = &'a [(&'a str, &'a Path)];
+pub(crate) type Gateways<'a> = &'a [(&'a str, &'a Path)];
 
 /// The validators: their directories and ports, and the consortium's PKI.
-struct Validators {
+pub(crate) struct Validators {
     dir: tempfile::TempDir,
     ports: Vec<u16>,
 }
 
 impl Validators {
-    fn new(n: usize) -> Self {
+    pub(crate) fn new(n: usize) -> Self {
         let dir = tempfile::tempdir().expect("dir");
         gridgate_api::pki::make_site_pki(&dir.path().join("pki"), "consortium", &[]).expect("pki");
         for i in 0..n {
@@ -44,7 +44,12 @@ impl Validators {
     ///
     /// `node` is the node's own id and directory: its identity key there gets a member
     /// certificate of the consortium's CA, its TLS client identity.
-    fn ledger_section(&self, role: &str, gateways: Gateways, node: (&str, &Path)) -> String {
+    pub(crate) fn ledger_section(
+        &self,
+        role: &str,
+        gateways: Gateways,
+        node: (&str, &Path),
+    ) -> String {
         let cert = node.1.join("member.pem");
         if !cert.exists() {
             let pem = gridgate_api::pki::member_cert(
@@ -82,7 +87,7 @@ impl Validators {
         )
     }
 
-    async fn start(&self, i: usize, gateways: Gateways<'_>) -> Gateway {
+    pub(crate) async fn start(&self, i: usize, gateways: Gateways<'_>) -> Gateway {
         self.start_with(i, gateways, "").await
     }
 

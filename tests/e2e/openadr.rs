@@ -5,16 +5,20 @@
 //! and posts its measured performance, which the back office reads from the VTN; a restart
 //! acts on nothing twice; a modification moves the load again, a withdrawal restores it; an event beyond the load's
 //! limits and one with absurd values move nothing and come back as opt-outs; and with the VTN
-//! down for a while, the report made meanwhile arrives once it is back, once.
+//! down for a while, the report made meanwhile arrives once it is back, once. The gateway is a
+//! consortium member: its validators certify each version of each VTN event as received.
 
+use std::path::Path;
 use std::time::Duration;
 
-use gridgate_tests::dr_site::{WAIT, plant, reads};
+use gridgate_tests::dr_site::{WAIT, keygen, plant, reads};
 use gridgate_tests::vtn::Vtn;
 use gridgate_tests::{Gateway, run_to_end};
 use openleadr_client::{BusinessLogic, EventClient, Filter, ProgramClient};
 use openleadr_wire::event::EventRequest;
 use serde_json::json;
+
+use crate::ledger::Validators;
 
 fn at(offset: Duration) -> String {
     (chrono::Utc::now() + offset).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -71,10 +75,19 @@ async fn a_utility_vtn_dispatches_the_gateway_and_reads_its_reports() {
     let mut vtn = Vtn::start().await;
     let (_sims, site, config) = plant().await;
     let d = site.dir.path();
+    keygen(d);
+    // The gateway is a member of a consortium: three of its four validators run, a quorum.
+    let validators = Validators::new(4);
+    let gateways = [("plant", d)];
+    let mut running = Vec::new();
+    for i in 0..3 {
+        running.push(validators.start(i, &gateways).await);
+    }
     let web = gridgate_tests::free_port();
     let config = format!(
-        "{config}\n[web]\nlisten = \"127.0.0.1:{web}\"\nanonymous_read = true\n{}\n[[openadr.load]]\nname = \"pcs\"\nsimple_shed_kw = [0.0, 5.5, 11.0, 16.5]\nimport_limit = true\n",
-        vtn.openadr_section(d, &["peak-shave"])
+        "{config}\n[web]\nlisten = \"127.0.0.1:{web}\"\nanonymous_read = true\n{}\n[[openadr.load]]\nname = \"pcs\"\nsimple_shed_kw = [0.0, 5.5, 11.0, 16.5]\nimport_limit = true\n{}",
+        vtn.openadr_section(d, &["peak-shave"]),
+        validators.ledger_section("gateway", &gateways, gateways[0])
     );
     let bl = vtn.business();
     let program = bl
@@ -162,6 +175,7 @@ async fn a_utility_vtn_dispatches_the_gateway_and_reads_its_reports() {
     .await;
 
     // 3. Withdrawn: the load is restored at once.
+    let e2_id = e2.id().to_string();
     e2.delete().await.expect("delete");
     gw.wait_for(
         WAIT,
@@ -294,5 +308,57 @@ async fn a_utility_vtn_dispatches_the_gateway_and_reads_its_reports() {
     let posted = v("gridgate_openadr_reports_posted_total", &[]);
     assert!(posted >= 4.0, "{posted}");
     assert_eq!(v("gridgate_openadr_reports_waiting", &[]), 0.0);
+
+    // The ledger holds each version of each VTN event as received, certified by the
+    // validators, beside what the gateway made of it, and its performance claims.
+    let log = logged_until(&d.join("gridgate.toml"), |log| {
+        log.contains(&format!("OpenADR event {} version 0", e6.id()))
+            && log.contains(&format!(
+                "performance report of plant for openadr:utility/{}/0/0",
+                e6.id()
+            ))
+    })
+    .await;
+    let line = |what: String| {
+        log.lines()
+            .find(|l| l.contains(&what))
+            .unwrap_or_else(|| panic!("no {what:?} in\n{log}"))
+            .to_string()
+    };
+    let e1_line = line(format!("OpenADR event {} version 0", e1.id()));
+    assert!(
+        e1_line.contains(&format!("DR events [{}/0/0]", e1.id())),
+        "{e1_line}"
+    );
+    let e2_line = line(format!("OpenADR event {e2_id} version 1"));
+    assert!(
+        e2_line.contains(&format!("DR events [{e2_id}/1/0]")),
+        "{e2_line}"
+    );
+    for refused in [e4.id(), e5.id()] {
+        let l = line(format!("OpenADR event {refused} version 0"));
+        assert!(l.contains(": refused, "), "{l}");
+    }
+    line(format!(
+        "performance report of plant for openadr:utility/{}/0/0",
+        e1.id()
+    ));
     gw.stop().await;
+    drop(running);
+}
+
+/// `gridgate ledger log` of the gateway's own log, once `done` holds for it (a minute).
+async fn logged_until(config: &Path, done: impl Fn(&str) -> bool) -> String {
+    let config = config.display().to_string();
+    let args = ["ledger", "log", "--config", &config, "--origin", "plant"];
+    let mut last = String::new();
+    for _ in 0..120 {
+        let (code, out, err) = run_to_end(&args, WAIT).await;
+        if code == 0 && done(&out) {
+            return out;
+        }
+        last = format!("(exit {code}) {out}{err}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("the ledger never held the VTN's events: {last}");
 }

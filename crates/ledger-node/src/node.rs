@@ -122,6 +122,21 @@ fn payload_ok(entry: &pb::Entry, members: &Members) -> bool {
                     !d.area.is_empty() && sane(d.delivered_wh) && sane(d.accepted_wh)
                 })
         }
+        // A gateway's record of a utility VTN's event: its own event id and the JSON object
+        // it received. Settlement pays nothing on it, so its content is the gateway's word.
+        Ok(pb::EntryKind::OpenadrEvent) => {
+            let gateway = members
+                .0
+                .get(&entry.origin)
+                .is_some_and(|m| m.role == pb::MemberRole::Gateway);
+            gateway
+                && pb::OpenAdrEvent::decode(p).is_ok_and(|e| {
+                    !e.event_id.is_empty()
+                        && !e.vtn.is_empty()
+                        && serde_json::from_str::<serde_json::Value>(&e.json)
+                            .is_ok_and(|j| j.is_object())
+                })
+        }
         // Rounds and clearings are what validators compute.
         Ok(pb::EntryKind::MarketRound) => {
             validator(entry, members) && pb::MarketRound::decode(p).is_ok()
@@ -717,5 +732,58 @@ mod tests {
             ..terms
         };
         assert!(!payload_ok(&entry("op", &upside_down), &members));
+    }
+
+    #[test]
+    fn an_openadr_record_is_voted_for_only_from_a_gateway_with_a_json_event() {
+        let mut members = Members::default();
+        for (id, role) in [
+            ("op", pb::MemberRole::Operator),
+            ("gw", pb::MemberRole::Gateway),
+        ] {
+            members.0.insert(
+                id.into(),
+                Member {
+                    id: id.into(),
+                    role,
+                    key: Identity::generate().expect("key").public(),
+                    removed: false,
+                },
+            );
+        }
+        let record = |origin: &str, json: &str, event_id: &str| pb::Entry {
+            origin: origin.into(),
+            kind: pb::EntryKind::OpenadrEvent as i32,
+            payload: pb::OpenAdrEvent {
+                vtn: "https://vtn.example/".into(),
+                ven: "site-1".into(),
+                event_id: event_id.into(),
+                json: json.into(),
+                dr_events: vec![format!("{event_id}/0/0")],
+                ..Default::default()
+            }
+            .encode_to_vec(),
+            ..Default::default()
+        };
+        let json = r#"{"id":"e1","programID":"p1","intervals":[]}"#;
+        assert!(payload_ok(&record("gw", json, "e1"), &members));
+        assert!(
+            !payload_ok(&record("op", json, "e1"), &members),
+            "a gateway's record"
+        );
+        assert!(
+            !payload_ok(&record("gw", "{\"id\":", "e1"), &members),
+            "not JSON"
+        );
+        assert!(
+            !payload_ok(&record("gw", "[1, 2]", "e1"), &members),
+            "not an object"
+        );
+        assert!(!payload_ok(&record("gw", json, ""), &members), "no id");
+        let garbage = pb::Entry {
+            payload: vec![0xff; 7],
+            ..record("gw", json, "e1")
+        };
+        assert!(!payload_ok(&garbage, &members), "does not decode");
     }
 }

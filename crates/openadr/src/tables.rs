@@ -64,7 +64,7 @@ pub struct Seen {
     pub state: SeenState,
     /// Why it was refused.
     pub refusal: Option<String>,
-    /// The current generation's intervals.
+    /// The intervals of every generation acted on (an earlier one's still owe their reports).
     pub intervals: Vec<Scheduled>,
     /// PRICE values per interval id, kept as a price signal.
     pub prices: Vec<(i32, f64)>,

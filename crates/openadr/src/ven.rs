@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use gridgate_config::GatewayConfig;
+use gridgate_config::ledger::LedgerRole;
 use gridgate_config::openadr::OpenAdrConfig;
 use gridgate_core::Identity;
 use gridgate_core::reading::now_ms;
@@ -435,11 +436,54 @@ async fn act(
             }
         }
     }
-    let k = id.clone();
+    // A gateway on the ledger logs the VTN's event as received beside what it made of it,
+    // once per version (the claim key), in the transaction order that survives a crash:
+    // a restart before `put_event` acts on the event again and the desk answers `Replayed`.
+    let logged = cfg
+        .ledger
+        .as_ref()
+        .is_some_and(|l| l.role == LedgerRole::Gateway)
+        .then(|| ledger_record(o, &id, &seen, now));
+    let (k, me, identity) = (id.clone(), cfg.id.clone(), v.identity.clone());
     v.store
-        .run(move |st| st.openadr().put_event(&k, &seen, &reports))
+        .run(move |st| {
+            if let Some(payload) = logged {
+                gridgate_ledger_node::certifier::append(
+                    st,
+                    &me,
+                    &identity,
+                    &format!("openadr-event/{k}/{}", seen.generation),
+                    pb::EntryKind::OpenadrEvent,
+                    payload,
+                )?;
+            }
+            st.openadr().put_event(&k, &seen, &reports)
+        })
         .await?;
     Ok(())
+}
+
+/// The ledger entry's payload for a version of a VTN event, once the desk decided on it.
+fn ledger_record(o: &OpenAdrConfig, id: &str, seen: &Seen, received_ms: i64) -> Vec<u8> {
+    let this_version = format!("{id}/{}/", seen.generation);
+    pb::OpenAdrEvent {
+        vtn: o.vtn.clone(),
+        ven: o.ven_name.clone(),
+        event_id: id.to_string(),
+        version: seen.generation,
+        modified: seen.modified.clone(),
+        received_ms,
+        json: seen.raw.clone(),
+        // `intervals` also keeps the earlier versions' (their reports are still to come).
+        dr_events: seen
+            .intervals
+            .iter()
+            .filter(|i| i.accepted && i.dr_id.starts_with(&this_version))
+            .map(|i| i.dr_id.clone())
+            .collect(),
+        refusal: seen.refusal.clone().unwrap_or_default(),
+    }
+    .encode_to_vec()
 }
 
 /// Marks `seen` refused (nothing of it moves) and queues its opt-out. `kind`, when not

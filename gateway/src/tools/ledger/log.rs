@@ -126,6 +126,25 @@ fn summary(e: &pb::Entry) -> String {
                 None => "membership change (does not decode)".into(),
             }
         }
+        Ok(pb::EntryKind::OpenadrEvent) => match pb::OpenAdrEvent::decode(p) {
+            Ok(e) if e.refusal.is_empty() => format!(
+                "OpenADR event {} version {} from {} received {}: DR events [{}]",
+                e.event_id,
+                e.version,
+                e.vtn,
+                utc(e.received_ms),
+                e.dr_events.join(", ")
+            ),
+            Ok(e) => format!(
+                "OpenADR event {} version {} from {} received {}: refused, {}",
+                e.event_id,
+                e.version,
+                e.vtn,
+                utc(e.received_ms),
+                e.refusal
+            ),
+            Err(_) => "OpenADR event (does not decode)".into(),
+        },
         Ok(k) => k
             .as_str_name()
             .trim_start_matches("ENTRY_KIND_")
