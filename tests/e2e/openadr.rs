@@ -3,8 +3,10 @@
 //! utility's back office would drive it. The gateway registers, takes an event's interval
 //! as its own DR event and moves a simulated Modbus load at its start and back at its end,
 //! and posts its measured performance, which the back office reads from the VTN; a restart
-//! acts on nothing twice; a modification moves the load again, a withdrawal restores it; an event beyond the load's
-//! limits and one with absurd values move nothing and come back as opt-outs; and with the VTN
+//! acts on nothing twice; a modification moves the load again, a withdrawal restores it; an
+//! event beyond the load's limits and one with absurd values move nothing and come back as
+//! opt-outs, one beyond them in one interval of two is followed in the other and opted out of
+//! in that one; and with the VTN
 //! down for a while, the report made meanwhile arrives once it is back, once. The gateway is a
 //! consortium member: its validators certify each version of each VTN event as received.
 
@@ -74,6 +76,11 @@ impl Drop for LogOnFailure {
 async fn a_utility_vtn_dispatches_the_gateway_and_reads_its_reports() {
     let mut vtn = Vtn::start().await;
     let (_sims, site, config) = plant().await;
+    // Four of the events below move pcs: more than the default two a day.
+    let config = config.replace(
+        "max_setpoint = 100.0\n",
+        "max_setpoint = 100.0\nmax_events_per_day = 10\n",
+    );
     let d = site.dir.path();
     keygen(d);
     // The gateway is a member of a consortium: three of its four validators run, a quorum.
@@ -205,6 +212,54 @@ async fn a_utility_vtn_dispatches_the_gateway_and_reads_its_reports() {
         .to_string();
     assert!(why.contains("pcs"), "{why}");
 
+    // 4b. In part: SIMPLE 1 for 3 s, then an import limit under min_setpoint for 3 s. The
+    // first interval moves the load; the VTN gets an opt-out naming the second.
+    let e4b = program
+        .create_event(
+            serde_json::from_value(json!({
+                "objectType": "EVENT",
+                "programID": program.id(),
+                "eventName": "in-part",
+                "intervalPeriod": {"start": at(Duration::from_secs(1)), "duration": "PT3S"},
+                "intervals": [
+                    {"id": 0, "payloads": [{"type": "SIMPLE", "values": [1]}]},
+                    {"id": 1, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [5.0]}]},
+                ],
+            }))
+            .expect("event"),
+        )
+        .await
+        .expect("event");
+    let got = reports(&e4b, 1).await;
+    let r = serde_json::to_value(&got[0]).expect("json");
+    assert_eq!(r["reportName"], format!("gridgate-opt-out/{}/0", e4b.id()));
+    let opted: Vec<i64> = r["resources"][0]["intervals"]
+        .as_array()
+        .expect("intervals")
+        .iter()
+        .filter_map(|i| i["id"].as_i64())
+        .collect();
+    assert_eq!(opted, [1], "{r}");
+    gw.wait_for(
+        WAIT,
+        "pcs at 90 % (the interval taken)",
+        reads("plant-unit1/setpoint", 90.0),
+    )
+    .await;
+    gw.wait_for(
+        WAIT,
+        "pcs back at 100 % (the refused interval moves nothing)",
+        reads("plant-unit1/setpoint", 100.0),
+    )
+    .await;
+    let got = reports(&e4b, 2).await;
+    assert!(
+        got.iter()
+            .any(|r| r.report_name.as_deref()
+                == Some(&format!("gridgate-performance/{}/0/0", e4b.id()))),
+        "{got:?}"
+    );
+
     // 5. Bad input: a SIMPLE level of 9 and a payload type nobody maps.
     let e5 = program
         .create_event(event(
@@ -293,7 +348,7 @@ async fn a_utility_vtn_dispatches_the_gateway_and_reads_its_reports() {
     );
     assert_eq!(
         v("gridgate_openadr_refused_total", &[("kind", "limit")]),
-        1.0
+        2.0
     );
     assert_eq!(
         v(
@@ -303,10 +358,10 @@ async fn a_utility_vtn_dispatches_the_gateway_and_reads_its_reports() {
         0.0,
         "an event refused whole counts its refusal, not its payloads"
     );
-    // Level 2, the two opt-outs and the offline one; the withdrawn event's reports have
-    // no event left on the VTN to go to (dropped, with a warning).
+    // Level 2, the three opt-outs, the one taken in part and the offline one; the withdrawn
+    // event's reports have no event left on the VTN to go to (dropped, with a warning).
     let posted = v("gridgate_openadr_reports_posted_total", &[]);
-    assert!(posted >= 4.0, "{posted}");
+    assert!(posted >= 6.0, "{posted}");
     assert_eq!(v("gridgate_openadr_reports_waiting", &[]), 0.0);
 
     // The ledger holds each version of each VTN event as received, certified by the

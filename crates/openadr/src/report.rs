@@ -1,6 +1,7 @@
 //! The OpenADR reports the VEN posts (pure): an interval's measured performance, from the
 //! gateway's own signed performance report, as `USAGE` (kWh), `DEMAND` and `BASELINE` (kW)
-//! per measured interval and load; and an opt-out when the gateway moved nothing of an event.
+//! per measured interval and load; and an opt-out naming the intervals the gateway will not
+//! follow.
 
 use gridgate_proto::v1 as pb;
 use serde_json::{Value, json};
@@ -84,28 +85,47 @@ pub fn performance(
     })
 }
 
-/// An opt-out: the gateway moved nothing of this event, and says why (a private
-/// `OPT_OUT` payload carrying the reason, on the aggregated resource).
+/// An interval of a VTN event the gateway will not follow, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OptedOut {
+    /// The interval's id in the VTN event.
+    pub interval_id: i32,
+    /// Its period, ms since the epoch (equal when the event was refused before its intervals
+    /// could be read: then it is when the gateway refused it).
+    pub start_ms: i64,
+    pub end_ms: i64,
+    /// What the desk or the mapping said.
+    pub reason: String,
+}
+
+/// An opt-out: the intervals of a VTN event's version the gateway will not follow (all of
+/// them when it refused the event whole), each with a private `OPT_OUT` payload carrying the
+/// reason, on the aggregated resource.
 pub fn opt_out(
     vtn_event_id: &str,
     client_name: &str,
     generation: u32,
-    reason: &str,
-    now_ms: i64,
+    intervals: &[OptedOut],
 ) -> Value {
+    let intervals: Vec<Value> = intervals
+        .iter()
+        .map(|i| {
+            json!({
+                "id": i.interval_id,
+                "intervalPeriod": {
+                    "start": rfc3339(i.start_ms),
+                    "duration": iso_seconds((i.end_ms - i.start_ms) / 1000),
+                },
+                "payloads": [{"type": "OPT_OUT", "values": [i.reason]}],
+            })
+        })
+        .collect();
     json!({
         "objectType": "REPORT",
         "eventID": vtn_event_id,
         "clientName": client_name,
         "reportName": opt_out_name(vtn_event_id, generation),
-        "resources": [{
-            "resourceName": "AGGREGATED_REPORT",
-            "intervals": [{
-                "id": 0,
-                "intervalPeriod": {"start": rfc3339(now_ms), "duration": "PT0S"},
-                "payloads": [{"type": "OPT_OUT", "values": [reason]}],
-            }],
-        }],
+        "resources": [{"resourceName": "AGGREGATED_REPORT", "intervals": intervals}],
     })
 }
 
@@ -168,15 +188,31 @@ mod tests {
     }
 
     #[test]
-    fn opt_out_is_a_valid_openadr_report() {
+    fn opt_out_is_a_valid_openadr_report_naming_each_refused_interval() {
+        let refused = |interval_id: i32, reason: &str| OptedOut {
+            interval_id,
+            start_ms: 1_800_000_000_000 + i64::from(interval_id) * 900_000,
+            end_ms: 1_800_000_900_000 + i64::from(interval_id) * 900_000,
+            reason: reason.into(),
+        };
         let v = opt_out(
             "ev-2",
             "site-042",
             1,
-            "load \"ems\": below min_setpoint",
-            1_800_000_000_000,
+            &[
+                refused(1, "load \"ems\": below min_setpoint"),
+                refused(3, "max_events_per_day"),
+            ],
         );
-        let r: ReportRequest = serde_json::from_value(v).unwrap();
+        let r: ReportRequest = serde_json::from_value(v.clone()).unwrap();
         assert_eq!(r.report_name.as_deref(), Some("gridgate-opt-out/ev-2/1"));
+        let intervals = &v["resources"][0]["intervals"];
+        assert_eq!(intervals[0]["id"], 1);
+        assert_eq!(intervals[1]["id"], 3);
+        assert_eq!(intervals[1]["intervalPeriod"]["duration"], "PT900S");
+        assert_eq!(
+            intervals[0]["payloads"][0]["values"][0],
+            "load \"ems\": below min_setpoint"
+        );
     }
 }

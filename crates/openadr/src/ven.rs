@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::map::translate;
+use crate::report::OptedOut;
 use crate::tables::{OpenAdrStore, Outgoing, Scheduled, Seen, SeenState, Status};
 
 /// Why a pass over the VTN stopped early (the next poll tries again).
@@ -354,15 +355,18 @@ async fn act(
     seen.refusal = None;
     let mut reports = Vec::new();
     match translate(event, o, ven_targets, now) {
-        Err(bad) => refuse(
-            o,
-            &id,
-            &mut seen,
-            &bad.to_string(),
-            bad.kind(),
-            status,
-            &mut reports,
-        ),
+        Err(bad) => {
+            let why = bad.to_string();
+            // Refused before its intervals could be read: the opt-out is dated now.
+            let whole = [OptedOut {
+                interval_id: 0,
+                start_ms: now,
+                end_ms: now,
+                reason: why.clone(),
+            }];
+            refuse(o, &id, &mut seen, &why, bad.kind(), status);
+            queue_opt_out(o, &id, &mut seen, &whole, &mut reports);
+        }
         Ok(t) => {
             for u in &t.unmapped {
                 *status.unmapped.entry(u.clone()).or_default() += 1;
@@ -404,10 +408,12 @@ async fn act(
                 if ok {
                     accepted += 1;
                 } else {
-                    refusals.push(format!(
-                        "interval {}: {}",
-                        planned.interval_id, reply.detail
-                    ));
+                    refusals.push(OptedOut {
+                        interval_id: planned.interval_id,
+                        start_ms: planned.start_ms,
+                        end_ms: planned.end_ms,
+                        reason: reply.detail.clone(),
+                    });
                     let kind = pb::Refusal::try_from(reply.refusal)
                         .map(|r| {
                             r.as_str_name()
@@ -429,11 +435,19 @@ async fn act(
                 });
             }
             if accepted == 0 && !refusals.is_empty() {
-                let why = refusals.join("; ");
-                refuse(o, &id, &mut seen, &why, "", status, &mut reports);
+                let why = refusals
+                    .iter()
+                    .map(|r| format!("interval {}: {}", r.interval_id, r.reason))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                refuse(o, &id, &mut seen, &why, "", status);
+            } else if !refusals.is_empty() {
+                warn!(vtn_event = %id, program, intervals = accepted, refused = refusals.len(), "OpenADR event scheduled in part: the intervals the desk refused are opted out");
             } else {
-                info!(vtn_event = %id, program, intervals = accepted, refused = refusals.len(), "OpenADR event scheduled through the DR desk");
+                info!(vtn_event = %id, program, intervals = accepted, "OpenADR event scheduled through the DR desk");
             }
+            // The VTN learns which intervals it cannot count on, whole event or some.
+            queue_opt_out(o, &id, &mut seen, &refusals, &mut reports);
         }
     }
     // A gateway on the ledger logs the VTN's event as received beside what it made of it,
@@ -486,8 +500,8 @@ fn ledger_record(o: &OpenAdrConfig, id: &str, seen: &Seen, received_ms: i64) -> 
     .encode_to_vec()
 }
 
-/// Marks `seen` refused (nothing of it moves) and queues its opt-out. `kind`, when not
-/// empty, is a bad-input counter's name (the desk counts its own refusals).
+/// Marks `seen` refused (nothing of it moves). `kind`, when not empty, is a bad-input
+/// counter's name (the desk counts its own refusals).
 fn refuse(
     o: &OpenAdrConfig,
     id: &str,
@@ -495,23 +509,33 @@ fn refuse(
     why: &str,
     kind: &str,
     status: &mut Status,
-    reports: &mut Vec<Outgoing>,
 ) {
     if !kind.is_empty() {
         *status.refused.entry(kind.to_string()).or_default() += 1;
     }
-    warn!(vtn_event = %id, reason = kind, "OpenADR event refused, nothing moves: {why}");
+    warn!(vtn_event = %id, vtn = %o.vtn, reason = kind, "OpenADR event refused, nothing moves: {why}");
     seen.state = SeenState::Refused;
     seen.refusal = Some(why.to_string());
-    if !seen.opted_out {
-        let req = crate::report::opt_out(id, &o.ven_name, seen.generation, why, now_ms());
-        reports.push(Outgoing {
-            event_id: id.to_string(),
-            report_name: crate::report::opt_out_name(id, seen.generation),
-            request: req.to_string(),
-        });
-        seen.opted_out = true;
+}
+
+/// Queues the opt-out of `refused` intervals of this version of the event, once.
+fn queue_opt_out(
+    o: &OpenAdrConfig,
+    id: &str,
+    seen: &mut Seen,
+    refused: &[OptedOut],
+    reports: &mut Vec<Outgoing>,
+) {
+    if refused.is_empty() || seen.opted_out {
+        return;
     }
+    let req = crate::report::opt_out(id, &o.ven_name, seen.generation, refused);
+    reports.push(Outgoing {
+        event_id: id.to_string(),
+        report_name: crate::report::opt_out_name(id, seen.generation),
+        request: req.to_string(),
+    });
+    seen.opted_out = true;
 }
 
 /// Asks the desk to cancel every interval of `seen` not over yet.
