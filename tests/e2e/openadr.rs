@@ -6,7 +6,8 @@
 //! acts on nothing twice; a modification moves the load again, a withdrawal restores it; an
 //! event beyond the load's limits and one with absurd values move nothing and come back as
 //! opt-outs, one beyond them in one interval of two is followed in the other and opted out of
-//! in that one; and with the VTN
+//! in that one; the telemetry a program asks for is measured and posted as its intervals end;
+//! and with the VTN
 //! down for a while, the report made meanwhile arrives once it is back, once. The gateway is a
 //! consortium member: its validators certify each version of each VTN event as received.
 
@@ -260,6 +261,64 @@ async fn a_utility_vtn_dispatches_the_gateway_and_reads_its_reports() {
         "{got:?}"
     );
 
+    // 4c. Telemetry the program asks for: two 2 s intervals that move nothing (SIMPLE 0),
+    // DEMAND per interval for pcs as each ends, and USAGE of both summed at the end.
+    let e4c = program
+        .create_event(
+            serde_json::from_value(json!({
+                "objectType": "EVENT",
+                "programID": program.id(),
+                "eventName": "telemetry",
+                "intervalPeriod": {"start": at(Duration::from_secs(1)), "duration": "PT2S"},
+                "reportDescriptors": [
+                    {"payloadType": "DEMAND", "startInterval": 0, "numIntervals": 1,
+                     "frequency": 1, "repeat": -1},
+                    {"payloadType": "USAGE", "aggregate": true},
+                    {"payloadType": "USAGE_FORECAST", "historical": false},
+                ],
+                "intervals": [
+                    {"id": 0, "payloads": [{"type": "SIMPLE", "values": [0]}]},
+                    {"id": 1, "payloads": [{"type": "SIMPLE", "values": [0]}]},
+                ],
+            }))
+            .expect("event"),
+        )
+        .await
+        .expect("event");
+    let mut got: Vec<serde_json::Value> = reports(&e4c, 3)
+        .await
+        .iter()
+        .map(|r| serde_json::to_value(r).expect("json"))
+        .collect();
+    got.sort_by_key(|r| r["reportName"].as_str().unwrap_or_default().to_string());
+    let names: Vec<&str> = got
+        .iter()
+        .filter_map(|r| r["reportName"].as_str())
+        .collect();
+    let name = |d: u32, n: u32| format!("gridgate-telemetry/{}/0/{d}/{n}", e4c.id());
+    assert_eq!(names, [name(0, 0), name(0, 1), name(1, 0)], "{got:?}");
+    for (r, interval) in got[..2].iter().zip([0, 1]) {
+        let iv = &r["resources"][0]["intervals"][0];
+        assert_eq!(r["resources"][0]["resourceName"], "pcs", "{r}");
+        assert_eq!(iv["id"], interval, "{r}");
+        assert_eq!(iv["payloads"][0]["type"], "DEMAND", "{r}");
+        // pcs draws its rated 55 kW at 100 %: DEMAND is a mean in kW, not W or a count.
+        let kw = iv["payloads"][0]["values"][0].as_f64().expect("kW");
+        assert!((20.0..=80.0).contains(&kw), "{r}");
+    }
+    let usage = &got[2]["resources"][0];
+    assert_eq!(usage["resourceName"], "AGGREGATED_REPORT", "{usage}");
+    assert_eq!(
+        usage["intervals"].as_array().map(Vec::len),
+        Some(2),
+        "{usage}"
+    );
+    // About 55 kW for 2 s: 0.03 kWh an interval.
+    let kwh = usage["intervals"][1]["payloads"][0]["values"][0]
+        .as_f64()
+        .expect("kWh");
+    assert!((0.01..=0.05).contains(&kwh), "{usage}");
+
     // 5. Bad input: a SIMPLE level of 9 and a payload type nobody maps.
     let e5 = program
         .create_event(event(
@@ -358,10 +417,18 @@ async fn a_utility_vtn_dispatches_the_gateway_and_reads_its_reports() {
         0.0,
         "an event refused whole counts its refusal, not its payloads"
     );
+    assert_eq!(
+        v(
+            "gridgate_openadr_unmapped_payloads_total",
+            &[("type", "report USAGE_FORECAST forecast")]
+        ),
+        1.0,
+        "a forecast is not measured"
+    );
     // Level 2, the three opt-outs, the one taken in part and the offline one; the withdrawn
     // event's reports have no event left on the VTN to go to (dropped, with a warning).
     let posted = v("gridgate_openadr_reports_posted_total", &[]);
-    assert!(posted >= 6.0, "{posted}");
+    assert!(posted >= 9.0, "{posted}");
     assert_eq!(v("gridgate_openadr_reports_waiting", &[]), 0.0);
 
     // The ledger holds each version of each VTN event as received, certified by the

@@ -821,6 +821,12 @@ fn due_for_report(status: &pb::EventStatus, cfg: &GatewayConfig) -> bool {
     if !ended || status.reported || status.loads.is_empty() {
         return false;
     }
+    now_ms() >= status.end_ms + settle(cfg).as_millis() as i64
+}
+
+/// How long after an interval's end its last sample is stored: twice the longest poll period
+/// of the loads' meters, 2 s to 2 min.
+pub fn settle(cfg: &GatewayConfig) -> Duration {
     let meters: BTreeSet<&str> = cfg.loads.iter().map(|l| l.meter.as_str()).collect();
     let longest_poll = cfg
         .devices()
@@ -832,8 +838,7 @@ fn due_for_report(status: &pb::EventStatus, cfg: &GatewayConfig) -> bool {
         .map(|(_, d)| d.poll)
         .max()
         .unwrap_or(Duration::from_secs(5));
-    let settle = (longest_poll * 2).clamp(Duration::from_secs(2), Duration::from_secs(120));
-    now_ms() >= status.end_ms + settle.as_millis() as i64
+    (longest_poll * 2).clamp(Duration::from_secs(2), Duration::from_secs(120))
 }
 
 /// Measures the ended event, signs and stores its report, and marks the record reported.

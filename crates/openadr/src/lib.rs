@@ -3,10 +3,12 @@
 //! decided by the same desk under the same limits as a signed one, stored before anything
 //! moves; the relay's measured performance goes back as OpenADR reports.
 //!
-//! The mapping and the reports are pure rules (`map`, `report`); `ven` is the client at
+//! The mapping, the reports and the telemetry plan are pure rules (`map`, `report`,
+//! `telemetry`); `ven` is the client at
 //! work, through the maintained `openleadr-client`; `tables` is what it keeps in the store.
 
 pub mod map;
 pub mod report;
 pub mod tables;
+pub mod telemetry;
 pub mod ven;

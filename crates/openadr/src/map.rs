@@ -39,6 +39,8 @@ pub struct Translated {
     pub intervals: Vec<Planned>,
     /// Payload types the config maps to nothing (counted, logged once per event).
     pub unmapped: Vec<String>,
+    /// The gateway loads the event's targets select.
+    pub loads: Vec<String>,
 }
 
 /// Why an event is refused whole (nothing of it moves).
@@ -203,7 +205,10 @@ pub fn translate(
         .and_then(|p| p.duration.as_ref())
         .map(duration_s)
         .transpose()?;
-    let mut out = Translated::default();
+    let mut out = Translated {
+        loads: loads.iter().map(|l| l.load.clone()).collect(),
+        ..Translated::default()
+    };
     // Intervals without a period of their own follow one another from the event's start.
     let mut next_start = default_period.map(|p| start_ms(&p.start, now_ms));
     for interval in intervals {

@@ -74,6 +74,10 @@ pub struct Seen {
     pub first_seen_ms: i64,
     /// The event as the VTN sent it (the version acted on).
     pub raw: String,
+    /// The telemetry the version's `reportDescriptors` ask for (absent in records written
+    /// before the gateway reported telemetry).
+    #[serde(default)]
+    pub telemetry: Vec<crate::telemetry::Request>,
 }
 
 impl Seen {
@@ -91,6 +95,7 @@ impl Seen {
             opted_out: false,
             first_seen_ms: now_ms,
             raw: String::new(),
+            telemetry: Vec::new(),
         }
     }
 }

@@ -151,7 +151,7 @@ pub async fn run(mut v: Ven, cancel: CancellationToken) {
             };
         }
         // What the relay measured is queued whether or not the VTN answers now.
-        if let Err(e) = queue_reports(&v, &o).await {
+        if let Err(e) = queue_reports(&v, &cfg, &o).await {
             warn!("OpenADR VEN: reports not queued: {e}");
         }
         if let Some(s) = session.as_mut() {
@@ -377,6 +377,14 @@ async fn act(
                 .iter()
                 .filter_map(|i| i.price.map(|p| (i.interval_id, p)))
                 .collect();
+            let (telemetry, not_measured) =
+                crate::telemetry::requests(event, &t.intervals, &t.loads);
+            for u in not_measured {
+                warn!(vtn_event = %id, request = %u, "OpenADR report request the gateway cannot answer (it reports measured USAGE and DEMAND): ignored");
+                *status.unmapped.entry(u).or_default() += 1;
+            }
+            // A new version's requests replace the earlier version's.
+            seen.telemetry = telemetry;
             let mut refusals = Vec::new();
             let mut accepted = 0;
             for planned in t.intervals.iter().filter(|i| !i.targets.is_empty()) {
@@ -561,9 +569,16 @@ async fn cancel_intervals(v: &Ven, o: &OpenAdrConfig, seen: &mut Seen) -> Result
     Ok(())
 }
 
-/// Queues a report for every interval the relay has measured and signed since the last pass.
-async fn queue_reports(v: &Ven, o: &OpenAdrConfig) -> Result<(), VenError> {
+/// Queues a report for every interval the relay has measured and signed since the last pass,
+/// and every telemetry report whose intervals are over and measured.
+async fn queue_reports(
+    v: &Ven,
+    cfg: &Arc<GatewayConfig>,
+    o: &OpenAdrConfig,
+) -> Result<(), VenError> {
     let (issuer, ven_name) = (o.issuer(), o.ven_name.clone());
+    let cfg = cfg.clone();
+    let measured_before = now_ms() - gridgate_dr::relay::settle(&cfg).as_millis() as i64;
     v.store
         .run(move |st| {
             for (id, mut seen) in st.openadr().events()? {
@@ -593,7 +608,35 @@ async fn queue_reports(v: &Ven, o: &OpenAdrConfig) -> Result<(), VenError> {
                     });
                     i.reported = true;
                 }
-                let open = seen.intervals.iter().any(|i| i.accepted && !i.reported);
+                if seen.state == SeenState::Active {
+                    for req in &mut seen.telemetry {
+                        while let Some(spans) = req.due(measured_before) {
+                            let name = crate::telemetry::report_name(
+                                &id,
+                                seen.generation,
+                                req.descriptor,
+                                req.queued,
+                            );
+                            let resources = measure_telemetry(st, &cfg, req, spans)?;
+                            let body = crate::telemetry::report(
+                                &id,
+                                &ven_name,
+                                &name,
+                                req.measure,
+                                &resources,
+                            );
+                            reports.push(Outgoing {
+                                event_id: id.clone(),
+                                report_name: name,
+                                request: body.to_string(),
+                            });
+                            req.queued += 1;
+                        }
+                    }
+                }
+                let open = seen.intervals.iter().any(|i| i.accepted && !i.reported)
+                    || (seen.state == SeenState::Active
+                        && seen.telemetry.iter().any(|r| r.queued < r.reports.len()));
                 if reports.is_empty() && open {
                     continue;
                 }
@@ -606,6 +649,56 @@ async fn queue_reports(v: &Ven, o: &OpenAdrConfig) -> Result<(), VenError> {
         })
         .await?;
     Ok(())
+}
+
+/// What the loads' meters measured over `spans`: per load, or summed into
+/// `AGGREGATED_REPORT` (an interval only where every load's meter has samples).
+fn measure_telemetry(
+    st: &gridgate_store::Store,
+    cfg: &GatewayConfig,
+    req: &crate::telemetry::Request,
+    spans: &[crate::telemetry::Span],
+) -> Result<Vec<crate::telemetry::Measured>, gridgate_store::StoreError> {
+    // Samples a little either side: the curve is held and interpolated across the edges.
+    const MARGIN_MS: i64 = 60_000;
+    let (Some(first), Some(last)) = (spans.first(), spans.last()) else {
+        return Ok(Vec::new());
+    };
+    let mut per_load = Vec::new();
+    for load in &req.loads {
+        let Some(meter) = cfg.loads.iter().find(|l| l.name == *load).map(|l| &l.meter) else {
+            continue;
+        };
+        let samples = st.samples(meter, first.start_ms - MARGIN_MS, last.end_ms + MARGIN_MS)?;
+        let kw: Vec<Option<f64>> = spans
+            .iter()
+            .map(|s| gridgate_dr::measure::mean(&samples, s.start_ms, s.end_ms).map(|m| m.0))
+            .collect();
+        per_load.push((load.clone(), kw));
+    }
+    let value = |s: &crate::telemetry::Span, kw: f64| req.measure.value(kw, s.start_ms, s.end_ms);
+    if req.aggregate {
+        let summed = spans
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let kw: Option<f64> = per_load.iter().map(|(_, kw)| kw[i]).sum();
+                kw.map(|kw| (*s, value(s, kw)))
+            })
+            .collect();
+        return Ok(vec![("AGGREGATED_REPORT".to_string(), summed)]);
+    }
+    Ok(per_load
+        .into_iter()
+        .map(|(load, kw)| {
+            let values = spans
+                .iter()
+                .zip(kw)
+                .filter_map(|(s, kw)| kw.map(|kw| (*s, value(s, kw))))
+                .collect();
+            (load, values)
+        })
+        .collect())
 }
 
 /// Posts the queued reports, oldest first, each once: one the VTN already holds (a post

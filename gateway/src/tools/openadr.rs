@@ -115,7 +115,7 @@ fn lines(v: &OpenAdrView, now: i64) -> Vec<String> {
     if !s.unmapped.is_empty() {
         let r: Vec<String> = s.unmapped.iter().map(|(k, n)| format!("{k} {n}")).collect();
         out.push(format!(
-            "unmapped   {} (payload types no [[openadr.load]] follows)",
+            "unmapped   {} (payload types no [[openadr.load]] follows, reports not measured)",
             r.join(", ")
         ));
     }
@@ -134,6 +134,11 @@ fn lines(v: &OpenAdrView, now: i64) -> Vec<String> {
             e.program,
             state(e),
         );
+        let asked: usize = e.telemetry.iter().map(|r| r.reports.len()).sum();
+        if asked > 0 {
+            let queued: usize = e.telemetry.iter().map(|r| r.queued).sum();
+            line.push_str(&format!(", telemetry {queued} of {asked} report(s) made"));
+        }
         if e.generation > 0 {
             line.push_str(&format!(", modified {} time(s)", e.generation));
         }
