@@ -484,3 +484,85 @@ async fn logged_until(config: &Path, done: impl Fn(&str) -> bool) -> String {
     }
     panic!("the ledger never held the VTN's events: {last}");
 }
+
+/// `gridgate openadr status` with the gateway's config, once `done` holds for its output.
+async fn openadr_status_until(config: &Path, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let config = config.display().to_string();
+    let mut last = String::new();
+    for _ in 0..120 {
+        let (_, out, err) = run_to_end(&["openadr", "status", "--config", &config], WAIT).await;
+        if done(&out) {
+            return out;
+        }
+        last = format!("{out}{err}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("never saw {what}: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vtn_notifier_brings_events_in_as_they_are_published() {
+    // The VTN's notifier publishes to a real Mosquitto; the gateway polls only every 10
+    // minutes, so a load that moves within seconds moved on the notification.
+    let broker = gridgate_tests::Mosquitto::start().await;
+    let vtn = Vtn::start_notifying(Some(broker.port)).await;
+    let (_sims, site, config) = plant().await;
+    let d = site.dir.path();
+    let web = gridgate_tests::free_port();
+    let config = format!(
+        "{config}\n[web]\nlisten = \"127.0.0.1:{web}\"\nanonymous_read = true\n{}\n[[openadr.load]]\nname = \"pcs\"\nsimple_shed_kw = [0.0, 5.5, 11.0, 16.5]\n",
+        vtn.openadr_section(d, &["peak-shave"])
+            .replace("poll = \"500ms\"", "poll = \"10m\"")
+    );
+    let program = vtn
+        .business()
+        .create_program(openleadr_wire::program::ProgramRequest::new("peak-shave"))
+        .await
+        .expect("program");
+    let mut gw = Gateway::start_logged(d, &config).await;
+    let _log = LogOnFailure(d.join("gridgate.log"));
+    let gw_config = d.join("gridgate.toml");
+    let out = openadr_status_until(&gw_config, "the VEN subscribed", |o| {
+        o.contains("notified   subscribed via mqtt://127.0.0.1:")
+    })
+    .await;
+    assert!(out.contains("events/+"), "{out}");
+
+    let created = std::time::Instant::now();
+    let e = program
+        .create_event(event(
+            &program,
+            "notified",
+            Duration::from_secs(1),
+            "PT30S",
+            json!([{"type": "SIMPLE", "values": [2]}]),
+        ))
+        .await
+        .expect("event");
+    gw.wait_for(
+        WAIT,
+        "pcs at 80 % (SIMPLE 2)",
+        reads("plant-unit1/setpoint", 80.0),
+    )
+    .await;
+    let moved = created.elapsed();
+    assert!(moved < Duration::from_secs(10), "moved after {moved:?}");
+
+    // A withdrawal arrives the same way: the load is back long before a poll.
+    let withdrawn = std::time::Instant::now();
+    e.delete().await.expect("delete");
+    gw.wait_for(
+        WAIT,
+        "pcs back at 100 % (withdrawn)",
+        reads("plant-unit1/setpoint", 100.0),
+    )
+    .await;
+    let back = withdrawn.elapsed();
+    assert!(back < Duration::from_secs(5), "restored after {back:?}");
+    let out = openadr_status_until(&gw_config, "notifications counted", |o| {
+        o.contains("notification(s)")
+    })
+    .await;
+    assert!(out.contains("withdrawn"), "{out}");
+    gw.stop().await;
+}

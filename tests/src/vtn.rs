@@ -39,6 +39,8 @@ pub struct Vtn {
     /// The VTN's port.
     pub port: u16,
     pg_port: u16,
+    /// The MQTT broker its notifier publishes to, if any.
+    mqtt: Option<u16>,
     dir: tempfile::TempDir,
 }
 
@@ -143,6 +145,12 @@ impl Vtn {
     /// Starts PostgreSQL, applies the VTN's migrations, makes the two users and starts the
     /// VTN; returns once it answers.
     pub async fn start() -> Vtn {
+        Vtn::start_notifying(None).await
+    }
+
+    /// As [`Vtn::start`], with the VTN's MQTT notifier publishing to the broker on
+    /// `mqtt_port` (when given).
+    pub async fn start_notifying(mqtt_port: Option<u16>) -> Vtn {
         let dir = tempfile::tempdir().expect("dir");
         let pg = dir.path().join("pg");
         std::fs::create_dir_all(&pg).expect("dir");
@@ -194,6 +202,7 @@ impl Vtn {
             vtn: None,
             port: free_port(),
             pg_port: free_port(),
+            mqtt: mqtt_port,
             dir,
         };
         vtn.start_postgres();
@@ -277,7 +286,14 @@ INSERT INTO user_credentials (user_id, client_id, client_secret) VALUES
     /// Starts the VTN (again, after [`Vtn::stop`]) on the same port and database.
     pub async fn start_vtn(&mut self) {
         let log = std::fs::File::create(self.dir.path().join("vtn.log")).expect("log");
-        let child = Command::new(vtn_bin())
+        let mut cmd = Command::new(vtn_bin());
+        if let Some(port) = self.mqtt {
+            // Its notifier (Paho) logs in with these; the test broker takes anyone.
+            cmd.env("MQTT_URL", format!("tcp://127.0.0.1:{port}"))
+                .env("MQTT_USERNAME", "vtn")
+                .env("MQTT_PASSWORD", "vtn");
+        }
+        let child = cmd
             .env(
                 "DATABASE_URL",
                 format!("postgres://postgres@127.0.0.1:{}/vtn", self.pg_port),

@@ -25,6 +25,7 @@ pub struct RawOpenAdr {
     pub programs: Spanned<Vec<Spanned<String>>>,
     pub poll: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
+    pub notifications: Option<bool>,
     #[serde(default)]
     pub load: Vec<RawOpenAdrLoad>,
 }
@@ -88,6 +89,9 @@ pub struct OpenAdrConfig {
     pub poll: Duration,
     /// Longest wait for one request to the VTN.
     pub timeout: Duration,
+    /// Subscribe to the VTN's MQTT notifier, where it offers one, to act on an event as it
+    /// is published rather than at the next poll (polling goes on as the safety net).
+    pub notifications: bool,
     /// How payloads move the loads.
     pub loads: Vec<OpenAdrLoad>,
 }
@@ -244,6 +248,7 @@ impl Checker<'_> {
             programs,
             poll,
             timeout,
+            notifications: r.notifications.unwrap_or(true),
             loads: out_loads,
         })
     }

@@ -104,13 +104,18 @@ pub fn summary(cfg: &GatewayConfig) -> String {
     }
     if let Some(o) = &cfg.openadr {
         s.push_str(&format!(
-            "  OpenADR: VEN {} of {} (events as {}), following {}; {} load(s) mapped, polled every {}\n",
+            "  OpenADR: VEN {} of {} (events as {}), following {}; {} load(s) mapped, polled every {}{}\n",
             o.ven_name,
             o.vtn,
             o.issuer(),
             o.programs.join(", "),
             o.loads.len(),
             humantime::format_duration(o.poll),
+            if o.notifications {
+                " and notified where the VTN offers MQTT"
+            } else {
+                ", no notifications"
+            },
         ));
     }
     if let Some(m) = &cfg.market {

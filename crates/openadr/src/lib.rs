@@ -8,6 +8,7 @@
 //! work, through the maintained `openleadr-client`; `tables` is what it keeps in the store.
 
 pub mod map;
+pub mod notify;
 pub mod report;
 pub mod tables;
 pub mod telemetry;

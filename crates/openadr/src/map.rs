@@ -361,6 +361,7 @@ mod tests {
             programs: vec!["peak".into()],
             poll: std::time::Duration::from_secs(5),
             timeout: std::time::Duration::from_secs(5),
+            notifications: true,
             loads: vec![
                 OpenAdrLoad {
                     load: "chiller".into(),

@@ -135,6 +135,9 @@ pub struct Status {
     pub refused: std::collections::BTreeMap<String, u64>,
     /// Payload types received that no load follows, with how often.
     pub unmapped: std::collections::BTreeMap<String, u64>,
+    /// The VTN's MQTT notifier, as the VEN last saw it.
+    #[serde(default)]
+    pub notifier: crate::notify::NotifierStatus,
 }
 
 /// The VEN's tables: `store.openadr()`.

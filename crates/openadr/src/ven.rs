@@ -1,11 +1,12 @@
 //! The VEN at work: it registers with the VTN, polls the programs it follows and their
-//! events, hands each new interval to the DR desk as the gateway's own event (the same checks
+//! events (at once when the VTN's notifier says something changed), hands each new interval to the DR desk as the gateway's own event (the same checks
 //! and the same durable record as a signed one), cancels what the VTN modified or withdrew,
 //! and posts a report for every interval the relay measured, from a durable queue, in order
 //! and once each, whenever the VTN can be reached.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use gridgate_config::GatewayConfig;
 use gridgate_config::ledger::LedgerRole;
@@ -20,11 +21,12 @@ use openleadr_client::{Client, ClientCredentials, Filter, VirtualEndNode};
 use openleadr_wire::Event;
 use prost::Message;
 use thiserror::Error;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::map::translate;
+use crate::notify::NotifierStatus;
 use crate::report::OptedOut;
 use crate::tables::{OpenAdrStore, Outgoing, Scheduled, Seen, SeenState, Status};
 
@@ -49,6 +51,9 @@ pub enum VenError {
 /// not at every poll.
 const REPEAT_WARNING_MS: i64 = 300_000;
 
+/// After a notification, how long the VEN waits for the rest of the burst before it polls.
+const COALESCE: Duration = Duration::from_millis(100);
+
 /// What the VEN needs from the gateway.
 pub struct Ven {
     /// The store (the VEN's tables, the DR reports).
@@ -68,10 +73,16 @@ struct Session {
     client: Client<VirtualEndNode>,
     /// The targets the VTN gave the VEN, once registered.
     ven_targets: Option<Vec<String>>,
+    /// Ends the notifier task with the session (a new config makes a new one).
+    _notifier: Option<tokio_util::sync::DropGuard>,
 }
 
 impl Session {
-    fn new(cfg: &OpenAdrConfig) -> Result<Session, VenError> {
+    fn new(
+        cfg: &OpenAdrConfig,
+        wake: &Arc<Notify>,
+        notifier: &watch::Sender<NotifierStatus>,
+    ) -> Result<Session, VenError> {
         let secret = std::fs::read_to_string(&cfg.client_secret_file).map_err(|e| {
             VenError::Setup(format!(
                 "[openadr] client_secret_file {}: {e}",
@@ -100,10 +111,36 @@ impl Session {
         }
         .map_err(|e| VenError::Setup(format!("[openadr] token_url: {e}")))?;
         let creds = ClientCredentials::new(cfg.client_id.clone(), secret.trim().to_string());
+        let guard = if cfg.notifications {
+            let stop = CancellationToken::new();
+            let access = crate::notify::Access {
+                http: http.clone(),
+                base: base.clone(),
+                token_url: token.clone(),
+                client_id: cfg.client_id.clone(),
+                secret: secret.trim().to_string(),
+                ca_file: cfg.ca_file.clone(),
+                mqtt_client_id: cfg.ven_name.clone(),
+            };
+            tokio::spawn(crate::notify::listen(
+                access,
+                wake.clone(),
+                notifier.clone(),
+                stop.clone(),
+            ));
+            Some(stop.drop_guard())
+        } else {
+            notifier.send_replace(NotifierStatus {
+                state: "off ([openadr] notifications = false)".into(),
+                ..NotifierStatus::default()
+            });
+            None
+        };
         Ok(Session {
             cfg: cfg.clone(),
             client: Client::with_details(base, token, http, Some(creds)),
             ven_targets: None,
+            _notifier: guard,
         })
     }
 }
@@ -120,6 +157,9 @@ fn with_slash(u: &str) -> String {
 /// Runs until `cancel` fires.
 pub async fn run(mut v: Ven, cancel: CancellationToken) {
     let mut session: Option<Session> = None;
+    // The notifier wakes the loop for an early poll, and says how it stands.
+    let wake = Arc::new(Notify::new());
+    let (notifier, notified) = watch::channel(NotifierStatus::default());
     // Only the VEN writes its status: read once, kept here, stored after every poll.
     let store = v.store.clone();
     let mut status = store
@@ -141,7 +181,9 @@ pub async fn run(mut v: Ven, cancel: CancellationToken) {
         status.ven_name = o.ven_name.clone();
         status.last_poll_ms = now_ms();
         if session.as_ref().is_none_or(|s| s.cfg != o) {
-            session = match Session::new(&o) {
+            // The old session's notifier ends before the new one starts.
+            drop(session.take());
+            session = match Session::new(&o, &wake, &notifier) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     warn!("OpenADR VEN: {e}");
@@ -179,6 +221,7 @@ pub async fn run(mut v: Ven, cancel: CancellationToken) {
                 }
             }
         }
+        status.notifier = notified.borrow().clone();
         let st = status.clone();
         if let Err(e) = v.store.run(move |s| s.openadr().put_status(&st)).await {
             warn!("OpenADR VEN: status not stored: {e}");
@@ -187,6 +230,10 @@ pub async fn run(mut v: Ven, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             changed = v.config.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(o.poll) => {}
+            _ = wake.notified() => {
+                // One change is several notifications (a topic per audience): one poll.
+                tokio::time::sleep(COALESCE).await;
+            }
         }
     }
 }

@@ -67,6 +67,28 @@ fn state(e: &Seen) -> &'static str {
     }
 }
 
+/// The VTN's MQTT notifier: whether events arrive as published or at the next poll.
+fn notifier_line(n: &gridgate_openadr::notify::NotifierStatus) -> String {
+    let mut line = format!(
+        "notified   {}",
+        if n.state.is_empty() {
+            "not yet asked"
+        } else {
+            &n.state
+        }
+    );
+    if let Some(b) = &n.broker {
+        line.push_str(&format!(" via {b} ({})", n.topics.join(", ")));
+    }
+    if n.received > 0 {
+        line.push_str(&format!(", {} notification(s)", n.received));
+    }
+    if let Some(e) = n.last_error.as_ref().filter(|_| n.state != "subscribed") {
+        line.push_str(&format!("; {e}"));
+    }
+    line
+}
+
 /// The view as text.
 fn lines(v: &OpenAdrView, now: i64) -> Vec<String> {
     if !v.configured {
@@ -101,6 +123,7 @@ fn lines(v: &OpenAdrView, now: i64) -> Vec<String> {
             since(now, s.last_ok_ms)
         ),
     ];
+    out.push(notifier_line(&s.notifier));
     if let Some((at, e)) = &s.last_error {
         out.push(format!("last error {} ({})", e, since(now, *at)));
     }

@@ -342,6 +342,7 @@ function drawOpenAdr(v) {
     "VTN " + s.vtn + " · VEN " + s.ven_name + (s.ven_id ? " (registered)" : " (not registered yet)") +
     " · last answer " + (s.last_ok_ms ? age(Date.now() - s.last_ok_ms) : "never") +
     " · reports " + s.reports_posted + " posted, " + v.waiting + " waiting" +
+    (s.notifier && s.notifier.state ? " · notifications: " + s.notifier.state : "") +
     (s.last_error && s.last_error[0] > s.last_ok_ms ? " · error: " + s.last_error[1] : "");
   const p = $("#openadr-status");
   p.textContent = status;
