@@ -485,7 +485,8 @@ async fn logged_until(config: &Path, done: impl Fn(&str) -> bool) -> String {
     panic!("the ledger never held the VTN's events: {last}");
 }
 
-/// `gridgate openadr status` with the gateway's config, once `done` holds for its output.
+/// `gridgate openadr status` with the gateway's config, once `done` holds for its output
+/// (30 s).
 async fn openadr_status_until(config: &Path, what: &str, done: impl Fn(&str) -> bool) -> String {
     let config = config.display().to_string();
     let mut last = String::new();
@@ -503,7 +504,7 @@ async fn openadr_status_until(config: &Path, what: &str, done: impl Fn(&str) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_vtn_notifier_brings_events_in_as_they_are_published() {
     // The VTN's notifier publishes to a real Mosquitto; the gateway polls only every 10
-    // minutes, so a load that moves within seconds moved on the notification.
+    // minutes, so a change it acts on within seconds reached it as a notification.
     let broker = gridgate_tests::Mosquitto::start().await;
     let vtn = Vtn::start_notifying(Some(broker.port)).await;
     let (_sims, site, config) = plant().await;
@@ -528,17 +529,31 @@ async fn the_vtn_notifier_brings_events_in_as_they_are_published() {
     .await;
     assert!(out.contains("events/+"), "{out}");
 
-    let created = std::time::Instant::now();
-    let e = program
-        .create_event(event(
-            &program,
-            "notified",
-            Duration::from_secs(1),
-            "PT30S",
-            json!([{"type": "SIMPLE", "values": [2]}]),
-        ))
+    // The utility puts the site on a feeder: the VEN's own object changes, and the VEN
+    // knows its new target without a poll.
+    let bl = vtn.business();
+    let mut ven = bl
+        .get_ven_by_name(gridgate_tests::vtn::VEN_NAME)
         .await
-        .expect("event");
+        .expect("the VEN registered");
+    ven.content_mut().targets = vec![serde_json::from_value(json!("feeder-7")).expect("target")];
+    ven.update().await.expect("targets");
+    openadr_status_until(&gw_config, "the VEN's target", |o| {
+        o.contains(", targets feeder-7")
+    })
+    .await;
+
+    // An event for that feeder: the VEN takes it as its own, as it is published.
+    let created = std::time::Instant::now();
+    let mut request = event(
+        &program,
+        "notified",
+        Duration::from_secs(1),
+        "PT30S",
+        json!([{"type": "SIMPLE", "values": [2]}]),
+    );
+    request.targets = vec![serde_json::from_value(json!("feeder-7")).expect("target")];
+    let e = program.create_event(request).await.expect("event");
     gw.wait_for(
         WAIT,
         "pcs at 80 % (SIMPLE 2)",

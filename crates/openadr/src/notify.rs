@@ -1,5 +1,5 @@
 //! The VTN's MQTT notifier (OpenADR 3.1): where the VTN offers one, the VEN subscribes to its
-//! event topics and runs a poll the moment an event is created, changed or deleted, instead
+//! event topics and its own VEN object's, and runs a poll the moment an event is created, changed or deleted, instead
 //! of at the next poll. A notification only wakes the VEN: what it acts on is what it then
 //! reads from the VTN's REST API, so a lost, repeated or forged notification costs a poll and
 //! nothing else, and polling goes on as the safety net.
@@ -43,8 +43,9 @@ pub struct Access {
     pub secret: String,
     /// The CA of `[openadr] ca_file`, which an `mqtts` broker's certificate must chain to.
     pub ca_file: Option<PathBuf>,
-    /// The MQTT client id (the VEN name: one connection per VEN).
-    pub mqtt_client_id: String,
+    /// The VEN name: its own topics are found by it, and it is the MQTT client id (one
+    /// connection per VEN).
+    pub ven_name: String,
 }
 
 /// When the VTN offers no notifier, how long before asking again (a VTN upgrade).
@@ -58,6 +59,8 @@ const MAX_PACKET: usize = 1 << 20;
 enum Ended {
     /// The VTN has no MQTT notifier.
     NotOffered,
+    /// The VEN's first poll has not registered it yet: its own topics need its id.
+    NotRegistered,
     /// Something failed; the next attempt starts over with a fresh token.
     Failed(String),
 }
@@ -78,6 +81,10 @@ pub async fn listen(
             e = subscribe(&access, &wake, &state) => e,
         };
         let wait = match ended {
+            Ended::NotRegistered => {
+                state.send_modify(|s| s.state = "waiting for the VEN's registration".into());
+                Duration::from_secs(1)
+            }
             Ended::NotOffered => {
                 info!(vtn = %access.base, "the VTN offers no MQTT notifier: the VEN polls only");
                 state.send_modify(|s| {
@@ -124,22 +131,44 @@ async fn subscribe(access: &Access, wake: &Notify, state: &watch::Sender<Notifie
     let Some(binding) = offered.mqtt else {
         return Ended::NotOffered;
     };
-    let topics: NotifierTopicsResponse =
-        match get(access, &token, "notifiers/mqtt/topics/events").await {
-            Ok(t) => t,
-            Err(e) => return Ended::Failed(format!("event topics: {e}")),
-        };
-    let topics = match topics.topics.all {
-        Some(all) => vec![all],
-        None => [
-            topics.topics.create,
-            Some(topics.topics.update),
-            Some(topics.topics.delete),
-        ]
-        .into_iter()
-        .flatten()
-        .collect(),
+    // Every event's changes (the VEN reads what it may see), and its own object's: the
+    // VTN's operator gives it targets there.
+    let vens: Vec<openleadr_wire::Ven> = match get_with(
+        access,
+        &token,
+        "vens",
+        &[("venName", access.ven_name.as_str())],
+    )
+    .await
+    {
+        Ok(v) => v,
+        Err(e) => return Ended::Failed(format!("VEN: {e}")),
     };
+    let Some(ven) = vens.first() else {
+        return Ended::NotRegistered;
+    };
+    let mut topics = Vec::new();
+    for path in [
+        "notifiers/mqtt/topics/events".to_string(),
+        format!("notifiers/mqtt/topics/vens/{}", ven.id.as_str()),
+    ] {
+        let t: NotifierTopicsResponse = match get(access, &token, &path).await {
+            Ok(t) => t,
+            Err(e) => return Ended::Failed(format!("{path}: {e}")),
+        };
+        match t.topics.all {
+            Some(all) => topics.push(all),
+            None => topics.extend(
+                [
+                    t.topics.create,
+                    Some(t.topics.update),
+                    Some(t.topics.delete),
+                ]
+                .into_iter()
+                .flatten(),
+            ),
+        }
+    }
     let Some(uri) = binding.uris.first() else {
         return Ended::Failed("the VTN's MQTT binding names no broker".into());
     };
@@ -156,7 +185,7 @@ async fn subscribe(access: &Access, wake: &Notify, state: &watch::Sender<Notifie
     };
     let mut opts = match gridgate_acquire::broker::options(
         &broker,
-        &format!("gridgate-ven-{}", access.mqtt_client_id),
+        &format!("gridgate-ven-{}", access.ven_name),
         Duration::from_secs(30),
         credentials.as_ref().map(|(u, p)| (u.as_str(), p.as_str())),
     ) {
@@ -252,10 +281,20 @@ async fn get<T: serde::de::DeserializeOwned>(
     token: &str,
     path: &str,
 ) -> Result<T, String> {
+    get_with(a, token, path, &[]).await
+}
+
+async fn get_with<T: serde::de::DeserializeOwned>(
+    a: &Access,
+    token: &str,
+    path: &str,
+    query: &[(&str, &str)],
+) -> Result<T, String> {
     let url = a.base.join(path).map_err(|e| e.to_string())?;
     let res = a
         .http
         .get(url)
+        .query(query)
         .bearer_auth(token)
         .header("Accept", "application/json")
         .send()

@@ -71,8 +71,6 @@ pub struct Ven {
 struct Session {
     cfg: OpenAdrConfig,
     client: Client<VirtualEndNode>,
-    /// The targets the VTN gave the VEN, once registered.
-    ven_targets: Option<Vec<String>>,
     /// Ends the notifier task with the session (a new config makes a new one).
     _notifier: Option<tokio_util::sync::DropGuard>,
 }
@@ -120,7 +118,7 @@ impl Session {
                 client_id: cfg.client_id.clone(),
                 secret: secret.trim().to_string(),
                 ca_file: cfg.ca_file.clone(),
-                mqtt_client_id: cfg.ven_name.clone(),
+                ven_name: cfg.ven_name.clone(),
             };
             tokio::spawn(crate::notify::listen(
                 access,
@@ -139,7 +137,6 @@ impl Session {
         Ok(Session {
             cfg: cfg.clone(),
             client: Client::with_details(base, token, http, Some(creds)),
-            ven_targets: None,
             _notifier: guard,
         })
     }
@@ -196,7 +193,7 @@ pub async fn run(mut v: Ven, cancel: CancellationToken) {
         if let Err(e) = queue_reports(&v, &cfg, &o).await {
             warn!("OpenADR VEN: reports not queued: {e}");
         }
-        if let Some(s) = session.as_mut() {
+        if let Some(s) = session.as_ref() {
             match pass(&v, &cfg, s, &mut status).await {
                 Ok(()) => {
                     status.last_ok_ms = now_ms();
@@ -213,10 +210,6 @@ pub async fn run(mut v: Ven, cancel: CancellationToken) {
                     } else {
                         warn!(vtn = %o.vtn, "OpenADR VEN: {text}; trying again every {:?}", o.poll);
                         status.last_error = Some((now_ms(), text));
-                    }
-                    // Registration is checked again: the VTN may have been reset.
-                    if matches!(e, VenError::Vtn(_)) {
-                        s.ven_targets = None;
                     }
                 }
             }
@@ -238,42 +231,43 @@ pub async fn run(mut v: Ven, cancel: CancellationToken) {
     }
 }
 
-/// One poll: register, read programs and events, act on what changed, post the queued
+/// One poll: register (or read the VEN's targets), read programs and events, act on what changed, post the queued
 /// reports.
 async fn pass(
     v: &Ven,
     cfg: &Arc<GatewayConfig>,
-    s: &mut Session,
+    s: &Session,
     status: &mut Status,
 ) -> Result<(), VenError> {
     let o = s.cfg.clone();
-    if s.ven_targets.is_none() {
-        let ven = match s.client.get_ven_by_name(&o.ven_name).await {
-            Ok(ven) => ven,
-            Err(openleadr_client::Error::ObjectNotFound) => {
-                let made = s
-                    .client
-                    .create_ven(openleadr_wire::ven::VenVenRequest {
-                        ven_name: o.ven_name.clone(),
-                        attributes: None,
-                    })
-                    .await?;
-                info!(vtn = %o.vtn, ven = %o.ven_name, id = %made.id(), "OpenADR VEN registered");
-                made
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let targets: Vec<String> = ven
-            .content()
-            .targets
-            .iter()
-            .map(|t| t.as_str().to_string())
-            .collect();
-        status.ven_id = Some(ven.id().as_str().to_string());
-        status.ven_targets = targets.clone();
-        s.ven_targets = Some(targets);
+    // The VEN is read every pass: the VTN's operator may give it targets (or the VTN may
+    // have been reset and forgotten it) at any time.
+    let ven = match s.client.get_ven_by_name(&o.ven_name).await {
+        Ok(ven) => ven,
+        Err(openleadr_client::Error::ObjectNotFound) => {
+            let made = s
+                .client
+                .create_ven(openleadr_wire::ven::VenVenRequest {
+                    ven_name: o.ven_name.clone(),
+                    attributes: None,
+                })
+                .await?;
+            info!(vtn = %o.vtn, ven = %o.ven_name, id = %made.id(), "OpenADR VEN registered");
+            made
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let ven_targets: Vec<String> = ven
+        .content()
+        .targets
+        .iter()
+        .map(|t| t.as_str().to_string())
+        .collect();
+    if status.ven_targets != ven_targets {
+        info!(vtn = %o.vtn, targets = ?ven_targets, "OpenADR VEN targets set by the VTN");
     }
-    let ven_targets = s.ven_targets.clone().unwrap_or_default();
+    status.ven_id = Some(ven.id().as_str().to_string());
+    status.ven_targets = ven_targets.clone();
 
     let programs = s.client.get_program_list(Filter::none()).await?;
     status.programs = o

@@ -100,11 +100,16 @@ fn lines(v: &OpenAdrView, now: i64) -> Vec<String> {
     let mut out = vec![
         format!("VTN        {}", s.vtn),
         format!(
-            "VEN        {} ({})",
+            "VEN        {} ({}){}",
             s.ven_name,
             s.ven_id
                 .as_deref()
-                .map_or("not registered yet".to_string(), |id| format!("id {id}"))
+                .map_or("not registered yet".to_string(), |id| format!("id {id}")),
+            if s.ven_targets.is_empty() {
+                String::new()
+            } else {
+                format!(", targets {}", s.ven_targets.join(", "))
+            }
         ),
         format!(
             "programs   {}",
