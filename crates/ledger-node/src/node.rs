@@ -184,8 +184,14 @@ fn check_for_vote(
     shut_out: &BTreeSet<String>,
     in_batch: &BTreeMap<(String, u64), [u8; 32]>,
     signed: &pb::SignedEntry,
+    signature_checked: bool,
 ) -> Result<Result<Place, pb::SubmitReply>, StoreError> {
-    let entry = match check_entry(signed, members) {
+    let checked = if signature_checked {
+        gridgate_ledger::entry::entry_of_member(signed, members)
+    } else {
+        check_entry(signed, members)
+    };
+    let entry = match checked {
         Ok(e) => e,
         Err(gridgate_ledger::entry::LedgerError::BadSignature(o)) => {
             return Ok(Err(refuse(
@@ -286,8 +292,17 @@ pub fn submit_batch(
     let mut in_batch: BTreeMap<(String, u64), [u8; 32]> = BTreeMap::new();
     let mut replies: Vec<Option<pb::SubmitReply>> = Vec::with_capacity(entries.len());
     let mut to_lock = Vec::new();
+    // Every signature of the batch at once; one by one only when that fails (to say which).
+    let signatures_checked = gridgate_ledger::entry::entries_check_batch(entries, members);
     for (i, signed) in entries.iter().enumerate() {
-        match check_for_vote(store, members, &shut_out, &in_batch, signed)? {
+        match check_for_vote(
+            store,
+            members,
+            &shut_out,
+            &in_batch,
+            signed,
+            signatures_checked,
+        )? {
             Ok((origin, seq, hash)) => {
                 // An entry whose place another entry of this batch took is decided below,
                 // against the lock; chain the later ones to the first.

@@ -103,6 +103,42 @@ fn verify(
         .map_err(|_| LedgerError::BadSignature(who.into()))
 }
 
+/// Whether every entry of `entries` decodes, names a member and carries that member's
+/// signature, checked in one batch verification (about twice as fast as one by one). False
+/// when anything is off: then [`check_entry`] one by one says which.
+pub fn entries_check_batch(entries: &[pb::SignedEntry], members: &Members) -> bool {
+    let mut batch = Batch::default();
+    for signed in entries {
+        let Ok(entry) = pb::Entry::decode(signed.entry.as_slice()) else {
+            return false;
+        };
+        let Some(m) = members.0.get(&entry.origin) else {
+            return false;
+        };
+        if batch
+            .push(m.key, &signed.entry, &signed.signature)
+            .is_none()
+        {
+            return false;
+        }
+    }
+    batch.verify()
+}
+
+/// Decodes an entry whose signature [`entries_check_batch`] verified: its origin must still
+/// be a member.
+pub fn entry_of_member(
+    signed: &pb::SignedEntry,
+    members: &Members,
+) -> Result<pb::Entry, LedgerError> {
+    let entry =
+        pb::Entry::decode(signed.entry.as_slice()).map_err(|_| LedgerError::Malformed("Entry"))?;
+    if !members.0.contains_key(&entry.origin) {
+        return Err(LedgerError::UnknownMember(entry.origin.clone()));
+    }
+    Ok(entry)
+}
+
 /// Decodes an entry and checks its origin's signature.
 pub fn check_entry(signed: &pb::SignedEntry, members: &Members) -> Result<pb::Entry, LedgerError> {
     let entry =
@@ -514,6 +550,37 @@ mod tests {
         let mut tampered = signed.clone();
         tampered.entry[0] ^= 1;
         assert!(check_entry(&tampered, &members).is_err());
+        // The batch check of entries: all good passes; one bad signature, an unknown
+        // origin or an entry that does not decode fails the batch.
+        let next = sign_entry(
+            &pb::Entry {
+                seq: 1,
+                prev_hash: hash.to_vec(),
+                ..entry.clone()
+            },
+            &gw_key,
+        );
+        assert!(entries_check_batch(
+            &[signed.clone(), next.clone()],
+            &members
+        ));
+        let mut forged = next.clone();
+        forged.signature[5] ^= 1;
+        assert!(!entries_check_batch(&[signed.clone(), forged], &members));
+        let stranger = sign_entry(
+            &pb::Entry {
+                origin: "stranger".into(),
+                ..entry.clone()
+            },
+            &gw_key,
+        );
+        assert!(!entries_check_batch(
+            &[signed.clone(), stranger.clone()],
+            &members
+        ));
+        assert!(!entries_check_batch(&[tampered], &members));
+        assert!(entry_of_member(&stranger, &members).is_err());
+        assert_eq!(entry_of_member(&next, &members).map(|e| e.seq), Ok(1));
     }
 
     #[test]
