@@ -164,6 +164,14 @@ impl Reading {
     }
 }
 
+/// Microseconds since the Unix epoch now: for latencies a millisecond would round away.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
 /// Milliseconds since the Unix epoch now.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -113,7 +113,8 @@ impl Desk {
         }
         let _one_at_a_time = self.dr.shared.records.lock().await;
         let records = self.store.run(move |store| store.dr().events()).await?;
-        let now = now_ms();
+        let accepted_us = gridgate_core::reading::now_us();
+        let now = accepted_us.div_euclid(1000);
         // A later interval or version of a dispatch already counted is not a new one.
         let this = pb::DrEvent::decode(signed.event.as_slice())
             .map(|e| dispatch_key(&e, &event_key(&e.issuer, &e.id)))
@@ -180,6 +181,7 @@ impl Desk {
             loads: Vec::new(),
             cancelled: false,
             reported: false,
+            accepted_us,
         };
         let record = status.encode_to_vec();
         let fresh = self

@@ -78,6 +78,7 @@ struct Done {
     load: String,
     purpose: Purpose,
     at_ms: i64,
+    at_us: i64,
     outcome: Result<ControlOutcome, ControlError>,
 }
 
@@ -243,6 +244,7 @@ async fn apply(
 fn apply_one(status: &mut pb::EventStatus, id: &str, pacing: &mut Pacing, done: Done) {
     let slot = (done.key.clone(), done.load.clone());
     let start_ms = status.start_ms;
+    let accepted_us = status.accepted_us;
     let Some(ls) = status.loads.iter_mut().find(|l| l.load == done.load) else {
         return;
     };
@@ -262,6 +264,8 @@ fn apply_one(status: &mut pb::EventStatus, id: &str, pacing: &mut Pacing, done: 
             ls.state = pb::LoadState::Acknowledged as i32;
             ls.acknowledged_ms = done.at_ms;
             ls.latency_ms = done.at_ms - ls.due_ms.max(start_ms);
+            // The same in microseconds: from the acceptance itself when it was due at once.
+            ls.latency_us = done.at_us - (ls.due_ms.max(start_ms) * 1000).max(accepted_us);
             pacing.instruments.dr_acknowledged(&ls.load, ls.latency_ms);
             info!(event = %id, load = %ls.load, target = ls.target, latency_ms = ls.latency_ms, "load at its DR target");
         }
@@ -803,11 +807,13 @@ fn spawn(w: Write, controls: &Controls, done: &mpsc::UnboundedSender<Done>) {
     let (controls, done) = (controls.clone(), done.clone());
     tokio::spawn(async move {
         let outcome = controls.write(&w.control, w.value, WRITE_WITHIN).await;
+        let at_us = gridgate_core::reading::now_us();
         let _ = done.send(Done {
             key: w.slot.0,
             load: w.slot.1,
             purpose: w.purpose,
-            at_ms: now_ms(),
+            at_ms: at_us.div_euclid(1000),
+            at_us,
             outcome,
         });
     });

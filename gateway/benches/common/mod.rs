@@ -57,7 +57,11 @@ pub fn run_gateway(path: &Path, config: &str) -> tokio::process::Child {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_gridgate"))
         .args(["run", "--config"])
         .arg(path)
-        .env("GRIDGATE_LOG", "warn")
+        // GRIDGATE_BENCH_LOG=info shows the gateway's own log (on the bench's stderr).
+        .env(
+            "GRIDGATE_LOG",
+            std::env::var("GRIDGATE_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .kill_on_drop(true)
         .spawn()
         .expect("gridgate")
