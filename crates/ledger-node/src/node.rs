@@ -185,6 +185,7 @@ fn check_for_vote(
     in_batch: &BTreeMap<(String, u64), [u8; 32]>,
     signed: &pb::SignedEntry,
     signature_checked: bool,
+    next_of: &mut BTreeMap<String, u64>,
 ) -> Result<Result<Place, pb::SubmitReply>, StoreError> {
     let checked = if signature_checked {
         gridgate_ledger::entry::entry_of_member(signed, members)
@@ -209,7 +210,15 @@ fn check_for_vote(
         }
     };
     let origin = entry.origin.as_str();
-    let next = store.ledger().next_certified(origin)?;
+    // One read per origin and batch, not per entry: a batch does not certify anything.
+    let next = match next_of.get(origin) {
+        Some(n) => *n,
+        None => {
+            let n = store.ledger().next_certified(origin)?;
+            next_of.insert(origin.to_string(), n);
+            n
+        }
+    };
     if members.0.get(origin).is_some_and(|m| m.removed) {
         return Ok(Err(refuse(
             pb::VoteRefusal::UnknownMember,
@@ -294,6 +303,7 @@ pub fn submit_batch(
     let mut to_lock = Vec::new();
     // Every signature of the batch at once; one by one only when that fails (to say which).
     let signatures_checked = gridgate_ledger::entry::entries_check_batch(entries, members);
+    let mut next_of = BTreeMap::new();
     for (i, signed) in entries.iter().enumerate() {
         match check_for_vote(
             store,
@@ -302,6 +312,7 @@ pub fn submit_batch(
             &in_batch,
             signed,
             signatures_checked,
+            &mut next_of,
         )? {
             Ok((origin, seq, hash)) => {
                 // An entry whose place another entry of this batch took is decided below,
