@@ -12,7 +12,7 @@ use gridgate_store::{Store, StoreError};
 
 /// Samples fetched beyond a window's edges, so that its first and last moments are shaped
 /// by the polls around them.
-const MARGIN_MS: i64 = 60_000;
+pub const MARGIN_MS: i64 = 60_000;
 
 /// The baseline of one load over the event.
 enum Baseline {

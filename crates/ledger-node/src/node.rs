@@ -55,12 +55,14 @@ fn shut_out_for(store: &Store, accused: &str, proof: &[u8]) -> Result<(), StoreE
     Ok(())
 }
 
+/// Whether the entry's origin is a member in `role`.
+fn origin_is(entry: &pb::Entry, members: &Members, role: pb::MemberRole) -> bool {
+    members.0.get(&entry.origin).is_some_and(|m| m.role == role)
+}
+
 /// Whether the entry's origin is a validator.
 fn validator(entry: &pb::Entry, members: &Members) -> bool {
-    members
-        .0
-        .get(&entry.origin)
-        .is_some_and(|m| m.role == pb::MemberRole::Validator)
+    origin_is(entry, members, pb::MemberRole::Validator)
 }
 
 /// Checks that a payload is a valid message of the entry's kind.
@@ -76,31 +78,19 @@ fn payload_ok(entry: &pb::Entry, members: &Members) -> bool {
         Ok(pb::EntryKind::Equivocation) => accusation(entry, members).is_some(),
         // Terms come from an operator, and must make sense.
         Ok(pb::EntryKind::ProgramTerms) => {
-            let operator = members
-                .0
-                .get(&entry.origin)
-                .is_some_and(|m| m.role == pb::MemberRole::Operator);
-            operator
+            origin_is(entry, members, pb::MemberRole::Operator)
                 && pb::ProgramTerms::decode(p)
                     .is_ok_and(|t| gridgate_ledger::settlement::terms_of(&t).is_some())
         }
         // Market terms too: from an operator, and they must make sense.
         Ok(pb::EntryKind::MarketTerms) => {
-            let operator = members
-                .0
-                .get(&entry.origin)
-                .is_some_and(|m| m.role == pb::MemberRole::Operator);
-            operator
+            origin_is(entry, members, pb::MemberRole::Operator)
                 && pb::MarketTerms::decode(p)
                     .is_ok_and(|t| gridgate_ledger::market::terms_of(&t).is_some())
         }
         // A gateway's answer in a round, within reason.
         Ok(pb::EntryKind::MarketAnswer) => {
-            let gateway = members
-                .0
-                .get(&entry.origin)
-                .is_some_and(|m| m.role == pb::MemberRole::Gateway);
-            gateway
+            origin_is(entry, members, pb::MemberRole::Gateway)
                 && pb::MarketAnswer::decode(p).is_ok_and(|a| {
                     !a.area.is_empty()
                         && (1..=64).contains(&a.round)
@@ -111,11 +101,7 @@ fn payload_ok(entry: &pb::Entry, members: &Members) -> bool {
         }
         // A gateway's own measurement, within reason.
         Ok(pb::EntryKind::MarketDelivery) => {
-            let gateway = members
-                .0
-                .get(&entry.origin)
-                .is_some_and(|m| m.role == pb::MemberRole::Gateway);
-            gateway
+            origin_is(entry, members, pb::MemberRole::Gateway)
                 && pb::MarketDelivery::decode(p).is_ok_and(|d| {
                     let sane =
                         |q: i64| q.unsigned_abs() <= gridgate_ledger::market::MAX_ANSWER_WH as u64;
@@ -125,11 +111,7 @@ fn payload_ok(entry: &pb::Entry, members: &Members) -> bool {
         // A gateway's record of a utility VTN's event: its own event id and the JSON object
         // it received. Settlement pays nothing on it, so its content is the gateway's word.
         Ok(pb::EntryKind::OpenadrEvent) => {
-            let gateway = members
-                .0
-                .get(&entry.origin)
-                .is_some_and(|m| m.role == pb::MemberRole::Gateway);
-            gateway
+            origin_is(entry, members, pb::MemberRole::Gateway)
                 && pb::OpenAdrEvent::decode(p).is_ok_and(|e| {
                     !e.event_id.is_empty()
                         && !e.vtn.is_empty()
@@ -670,8 +652,8 @@ mod tests {
         assert!(third.ledger().shut_outs().expect("shut outs").is_empty());
     }
 
-    #[test]
-    fn market_entries_are_voted_for_only_from_their_role_and_only_when_sane() {
+    /// Members "op" (operator) and "gw" (gateway).
+    fn operator_and_gateway() -> Members {
         let mut members = Members::default();
         for (id, role) in [
             ("op", pb::MemberRole::Operator),
@@ -687,6 +669,12 @@ mod tests {
                 },
             );
         }
+        members
+    }
+
+    #[test]
+    fn market_entries_are_voted_for_only_from_their_role_and_only_when_sane() {
+        let members = operator_and_gateway();
         let terms = pb::MarketTerms {
             area: "feeder-7".into(),
             floor_milli_per_kwh: 400,
@@ -762,21 +750,7 @@ mod tests {
 
     #[test]
     fn an_openadr_record_is_voted_for_only_from_a_gateway_with_a_json_event() {
-        let mut members = Members::default();
-        for (id, role) in [
-            ("op", pb::MemberRole::Operator),
-            ("gw", pb::MemberRole::Gateway),
-        ] {
-            members.0.insert(
-                id.into(),
-                Member {
-                    id: id.into(),
-                    role,
-                    key: Identity::generate().expect("key").public(),
-                    removed: false,
-                },
-            );
-        }
+        let members = operator_and_gateway();
         let record = |origin: &str, json: &str, event_id: &str| pb::Entry {
             origin: origin.into(),
             kind: pb::EntryKind::OpenadrEvent as i32,

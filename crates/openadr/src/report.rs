@@ -24,7 +24,7 @@ fn rfc3339(ms: i64) -> String {
 }
 
 /// `PT<n>S`.
-fn iso_seconds(s: i64) -> String {
+pub(crate) fn iso_seconds(s: i64) -> String {
     format!("PT{}S", s.max(0))
 }
 

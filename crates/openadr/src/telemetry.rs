@@ -206,7 +206,7 @@ pub fn report(
                             "start": chrono::DateTime::from_timestamp_millis(s.start_ms)
                                 .unwrap_or_default()
                                 .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                            "duration": format!("PT{}S", ((s.end_ms - s.start_ms) / 1000).max(0)),
+                            "duration": crate::report::iso_seconds((s.end_ms - s.start_ms) / 1000),
                         },
                         "payloads": [{"type": measure.payload_type(), "values": [v]}],
                     })

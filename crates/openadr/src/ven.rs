@@ -1,8 +1,9 @@
 //! The VEN at work: it registers with the VTN, polls the programs it follows and their
-//! events (at once when the VTN's notifier says something changed), hands each new interval to the DR desk as the gateway's own event (the same checks
-//! and the same durable record as a signed one), cancels what the VTN modified or withdrew,
-//! and posts a report for every interval the relay measured, from a durable queue, in order
-//! and once each, whenever the VTN can be reached.
+//! events (at once when the VTN's notifier says something changed), hands each new interval
+//! to the DR desk as the gateway's own event (the same checks and the same durable record as
+//! a signed one), cancels what the VTN modified or withdrew, and posts a report for every
+//! interval the relay measured, from a durable queue, in order and once each, whenever the
+//! VTN can be reached.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -231,8 +232,8 @@ pub async fn run(mut v: Ven, cancel: CancellationToken) {
     }
 }
 
-/// One poll: register (or read the VEN's targets), read programs and events, act on what changed, post the queued
-/// reports.
+/// One poll: register (or read the VEN's targets), read programs and events, act on what
+/// changed, post the queued reports.
 async fn pass(
     v: &Ven,
     cfg: &Arc<GatewayConfig>,
@@ -700,8 +701,6 @@ fn measure_telemetry(
     req: &crate::telemetry::Request,
     spans: &[crate::telemetry::Span],
 ) -> Result<Vec<crate::telemetry::Measured>, gridgate_store::StoreError> {
-    // Samples a little either side: the curve is held and interpolated across the edges.
-    const MARGIN_MS: i64 = 60_000;
     let (Some(first), Some(last)) = (spans.first(), spans.last()) else {
         return Ok(Vec::new());
     };
@@ -710,7 +709,8 @@ fn measure_telemetry(
         let Some(meter) = cfg.loads.iter().find(|l| l.name == *load).map(|l| &l.meter) else {
             continue;
         };
-        let samples = st.samples(meter, first.start_ms - MARGIN_MS, last.end_ms + MARGIN_MS)?;
+        let margin = gridgate_dr::report::MARGIN_MS;
+        let samples = st.samples(meter, first.start_ms - margin, last.end_ms + margin)?;
         let kw: Vec<Option<f64>> = spans
             .iter()
             .map(|s| gridgate_dr::measure::mean(&samples, s.start_ms, s.end_ms).map(|m| m.0))
