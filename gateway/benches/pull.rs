@@ -50,7 +50,7 @@ fn prefill(data: &Path, id: &Identity, batches: u64) {
                 error: String::new(),
             })
             .collect();
-        store.commit(&rs, &[], Some(&sealer)).expect("commit");
+        store.commit(rs, &[], Some(&sealer)).expect("commit");
     }
 }
 

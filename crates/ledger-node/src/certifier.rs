@@ -525,7 +525,7 @@ mod tests {
                     ts_ms: i,
                     ..Default::default()
                 };
-                store.commit(&[r], &[], Some(&sealer)).expect("batch");
+                store.commit(vec![r], &[], Some(&sealer)).expect("batch");
             }
         };
         close(5);

@@ -203,7 +203,7 @@ mod tests {
                 ts_ms: i as i64,
                 ..Default::default()
             };
-            store.commit(&[r], &[], Some(&sealer)).unwrap();
+            store.commit(vec![r], &[], Some(&sealer)).unwrap();
         }
         let cfg = WriterConfig {
             gateway_id: "gw-1".into(),

@@ -138,7 +138,7 @@ mod tests {
             reading("n/p", 1_500, 5.0),
             reading("m/p", 4_000, 4.0),
         ];
-        store.commit(&readings, &[], None).expect("commit");
+        store.commit(readings.clone(), &[], None).expect("commit");
         assert_eq!(
             store.samples("m/p", 0, 10_000).expect("samples"),
             vec![(1_000, 1.0), (2_000, 2.0), (4_000, 4.0)]

@@ -290,7 +290,7 @@ async fn run(
                 seal(&id, &gw, seq, prev, now_ms(), rs)
             };
             st.commit(
-                &readings,
+                readings,
                 &dedupe,
                 close.then_some(&sealer as &dyn Fn(_, _, _) -> _),
             )
