@@ -157,6 +157,80 @@ pub fn decode(
 type Raw = (String, Option<Value>, Option<i64>, Quality);
 
 fn decode_json(payload: &[u8]) -> Result<Vec<Raw>, PayloadError> {
+    // Straight into readings; only a payload that does not parse so is taken apart again
+    // through a JSON tree, for the reason and the reading it names. Through the tree always,
+    // each reading's keys and strings were allocated twice (a fifth of ingest's time).
+    let items = match serde_json::from_slice::<Shape>(payload) {
+        Ok(Shape(items)) => items,
+        Err(_) => return decode_json_tree(payload),
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| raw_of(i, r))
+        .collect()
+}
+
+/// A payload of one of the documented shapes, as its readings.
+struct Shape(Vec<JsonReading>);
+
+impl<'de> Deserialize<'de> for Shape {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ShapeVisitor)
+    }
+}
+
+struct ShapeVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ShapeVisitor {
+    type Value = Shape;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a reading, an array of readings or {\"readings\": [...]}")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Shape, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(16).min(4096));
+        while let Some(r) = seq.next_element::<JsonReading>()? {
+            out.push(r);
+        }
+        Ok(Shape(out))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
+        use serde::de::Error;
+        let mut point = None;
+        let mut value = None;
+        let mut ts_ms = None;
+        let mut quality = None;
+        let mut readings = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match key.as_ref() {
+                "readings" if readings.is_none() => readings = Some(map.next_value()?),
+                "point" if point.is_none() => point = Some(map.next_value()?),
+                "value" if value.is_none() => value = Some(map.next_value()?),
+                "ts_ms" if ts_ms.is_none() => ts_ms = Some(map.next_value()?),
+                "quality" if quality.is_none() => quality = Some(map.next_value()?),
+                other => return Err(A::Error::custom(format!("unexpected key {other}"))),
+            }
+        }
+        match (readings, point) {
+            (Some(items), None) if value.is_none() && ts_ms.is_none() && quality.is_none() => {
+                Ok(Shape(items))
+            }
+            (None, Some(point)) => Ok(Shape(vec![JsonReading {
+                point,
+                value: value.unwrap_or_default(),
+                ts_ms: ts_ms.flatten(),
+                quality: quality.flatten(),
+            }])),
+            _ => Err(A::Error::custom("not a documented shape")),
+        }
+    }
+}
+
+/// The documented shapes through a JSON tree: slower, and says what is wrong and where.
+fn decode_json_tree(payload: &[u8]) -> Result<Vec<Raw>, PayloadError> {
     let json: serde_json::Value =
         serde_json::from_slice(payload).map_err(|e| PayloadError::Json(e.to_string()))?;
     let items = match json {
@@ -186,31 +260,36 @@ fn decode_json(payload: &[u8]) -> Result<Vec<Raw>, PayloadError> {
                 index,
                 reason: e.to_string(),
             })?;
-            let bad = |reason: String| PayloadError::Bad { index, reason };
-            let quality = match &r.quality {
-                None => Quality::Good,
-                Some(q) => q.parse::<Quality>().map_err(bad)?,
-            };
-            let value = match r.value {
-                serde_json::Value::Null => None,
-                serde_json::Value::Bool(b) => Some(Value::Bool(b)),
-                serde_json::Value::Number(n) => match n.as_f64().filter(|f| f.is_finite()) {
-                    Some(f) => Some(Value::Number(f)),
-                    None => return Err(bad(format!("value {n} is not a finite number"))),
-                },
-                serde_json::Value::String(s) if s.len() <= MAX_TEXT => Some(Value::Text(s)),
-                serde_json::Value::String(_) => {
-                    return Err(bad(format!("text value longer than {MAX_TEXT} bytes")));
-                }
-                other => {
-                    return Err(bad(format!(
-                        "value must be a number, boolean or string, not {other}"
-                    )));
-                }
-            };
-            Ok((r.point, value, r.ts_ms, quality))
+            raw_of(index, r)
         })
         .collect()
+}
+
+/// Reading `index` of a JSON payload, checked.
+fn raw_of(index: usize, r: JsonReading) -> Result<Raw, PayloadError> {
+    let bad = |reason: String| PayloadError::Bad { index, reason };
+    let quality = match &r.quality {
+        None => Quality::Good,
+        Some(q) => q.parse::<Quality>().map_err(bad)?,
+    };
+    let value = match r.value {
+        serde_json::Value::Null => None,
+        serde_json::Value::Bool(b) => Some(Value::Bool(b)),
+        serde_json::Value::Number(n) => match n.as_f64().filter(|f| f.is_finite()) {
+            Some(f) => Some(Value::Number(f)),
+            None => return Err(bad(format!("value {n} is not a finite number"))),
+        },
+        serde_json::Value::String(s) if s.len() <= MAX_TEXT => Some(Value::Text(s)),
+        serde_json::Value::String(_) => {
+            return Err(bad(format!("text value longer than {MAX_TEXT} bytes")));
+        }
+        other => {
+            return Err(bad(format!(
+                "value must be a number, boolean or string, not {other}"
+            )));
+        }
+    };
+    Ok((r.point, value, r.ts_ms, quality))
 }
 
 /// Longest text value, bytes: a reading is a measurement, not a document, and both
@@ -303,6 +382,34 @@ mod tests {
         let r = ok(br#"{"readings":[{"point":"door","quality":"timeout"}]}"#);
         assert_eq!(r[0].quality, Quality::Timeout);
         assert_eq!(r[0].value, None);
+    }
+
+    /// The direct parse and the tree agree on every shape, good or bad: the direct one only
+    /// makes the common case cheaper.
+    #[test]
+    fn the_direct_parse_reads_what_the_tree_reads() {
+        let payloads: [&[u8]; 12] = [
+            br#"{"point":"temperature","value":21.5}"#,
+            br#"{"value":21.5,"quality":"good","ts_ms":1795558336000,"point":"temperature"}"#,
+            br#"[{"point":"temperature","value":21.5,"ts_ms":1795558336000},{"point":"door","value":true}]"#,
+            br#"{"readings":[{"point":"door","quality":"timeout"},{"point":"door","value":"open \u00e9"}]}"#,
+            br#"{"point":"door","value":null,"ts_ms":null,"quality":null}"#,
+            br#"{"readings":[],"point":"door"}"#,
+            br#"{"readings":{"point":"door"}}"#,
+            br#"[{"point":"door","value":1},{"point":"door","value":[1]}]"#,
+            br#"[{"point":"door","value":1,"extra":2}]"#,
+            br#"{"point":"door","point":"temperature","value":1}"#,
+            br#"[1,2]"#,
+            br#"{}"#,
+        ];
+        for p in payloads {
+            assert_eq!(
+                decode_json(p),
+                decode_json_tree(p),
+                "{}",
+                String::from_utf8_lossy(p)
+            );
+        }
     }
 
     #[test]
