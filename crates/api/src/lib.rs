@@ -34,7 +34,6 @@ use tracing::info;
 use gridgate_acquire::DeviceRegistry;
 use gridgate_config::GatewayConfig;
 use gridgate_config::GrpcConfig;
-use gridgate_core::Reading;
 use gridgate_mqtt::uplink::UplinkStats;
 use gridgate_store::writer::StoreHandle;
 
@@ -48,7 +47,7 @@ pub struct ApiState {
     /// Polled devices' state.
     pub registry: DeviceRegistry,
     /// Live readings.
-    pub live: broadcast::Sender<Arc<Reading>>,
+    pub live: broadcast::Sender<gridgate_core::LiveReadings>,
     /// The identity's public key.
     pub public_key: [u8; 32],
     /// Uplink counters.

@@ -136,25 +136,27 @@ impl Telemetry for TelemetryService {
         tokio::spawn(async move {
             let mut dropped = 0u64;
             loop {
-                let reading = tokio::select! {
-                    r = live.recv() => r,
+                let group = tokio::select! {
+                    g = live.recv() => g,
                     _ = tx.closed() => return,
                     _ = shutdown.cancelled() => return,
                 };
-                match reading {
-                    Ok(r) if r.point.starts_with(&prefix) => {
-                        let msg = pb::LiveReading {
-                            reading: Some(r.to_pb()),
-                            dropped,
-                        };
-                        // A full client queue is a slow subscriber: drop, count, go on.
-                        match tx.try_send(Ok(msg)) {
-                            Ok(()) => {}
-                            Err(mpsc::error::TrySendError::Full(_)) => dropped += 1,
-                            Err(mpsc::error::TrySendError::Closed(_)) => return,
+                match group {
+                    Ok(group) => {
+                        for r in group.iter().filter(|r| r.point.starts_with(&prefix)) {
+                            let msg = pb::LiveReading {
+                                reading: Some(r.to_pb()),
+                                dropped,
+                            };
+                            // A full client queue is a slow subscriber: drop, count, go on.
+                            match tx.try_send(Ok(msg)) {
+                                Ok(()) => {}
+                                Err(mpsc::error::TrySendError::Full(_)) => dropped += 1,
+                                Err(mpsc::error::TrySendError::Closed(_)) => return,
+                            }
                         }
                     }
-                    Ok(_) => {}
+                    // Groups missed: their readings are not known here, only that some were.
                     Err(broadcast::error::RecvError::Lagged(n)) => dropped += n,
                     Err(broadcast::error::RecvError::Closed) => return,
                 }

@@ -1,7 +1,6 @@
 //! The one path polled readings take to the store: a copy to the live channel and the echo,
 //! the readings to the writer.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -20,7 +19,7 @@ pub(crate) async fn forward(
     mut rx: mpsc::Receiver<Vec<Reading>>,
     store: StoreHandle,
     echo: Option<Box<dyn ReadingSink>>,
-    live: tokio::sync::broadcast::Sender<Arc<Reading>>,
+    live: tokio::sync::broadcast::Sender<gridgate_core::LiveReadings>,
 ) -> std::io::Result<()> {
     let (echo_tx, echo_done) = match echo {
         Some(mut sink) => {
@@ -59,17 +58,7 @@ pub(crate) async fn forward(
                 Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {}
             }
         }
-        // The stored form is made from each reading, which then moves to the live channel:
-        // one copy of its strings per reading, not two (the polling bench's profile).
-        let live_on = live.receiver_count() > 0;
-        let mut readings = Vec::with_capacity(group.len());
-        for r in group {
-            readings.push(r.to_pb());
-            if live_on {
-                // No subscriber, or every one lagging: never waits, never fails acquisition.
-                let _ = live.send(Arc::new(r));
-            }
-        }
+        let readings = gridgate_core::store_and_publish(group, &live);
         let sub = Submission {
             readings,
             dedupe: false,

@@ -37,7 +37,7 @@ pub struct Shared {
     pub ingest: Arc<IngestStats>,
     pub uplink: Arc<UplinkStats>,
     /// Live readings (what gRPC Subscribe and the page serve).
-    pub live: broadcast::Sender<Arc<Reading>>,
+    pub live: broadcast::Sender<gridgate_core::LiveReadings>,
     /// What the DR parts share: counters, the record lock, the relay's wake-up, updates.
     pub dr: gridgate_dr::shared::DrShared,
     /// Writes to field devices, through the bus tasks.

@@ -20,8 +20,32 @@ use tokio::sync::broadcast;
 pub use identity::{Identity, IdentityError, sha256};
 pub use reading::{Quality, Reading, Value, now_ms};
 
-/// Live readings fan out through a broadcast channel: a slow subscriber lags and is told how
-/// many it missed; senders never wait.
-pub fn live_channel() -> broadcast::Sender<Arc<Reading>> {
-    broadcast::channel(4096).0
+/// Readings as the live channel carries them: each group as acquired (a poll of a device,
+/// an MQTT message), shared by every subscriber.
+pub type LiveReadings = Arc<Vec<Reading>>;
+
+/// Groups the live channel holds for a subscriber that lags: with a poll's or a message's
+/// readings to a group, a few seconds of a busy gateway.
+pub const LIVE_GROUPS: usize = 256;
+
+/// Live readings fan out through a broadcast channel, a group per send (one per reading
+/// woke every subscriber for each: a tenth of ingest's time): a slow subscriber lags and is
+/// told how many groups it missed; senders never wait.
+pub fn live_channel() -> broadcast::Sender<LiveReadings> {
+    broadcast::channel(LIVE_GROUPS).0
+}
+
+/// The stored (wire) form of `readings`, which then go to `live` as they are when anyone
+/// listens: one copy of their strings, not two. Never waits and never fails: a subscriber
+/// that lags only misses readings.
+pub fn store_and_publish(
+    readings: Vec<Reading>,
+    live: &broadcast::Sender<LiveReadings>,
+) -> Vec<gridgate_proto::v1::Reading> {
+    if live.receiver_count() == 0 {
+        return readings.into_iter().map(Reading::into_pb).collect();
+    }
+    let stored = readings.iter().map(Reading::to_pb).collect();
+    let _ = live.send(Arc::new(readings));
+    stored
 }

@@ -269,6 +269,22 @@ mod wire {
             }
         }
 
+        /// The wire form, moving the strings rather than copying them.
+        pub fn into_pb(self) -> pb::Reading {
+            pb::Reading {
+                point: self.point,
+                ts_ms: self.ts_ms,
+                value: self.value.map(|v| match v {
+                    Value::Number(n) => pb::reading::Value::Number(n),
+                    Value::Bool(b) => pb::reading::Value::Flag(b),
+                    Value::Text(t) => pb::reading::Value::Text(t),
+                }),
+                unit: self.unit,
+                quality: Some(self.quality.to_pb()),
+                error: self.error.unwrap_or_default(),
+            }
+        }
+
         /// From the wire form.
         pub fn from_pb(r: &pb::Reading) -> Reading {
             Reading {

@@ -29,8 +29,8 @@ use gridgate_acquire::{ControlError, ControlOutcome, Controls};
 use gridgate_config::ledger::LedgerRole;
 use gridgate_config::{Control, GatewayConfig};
 use gridgate_core::Identity;
+use gridgate_core::Value;
 use gridgate_core::reading::now_ms;
-use gridgate_core::{Reading, Value};
 use gridgate_store::Store;
 use gridgate_store::samples::SAMPLE_RETENTION_MS;
 
@@ -56,7 +56,7 @@ pub struct Relay {
     /// Signs performance reports.
     pub identity: Identity,
     /// Every reading acquired (for the loads' local override switches).
-    pub live: broadcast::Receiver<Arc<Reading>>,
+    pub live: broadcast::Receiver<gridgate_core::LiveReadings>,
     /// Acknowledgement latencies go to /metrics.
     pub instruments: Arc<gridgate_core::instruments::Instruments>,
 }
@@ -150,21 +150,28 @@ pub async fn run(relay: Relay, cancel: CancellationToken) {
                     apply(&store, &updates, &mut pacing, &key, dones).await;
                 }
             }
-            r = live.recv() => {
-                let Ok(r) = r else { continue };
+            group = live.recv() => {
+                let Ok(group) = group else { continue };
                 let cfg = config.borrow().clone();
-                if !cfg.loads.iter().any(|l| l.override_point.as_deref() == Some(r.point.as_str())) {
+                let mut flipped = false;
+                for r in group.iter() {
+                    if !cfg.loads.iter().any(|l| l.override_point.as_deref() == Some(r.point.as_str())) {
+                        continue;
+                    }
+                    let on = match &r.value {
+                        Some(Value::Bool(b)) => *b,
+                        Some(Value::Number(n)) => *n != 0.0,
+                        _ => continue,
+                    };
+                    if pacing.switches.insert(r.point.clone(), on) == Some(on) {
+                        continue;
+                    }
+                    flipped = true;
+                    warn!(switch = %r.point, on, "local DR override switch {}", if on { "on: its load is out of DR" } else { "off" });
+                }
+                if !flipped {
                     continue;
                 }
-                let on = match &r.value {
-                    Some(Value::Bool(b)) => *b,
-                    Some(Value::Number(n)) => *n != 0.0,
-                    _ => continue,
-                };
-                if pacing.switches.insert(r.point.clone(), on) == Some(on) {
-                    continue;
-                }
-                warn!(switch = %r.point, on, "local DR override switch {}", if on { "on: its load is out of DR" } else { "off" });
             }
         }
         if pruned_at.is_none_or(|t| t.elapsed() >= SAMPLE_PRUNE_EVERY) {

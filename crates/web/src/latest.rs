@@ -48,9 +48,9 @@ fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f32, D::Error> 
 #[derive(Debug, Clone)]
 pub struct PointState {
     /// The last reading, good or not.
-    pub last: Arc<Reading>,
+    pub last: Reading,
     /// The last good reading.
-    pub last_good: Option<Arc<Reading>>,
+    pub last_good: Option<Reading>,
     /// The last hour, oldest first.
     pub history: VecDeque<Sample>,
     /// Good readings closer than this to the last kept one are not kept.
@@ -110,33 +110,49 @@ impl PointState {
     }
 }
 
+/// Makes `slot` (a reading of the same point) say what `r` says, reusing its strings: most
+/// readings of a point change nothing but the time and the value, and a fresh copy of each
+/// was an allocation per reading.
+fn overwrite(slot: &mut Reading, r: &Reading) {
+    slot.ts_ms = r.ts_ms;
+    slot.value.clone_from(&r.value);
+    slot.unit.clone_from(&r.unit);
+    slot.quality = r.quality;
+    slot.error.clone_from(&r.error);
+}
+
 /// Last readings by point name (`device/point`).
 #[derive(Debug, Clone, Default)]
 pub struct Latest(Arc<RwLock<HashMap<String, PointState>>>);
 
 impl Latest {
-    /// Takes one reading in.
-    pub fn record(&self, r: Arc<Reading>) {
+    /// Takes a group of readings in, under one lock.
+    pub fn record(&self, readings: &[Reading]) {
         // A panic elsewhere must not blind the page: the map stays usable.
         let mut map = self.0.write().unwrap_or_else(|p| p.into_inner());
-        let good = r.quality.is_good().then(|| r.clone());
-        match map.get_mut(&r.point) {
-            Some(s) => {
-                if good.is_some() {
-                    s.last_good = good;
+        for r in readings {
+            let good = r.quality.is_good();
+            match map.get_mut(&r.point) {
+                Some(s) => {
+                    if good {
+                        match &mut s.last_good {
+                            Some(g) => overwrite(g, r),
+                            None => s.last_good = Some(r.clone()),
+                        }
+                    }
+                    s.remember(r);
+                    overwrite(&mut s.last, r);
                 }
-                s.remember(&r);
-                s.last = r;
-            }
-            None => {
-                let mut s = PointState {
-                    last: r.clone(),
-                    last_good: good,
-                    history: VecDeque::new(),
-                    spacing_ms: 0,
-                };
-                s.remember(&r);
-                map.insert(r.point.clone(), s);
+                None => {
+                    let mut s = PointState {
+                        last: r.clone(),
+                        last_good: good.then(|| r.clone()),
+                        history: VecDeque::new(),
+                        spacing_ms: 0,
+                    };
+                    s.remember(r);
+                    map.insert(r.point.clone(), s);
+                }
             }
         }
     }
@@ -155,7 +171,7 @@ impl Latest {
 /// slow) skips readings; the next ones bring the map up to date again.
 pub async fn follow(
     latest: Latest,
-    mut live: broadcast::Receiver<Arc<Reading>>,
+    mut live: broadcast::Receiver<gridgate_core::LiveReadings>,
     cancel: CancellationToken,
 ) {
     loop {
@@ -164,7 +180,7 @@ pub async fn follow(
             r = live.recv() => r,
         };
         match r {
-            Ok(r) => latest.record(r),
+            Ok(group) => latest.record(&group),
             Err(broadcast::error::RecvError::Lagged(_)) => continue,
             Err(broadcast::error::RecvError::Closed) => return,
         }
@@ -179,19 +195,10 @@ mod tests {
     #[test]
     fn a_bad_reading_keeps_the_last_good_value() {
         let latest = Latest::default();
-        latest.record(Arc::new(Reading::good(
-            "m/p".into(),
-            1,
-            Value::Number(5.0),
-            "kW",
-        )));
-        latest.record(Arc::new(Reading::bad(
-            "m/p".into(),
-            2,
-            Quality::Timeout,
-            "kW",
-            "no reply".into(),
-        )));
+        latest.record(&[
+            Reading::good("m/p".into(), 1, Value::Number(5.0), "kW"),
+            Reading::bad("m/p".into(), 2, Quality::Timeout, "kW", "no reply".into()),
+        ]);
         let got = latest.get_many(["m/p", "m/q"].into_iter());
         let s = got[0].1.clone().unwrap();
         assert_eq!(s.last.quality, Quality::Timeout);
@@ -224,12 +231,12 @@ mod tests {
             }
         };
         for t in 0..60 {
-            latest.record(Arc::new(reading(t)));
+            latest.record(&[reading(t)]);
         }
         // A minute in: every reading.
         assert_eq!(history().len(), 60);
         for t in 60..7200 {
-            latest.record(Arc::new(reading(t)));
+            latest.record(&[reading(t)]);
         }
         let h = history();
         assert!(

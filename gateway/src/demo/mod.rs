@@ -9,7 +9,6 @@ pub mod master;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use gridgate_acquire::ReadingSink;
@@ -101,7 +100,7 @@ pub async fn demo(
 /// keep up misses readings (and is told so), it never holds up the gateway. Ends when the
 /// gateway has stopped.
 fn print_mqtt(
-    mut live: broadcast::Receiver<Arc<Reading>>,
+    mut live: broadcast::Receiver<gridgate_core::LiveReadings>,
     points: std::collections::HashSet<String>,
     mut sink: Box<dyn ReadingSink>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -110,12 +109,16 @@ fn print_mqtt(
         .spawn(move || {
             loop {
                 match live.blocking_recv() {
-                    Ok(r) if points.contains(&r.point) => {
-                        if sink.write(&[(*r).clone()]).is_err() {
+                    Ok(group) => {
+                        let mine: Vec<Reading> = group
+                            .iter()
+                            .filter(|r| points.contains(&r.point))
+                            .cloned()
+                            .collect();
+                        if !mine.is_empty() && sink.write(&mine).is_err() {
                             return;
                         }
                     }
-                    Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(missed = n, "the terminal is slower than the readings; some are not printed (all are stored)");
                     }

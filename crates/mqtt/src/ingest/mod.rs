@@ -77,7 +77,7 @@ impl IngestStats {
 }
 
 /// Where live readings go (gRPC Subscribe).
-pub type Live = tokio::sync::broadcast::Sender<Arc<gridgate_core::Reading>>;
+pub type Live = tokio::sync::broadcast::Sender<gridgate_core::LiveReadings>;
 
 /// A received message waiting for its acknowledgement.
 enum Ack {
@@ -285,14 +285,9 @@ async fn handle(
     match payload::decode(&p.payload, device, cfg.max_payload, now_ms()) {
         Ok(decoded) => {
             let n = decoded.readings.len() as u64;
-            if live.receiver_count() > 0 {
-                for r in &decoded.readings {
-                    let _ = live.send(Arc::new(r.clone()));
-                }
-            }
             let (done, rx) = oneshot::channel();
             let sub = Submission {
-                readings: decoded.readings.iter().map(|r| r.to_pb()).collect(),
+                readings: gridgate_core::store_and_publish(decoded.readings, live),
                 dedupe: decoded.device_time,
                 done: Some(done),
             };
