@@ -112,7 +112,7 @@ fn last_good_of(latest: &crate::latest::Latest, d: &Described) -> Option<i64> {
     latest
         .get_many(d.points.iter().map(|(p, _, _)| p.as_str()))
         .into_iter()
-        .filter_map(|(_, st)| st?.last_good.map(|r| r.ts_ms))
+        .filter_map(|(_, st)| st?.last_good.map(|g| g.ts_ms))
         .max()
 }
 
@@ -818,13 +818,13 @@ fn device_view(
             value: st
                 .as_ref()
                 .and_then(|p| p.last_good.as_ref())
-                .and_then(|r| r.value.as_ref())
+                .and_then(|g| g.value.as_ref())
                 .map(|v| v.to_string()),
-            quality: st.as_ref().map(|p| p.last.quality.to_string()),
-            age_ms: st.as_ref().map(|p| now - p.last.ts_ms),
-            error: st.as_ref().and_then(|p| p.last.error.clone()),
+            quality: st.as_ref().map(|p| p.quality.to_string()),
+            age_ms: st.as_ref().map(|p| now - p.ts_ms),
+            error: st.as_ref().and_then(|p| p.error.clone()),
             history: match (&st, with_history) {
-                (Some(p), true) => p.history.iter().copied().collect(),
+                (Some(p), true) => p.history.samples().collect(),
                 _ => Vec::new(),
             },
             day: if with_history {
