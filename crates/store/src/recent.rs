@@ -120,12 +120,14 @@ impl Recent {
         if self.set.insert(key(f), value as u32).is_some() {
             return;
         }
-        self.order.push_back(f);
-        while self.order.len() > self.cap {
+        // The oldest goes before the newest comes: a full window one over its reserve
+        // would double the order's memory (6.4 MB, not 3.2, at the default window).
+        while self.order.len() >= self.cap {
             if let Some(old) = self.order.pop_front() {
                 self.set.remove(&key(old));
             }
         }
+        self.order.push_back(f);
     }
 
     /// Forgets everything.
