@@ -80,7 +80,7 @@ impl History {
     /// The samples, oldest first.
     pub fn samples(&self) -> impl Iterator<Item = Sample> + '_ {
         self.kept.iter().map(|k| Sample {
-            ts_ms: self.base_ms + i64::from(k.dt_ms),
+            ts_ms: self.ts_of(k),
             value: k.value,
             bad: k.value.to_bits() == BAD_BITS,
         })
