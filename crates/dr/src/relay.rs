@@ -149,6 +149,13 @@ pub async fn run(relay: Relay, cancel: CancellationToken) {
                 for (key, dones) in by_event {
                     apply(&store, &updates, &mut pacing, &key, dones).await;
                 }
+                // An outcome needs nothing at once (a retry waits its backoff, an end its
+                // time): while other writes are out, the tick's pass is soon enough, and a
+                // pass over every open record per batch of outcomes would take the cores
+                // from the writes still under way.
+                if !pacing.in_flight.is_empty() {
+                    continue;
+                }
             }
             group = live.recv() => {
                 let Ok(group) = group else { continue };
@@ -523,8 +530,9 @@ async fn pass(
         spawn(w, controls, &pacing.done);
     }
     let (mut done_with, mut open) = (Vec::new(), Vec::new());
+    let settle_ms = settle(cfg).as_millis() as i64;
     for e in entries.iter_mut() {
-        if e.status == e.before && due_for_report(&e.status, cfg) {
+        if e.status == e.before && due_for_report(&e.status, settle_ms, now_ms()) {
             write_report(store, cfg, identity, &e.key, &mut e.status).await;
         }
         if e.status != e.before {
@@ -828,25 +836,29 @@ fn spawn(w: Write, controls: &Controls, done: &mpsc::UnboundedSender<Done>) {
 
 /// Whether an ended event's report can be written now: its meters have been polled past the
 /// end (twice their longest poll period, at least 2 s), so the last interval is measured.
-fn due_for_report(status: &pb::EventStatus, cfg: &GatewayConfig) -> bool {
+fn due_for_report(status: &pb::EventStatus, settle_ms: i64, now: i64) -> bool {
     let ended = status.state == pb::EventState::Completed as i32
         || status.state == pb::EventState::Cancelled as i32;
     if !ended || status.reported || status.loads.is_empty() {
         return false;
     }
-    now_ms() >= status.end_ms + settle(cfg).as_millis() as i64
+    now >= status.end_ms + settle_ms
 }
 
 /// How long after an interval's end its last sample is stored: twice the longest poll period
 /// of the loads' meters, 2 s to 2 min.
 pub fn settle(cfg: &GatewayConfig) -> Duration {
-    let meters: BTreeSet<&str> = cfg.loads.iter().map(|l| l.meter.as_str()).collect();
+    let meters: BTreeSet<(&str, &str)> = cfg
+        .loads
+        .iter()
+        .filter_map(|l| l.meter.split_once('/'))
+        .collect();
     let longest_poll = cfg
         .devices()
         .filter(|(_, d)| {
             d.points
                 .iter()
-                .any(|p| meters.contains(format!("{}/{}", d.name, p.name).as_str()))
+                .any(|p| meters.contains(&(d.name.as_str(), p.name.as_str())))
         })
         .map(|(_, d)| d.poll)
         .max()
