@@ -1,6 +1,7 @@
 //! DR dispatch latency: from `Dispatch` received to the last of 100 simulated Modbus-TCP
 //! loads acknowledged (each load's own TCP device and bus task; the relay reads the
-//! control, writes it and reads it back), over many events, against the real
+//! control, then writes it and reads it back in one function-23 call, as the simulated
+//! devices support it), over many events, against the real
 //! `gridgate run`. Beside it, in the same run, 100 bare concurrent tokio-modbus register
 //! writes to the same simulators: the ratio is what the relay costs over the wire alone.
 //!
@@ -35,15 +36,21 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn config(d: &Path, sims: &gridgate::tools::sim::RunningSims, port: u16) -> String {
-    let mut c = sims.gateway_config("bench", "30s").replacen(
-        "[gateway]\nid = \"bench\"\n",
-        &format!(
-            "[gateway]\nid = \"bench\"\ndata_dir = \"{}\"\nidentity = \"{}\"\n",
-            d.join("data").display(),
-            d.join("id.key").display()
-        ),
-        1,
-    );
+    let mut c = sims
+        .gateway_config("bench", "30s")
+        .replace(
+            "protocol = \"modbus\"\n",
+            "protocol = \"modbus\"\nread_write_multiple = true\n",
+        )
+        .replacen(
+            "[gateway]\nid = \"bench\"\n",
+            &format!(
+                "[gateway]\nid = \"bench\"\ndata_dir = \"{}\"\nidentity = \"{}\"\n",
+                d.join("data").display(),
+                d.join("id.key").display()
+            ),
+            1,
+        );
     c.push_str(&format!(
         "\n[grpc]\nlisten = \"127.0.0.1:{port}\"\ncert_file = \"{p}/server.pem\"\nkey_file = \"{p}/server.key\"\nclient_ca_file = \"{p}/ca.pem\"\n\n[dr]\nissuers = [{{ name = \"operator\", public_key = \"{o}\" }}]\n",
         p = d.join("pki").display(),

@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use gridgate_dr::tables::DrStore;
-use gridgate_tests::dr_site::{Site, WAIT, event, keygen, plant, reads, switched, wait_for_port};
+use gridgate_tests::dr_site::{
+    Site, WAIT, event, keygen, pcs_with_read_write_multiple, plant, reads, switched, wait_for_port,
+};
 use gridgate_tests::{Gateway, sims};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -856,6 +858,8 @@ async fn a_load_that_never_acknowledges_is_retried_and_reported_failed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_load_moved_by_an_unconfirmed_write_is_restored_at_the_end() {
     let (sims, site, config) = plant().await;
+    // The read-back comes in function 23's own reply, and still shows the floor.
+    let config = pcs_with_read_write_multiple(&config);
     let d = site.dir.path();
     let _gw = Gateway::start_in(d, &config).await;
     wait_for_port(site.port).await;
@@ -1112,6 +1116,8 @@ fn record_changes(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_events_follow_priority_and_hand_the_load_back() {
     let (sims, site, config) = plant().await;
+    // Written by function 23 until the device turns out not to have it (below).
+    let config = pcs_with_read_write_multiple(&config);
     let d = site.dir.path();
     let _gw = Gateway::start_in(d, &config).await;
     wait_for_port(site.port).await;
@@ -1128,6 +1134,9 @@ async fn overlapping_events_follow_priority_and_hand_the_load_back() {
         setpoint(&sims.lines[0].devices[0]) == 60.0
     })
     .await;
+    // From here the device answers function 23 with "illegal function": the gateway falls
+    // back to a plain write and a read, and the sequence below is the same.
+    sims.lines[0].devices[0].set_without_read_write(true);
     let b = event("high", "operator", "load = \"pcs\"\nsetpoint = 30.0")
         .replace("duration = \"15m\"", "duration = \"3s\"")
         .replace("expires = ", "priority = 5\nexpires = ");

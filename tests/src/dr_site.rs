@@ -149,6 +149,14 @@ pub fn keygen(dir: &Path) {
         .expect("save");
 }
 
+/// `config` with the plant's unit 1 (`pcs`) written by function 23, write and read-back in
+/// one call.
+pub fn pcs_with_read_write_multiple(config: &str) -> String {
+    let unit1 = "protocol = \"modbus\"\nunit = 1\n";
+    assert!(config.contains(unit1), "{config}");
+    config.replacen(unit1, &format!("{unit1}read_write_multiple = true\n"), 1)
+}
+
 /// A plant: two simulated Modbus devices (55 kW and 20 kW) on one TCP line, the gateway's
 /// site PKI, an operator key, and a config with two loads: `pcs` on a setpoint register
 /// (shed_kw up to 30 kW) and `pump` on a switch coil.

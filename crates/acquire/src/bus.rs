@@ -296,7 +296,7 @@ impl BusPoller {
         let cfg = self.devices[idx].cfg.clone();
         let readings = match &cfg.kind {
             DeviceKind::Dlt645 { address } => self.poll_dlt645(idx, *address).await,
-            DeviceKind::Modbus { unit, plan } => self.poll_modbus(idx, *unit, plan).await,
+            DeviceKind::Modbus { unit, plan, .. } => self.poll_modbus(idx, *unit, plan).await,
         };
         self.update_state(idx, &readings);
         readings

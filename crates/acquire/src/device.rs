@@ -1,6 +1,7 @@
 //! Device I/O done by the bus task that owns the line: reads with retries, and writes that
 //! read the control first (so that the caller can restore it), write, and read it back: a
-//! write counts as acknowledged only when the device shows the new value.
+//! write counts as acknowledged only when the device shows the new value. A Modbus device
+//! with function 23 writes and reads back in one call.
 
 use gridgate_config::dr::RELAY_POINT;
 use gridgate_config::{BusTiming, DeviceConfig, DeviceKind, PointSource};
@@ -9,7 +10,7 @@ use gridgate_drivers::dlt645::{
 };
 use gridgate_drivers::link::LineStream;
 use gridgate_drivers::modbus::{self, ModbusError, ModbusLine, ReadData, Table};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::request::{ControlError, ControlOutcome, ControlRequest};
 
@@ -69,7 +70,12 @@ pub async fn write_modbus(
     req: &ControlRequest,
 ) -> Result<ControlOutcome, ControlError> {
     let name = format!("{}/{}", req.device, req.point);
-    let DeviceKind::Modbus { unit, .. } = device.kind else {
+    let DeviceKind::Modbus {
+        unit,
+        read_write_multiple,
+        ..
+    } = device.kind
+    else {
         return Err(ControlError::NotWritable(
             name,
             "only Modbus points are written",
@@ -115,6 +121,7 @@ pub async fn write_modbus(
         },
         previous,
     };
+    let mut read_back = None;
     match spec.table {
         Table::Coil => line
             .write_coil(unit, spec.address, req.value != 0.0)
@@ -124,14 +131,33 @@ pub async fn write_modbus(
             let raw = (req.value - spec.offset) / spec.scale;
             let words =
                 modbus::encode_registers(raw, spec.data_type, spec.byte_order, spec.word_order);
-            line.write_registers(unit, spec.address, &words)
-                .await
-                .map_err(|e| after_write(device_error(e)))?
+            if read_write_multiple && line.has_read_write(unit) {
+                match line.write_read_registers(unit, spec.address, &words).await {
+                    Ok(w) => read_back = Some(ReadData::Words(w)),
+                    // An exception is a request not carried out: nothing moved, so the
+                    // plain write below is the first write.
+                    Err(ModbusError::Exception { code: 1 }) => warn!(
+                        device = %device.name,
+                        "the device does not support function 23 (Read/Write Multiple \
+                         Registers): writing with 06/16 and reading back instead; take \
+                         read_write_multiple out of its [[device]]"
+                    ),
+                    Err(e) => return Err(after_write(device_error(e))),
+                }
+            }
+            if read_back.is_none() {
+                line.write_registers(unit, spec.address, &words)
+                    .await
+                    .map_err(|e| after_write(device_error(e)))?
+            }
         }
     }
-    let after = read_modbus(line, unit, spec.table, spec.address, len, timing)
-        .await
-        .map_err(|e| after_write(device_error(e)))?;
+    let after = match read_back {
+        Some(data) => data,
+        None => read_modbus(line, unit, spec.table, spec.address, len, timing)
+            .await
+            .map_err(|e| after_write(device_error(e)))?,
+    };
     let confirmed = read(&after).map_err(after_write)?;
     // Registers hold whole raw steps: the value read back is the written one rounded to
     // a step of `scale`.

@@ -236,6 +236,9 @@ pub enum DeviceKind {
         unit: u8,
         /// Reads that cover all points.
         plan: Vec<ReadPlan>,
+        /// Writes holding registers with function 23 (Read/Write Multiple Registers), which
+        /// returns the read-back in the same reply: one round trip fewer per DR write.
+        read_write_multiple: bool,
     },
 }
 
@@ -752,6 +755,14 @@ impl Checker<'_> {
         }
         let kind = match protocol {
             Protocol::Dlt645 => {
+                if let Some(r) = &d.read_write_multiple {
+                    self.problem(
+                        r,
+                        key("read_write_multiple"),
+                        "read_write_multiple is a Modbus function; DL/T 645 meters do not have it"
+                            .into(),
+                    );
+                }
                 if let Some(u) = &d.unit {
                     self.problem(
                         u,
@@ -810,6 +821,10 @@ impl Checker<'_> {
                 DeviceKind::Modbus {
                     unit,
                     plan: modbus::plan(&specs, max_gap),
+                    read_write_multiple: d
+                        .read_write_multiple
+                        .as_ref()
+                        .is_some_and(|r| *r.get_ref()),
                 }
             }
         };

@@ -160,6 +160,7 @@ pub struct RawDevice {
     pub unit: Option<Spanned<i64>>,
     pub poll: Option<Spanned<String>>,
     pub max_gap: Option<Spanned<u16>>,
+    pub read_write_multiple: Option<Spanned<bool>>,
     #[serde(default)]
     pub points: Vec<RawPoint>,
 }

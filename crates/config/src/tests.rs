@@ -58,13 +58,38 @@ fn a_good_config_is_resolved() {
     let meter = &cfg.buses[0].devices[0];
     assert_eq!(meter.points[0].unit, "kWh", "unit comes from the DI table");
     match &cfg.buses[1].devices[0].kind {
-        DeviceKind::Modbus { unit, plan } => {
+        DeviceKind::Modbus {
+            unit,
+            plan,
+            read_write_multiple,
+        } => {
             assert_eq!(*unit, 3);
+            assert!(!read_write_multiple, "function 23 only when asked for");
             // holding 0..2 and 10 merge (gap 8), discrete input apart.
             assert_eq!(plan.len(), 2);
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn function_23_is_for_modbus_devices_that_ask_for_it() {
+    let on = GOOD.replace("unit = 3\n", "unit = 3\nread_write_multiple = true\n");
+    let cfg = parse(&on, Path::new("site.toml")).unwrap();
+    assert!(matches!(
+        cfg.buses[1].devices[0].kind,
+        DeviceKind::Modbus {
+            read_write_multiple: true,
+            ..
+        }
+    ));
+    let meter = GOOD.replace(
+        "address = \"000000000001\"\n",
+        "address = \"000000000001\"\nread_write_multiple = true\n",
+    );
+    let p = problems(&meter);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].key.ends_with("read_write_multiple"), "{:?}", p[0]);
 }
 
 #[test]

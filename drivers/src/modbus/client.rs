@@ -58,6 +58,8 @@ pub struct ModbusLine {
     serial: SerialSettings,
     timeout: Duration,
     ctx: Option<Context>,
+    /// Units that answered function 23 with "illegal function".
+    without_read_write: Vec<u8>,
 }
 
 impl std::fmt::Debug for ModbusLine {
@@ -78,6 +80,7 @@ impl ModbusLine {
             serial: SerialSettings::MODBUS_RTU,
             timeout,
             ctx: None,
+            without_read_write: Vec::new(),
         }
     }
 
@@ -209,6 +212,47 @@ impl ModbusLine {
             })
             .await
         }
+    }
+
+    /// Writes holding registers and reads the same registers back in one transaction
+    /// (23, Read/Write Multiple Registers: the device writes before it reads), so a write
+    /// and its confirmation cost one round trip instead of two.
+    pub async fn write_read_registers(
+        &mut self,
+        unit: u8,
+        start: u16,
+        words: &[u16],
+    ) -> Result<Vec<u16>, ModbusError> {
+        let words = words.to_vec();
+        let count = words.len() as u16;
+        let read = self
+            .call(unit, move |c| {
+                Box::pin(async move {
+                    c.read_write_multiple_registers(start, count, start, &words)
+                        .await
+                })
+            })
+            .await
+            .inspect_err(|e| {
+                if matches!(e, ModbusError::Exception { code: 1 })
+                    && !self.without_read_write.contains(&unit)
+                {
+                    self.without_read_write.push(unit);
+                }
+            })?;
+        if read.len() < usize::from(count) {
+            return Err(ModbusError::Protocol(format!(
+                "wrote {count} registers at {start}, read back {}",
+                read.len()
+            )));
+        }
+        Ok(read)
+    }
+
+    /// False once `unit` has answered function 23 with exception 01 (illegal function):
+    /// it did nothing, and its writes go as 06/16 and a read from then on.
+    pub fn has_read_write(&self, unit: u8) -> bool {
+        !self.without_read_write.contains(&unit)
     }
 
     /// Writes one coil (05).

@@ -52,6 +52,8 @@ pub struct SimDevice {
     inhibit: Arc<AtomicBool>,
     /// Tenths of a percent the device never runs below, 0 for none.
     floor: Arc<AtomicU16>,
+    /// Answers function 23 with exception 01, as the many devices that lack it do.
+    no_read_write: Arc<AtomicBool>,
 }
 
 impl SimDevice {
@@ -63,6 +65,7 @@ impl SimDevice {
             silent: Arc::new(AtomicBool::new(false)),
             inhibit: Arc::new(AtomicBool::new(false)),
             floor: Arc::new(AtomicU16::new(0)),
+            no_read_write: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -73,6 +76,11 @@ impl SimDevice {
             (pct * 10.0).round().clamp(0.0, 1000.0) as u16,
             Ordering::SeqCst,
         );
+    }
+
+    /// Withdraws function 23 (Read/Write Multiple Registers), or gives it back.
+    pub fn set_without_read_write(&self, without: bool) {
+        self.no_read_write.store(without, Ordering::SeqCst);
     }
 
     fn set_setpoint(&self, raw: u16) -> Result<(), ExceptionCode> {
@@ -182,6 +190,15 @@ impl SimDevice {
             Request::WriteMultipleRegisters(a, ref v) if a == SETPOINT_REGISTER && v.len() == 1 => {
                 self.set_setpoint(v[0])?;
                 Ok(Response::WriteMultipleRegisters(a, 1))
+            }
+            Request::ReadWriteMultipleRegisters(ra, rn, wa, ref v)
+                if wa == SETPOINT_REGISTER
+                    && v.len() == 1
+                    && !self.no_read_write.load(Ordering::SeqCst) =>
+            {
+                self.set_setpoint(v[0])?;
+                self.read_regs(false, ra, rn)
+                    .map(Response::ReadWriteMultipleRegisters)
             }
             Request::WriteSingleCoil(a, on) if a == SWITCH_COIL => {
                 self.load.lock().on = on;
@@ -317,6 +334,31 @@ mod tests {
             line.read(9, Table::HoldingRegister, 0, 1).await,
             Err(ModbusError::Exception { code: 0x0B })
         ));
+        // Function 23: written, then read back in the same reply; the floor shows in it.
+        assert_eq!(
+            line.write_read_registers(1, SETPOINT_REGISTER, &[300])
+                .await
+                .unwrap(),
+            vec![300]
+        );
+        dev.set_floor_pct(40.0);
+        assert_eq!(
+            line.write_read_registers(1, SETPOINT_REGISTER, &[300])
+                .await
+                .unwrap(),
+            vec![400]
+        );
+        dev.set_without_read_write(true);
+        assert!(matches!(
+            line.write_read_registers(1, SETPOINT_REGISTER, &[600])
+                .await,
+            Err(ModbusError::Exception { code: 1 })
+        ));
+        assert_eq!(
+            load.lock().setpoint_pct,
+            40.0,
+            "a refused call writes nothing"
+        );
         dev.set_silent(true);
         assert!(matches!(
             line.read(1, Table::HoldingRegister, 0, 1).await,
