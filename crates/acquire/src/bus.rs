@@ -14,7 +14,9 @@ use tracing::{debug, info, warn};
 
 use super::state::DeviceRegistry;
 use crate::device::{read_dlt645, read_modbus, write_dlt645, write_modbus};
-use crate::request::{BusRequest, ControlError, ControlOutcome, ControlRequest, ScanFound};
+use crate::request::{
+    BusRequest, ControlError, ControlOutcome, ControlRequest, ReadAheadRequest, ScanFound,
+};
 use gridgate_config::{BusConfig, DeviceConfig, DeviceKind, PointSource, Protocol};
 use gridgate_core::reading::{Quality, Reading, Value, now_ms};
 
@@ -75,9 +77,24 @@ pub struct BusPoller {
     reopen_backoff: Duration,
     registry: DeviceRegistry,
     controls: Option<mpsc::Receiver<BusRequest>>,
+    /// Control points read ahead of their writes, oldest first.
+    read_ahead: Vec<KeptRead>,
+}
+
+/// A control point's value read ahead of its write.
+struct KeptRead {
+    device: String,
+    point: String,
+    at: Instant,
+    data: ReadData,
 }
 
 const REOPEN_FIRST: Duration = Duration::from_millis(500);
+/// How long a value read ahead stands for the value before the write: the read only
+/// overlaps the event's store (milliseconds); past this the write reads again.
+const READ_AHEAD_FRESH: Duration = Duration::from_secs(1);
+/// Values read ahead a bus keeps (one per load on its line, at most).
+const READ_AHEAD_KEPT: usize = 256;
 
 impl BusPoller {
     /// A poller for `bus`; nothing is opened until the first poll.
@@ -113,6 +130,7 @@ impl BusPoller {
             reopen_backoff: REOPEN_FIRST,
             registry,
             controls: None,
+            read_ahead: Vec::new(),
         }
     }
 
@@ -140,8 +158,17 @@ impl BusPoller {
             .find(|d| d.cfg.name == req.device)
             .map(|d| d.cfg.clone())
             .ok_or_else(|| ControlError::Unknown(format!("{}/{}", req.device, req.point)))?;
+        // Whatever the write does, a value read before it no longer stands for the value
+        // before the next one.
+        let kept = self
+            .read_ahead
+            .iter()
+            .position(|k| k.device == req.device && k.point == req.point)
+            .map(|i| self.read_ahead.remove(i))
+            .filter(|k| k.at.elapsed() < READ_AHEAD_FRESH)
+            .map(|k| k.data);
         match &mut self.line {
-            Line::Modbus(line) => write_modbus(line, &device, &timing, req).await,
+            Line::Modbus(line) => write_modbus(line, &device, &timing, req, kept).await,
             Line::Dlt645(_) => {
                 let client = self
                     .dlt645_client()
@@ -151,6 +178,47 @@ impl BusPoller {
                         error: e,
                     })?;
                 write_dlt645(client, &device, &timing, req).await
+            }
+        }
+    }
+
+    /// Reads a Modbus control point now and keeps its value for the write about to follow;
+    /// a failed read keeps nothing (the write reads for itself).
+    async fn read_ahead(&mut self, req: ReadAheadRequest) {
+        let Line::Modbus(line) = &mut self.line else {
+            return;
+        };
+        let Some(device) = self.devices.iter().find(|d| d.cfg.name == req.device) else {
+            return;
+        };
+        let DeviceKind::Modbus { unit, .. } = device.cfg.kind else {
+            return;
+        };
+        let Some(spec) = device.cfg.points.iter().find_map(|p| match p.source {
+            PointSource::Modbus(spec) if p.name == req.point => Some(spec),
+            _ => None,
+        }) else {
+            return;
+        };
+        if !matches!(spec.table, Table::Coil | Table::HoldingRegister) {
+            return;
+        }
+        match line.read(unit, spec.table, spec.address, spec.len()).await {
+            Ok(data) => {
+                self.read_ahead
+                    .retain(|k| k.device != req.device || k.point != req.point);
+                if self.read_ahead.len() >= READ_AHEAD_KEPT {
+                    self.read_ahead.remove(0);
+                }
+                self.read_ahead.push(KeptRead {
+                    device: req.device,
+                    point: req.point,
+                    at: Instant::now(),
+                    data,
+                });
+            }
+            Err(e) => {
+                debug!(bus = %self.bus.name, device = %req.device, point = %req.point, "read ahead of a write failed: {e}")
             }
         }
     }
@@ -235,6 +303,12 @@ impl BusPoller {
                                 warn!(bus = %self.bus.name, "control write failed: {e}");
                             }
                             let _ = req.reply.send(outcome);
+                        }
+                        BusRequest::ReadAhead(req) => {
+                            tokio::select! {
+                                _ = cancel.cancelled() => break,
+                                () = self.read_ahead(req) => {}
+                            }
                         }
                         BusRequest::Scan(req) => {
                             let found = tokio::select! {
@@ -546,5 +620,85 @@ impl BusPoller {
             any_good |= slots.iter().flatten().any(|r| r.quality.is_good());
         }
         slots.into_iter().flatten().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use gridgate_config::{Control, ControlPoint};
+    use gridgate_drivers::modbus::sim::{SimBus, SimDevice, serve_tcp};
+    use gridgate_drivers::sim::{LoadModel, SharedLoad};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::Controls;
+
+    const WITHIN: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn a_value_read_ahead_stands_for_the_next_write_only_and_only_while_fresh() {
+        let load = SharedLoad::new(LoadModel::new(50.0, 100.0, 0.0));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(serve_tcp(
+            listener,
+            SimBus::new(vec![SimDevice::new(1, load.clone())]),
+        ));
+        let cfg = gridgate_config::parse(
+            &format!(
+                "[gateway]\nid = \"t\"\n\n[[bus]]\nname = \"b\"\nlink = \"tcp://127.0.0.1:{port}\"\n\n\
+                 [[device]]\nname = \"d\"\nbus = \"b\"\nprotocol = \"modbus\"\npoll = \"1h\"\n\
+                 points = [{{ name = \"setpoint\", table = \"holding\", address = 10, type = \"u16\", scale = 0.1 }}]\n"
+            ),
+            Path::new("t.toml"),
+        )
+        .expect("config");
+        let bus = cfg.buses[0].clone();
+        let (tx, rx) = mpsc::channel(8);
+        let controls = Controls::default();
+        controls.attach("b", &bus.devices, tx);
+        let (out, mut readings) = mpsc::channel(8);
+        tokio::spawn(async move { while readings.recv().await.is_some() {} });
+        let cancel = CancellationToken::new();
+        tokio::spawn(
+            BusPoller::new(bus, DeviceRegistry::default())
+                .with_controls(rx)
+                .run(out, cancel.clone()),
+        );
+        let setpoint = Control::Point(ControlPoint {
+            device: "d".into(),
+            point: "setpoint".into(),
+            auth: None,
+        });
+        let set_locally = |pct: f64| load.lock().setpoint_pct = pct;
+
+        controls.read_ahead(&setpoint);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Changed at the device after the read: the write takes the value read ahead (the
+        // read stands for the one it would have made), the next write reads for itself.
+        set_locally(80.0);
+        let first = controls
+            .write(&setpoint, 50.0, WITHIN)
+            .await
+            .expect("write");
+        assert_eq!((first.previous, first.confirmed), (100.0, 50.0));
+        let second = controls
+            .write(&setpoint, 60.0, WITHIN)
+            .await
+            .expect("write");
+        assert_eq!(second.previous, 50.0, "a value read ahead serves one write");
+
+        // Past its freshness a value read ahead is not used.
+        controls.read_ahead(&setpoint);
+        tokio::time::sleep(READ_AHEAD_FRESH + Duration::from_millis(200)).await;
+        set_locally(70.0);
+        let late = controls
+            .write(&setpoint, 40.0, WITHIN)
+            .await
+            .expect("write");
+        assert_eq!(late.previous, 70.0);
+        cancel.cancel();
     }
 }

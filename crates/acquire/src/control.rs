@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::request::{
     BusRequest, CommandRequest, ControlError, ControlOutcome, ControlRequest, PollRequest,
-    ScanFound, ScanRequest,
+    ReadAheadRequest, ScanFound, ScanRequest,
 };
 
 /// Sends the request `make` builds around its reply channel to `tx` and waits at most
@@ -101,6 +101,21 @@ impl Controls {
                 let limit = m.ack_timeout + Duration::from_secs(1);
                 ask(tx, make, limit, gone, m.load.clone()).await
             }
+        }
+    }
+
+    /// Asks the bus of a load's control point to read it now, ahead of a write about to
+    /// follow (see [`ReadAheadRequest`]). Not waited for; skipped when the bus's queue is
+    /// full, and for MQTT loads, which have nothing to read.
+    pub fn read_ahead(&self, control: &Control) {
+        let Control::Point(p) = control else {
+            return;
+        };
+        if let Ok(tx) = self.bus_of(&p.device, &p.device) {
+            let _ = tx.try_send(BusRequest::ReadAhead(ReadAheadRequest {
+                device: p.device.clone(),
+                point: p.point.clone(),
+            }));
         }
     }
 

@@ -62,12 +62,14 @@ pub async fn read_modbus(
 }
 
 /// Carries out one request on a Modbus line for `device` (the request's device): read,
-/// write, read back.
+/// write, read back. `read_ahead` is the control's value read moments ago with no write
+/// since (the bus task keeps it): the value to restore without a read of its own.
 pub async fn write_modbus(
     line: &mut ModbusLine,
     device: &DeviceConfig,
     timing: &BusTiming,
     req: &ControlRequest,
+    read_ahead: Option<ReadData>,
 ) -> Result<ControlOutcome, ControlError> {
     let name = format!("{}/{}", req.device, req.point);
     let DeviceKind::Modbus {
@@ -107,9 +109,12 @@ pub async fn write_modbus(
             })
     };
     let len = spec.len();
-    let before = read_modbus(line, unit, spec.table, spec.address, len, timing)
-        .await
-        .map_err(device_error)?;
+    let before = match read_ahead {
+        Some(data) => data,
+        None => read_modbus(line, unit, spec.table, spec.address, len, timing)
+            .await
+            .map_err(device_error)?,
+    };
     let previous = read(&before)?;
     // From here the load may have moved whatever goes wrong: every error carries the value
     // to put back.

@@ -55,11 +55,24 @@ pub struct ScanFound {
     pub snippet: String,
 }
 
+/// A control point to read now, before a write that is about to follow (a DR event being
+/// stored): the write takes this value as the one to restore instead of reading it again,
+/// so that the read overlaps the store's fsync. Nothing answers.
+#[derive(Debug)]
+pub struct ReadAheadRequest {
+    /// Device name.
+    pub device: String,
+    /// Point name.
+    pub point: String,
+}
+
 /// What a bus task is asked to do between its polls.
 #[derive(Debug)]
 pub enum BusRequest {
     /// Write a control point.
     Write(ControlRequest),
+    /// Read a control point ahead of its write.
+    ReadAhead(ReadAheadRequest),
     /// Poll a device now.
     Poll(PollRequest),
     /// Scan the line.

@@ -103,6 +103,7 @@ impl Pipeline {
         let (readings, rx) = mpsc::channel(acquire::QUEUE_DEPTH);
         let live = gridgate_core::live_channel();
         let forwarder = tokio::spawn(forward::forward(rx, handle.clone(), echo, live.clone()));
+        let controls = acquire::Controls::default();
         let shared = Shared {
             cancel: Default::default(),
             config: tokio::sync::watch::Sender::new(Arc::new(cfg.clone())),
@@ -115,8 +116,8 @@ impl Pipeline {
             ingest: Default::default(),
             uplink: Default::default(),
             live,
-            dr: Default::default(),
-            controls: Default::default(),
+            dr: gridgate_dr::shared::DrShared::new(controls.clone()),
+            controls,
             identity,
             ledger_wake: Default::default(),
             sync_wake: Default::default(),

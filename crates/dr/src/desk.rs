@@ -183,6 +183,22 @@ impl Desk {
             reported: false,
             accepted_us,
         };
+        // An event due at once: its loads' values to restore are read while its record is
+        // made durable, so the relay's writes, once it is stored, start with the write.
+        let at_once =
+            checked.start_ms <= now && checked.event.ramp_s == 0 && checked.event.randomize_s == 0;
+        if at_once {
+            for t in &checked.event.targets {
+                if let Some(c) = cfg
+                    .loads
+                    .iter()
+                    .find(|l| l.name == t.load)
+                    .and_then(|l| l.control.as_ref())
+                {
+                    self.dr.shared.controls.read_ahead(c);
+                }
+            }
+        }
         let record = status.encode_to_vec();
         let fresh = self
             .store

@@ -43,16 +43,27 @@ pub struct DrShared {
     pub updates: Updates,
     /// Dispatches seen, by outcome.
     pub stats: Arc<DrStats>,
+    /// The field devices (the gateway's one handle): the desk reads a new event's controls
+    /// ahead of the relay's writes.
+    pub controls: gridgate_acquire::Controls,
 }
 
-impl Default for DrShared {
-    fn default() -> Self {
+impl DrShared {
+    /// Shared parts around the gateway's handle to its field devices.
+    pub fn new(controls: gridgate_acquire::Controls) -> Self {
         DrShared {
             records: RecordLock::default(),
             wake: Arc::default(),
             updates: tokio::sync::broadcast::Sender::new(UPDATES_DEPTH),
             stats: Arc::default(),
+            controls,
         }
+    }
+}
+
+impl Default for DrShared {
+    fn default() -> Self {
+        DrShared::new(gridgate_acquire::Controls::default())
     }
 }
 
