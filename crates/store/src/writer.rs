@@ -180,10 +180,11 @@ impl StoreHandle {
 /// unacknowledged), not memory growth.
 pub const QUEUE: usize = 64;
 
-/// Batches' worth of readings one commit takes at most. Measured on the ingest bench:
-/// 1 gave 0.32 of bare redb, 2 gave 0.51-0.57 at a peak RSS of 62-67 MiB, 4 and 8 about
-/// 0.62-0.72 but 72-77 MiB, over the 64 MiB the small boxes allow.
-const BATCHES_PER_COMMIT: usize = 2;
+/// Batches' worth of readings one commit takes at most. More pays one fsync for several
+/// batches, but measured on the ingest bench (1,000,000 readings flat out) it costs
+/// memory the small boxes do not have: 1 gave 0.32 of bare redb at a peak RSS of 57 MiB,
+/// 2 gave 0.57 at 62-67 MiB, 4 and 8 about 0.62-0.72 at 72-77 MiB, against 64 MiB.
+const BATCHES_PER_COMMIT: usize = 1;
 
 /// Starts the writer on `store`. It runs until every sender (every clone of the handle's
 /// `tx`) is gone, committing what is left first.
@@ -235,9 +236,8 @@ async fn run(
     ),
 ) {
     let mut failing = Failing::default();
-    // A commit takes up to two batches' worth of what is waiting: its fsync is paid once
-    // for both (flat out, a commit of one batch spent much of its time waiting on the
-    // disk), and the batches it closes are still no larger than configured.
+    // A commit takes up to BATCHES_PER_COMMIT batches' worth of what is waiting, and the
+    // batches it closes are no larger than configured however much was open before.
     let group_max = cfg.batch_readings.max(1).saturating_mul(BATCHES_PER_COMMIT);
     let mut open_since = (open > 0).then(Instant::now);
     let mut closing = false;
