@@ -155,7 +155,7 @@ pub struct Committed {
     /// Of those, the points whose dropped reading said something else than the one stored
     /// for that time (a device that reuses timestamps, or a clock gone back).
     pub conflicting: Vec<String>,
-    /// Batches closed by this commit: (the last one's seq, readings in all of them).
+    /// Batch closed by this commit: (seq, readings).
     pub closed: Option<(u64, usize)>,
 }
 
@@ -351,29 +351,6 @@ impl Store {
         dedupe: &[bool],
         seal: Option<Sealer<'_>>,
     ) -> Result<Committed, StoreError> {
-        self.commit_sealing(readings, dedupe, seal.map(|s| (s, usize::MAX)))
-    }
-
-    /// As [`Store::commit`], closing the open readings (when `seal` is given) into as few
-    /// batches of at most `per_batch` readings each as hold them, of even size, chained in
-    /// order: a writer that takes several batches' worth of readings in one commit pays
-    /// one fsync for all of them and still closes batches no larger than configured.
-    pub fn commit_in_batches(
-        &self,
-        readings: Vec<pb::Reading>,
-        dedupe: &[bool],
-        seal: Sealer<'_>,
-        per_batch: usize,
-    ) -> Result<Committed, StoreError> {
-        self.commit_sealing(readings, dedupe, Some((seal, per_batch.max(1))))
-    }
-
-    fn commit_sealing(
-        &self,
-        readings: Vec<pb::Reading>,
-        dedupe: &[bool],
-        seal: Option<(Sealer<'_>, usize)>,
-    ) -> Result<Committed, StoreError> {
         let mut provisional = Vec::new();
         let result = self.commit_inner(readings, dedupe, seal, &mut provisional);
         if result.is_err() && !provisional.is_empty() {
@@ -391,7 +368,7 @@ impl Store {
         &self,
         readings: Vec<pb::Reading>,
         dedupe: &[bool],
-        seal: Option<(Sealer<'_>, usize)>,
+        seal: Option<Sealer<'_>>,
         provisional: &mut Vec<u128>,
     ) -> Result<Committed, StoreError> {
         let txn = self.begin_write()?;
@@ -457,7 +434,7 @@ impl Store {
                     })
                     .map_err(db)?;
             }
-            if let Some((seal, per_batch)) = seal {
+            if let Some(seal) = seal {
                 let mut batched = Vec::with_capacity(open.len().map_err(db)? as usize);
                 let mut open_bytes = 0u64;
                 for entry in open.iter().map_err(db)? {
@@ -476,30 +453,22 @@ impl Store {
                 }
                 batched.append(&mut fresh);
                 if !batched.is_empty() {
-                    let mut seq = get(&meta, NEXT_SEQ)?;
+                    let seq = get(&meta, NEXT_SEQ)?;
                     let mut hashes = txn.open_table(META_BYTES).map_err(db)?;
-                    let mut prev = hash_of(&hashes, LAST_HASH)?;
+                    let prev = hash_of(&hashes, LAST_HASH)?;
+                    let sealed = seal(seq, prev, batched);
                     let mut batches = txn.open_table(BATCHES).map_err(db)?;
+                    batches.insert(seq, sealed.bytes.as_slice()).map_err(db)?;
                     let mut sizes = txn.open_table(BATCH_SIZES).map_err(db)?;
-                    let parts = batched.len().div_ceil(per_batch);
-                    let size = batched.len().div_ceil(parts);
-                    let (mut sealed_bytes, mut sealed_readings) = (0u64, 0usize);
-                    let mut rest = batched.into_iter();
-                    for _ in 0..parts {
-                        let sealed = seal(seq, prev, rest.by_ref().take(size).collect());
-                        batches.insert(seq, sealed.bytes.as_slice()).map_err(db)?;
-                        sizes
-                            .insert(seq, (sealed.bytes.len() as u64, sealed.readings as u64))
-                            .map_err(db)?;
-                        sealed_bytes += sealed.bytes.len() as u64;
-                        sealed_readings += sealed.readings;
-                        prev = sealed.hash;
-                        seq += 1;
-                    }
-                    hashes.insert(LAST_HASH, prev.as_slice()).map_err(db)?;
-                    meta.insert(NEXT_SEQ, seq).map_err(db)?;
-                    stored = stored - open_bytes.min(stored) + sealed_bytes;
-                    out.closed = Some((seq - 1, sealed_readings));
+                    sizes
+                        .insert(seq, (sealed.bytes.len() as u64, sealed.readings as u64))
+                        .map_err(db)?;
+                    hashes
+                        .insert(LAST_HASH, sealed.hash.as_slice())
+                        .map_err(db)?;
+                    meta.insert(NEXT_SEQ, seq + 1).map_err(db)?;
+                    stored = stored - open_bytes.min(stored) + sealed.bytes.len() as u64;
+                    out.closed = Some((seq, sealed.readings));
                 }
             }
             meta.insert(STORED_BYTES, stored).map_err(db)?;

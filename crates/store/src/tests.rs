@@ -53,46 +53,6 @@ fn readings_become_a_verifiable_chain_that_survives_reopening() {
 }
 
 #[test]
-fn one_commit_closes_several_batches_no_larger_than_asked_and_chained() {
-    let dir = tempfile::tempdir().unwrap();
-    let id = Identity::generate().unwrap();
-    let s = sealer(&id);
-    let store = Store::open(dir.path(), "gw-1").unwrap();
-    // 500 open from before, 2,000 in the commit: three batches of at most 1,000.
-    store
-        .commit((0..500).map(reading).collect(), &[], None)
-        .unwrap();
-    let c = store
-        .commit_in_batches((500..2500).map(reading).collect(), &[], &s, 1000)
-        .unwrap();
-    assert_eq!(
-        c.closed,
-        Some((2, 2500)),
-        "the last batch's seq, every reading"
-    );
-    let mut v = ChainVerifier::new(id.public());
-    let (mut sizes, mut ts) = (vec![], vec![]);
-    for (seq, bytes) in store.batches_from(0, 100).unwrap() {
-        let b = v.push(seq, &bytes).unwrap();
-        sizes.push(b.readings.len());
-        ts.extend(b.readings.iter().map(|r| r.ts_ms));
-    }
-    assert_eq!(sizes, vec![834, 834, 832], "even, none over 1,000");
-    assert_eq!(
-        ts,
-        (0..2500).collect::<Vec<_>>(),
-        "every reading once, in order"
-    );
-    let st = store.stats().unwrap();
-    assert_eq!((st.next_seq, st.open_readings), (3, 0));
-    // One batch's worth or less stays one batch.
-    let c = store
-        .commit_in_batches((2500..3500).map(reading).collect(), &[], &s, 1000)
-        .unwrap();
-    assert_eq!(c.closed, Some((3, 1000)));
-}
-
-#[test]
 fn cursors_only_move_forward_and_never_past_the_head() {
     let dir = tempfile::tempdir().unwrap();
     let id = Identity::generate().unwrap();

@@ -180,12 +180,6 @@ impl StoreHandle {
 /// unacknowledged), not memory growth.
 pub const QUEUE: usize = 64;
 
-/// Batches' worth of readings one commit takes at most. More pays one fsync for several
-/// batches, but measured on the ingest bench (1,000,000 readings flat out) it costs
-/// memory the small boxes do not have: 1 gave 0.32 of bare redb at a peak RSS of 57 MiB,
-/// 2 gave 0.57 at 62-67 MiB, 4 and 8 about 0.62-0.72 at 72-77 MiB, against 64 MiB.
-const BATCHES_PER_COMMIT: usize = 1;
-
 /// Starts the writer on `store`. It runs until every sender (every clone of the handle's
 /// `tx`) is gone, committing what is left first.
 pub fn start(
@@ -236,9 +230,7 @@ async fn run(
     ),
 ) {
     let mut failing = Failing::default();
-    // A commit takes up to BATCHES_PER_COMMIT batches' worth of what is waiting, and the
-    // batches it closes are no larger than configured however much was open before.
-    let group_max = cfg.batch_readings.max(1).saturating_mul(BATCHES_PER_COMMIT);
+    let group_max = cfg.batch_readings.max(1);
     let mut open_since = (open > 0).then(Instant::now);
     let mut closing = false;
     loop {
@@ -291,18 +283,17 @@ async fn run(
         let st = store.clone();
         let id = identity.clone();
         let gw = cfg.gateway_id.clone();
-        let batch_readings = cfg.batch_readings.max(1);
         let result = tokio::task::spawn_blocking(move || {
             // A disk that stops answering, for the watchdog test.
             fail::fail_point!("store-commit");
             let sealer = move |seq: u64, prev: [u8; 32], rs: Vec<pb::Reading>| {
                 seal(&id, &gw, seq, prev, now_ms(), rs)
             };
-            if close {
-                st.commit_in_batches(readings, &dedupe, &sealer, batch_readings)
-            } else {
-                st.commit(readings, &dedupe, None)
-            }
+            st.commit(
+                readings,
+                &dedupe,
+                close.then_some(&sealer as &dyn Fn(_, _, _) -> _),
+            )
         })
         .await;
         let outcome = match result {
@@ -412,7 +403,6 @@ async fn sleep_until_opt(t: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prost::Message;
     use std::sync::atomic::Ordering::Relaxed;
 
     fn writer(dir: &std::path::Path) -> (StoreHandle, tokio::task::JoinHandle<()>) {
@@ -437,7 +427,7 @@ mod tests {
 
     /// Two hundred sources submit at once: each is told Committed, far fewer commits than
     /// submissions were made (one fsync serves every submission waiting), and every reading
-    /// is in the store, in batches of at most 50 (or still open).
+    /// is in the store, in closed batches of 50.
     #[tokio::test]
     async fn waiting_submissions_share_a_commit_and_each_hears_it() {
         let dir = tempfile::tempdir().unwrap();
@@ -460,22 +450,7 @@ mod tests {
         assert!(commits <= 20, "{commits} commits for 200 submissions");
         assert_eq!(handle.committed.load(Relaxed), 200);
         let stats = handle.store.stats().unwrap();
-        let sizes: Vec<u64> = handle
-            .store
-            .batches_from(0, 100)
-            .unwrap()
-            .iter()
-            .map(|(_, bytes)| {
-                let signed = pb::SignedBatch::decode(bytes.as_slice()).unwrap();
-                pb::Batch::decode(signed.batch.as_slice())
-                    .unwrap()
-                    .readings
-                    .len() as u64
-            })
-            .collect();
-        assert!(sizes.iter().all(|n| *n <= 50), "{sizes:?}");
-        assert!(sizes.len() >= 4, "{sizes:?}");
-        assert_eq!(sizes.iter().sum::<u64>() + stats.open_readings, 200);
+        assert_eq!((stats.next_seq, stats.open_readings), (4, 0));
     }
 
     /// A source whose writer is gone is told so, never Committed.
