@@ -177,7 +177,7 @@ async fn run(events: usize) {
         "dr_latency: {events} events, each setting {LOADS} Modbus-TCP loads (one device and bus each)"
     );
     println!(
-        "relay, Dispatch accepted -> last load acknowledged (read, write, read back): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        "relay, Dispatch accepted -> last load acknowledged (read ahead, write with read-back): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         percentile(&relay_ms, 0.5),
         percentile(&relay_ms, 0.99),
         relay_ms.last().copied().unwrap_or(f64::NAN)

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::state::DeviceRegistry;
-use crate::device::{read_dlt645, read_modbus, write_dlt645, write_modbus};
+use crate::device::{read_dlt645, read_modbus, writable_modbus_point, write_dlt645, write_modbus};
 use crate::request::{
     BusRequest, ControlError, ControlOutcome, ControlRequest, ReadAheadRequest, ScanFound,
 };
@@ -191,18 +191,10 @@ impl BusPoller {
         let Some(device) = self.devices.iter().find(|d| d.cfg.name == req.device) else {
             return;
         };
-        let DeviceKind::Modbus { unit, .. } = device.cfg.kind else {
+        // A point that cannot be written: its write will say why.
+        let Ok((unit, spec)) = writable_modbus_point(&device.cfg, &req.point) else {
             return;
         };
-        let Some(spec) = device.cfg.points.iter().find_map(|p| match p.source {
-            PointSource::Modbus(spec) if p.name == req.point => Some(spec),
-            _ => None,
-        }) else {
-            return;
-        };
-        if !matches!(spec.table, Table::Coil | Table::HoldingRegister) {
-            return;
-        }
         match line.read(unit, spec.table, spec.address, spec.len()).await {
             Ok(data) => {
                 self.read_ahead

@@ -9,7 +9,7 @@ use gridgate_drivers::dlt645::{
     self, Address, Client, DataId, Dlt645Error, MeterTime, RemoteCommand, RemoteControl,
 };
 use gridgate_drivers::link::LineStream;
-use gridgate_drivers::modbus::{self, ModbusError, ModbusLine, ReadData, Table};
+use gridgate_drivers::modbus::{self, ModbusError, ModbusLine, PointSpec, ReadData, Table};
 use tracing::{debug, warn};
 
 use crate::request::{ControlError, ControlOutcome, ControlRequest};
@@ -61,6 +61,36 @@ pub async fn read_modbus(
     }
 }
 
+/// The unit and register of `device`'s point `point` where it can be written (a coil or a
+/// holding register of a Modbus device), or why not.
+pub fn writable_modbus_point(
+    device: &DeviceConfig,
+    point: &str,
+) -> Result<(u8, PointSpec), ControlError> {
+    let name = || format!("{}/{point}", device.name);
+    let DeviceKind::Modbus { unit, .. } = device.kind else {
+        return Err(ControlError::NotWritable(
+            name(),
+            "only Modbus points are written",
+        ));
+    };
+    let p = device
+        .points
+        .iter()
+        .find(|p| p.name == point)
+        .ok_or_else(|| ControlError::Unknown(name()))?;
+    let PointSource::Modbus(spec) = p.source else {
+        return Err(ControlError::NotWritable(name(), "not a Modbus point"));
+    };
+    if !matches!(spec.table, Table::Coil | Table::HoldingRegister) {
+        return Err(ControlError::NotWritable(
+            name(),
+            "only coils and holding registers can be written",
+        ));
+    }
+    Ok((unit, spec))
+}
+
 /// Carries out one request on a Modbus line for `device` (the request's device): read,
 /// write, read back. `read_ahead` is the control's value read moments ago with no write
 /// since (the bus task keeps it): the value to restore without a read of its own.
@@ -71,32 +101,15 @@ pub async fn write_modbus(
     req: &ControlRequest,
     read_ahead: Option<ReadData>,
 ) -> Result<ControlOutcome, ControlError> {
+    let (unit, spec) = writable_modbus_point(device, &req.point)?;
+    let read_write_multiple = matches!(
+        device.kind,
+        DeviceKind::Modbus {
+            read_write_multiple: true,
+            ..
+        }
+    );
     let name = format!("{}/{}", req.device, req.point);
-    let DeviceKind::Modbus {
-        unit,
-        read_write_multiple,
-        ..
-    } = device.kind
-    else {
-        return Err(ControlError::NotWritable(
-            name,
-            "only Modbus points are written",
-        ));
-    };
-    let point = device
-        .points
-        .iter()
-        .find(|p| p.name == req.point)
-        .ok_or_else(|| ControlError::Unknown(name.clone()))?;
-    let PointSource::Modbus(spec) = point.source else {
-        return Err(ControlError::NotWritable(name, "not a Modbus point"));
-    };
-    if !matches!(spec.table, Table::Coil | Table::HoldingRegister) {
-        return Err(ControlError::NotWritable(
-            name,
-            "only coils and holding registers can be written",
-        ));
-    }
     let device_error = |e: ModbusError| ControlError::Device {
         point: name.clone(),
         error: e.to_string(),

@@ -61,12 +61,6 @@ impl DrShared {
     }
 }
 
-impl Default for DrShared {
-    fn default() -> Self {
-        DrShared::new(gridgate_acquire::Controls::default())
-    }
-}
-
 /// The event a stored record carries.
 pub(crate) fn event_of(status: &pb::EventStatus) -> Option<pb::DrEvent> {
     status
