@@ -355,21 +355,45 @@ devices = [{ unit = 1, rated_kw = 30.0 }]
         .find_map(|l| l.strip_prefix("area feeder-7, interval "))
         .expect("interval")
         .to_string();
+    let load_log = || {
+        let log =
+            std::fs::read_to_string(c.node_dir("gw-load").join("gridgate.log")).unwrap_or_default();
+        let dr: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("DR") || l.contains("market") || l.contains("event"))
+            .collect();
+        dr[dr.len().saturating_sub(40)..].join("\n")
+    };
+    // The next interval may clear the load's shed too (PV gone, its supply short): then
+    // the load stays at 60 % to that interval's end, two minutes after this one began.
+    let next_end_ms = interval_ms + 2 * 60_000;
+    let wall_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or_default()
+    };
     let plant = &mut gateways[1];
-    plant
-        .wait_for(
-            Duration::from_secs(90),
-            "the load shed to 60 %",
-            reads("plant/setpoint", 60.0),
-        )
-        .await;
-    plant
-        .wait_for(
-            Duration::from_secs(90),
+    let mut restored_ms = 0;
+    for (what, setpoint, limit) in [
+        ("the load shed to 60 %", 60.0, Duration::from_secs(90)),
+        (
             "the load back at 100 %",
-            reads("plant/setpoint", 100.0),
-        )
-        .await;
+            100.0,
+            Duration::from_millis((next_end_ms + 20_000 - wall_ms()).max(0) as u64),
+        ),
+    ] {
+        match plant
+            .try_wait_for(limit, what, reads("plant/setpoint", setpoint))
+            .await
+        {
+            Ok(v) => restored_ms = v["ts_ms"].as_i64().unwrap_or_default(),
+            Err(e) => panic!("{e}\n--- gw-load's log (DR and market):\n{}", load_log()),
+        }
+    }
+    // Back after this interval's end (with the slack of a 200 ms poll and a loaded
+    // machine): only if the next interval shed it as well, checked once that one is final.
+    let shed_through_next = restored_ms > interval_ms + 60_000 + 10_000;
     let interval = &interval;
     let delivered = |config: std::path::PathBuf| async move {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -488,6 +512,18 @@ devices = [{ unit = 1, rated_kw = 30.0 }]
         "{after}"
     );
     assert!(after.lines().any(|l| l.starts_with("gw-load")), "{after}");
+    if shed_through_next {
+        let next_price: i64 = after
+            .lines()
+            .find_map(|l| l.strip_prefix("price ")?.split(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no price in:\n{after}"));
+        assert!(
+            next_price >= 900,
+            "the load stayed shed into {next} although it cleared below its shed price, \
+             at {next_price}:\n{after}\n--- gw-load's log (DR and market):\n{}",
+            load_log()
+        );
+    }
 
     for g in gateways {
         g.stop().await;

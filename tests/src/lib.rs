@@ -207,11 +207,25 @@ impl Gateway {
         what: &str,
         pred: impl Fn(&Value) -> bool,
     ) -> Value {
+        match self.try_wait_for(limit, what, pred).await {
+            Ok(v) => v,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Waits for a reading that satisfies `pred`; otherwise says what it waited for and
+    /// the last readings (for a test that adds what else it knows, a log, before failing).
+    pub async fn try_wait_for(
+        &mut self,
+        limit: Duration,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Value, String> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match self.next(left).await {
-                Some(v) if pred(&v) => return v,
+                Some(v) if pred(&v) => return Ok(v),
                 Some(_) => {}
                 None => {
                     let tail: Vec<String> = self
@@ -221,10 +235,10 @@ impl Gateway {
                         .take(12)
                         .map(|v| v.to_string())
                         .collect();
-                    panic!(
+                    return Err(format!(
                         "no reading where {what} within {limit:?}; last readings:\n{}",
                         tail.join("\n")
-                    );
+                    ));
                 }
             }
         }
