@@ -63,7 +63,10 @@ struct DeviceRuntime {
     cfg: Arc<DeviceConfig>,
     /// Each point's reading id, `device/point`, made once.
     ids: Arc<[String]>,
+    /// The grid slot the next poll serves.
     next_due: Instant,
+    /// When the next poll starts: its slot, or at once after a poll that took its period.
+    start_at: Instant,
     failures: u32,
     online: bool,
 }
@@ -96,6 +99,49 @@ const READ_AHEAD_FRESH: Duration = Duration::from_secs(1);
 /// Values read ahead a bus keeps (one per load on its line, at most).
 const READ_AHEAD_KEPT: usize = 256;
 
+/// The runtime's timer resolution.
+const TIMER_TICK: Duration = Duration::from_millis(1);
+
+/// When a device's next poll is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NextPoll {
+    /// The grid slot it serves.
+    slot: Instant,
+    /// When it starts.
+    start_at: Instant,
+    /// Slots passed with no poll of their own.
+    missed: u64,
+}
+
+/// The poll after one due at `due` (a slot on the device's grid) that started at `started`
+/// and ended `now`. Polls stay on the grid, so they do not drift; slots already passed are
+/// skipped and counted, never caught up in a bunch. But a poll that itself took its period or
+/// longer (the device cannot be polled that often) is followed at once: waiting for the
+/// next slot would idle the line for up to a period each poll, and back-to-back polls are
+/// still a period or more apart.
+fn next_poll(
+    due: Instant,
+    started: Instant,
+    now: Instant,
+    period: Duration,
+    answered: bool,
+) -> NextPoll {
+    let mut slot = due + period;
+    let mut missed = 0;
+    if slot <= now {
+        let behind = now.duration_since(slot);
+        let skip = (behind.as_nanos() / period.as_nanos().max(1)) as u32 + 1;
+        slot += period * skip;
+        missed = u64::from(skip);
+    }
+    let flat_out = answered && now.duration_since(started) >= period;
+    NextPoll {
+        slot,
+        start_at: if flat_out { now } else { slot },
+        missed,
+    }
+}
+
 impl BusPoller {
     /// A poller for `bus`; nothing is opened until the first poll.
     pub fn new(bus: BusConfig, registry: DeviceRegistry) -> Self {
@@ -117,6 +163,7 @@ impl BusPoller {
                         .map(|p| format!("{}/{}", d.name, p.name))
                         .collect(),
                     next_due: now,
+                    start_at: now,
                     failures: 0,
                     online: true,
                 }
@@ -267,13 +314,13 @@ impl BusPoller {
             return;
         }
         loop {
-            let (idx, due) = self
+            let (idx, due, start_at) = self
                 .devices
                 .iter()
                 .enumerate()
-                .map(|(i, d)| (i, d.next_due))
-                .min_by_key(|(_, due)| *due)
-                .unwrap_or((0, Instant::now()));
+                .map(|(i, d)| (i, d.next_due, d.start_at))
+                .min_by_key(|(_, _, start_at)| *start_at)
+                .unwrap_or((0, Instant::now(), Instant::now()));
             tokio::select! {
                 // Writes first: a DR command waits at most for the poll in progress, never
                 // behind a queue of due polls (a silent device keeps polls always due).
@@ -326,13 +373,17 @@ impl BusPoller {
                     }
                     continue;
                 }
-                _ = tokio::time::sleep_until(due) => {}
+                // The timer wakes on the first millisecond tick at or after its deadline:
+                // woken a tick early, a poll starts within a tick of its slot either side,
+                // not up to a tick late (at a 1 ms period, every other slot lost).
+                _ = tokio::time::sleep_until(start_at.checked_sub(TIMER_TICK).unwrap_or(start_at)) => {}
             }
+            let started = Instant::now();
             let readings = tokio::select! {
                 _ = cancel.cancelled() => break,
                 r = self.poll(idx) => r,
             };
-            self.reschedule(idx, due);
+            self.reschedule(idx, due, started);
             if out.send(readings).await.is_err() {
                 break;
             }
@@ -340,21 +391,20 @@ impl BusPoller {
         info!(bus = %self.bus.name, "bus stopped");
     }
 
-    /// Next slot on the device's grid, so polls do not drift; slots already missed are
-    /// skipped (and counted), never bunched.
-    fn reschedule(&mut self, idx: usize, due: Instant) {
+    /// Schedules device `idx`'s next poll after the one due at `due` that started at
+    /// `started` (see [`next_poll`]).
+    fn reschedule(&mut self, idx: usize, due: Instant, started: Instant) {
         let dev = &mut self.devices[idx];
-        let period = dev.cfg.poll;
-        let now = Instant::now();
-        let mut next = due + period;
-        if next <= now {
-            let behind = now.duration_since(next);
-            let skip = (behind.as_nanos() / period.as_nanos().max(1)) as u32 + 1;
-            next += period * skip;
-            self.registry.missed(&dev.cfg.name, u64::from(skip));
-            debug!(device = %dev.cfg.name, skipped = skip, "poll overran its interval");
+        // A device that did not answer is not polled back to back: a dead one would take
+        // the line from the others.
+        let answered = dev.failures == 0;
+        let next = next_poll(due, started, Instant::now(), dev.cfg.poll, answered);
+        if next.missed > 0 {
+            self.registry.missed(&dev.cfg.name, next.missed);
+            debug!(device = %dev.cfg.name, skipped = next.missed, "poll overran its interval");
         }
-        dev.next_due = next;
+        dev.next_due = next.slot;
+        dev.start_at = next.start_at;
     }
 
     /// Polls device `idx` once.
@@ -628,6 +678,58 @@ mod tests {
     use crate::Controls;
 
     const WITHIN: Duration = Duration::from_secs(5);
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Poll starts and slots missed of a device polled `polls` times from t = 0 every
+    /// `period` ms, whose poll `n` starts `poll(n).0` ms after it could (the line busy with
+    /// something else) and takes `poll(n).1` ms.
+    fn schedule(
+        period: u32,
+        polls: u32,
+        poll: impl Fn(u32) -> (u32, u32),
+        answered: bool,
+    ) -> (Vec<u32>, u64) {
+        let t0 = Instant::now();
+        let at = |t: Instant| (t.duration_since(t0).as_micros() / 1000) as u32;
+        let (mut due, mut start_at, mut missed) = (t0, t0, 0);
+        let mut starts = Vec::new();
+        for n in 0..polls {
+            let (late, took) = poll(n);
+            let started = start_at + MS * late;
+            starts.push(at(started));
+            let next = next_poll(due, started, started + MS * took, MS * period, answered);
+            (due, start_at) = (next.slot, next.start_at);
+            missed += next.missed;
+        }
+        (starts, missed)
+    }
+
+    #[test]
+    fn polls_keep_their_grid_and_skip_what_a_late_poll_passed() {
+        // Quick polls: one a slot.
+        assert_eq!(schedule(10, 4, |_| (0, 3), true), (vec![0, 10, 20, 30], 0));
+        // One poll held up 22 ms by the line: the slots it passed are skipped and counted,
+        // and the next is on the grid again, not at once after it.
+        let (starts, missed) = schedule(10, 4, |n| (if n == 1 { 22 } else { 0 }, 3), true);
+        assert_eq!((starts, missed), (vec![0, 32, 40, 50], 2));
+    }
+
+    #[test]
+    fn a_device_slower_than_its_period_is_polled_back_to_back() {
+        // 12 ms polls every 10 ms: one after the other, never nearer than a period; the
+        // slots they cannot serve are counted (eight slots passed by 72 ms, six polls).
+        let (starts, missed) = schedule(10, 6, |_| (0, 12), true);
+        assert_eq!(starts, vec![0, 12, 24, 36, 48, 60]);
+        assert_eq!(missed, 2);
+        // Back on its grid once its polls are quick again.
+        let (starts, _) = schedule(10, 5, |n| (0, if n < 2 { 12 } else { 3 }), true);
+        assert_eq!(starts, vec![0, 12, 24, 40, 50]);
+        // A device that does not answer (timeouts) keeps to its grid: polled back to back
+        // it would take the line from the others.
+        let (starts, _) = schedule(10, 4, |_| (0, 12), false);
+        assert_eq!(starts, vec![0, 20, 40, 60]);
+    }
 
     #[tokio::test]
     async fn a_value_read_ahead_stands_for_the_next_write_only_and_only_while_fresh() {
