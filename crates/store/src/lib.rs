@@ -531,7 +531,7 @@ impl Store {
     pub fn prune(&self, required: &[String], budget: u64) -> Result<Pruned, StoreError> {
         let txn = self.begin_write()?;
         let mut out = Pruned::default();
-        {
+        let removed = {
             let cursors = txn.open_table(CURSORS).map_err(db)?;
             let mut meta = txn.open_table(META).map_err(db)?;
             let mut batches = txn.open_table(BATCHES).map_err(db)?;
@@ -551,6 +551,7 @@ impl Store {
                 delivered_below = delivered_below.min(at);
             }
             let mut anchor: Option<[u8; 32]> = None;
+            let first_before = first;
             while first < next_seq && (first < delivered_below || stored > budget) {
                 let Some(bytes) = batches.remove(first).map_err(db)? else {
                     break;
@@ -578,14 +579,23 @@ impl Store {
             if let Some(a) = anchor {
                 hashes.insert(ANCHOR_HASH, a.as_slice()).map_err(db)?;
             }
-            meta.insert(FIRST_SEQ, first).map_err(db)?;
-            meta.insert(STORED_BYTES, stored).map_err(db)?;
+            if first != first_before {
+                meta.insert(FIRST_SEQ, first).map_err(db)?;
+                meta.insert(STORED_BYTES, stored).map_err(db)?;
+            }
             if out.dropped_batches > 0 {
                 let dr = get(&meta, DROPPED_READINGS)? + out.dropped_readings;
                 let db_ = get(&meta, DROPPED_BATCHES)? + out.dropped_batches;
                 meta.insert(DROPPED_READINGS, dr).map_err(db)?;
                 meta.insert(DROPPED_BATCHES, db_).map_err(db)?;
             }
+            first != first_before
+        };
+        // Nothing to remove (the usual case after a batch closes): no commit, whose fsync
+        // would double the disk's work for every batch.
+        if !removed {
+            txn.abort().map_err(db)?;
+            return Ok(out);
         }
         txn.commit().map_err(db)?;
         if out.dropped_batches > 0 {
