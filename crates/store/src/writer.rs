@@ -181,6 +181,11 @@ impl StoreHandle {
 /// unacknowledged), not memory growth.
 pub const QUEUE: usize = 64;
 
+/// How long readings nobody waits on wait for more before a commit that would not close a
+/// batch: polled readings are acknowledged to no one, and a few milliseconds at the
+/// source cost nothing while each commit costs an fsync.
+const GATHER: Duration = Duration::from_millis(3);
+
 /// Starts the writer on `store`. It runs until every sender (every clone of the handle's
 /// `tx`) is gone, committing what is left first.
 pub fn start(
@@ -256,6 +261,25 @@ async fn run(
                     group.push(s);
                 }
                 Err(_) => break,
+            }
+        }
+        // Readings nobody waits on (polls) that would not close a batch wait a moment for
+        // more: flat out, a commit per handful of polls paid an fsync each and a pass
+        // through the open-readings table for what a batch's own commit seals directly.
+        if n > 0 && open + n < cfg.batch_readings && group.iter().all(|s| s.done.is_none()) {
+            let until = tokio::time::Instant::now() + GATHER;
+            while n < group_max && group.iter().all(|s| s.done.is_none()) {
+                match tokio::time::timeout_at(until, rx.recv()).await {
+                    Ok(Some(s)) => {
+                        n += s.readings.len();
+                        group.push(s);
+                    }
+                    Ok(None) => {
+                        closing = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
             }
         }
         let due = open_since.is_some_and(|t| t.elapsed() >= cfg.batch_interval);
