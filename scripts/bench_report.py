@@ -81,6 +81,11 @@ def fmt(x):
     return f"{x:.2f}"
 
 
+def fmt_ratio(x):
+    """A ratio to three places: judged against its target unrounded, shown as judged."""
+    return "-" if x is None else f"{x:.3f}"
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("results")
@@ -139,7 +144,7 @@ def main():
                     change += " **REGRESSED**"
                     flagged.append(name)
         rows.append(
-            f"| `{name}` | {fmt(value)} {f['unit']} | {fmt(limit)} | {fmt(ratio)} | "
+            f"| `{name}` | {fmt(value)} {f['unit']} | {fmt(limit)} | {fmt_ratio(ratio)} | "
             f"{f['target'] if f['target'] != '-' else '-'} "
             f"{'' if ok is None else ('met' if ok else '**missed**')} | "
             f"{'-' if noise is None else f'{noise:.0f}%'} | {change} |"

@@ -158,7 +158,7 @@ async fn run(length: Duration) {
     // One line per figure for scripts/bench.sh: figure, value, unit, which way is better,
     // the limit measured in the same run, the ratio to it, the target ("-": none).
     println!(
-        "result\tpolling.polls_per_s\t{gateway:.0}\tpolls/s\thigher\t{bare:.0}\t{:.2}\tratio>=0.5",
+        "result\tpolling.polls_per_s\t{gateway:.0}\tpolls/s\thigher\t{bare:.0}\t{:.3}\tratio>=0.5",
         gateway / bare
     );
 }
