@@ -579,7 +579,8 @@ impl Store {
             if let Some(a) = anchor {
                 hashes.insert(ANCHOR_HASH, a.as_slice()).map_err(db)?;
             }
-            if first != first_before {
+            let removed = first != first_before;
+            if removed {
                 meta.insert(FIRST_SEQ, first).map_err(db)?;
                 meta.insert(STORED_BYTES, stored).map_err(db)?;
             }
@@ -589,7 +590,7 @@ impl Store {
                 meta.insert(DROPPED_READINGS, dr).map_err(db)?;
                 meta.insert(DROPPED_BATCHES, db_).map_err(db)?;
             }
-            first != first_before
+            removed
         };
         // Nothing to remove (the usual case after a batch closes): no commit, whose fsync
         // would double the disk's work for every batch.

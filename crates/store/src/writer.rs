@@ -268,11 +268,16 @@ async fn run(
         // through the open-readings table for what a batch's own commit seals directly.
         if n > 0 && open + n < cfg.batch_readings && group.iter().all(|s| s.done.is_none()) {
             let until = tokio::time::Instant::now() + GATHER;
-            while n < group_max && group.iter().all(|s| s.done.is_none()) {
+            while n < group_max {
                 match tokio::time::timeout_at(until, rx.recv()).await {
                     Ok(Some(s)) => {
                         n += s.readings.len();
+                        // A source waiting for its commit ends the gathering.
+                        let waited_on = s.done.is_some();
                         group.push(s);
+                        if waited_on {
+                            break;
+                        }
                     }
                     Ok(None) => {
                         closing = true;
