@@ -15,7 +15,7 @@ use gridgate_core::Identity;
 use gridgate_proto::v1 as pb;
 use gridgate_proto::v1::telemetry_client::TelemetryClient;
 use gridgate_store::Store;
-use gridgate_store::batch::seal;
+use gridgate_store::batch::{Framed, seal_framed};
 use prost::Message;
 
 const PER_BATCH: usize = 1000;
@@ -35,7 +35,7 @@ fn now_ms() -> i64 {
 fn prefill(data: &Path, id: &Identity, batches: u64) {
     let store = Store::open(data, "bench").expect("store");
     let sealer =
-        |seq: u64, prev: [u8; 32], rs: Vec<pb::Reading>| seal(id, "bench", seq, prev, now_ms(), rs);
+        |seq: u64, prev: [u8; 32], rs: &Framed| seal_framed(id, "bench", seq, prev, now_ms(), rs);
     for b in 0..batches {
         let rs: Vec<pb::Reading> = (0..PER_BATCH)
             .map(|i| pb::Reading {
@@ -50,7 +50,7 @@ fn prefill(data: &Path, id: &Identity, batches: u64) {
                 error: String::new(),
             })
             .collect();
-        store.commit(rs, &[], Some(&sealer)).expect("commit");
+        store.commit(&rs, &[], Some(&sealer)).expect("commit");
     }
 }
 

@@ -58,7 +58,7 @@ pub(crate) async fn forward(
                 Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {}
             }
         }
-        let readings = gridgate_core::store_and_publish(group, &live);
+        let readings = gridgate_core::publish(group, &live);
         let sub = Submission {
             readings,
             dedupe: false,

@@ -57,7 +57,7 @@ pub fn stopping() {
 async fn store_alive(store: &StoreHandle, within: Duration) -> bool {
     let (done, rx) = oneshot::channel();
     let probe = Submission {
-        readings: Vec::new(),
+        readings: Default::default(),
         dedupe: false,
         done: Some(done),
     };

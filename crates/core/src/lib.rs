@@ -35,17 +35,13 @@ pub fn live_channel() -> broadcast::Sender<LiveReadings> {
     broadcast::channel(LIVE_GROUPS).0
 }
 
-/// The stored (wire) form of `readings`, which then go to `live` as they are when anyone
-/// listens: one copy of their strings, not two. Never waits and never fails: a subscriber
-/// that lags only misses readings.
-pub fn store_and_publish(
-    readings: Vec<Reading>,
-    live: &broadcast::Sender<LiveReadings>,
-) -> Vec<gridgate_proto::v1::Reading> {
-    if live.receiver_count() == 0 {
-        return readings.into_iter().map(Reading::into_pb).collect();
+/// Publishes `readings` on `live` when anyone listens and returns them for the store: one
+/// copy, shared, not one for each. Never waits and never fails: a subscriber that lags
+/// only misses readings.
+pub fn publish(readings: Vec<Reading>, live: &broadcast::Sender<LiveReadings>) -> LiveReadings {
+    let shared = Arc::new(readings);
+    if live.receiver_count() > 0 {
+        let _ = live.send(shared.clone());
     }
-    let stored = readings.iter().map(Reading::to_pb).collect();
-    let _ = live.send(Arc::new(readings));
-    stored
+    shared
 }

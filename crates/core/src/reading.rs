@@ -185,6 +185,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn encode_pb_gives_the_bytes_of_the_wire_form() {
+        use prost::Message;
+        let mut cases = vec![
+            Reading::good(
+                "m/e".into(),
+                1_700_000_000_123,
+                Value::Number(12345.67),
+                "kWh",
+            ),
+            Reading::good("m/e".into(), 0, Value::Number(0.0), ""),
+            Reading::good("m/e".into(), -5, Value::Number(-0.0), "kW"),
+            Reading::good("m/f".into(), 7, Value::Bool(false), ""),
+            Reading::good("m/f".into(), 7, Value::Bool(true), "x"),
+            Reading::good("m/t".into(), 7, Value::Text(String::new()), ""),
+            Reading::good("m/t".into(), 7, Value::Text("2026-12-07".into()), ""),
+            Reading::good(String::new(), 0, Value::Number(f64::NAN), ""),
+        ];
+        for q in [
+            Quality::Timeout,
+            Quality::Crc,
+            Quality::Exception(2),
+            Quality::MeterError(0x40),
+            Quality::DecodeError,
+            Quality::Offline,
+            Quality::LinkDown,
+            Quality::Stale,
+        ] {
+            cases.push(Reading::bad("m/p".into(), 9, q, "V", "no reply".into()));
+            cases.push(Reading::bad("m/p".into(), 9, q, "", String::new()));
+        }
+        for r in &cases {
+            let mut buf = vec![0xAA];
+            r.encode_pb(&mut buf);
+            assert_eq!(buf[1..], r.to_pb().encode_to_vec()[..], "{r:?}");
+        }
+    }
+
+    #[test]
     fn json_shape_is_what_consumers_parse() {
         let r = Reading::good("m/e".into(), 1, Value::Number(12345.67), "kWh");
         assert_eq!(
@@ -282,6 +320,34 @@ mod wire {
                 unit: self.unit,
                 quality: Some(self.quality.to_pb()),
                 error: self.error.unwrap_or_default(),
+            }
+        }
+
+        /// Appends the wire form's encoding: the bytes `self.to_pb().encode(buf)` gives,
+        /// without first copying the strings into a `pb::Reading`. The store encodes every
+        /// reading it is handed, and those copies were two allocations a reading.
+        pub fn encode_pb(&self, buf: &mut Vec<u8>) {
+            use prost::encoding::{bool as flag, double, int64, message, string};
+            // proto3 leaves out a field at its default, but always encodes a oneof that is
+            // set and a message that is present, as prost's derived encoding does.
+            if !self.point.is_empty() {
+                string::encode(1, &self.point, buf);
+            }
+            if self.ts_ms != 0 {
+                int64::encode(2, &self.ts_ms, buf);
+            }
+            match &self.value {
+                Some(Value::Number(n)) => double::encode(3, n, buf),
+                Some(Value::Bool(b)) => flag::encode(4, b, buf),
+                Some(Value::Text(t)) => string::encode(5, t, buf),
+                None => {}
+            }
+            if !self.unit.is_empty() {
+                string::encode(6, &self.unit, buf);
+            }
+            message::encode(7, &self.quality.to_pb(), buf);
+            if let Some(e) = self.error.as_ref().filter(|e| !e.is_empty()) {
+                string::encode(8, e, buf);
             }
         }
 

@@ -517,7 +517,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let store = Store::open(dir.path(), "gw").expect("store");
         let id = Identity::generate().expect("key");
-        let sealer = |seq, prev, rs| gridgate_store::batch::seal(&id, "gw", seq, prev, 1000, rs);
+        let sealer = |seq, prev, rs: &gridgate_store::batch::Framed| {
+            gridgate_store::batch::seal_framed(&id, "gw", seq, prev, 1000, rs)
+        };
         let close = |n: i64| {
             for i in 0..n {
                 let r = pb::Reading {
@@ -525,7 +527,7 @@ mod tests {
                     ts_ms: i,
                     ..Default::default()
                 };
-                store.commit(vec![r], &[], Some(&sealer)).expect("batch");
+                store.commit(&[r], &[], Some(&sealer)).expect("batch");
             }
         };
         close(5);

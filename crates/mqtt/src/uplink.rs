@@ -186,7 +186,7 @@ mod tests {
     use gridgate_core::Identity;
     use gridgate_proto::v1 as pb;
     use gridgate_store::Store;
-    use gridgate_store::batch::seal;
+    use gridgate_store::batch::{Framed, seal_framed};
     use gridgate_store::writer::{self, WriterConfig};
     use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Packet, PubAck};
     use tokio::io::AsyncWriteExt;
@@ -196,14 +196,14 @@ mod tests {
     fn store_with(dir: &std::path::Path, n: u64) -> (StoreHandle, tokio::task::JoinHandle<()>) {
         let id = Identity::generate().unwrap();
         let store = Store::open(dir, "gw-1").unwrap();
-        let sealer = |seq, prev, rs| seal(&id, "gw-1", seq, prev, 1000, rs);
+        let sealer = |seq, prev, rs: &Framed| seal_framed(&id, "gw-1", seq, prev, 1000, rs);
         for i in 0..n {
             let r = pb::Reading {
                 point: "m/p".into(),
                 ts_ms: i as i64,
                 ..Default::default()
             };
-            store.commit(vec![r], &[], Some(&sealer)).unwrap();
+            store.commit(&[r], &[], Some(&sealer)).unwrap();
         }
         let cfg = WriterConfig {
             gateway_id: "gw-1".into(),

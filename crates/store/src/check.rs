@@ -102,7 +102,16 @@ pub(super) fn check(txn: &WriteTransaction, path: &Path) -> Result<Vec<String>, 
         total += e.map_err(db)?.1.value().0;
     }
     for e in open.iter().map_err(db)? {
-        total += e.map_err(db)?.1.value().len() as u64;
+        let (id, v) = e.map_err(db)?;
+        // A batch is sealed from these bytes as they are (`batch::Framed`), so one that does
+        // not decode would be signed into a batch no one could read.
+        if let Err(err) = pb::Reading::decode(v.value()) {
+            return Err(corrupt(format!(
+                "open reading {} does not decode: {err}",
+                id.value()
+            )));
+        }
+        total += v.value().len() as u64;
     }
     if total != get(&meta, STORED_BYTES)? {
         meta.insert(STORED_BYTES, total).map_err(db)?;

@@ -9,6 +9,7 @@
 
 pub mod batch;
 mod check;
+mod input;
 mod recent;
 pub mod samples;
 pub mod writer;
@@ -21,9 +22,10 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use thiserror::Error;
 use tracing::{info, warn};
 
-use batch::{GENESIS_HASH, Sealed};
+use batch::{Framed, GENESIS_HASH, Sealed};
 use gridgate_config::DEDUPE_RECENT;
 use gridgate_core::sha256;
+pub use input::StoreReading;
 
 /// Readings handed to the store and not yet in a batch: id → encoded `Reading`.
 const OPEN: TableDefinition<u64, &[u8]> = TableDefinition::new("open_readings");
@@ -187,7 +189,7 @@ pub struct Store {
 
 /// Builds the signed batch from the open readings: given the new batch's sequence number,
 /// the previous batch's hash and the readings, it returns the sealed batch.
-pub type Sealer<'a> = &'a dyn Fn(u64, [u8; 32], Vec<pb::Reading>) -> Sealed;
+pub type Sealer<'a> = &'a dyn Fn(u64, [u8; 32], &Framed) -> Sealed;
 
 impl Store {
     /// Opens (or creates) the store in `data_dir` for `gateway_id`, and checks it.
@@ -345,9 +347,9 @@ impl Store {
     /// dropped (and counted) when a reading of the same point with the same timestamp is
     /// among the [`DEDUPE_RECENT`] most recently stored: that is how a message redelivered
     /// after a crash, in whatever order, is stored once.
-    pub fn commit(
+    pub fn commit<'r, R: StoreReading + 'r>(
         &self,
-        readings: Vec<pb::Reading>,
+        readings: impl IntoIterator<Item = &'r R>,
         dedupe: &[bool],
         seal: Option<Sealer<'_>>,
     ) -> Result<Committed, StoreError> {
@@ -364,9 +366,9 @@ impl Store {
         result
     }
 
-    fn commit_inner(
+    fn commit_inner<'r, R: StoreReading + 'r>(
         &self,
-        readings: Vec<pb::Reading>,
+        readings: impl IntoIterator<Item = &'r R>,
         dedupe: &[bool],
         seal: Option<Sealer<'_>>,
         provisional: &mut Vec<u128>,
@@ -386,16 +388,16 @@ impl Store {
             // A commit that closes a batch puts its own readings straight into it: through
             // the open-readings table they were encoded, inserted, read back, decoded and
             // deleted, for nothing.
-            let mut fresh = Vec::new();
+            let mut fresh = Framed::default();
             let mut buf = Vec::with_capacity(128);
             for (i, r) in readings.into_iter().enumerate() {
                 if dedupe.get(i).copied().unwrap_or(false) {
-                    let f = recent::fingerprint(&r.point, r.ts_ms);
-                    let value = recent::value_hash(&r);
+                    let f = recent::fingerprint(r.point(), r.ts_ms());
+                    let value = r.value_hash();
                     if let Some(stored_value) = recent.get(f) {
                         out.duplicates += 1;
                         if stored_value != value as u32 {
-                            out.conflicting.push(r.point.clone());
+                            out.conflicting.push(r.point().to_string());
                         }
                         continue;
                     }
@@ -404,16 +406,15 @@ impl Store {
                     window_rows.push((f, value));
                 }
                 out.appended += 1;
-                if let Some((point, ts, v)) = samples::sample_of(&metered, &r) {
-                    sampled.insert((point, ts), v).map_err(db)?;
-                }
-                if seal.is_some() {
-                    fresh.push(r);
-                    continue;
+                if let Some(v) = r.good_number().filter(|_| metered.contains(r.point())) {
+                    sampled.insert((r.point(), r.ts_ms()), v).map_err(db)?;
                 }
                 buf.clear();
-                r.encode(&mut buf)
-                    .map_err(|e| db(redb::StorageError::Io(std::io::Error::other(e))))?;
+                r.encode_to(&mut buf);
+                if seal.is_some() {
+                    fresh.push_encoded(&buf);
+                    continue;
+                }
                 open.insert(next_id, buf.as_slice()).map_err(db)?;
                 stored += buf.len() as u64;
                 next_id += 1;
@@ -435,28 +436,24 @@ impl Store {
                     .map_err(db)?;
             }
             if let Some(seal) = seal {
-                let mut batched = Vec::with_capacity(open.len().map_err(db)? as usize);
+                let mut batched = Framed::default();
                 let mut open_bytes = 0u64;
                 for entry in open.iter().map_err(db)? {
                     let (_, v) = entry.map_err(db)?;
                     open_bytes += v.value().len() as u64;
-                    // Only this process writes these bytes; a decode failure means the file
-                    // was damaged, and the check on open would have refused it.
-                    let r = pb::Reading::decode(v.value()).map_err(|e| StoreError::Corrupt {
-                        path: self.path.clone(),
-                        problem: format!("open reading does not decode: {e}"),
-                    })?;
-                    batched.push(r);
+                    // Sealed as stored: only this process writes these bytes, and the check
+                    // on open decodes every one.
+                    batched.push_encoded(v.value());
                 }
                 if !batched.is_empty() {
                     open.retain(|_, _| false).map_err(db)?;
                 }
-                batched.append(&mut fresh);
+                batched.append(fresh);
                 if !batched.is_empty() {
                     let seq = get(&meta, NEXT_SEQ)?;
                     let mut hashes = txn.open_table(META_BYTES).map_err(db)?;
                     let prev = hash_of(&hashes, LAST_HASH)?;
-                    let sealed = seal(seq, prev, batched);
+                    let sealed = seal(seq, prev, &batched);
                     let mut batches = txn.open_table(BATCHES).map_err(db)?;
                     batches.insert(seq, sealed.bytes.as_slice()).map_err(db)?;
                     let mut sizes = txn.open_table(BATCH_SIZES).map_err(db)?;
@@ -660,10 +657,7 @@ impl Store {
         for e in open.iter().map_err(db)?.rev() {
             let (_, v) = e.map_err(db)?;
             if let Ok(r) = pb::Reading::decode(v.value()) {
-                newest_first.push((
-                    recent::fingerprint(&r.point, r.ts_ms),
-                    recent::value_hash(&r),
-                ));
+                newest_first.push((recent::fingerprint(&r.point, r.ts_ms), r.value_hash()));
             }
             if newest_first.len() >= DEDUPE_RECENT {
                 break;
@@ -681,10 +675,7 @@ impl Store {
                 continue;
             };
             for r in batch.readings.iter().rev() {
-                newest_first.push((
-                    recent::fingerprint(&r.point, r.ts_ms),
-                    recent::value_hash(r),
-                ));
+                newest_first.push((recent::fingerprint(&r.point, r.ts_ms), r.value_hash()));
             }
         }
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());

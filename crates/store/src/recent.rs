@@ -23,19 +23,6 @@ pub fn fingerprint(point: &str, ts_ms: i64) -> u128 {
     (u128::from(half(1)) << 64) | u128::from(half(2))
 }
 
-/// A hash of what a reading says (value and quality), to compare two readings of one time.
-pub fn value_hash(r: &gridgate_proto::v1::Reading) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    r.quality.hash(&mut h);
-    match &r.value {
-        None => 0u8.hash(&mut h),
-        Some(gridgate_proto::v1::reading::Value::Number(n)) => (1u8, n.to_bits()).hash(&mut h),
-        Some(gridgate_proto::v1::reading::Value::Flag(b)) => (2u8, *b).hash(&mut h),
-        Some(gridgate_proto::v1::reading::Value::Text(t)) => (3u8, t).hash(&mut h),
-    }
-    h.finish()
-}
-
 /// The last `cap` fingerprints inserted, each with its value's hash.
 ///
 /// Sized for its memory: the fingerprint is kept as two u64 (alignment 8, not u128's 16)

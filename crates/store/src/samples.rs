@@ -4,9 +4,6 @@
 //! "high X of Y" baseline, so the store keeps them indexed here as well, written in the same
 //! commit as the readings, and drops them after [`SAMPLE_RETENTION_MS`].
 
-use std::collections::BTreeSet;
-
-use gridgate_proto::v1 as pb;
 use redb::{ReadableTable, TableDefinition};
 
 use super::{Store, StoreError, db};
@@ -17,23 +14,6 @@ pub(super) const SAMPLES: TableDefinition<(&str, i64), f64> = TableDefinition::n
 /// How long samples are kept: a "high X of Y" baseline looks back Y similar days (10 of the
 /// last 30 at most, weekends apart), so 45 days covers any program the config accepts.
 pub const SAMPLE_RETENTION_MS: i64 = 45 * 86_400_000;
-
-/// The sample a reading gives, if it is of a metered point and good.
-pub(super) fn sample_of<'r>(
-    metered: &BTreeSet<String>,
-    r: &'r pb::Reading,
-) -> Option<(&'r str, i64, f64)> {
-    let good = r
-        .quality
-        .is_some_and(|q| q.kind == pb::QualityKind::Good as i32);
-    if !good || !metered.contains(&r.point) {
-        return None;
-    }
-    match r.value {
-        Some(pb::reading::Value::Number(v)) if v.is_finite() => Some((&r.point, r.ts_ms, v)),
-        _ => None,
-    }
-}
 
 impl Store {
     /// Which points to keep samples of (the meters of the configured loads); a reload may
@@ -105,6 +85,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gridgate_proto::v1 as pb;
 
     fn reading(point: &str, ts_ms: i64, v: f64) -> pb::Reading {
         pb::Reading {
@@ -138,7 +119,7 @@ mod tests {
             reading("n/p", 1_500, 5.0),
             reading("m/p", 4_000, 4.0),
         ];
-        store.commit(readings.clone(), &[], None).expect("commit");
+        store.commit(&readings, &[], None).expect("commit");
         assert_eq!(
             store.samples("m/p", 0, 10_000).expect("samples"),
             vec![(1_000, 1.0), (2_000, 2.0), (4_000, 4.0)]

@@ -1,6 +1,6 @@
 use super::*;
-use crate::batch::seal;
 use crate::batch::verify::ChainVerifier;
+use crate::batch::{Framed, seal_framed};
 use gridgate_core::Identity;
 use redb::TableHandle;
 
@@ -13,8 +13,8 @@ fn reading(i: i64) -> pb::Reading {
     }
 }
 
-fn sealer(id: &Identity) -> impl Fn(u64, [u8; 32], Vec<pb::Reading>) -> Sealed + '_ {
-    move |seq, prev, rs| seal(id, "gw-1", seq, prev, 1000 + seq as i64, rs)
+fn sealer(id: &Identity) -> impl Fn(u64, [u8; 32], &Framed) -> Sealed + '_ {
+    move |seq, prev, rs: &Framed| seal_framed(id, "gw-1", seq, prev, 1000 + seq as i64, rs)
 }
 
 #[test]
@@ -26,12 +26,12 @@ fn readings_become_a_verifiable_chain_that_survives_reopening() {
         let store = Store::open(dir.path(), "gw-1").unwrap();
         for b in 0..5 {
             let rs: Vec<_> = (b * 10..b * 10 + 10).map(reading).collect();
-            let c = store.commit(rs[..6].to_vec(), &[], None).unwrap();
+            let c = store.commit(&rs[..6], &[], None).unwrap();
             assert_eq!(c.closed, None);
-            let c = store.commit(rs[6..].to_vec(), &[], Some(&s)).unwrap();
+            let c = store.commit(&rs[6..], &[], Some(&s)).unwrap();
             assert_eq!(c.closed, Some((b as u64, 10)));
         }
-        store.commit(vec![reading(99)], &[], None).unwrap();
+        store.commit(&[reading(99)], &[], None).unwrap();
     }
     let store = Store::open(dir.path(), "gw-1").unwrap();
     let st = store.stats().unwrap();
@@ -48,7 +48,7 @@ fn readings_become_a_verifiable_chain_that_survives_reopening() {
         "every reading once, in order"
     );
     // The open reading goes into the next batch.
-    let c = store.commit(vec![], &[], Some(&s)).unwrap();
+    let c = store.commit(&[] as &[pb::Reading], &[], Some(&s)).unwrap();
     assert_eq!(c.closed, Some((5, 1)));
 }
 
@@ -59,7 +59,7 @@ fn cursors_only_move_forward_and_never_past_the_head() {
     let s = sealer(&id);
     let store = Store::open(dir.path(), "gw-1").unwrap();
     for i in 0..3 {
-        store.commit(vec![reading(i)], &[], Some(&s)).unwrap();
+        store.commit(&[reading(i)], &[], Some(&s)).unwrap();
     }
     assert_eq!(store.cursor("uplink").unwrap(), 0);
     assert_eq!(store.set_cursor("uplink", 2).unwrap(), 2);
@@ -75,7 +75,7 @@ fn retention_waits_for_required_consumers_and_counts_what_the_budget_drops() {
     let store = Store::open(dir.path(), "gw-1").unwrap();
     for b in 0..10 {
         let rs: Vec<_> = (b * 4..b * 4 + 4).map(reading).collect();
-        store.commit(rs.clone(), &[], Some(&s)).unwrap();
+        store.commit(&rs, &[], Some(&s)).unwrap();
     }
     let required = vec!["uplink".to_string(), "master".to_string()];
     store.set_cursor("uplink", 6).unwrap();
@@ -133,24 +133,24 @@ fn redelivered_device_readings_are_stored_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), "gw-1").unwrap();
     let rs: Vec<_> = (10..15).map(reading).collect();
-    let c = store.commit(rs.clone(), &[true; 5], None).unwrap();
+    let c = store.commit(&rs, &[true; 5], None).unwrap();
     assert_eq!((c.appended, c.duplicates), (5, 0));
     drop(store);
     // After a crash the broker sends the last two messages again.
     let store = Store::open(dir.path(), "gw-1").unwrap();
     let again: Vec<_> = (12..17).map(reading).collect();
-    let c = store.commit(again.clone(), &[true; 5], None).unwrap();
+    let c = store.commit(&again, &[true; 5], None).unwrap();
     assert_eq!((c.appended, c.duplicates), (2, 3));
     // Redelivered out of order (a client resending by packet id): still once each.
     let shuffled: Vec<_> = [16, 11, 17, 10, 18].into_iter().map(reading).collect();
-    let c = store.commit(shuffled.clone(), &[true; 5], None).unwrap();
+    let c = store.commit(&shuffled, &[true; 5], None).unwrap();
     assert_eq!(
         (c.appended, c.duplicates),
         (2, 3),
         "17 and 18 are new, 16, 11 and 10 were stored"
     );
     // Polled readings (no device time) are never dropped.
-    let c = store.commit(again.clone(), &[], None).unwrap();
+    let c = store.commit(&again, &[], None).unwrap();
     assert_eq!((c.appended, c.duplicates), (5, 0));
 }
 
@@ -163,7 +163,7 @@ fn redeliveries_are_dropped_after_their_batches_are_pruned_and_the_store_reopene
     let device_time = vec![true; rs.len()];
     {
         let store = Store::open_with(dir.path(), "gw-1", 1_000).unwrap();
-        let c = store.commit(rs.clone(), &device_time, Some(&s)).unwrap();
+        let c = store.commit(&rs, &device_time, Some(&s)).unwrap();
         assert_eq!((c.appended, c.duplicates), (40, 0));
         // Delivered and pruned: no batch holds these readings any more.
         store.set_cursor("uplink", 1).unwrap();
@@ -174,11 +174,11 @@ fn redeliveries_are_dropped_after_their_batches_are_pruned_and_the_store_reopene
     let store = Store::open_with(dir.path(), "gw-1", 1_000).unwrap();
     let mut again = rs.clone();
     again[7].value = Some(pb::reading::Value::Number(-1.0));
-    let c = store.commit(again.clone(), &device_time, Some(&s)).unwrap();
+    let c = store.commit(&again, &device_time, Some(&s)).unwrap();
     assert_eq!((c.appended, c.duplicates), (0, 40), "stored once");
     assert_eq!(c.conflicting, vec!["m/p1".to_string()], "told apart");
     // A new time of the same point is stored.
-    let c = store.commit(vec![reading(40)], &[true], None).unwrap();
+    let c = store.commit(&[reading(40)], &[true], None).unwrap();
     assert_eq!(c.appended, 1);
 }
 
@@ -189,15 +189,15 @@ fn the_stored_window_keeps_only_the_newest_readings() {
         let store = Store::open_with(dir.path(), "gw-1", 1_000).unwrap();
         for chunk in 0..5 {
             let rs: Vec<_> = (chunk * 500..chunk * 500 + 500).map(reading).collect();
-            store.commit(rs.clone(), &vec![true; 500], None).unwrap();
+            store.commit(&rs, &vec![true; 500], None).unwrap();
         }
     }
     let store = Store::open_with(dir.path(), "gw-1", 1_000).unwrap();
     // The oldest 1,500 fell out of the window: a redelivery of one is stored again (at
     // least once, never lost); one of the newest 1,000 is not.
-    let old = store.commit(vec![reading(10)], &[true], None).unwrap();
+    let old = store.commit(&[reading(10)], &[true], None).unwrap();
     assert_eq!(old.appended, 1);
-    let new = store.commit(vec![reading(2_400)], &[true], None).unwrap();
+    let new = store.commit(&[reading(2_400)], &[true], None).unwrap();
     assert_eq!(new.duplicates, 1);
     let txn = store.begin_read().unwrap();
     let window = txn.open_table(DEDUPE_GROUPS).unwrap();
@@ -223,8 +223,7 @@ fn a_window_of_rows_is_regrouped_on_open() {
             let mut rows = txn.open_table(DEDUPE_ROWS).unwrap();
             for (i, r) in rs.iter().enumerate() {
                 let f = recent::fingerprint(&r.point, r.ts_ms);
-                rows.insert(i as u64 + 7, (f, recent::value_hash(r)))
-                    .unwrap();
+                rows.insert(i as u64 + 7, (f, r.value_hash())).unwrap();
             }
             let mut groups = txn.open_table(DEDUPE_GROUPS).unwrap();
             groups.retain(|_, _| false).unwrap();
@@ -232,7 +231,7 @@ fn a_window_of_rows_is_regrouped_on_open() {
         txn.commit().unwrap();
     }
     let store = Store::open(dir.path(), "gw-1").unwrap();
-    let again = store.commit(vec![rs[0].clone(), rs[2_499].clone()], &[true, true], None);
+    let again = store.commit(&[rs[0].clone(), rs[2_499].clone()], &[true, true], None);
     assert_eq!(again.unwrap().duplicates, 2);
     let txn = store.begin_read().unwrap();
     assert!(

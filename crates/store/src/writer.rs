@@ -5,13 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gridgate_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, warn};
 
 use super::{Store, StoreError};
-use crate::batch::seal;
+use crate::batch::{Framed, seal_framed};
 use gridgate_core::Identity;
 use gridgate_core::reading::now_ms;
 
@@ -53,8 +52,8 @@ impl std::fmt::Display for Stored {
 /// Readings handed to the writer; `done` hears once they are on disk.
 #[derive(Debug)]
 pub struct Submission {
-    /// The readings.
-    pub readings: Vec<pb::Reading>,
+    /// The readings, shared with the live channel.
+    pub readings: gridgate_core::LiveReadings,
     /// They carry the device's own timestamps: drop any not newer than the last stored for
     /// its point (a redelivered message).
     pub dedupe: bool,
@@ -162,10 +161,10 @@ impl Redelivered {
 
 impl StoreHandle {
     /// Stores `readings` and waits until they are on disk.
-    pub async fn store_durably(&self, readings: Vec<pb::Reading>) -> Stored {
+    pub async fn store_durably(&self, readings: Vec<gridgate_core::Reading>) -> Stored {
         let (done, rx) = oneshot::channel();
         let sub = Submission {
-            readings,
+            readings: std::sync::Arc::new(readings),
             dedupe: false,
             done: Some(done),
         };
@@ -310,9 +309,9 @@ async fn run(
         } else {
             Vec::new()
         };
-        let readings: Vec<pb::Reading> = group
+        let parts: Vec<gridgate_core::LiveReadings> = group
             .iter_mut()
-            .flat_map(|s| std::mem::take(&mut s.readings))
+            .map(|s| std::mem::take(&mut s.readings))
             .collect();
         let st = store.clone();
         let id = identity.clone();
@@ -320,13 +319,13 @@ async fn run(
         let result = tokio::task::spawn_blocking(move || {
             // A disk that stops answering, for the watchdog test.
             fail::fail_point!("store-commit");
-            let sealer = move |seq: u64, prev: [u8; 32], rs: Vec<pb::Reading>| {
-                seal(&id, &gw, seq, prev, now_ms(), rs)
+            let sealer = move |seq: u64, prev: [u8; 32], rs: &Framed| {
+                seal_framed(&id, &gw, seq, prev, now_ms(), rs)
             };
             st.commit(
-                readings,
+                parts.iter().flat_map(|p| p.iter()),
                 &dedupe,
-                close.then_some(&sealer as &dyn Fn(_, _, _) -> _),
+                close.then_some(&sealer as crate::Sealer<'_>),
             )
         })
         .await;
@@ -437,6 +436,8 @@ async fn sleep_until_opt(t: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gridgate_core::reading::Value;
+    use gridgate_proto::v1 as pb;
     use prost::Message;
     use std::sync::atomic::Ordering::Relaxed;
 
@@ -452,12 +453,8 @@ mod tests {
         start(store, Identity::generate().unwrap(), cfg).unwrap()
     }
 
-    fn reading(i: i64) -> pb::Reading {
-        pb::Reading {
-            point: format!("m/p{i}"),
-            ts_ms: i,
-            ..Default::default()
-        }
+    fn reading(i: i64) -> gridgate_core::Reading {
+        gridgate_core::Reading::good(format!("m/p{i}"), i, Value::Number(i as f64), "")
     }
 
     /// Two hundred sources submit at once: each is told Committed, far fewer commits than
@@ -471,7 +468,7 @@ mod tests {
         for i in 0..200 {
             let (done, rx) = oneshot::channel();
             let sub = Submission {
-                readings: vec![reading(i)],
+                readings: Arc::new(vec![reading(i)]),
                 dedupe: false,
                 done: Some(done),
             };

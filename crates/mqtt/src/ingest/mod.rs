@@ -287,7 +287,7 @@ async fn handle(
             let n = decoded.readings.len() as u64;
             let (done, rx) = oneshot::channel();
             let sub = Submission {
-                readings: gridgate_core::store_and_publish(decoded.readings, live),
+                readings: gridgate_core::publish(decoded.readings, live),
                 dedupe: decoded.device_time,
                 done: Some(done),
             };

@@ -37,15 +37,86 @@ pub fn seal(
     created_at_ms: i64,
     readings: Vec<pb::Reading>,
 ) -> Sealed {
-    let count = readings.len();
-    let batch = pb::Batch {
+    let mut framed = Framed::default();
+    for r in &readings {
+        framed.push_with(|buf| r.encode_raw(buf));
+    }
+    seal_framed(identity, gateway_id, seq, prev_hash, created_at_ms, &framed)
+}
+
+/// Readings encoded as the `readings` field of a `Batch`, one after another: what a batch's
+/// encoding ends with. The store frames each reading as it takes it in, and a reading it
+/// kept open is framed from its stored bytes, never decoded and encoded again.
+#[derive(Debug, Default)]
+pub struct Framed {
+    bytes: Vec<u8>,
+    scratch: Vec<u8>,
+    count: usize,
+}
+
+impl Framed {
+    /// Appends one reading from its encoding.
+    pub fn push_encoded(&mut self, reading: &[u8]) {
+        use prost::encoding::{WireType, encode_key, encode_varint};
+        encode_key(READINGS_TAG, WireType::LengthDelimited, &mut self.bytes);
+        encode_varint(reading.len() as u64, &mut self.bytes);
+        self.bytes.extend_from_slice(reading);
+        self.count += 1;
+    }
+
+    /// Appends one reading that `encode` writes into the buffer it is given.
+    pub fn push_with(&mut self, encode: impl FnOnce(&mut Vec<u8>)) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        encode(&mut scratch);
+        self.push_encoded(&scratch);
+        self.scratch = scratch;
+    }
+
+    /// Appends `other`'s readings after these.
+    pub fn append(&mut self, other: Framed) {
+        if self.count == 0 {
+            *self = other;
+        } else {
+            self.bytes.extend_from_slice(&other.bytes);
+            self.count += other.count;
+        }
+    }
+
+    /// How many readings it holds.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+/// `Batch.readings`' field number: the last field, so a batch's encoding is the other
+/// fields' followed by the readings'.
+const READINGS_TAG: u32 = 5;
+
+/// [`seal`] of readings already framed.
+pub fn seal_framed(
+    identity: &Identity,
+    gateway_id: &str,
+    seq: u64,
+    prev_hash: [u8; 32],
+    created_at_ms: i64,
+    readings: &Framed,
+) -> Sealed {
+    let head = pb::Batch {
         gateway_id: gateway_id.to_string(),
         seq,
         prev_hash: prev_hash.to_vec(),
         created_at_ms,
-        readings,
+        readings: Vec::new(),
     };
-    let canonical = batch.encode_to_vec();
+    let mut canonical = Vec::with_capacity(head.encoded_len() + readings.bytes.len());
+    head.encode_raw(&mut canonical);
+    canonical.extend_from_slice(&readings.bytes);
     let hash = sha256(&canonical);
     let signature = identity.sign(&canonical);
     let signed = pb::SignedBatch {
@@ -56,6 +127,39 @@ pub fn seal(
         seq,
         bytes: signed.encode_to_vec(),
         hash,
-        readings: count,
+        readings: readings.count,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_batch_is_the_encoding_of_the_whole_batch() {
+        let id = Identity::generate().unwrap();
+        let reading = |i: i64| pb::Reading {
+            point: format!("m/p{i}"),
+            ts_ms: i,
+            value: Some(pb::reading::Value::Number(i as f64 / 3.0)),
+            unit: "kW".into(),
+            quality: Some(pb::Quality::default()),
+            error: String::new(),
+        };
+        for n in [0, 1, 300] {
+            let readings: Vec<_> = (0..n).map(reading).collect();
+            let sealed = seal(&id, "gw-1", 7, [9; 32], 1234, readings.clone());
+            let signed = pb::SignedBatch::decode(sealed.bytes.as_slice()).unwrap();
+            let whole = pb::Batch {
+                gateway_id: "gw-1".into(),
+                seq: 7,
+                prev_hash: vec![9; 32],
+                created_at_ms: 1234,
+                readings,
+            };
+            assert_eq!(signed.batch, whole.encode_to_vec());
+            assert_eq!(sealed.hash, sha256(&signed.batch));
+            assert_eq!(sealed.readings, n as usize);
+        }
     }
 }
