@@ -61,8 +61,10 @@ enum Line {
 struct DeviceRuntime {
     // Shared, not cloned, by each poll: a poll borrows it across its awaits on the line.
     cfg: Arc<DeviceConfig>,
-    /// Each point's reading id, `device/point`, made once.
-    ids: Arc<[String]>,
+    /// Each point's reading id, `device/point`, and unit, made once and shared by every
+    /// reading of it.
+    ids: Arc<[Arc<str>]>,
+    units: Arc<[Arc<str>]>,
     /// The grid slot the next poll serves.
     next_due: Instant,
     /// When the next poll starts: its slot, or at once after a poll that took its period.
@@ -160,7 +162,12 @@ impl BusPoller {
                     ids: d
                         .points
                         .iter()
-                        .map(|p| format!("{}/{}", d.name, p.name))
+                        .map(|p| Arc::from(format!("{}/{}", d.name, p.name)))
+                        .collect(),
+                    units: d
+                        .points
+                        .iter()
+                        .map(|p| Arc::from(p.unit.as_str()))
                         .collect(),
                     next_due: now,
                     start_at: now,
@@ -512,6 +519,7 @@ impl BusPoller {
     async fn poll_dlt645(&mut self, idx: usize, address: Address) -> Vec<Reading> {
         let cfg = self.devices[idx].cfg.clone();
         let ids = self.devices[idx].ids.clone();
+        let units = self.devices[idx].units.clone();
         let online = self.devices[idx].online;
         let points = &cfg.points;
         let timing = self.bus.timing;
@@ -527,7 +535,7 @@ impl BusPoller {
                     id,
                     now_ms(),
                     Quality::Offline,
-                    &p.unit,
+                    units[j].clone(),
                     "device offline; probed with its first point".into(),
                 ));
                 continue;
@@ -535,14 +543,25 @@ impl BusPoller {
             let client = match self.dlt645_client().await {
                 Ok(c) => c,
                 Err(e) => {
-                    out.push(Reading::bad(id, now_ms(), Quality::LinkDown, &p.unit, e));
+                    out.push(Reading::bad(
+                        id,
+                        now_ms(),
+                        Quality::LinkDown,
+                        units[j].clone(),
+                        e,
+                    ));
                     continue;
                 }
             };
             match read_dlt645(client, address, di, &timing).await {
                 Ok(v) => {
                     any_good = true;
-                    out.push(Reading::good(id, now_ms(), dlt645_value(&v), &p.unit));
+                    out.push(Reading::good(
+                        id,
+                        now_ms(),
+                        dlt645_value(&v),
+                        units[j].clone(),
+                    ));
                 }
                 Err(e) => {
                     if e.is_link_failure() {
@@ -553,7 +572,7 @@ impl BusPoller {
                         id,
                         now_ms(),
                         dlt645_quality(&e),
-                        &p.unit,
+                        units[j].clone(),
                         e.to_string(),
                     ));
                 }
@@ -570,6 +589,7 @@ impl BusPoller {
     ) -> Vec<Reading> {
         let cfg = self.devices[idx].cfg.clone();
         let ids = self.devices[idx].ids.clone();
+        let units = self.devices[idx].units.clone();
         let online = self.devices[idx].online;
         let points = &cfg.points;
         let timing = self.bus.timing;
@@ -585,17 +605,23 @@ impl BusPoller {
                     id,
                     ts,
                     Quality::DecodeError,
-                    &p.unit,
+                    units[j].clone(),
                     "not a Modbus point".into(),
                 );
             };
             match outcome.map(|data| spec.decode(start, data)) {
                 Ok(Ok(v)) if spec.data_type == modbus::DataType::Bool => {
-                    Reading::good(id, ts, Value::Bool(v != 0.0), &p.unit)
+                    Reading::good(id, ts, Value::Bool(v != 0.0), units[j].clone())
                 }
-                Ok(Ok(v)) => Reading::good(id, ts, Value::Number(v), &p.unit),
-                Ok(Err(e)) => Reading::bad(id, ts, Quality::DecodeError, &p.unit, e.to_string()),
-                Err((q, msg)) => Reading::bad(id, ts, q, &p.unit, msg),
+                Ok(Ok(v)) => Reading::good(id, ts, Value::Number(v), units[j].clone()),
+                Ok(Err(e)) => Reading::bad(
+                    id,
+                    ts,
+                    Quality::DecodeError,
+                    units[j].clone(),
+                    e.to_string(),
+                ),
+                Err((q, msg)) => Reading::bad(id, ts, q, units[j].clone(), msg),
             }
         };
         let failed = |e: &ModbusError| (modbus_quality(e), e.to_string());

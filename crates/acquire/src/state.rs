@@ -48,7 +48,13 @@ impl DeviceRegistry {
     /// Records one poll's outcome.
     pub fn record(&self, device: &str, online: bool, readings: &[Reading]) {
         let mut map = self.lock();
-        let s = map.entry(device.to_string()).or_default();
+        // Looked up before `entry`, which would take a copy of the name every poll.
+        if !map.contains_key(device) {
+            map.insert(device.to_string(), DeviceStatus::default());
+        }
+        let Some(s) = map.get_mut(device) else {
+            return;
+        };
         s.online = online;
         s.polls += 1;
         for r in readings {

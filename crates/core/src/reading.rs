@@ -1,6 +1,7 @@
 //! Readings: what acquisition produces for every point it polls, good or not.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Serialize, Serializer};
 
@@ -119,18 +120,21 @@ impl Serialize for Quality {
 }
 
 /// One point's outcome at one moment.
+///
+/// The name and unit are shared (`Arc<str>`): a bus makes each point's once and every
+/// reading of it holds a reference, where a copy was two allocations a reading.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Reading {
     /// `device/point`.
-    pub point: String,
+    pub point: Arc<str>,
     /// Milliseconds since the Unix epoch, UTC, when the reply arrived (or the read failed).
     pub ts_ms: i64,
     /// The value; `None` unless the quality is good.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<Value>,
     /// Engineering unit.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub unit: String,
+    #[serde(skip_serializing_if = "no_unit")]
+    pub unit: Arc<str>,
     /// Good, or why not.
     pub quality: Quality,
     /// Error detail for a bad reading.
@@ -138,26 +142,41 @@ pub struct Reading {
     pub error: Option<String>,
 }
 
+fn no_unit(unit: &Arc<str>) -> bool {
+    unit.is_empty()
+}
+
 impl Reading {
     /// A good reading.
-    pub fn good(point: String, ts_ms: i64, value: Value, unit: &str) -> Self {
+    pub fn good(
+        point: impl Into<Arc<str>>,
+        ts_ms: i64,
+        value: Value,
+        unit: impl Into<Arc<str>>,
+    ) -> Self {
         Reading {
-            point,
+            point: point.into(),
             ts_ms,
             value: Some(value),
-            unit: unit.to_string(),
+            unit: unit.into(),
             quality: Quality::Good,
             error: None,
         }
     }
 
     /// A failed reading.
-    pub fn bad(point: String, ts_ms: i64, quality: Quality, unit: &str, error: String) -> Self {
+    pub fn bad(
+        point: impl Into<Arc<str>>,
+        ts_ms: i64,
+        quality: Quality,
+        unit: impl Into<Arc<str>>,
+        error: String,
+    ) -> Self {
         Reading {
-            point,
+            point: point.into(),
             ts_ms,
             value: None,
-            unit: unit.to_string(),
+            unit: unit.into(),
             quality,
             error: Some(error),
         }
@@ -188,18 +207,13 @@ mod tests {
     fn encode_pb_gives_the_bytes_of_the_wire_form() {
         use prost::Message;
         let mut cases = vec![
-            Reading::good(
-                "m/e".into(),
-                1_700_000_000_123,
-                Value::Number(12345.67),
-                "kWh",
-            ),
-            Reading::good("m/e".into(), 0, Value::Number(0.0), ""),
-            Reading::good("m/e".into(), -5, Value::Number(-0.0), "kW"),
-            Reading::good("m/f".into(), 7, Value::Bool(false), ""),
-            Reading::good("m/f".into(), 7, Value::Bool(true), "x"),
-            Reading::good("m/t".into(), 7, Value::Text(String::new()), ""),
-            Reading::good("m/t".into(), 7, Value::Text("2026-12-07".into()), ""),
+            Reading::good("m/e", 1_700_000_000_123, Value::Number(12345.67), "kWh"),
+            Reading::good("m/e", 0, Value::Number(0.0), ""),
+            Reading::good("m/e", -5, Value::Number(-0.0), "kW"),
+            Reading::good("m/f", 7, Value::Bool(false), ""),
+            Reading::good("m/f", 7, Value::Bool(true), "x"),
+            Reading::good("m/t", 7, Value::Text(String::new()), ""),
+            Reading::good("m/t", 7, Value::Text("2026-12-07".into()), ""),
             Reading::good(String::new(), 0, Value::Number(f64::NAN), ""),
         ];
         for q in [
@@ -212,8 +226,8 @@ mod tests {
             Quality::LinkDown,
             Quality::Stale,
         ] {
-            cases.push(Reading::bad("m/p".into(), 9, q, "V", "no reply".into()));
-            cases.push(Reading::bad("m/p".into(), 9, q, "", String::new()));
+            cases.push(Reading::bad("m/p", 9, q, "V", "no reply".into()));
+            cases.push(Reading::bad("m/p", 9, q, "", String::new()));
         }
         for r in &cases {
             let mut buf = vec![0xAA];
@@ -224,13 +238,13 @@ mod tests {
 
     #[test]
     fn json_shape_is_what_consumers_parse() {
-        let r = Reading::good("m/e".into(), 1, Value::Number(12345.67), "kWh");
+        let r = Reading::good("m/e", 1, Value::Number(12345.67), "kWh");
         assert_eq!(
             serde_json::to_string(&r).unwrap(),
             r#"{"point":"m/e","ts_ms":1,"value":12345.67,"unit":"kWh","quality":"good"}"#
         );
         let r = Reading::bad(
-            "m/p".into(),
+            "m/p",
             2,
             Quality::Exception(2),
             "",
@@ -294,32 +308,16 @@ mod wire {
         /// The wire form.
         pub fn to_pb(&self) -> pb::Reading {
             pb::Reading {
-                point: self.point.clone(),
+                point: self.point.to_string(),
                 ts_ms: self.ts_ms,
                 value: self.value.as_ref().map(|v| match v {
                     Value::Number(n) => pb::reading::Value::Number(*n),
                     Value::Bool(b) => pb::reading::Value::Flag(*b),
                     Value::Text(t) => pb::reading::Value::Text(t.clone()),
                 }),
-                unit: self.unit.clone(),
+                unit: self.unit.to_string(),
                 quality: Some(self.quality.to_pb()),
                 error: self.error.clone().unwrap_or_default(),
-            }
-        }
-
-        /// The wire form, moving the strings rather than copying them.
-        pub fn into_pb(self) -> pb::Reading {
-            pb::Reading {
-                point: self.point,
-                ts_ms: self.ts_ms,
-                value: self.value.map(|v| match v {
-                    Value::Number(n) => pb::reading::Value::Number(n),
-                    Value::Bool(b) => pb::reading::Value::Flag(b),
-                    Value::Text(t) => pb::reading::Value::Text(t),
-                }),
-                unit: self.unit,
-                quality: Some(self.quality.to_pb()),
-                error: self.error.unwrap_or_default(),
             }
         }
 
@@ -327,11 +325,19 @@ mod wire {
         /// without first copying the strings into a `pb::Reading`. The store encodes every
         /// reading it is handed, and those copies were two allocations a reading.
         pub fn encode_pb(&self, buf: &mut Vec<u8>) {
-            use prost::encoding::{bool as flag, double, int64, message, string};
+            use prost::encoding::{
+                WireType, bool as flag, double, encode_key, encode_varint, int64, message,
+            };
             // proto3 leaves out a field at its default, but always encodes a oneof that is
             // set and a message that is present, as prost's derived encoding does.
+            // prost's `string::encode` takes a `&String`; these are shared `str`s.
+            let text = |tag: u32, s: &str, buf: &mut Vec<u8>| {
+                encode_key(tag, WireType::LengthDelimited, buf);
+                encode_varint(s.len() as u64, buf);
+                buf.extend_from_slice(s.as_bytes());
+            };
             if !self.point.is_empty() {
-                string::encode(1, &self.point, buf);
+                text(1, &self.point, buf);
             }
             if self.ts_ms != 0 {
                 int64::encode(2, &self.ts_ms, buf);
@@ -339,29 +345,29 @@ mod wire {
             match &self.value {
                 Some(Value::Number(n)) => double::encode(3, n, buf),
                 Some(Value::Bool(b)) => flag::encode(4, b, buf),
-                Some(Value::Text(t)) => string::encode(5, t, buf),
+                Some(Value::Text(t)) => text(5, t, buf),
                 None => {}
             }
             if !self.unit.is_empty() {
-                string::encode(6, &self.unit, buf);
+                text(6, &self.unit, buf);
             }
             message::encode(7, &self.quality.to_pb(), buf);
             if let Some(e) = self.error.as_ref().filter(|e| !e.is_empty()) {
-                string::encode(8, e, buf);
+                text(8, e, buf);
             }
         }
 
         /// From the wire form.
         pub fn from_pb(r: &pb::Reading) -> Reading {
             Reading {
-                point: r.point.clone(),
+                point: r.point.as_str().into(),
                 ts_ms: r.ts_ms,
                 value: r.value.as_ref().map(|v| match v {
                     pb::reading::Value::Number(n) => Value::Number(*n),
                     pb::reading::Value::Flag(b) => Value::Bool(*b),
                     pb::reading::Value::Text(t) => Value::Text(t.clone()),
                 }),
-                unit: r.unit.clone(),
+                unit: r.unit.as_str().into(),
                 quality: Quality::from_pb(r.quality.as_ref()),
                 error: (!r.error.is_empty()).then(|| r.error.clone()),
             }

@@ -162,7 +162,7 @@ pub async fn run(relay: Relay, cancel: CancellationToken) {
                 let cfg = config.borrow().clone();
                 let mut flipped = false;
                 for r in group.iter() {
-                    if !cfg.loads.iter().any(|l| l.override_point.as_deref() == Some(r.point.as_str())) {
+                    if !cfg.loads.iter().any(|l| l.override_point.as_deref() == Some(&*r.point)) {
                         continue;
                     }
                     let on = match &r.value {
@@ -170,7 +170,7 @@ pub async fn run(relay: Relay, cancel: CancellationToken) {
                         Some(Value::Number(n)) => *n != 0.0,
                         _ => continue,
                     };
-                    if pacing.switches.insert(r.point.clone(), on) == Some(on) {
+                    if pacing.switches.insert(r.point.to_string(), on) == Some(on) {
                         continue;
                     }
                     flipped = true;

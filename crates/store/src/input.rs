@@ -112,18 +112,12 @@ mod tests {
     #[test]
     fn both_forms_hash_sample_and_encode_alike() {
         let cases = [
-            Reading::good("m/p".into(), 5, Value::Number(2.5), "kW"),
-            Reading::good("m/p".into(), 5, Value::Number(f64::INFINITY), "kW"),
-            Reading::good("m/p".into(), 5, Value::Bool(true), ""),
-            Reading::good("m/p".into(), 5, Value::Text("x".into()), ""),
-            Reading::bad("m/p".into(), 5, Quality::Timeout, "kW", "no reply".into()),
-            Reading::bad(
-                "m/p".into(),
-                5,
-                Quality::Exception(2),
-                "kW",
-                "illegal".into(),
-            ),
+            Reading::good("m/p", 5, Value::Number(2.5), "kW"),
+            Reading::good("m/p", 5, Value::Number(f64::INFINITY), "kW"),
+            Reading::good("m/p", 5, Value::Bool(true), ""),
+            Reading::good("m/p", 5, Value::Text("x".into()), ""),
+            Reading::bad("m/p", 5, Quality::Timeout, "kW", "no reply".into()),
+            Reading::bad("m/p", 5, Quality::Exception(2), "kW", "illegal".into()),
         ];
         let mut hashes = std::collections::HashSet::new();
         for r in &cases {

@@ -245,12 +245,12 @@ impl Latest {
         let mut map = self.0.write().unwrap_or_else(|p| p.into_inner());
         for r in readings {
             let len = history_len(map.len() + 1);
-            match map.get_mut(&r.point) {
+            match map.get_mut(&*r.point) {
                 Some(s) => s.update(r, len),
                 None => {
                     let mut s = PointState::new(r);
                     s.update(r, len);
-                    map.insert(r.point.clone(), s);
+                    map.insert(r.point.to_string(), s);
                 }
             }
         }
@@ -295,8 +295,8 @@ mod tests {
     fn a_bad_reading_keeps_the_last_good_value() {
         let latest = Latest::default();
         latest.record(&[
-            Reading::good("m/p".into(), 1, Value::Number(5.0), "kW"),
-            Reading::bad("m/p".into(), 2, Quality::Timeout, "kW", "no reply".into()),
+            Reading::good("m/p", 1, Value::Number(5.0), "kW"),
+            Reading::bad("m/p", 2, Quality::Timeout, "kW", "no reply".into()),
         ]);
         let got = latest.get_many(["m/p", "m/q"].into_iter());
         let s = got[0].1.clone().unwrap();
@@ -329,15 +329,9 @@ mod tests {
         // A reading every second; every tenth minute a timeout.
         let reading = |t: i64| {
             if t % 600 == 0 && t > 0 {
-                Reading::bad(
-                    "m/p".into(),
-                    t * 1000,
-                    Quality::Timeout,
-                    "kW",
-                    "no reply".into(),
-                )
+                Reading::bad("m/p", t * 1000, Quality::Timeout, "kW", "no reply".into())
             } else {
-                Reading::good("m/p".into(), t * 1000, Value::Number(t as f64), "kW")
+                Reading::good("m/p", t * 1000, Value::Number(t as f64), "kW")
             }
         };
         for t in 0..60 {
@@ -417,14 +411,9 @@ mod tests {
         let latest = Latest::default();
         let day = 86_400_000i64;
         latest.record(&[
-            Reading::good("m/p".into(), day, Value::Number(1.0), "kW"),
-            Reading::good("m/p".into(), 60 * day, Value::Number(2.0), "kW"),
-            Reading::good(
-                "m/p".into(),
-                60 * day + 1_000,
-                Value::Number(f64::NAN),
-                "kW",
-            ),
+            Reading::good("m/p", day, Value::Number(1.0), "kW"),
+            Reading::good("m/p", 60 * day, Value::Number(2.0), "kW"),
+            Reading::good("m/p", 60 * day + 1_000, Value::Number(f64::NAN), "kW"),
         ]);
         let s = latest.get_many(["m/p"].into_iter())[0].1.clone().unwrap();
         let h: Vec<Sample> = s.history.samples().collect();

@@ -112,7 +112,7 @@ fn print_mqtt(
                     Ok(group) => {
                         let mine: Vec<Reading> = group
                             .iter()
-                            .filter(|r| points.contains(&r.point))
+                            .filter(|r| points.contains(&*r.point))
                             .cloned()
                             .collect();
                         if !mine.is_empty() && sink.write(&mine).is_err() {

@@ -356,7 +356,7 @@ mod tests {
         assert_eq!(
             r,
             vec![Reading::good(
-                "sensor-1/temperature".into(),
+                "sensor-1/temperature",
                 NOW,
                 Value::Number(21.5),
                 "°C"
