@@ -183,6 +183,16 @@ impl Reading {
     }
 }
 
+/// Appends a length-delimited protobuf field: its key, the length, the bytes. prost's own
+/// takes a `&String` or a `Vec<u8>`, where a reading's strings are shared `str`s and a batch
+/// is framed from its readings' encodings.
+pub fn encode_length_delimited(tag: u32, bytes: &[u8], buf: &mut Vec<u8>) {
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(bytes.len() as u64, buf);
+    buf.extend_from_slice(bytes);
+}
+
 /// Microseconds since the Unix epoch now: for latencies a millisecond would round away.
 pub fn now_us() -> i64 {
     std::time::SystemTime::now()
@@ -325,16 +335,11 @@ mod wire {
         /// without first copying the strings into a `pb::Reading`. The store encodes every
         /// reading it is handed, and those copies were two allocations a reading.
         pub fn encode_pb(&self, buf: &mut Vec<u8>) {
-            use prost::encoding::{
-                WireType, bool as flag, double, encode_key, encode_varint, int64, message,
-            };
+            use prost::encoding::{bool as flag, double, int64, message};
             // proto3 leaves out a field at its default, but always encodes a oneof that is
             // set and a message that is present, as prost's derived encoding does.
-            // prost's `string::encode` takes a `&String`; these are shared `str`s.
             let text = |tag: u32, s: &str, buf: &mut Vec<u8>| {
-                encode_key(tag, WireType::LengthDelimited, buf);
-                encode_varint(s.len() as u64, buf);
-                buf.extend_from_slice(s.as_bytes());
+                super::encode_length_delimited(tag, s.as_bytes(), buf)
             };
             if !self.point.is_empty() {
                 text(1, &self.point, buf);

@@ -164,7 +164,7 @@ impl StoreHandle {
     pub async fn store_durably(&self, readings: Vec<gridgate_core::Reading>) -> Stored {
         let (done, rx) = oneshot::channel();
         let sub = Submission {
-            readings: std::sync::Arc::new(readings),
+            readings: Arc::new(readings),
             dedupe: false,
             done: Some(done),
         };

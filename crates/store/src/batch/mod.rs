@@ -10,6 +10,7 @@ pub mod verify;
 use gridgate_proto::v1 as pb;
 use prost::Message;
 
+use gridgate_core::reading::encode_length_delimited;
 use gridgate_core::{Identity, sha256};
 
 /// Hash before the first batch.
@@ -37,9 +38,11 @@ pub fn seal(
     created_at_ms: i64,
     readings: Vec<pb::Reading>,
 ) -> Sealed {
-    let mut framed = Framed::default();
+    let (mut framed, mut buf) = (Framed::default(), Vec::new());
     for r in &readings {
-        framed.push_with(|buf| r.encode_raw(buf));
+        buf.clear();
+        r.encode_raw(&mut buf);
+        framed.push_encoded(&buf);
     }
     seal_framed(identity, gateway_id, seq, prev_hash, created_at_ms, &framed)
 }
@@ -50,27 +53,14 @@ pub fn seal(
 #[derive(Debug, Default)]
 pub struct Framed {
     bytes: Vec<u8>,
-    scratch: Vec<u8>,
     count: usize,
 }
 
 impl Framed {
     /// Appends one reading from its encoding.
     pub fn push_encoded(&mut self, reading: &[u8]) {
-        use prost::encoding::{WireType, encode_key, encode_varint};
-        encode_key(READINGS_TAG, WireType::LengthDelimited, &mut self.bytes);
-        encode_varint(reading.len() as u64, &mut self.bytes);
-        self.bytes.extend_from_slice(reading);
+        encode_length_delimited(READINGS_TAG, reading, &mut self.bytes);
         self.count += 1;
-    }
-
-    /// Appends one reading that `encode` writes into the buffer it is given.
-    pub fn push_with(&mut self, encode: impl FnOnce(&mut Vec<u8>)) {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.clear();
-        encode(&mut scratch);
-        self.push_encoded(&scratch);
-        self.scratch = scratch;
     }
 
     /// Appends `other`'s readings after these.
@@ -81,11 +71,6 @@ impl Framed {
             self.bytes.extend_from_slice(&other.bytes);
             self.count += other.count;
         }
-    }
-
-    /// How many readings it holds.
-    pub fn len(&self) -> usize {
-        self.count
     }
 
     /// Whether it holds none.
